@@ -1,0 +1,73 @@
+//! Limits and timing. Every bound is named with its unit, and every one is
+//! enforced and tested somewhere.
+
+/// Request limits enforced at the edge (API) and again at the storage actor.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub key_bytes_max: usize,
+    pub value_bytes_max: usize,
+    /// Deadline of a request that does not set `X-Request-Timeout`.
+    pub request_timeout_ms_default: u64,
+    /// Largest deadline a client may ask for.
+    pub request_timeout_ms_max: u64,
+    /// Longest TTL a value may carry (100 years).
+    pub ttl_ms_max: u64,
+    /// Proposals plus reads waiting at one replica before it answers 503.
+    pub pending_requests_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            key_bytes_max: 4 * 1024,
+            value_bytes_max: 1024 * 1024,
+            request_timeout_ms_default: 5_000,
+            request_timeout_ms_max: 60_000,
+            ttl_ms_max: 100 * 365 * 24 * 3600 * 1000,
+            pending_requests_max: 16 * 1024,
+        }
+    }
+}
+
+/// Raft timing and log maintenance for every shard replica.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub tick_interval_ms: u64,
+    /// Election timeout in ticks; randomized in `[election_ticks, 2 * election_ticks)`.
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Compact the log once it holds this many applied entries.
+    pub log_gc_threshold_entries: u64,
+    /// Applied entries kept after compaction so a briefly lagging follower
+    /// catches up from the log instead of a snapshot.
+    pub log_gc_keep_entries: u64,
+    /// `false` only for benchmarks: acknowledged writes can be lost on a crash.
+    pub sync_wal: bool,
+    pub ttl_sweep_interval_ms: u64,
+    pub ttl_sweep_keys_max: usize,
+    pub max_size_per_msg_bytes: u64,
+    pub max_inflight_msgs: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            tick_interval_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            log_gc_threshold_entries: 10_000,
+            log_gc_keep_entries: 1_000,
+            sync_wal: true,
+            ttl_sweep_interval_ms: 1_000,
+            ttl_sweep_keys_max: 1_024,
+            max_size_per_msg_bytes: 1024 * 1024,
+            max_inflight_msgs: 256,
+        }
+    }
+}
+
+impl RaftConfig {
+    pub fn election_timeout_ms(&self) -> u64 {
+        self.tick_interval_ms * self.election_ticks as u64
+    }
+}

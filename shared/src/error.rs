@@ -1,0 +1,48 @@
+//! [`StoreError`]: what can go wrong with a request, with the facts a
+//! caller needs to act on it. Errors become HTTP statuses only in the API
+//! crate.
+
+use thiserror::Error;
+
+use crate::{NodeId, ShardId};
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    /// This replica is not the leader; retry at `hint` (if known).
+    #[error("replica is not the leader of shard {shard}; leader hint: {hint:?}")]
+    NotLeader { shard: ShardId, hint: Option<NodeId> },
+    /// The proposal is known NOT to have been applied (it was refused or
+    /// its log entry was overwritten by a new leader); safe to retry.
+    #[error("proposal dropped before commit: {reason}")]
+    Dropped { reason: &'static str },
+    /// No quorum, peer unreachable, or the outcome of a write is unknown.
+    #[error("unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// The request deadline passed before the shard answered. A write may
+    /// or may not have been applied.
+    #[error("no answer within the request deadline of {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    /// Too many requests queued at one replica.
+    #[error("overloaded: {queued} requests queued, limit {limit}")]
+    Overloaded { queued: usize, limit: usize },
+    #[error("key not found")]
+    NotFound,
+    #[error("precondition failed: current version is {current:?}")]
+    PreconditionFailed { current: Option<u64> },
+    #[error("{what} is {len} bytes; the limit is {max} bytes")]
+    TooLarge { what: &'static str, len: usize, max: usize },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Whether the router may send the same request again (to another
+    /// replica) without risking a double apply.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::NotLeader { .. } | StoreError::Dropped { .. })
+    }
+}

@@ -1,0 +1,35 @@
+//! What every ringstore service speaks: identifiers, the key hash, the
+//! on-disk key and value codecs, the replicated command codec, the pure
+//! rules that apply a command to a key, limits and the error type that
+//! travels between layers.
+//!
+//! Nothing here does I/O or depends on actix or RocksDB, so all of it is
+//! unit-tested without a runtime.
+//!
+//! # Layout
+//! - [`hash`]: `hash64`, the one function that places a key on the ring.
+//! - [`keys`]: `data` column family keys (`ring_point BE ++ user_key`).
+//! - [`value`]: the stored value record (version, expiry, bytes).
+//! - [`command`]: commands replicated through Raft and their binary codec.
+//! - [`apply`]: the deterministic rules that turn a command into writes.
+//! - [`error`]: [`StoreError`], the typed error every layer returns.
+//! - [`config`]: limits and timing, each with its unit in its name.
+
+pub mod apply;
+pub mod codec;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod hash;
+pub mod keys;
+pub mod value;
+
+pub use error::StoreError;
+
+/// Identity of one `ringstore` process.
+pub type NodeId = u64;
+/// Identity of one Raft group.
+pub type ShardId = u64;
+
+/// The shard that holds user data until the sharding work splits the ring.
+pub const FIRST_DATA_SHARD: ShardId = 1;
