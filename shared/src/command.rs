@@ -76,15 +76,20 @@ fn get_cond(r: &mut Reader<'_>) -> Result<Precondition, CodecError> {
 
 impl Proposal {
     pub fn encode(&self) -> Vec<u8> {
-        let hint = match &self.cmd {
+        Self::encode_parts(self.stamp_ms, &self.cmd)
+    }
+
+    /// Encodes without building a `Proposal`, so the caller keeps `cmd`.
+    pub fn encode_parts(stamp_ms: u64, cmd: &Command) -> Vec<u8> {
+        let hint = match cmd {
             Command::Put { key, value, .. } => key.len() + value.len() + 40,
             Command::Delete { key, .. } => key.len() + 32,
             Command::Expire { keys } => keys.iter().map(|(k, _)| k.len() + 12).sum::<usize>() + 24,
         };
         let mut w = Writer::with_capacity(hint);
         w.u8(FORMAT_V1);
-        w.u64(self.stamp_ms);
-        match &self.cmd {
+        w.u64(stamp_ms);
+        match cmd {
             Command::Put { key, value, ttl_ms, cond } => {
                 w.u8(TAG_PUT);
                 w.bytes(key);

@@ -18,6 +18,9 @@ pub enum StoreError {
     /// No quorum, peer unreachable, or the outcome of a write is unknown.
     #[error("unavailable: {reason}")]
     Unavailable { reason: String },
+    /// The request was never delivered to `node` (partition, peer down).
+    #[error("node {node} is unreachable")]
+    Unreachable { node: NodeId },
     /// The request deadline passed before the shard answered. A write may
     /// or may not have been applied.
     #[error("no answer within the request deadline of {timeout_ms} ms")]
@@ -43,6 +46,9 @@ impl StoreError {
     /// Whether the router may send the same request again (to another
     /// replica) without risking a double apply.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::NotLeader { .. } | StoreError::Dropped { .. })
+        matches!(
+            self,
+            StoreError::NotLeader { .. } | StoreError::Dropped { .. } | StoreError::Unreachable { .. }
+        )
     }
 }

@@ -45,6 +45,18 @@ impl StoredValue {
         })
     }
 
+    /// `(version, expires_at_ms)` without copying the value bytes.
+    pub fn decode_header(bytes: &[u8]) -> Result<(u64, Option<u64>), CodecError> {
+        let mut r = Reader::new(bytes);
+        let format = r.u8("value format")?;
+        if format != FORMAT_V1 {
+            return Err(CodecError::UnsupportedFormat(format));
+        }
+        let version = r.u64("value version")?;
+        let expires = r.u64("value expiry")?;
+        Ok((version, (expires != 0).then_some(expires)))
+    }
+
     /// Whether the value is gone at `now_ms` (a leader-stamped time).
     pub fn is_expired_at(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|e| now_ms >= e)

@@ -1,1 +1,45 @@
-pub fn x(){}
+//! The REST API. Handlers parse and bound the request, hand a typed
+//! operation to the node's Router actor, and turn the answer into HTTP.
+//! This is the only place errors become statuses.
+//!
+//! # Layout
+//! - [`kv`]: `PUT/GET/DELETE /v1/kv/{key}`.
+//! - [`request`]: pure parsing of keys, query and precondition headers.
+//! - [`error`]: [`ApiError`], the JSON error body and status mapping.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, fallbacks, request metrics.
+
+pub mod error;
+pub mod kv;
+pub mod ops;
+pub mod request;
+
+use actix::Addr;
+use actix_web::web;
+use ringstore_router::Router;
+use ringstore_shared::config::Limits;
+use ringstore_shared::NodeId;
+
+pub use error::ApiError;
+
+/// Shared by every handler of one node.
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: NodeId,
+    pub router: Addr<Router>,
+    pub limits: Limits,
+}
+
+/// Registers every route. Use with `App::new().app_data(..).configure(api::routes)`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/kv/{key:.*}")
+            .route(web::put().to(kv::put))
+            .route(web::get().to(kv::get))
+            .route(web::delete().to(kv::delete))
+            .default_service(web::to(ops::method_not_allowed)),
+    )
+    .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
+    .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
+    .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
+    .default_service(web::to(ops::not_found));
+}

@@ -1,1 +1,27 @@
-pub fn x(){}
+//! The one crate that owns RocksDB. It stores each shard replica's Raft
+//! log and state machine, and runs the storage actor that drives
+//! tikv/raft-rs over them.
+//!
+//! # Layout
+//! - [`engine`]: the node's RocksDB and its `raft`/`data`/`meta` column families.
+//! - [`log_store`]: raft-rs's `Storage` trait on the `raft` column family.
+//! - [`snapshot`]: the snapshot payload codec.
+//! - [`actor`]: `StorageActor`, one shard replica: tick, step, Ready, apply, reads.
+//! - [`messages`]: what the actor receives and answers.
+//! - [`transport`]: the `Transport` trait and the in-process `LocalTransport`.
+//! - [`clock`], [`raft_log`], [`metrics`]: time, raft's logger, Prometheus.
+
+pub mod actor;
+pub mod clock;
+pub mod engine;
+pub mod log_store;
+pub mod messages;
+pub mod metrics;
+pub mod raft_log;
+pub mod snapshot;
+pub mod transport;
+
+pub use actor::{ReplicaConfig, StorageActor};
+pub use engine::Engine;
+pub use messages::{ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult};
+pub use transport::{LocalTransport, NetFilter, Transport};

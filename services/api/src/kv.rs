@@ -1,0 +1,128 @@
+//! `PUT/GET/DELETE /v1/kv/{key}`: the value is the raw body; its version
+//! (the Raft index that wrote it) is the quoted `ETag`.
+
+use std::sync::Arc;
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures::StreamExt;
+use ringstore_router::Route;
+use ringstore_shared::apply::Outcome;
+use ringstore_shared::command::Command;
+use ringstore_shared::StoreError;
+use ringstore_storage::{ShardOp, ShardReply};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::request::{parse_key, parse_precondition, parse_query, parse_timeout, Consistency};
+use crate::ApiState;
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
+    h.get(name).map(|v| v.to_str().map_err(|_| ()))
+}
+
+async fn route(state: &ApiState, key: Vec<u8>, op: ShardOp, req: &HttpRequest) -> Result<ShardReply, ApiError> {
+    let timeout = parse_timeout(header(req.headers(), "x-request-timeout"), &state.limits)?;
+    let routed = state.router.send(Route { key, op, timeout }).await.map_err(|_| {
+        ApiError::from(StoreError::Unavailable {
+            reason: "router stopped".into(),
+        })
+    })?;
+    Ok(routed?)
+}
+
+/// Reads the body, refusing it as soon as it passes the value limit (and
+/// before reading at all when `Content-Length` already says so).
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: usize) -> Result<Vec<u8>, ApiError> {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > max {
+            return Err(ApiError::too_large("value", len, max));
+        }
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::too_large("value", body.len() + chunk.len(), max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn etag(version: u64) -> (header::HeaderName, String) {
+    (header::ETAG, format!("\"{version}\""))
+}
+
+pub async fn put(req: HttpRequest, payload: web::Payload, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let key = parse_key(req.uri().path(), &state.limits)?;
+    let q = parse_query(req.query_string(), &state.limits)?;
+    if q.consistency.is_some() {
+        return Err(ApiError::bad_request("consistency applies to GET only"));
+    }
+    let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), true)?;
+    let value = read_body(&req, payload, state.limits.value_bytes_max).await?;
+    let cmd = Command::Put {
+        key: key.clone(),
+        value,
+        ttl_ms: q.ttl_ms,
+        cond,
+    };
+    match route(&state, key, ShardOp::Write(Arc::new(cmd)), &req).await? {
+        ShardReply::Outcome(Outcome::Written { version }) => Ok(HttpResponse::Ok()
+            .insert_header(etag(version))
+            .json(json!({ "version": version }))),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let key = parse_key(req.uri().path(), &state.limits)?;
+    let q = parse_query(req.query_string(), &state.limits)?;
+    if q.ttl_ms.is_some() {
+        return Err(ApiError::bad_request("ttl_ms applies to PUT only"));
+    }
+    let stale = q.consistency.unwrap_or_default() == Consistency::Stale;
+    match route(&state, key.clone(), ShardOp::Read { key, stale }, &req).await? {
+        ShardReply::Value {
+            value: Some(v),
+            applied_index,
+        } => {
+            let mut r = HttpResponse::Ok();
+            r.insert_header(etag(v.version))
+                .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
+                .insert_header(("x-ringstore-applied-index", applied_index.to_string()));
+            if let Some(e) = v.expires_at_ms {
+                r.insert_header(("x-ringstore-expires-at-ms", e.to_string()));
+            }
+            Ok(r.body(v.data))
+        }
+        ShardReply::Value { value: None, .. } => Err(StoreError::NotFound.into()),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn delete(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let key = parse_key(req.uri().path(), &state.limits)?;
+    let q = parse_query(req.query_string(), &state.limits)?;
+    if q.ttl_ms.is_some() || q.consistency.is_some() {
+        return Err(ApiError::bad_request("DELETE takes no query parameters"));
+    }
+    let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), false)?;
+    let cmd = Command::Delete { key: key.clone(), cond };
+    match route(&state, key, ShardOp::Write(Arc::new(cmd)), &req).await? {
+        ShardReply::Outcome(Outcome::Deleted { version }) => {
+            Ok(HttpResponse::Ok().json(json!({ "deleted": true, "version": version })))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(reply: ShardReply) -> ApiError {
+    ApiError::from(StoreError::Internal(format!("unexpected shard reply {reply:?}")))
+}

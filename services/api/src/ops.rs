@@ -1,0 +1,124 @@
+//! Operational endpoints, fallbacks for unknown routes and methods, and
+//! the request metrics middleware.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+use prometheus::{register_histogram_vec, register_int_counter_vec, Encoder, HistogramVec, IntCounterVec, TextEncoder};
+use ringstore_router::Route;
+use ringstore_storage::{ShardOp, ShardReply};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::ApiState;
+
+static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ringstore_http_requests_total",
+        "HTTP requests by route pattern, method and status",
+        &["route", "method", "status"]
+    )
+    .expect("registers once")
+});
+
+static HTTP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "ringstore_http_request_duration_seconds",
+        "HTTP request latency by route pattern and method",
+        &["route", "method"],
+        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    )
+    .expect("registers once")
+});
+
+/// Counts and times every request. The route label is the matched
+/// pattern (never the key), so cardinality stays bounded.
+pub async fn track(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let res = next.call(req).await?;
+    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let status = res.status();
+    HTTP_REQUESTS
+        .with_label_values(&[&route, &method, status.as_str()])
+        .inc();
+    HTTP_SECONDS
+        .with_label_values(&[&route, &method])
+        .observe(start.elapsed().as_secs_f64());
+    if status.is_server_error() {
+        tracing::warn!(%route, %method, status = status.as_u16(), "request failed");
+    }
+    Ok(res)
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Ready when this node's replica knows a leader for its shard.
+pub async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let r = state
+        .router
+        .send(Route {
+            key: vec![],
+            op: ShardOp::Status,
+            timeout: Duration::from_secs(1),
+        })
+        .await;
+    match r {
+        Ok(Ok(ShardReply::Status(s))) if s.leader.is_some() => {
+            Ok(HttpResponse::Ok().json(json!({ "ready": true, "shards": [s] })))
+        }
+        Ok(Ok(ShardReply::Status(s))) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("shard {} has no known leader on node {}", s.shard, s.node),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "local replica did not answer",
+        )),
+    }
+}
+
+pub async fn metrics() -> HttpResponse {
+    let mut buf = Vec::new();
+    let families = prometheus::gather();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into();
+    }
+    HttpResponse::Ok()
+        .insert_header(("content-type", "text/plain; version=0.0.4"))
+        .body(buf)
+}
+
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    HttpResponse::from(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}
+
+pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    HttpResponse::from(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed here; use GET, PUT or DELETE", req.method()),
+    ))
+}
+
+impl From<ApiError> for HttpResponse {
+    fn from(e: ApiError) -> Self {
+        actix_web::ResponseError::error_response(&e)
+    }
+}

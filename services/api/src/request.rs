@@ -1,0 +1,174 @@
+//! Pure parsing of what a client sends: the key from the raw path, the
+//! query string, precondition headers and the request deadline. Each
+//! function returns an [`ApiError`] that says exactly what was wrong.
+
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+use ringstore_shared::command::Precondition;
+use ringstore_shared::config::Limits;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+pub const KV_PREFIX: &str = "/v1/kv/";
+
+/// The user key of `/v1/kv/{key}`, from the raw (still percent-encoded)
+/// path so that `%2F` and `/` both mean `/` and nothing is decoded twice.
+pub fn parse_key(raw_path: &str, limits: &Limits) -> Result<Vec<u8>, ApiError> {
+    let enc = raw_path
+        .strip_prefix(KV_PREFIX)
+        .ok_or_else(|| ApiError::bad_request("key path must start with /v1/kv/"))?;
+    if enc.is_empty() {
+        return Err(ApiError::bad_request("key must not be empty"));
+    }
+    let key = percent_decode_str(enc)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("key must be valid UTF-8 after percent-decoding"))?;
+    let bytes = key.into_owned().into_bytes();
+    if bytes.len() > limits.key_bytes_max {
+        return Err(ApiError::too_large("key", bytes.len(), limits.key_bytes_max));
+    }
+    Ok(bytes)
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KvQuery {
+    pub ttl_ms: Option<u64>,
+    pub consistency: Option<Consistency>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    #[default]
+    Linearizable,
+    Stale,
+}
+
+pub fn parse_query(qs: &str, limits: &Limits) -> Result<KvQuery, ApiError> {
+    let q: KvQuery = serde_urlencoded::from_str(qs).map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
+    if let Some(t) = q.ttl_ms {
+        if t == 0 || t > limits.ttl_ms_max {
+            return Err(ApiError::bad_request(format!(
+                "ttl_ms must be between 1 and {}",
+                limits.ttl_ms_max
+            )));
+        }
+    }
+    Ok(q)
+}
+
+/// `"42"` → 42. Weak tags, lists and `*` are refused: a version is exact.
+fn parse_etag(v: &str) -> Result<u64, ApiError> {
+    let v = v.trim();
+    let inner = v
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .ok_or_else(|| ApiError::bad_request(format!("If-Match must be one quoted version like \"42\", got {v:?}")))?;
+    inner
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("If-Match must be one quoted version like \"42\", got {v:?}")))
+}
+
+/// Precondition from `If-Match` / `If-None-Match` (raw header values;
+/// `None` when absent, `Err` text when not valid UTF-8 or visible ASCII).
+pub fn parse_precondition(
+    if_match: Option<Result<&str, ()>>,
+    if_none_match: Option<Result<&str, ()>>,
+    is_put: bool,
+) -> Result<Precondition, ApiError> {
+    let if_match = if_match
+        .transpose()
+        .map_err(|_| ApiError::bad_request("If-Match is not valid text"))?;
+    let if_none_match = if_none_match
+        .transpose()
+        .map_err(|_| ApiError::bad_request("If-None-Match is not valid text"))?;
+    match (if_match, if_none_match) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request("send If-Match or If-None-Match, not both")),
+        (Some(m), None) => Ok(Precondition::IfVersion(parse_etag(m)?)),
+        (None, Some(n)) if n.trim() == "*" && is_put => Ok(Precondition::IfAbsent),
+        (None, Some(_)) if is_put => Err(ApiError::bad_request("If-None-Match supports only \"*\" (create-only)")),
+        (None, Some(_)) => Err(ApiError::bad_request("If-None-Match is only supported on PUT")),
+        (None, None) => Ok(Precondition::Always),
+    }
+}
+
+/// Deadline from `X-Request-Timeout` (milliseconds), bounded by the limits.
+pub fn parse_timeout(h: Option<Result<&str, ()>>, limits: &Limits) -> Result<Duration, ApiError> {
+    let Some(v) = h else {
+        return Ok(Duration::from_millis(limits.request_timeout_ms_default));
+    };
+    let ms = v
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0 && *ms <= limits.request_timeout_ms_max)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "X-Request-Timeout must be milliseconds between 1 and {}",
+                limits.request_timeout_ms_max
+            ))
+        })?;
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::StatusCode;
+
+    fn l() -> Limits {
+        Limits::default()
+    }
+
+    #[test]
+    fn keys_with_slashes_unicode_and_escapes() {
+        assert_eq!(parse_key("/v1/kv/a/b/c", &l()).unwrap(), b"a/b/c");
+        assert_eq!(parse_key("/v1/kv/a%2Fb", &l()).unwrap(), b"a/b");
+        assert_eq!(parse_key("/v1/kv/%D0%BA%D0%BB%D1%8E%D1%87", &l()).unwrap(), "ключ".as_bytes());
+        assert_eq!(parse_key("/v1/kv/", &l()).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(parse_key("/v1/kv/%FF", &l()).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn key_limit_is_exact() {
+        let ok = format!("/v1/kv/{}", "k".repeat(4096));
+        assert_eq!(parse_key(&ok, &l()).unwrap().len(), 4096);
+        let over = format!("/v1/kv/{}", "k".repeat(4097));
+        assert_eq!(parse_key(&over, &l()).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn query_parsing() {
+        assert_eq!(parse_query("", &l()).unwrap(), KvQuery::default());
+        assert_eq!(parse_query("ttl_ms=5", &l()).unwrap().ttl_ms, Some(5));
+        assert_eq!(parse_query("consistency=stale", &l()).unwrap().consistency, Some(Consistency::Stale));
+        for bad in ["ttl_ms=0", "ttl_ms=-1", "ttl_ms=x", "consistency=weird", "tll_ms=5"] {
+            assert_eq!(parse_query(bad, &l()).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn preconditions() {
+        assert_eq!(parse_precondition(None, None, true).unwrap(), Precondition::Always);
+        assert_eq!(parse_precondition(Some(Ok("\"42\"")), None, true).unwrap(), Precondition::IfVersion(42));
+        assert_eq!(parse_precondition(None, Some(Ok("*")), true).unwrap(), Precondition::IfAbsent);
+        for bad in ["42", "W/\"42\"", "\"x\"", "*", "\"1\", \"2\"", "\""] {
+            assert!(parse_precondition(Some(Ok(bad)), None, true).is_err(), "{bad}");
+        }
+        assert!(parse_precondition(Some(Ok("\"1\"")), Some(Ok("*")), true).is_err());
+        assert!(parse_precondition(None, Some(Ok("\"1\"")), true).is_err());
+        assert!(parse_precondition(None, Some(Ok("*")), false).is_err());
+        assert!(parse_precondition(Some(Err(())), None, true).is_err());
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout(None, &l()).unwrap(), Duration::from_millis(5000));
+        assert_eq!(parse_timeout(Some(Ok("250")), &l()).unwrap(), Duration::from_millis(250));
+        for bad in ["0", "-5", "abc", "60001"] {
+            assert!(parse_timeout(Some(Ok(bad)), &l()).is_err(), "{bad}");
+        }
+    }
+}

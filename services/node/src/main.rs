@@ -1,0 +1,104 @@
+//! The `ringstore` binary.
+//!
+//! `ringstore dev` runs a three-node cluster in one process on 127.0.0.1,
+//! with data under `./ringstore-data`; run it again with the same data dir
+//! and every acknowledged write is back.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ringstore_node::cluster::{ClusterConfig, LocalCluster};
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "ringstore", version, about = "A sharded, replicated key-value and lock service")]
+struct Cli {
+    /// Log filter, e.g. `info` or `ringstore=debug,raft=info`.
+    #[arg(long, env = "RINGSTORE_LOG", default_value = "info,raft=warn", global = true)]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a three-node cluster in this process on 127.0.0.1.
+    Dev {
+        /// Where the nodes keep their data (one RocksDB per node).
+        #[arg(long, default_value = "./ringstore-data")]
+        data_dir: PathBuf,
+        /// HTTP address of node 1; nodes 2 and 3 take the next ports.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// HTTP worker threads per node.
+        #[arg(long, default_value_t = 1)]
+        http_workers: usize,
+        /// Do not fsync the Raft log. Benchmarks only: a crash can lose
+        /// acknowledged writes.
+        #[arg(long)]
+        unsafe_no_fsync: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log filter")?)
+        .init();
+    match cli.cmd {
+        Cmd::Dev {
+            data_dir,
+            http,
+            http_workers,
+            unsafe_no_fsync,
+        } => actix_rt::System::new().block_on(dev(data_dir, http, http_workers, unsafe_no_fsync)),
+    }
+}
+
+async fn dev(data_dir: PathBuf, http: SocketAddr, http_workers: usize, unsafe_no_fsync: bool) -> anyhow::Result<()> {
+    let mut cfg = ClusterConfig::new(&data_dir);
+    cfg.http = http;
+    cfg.http_workers = http_workers.max(1);
+    if unsafe_no_fsync {
+        warn!("--unsafe-no-fsync: the Raft log is not fsynced; a crash can lose acknowledged writes");
+        cfg.raft.sync_wal = false;
+    }
+    let cluster = LocalCluster::start(cfg).await?;
+    let leader = cluster.wait_leader(std::time::Duration::from_secs(10)).await?;
+    println!("ringstore dev: 3 nodes, data in {}", data_dir.display());
+    for id in cluster.node_ids() {
+        if let Some(url) = cluster.url(id) {
+            println!("  node {id}: {url}{}", if id == leader { "  (leader)" } else { "" });
+        }
+    }
+    if let Some(url) = cluster.url(1) {
+        println!("try: curl -X PUT --data-binary 'hello' {url}/v1/kv/greeting && curl {url}/v1/kv/greeting");
+    }
+    shutdown_signal().await;
+    info!("shutting down");
+    cluster.shutdown().await?;
+    println!("ringstore dev: stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,795 @@
+//! `StorageActor`: one replica of one shard. It owns the shard's
+//! `raft::RawNode` and drives it: ticks on an interval, steps incoming
+//! messages, batches the proposals and reads that arrive between two Ready
+//! rounds, and handles each Ready with one RocksDB write.
+//!
+//! A client write is answered only after its entry is committed by a
+//! majority, durable (WAL fsync) and applied. A linearizable read is
+//! answered after a ReadIndex round confirms leadership and the replica has
+//! applied up to the read index.
+//!
+//! Each replica runs on its own arbiter (thread): the fsync in a Ready
+//! round blocks that thread, never an HTTP worker.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMessage};
+use raft::{RawNode, StateRole};
+use ringstore_shared::apply::{self, Effect, Outcome};
+use ringstore_shared::command::{Command, Proposal};
+use ringstore_shared::config::{Limits, RaftConfig};
+use ringstore_shared::keys::data_key;
+use ringstore_shared::value::StoredValue;
+use ringstore_shared::{NodeId, ShardId, StoreError};
+use rocksdb::WriteBatch;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use crate::clock::Clock;
+use crate::engine::{Cf, Engine, EngineError};
+use crate::log_store::{ApplyState, LogStore};
+use crate::messages::{RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult};
+use crate::metrics::RAFT;
+use crate::transport::{Transport, RAFT_MAILBOX_CAPACITY};
+
+/// Reads that waited this long for a ReadIndex answer are re-issued.
+const READ_INDEX_RETRY: Duration = Duration::from_millis(300);
+
+pub struct ReplicaConfig {
+    pub node: NodeId,
+    pub shard: ShardId,
+    /// Voters to bootstrap with if this node has no state for the shard.
+    pub initial_voters: Vec<NodeId>,
+    pub raft: RaftConfig,
+    pub limits: Limits,
+}
+
+type Reply = oneshot::Sender<ShardResult>;
+
+struct PendingWrite {
+    term: u64,
+    tx: Reply,
+}
+
+struct PendingRead {
+    key: Vec<u8>,
+    tx: Reply,
+}
+
+#[derive(Default)]
+struct ReadQueue {
+    next_ctx: u64,
+    /// Arrived since the last Ready round; go out as one ReadIndex.
+    unsent: Vec<PendingRead>,
+    /// ReadIndex issued, waiting for the leader's confirmation.
+    in_flight: HashMap<u64, (Instant, Vec<PendingRead>)>,
+    /// Confirmed at a read index; served once applied reaches it.
+    confirmed: VecDeque<(u64, Vec<PendingRead>)>,
+}
+
+impl ReadQueue {
+    fn len(&self) -> usize {
+        self.unsent.len()
+            + self.in_flight.values().map(|(_, v)| v.len()).sum::<usize>()
+            + self.confirmed.iter().map(|(_, v)| v.len()).sum::<usize>()
+    }
+}
+
+struct Labels {
+    node: String,
+    shard: String,
+}
+
+pub struct StorageActor {
+    node: NodeId,
+    shard: ShardId,
+    raw: RawNode<LogStore>,
+    engine: Arc<Engine>,
+    cfg: RaftConfig,
+    limits: Limits,
+    transport: Arc<dyn Transport>,
+    clock: Arc<dyn Clock>,
+    /// Proposed writes by log index, answered when that index is applied.
+    writes: BTreeMap<u64, PendingWrite>,
+    reads: ReadQueue,
+    flush_scheduled: bool,
+    leader: u64,
+    sweep_cursor: Vec<u8>,
+    labels: Labels,
+}
+
+/// Runs one Ready round (and the flush of batched reads) on the actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl StorageActor {
+    /// Opens the replica's Raft state on `engine` and starts it on `arbiter`.
+    pub fn start(
+        cfg: ReplicaConfig,
+        engine: Arc<Engine>,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+        arbiter: &ArbiterHandle,
+    ) -> Result<Addr<StorageActor>, StartError> {
+        let (store, fresh) = LogStore::open(engine.clone(), cfg.shard, &cfg.initial_voters)?;
+        let applied = store.apply_state().applied_index;
+        let rc = raft::Config {
+            id: cfg.node,
+            election_tick: cfg.raft.election_ticks,
+            heartbeat_tick: cfg.raft.heartbeat_ticks,
+            applied,
+            max_size_per_msg: cfg.raft.max_size_per_msg_bytes,
+            max_inflight_msgs: cfg.raft.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        rc.validate()?;
+        let raw = RawNode::new(&rc, store, &crate::raft_log::logger(cfg.node, cfg.shard))?;
+        info!(node = cfg.node, shard = cfg.shard, fresh, applied, "starting shard replica");
+        let actor = StorageActor {
+            node: cfg.node,
+            shard: cfg.shard,
+            raw,
+            engine,
+            limits: cfg.limits,
+            transport,
+            clock,
+            writes: BTreeMap::new(),
+            reads: ReadQueue::default(),
+            flush_scheduled: false,
+            leader: 0,
+            sweep_cursor: Vec::new(),
+            labels: Labels {
+                node: cfg.node.to_string(),
+                shard: cfg.shard.to_string(),
+            },
+            cfg: cfg.raft,
+        };
+        Ok(StorageActor::start_in_arbiter(arbiter, move |_| actor))
+    }
+
+    fn ls(&self) -> [&str; 2] {
+        [&self.labels.node, &self.labels.shard]
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    fn not_leader(&self) -> StoreError {
+        let l = self.raw.raft.leader_id;
+        StoreError::NotLeader {
+            shard: self.shard,
+            hint: (l != 0 && l != self.node).then_some(l),
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.writes.len() + self.reads.len()
+    }
+
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            // notify() runs after the mailbox is drained, so every proposal
+            // and read already queued joins this round: one fsync for all.
+            ctx.notify(Flush);
+        }
+    }
+
+    /// Storage failures leave Raft's durability promise unknowable: stop
+    /// the process rather than answer from a state we cannot trust.
+    fn fatal(&self, what: &str, e: impl std::fmt::Display) -> ! {
+        error!(node = self.node, shard = self.shard, "fatal storage error while {what}: {e}");
+        std::process::abort();
+    }
+
+    fn send(&self, msgs: Vec<RaftMessage>) {
+        if msgs.is_empty() {
+            return;
+        }
+        RAFT.messages_sent.with_label_values(&self.ls()).inc_by(msgs.len() as u64);
+        self.transport.send_raft(self.node, self.shard, msgs);
+    }
+
+    fn propose(&mut self, cmd: &Command, reply: Option<Reply>) -> Result<(), StoreError> {
+        // Stamps never go back, even if this leader's clock is behind the
+        // previous one's: TTL decisions stay monotonic.
+        let stamp_ms = self
+            .clock
+            .now_ms()
+            .max(self.raw.store().apply_state().applied_stamp_ms);
+        let data = Proposal::encode_parts(stamp_ms, cmd);
+        let before = self.raw.raft.raft_log.last_index();
+        if self.raw.propose(vec![], data).is_err() {
+            RAFT.proposals.with_label_values(&[&self.labels.node, &self.labels.shard, "dropped"]).inc();
+            return Err(StoreError::Dropped { reason: "replica is not an active leader" });
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        // A leader appends a proposal at once; anything else is a raft bug.
+        assert_eq!(index, before + 1, "proposal was not appended at last_index + 1");
+        RAFT.proposals.with_label_values(&[&self.labels.node, &self.labels.shard, "accepted"]).inc();
+        if let Some(tx) = reply {
+            self.writes.insert(index, PendingWrite { term: self.raw.raft.term, tx });
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------
+    // The Ready round. Order matters; each step says why it is where it is.
+    // ---------------------------------------------------------------
+    fn on_ready(&mut self) {
+        if !self.raw.has_ready() {
+            return;
+        }
+        let mut ready = self.raw.ready();
+        RAFT.ready_rounds.with_label_values(&self.ls()).inc();
+
+        // 1. Role changes first: reads in flight under an old leadership
+        //    cannot be confirmed any more and are safe to retry elsewhere.
+        if let Some(ss) = ready.ss() {
+            self.on_role_change(ss.leader_id, ss.raft_state);
+        }
+
+        // 2. A leader may send its messages before persisting its own
+        //    entries (Raft thesis 10.2.1): the disk write and the network
+        //    round trip overlap.
+        self.send(ready.take_messages());
+
+        // 3. Everything this round changes goes into one WriteBatch: a
+        //    snapshot from the leader, committed entries (already durable in
+        //    the log), new entries and the hard state.
+        let mut batch = self.engine.batch();
+        let mut snapshot = None;
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot();
+            match self.raw.store().stage_snapshot(&mut batch, snap) {
+                Ok(a) => snapshot = Some((a, snap.get_metadata().get_conf_state().clone())),
+                Err(e) => self.fatal("staging a snapshot", e),
+            }
+        }
+        let mut apply = match &snapshot {
+            Some((a, _)) => *a,
+            None => *self.raw.store().apply_state(),
+        };
+        let mut replies = Vec::new();
+        self.stage_apply(&mut batch, ready.take_committed_entries(), &mut apply, &mut replies);
+        let appended = self.raw.store().stage_append(&mut batch, ready.entries());
+        RAFT.ready_entries
+            .with_label_values(&self.ls())
+            .observe(ready.entries().len() as f64);
+        let hs = ready.hs().cloned();
+        if let Some(hs) = &hs {
+            self.raw.store().stage_hard_state(&mut batch, hs);
+        }
+
+        // 4. One write; fsync when raft needs durability (entries, vote,
+        //    term, snapshot). Nothing below happens until it returns.
+        let sync = ready.must_sync() && self.cfg.sync_wal;
+        if let Err(e) = self.engine.write(batch, sync) {
+            self.fatal("persisting a Ready", e);
+        }
+
+        // 5. Now that it is on disk, the in-memory view may follow.
+        let store = self.raw.mut_store();
+        if let Some((a, cs)) = snapshot {
+            store.commit_snapshot(a, cs);
+            RAFT.snapshots
+                .with_label_values(&[&self.labels.node, &self.labels.shard, "applied"])
+                .inc();
+            info!(node = self.node, shard = self.shard, index = a.applied_index, "applied snapshot");
+            self.on_snapshot_applied(a.applied_index);
+        }
+        let store = self.raw.mut_store();
+        if let Some(last) = appended {
+            store.commit_append(last);
+        }
+        if let Some(hs) = hs {
+            store.commit_hard_state(hs);
+        }
+        store.commit_apply_state(apply);
+        self.answer(replies);
+
+        // 6. Messages that must follow persistence (votes, append acks).
+        self.send(ready.take_persisted_messages());
+
+        // 7. Leadership confirmations for batched reads.
+        self.on_read_states(ready.take_read_states());
+
+        // 8. Advance. The light ready carries what became committed because
+        //    of this round's persistence.
+        let mut light = self.raw.advance_append(ready);
+        self.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        let commit = light.commit_index();
+        if !committed.is_empty() || commit.is_some() {
+            let mut batch = self.engine.batch();
+            let mut apply = *self.raw.store().apply_state();
+            let mut replies = Vec::new();
+            self.stage_apply(&mut batch, committed, &mut apply, &mut replies);
+            let hs = commit.map(|c| {
+                let mut hs = self.raw.store().hard_state().clone();
+                hs.commit = c;
+                hs
+            });
+            if let Some(hs) = &hs {
+                self.raw.store().stage_hard_state(&mut batch, hs);
+            }
+            // No fsync: applied entries are durable in the log; a crash
+            // replays them from the last persisted apply state.
+            if let Err(e) = self.engine.write(batch, false) {
+                self.fatal("applying committed entries", e);
+            }
+            let store = self.raw.mut_store();
+            if let Some(hs) = hs {
+                store.commit_hard_state(hs);
+            }
+            store.commit_apply_state(apply);
+            self.answer(replies);
+        }
+        let applied = self.raw.store().apply_state().applied_index;
+        self.raw.advance_apply_to(applied);
+
+        // 9. Reads whose read index is now applied.
+        self.serve_confirmed_reads();
+        self.maybe_compact_log();
+        self.update_gauges();
+    }
+
+    /// Applies committed entries into `batch`. Later entries of the same
+    /// batch see earlier ones through `overlay`, so two conditional writes
+    /// to one key in one round decide correctly.
+    fn stage_apply(
+        &mut self,
+        batch: &mut WriteBatch,
+        entries: Vec<Entry>,
+        apply: &mut ApplyState,
+        replies: &mut Vec<(Reply, ShardResult)>,
+    ) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut overlay: HashMap<Vec<u8>, Option<StoredValue>> = HashMap::new();
+        let n = entries.len();
+        for entry in entries {
+            let index = entry.index;
+            if index <= apply.applied_index {
+                continue; // covered by a snapshot applied this round
+            }
+            debug_assert_eq!(index, apply.applied_index + 1, "entries applied out of order");
+            let result = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => None, // new leader's no-op
+                EntryType::EntryNormal => Some(self.apply_normal(batch, &entry, apply, &mut overlay)),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(batch, &entry);
+                    None
+                }
+            };
+            apply.applied_index = index;
+            if let Some(p) = self.writes.remove(&index) {
+                let answer = if p.term == entry.term {
+                    result.unwrap_or(Err(StoreError::Internal("entry carried no command".into())))
+                } else {
+                    // Another leader's entry took this index: ours was never
+                    // applied, so the router may retry it.
+                    Err(StoreError::Dropped { reason: "entry replaced by a new leader" })
+                };
+                replies.push((p.tx, answer));
+            }
+        }
+        self.raw.store().stage_apply_state(batch, apply);
+        RAFT.applied_entries.with_label_values(&self.ls()).inc_by(n as u64);
+    }
+
+    fn apply_normal(
+        &mut self,
+        batch: &mut WriteBatch,
+        entry: &Entry,
+        apply: &mut ApplyState,
+        overlay: &mut HashMap<Vec<u8>, Option<StoredValue>>,
+    ) -> ShardResult {
+        let proposal = match Proposal::decode(&entry.data) {
+            Ok(p) => p,
+            Err(e) => {
+                // Deterministic on every replica: all skip the same entry.
+                error!(node = self.node, shard = self.shard, index = entry.index, "undecodable entry skipped: {e}");
+                return Err(StoreError::Internal(format!("undecodable entry: {e}")));
+            }
+        };
+        apply.applied_stamp_ms = apply.applied_stamp_ms.max(proposal.stamp_ms);
+        let engine = &self.engine;
+        let mut lookup_err = None;
+        let (effects, outcome) = apply::decide(proposal, entry.index, |k| {
+            if let Some(v) = overlay.get(k) {
+                return v.clone();
+            }
+            match read_value(engine, k) {
+                Ok(v) => v,
+                Err(e) => {
+                    lookup_err = Some(e);
+                    None
+                }
+            }
+        });
+        if let Some(e) = lookup_err {
+            self.fatal("reading a key during apply", e);
+        }
+        if let Outcome::Expired { count } = outcome {
+            RAFT.ttl_expired_keys.with_label_values(&self.ls()).inc_by(count as u64);
+        }
+        for effect in effects {
+            match effect {
+                Effect::Put { key, value } => {
+                    self.engine.put(batch, Cf::Data, &data_key(&key), &value.encode());
+                    overlay.insert(key, Some(value));
+                }
+                Effect::Delete { key } => {
+                    self.engine.delete(batch, Cf::Data, &data_key(&key));
+                    overlay.insert(key, None);
+                }
+            }
+        }
+        match outcome {
+            Outcome::PreconditionFailed { current } => Err(StoreError::PreconditionFailed { current }),
+            Outcome::NotFound => Err(StoreError::NotFound),
+            o => Ok(ShardReply::Outcome(o)),
+        }
+    }
+
+    fn apply_conf_change(&mut self, batch: &mut WriteBatch, entry: &Entry) {
+        let cs = if entry.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(&entry.data).map(|cc| self.raw.apply_conf_change(&cc))
+        } else {
+            ConfChangeV2::parse_from_bytes(&entry.data).map(|cc| self.raw.apply_conf_change(&cc))
+        };
+        match cs {
+            Ok(Ok(cs)) => {
+                self.raw.store().stage_conf_state(batch, &cs);
+                self.raw.mut_store().commit_conf_state(cs);
+            }
+            Ok(Err(e)) => warn!(node = self.node, shard = self.shard, "conf change refused: {e}"),
+            Err(e) => error!(node = self.node, shard = self.shard, "undecodable conf change: {e}"),
+        }
+    }
+
+    fn answer(&self, replies: Vec<(Reply, ShardResult)>) {
+        for (tx, r) in replies {
+            let _ = tx.send(r); // the client may have given up; nothing to do
+        }
+    }
+
+    fn on_role_change(&mut self, leader: u64, role: StateRole) {
+        if leader != self.leader {
+            info!(node = self.node, shard = self.shard, leader, ?role, term = self.raw.raft.term, "leader changed");
+            self.leader = leader;
+        }
+        if role != StateRole::Leader {
+            let err = self.not_leader();
+            for r in self.reads.unsent.drain(..) {
+                let _ = r.tx.send(Err(err.clone()));
+            }
+            for (_, (_, rs)) in self.reads.in_flight.drain() {
+                for r in rs {
+                    let _ = r.tx.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn on_snapshot_applied(&mut self, index: u64) {
+        // Writes at or below the snapshot were applied (or replaced) on the
+        // leader; this replica cannot tell which.
+        let covered: Vec<u64> = self.writes.range(..=index).map(|(i, _)| *i).collect();
+        for i in covered {
+            if let Some(p) = self.writes.remove(&i) {
+                let _ = p.tx.send(Err(StoreError::Unavailable {
+                    reason: "replica restored from a snapshot; outcome unknown".into(),
+                }));
+            }
+        }
+    }
+
+    fn on_read_states(&mut self, states: Vec<raft::ReadState>) {
+        for rs in states {
+            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else { continue };
+            if let Some((_, reads)) = self.reads.in_flight.remove(&u64::from_be_bytes(ctx)) {
+                self.reads.confirmed.push_back((rs.index, reads));
+            }
+        }
+    }
+
+    fn issue_reads(&mut self) {
+        if self.reads.unsent.is_empty() {
+            return;
+        }
+        if !self.is_leader() {
+            let err = self.not_leader();
+            for r in self.reads.unsent.drain(..) {
+                let _ = r.tx.send(Err(err.clone()));
+            }
+            return;
+        }
+        let ctx = self.reads.next_ctx;
+        self.reads.next_ctx += 1;
+        let reads = std::mem::take(&mut self.reads.unsent);
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        RAFT.read_index.with_label_values(&self.ls()).inc();
+        self.reads.in_flight.insert(ctx, (Instant::now(), reads));
+    }
+
+    fn serve_confirmed_reads(&mut self) {
+        let applied = self.raw.store().apply_state().applied_index;
+        let now = self.read_now_ms(false);
+        while self.reads.confirmed.front().is_some_and(|(i, _)| *i <= applied) {
+            let Some((_, reads)) = self.reads.confirmed.pop_front() else { break };
+            for r in reads {
+                let _ = r.tx.send(self.read_local(&r.key, now));
+            }
+        }
+    }
+
+    /// The "now" that decides TTL expiry on a read. The leader uses its
+    /// own clock (it stamps writes with it); a stale read on any replica
+    /// uses the newest leader stamp it has applied, never its own clock.
+    fn read_now_ms(&self, stale: bool) -> u64 {
+        let applied = self.raw.store().apply_state().applied_stamp_ms;
+        if stale {
+            applied
+        } else {
+            self.clock.now_ms().max(applied)
+        }
+    }
+
+    fn read_local(&self, key: &[u8], now_ms: u64) -> ShardResult {
+        let value = read_value(&self.engine, key)
+            .map_err(|e| StoreError::Engine(e.to_string()))?
+            .filter(|v| !v.is_expired_at(now_ms));
+        Ok(ShardReply::Value {
+            value,
+            applied_index: self.raw.store().apply_state().applied_index,
+        })
+    }
+
+    fn retry_stuck_reads(&mut self) {
+        let now = Instant::now();
+        let stuck: Vec<u64> = self
+            .reads
+            .in_flight
+            .iter()
+            .filter(|(_, (t, _))| now.duration_since(*t) > READ_INDEX_RETRY)
+            .map(|(c, _)| *c)
+            .collect();
+        for ctx in stuck {
+            if let Some((_, reads)) = self.reads.in_flight.remove(&ctx) {
+                // raft-rs ignores ReadIndex until the leader has committed an
+                // entry in its term, and heartbeats can be lost: ask again.
+                self.reads.unsent.extend(reads);
+            }
+        }
+        self.issue_reads();
+    }
+
+    fn maybe_compact_log(&mut self) {
+        let a = *self.raw.store().apply_state();
+        if a.applied_index - a.truncated_index < self.cfg.log_gc_threshold_entries {
+            return;
+        }
+        let to = a.applied_index.saturating_sub(self.cfg.log_gc_keep_entries);
+        let mut batch = self.engine.batch();
+        match self.raw.store().stage_compact(&mut batch, to) {
+            Ok(Some(next)) => {
+                if let Err(e) = self.engine.write(batch, false) {
+                    self.fatal("compacting the log", e);
+                }
+                self.raw.mut_store().commit_apply_state(next);
+                RAFT.log_compactions.with_label_values(&self.ls()).inc();
+                debug!(node = self.node, shard = self.shard, to, "compacted raft log");
+            }
+            Ok(None) => {}
+            Err(e) => self.fatal("staging log compaction", e),
+        }
+    }
+
+    /// Leader only: finds expired keys (bounded per round) and proposes
+    /// their deletion, so expiry is a replicated decision.
+    fn sweep_expired(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        let now = self.read_now_ms(false);
+        let (from, to) = crate::snapshot::shard_data_bounds();
+        let start = if self.sweep_cursor.is_empty() { from } else { self.sweep_cursor.clone() };
+        let max = self.cfg.ttl_sweep_keys_max;
+        let mut seen = 0usize;
+        let mut last = None;
+        let mut expired = Vec::new();
+        let res = self.engine.scan(Cf::Data, &start, &to, |k, v| {
+            seen += 1;
+            last = Some(k.to_vec());
+            if let (Some((_, user)), Ok(h)) = (ringstore_shared::keys::split_data_key(k), StoredValue::decode_header(v)) {
+                if h.1.is_some_and(|e| now >= e) {
+                    expired.push((user.to_vec(), h.0));
+                }
+            }
+            seen < max
+        });
+        if let Err(e) = res {
+            warn!(node = self.node, shard = self.shard, "ttl sweep scan failed: {e}");
+            return;
+        }
+        self.sweep_cursor = match last {
+            Some(mut k) if seen >= max => {
+                k.push(0);
+                k
+            }
+            _ => Vec::new(),
+        };
+        if !expired.is_empty() {
+            let n = expired.len();
+            if self.propose(&Command::Expire { keys: expired }, None).is_ok() {
+                debug!(node = self.node, shard = self.shard, n, "proposed expiry");
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let ls = self.ls();
+        RAFT.term.with_label_values(&ls).set(self.raw.raft.term as i64);
+        RAFT.is_leader.with_label_values(&ls).set(self.is_leader() as i64);
+        RAFT.commit_index
+            .with_label_values(&ls)
+            .set(self.raw.raft.raft_log.committed as i64);
+        RAFT.applied_index
+            .with_label_values(&ls)
+            .set(self.raw.store().apply_state().applied_index as i64);
+        RAFT.pending_requests.with_label_values(&ls).set(self.pending() as i64);
+    }
+
+    fn status(&self) -> ReplicaStatus {
+        let s = self.raw.store();
+        ReplicaStatus {
+            node: self.node,
+            shard: self.shard,
+            role: match self.raw.raft.state {
+                StateRole::Leader => "leader",
+                StateRole::Follower => "follower",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre_candidate",
+            },
+            term: self.raw.raft.term,
+            leader: (self.raw.raft.leader_id != 0).then_some(self.raw.raft.leader_id),
+            commit_index: self.raw.raft.raft_log.committed,
+            applied_index: s.apply_state().applied_index,
+            first_index: s.apply_state().truncated_index + 1,
+            last_index: s.last_index_cached(),
+            voters: s.conf_state().voters.clone(),
+        }
+    }
+}
+
+fn read_value(engine: &Engine, key: &[u8]) -> Result<Option<StoredValue>, EngineError> {
+    match engine.get(Cf::Data, &data_key(key))? {
+        None => Ok(None),
+        Some(raw) => StoredValue::decode(&raw).map(Some).map_err(|e| EngineError::Corrupt {
+            cf: "data",
+            detail: e.to_string(),
+        }),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+impl Actor for StorageActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(RAFT_MAILBOX_CAPACITY);
+        ctx.run_interval(Duration::from_millis(self.cfg.tick_interval_ms), |act, ctx| {
+            act.raw.tick();
+            act.retry_stuck_reads();
+            // Drop waiters whose client gave up, so the map stays bounded.
+            act.writes.retain(|_, p| !p.tx.is_closed());
+            act.schedule_flush(ctx);
+        });
+        ctx.run_interval(Duration::from_millis(self.cfg.ttl_sweep_interval_ms), |act, ctx| {
+            act.sweep_expired();
+            act.engine_gauges();
+            act.schedule_flush(ctx);
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        info!(node = self.node, shard = self.shard, "shard replica stopped");
+    }
+}
+
+impl StorageActor {
+    fn engine_gauges(&self) {
+        crate::metrics::ENGINE
+            .sst_bytes
+            .with_label_values(&[&self.labels.node])
+            .set(self.engine.sst_bytes() as i64);
+    }
+}
+
+impl Handler<Flush> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, _: Flush, _ctx: &mut Context<Self>) {
+        self.flush_scheduled = false;
+        self.issue_reads();
+        self.on_ready();
+    }
+}
+
+impl Handler<RaftBatch> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, RaftBatch(msgs): RaftBatch, ctx: &mut Context<Self>) {
+        for m in msgs {
+            if let Err(e) = self.raw.step(m) {
+                debug!(node = self.node, shard = self.shard, "step refused a message: {e}");
+            }
+        }
+        self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<ShardRequest> for StorageActor {
+    type Result = ResponseFuture<ShardResult>;
+
+    fn handle(&mut self, ShardRequest(op): ShardRequest, ctx: &mut Context<Self>) -> Self::Result {
+        let immediate = |r: ShardResult| -> ResponseFuture<ShardResult> { Box::pin(async move { r }) };
+        if !matches!(op, ShardOp::Status) && self.pending() >= self.limits.pending_requests_max {
+            RAFT.proposals.with_label_values(&[&self.labels.node, &self.labels.shard, "overloaded"]).inc();
+            return immediate(Err(StoreError::Overloaded {
+                queued: self.pending(),
+                limit: self.limits.pending_requests_max,
+            }));
+        }
+        match op {
+            ShardOp::Status => immediate(Ok(ShardReply::Status(self.status()))),
+            ShardOp::Read { key, stale: true } => {
+                let now = self.read_now_ms(true);
+                immediate(self.read_local(&key, now))
+            }
+            ShardOp::Read { key, stale: false } => {
+                if !self.is_leader() {
+                    return immediate(Err(self.not_leader()));
+                }
+                let (tx, rx) = oneshot::channel();
+                self.reads.unsent.push(PendingRead { key, tx });
+                self.schedule_flush(ctx);
+                Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
+            }
+            ShardOp::Write(cmd) => {
+                if !self.is_leader() {
+                    RAFT.proposals.with_label_values(&[&self.labels.node, &self.labels.shard, "not_leader"]).inc();
+                    return immediate(Err(self.not_leader()));
+                }
+                let (tx, rx) = oneshot::channel();
+                if let Err(e) = self.propose(&cmd, Some(tx)) {
+                    return immediate(Err(e));
+                }
+                self.schedule_flush(ctx);
+                Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
+            }
+        }
+    }
+}
+
+fn replica_gone() -> StoreError {
+    StoreError::Unavailable {
+        reason: "replica stopped before answering; outcome unknown".into(),
+    }
+}

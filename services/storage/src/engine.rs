@@ -1,0 +1,216 @@
+//! The node's one RocksDB instance and its column families.
+//!
+//! - `raft`: per-shard log entries, hard state, conf state, apply state
+//!   (layout in [`crate::log_store`]).
+//! - `data`: user values keyed `ring_point BE ++ user_key`.
+//! - `meta`: this node's identity.
+//!
+//! Only this crate touches RocksDB; everything above it sees [`Engine`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch, WriteOptions, DB};
+use thiserror::Error;
+
+use crate::metrics;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("opening RocksDB at {path}: {source}")]
+    Open { path: PathBuf, source: rocksdb::Error },
+    #[error("RocksDB: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("data dir belongs to another node: expected node {expected}, found {found}")]
+    Identity { expected: u64, found: String },
+    #[error("corrupt record in column family {cf}: {detail}")]
+    Corrupt { cf: &'static str, detail: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cf {
+    Raft,
+    Data,
+    Meta,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 3] = [Cf::Raft, Cf::Data, Cf::Meta];
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Raft => "raft",
+            Cf::Data => "data",
+            Cf::Meta => "meta",
+        }
+    }
+}
+
+pub struct Engine {
+    db: DB,
+    path: PathBuf,
+    node_label: String,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("path", &self.path).finish()
+    }
+}
+
+impl Engine {
+    /// Opens (creating if needed) the RocksDB at `path`. `node_label`
+    /// labels this engine's metrics.
+    pub fn open(path: &Path, node_label: &str) -> Result<Arc<Engine>, EngineError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let cfs = Cf::ALL.iter().map(|cf| {
+            let mut o = Options::default();
+            if *cf == Cf::Data {
+                o.set_compression_type(DBCompressionType::Lz4);
+            }
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| EngineError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Arc::new(Engine {
+            db,
+            path: path.to_path_buf(),
+            node_label: node_label.to_string(),
+        }))
+    }
+
+    pub fn node_label(&self) -> &str {
+        &self.node_label
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn cf(&self, cf: Cf) -> &ColumnFamily {
+        // The families are created at open; a missing one is a bug, not input.
+        self.db
+            .cf_handle(cf.name())
+            .expect("column family created at open")
+    }
+
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    /// Writes `batch` atomically; `sync` waits for the WAL fsync.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), EngineError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        let start = Instant::now();
+        let bytes = batch.size_in_bytes();
+        self.db.write_opt(batch, &wo)?;
+        let m = &*metrics::ENGINE;
+        m.write_seconds
+            .with_label_values(&[self.node_label.as_str(), if sync { "true" } else { "false" }])
+            .observe(start.elapsed().as_secs_f64());
+        m.write_bytes.with_label_values(&[&self.node_label]).inc_by(bytes as u64);
+        Ok(())
+    }
+
+    /// Calls `f` for each `(key, value)` of `cf` in `[from, to)`, in key
+    /// order, until it returns `false`.
+    pub fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), EngineError> {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(to.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        it.seek(from);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            if !f(k, v) {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// The last key in `[from, to)` of `cf`, if any.
+    pub fn last_key_in(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_lower_bound(from.to_vec());
+        ro.set_iterate_upper_bound(to.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        it.seek_to_last();
+        let key = if it.valid() { it.key().map(<[u8]>::to_vec) } else { None };
+        it.status()?;
+        Ok(key)
+    }
+
+    /// Approximate live bytes of SST files, for metrics.
+    pub fn sst_bytes(&self) -> u64 {
+        Cf::ALL
+            .iter()
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(self.cf(*cf), "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+
+    /// Records `node` as this data dir's owner on first use; refuses a dir
+    /// that belongs to another node.
+    pub fn check_or_set_identity(&self, node: u64) -> Result<(), EngineError> {
+        const KEY: &[u8] = b"node_id";
+        match self.get(Cf::Meta, KEY)? {
+            Some(v) if v.as_slice() == node.to_be_bytes() => Ok(()),
+            Some(v) => Err(EngineError::Identity {
+                expected: node,
+                found: format!("{v:?}"),
+            }),
+            None => {
+                let mut b = WriteBatch::default();
+                b.put_cf(self.cf(Cf::Meta), KEY, node.to_be_bytes());
+                self.write(b, true)
+            }
+        }
+    }
+
+    /// A new empty batch.
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch::default()
+    }
+
+    pub(crate) fn put(&self, b: &mut WriteBatch, cf: Cf, k: &[u8], v: &[u8]) {
+        b.put_cf(self.cf(cf), k, v);
+    }
+    pub(crate) fn delete(&self, b: &mut WriteBatch, cf: Cf, k: &[u8]) {
+        b.delete_cf(self.cf(cf), k);
+    }
+    pub(crate) fn delete_range(&self, b: &mut WriteBatch, cf: Cf, from: &[u8], to: &[u8]) {
+        b.delete_range_cf(self.cf(cf), from, to);
+    }
+
+    /// Raw single-key writes to the `meta` column family, bypassing Raft:
+    /// the physical limit that `ringstore-loadtest raw-rocksdb` measures.
+    /// `batch` keys go in one write.
+    pub fn raw_put_batch(&self, keys: &[Vec<u8>], value: &[u8], sync: bool) -> Result<(), EngineError> {
+        let mut b = WriteBatch::default();
+        for k in keys {
+            let mut key = b"bench/".to_vec();
+            key.extend_from_slice(k);
+            b.put_cf(self.cf(Cf::Meta), key, value);
+        }
+        self.write(b, sync)
+    }
+}

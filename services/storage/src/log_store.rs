@@ -1,0 +1,418 @@
+//! `LogStore`: the `raft` crate's [`Storage`] trait for one shard replica,
+//! on the node's `raft` column family.
+//!
+//! Layout (`shard` is the shard id, big-endian, so a shard's records are
+//! one contiguous range):
+//! - `shard ++ 0x01 ++ index BE`: a log entry (protobuf `Entry`);
+//! - `shard ++ 0x02`: the hard state (protobuf `HardState`);
+//! - `shard ++ 0x03`: the apply state ([`ApplyState`]);
+//! - `shard ++ 0x04`: the conf state (protobuf `ConfState`).
+//!
+//! Raft reads through `&self`; the storage actor stages every change into
+//! a RocksDB `WriteBatch` with the `stage_*` methods, writes it, and only
+//! then calls `commit_*` so the in-memory view never runs ahead of disk.
+
+use std::sync::Arc;
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use ringstore_shared::ShardId;
+use rocksdb::WriteBatch;
+
+use crate::engine::{Cf, Engine, EngineError};
+use crate::snapshot::SnapshotData;
+
+const KIND_ENTRY: u8 = 0x01;
+const KIND_HARD_STATE: u8 = 0x02;
+const KIND_APPLY_STATE: u8 = 0x03;
+const KIND_CONF_STATE: u8 = 0x04;
+
+fn shard_key(shard: ShardId, kind: u8) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[..8].copy_from_slice(&shard.to_be_bytes());
+    k[8] = kind;
+    k
+}
+
+fn entry_key(shard: ShardId, index: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..9].copy_from_slice(&shard_key(shard, KIND_ENTRY));
+    k[9..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// How far the state machine has got, and where the log starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyState {
+    pub applied_index: u64,
+    /// Last index removed from the log (0 = nothing removed).
+    pub truncated_index: u64,
+    pub truncated_term: u64,
+    /// Largest leader stamp applied: the "now" of stale reads.
+    pub applied_stamp_ms: u64,
+}
+
+impl ApplyState {
+    fn encode(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&self.applied_index.to_be_bytes());
+        b[8..16].copy_from_slice(&self.truncated_index.to_be_bytes());
+        b[16..24].copy_from_slice(&self.truncated_term.to_be_bytes());
+        b[24..].copy_from_slice(&self.applied_stamp_ms.to_be_bytes());
+        b
+    }
+    fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != 32 {
+            return None;
+        }
+        let u = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_be_bytes(a)
+        };
+        Some(ApplyState {
+            applied_index: u(0),
+            truncated_index: u(8),
+            truncated_term: u(16),
+            applied_stamp_ms: u(24),
+        })
+    }
+}
+
+pub struct LogStore {
+    engine: Arc<Engine>,
+    shard: ShardId,
+    hard_state: HardState,
+    conf_state: ConfState,
+    apply: ApplyState,
+    last_index: u64,
+    last_term: u64,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Corrupt {
+        cf: "raft",
+        detail: format!("{what}: {e}"),
+    }
+}
+
+fn to_raft(e: EngineError) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl LogStore {
+    /// Loads the shard's Raft state, or bootstraps it with `voters` if the
+    /// shard has never been created on this node. Returns whether it was
+    /// newly bootstrapped.
+    pub fn open(engine: Arc<Engine>, shard: ShardId, voters: &[u64]) -> Result<(LogStore, bool), EngineError> {
+        let hs = engine.get(Cf::Raft, &shard_key(shard, KIND_HARD_STATE))?;
+        let cs = engine.get(Cf::Raft, &shard_key(shard, KIND_CONF_STATE))?;
+        let ap = engine.get(Cf::Raft, &shard_key(shard, KIND_APPLY_STATE))?;
+        let mut store = LogStore {
+            engine,
+            shard,
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            apply: ApplyState::default(),
+            last_index: 0,
+            last_term: 0,
+        };
+        let fresh = cs.is_none();
+        if fresh {
+            store.conf_state.set_voters(voters.to_vec());
+            let mut b = store.engine.batch();
+            store.stage_conf_state(&mut b, &store.conf_state.clone());
+            store.stage_apply_state(&mut b, &store.apply);
+            store.engine.write(b, true)?;
+            return Ok((store, true));
+        }
+        if let Some(hs) = hs {
+            store.hard_state = HardState::parse_from_bytes(&hs).map_err(|e| corrupt("hard state", e))?;
+        }
+        if let Some(cs) = cs {
+            store.conf_state = ConfState::parse_from_bytes(&cs).map_err(|e| corrupt("conf state", e))?;
+        }
+        if let Some(ap) = ap {
+            store.apply = ApplyState::decode(&ap).ok_or_else(|| corrupt("apply state", "bad length"))?;
+        }
+        // The commit index is persisted lazily (without fsync); anything
+        // applied was committed, so the commit index is at least that.
+        if store.hard_state.commit < store.apply.applied_index {
+            store.hard_state.commit = store.apply.applied_index;
+        }
+        store.last_index = store.apply.truncated_index;
+        store.last_term = store.apply.truncated_term;
+        let from = entry_key(shard, 0);
+        let to = entry_key(shard, u64::MAX);
+        if let Some(k) = store.engine.last_key_in(Cf::Raft, &from, &to)? {
+            let mut idx = [0u8; 8];
+            idx.copy_from_slice(&k[9..17]);
+            let index = u64::from_be_bytes(idx);
+            if index > store.last_index {
+                let e = store.read_entry(index)?;
+                store.last_index = index;
+                store.last_term = e.term;
+            }
+        }
+        Ok((store, false))
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+    pub fn apply_state(&self) -> &ApplyState {
+        &self.apply
+    }
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+    pub fn last_index_cached(&self) -> u64 {
+        self.last_index
+    }
+
+    fn read_entry(&self, index: u64) -> Result<Entry, EngineError> {
+        let raw = self
+            .engine
+            .get(Cf::Raft, &entry_key(self.shard, index))?
+            .ok_or_else(|| corrupt("entry", format!("missing entry {index} of shard {}", self.shard)))?;
+        Entry::parse_from_bytes(&raw).map_err(|e| corrupt("entry", e))
+    }
+
+    // ----- staging (into a batch) and committing (after the write) -----
+
+    /// Appends `entries`, removing any conflicting tail they replace.
+    pub fn stage_append(&self, b: &mut WriteBatch, entries: &[Entry]) -> Option<(u64, u64)> {
+        let (first, last) = (entries.first()?, entries.last()?);
+        for e in entries {
+            // Entries were built by raft from our own types; encoding cannot fail.
+            let bytes = e.write_to_bytes().expect("protobuf encode of an Entry");
+            self.engine.put(b, Cf::Raft, &entry_key(self.shard, e.index), &bytes);
+        }
+        if last.index < self.last_index {
+            self.engine.delete_range(
+                b,
+                Cf::Raft,
+                &entry_key(self.shard, last.index + 1),
+                &entry_key(self.shard, self.last_index + 1),
+            );
+        }
+        debug_assert!(first.index > self.apply.truncated_index);
+        Some((last.index, last.term))
+    }
+
+    pub fn commit_append(&mut self, last: (u64, u64)) {
+        self.last_index = last.0;
+        self.last_term = last.1;
+    }
+
+    pub fn stage_hard_state(&self, b: &mut WriteBatch, hs: &HardState) {
+        let bytes = hs.write_to_bytes().expect("protobuf encode of a HardState");
+        self.engine.put(b, Cf::Raft, &shard_key(self.shard, KIND_HARD_STATE), &bytes);
+    }
+
+    pub fn commit_hard_state(&mut self, hs: HardState) {
+        self.hard_state = hs;
+    }
+
+    pub fn stage_conf_state(&self, b: &mut WriteBatch, cs: &ConfState) {
+        let bytes = cs.write_to_bytes().expect("protobuf encode of a ConfState");
+        self.engine.put(b, Cf::Raft, &shard_key(self.shard, KIND_CONF_STATE), &bytes);
+    }
+
+    pub fn commit_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    pub fn stage_apply_state(&self, b: &mut WriteBatch, a: &ApplyState) {
+        self.engine.put(b, Cf::Raft, &shard_key(self.shard, KIND_APPLY_STATE), &a.encode());
+    }
+
+    pub fn commit_apply_state(&mut self, a: ApplyState) {
+        assert!(a.applied_index >= self.apply.applied_index, "applied index went backwards");
+        self.apply = a;
+    }
+
+    /// Removes log entries up to and including `index` (which must be
+    /// applied). Returns the new apply state to commit after the write.
+    pub fn stage_compact(&self, b: &mut WriteBatch, index: u64) -> Result<Option<ApplyState>, EngineError> {
+        if index <= self.apply.truncated_index {
+            return Ok(None);
+        }
+        assert!(index <= self.apply.applied_index, "compacting unapplied entries");
+        let term = self.read_entry(index)?.term;
+        self.engine.delete_range(
+            b,
+            Cf::Raft,
+            &entry_key(self.shard, self.apply.truncated_index + 1),
+            &entry_key(self.shard, index + 1),
+        );
+        let next = ApplyState {
+            truncated_index: index,
+            truncated_term: term,
+            ..self.apply
+        };
+        self.stage_apply_state(b, &next);
+        Ok(Some(next))
+    }
+
+    /// Replaces the shard's data and log with a snapshot from the leader.
+    /// Returns the apply state to commit after the write.
+    pub fn stage_snapshot(&self, b: &mut WriteBatch, snap: &Snapshot) -> Result<ApplyState, EngineError> {
+        let meta = snap.get_metadata();
+        let data = SnapshotData::decode(&snap.data).map_err(|e| corrupt("snapshot", e))?;
+        let (from, to) = crate::snapshot::shard_data_bounds();
+        self.engine.delete_range(b, Cf::Data, &from, &to);
+        for (k, v) in &data.kvs {
+            self.engine.put(b, Cf::Data, k, v);
+        }
+        // Every entry the snapshot covers, and any tail after it, is obsolete.
+        self.engine.delete_range(
+            b,
+            Cf::Raft,
+            &entry_key(self.shard, 0),
+            &entry_key(self.shard, u64::MAX),
+        );
+        self.stage_conf_state(b, meta.get_conf_state());
+        let apply = ApplyState {
+            applied_index: meta.index,
+            truncated_index: meta.index,
+            truncated_term: meta.term,
+            applied_stamp_ms: data.applied_stamp_ms,
+        };
+        self.stage_apply_state(b, &apply);
+        Ok(apply)
+    }
+
+    pub fn commit_snapshot(&mut self, apply: ApplyState, cs: ConfState) {
+        self.apply = apply;
+        self.last_index = apply.truncated_index;
+        self.last_term = apply.truncated_term;
+        self.conf_state = cs;
+        if self.hard_state.commit < apply.applied_index {
+            self.hard_state.commit = apply.applied_index;
+        }
+    }
+
+    /// Builds a snapshot of the applied state: every data key of the shard.
+    fn build_snapshot(&self) -> Result<Snapshot, EngineError> {
+        let (from, to) = crate::snapshot::shard_data_bounds();
+        let mut kvs = Vec::new();
+        self.engine.scan(Cf::Data, &from, &to, |k, v| {
+            kvs.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        let index = self.apply.applied_index;
+        let term = if index == self.apply.truncated_index {
+            self.apply.truncated_term
+        } else {
+            self.read_entry(index)?.term
+        };
+        let data = SnapshotData {
+            applied_stamp_ms: self.apply.applied_stamp_ms,
+            kvs,
+        };
+        let mut snap = Snapshot::default();
+        snap.data = data.encode().into();
+        let mut meta = SnapshotMetadata::default();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state.clone());
+        snap.set_metadata(meta);
+        crate::metrics::RAFT
+            .snapshots
+            .with_label_values(&[self.engine.node_label(), &self.shard.to_string(), "built"])
+            .inc();
+        Ok(snap)
+    }
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.apply.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into();
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        let mut err = None;
+        self.engine
+            .scan(Cf::Raft, &entry_key(self.shard, low), &entry_key(self.shard, high), |_, v| {
+                match Entry::parse_from_bytes(v) {
+                    Ok(e) => {
+                        size += v.len() as u64;
+                        out.push(e);
+                        // Always return at least one entry, then stop at the size limit.
+                        max_size.is_none_or(|m| size <= m)
+                    }
+                    Err(e) => {
+                        err = Some(corrupt("entry", e));
+                        false
+                    }
+                }
+            })
+            .map_err(to_raft)?;
+        if let Some(e) = err {
+            return Err(to_raft(e));
+        }
+        if out.is_empty() || out[0].index != low {
+            return Err(to_raft(corrupt("entries", format!("gap in log at {low}"))));
+        }
+        if let Some(m) = max_size {
+            if out.len() > 1 && size > m {
+                out.pop();
+            }
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.apply.truncated_index {
+            return Ok(self.apply.truncated_term);
+        }
+        if idx < self.apply.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if idx == self.last_index {
+            return Ok(self.last_term);
+        }
+        Ok(self.read_entry(idx).map_err(to_raft)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.apply.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.apply.applied_index < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        self.build_snapshot().map_err(to_raft)
+    }
+}

@@ -1,0 +1,59 @@
+//! Messages a storage actor receives, and what it answers.
+
+use std::sync::Arc;
+
+use actix::Message;
+use raft::eraftpb::Message as RaftMessage;
+use ringstore_shared::apply::Outcome;
+use ringstore_shared::command::Command;
+use ringstore_shared::value::StoredValue;
+use ringstore_shared::{NodeId, ShardId, StoreError};
+use serde::Serialize;
+
+/// One client operation on one shard.
+#[derive(Debug, Clone)]
+pub enum ShardOp {
+    /// Replicate and apply; answered after apply. `Arc` so the router can
+    /// retry without copying a value of up to the value limit.
+    Write(Arc<Command>),
+    /// `stale = false`: linearizable (ReadIndex on the leader).
+    /// `stale = true`: this replica's applied state, no leader involved.
+    Read { key: Vec<u8>, stale: bool },
+    Status,
+}
+
+#[derive(Debug, Clone)]
+pub enum ShardReply {
+    Outcome(Outcome),
+    Value {
+        value: Option<StoredValue>,
+        /// Applied index of the replica that served the read.
+        applied_index: u64,
+    },
+    Status(ReplicaStatus),
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub node: NodeId,
+    pub shard: ShardId,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub voters: Vec<NodeId>,
+}
+
+pub type ShardResult = Result<ShardReply, StoreError>;
+
+#[derive(Message)]
+#[rtype(result = "ShardResult")]
+pub struct ShardRequest(pub ShardOp);
+
+/// Raft messages for one shard, batched per destination by the transport.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RaftBatch(pub Vec<RaftMessage>);

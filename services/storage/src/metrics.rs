@@ -1,0 +1,132 @@
+//! Prometheus metrics of the storage layer, registered once in the default
+//! registry. Labels are node and shard ids only, so cardinality is bounded
+//! by cluster size.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec, IntCounterVec,
+    IntGaugeVec,
+};
+
+pub struct EngineMetrics {
+    pub write_seconds: HistogramVec,
+    pub write_bytes: IntCounterVec,
+    pub sst_bytes: IntGaugeVec,
+}
+
+pub struct RaftMetrics {
+    pub term: IntGaugeVec,
+    pub is_leader: IntGaugeVec,
+    pub commit_index: IntGaugeVec,
+    pub applied_index: IntGaugeVec,
+    pub proposals: IntCounterVec,
+    pub ready_rounds: IntCounterVec,
+    pub ready_entries: HistogramVec,
+    pub applied_entries: IntCounterVec,
+    pub read_index: IntCounterVec,
+    pub pending_requests: IntGaugeVec,
+    pub snapshots: IntCounterVec,
+    pub log_compactions: IntCounterVec,
+    pub ttl_expired_keys: IntCounterVec,
+    pub messages_sent: IntCounterVec,
+    pub messages_dropped: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+pub static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
+    write_seconds: register_histogram_vec!(
+        "ringstore_rocksdb_write_seconds",
+        "RocksDB batch write latency; sync=true includes the WAL fsync",
+        &["node", "sync"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once"),
+    write_bytes: register_int_counter_vec!(
+        "ringstore_rocksdb_write_bytes_total",
+        "Bytes written to RocksDB in batches",
+        &["node"]
+    )
+    .expect("metric registers once"),
+    sst_bytes: register_int_gauge_vec!(
+        "ringstore_rocksdb_sst_bytes",
+        "Total size of live SST files",
+        &["node"]
+    )
+    .expect("metric registers once"),
+});
+
+pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
+    let ns = &["node", "shard"];
+    RaftMetrics {
+        term: register_int_gauge_vec!("ringstore_raft_term", "Current Raft term", ns).expect("registers once"),
+        is_leader: register_int_gauge_vec!("ringstore_raft_is_leader", "1 if this replica leads its shard", ns)
+            .expect("registers once"),
+        commit_index: register_int_gauge_vec!("ringstore_raft_commit_index", "Raft commit index", ns)
+            .expect("registers once"),
+        applied_index: register_int_gauge_vec!("ringstore_raft_applied_index", "Raft applied index", ns)
+            .expect("registers once"),
+        proposals: register_int_counter_vec!(
+            "ringstore_raft_proposals_total",
+            "Client proposals by result (accepted, not_leader, dropped, overloaded)",
+            &["node", "shard", "result"]
+        )
+        .expect("registers once"),
+        ready_rounds: register_int_counter_vec!("ringstore_raft_ready_rounds_total", "Ready rounds handled", ns)
+            .expect("registers once"),
+        ready_entries: register_histogram_vec!(
+            "ringstore_raft_ready_entries",
+            "Log entries persisted per Ready round (one fsync each)",
+            ns,
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
+        )
+        .expect("registers once"),
+        applied_entries: register_int_counter_vec!("ringstore_raft_applied_entries_total", "Entries applied", ns)
+            .expect("registers once"),
+        read_index: register_int_counter_vec!(
+            "ringstore_raft_read_index_total",
+            "ReadIndex rounds issued (each serves a batch of reads)",
+            ns
+        )
+        .expect("registers once"),
+        pending_requests: register_int_gauge_vec!(
+            "ringstore_raft_pending_requests",
+            "Proposals and reads waiting at this replica",
+            ns
+        )
+        .expect("registers once"),
+        snapshots: register_int_counter_vec!(
+            "ringstore_raft_snapshots_total",
+            "Snapshots built for followers (kind=built) or applied from a leader (kind=applied)",
+            &["node", "shard", "kind"]
+        )
+        .expect("registers once"),
+        log_compactions: register_int_counter_vec!(
+            "ringstore_raft_log_compactions_total",
+            "Raft log compactions",
+            ns
+        )
+        .expect("registers once"),
+        ttl_expired_keys: register_int_counter_vec!(
+            "ringstore_ttl_expired_keys_total",
+            "Expired keys removed by the replicated TTL sweep",
+            ns
+        )
+        .expect("registers once"),
+        messages_sent: register_int_counter_vec!(
+            "ringstore_raft_messages_sent_total",
+            "Raft messages handed to the transport",
+            ns
+        )
+        .expect("registers once"),
+        messages_dropped: register_int_counter_vec!(
+            "ringstore_raft_messages_dropped_total",
+            "Raft messages dropped (reason=partition, random, queue_full, unknown_peer)",
+            &["node", "reason"]
+        )
+        .expect("registers once"),
+    }
+});

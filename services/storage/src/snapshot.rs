@@ -1,0 +1,105 @@
+//! The payload of a shard snapshot: every data key of the shard plus the
+//! applied leader stamp, as `[format=1][stamp BE8][count BE8]` then
+//! `[klen BE4][key][vlen BE4][value]` per pair.
+//!
+//! Snapshots are built and sent whole for now (in-process transport);
+//! chunked streaming comes with the network transport.
+
+const FORMAT_V1: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed snapshot: {0}")]
+pub struct SnapshotDecodeError(&'static str);
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SnapshotData {
+    pub applied_stamp_ms: u64,
+    pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// `data` column family bounds of the one shard that owns the whole ring.
+/// The upper bound `[0xff; 9]` is above every data key: keys are UTF-8,
+/// which never contains the byte 0xff, so even at ring point `u64::MAX`
+/// the user key's first byte is below it.
+pub fn shard_data_bounds() -> (Vec<u8>, Vec<u8>) {
+    (vec![], vec![0xff; 9])
+}
+
+impl SnapshotData {
+    pub fn encode(&self) -> Vec<u8> {
+        let size: usize = self.kvs.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        let mut b = Vec::with_capacity(17 + size);
+        b.push(FORMAT_V1);
+        b.extend_from_slice(&self.applied_stamp_ms.to_be_bytes());
+        b.extend_from_slice(&(self.kvs.len() as u64).to_be_bytes());
+        for (k, v) in &self.kvs {
+            b.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            b.extend_from_slice(k);
+            b.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            b.extend_from_slice(v);
+        }
+        b
+    }
+
+    pub fn decode(mut b: &[u8]) -> Result<Self, SnapshotDecodeError> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], SnapshotDecodeError> {
+            if b.len() < n {
+                return Err(SnapshotDecodeError("truncated"));
+            }
+            let (h, t) = b.split_at(n);
+            *b = t;
+            Ok(h)
+        }
+        fn u64_of(s: &[u8]) -> u64 {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(s);
+            u64::from_be_bytes(a)
+        }
+        fn u32_of(s: &[u8]) -> usize {
+            u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize
+        }
+        if take(&mut b, 1)?[0] != FORMAT_V1 {
+            return Err(SnapshotDecodeError("unknown format"));
+        }
+        let applied_stamp_ms = u64_of(take(&mut b, 8)?);
+        let count = u64_of(take(&mut b, 8)?);
+        let mut kvs = Vec::with_capacity((count as usize).min(b.len() / 8));
+        for _ in 0..count {
+            let kl = u32_of(take(&mut b, 4)?);
+            let k = take(&mut b, kl)?.to_vec();
+            let vl = u32_of(take(&mut b, 4)?);
+            let v = take(&mut b, vl)?.to_vec();
+            kvs.push((k, v));
+        }
+        if !b.is_empty() {
+            return Err(SnapshotDecodeError("trailing bytes"));
+        }
+        Ok(SnapshotData { applied_stamp_ms, kvs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_truncation() {
+        let d = SnapshotData {
+            applied_stamp_ms: 77,
+            kvs: vec![(b"k1".to_vec(), b"v1".to_vec()), (vec![], vec![])],
+        };
+        let bytes = d.encode();
+        assert_eq!(SnapshotData::decode(&bytes).unwrap(), d);
+        for cut in 0..bytes.len() {
+            assert!(SnapshotData::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn bounds_cover_every_utf8_key() {
+        let (lo, hi) = shard_data_bounds();
+        let mut k = u64::MAX.to_be_bytes().to_vec();
+        k.extend_from_slice("\u{10FFFF}".as_bytes());
+        assert!(k.as_slice() >= lo.as_slice() && k.as_slice() < hi.as_slice());
+    }
+}

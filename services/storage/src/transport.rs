@@ -1,0 +1,187 @@
+//! How replicas reach each other: Raft messages (best effort, Raft
+//! retries) and forwarded client requests.
+//!
+//! [`LocalTransport`] connects replicas in one process, for `ringstore
+//! dev` and in-process cluster tests. Its [`NetFilter`] drops, delays and
+//! partitions traffic so tests can inject faults; the network transport
+//! implements the same trait.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix::Addr;
+use futures::future::BoxFuture;
+use raft::eraftpb::Message as RaftMessage;
+use rand::Rng;
+use ringstore_shared::{NodeId, ShardId, StoreError};
+
+use crate::actor::StorageActor;
+use crate::messages::{RaftBatch, ShardOp, ShardRequest, ShardResult};
+use crate::metrics;
+
+pub trait Transport: Send + Sync + 'static {
+    /// Sends Raft messages of `shard` from node `from`; each goes to the
+    /// replica named by its `to`. May drop any of them.
+    fn send_raft(&self, from: NodeId, shard: ShardId, msgs: Vec<RaftMessage>);
+
+    /// Sends a client operation to the replica of `shard` on node `to`.
+    /// `Unreachable` means it was never delivered (safe to retry).
+    fn request(&self, from: NodeId, to: NodeId, shard: ShardId, op: ShardOp) -> BoxFuture<'static, ShardResult>;
+}
+
+/// Faults injected into a [`LocalTransport`].
+#[derive(Debug, Clone, Default)]
+pub struct NetFilter {
+    /// Directed links that carry nothing.
+    pub blocked: HashSet<(NodeId, NodeId)>,
+    /// Probability in `[0, 1]` that a Raft message is dropped.
+    pub drop_rate: f64,
+    /// Extra latency on every Raft message.
+    pub delay: Option<Duration>,
+}
+
+impl NetFilter {
+    fn allows(&self, from: NodeId, to: NodeId) -> bool {
+        from == to || !self.blocked.contains(&(from, to))
+    }
+}
+
+/// Raft messages a replica's mailbox may hold before new ones are dropped.
+pub const RAFT_MAILBOX_CAPACITY: usize = 4096;
+
+#[derive(Default)]
+struct Inner {
+    replicas: HashMap<(NodeId, ShardId), Addr<StorageActor>>,
+    filter: NetFilter,
+}
+
+/// In-process transport. The lock is a `std::sync::RwLock`: it is never
+/// held across an await and the critical sections are a map lookup.
+#[derive(Default, Clone)]
+pub struct LocalTransport {
+    inner: Arc<RwLock<Inner>>,
+}
+
+impl LocalTransport {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, node: NodeId, shard: ShardId, addr: Addr<StorageActor>) {
+        self.write().replicas.insert((node, shard), addr);
+    }
+
+    pub fn unregister_node(&self, node: NodeId) {
+        self.write().replicas.retain(|(n, _), _| *n != node);
+    }
+
+    /// Cuts every link between `node` and every other node, both ways.
+    pub fn isolate(&self, node: NodeId, all: &[NodeId]) {
+        let mut g = self.write();
+        for &o in all {
+            if o != node {
+                g.filter.blocked.insert((node, o));
+                g.filter.blocked.insert((o, node));
+            }
+        }
+    }
+
+    /// Splits the nodes into groups that only reach their own group.
+    pub fn partition(&self, groups: &[&[NodeId]]) {
+        let mut g = self.write();
+        for (i, a) in groups.iter().enumerate() {
+            for (j, b) in groups.iter().enumerate() {
+                if i != j {
+                    for &x in a.iter() {
+                        for &y in b.iter() {
+                            g.filter.blocked.insert((x, y));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        self.write().filter = NetFilter::default();
+    }
+
+    pub fn set_filter(&self, f: NetFilter) {
+        self.write().filter = f;
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        // A panic while holding this lock leaves only a map behind; keep going.
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Transport for LocalTransport {
+    fn send_raft(&self, from: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) {
+        let g = self.read();
+        let node_label = from.to_string();
+        let dropped = |reason: &str| {
+            metrics::RAFT
+                .messages_dropped
+                .with_label_values(&[&node_label, reason])
+                .inc()
+        };
+        let mut per_dest: HashMap<NodeId, Vec<RaftMessage>> = HashMap::new();
+        let mut rng = rand::thread_rng();
+        for m in msgs {
+            if !g.filter.allows(from, m.to) {
+                dropped("partition");
+                continue;
+            }
+            if g.filter.drop_rate > 0.0 && rng.gen::<f64>() < g.filter.drop_rate {
+                dropped("random");
+                continue;
+            }
+            per_dest.entry(m.to).or_default().push(m);
+        }
+        for (to, batch) in per_dest {
+            let Some(addr) = g.replicas.get(&(to, shard)).cloned() else {
+                dropped("unknown_peer");
+                continue;
+            };
+            match g.filter.delay {
+                Some(d) => {
+                    actix::spawn(async move {
+                        actix::clock::sleep(d).await;
+                        let _ = addr.try_send(RaftBatch(batch));
+                    });
+                }
+                None => {
+                    if addr.try_send(RaftBatch(batch)).is_err() {
+                        dropped("queue_full");
+                    }
+                }
+            }
+        }
+    }
+
+    fn request(&self, from: NodeId, to: NodeId, shard: ShardId, op: ShardOp) -> BoxFuture<'static, ShardResult> {
+        let target = {
+            let g = self.read();
+            if !g.filter.allows(from, to) {
+                None
+            } else {
+                g.replicas.get(&(to, shard)).cloned()
+            }
+        };
+        Box::pin(async move {
+            let Some(addr) = target else {
+                return Err(StoreError::Unreachable { node: to });
+            };
+            addr.send(ShardRequest(op)).await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable {
+                    reason: format!("replica of shard {shard} on node {to} stopped; outcome unknown"),
+                })
+            })
+        })
+    }
+}
