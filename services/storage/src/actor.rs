@@ -190,12 +190,19 @@ impl StorageActor {
         std::process::abort();
     }
 
-    fn send(&self, msgs: Vec<RaftMessage>) {
+    fn send(&mut self, msgs: Vec<RaftMessage>) {
         if msgs.is_empty() {
             return;
         }
         RAFT.messages_sent.with_label_values(&self.ls()).inc_by(msgs.len() as u64);
-        self.transport.send_raft(self.node, self.shard, msgs);
+        for lost in self.transport.send_raft(self.node, self.shard, msgs) {
+            // Move the peer's progress back to probing; a snapshot it never
+            // got must be reported or the leader waits for it forever.
+            self.raw.report_unreachable(lost.to);
+            if lost.snapshot {
+                self.raw.report_snapshot(lost.to, raft::SnapshotStatus::Failure);
+            }
+        }
     }
 
     fn propose(&mut self, cmd: &Command, reply: Option<Reply>) -> Result<(), StoreError> {
@@ -568,8 +575,9 @@ impl StorageActor {
         for ctx in stuck {
             if let Some((_, reads)) = self.reads.in_flight.remove(&ctx) {
                 // raft-rs ignores ReadIndex until the leader has committed an
-                // entry in its term, and heartbeats can be lost: ask again.
-                self.reads.unsent.extend(reads);
+                // entry in its term, and heartbeats can be lost: ask again,
+                // for the clients still waiting.
+                self.reads.unsent.extend(reads.into_iter().filter(|r| !r.tx.is_closed()));
             }
         }
         self.issue_reads();

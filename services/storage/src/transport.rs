@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use futures::future::BoxFuture;
-use raft::eraftpb::Message as RaftMessage;
+use raft::eraftpb::{Message as RaftMessage, MessageType};
 use rand::Rng;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 
@@ -22,12 +22,21 @@ use crate::metrics;
 
 pub trait Transport: Send + Sync + 'static {
     /// Sends Raft messages of `shard` from node `from`; each goes to the
-    /// replica named by its `to`. May drop any of them.
-    fn send_raft(&self, from: NodeId, shard: ShardId, msgs: Vec<RaftMessage>);
+    /// replica named by its `to`. May drop any of them; returns the ones it
+    /// knows it dropped, so Raft can be told (a lost snapshot must be
+    /// reported, or the leader waits for it forever).
+    fn send_raft(&self, from: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) -> Vec<Undelivered>;
 
     /// Sends a client operation to the replica of `shard` on node `to`.
     /// `Unreachable` means it was never delivered (safe to retry).
     fn request(&self, from: NodeId, to: NodeId, shard: ShardId, op: ShardOp) -> BoxFuture<'static, ShardResult>;
+}
+
+/// A message the transport knows it did not deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Undelivered {
+    pub to: NodeId,
+    pub snapshot: bool,
 }
 
 /// Faults injected into a [`LocalTransport`].
@@ -121,8 +130,9 @@ impl LocalTransport {
 }
 
 impl Transport for LocalTransport {
-    fn send_raft(&self, from: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) {
+    fn send_raft(&self, from: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) -> Vec<Undelivered> {
         let g = self.read();
+        let mut undelivered = Vec::new();
         let node_label = from.to_string();
         let dropped = |reason: &str| {
             metrics::RAFT
@@ -133,19 +143,24 @@ impl Transport for LocalTransport {
         let mut per_dest: HashMap<NodeId, Vec<RaftMessage>> = HashMap::new();
         let mut rng = rand::thread_rng();
         for m in msgs {
+            let lost = Undelivered { to: m.to, snapshot: m.get_msg_type() == MessageType::MsgSnapshot };
             if !g.filter.allows(from, m.to) {
                 dropped("partition");
+                undelivered.push(lost);
                 continue;
             }
             if g.filter.drop_rate > 0.0 && rng.gen::<f64>() < g.filter.drop_rate {
                 dropped("random");
+                undelivered.push(lost);
                 continue;
             }
             per_dest.entry(m.to).or_default().push(m);
         }
         for (to, batch) in per_dest {
+            let snapshot = batch.iter().any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
             let Some(addr) = g.replicas.get(&(to, shard)).cloned() else {
                 dropped("unknown_peer");
+                undelivered.push(Undelivered { to, snapshot });
                 continue;
             };
             match g.filter.delay {
@@ -158,10 +173,12 @@ impl Transport for LocalTransport {
                 None => {
                     if addr.try_send(RaftBatch(batch)).is_err() {
                         dropped("queue_full");
+                        undelivered.push(Undelivered { to, snapshot });
                     }
                 }
             }
         }
+        undelivered
     }
 
     fn request(&self, from: NodeId, to: NodeId, shard: ShardId, op: ShardOp) -> BoxFuture<'static, ShardResult> {

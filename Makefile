@@ -1,0 +1,26 @@
+# The two commands of the README: `make run` and `make test`.
+SHELL := /bin/bash
+ENV := source scripts/env.sh &&
+
+.PHONY: run test deps build lint fmt bench
+
+run: deps
+	$(ENV) cargo run --release -p ringstore -- dev
+
+test: deps
+	$(ENV) cargo fmt --all -- --check
+	$(ENV) cargo clippy --workspace --all-targets -- -D warnings
+	$(ENV) cargo test --workspace
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(ENV) cargo build --workspace --all-targets
+
+fmt:
+	cargo fmt --all
+
+# The foundation benchmark: ringstore dev under 64 writers vs raw RocksDB.
+bench: deps
+	$(ENV) loadtest/bench-foundation.sh

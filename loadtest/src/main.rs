@@ -1,0 +1,126 @@
+//! `ringstore-loadtest`: drives a system with a workload for a fixed time
+//! and reports throughput and latency percentiles (HDR histograms).
+//!
+//! Systems: `ringstore` (HTTP, any node), `rocksdb` (raw synced writes into
+//! a RocksDB of its own, the physical limit a replicated write cannot beat).
+//! Workload `w`: PUT of `--value-size` random bytes to uniformly random keys.
+
+mod report;
+mod ringstore;
+mod rocksdb_raw;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    Ringstore,
+    Rocksdb,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Write only: PUT random keys.
+    W,
+}
+
+#[derive(Debug, Clone, Parser, serde::Serialize)]
+#[command(name = "ringstore-loadtest", about = "Load generator for ringstore and its baselines")]
+pub struct Args {
+    #[arg(long, value_enum, default_value = "ringstore")]
+    pub system: System,
+    #[arg(long, value_enum, default_value = "w")]
+    pub workload: Workload,
+    /// HTTP base URLs; clients are spread over them.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    pub endpoints: Vec<String>,
+    /// Concurrent clients (closed loop: each waits for its answer).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// How long to run, e.g. `30s`, `500ms`, `2m`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[serde(serialize_with = "ser_duration")]
+    pub duration: Duration,
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Size of the key space.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Report the peak RSS (VmHWM) of this process (e.g. the server's).
+    #[arg(long)]
+    pub watch_pid: Option<u32>,
+    /// `rocksdb` only: data directory (default: a temp dir on the same disk as /tmp).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// `rocksdb` only: keys per synced write batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Label printed in the summary and stored in the report.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// Every run stops by itself: at most this long, whatever `--duration` says.
+pub const DURATION_MAX: Duration = Duration::from_secs(3600);
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
+    };
+    let d = Duration::from_secs_f64(secs);
+    if d.is_zero() || d > DURATION_MAX {
+        return Err(format!("duration must be between 1ms and {DURATION_MAX:?}"));
+    }
+    Ok(d)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.clients > 0 && args.clients <= 4096, "--clients must be 1..=4096");
+    anyhow::ensure!(args.keys > 0, "--keys must be positive");
+    anyhow::ensure!(args.batch > 0 && args.batch <= 10_000, "--batch must be 1..=10000");
+    let result = match args.system {
+        System::Ringstore => actix_rt::System::new().block_on(ringstore::run(&args))?,
+        System::Rocksdb => rocksdb_raw::run(&args)?,
+    };
+    let report = report::Report::new(&args, result);
+    report.print_summary();
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "0s", "5h", "x", "99999m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Replication and fault tests on an in-process three-node cluster with
+//! real RocksDB in temp dirs and real HTTP on 127.0.0.1.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use awc::http::StatusCode;
+use common::*;
+
+#[actix_rt::test]
+async fn a_leader_is_elected_and_a_write_reaches_every_replica() {
+    let tc = start(|_| {}).await;
+    let c = &tc.cluster;
+    let leader = c.wait_leader(Duration::from_secs(5)).await.unwrap();
+    // Write through a follower: the router forwards to the leader.
+    let follower = c.node_ids().into_iter().find(|n| *n != leader).unwrap();
+    let r = put(&c.url(follower).unwrap(), "k1", b"v1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for id in c.node_ids() {
+        let url = c.url(id).unwrap();
+        eventually(Duration::from_secs(5), &format!("node {id} applied k1"), || {
+            let url = url.clone();
+            async move { get_stale(&url, "k1").await.body == b"v1" }
+        })
+        .await;
+    }
+    tc.cluster.shutdown().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn leader_crash_elects_a_new_leader_and_keeps_every_acknowledged_write() {
+    let mut tc = start(|_| {}).await;
+    let old = tc.cluster.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let survivor = tc.cluster.node_ids().into_iter().find(|n| *n != old).unwrap();
+    let url = tc.cluster.url(survivor).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let r = put(&url, &format!("before-{i}"), format!("v{i}").as_bytes()).await;
+        assert_eq!(r.status, StatusCode::OK);
+        acked.push(format!("before-{i}"));
+    }
+
+    let crashed_at = Instant::now();
+    tc.cluster.stop_node(old).await.unwrap();
+    let new = tc.cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let took = crashed_at.elapsed();
+    assert_ne!(new, old);
+    // Randomized timeout is at most 2x the base; allow generous scheduling slack.
+    assert!(took < election_timeout() * 10, "new leader after {took:?}");
+
+    for i in 0..30 {
+        let r = put(&url, &format!("after-{i}"), format!("v{i}").as_bytes()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        acked.push(format!("after-{i}"));
+    }
+    for k in &acked {
+        let r = get(&url, k).await;
+        assert_eq!(r.status, StatusCode::OK, "acknowledged {k} lost");
+    }
+
+    // The crashed node comes back with its data and catches up.
+    tc.cluster.start_node(old).await.unwrap();
+    let old_url = tc.cluster.url(old).unwrap();
+    eventually(Duration::from_secs(10), "restarted node catches up", || {
+        let u = old_url.clone();
+        async move { get_stale(&u, "after-29").await.status == StatusCode::OK }
+    })
+    .await;
+    tc.cluster.shutdown().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn whole_group_restart_recovers_every_write_even_after_log_compaction() {
+    let mut tc = start(|cfg| {
+        cfg.raft.log_gc_threshold_entries = 20;
+        cfg.raft.log_gc_keep_entries = 5;
+    })
+    .await;
+    let url = tc.cluster.url(1).unwrap();
+    for i in 0..120 {
+        let r = put(&url, &format!("k{i}"), format!("value-{i}").as_bytes()).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // Overwrite and delete some, so recovery must replay the right history.
+    for i in 0..10 {
+        assert_eq!(put(&url, &format!("k{i}"), b"rewritten").await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        call("DELETE", &url, "/v1/kv/k119", &[], vec![]).await.status,
+        StatusCode::OK
+    );
+    let leader = tc.cluster.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let s = tc.cluster.status(leader).await.unwrap();
+    assert!(s.first_index > 100, "log was not compacted: {s:?}");
+
+    for id in tc.cluster.node_ids() {
+        tc.cluster.stop_node(id).await.unwrap();
+    }
+    for id in tc.cluster.node_ids() {
+        tc.cluster.start_node(id).await.unwrap();
+    }
+    tc.cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let url = tc.cluster.url(2).unwrap();
+    for i in 0..119 {
+        let r = get(&url, &format!("k{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "k{i} lost after restart");
+        let want = if i < 10 { "rewritten".to_string() } else { format!("value-{i}") };
+        assert_eq!(r.text(), want);
+    }
+    assert_eq!(get(&url, "k119").await.status, StatusCode::NOT_FOUND);
+    tc.cluster.shutdown().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_partitioned_minority_cannot_commit_and_catches_up_after_healing() {
+    let tc = start(|cfg| {
+        // Small log so the minority must be brought back by a snapshot.
+        cfg.raft.log_gc_threshold_entries = 20;
+        cfg.raft.log_gc_keep_entries = 5;
+    })
+    .await;
+    let c = &tc.cluster;
+    let old = c.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let all = c.node_ids();
+    let majority: Vec<u64> = all.iter().copied().filter(|n| *n != old).collect();
+    c.transport().isolate(old, &all);
+
+    // The isolated leader cannot commit: its client gets 503, not success.
+    let minority_url = c.url(old).unwrap();
+    let r = call(
+        "PUT",
+        &minority_url,
+        "/v1/kv/lost-write",
+        &[("x-request-timeout", "1500")],
+        b"never".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert!(matches!(r.error_code().as_str(), "unavailable" | "timeout"));
+
+    // The majority elects a leader and keeps accepting writes.
+    let maj_url = c.url(majority[0]).unwrap();
+    for i in 0..60 {
+        let r = put(&maj_url, &format!("m{i}"), b"x").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+
+    c.transport().heal();
+    eventually(Duration::from_secs(10), "old leader catches up", || {
+        let u = minority_url.clone();
+        async move { get_stale(&u, "m59").await.status == StatusCode::OK }
+    })
+    .await;
+    // The write that got 503 was never committed anywhere.
+    assert_eq!(get(&maj_url, "lost-write").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get_stale(&minority_url, "lost-write").await.status, StatusCode::NOT_FOUND);
+    tc.cluster.shutdown().await.unwrap();
+}
