@@ -36,10 +36,7 @@ pub async fn run(args: &Args) -> anyhow::Result<RunResult> {
             while !done.load(Ordering::Relaxed) {
                 let key = rng.gen_range(0..keys);
                 let t = Instant::now();
-                let res = client
-                    .put(format!("{base}/v1/kv/lt/{key}"))
-                    .send_body(value.as_slice().to_vec())
-                    .await;
+                let res = client.put(format!("{base}/v1/kv/lt/{key}")).send_body(value.as_slice().to_vec()).await;
                 match res {
                     Ok(mut r) if r.status().is_success() => {
                         let _ = r.body().await;

@@ -33,8 +33,7 @@ pub fn run(args: &Args) -> anyhow::Result<RunResult> {
                 let mut rec = OpRecorder::default();
                 let mut rng = rand::thread_rng();
                 while !done.load(Ordering::Relaxed) {
-                    let ks: Vec<Vec<u8>> =
-                        (0..batch).map(|_| rng.gen_range(0..keys).to_be_bytes().to_vec()).collect();
+                    let ks: Vec<Vec<u8>> = (0..batch).map(|_| rng.gen_range(0..keys).to_be_bytes().to_vec()).collect();
                     let t = Instant::now();
                     engine.raw_put_batch(&ks, &value, true)?;
                     // Each key of a batch counts as one write; latency is the batch's.

@@ -38,9 +38,7 @@ fn check(cond: Precondition, current: Option<&StoredValue>) -> Result<(), Outcom
     if ok {
         Ok(())
     } else {
-        Err(Outcome::PreconditionFailed {
-            current: current.map(|c| c.version),
-        })
+        Err(Outcome::PreconditionFailed { current: current.map(|c| c.version) })
     }
 }
 
@@ -58,11 +56,8 @@ pub fn decide(
             if let Err(o) = check(cond, current.as_ref()) {
                 return (vec![], o);
             }
-            let value = StoredValue {
-                version: index,
-                expires_at_ms: ttl_ms.map(|t| now.saturating_add(t)),
-                data: value,
-            };
+            let value =
+                StoredValue { version: index, expires_at_ms: ttl_ms.map(|t| now.saturating_add(t)), data: value };
             (vec![Effect::Put { key, value }], Outcome::Written { version: index })
         }
         Command::Delete { key, cond } => {
@@ -101,10 +96,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn put(key: &str, cond: Precondition, ttl: Option<u64>, stamp: u64) -> Proposal {
-        Proposal {
-            stamp_ms: stamp,
-            cmd: Command::Put { key: key.into(), value: b"v".to_vec(), ttl_ms: ttl, cond },
-        }
+        Proposal { stamp_ms: stamp, cmd: Command::Put { key: key.into(), value: b"v".to_vec(), ttl_ms: ttl, cond } }
     }
 
     fn del(key: &str, cond: Precondition, stamp: u64) -> Proposal {
@@ -196,7 +188,7 @@ mod tests {
             cmd: Command::Expire { keys: vec![(b"a".to_vec(), 1), (b"b".to_vec(), 2), (b"c".to_vec(), 1)] },
         };
         assert_eq!(sm.run(p, 4), Outcome::Expired { count: 1 });
-        assert!(!sm.0.contains_key(&b"a".to_vec()));
+        assert!(!sm.0.contains_key(b"a".as_slice()));
         assert_eq!(sm.0[&b"b".to_vec()].version, 3);
     }
 }

@@ -22,9 +22,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn with_capacity(n: usize) -> Self {
-        Writer {
-            buf: Vec::with_capacity(n),
-        }
+        Writer { buf: Vec::with_capacity(n) }
     }
     pub(crate) fn u8(&mut self, v: u8) {
         self.buf.push(v);
@@ -51,10 +49,7 @@ impl<'a> Reader<'a> {
     }
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], CodecError> {
         if self.buf.len() < n {
-            return Err(CodecError::Truncated {
-                what,
-                needed: n - self.buf.len(),
-            });
+            return Err(CodecError::Truncated { what, needed: n - self.buf.len() });
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;

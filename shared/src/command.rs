@@ -37,7 +37,9 @@ pub enum Command {
     },
     /// From the leader's TTL sweeper: delete each key if it still holds
     /// that version and is expired at the proposal's stamp.
-    Expire { keys: Vec<(Vec<u8>, u64)> },
+    Expire {
+        keys: Vec<(Vec<u8>, u64)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,12 +129,7 @@ impl Proposal {
                 let value = r.bytes("put value")?.to_vec();
                 let ttl = r.u64("put ttl")?;
                 let cond = get_cond(&mut r)?;
-                Command::Put {
-                    key,
-                    value,
-                    ttl_ms: (ttl != 0).then_some(ttl),
-                    cond,
-                }
+                Command::Put { key, value, ttl_ms: (ttl != 0).then_some(ttl), cond }
             }
             TAG_DELETE => {
                 let key = r.bytes("delete key")?.to_vec();
@@ -181,14 +178,8 @@ mod tests {
                     cond: Precondition::IfVersion(42),
                 },
             },
-            Proposal {
-                stamp_ms: 9,
-                cmd: Command::Delete { key: b"k".to_vec(), cond: Precondition::IfAbsent },
-            },
-            Proposal {
-                stamp_ms: 10,
-                cmd: Command::Expire { keys: vec![(b"x".to_vec(), 3), (vec![], 4)] },
-            },
+            Proposal { stamp_ms: 9, cmd: Command::Delete { key: b"k".to_vec(), cond: Precondition::IfAbsent } },
+            Proposal { stamp_ms: 10, cmd: Command::Expire { keys: vec![(b"x".to_vec(), 3), (vec![], 4)] } },
         ]
     }
 

@@ -46,9 +46,6 @@ impl StoreError {
     /// Whether the router may send the same request again (to another
     /// replica) without risking a double apply.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::NotLeader { .. } | StoreError::Dropped { .. } | StoreError::Unreachable { .. }
-        )
+        matches!(self, StoreError::NotLeader { .. } | StoreError::Dropped { .. } | StoreError::Unreachable { .. })
     }
 }

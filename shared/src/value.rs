@@ -38,11 +38,7 @@ impl StoredValue {
         }
         let version = r.u64("value version")?;
         let expires = r.u64("value expiry")?;
-        Ok(StoredValue {
-            version,
-            expires_at_ms: (expires != 0).then_some(expires),
-            data: r.rest().to_vec(),
-        })
+        Ok(StoredValue { version, expires_at_ms: (expires != 0).then_some(expires), data: r.rest().to_vec() })
     }
 
     /// `(version, expires_at_ms)` without copying the value bytes.
@@ -81,10 +77,7 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(StoredValue::decode(b"").is_err());
         assert!(StoredValue::decode(&[1, 0, 0]).is_err());
-        assert_eq!(
-            StoredValue::decode(&[9; 20]),
-            Err(CodecError::UnsupportedFormat(9))
-        );
+        assert_eq!(StoredValue::decode(&[9; 20]), Err(CodecError::UnsupportedFormat(9)));
     }
 
     #[test]

@@ -25,11 +25,7 @@ struct Inner<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -74,11 +70,6 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             r.insert_header((header::RETRY_AFTER, "1"));
         }
-        r.json(Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
-            },
-        })
+        r.json(Body { error: Inner { code: self.code, message: &self.message } })
     }
 }

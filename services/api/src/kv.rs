@@ -23,22 +23,19 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
 
 async fn route(state: &ApiState, key: Vec<u8>, op: ShardOp, req: &HttpRequest) -> Result<ShardReply, ApiError> {
     let timeout = parse_timeout(header(req.headers(), "x-request-timeout"), &state.limits)?;
-    let routed = state.router.send(Route { key, op, timeout }).await.map_err(|_| {
-        ApiError::from(StoreError::Unavailable {
-            reason: "router stopped".into(),
-        })
-    })?;
+    let routed = state
+        .router
+        .send(Route { key, op, timeout })
+        .await
+        .map_err(|_| ApiError::from(StoreError::Unavailable { reason: "router stopped".into() }))?;
     Ok(routed?)
 }
 
 /// Reads the body, refusing it as soon as it passes the value limit (and
 /// before reading at all when `Content-Length` already says so).
 async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: usize) -> Result<Vec<u8>, ApiError> {
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
     {
         if len > max {
             return Err(ApiError::too_large("value", len, max));
@@ -59,7 +56,11 @@ fn etag(version: u64) -> (header::HeaderName, String) {
     (header::ETAG, format!("\"{version}\""))
 }
 
-pub async fn put(req: HttpRequest, payload: web::Payload, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+pub async fn put(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
     let key = parse_key(req.uri().path(), &state.limits)?;
     let q = parse_query(req.query_string(), &state.limits)?;
     if q.consistency.is_some() {
@@ -67,16 +68,11 @@ pub async fn put(req: HttpRequest, payload: web::Payload, state: web::Data<ApiSt
     }
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), true)?;
     let value = read_body(&req, payload, state.limits.value_bytes_max).await?;
-    let cmd = Command::Put {
-        key: key.clone(),
-        value,
-        ttl_ms: q.ttl_ms,
-        cond,
-    };
+    let cmd = Command::Put { key: key.clone(), value, ttl_ms: q.ttl_ms, cond };
     match route(&state, key, ShardOp::Write(Arc::new(cmd)), &req).await? {
-        ShardReply::Outcome(Outcome::Written { version }) => Ok(HttpResponse::Ok()
-            .insert_header(etag(version))
-            .json(json!({ "version": version }))),
+        ShardReply::Outcome(Outcome::Written { version }) => {
+            Ok(HttpResponse::Ok().insert_header(etag(version)).json(json!({ "version": version })))
+        }
         other => Err(unexpected(other)),
     }
 }
@@ -89,10 +85,7 @@ pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRes
     }
     let stale = q.consistency.unwrap_or_default() == Consistency::Stale;
     match route(&state, key.clone(), ShardOp::Read { key, stale }, &req).await? {
-        ShardReply::Value {
-            value: Some(v),
-            applied_index,
-        } => {
+        ShardReply::Value { value: Some(v), applied_index } => {
             let mut r = HttpResponse::Ok();
             r.insert_header(etag(v.version))
                 .insert_header((header::CONTENT_TYPE, "application/octet-stream"))

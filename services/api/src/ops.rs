@@ -47,12 +47,8 @@ pub async fn track(
     let res = next.call(req).await?;
     let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
     let status = res.status();
-    HTTP_REQUESTS
-        .with_label_values(&[&route, &method, status.as_str()])
-        .inc();
-    HTTP_SECONDS
-        .with_label_values(&[&route, &method])
-        .observe(start.elapsed().as_secs_f64());
+    HTTP_REQUESTS.with_label_values(&[&route, &method, status.as_str()]).inc();
+    HTTP_SECONDS.with_label_values(&[&route, &method]).observe(start.elapsed().as_secs_f64());
     if status.is_server_error() {
         tracing::warn!(%route, %method, status = status.as_u16(), "request failed");
     }
@@ -65,14 +61,7 @@ pub async fn healthz() -> HttpResponse {
 
 /// Ready when this node's replica knows a leader for its shard.
 pub async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let r = state
-        .router
-        .send(Route {
-            key: vec![],
-            op: ShardOp::Status,
-            timeout: Duration::from_secs(1),
-        })
-        .await;
+    let r = state.router.send(Route { key: vec![], op: ShardOp::Status, timeout: Duration::from_secs(1) }).await;
     match r {
         Ok(Ok(ShardReply::Status(s))) if s.leader.is_some() => {
             Ok(HttpResponse::Ok().json(json!({ "ready": true, "shards": [s] })))
@@ -82,11 +71,7 @@ pub async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError
             "not_ready",
             format!("shard {} has no known leader on node {}", s.shard, s.node),
         )),
-        _ => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "local replica did not answer",
-        )),
+        _ => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "local replica did not answer")),
     }
 }
 
@@ -96,9 +81,7 @@ pub async fn metrics() -> HttpResponse {
     if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
         return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into();
     }
-    HttpResponse::Ok()
-        .insert_header(("content-type", "text/plain; version=0.0.4"))
-        .body(buf)
+    HttpResponse::Ok().insert_header(("content-type", "text/plain; version=0.0.4")).body(buf)
 }
 
 pub async fn not_found(req: HttpRequest) -> HttpResponse {

@@ -16,9 +16,8 @@ pub const KV_PREFIX: &str = "/v1/kv/";
 /// The user key of `/v1/kv/{key}`, from the raw (still percent-encoded)
 /// path so that `%2F` and `/` both mean `/` and nothing is decoded twice.
 pub fn parse_key(raw_path: &str, limits: &Limits) -> Result<Vec<u8>, ApiError> {
-    let enc = raw_path
-        .strip_prefix(KV_PREFIX)
-        .ok_or_else(|| ApiError::bad_request("key path must start with /v1/kv/"))?;
+    let enc =
+        raw_path.strip_prefix(KV_PREFIX).ok_or_else(|| ApiError::bad_request("key path must start with /v1/kv/"))?;
     if enc.is_empty() {
         return Err(ApiError::bad_request("key must not be empty"));
     }
@@ -51,10 +50,7 @@ pub fn parse_query(qs: &str, limits: &Limits) -> Result<KvQuery, ApiError> {
     let q: KvQuery = serde_urlencoded::from_str(qs).map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
     if let Some(t) = q.ttl_ms {
         if t == 0 || t > limits.ttl_ms_max {
-            return Err(ApiError::bad_request(format!(
-                "ttl_ms must be between 1 and {}",
-                limits.ttl_ms_max
-            )));
+            return Err(ApiError::bad_request(format!("ttl_ms must be between 1 and {}", limits.ttl_ms_max)));
         }
     }
     Ok(q)
@@ -79,12 +75,9 @@ pub fn parse_precondition(
     if_none_match: Option<Result<&str, ()>>,
     is_put: bool,
 ) -> Result<Precondition, ApiError> {
-    let if_match = if_match
-        .transpose()
-        .map_err(|_| ApiError::bad_request("If-Match is not valid text"))?;
-    let if_none_match = if_none_match
-        .transpose()
-        .map_err(|_| ApiError::bad_request("If-None-Match is not valid text"))?;
+    let if_match = if_match.transpose().map_err(|_| ApiError::bad_request("If-Match is not valid text"))?;
+    let if_none_match =
+        if_none_match.transpose().map_err(|_| ApiError::bad_request("If-None-Match is not valid text"))?;
     match (if_match, if_none_match) {
         (Some(_), Some(_)) => Err(ApiError::bad_request("send If-Match or If-None-Match, not both")),
         (Some(m), None) => Ok(Precondition::IfVersion(parse_etag(m)?)),

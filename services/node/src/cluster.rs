@@ -19,11 +19,13 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context as _};
 use ringstore_api::ApiState;
-use ringstore_router::{Route, Router};
+use ringstore_router::{LeaderCache, Route, Router};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::{NodeId, ShardId, FIRST_DATA_SHARD};
 use ringstore_storage::clock::SystemClock;
-use ringstore_storage::{Engine, LocalTransport, ReplicaConfig, ReplicaStatus, ShardOp, ShardReply, StorageActor};
+use ringstore_storage::{
+    Engine, LocalTransport, ReplicaConfig, ReplicaStatus, ShardOp, ShardReply, StorageActor, Transport,
+};
 use tracing::info;
 
 #[derive(Debug, Clone)]
@@ -73,12 +75,8 @@ const ENGINE_CLOSE_WAIT: Duration = Duration::from_secs(10);
 impl LocalCluster {
     /// Starts every node. Must run inside an actix system.
     pub async fn start(cfg: ClusterConfig) -> anyhow::Result<Self> {
-        let mut c = LocalCluster {
-            cfg,
-            transport: LocalTransport::new(),
-            nodes: BTreeMap::new(),
-            shard: FIRST_DATA_SHARD,
-        };
+        let mut c =
+            LocalCluster { cfg, transport: LocalTransport::new(), nodes: BTreeMap::new(), shard: FIRST_DATA_SHARD };
         for id in c.cfg.nodes.clone() {
             c.start_node(id).await?;
         }
@@ -119,9 +117,7 @@ impl LocalCluster {
         let dir = self.data_dir(id);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let engine = Engine::open(&dir, &id.to_string())?;
-        engine
-            .check_or_set_identity(id)
-            .with_context(|| format!("data dir {}", dir.display()))?;
+        engine.check_or_set_identity(id).with_context(|| format!("data dir {}", dir.display()))?;
         let arbiter = Arbiter::new();
         let storage = StorageActor::start(
             ReplicaConfig {
@@ -139,24 +135,25 @@ impl LocalCluster {
         let weak = Arc::downgrade(&engine);
         drop(engine);
         self.transport.register(id, self.shard, storage.clone());
-        let router = actix::Actor::start(Router::new(
-            id,
-            self.shard,
-            self.cfg.nodes.clone(),
-            Arc::new(self.transport.clone()),
-        ));
-        let state = web::Data::new(ApiState {
-            node: id,
-            router: router.clone(),
-            limits: self.cfg.limits.clone(),
-        });
+        let leader = LeaderCache::default();
+        let transport: Arc<dyn Transport> = Arc::new(self.transport.clone());
+        let members = self.cfg.nodes.clone();
+        let shard = self.shard;
+        // The admin router (status, tests) lives on the system arbiter; each
+        // HTTP worker starts its own below. All share the leader cache.
+        let router = actix::Actor::start(Router::new(id, shard, members.clone(), transport.clone(), leader.clone()));
+        let limits = self.cfg.limits.clone();
         let mut addr = self.cfg.http;
         if addr.port() != 0 {
             addr.set_port(addr.port() + idx as u16);
         }
         let server = HttpServer::new(move || {
+            // Runs once on each worker thread: that worker's own Router.
+            let router =
+                actix::Actor::start(Router::new(id, shard, members.clone(), transport.clone(), leader.clone()));
+            let state = ApiState { node: id, router, limits: limits.clone() };
             App::new()
-                .app_data(state.clone())
+                .app_data(web::Data::new(state))
                 .wrap(from_fn(ringstore_api::ops::track))
                 .configure(ringstore_api::routes)
         })
@@ -170,17 +167,7 @@ impl LocalCluster {
         let handle = server.handle();
         actix_rt::spawn(server);
         info!(node = id, %http, data_dir = %dir.display(), "node started");
-        self.nodes.insert(
-            id,
-            RunningNode {
-                arbiter,
-                storage,
-                engine: weak,
-                router,
-                server: handle,
-                http,
-            },
-        );
+        self.nodes.insert(id, RunningNode { arbiter, storage, engine: weak, router, server: handle, http });
         Ok(())
     }
 
@@ -192,10 +179,7 @@ impl LocalCluster {
         node.server.stop(false).await;
         node.arbiter.stop();
         let arbiter = node.arbiter;
-        actix_rt::task::spawn_blocking(move || arbiter.join())
-            .await
-            .context("joining the storage thread")?
-            .ok();
+        actix_rt::task::spawn_blocking(move || arbiter.join()).await.context("joining the storage thread")?.ok();
         drop(node.storage);
         drop(node.router);
         let start = Instant::now();
@@ -219,14 +203,7 @@ impl LocalCluster {
     /// The status of the replica on node `id`.
     pub async fn status(&self, id: NodeId) -> anyhow::Result<ReplicaStatus> {
         let node = self.nodes.get(&id).with_context(|| format!("node {id} is not running"))?;
-        let r = node
-            .router
-            .send(Route {
-                key: vec![],
-                op: ShardOp::Status,
-                timeout: Duration::from_secs(2),
-            })
-            .await??;
+        let r = node.router.send(Route { key: vec![], op: ShardOp::Status, timeout: Duration::from_secs(2) }).await??;
         match r {
             ShardReply::Status(s) => Ok(s),
             other => bail!("unexpected reply {other:?}"),

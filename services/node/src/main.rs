@@ -48,12 +48,9 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log filter")?)
         .init();
     match cli.cmd {
-        Cmd::Dev {
-            data_dir,
-            http,
-            http_workers,
-            unsafe_no_fsync,
-        } => actix_rt::System::new().block_on(dev(data_dir, http, http_workers, unsafe_no_fsync)),
+        Cmd::Dev { data_dir, http, http_workers, unsafe_no_fsync } => {
+            actix_rt::System::new().block_on(dev(data_dir, http, http_workers, unsafe_no_fsync))
+        }
     }
 }
 

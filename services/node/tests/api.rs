@@ -133,7 +133,9 @@ async fn bad_input_gets_a_json_error_and_the_node_keeps_serving() {
     assert_eq!(r.error_code(), "too_large");
     assert_eq!(get(&url, "big").await.body.len(), 1024 * 1024);
 
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, StatusCode, &str)> = vec![
+    /// method, path, headers, expected status, expected error code
+    type Case = (&'static str, &'static str, Vec<(&'static str, &'static str)>, StatusCode, &'static str);
+    let cases: Vec<Case> = vec![
         ("PUT", "/v1/kv/x", vec![("if-match", "42")], StatusCode::BAD_REQUEST, "bad_request"),
         ("PUT", "/v1/kv/x", vec![("if-match", "W/\"42\"")], StatusCode::BAD_REQUEST, "bad_request"),
         ("PUT", "/v1/kv/x", vec![("if-none-match", "\"3\"")], StatusCode::BAD_REQUEST, "bad_request"),
@@ -182,5 +184,50 @@ async fn metrics_endpoint_counts_requests() {
     // The route label is the pattern, never the key.
     assert!(text.contains("route=\"/v1/kv/{key:.*}\""));
     assert!(!text.contains("route=\"/v1/kv/m\""));
+    tc.cluster.shutdown().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn concurrent_create_only_writes_in_one_batch_have_exactly_one_winner() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    // 1. Twenty If-None-Match: * PUTs race for one key.
+    // 2. They reach the leader together, so most share one Ready round and
+    //    are applied from one batch: each must see the ones before it.
+    let tries = (0..20).map(|i| {
+        let url = url.clone();
+        async move { call("PUT", &url, "/v1/kv/race", &[("if-none-match", "*")], format!("w{i}").into_bytes()).await }
+    });
+    let results = futures::future::join_all(tries).await;
+    let won: Vec<_> = results.iter().filter(|r| r.status == StatusCode::OK).collect();
+    let lost = results.iter().filter(|r| r.status == StatusCode::PRECONDITION_FAILED).count();
+    assert_eq!(won.len(), 1, "statuses: {:?}", results.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(lost, 19);
+    let winner_version = won[0].json()["version"].as_u64().unwrap();
+    let r = get(&url, "race").await;
+    assert_eq!(r.header("etag").unwrap(), format!("\"{winner_version}\""));
+    tc.cluster.shutdown().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_full_replica_queue_answers_503_overloaded_and_recovers() {
+    let tc = start(|cfg| cfg.limits.pending_requests_max = 4).await;
+    let url = tc.cluster.url(1).unwrap();
+    let writes = (0..64).map(|i| {
+        let url = url.clone();
+        async move { put(&url, &format!("o{i}"), b"x").await }
+    });
+    let results = futures::future::join_all(writes).await;
+    let ok = results.iter().filter(|r| r.status == StatusCode::OK).count();
+    let overloaded: Vec<_> = results.iter().filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE).collect();
+    assert_eq!(ok + overloaded.len(), 64, "only 200 or 503 expected");
+    assert!(ok >= 4, "at least the queue's worth succeeds");
+    assert!(!overloaded.is_empty(), "64 concurrent writes must overflow a queue of 4");
+    for r in &overloaded {
+        assert_eq!(r.error_code(), "overloaded");
+        assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    }
+    // Afterwards the node serves normally.
+    assert_eq!(put(&url, "after", b"y").await.status, StatusCode::OK);
     tc.cluster.shutdown().await.unwrap();
 }

@@ -86,10 +86,7 @@ async fn whole_group_restart_recovers_every_write_even_after_log_compaction() {
     for i in 0..10 {
         assert_eq!(put(&url, &format!("k{i}"), b"rewritten").await.status, StatusCode::OK);
     }
-    assert_eq!(
-        call("DELETE", &url, "/v1/kv/k119", &[], vec![]).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(call("DELETE", &url, "/v1/kv/k119", &[], vec![]).await.status, StatusCode::OK);
     let leader = tc.cluster.wait_leader(Duration::from_secs(5)).await.unwrap();
     let s = tc.cluster.status(leader).await.unwrap();
     assert!(s.first_index > 100, "log was not compacted: {s:?}");
@@ -128,14 +125,7 @@ async fn a_partitioned_minority_cannot_commit_and_catches_up_after_healing() {
 
     // The isolated leader cannot commit: its client gets 503, not success.
     let minority_url = c.url(old).unwrap();
-    let r = call(
-        "PUT",
-        &minority_url,
-        "/v1/kv/lost-write",
-        &[("x-request-timeout", "1500")],
-        b"never".to_vec(),
-    )
-    .await;
+    let r = call("PUT", &minority_url, "/v1/kv/lost-write", &[("x-request-timeout", "1500")], b"never".to_vec()).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
     assert!(r.header("retry-after").is_some());
     assert!(matches!(r.error_code().as_str(), "unavailable" | "timeout"));

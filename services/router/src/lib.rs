@@ -43,25 +43,30 @@ pub struct Route {
     pub timeout: Duration,
 }
 
+/// The last known leader of the shard (0 = unknown), shared by every
+/// Router of a node and by their in-flight retry loops. An atomic keeps the
+/// hot path free of locks.
+#[derive(Clone, Default)]
+pub struct LeaderCache(Arc<AtomicU64>);
+
+/// One per HTTP worker thread, so routing never funnels through one thread.
 pub struct Router {
     node: NodeId,
     shard: ShardId,
     members: Arc<Vec<NodeId>>,
     transport: Arc<dyn Transport>,
-    /// Last known leader (0 = unknown). Shared with in-flight retry loops,
-    /// which update it as they learn; an atomic keeps the hot path lock-free.
     leader: Arc<AtomicU64>,
 }
 
 impl Router {
-    pub fn new(node: NodeId, shard: ShardId, members: Vec<NodeId>, transport: Arc<dyn Transport>) -> Self {
-        Router {
-            node,
-            shard,
-            members: Arc::new(members),
-            transport,
-            leader: Arc::new(AtomicU64::new(0)),
-        }
+    pub fn new(
+        node: NodeId,
+        shard: ShardId,
+        members: Vec<NodeId>,
+        transport: Arc<dyn Transport>,
+        leader: LeaderCache,
+    ) -> Self {
+        Router { node, shard, members: Arc::new(members), transport, leader: leader.0 }
     }
 
     fn shard_for(&self, _key: &[u8]) -> ShardId {
@@ -118,11 +123,9 @@ impl Handler<Route> for Router {
                         if Instant::now() + backoff >= deadline {
                             // Out of time: say why the last attempt failed.
                             return match result {
-                                Err(e) if e.is_retryable() => {
-                                    Err(StoreError::Unavailable {
-                                        reason: format!("shard {shard} has no leader reachable from node {node}"),
-                                    })
-                                }
+                                Err(e) if e.is_retryable() => Err(StoreError::Unavailable {
+                                    reason: format!("shard {shard} has no leader reachable from node {node}"),
+                                }),
                                 Err(e) => Err(e),
                                 Ok(_) => unreachable!("a success is never retried"),
                             };

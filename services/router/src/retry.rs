@@ -43,28 +43,18 @@ pub fn next_step(result: &ShardResult, target: NodeId, members: &[NodeId], attem
     }
     match err {
         // A known leader is worth trying at once.
-        StoreError::NotLeader { hint: Some(h), .. } if *h != target => Step::Retry {
-            to: *h,
-            backoff: Duration::ZERO,
-            reason: "not_leader",
-        },
+        StoreError::NotLeader { hint: Some(h), .. } if *h != target => {
+            Step::Retry { to: *h, backoff: Duration::ZERO, reason: "not_leader" }
+        }
         // Election in progress: wait a little, then ask someone else.
-        StoreError::NotLeader { .. } => Step::Retry {
-            to: next_member(members, target),
-            backoff: backoff(attempt),
-            reason: "not_leader",
-        },
-        StoreError::Dropped { .. } => Step::Retry {
-            to: target,
-            backoff: backoff(attempt),
-            reason: "dropped",
-        },
+        StoreError::NotLeader { .. } => {
+            Step::Retry { to: next_member(members, target), backoff: backoff(attempt), reason: "not_leader" }
+        }
+        StoreError::Dropped { .. } => Step::Retry { to: target, backoff: backoff(attempt), reason: "dropped" },
         // Never delivered: try another member.
-        StoreError::Unreachable { .. } => Step::Retry {
-            to: next_member(members, target),
-            backoff: backoff(attempt),
-            reason: "unreachable",
-        },
+        StoreError::Unreachable { .. } => {
+            Step::Retry { to: next_member(members, target), backoff: backoff(attempt), reason: "unreachable" }
+        }
         _ => Step::Done,
     }
 }

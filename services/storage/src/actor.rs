@@ -145,10 +145,7 @@ impl StorageActor {
             flush_scheduled: false,
             leader: 0,
             sweep_cursor: Vec::new(),
-            labels: Labels {
-                node: cfg.node.to_string(),
-                shard: cfg.shard.to_string(),
-            },
+            labels: Labels { node: cfg.node.to_string(), shard: cfg.shard.to_string() },
             cfg: cfg.raft,
         };
         Ok(StorageActor::start_in_arbiter(arbiter, move |_| actor))
@@ -164,10 +161,7 @@ impl StorageActor {
 
     fn not_leader(&self) -> StoreError {
         let l = self.raw.raft.leader_id;
-        StoreError::NotLeader {
-            shard: self.shard,
-            hint: (l != 0 && l != self.node).then_some(l),
-        }
+        StoreError::NotLeader { shard: self.shard, hint: (l != 0 && l != self.node).then_some(l) }
     }
 
     fn pending(&self) -> usize {
@@ -208,10 +202,7 @@ impl StorageActor {
     fn propose(&mut self, cmd: &Command, reply: Option<Reply>) -> Result<(), StoreError> {
         // Stamps never go back, even if this leader's clock is behind the
         // previous one's: TTL decisions stay monotonic.
-        let stamp_ms = self
-            .clock
-            .now_ms()
-            .max(self.raw.store().apply_state().applied_stamp_ms);
+        let stamp_ms = self.clock.now_ms().max(self.raw.store().apply_state().applied_stamp_ms);
         let data = Proposal::encode_parts(stamp_ms, cmd);
         let before = self.raw.raft.raft_log.last_index();
         if self.raw.propose(vec![], data).is_err() {
@@ -268,9 +259,7 @@ impl StorageActor {
         let mut replies = Vec::new();
         self.stage_apply(&mut batch, ready.take_committed_entries(), &mut apply, &mut replies);
         let appended = self.raw.store().stage_append(&mut batch, ready.entries());
-        RAFT.ready_entries
-            .with_label_values(&self.ls())
-            .observe(ready.entries().len() as f64);
+        RAFT.ready_entries.with_label_values(&self.ls()).observe(ready.entries().len() as f64);
         let hs = ready.hs().cloned();
         if let Some(hs) = &hs {
             self.raw.store().stage_hard_state(&mut batch, hs);
@@ -287,9 +276,7 @@ impl StorageActor {
         let store = self.raw.mut_store();
         if let Some((a, cs)) = snapshot {
             store.commit_snapshot(a, cs);
-            RAFT.snapshots
-                .with_label_values(&[&self.labels.node, &self.labels.shard, "applied"])
-                .inc();
+            RAFT.snapshots.with_label_values(&[&self.labels.node, &self.labels.shard, "applied"]).inc();
             info!(node = self.node, shard = self.shard, index = a.applied_index, "applied snapshot");
             self.on_snapshot_applied(a.applied_index);
         }
@@ -557,10 +544,7 @@ impl StorageActor {
         let value = read_value(&self.engine, key)
             .map_err(|e| StoreError::Engine(e.to_string()))?
             .filter(|v| !v.is_expired_at(now_ms));
-        Ok(ShardReply::Value {
-            value,
-            applied_index: self.raw.store().apply_state().applied_index,
-        })
+        Ok(ShardReply::Value { value, applied_index: self.raw.store().apply_state().applied_index })
     }
 
     fn retry_stuck_reads(&mut self) {
@@ -620,7 +604,8 @@ impl StorageActor {
         let res = self.engine.scan(Cf::Data, &start, &to, |k, v| {
             seen += 1;
             last = Some(k.to_vec());
-            if let (Some((_, user)), Ok(h)) = (ringstore_shared::keys::split_data_key(k), StoredValue::decode_header(v)) {
+            if let (Some((_, user)), Ok(h)) = (ringstore_shared::keys::split_data_key(k), StoredValue::decode_header(v))
+            {
                 if h.1.is_some_and(|e| now >= e) {
                     expired.push((user.to_vec(), h.0));
                 }
@@ -650,12 +635,8 @@ impl StorageActor {
         let ls = self.ls();
         RAFT.term.with_label_values(&ls).set(self.raw.raft.term as i64);
         RAFT.is_leader.with_label_values(&ls).set(self.is_leader() as i64);
-        RAFT.commit_index
-            .with_label_values(&ls)
-            .set(self.raw.raft.raft_log.committed as i64);
-        RAFT.applied_index
-            .with_label_values(&ls)
-            .set(self.raw.store().apply_state().applied_index as i64);
+        RAFT.commit_index.with_label_values(&ls).set(self.raw.raft.raft_log.committed as i64);
+        RAFT.applied_index.with_label_values(&ls).set(self.raw.store().apply_state().applied_index as i64);
         RAFT.pending_requests.with_label_values(&ls).set(self.pending() as i64);
     }
 
@@ -684,10 +665,9 @@ impl StorageActor {
 fn read_value(engine: &Engine, key: &[u8]) -> Result<Option<StoredValue>, EngineError> {
     match engine.get(Cf::Data, &data_key(key))? {
         None => Ok(None),
-        Some(raw) => StoredValue::decode(&raw).map(Some).map_err(|e| EngineError::Corrupt {
-            cf: "data",
-            detail: e.to_string(),
-        }),
+        Some(raw) => {
+            StoredValue::decode(&raw).map(Some).map_err(|e| EngineError::Corrupt { cf: "data", detail: e.to_string() })
+        }
     }
 }
 
@@ -725,10 +705,7 @@ impl Actor for StorageActor {
 
 impl StorageActor {
     fn engine_gauges(&self) {
-        crate::metrics::ENGINE
-            .sst_bytes
-            .with_label_values(&[&self.labels.node])
-            .set(self.engine.sst_bytes() as i64);
+        crate::metrics::ENGINE.sst_bytes.with_label_values(&[&self.labels.node]).set(self.engine.sst_bytes() as i64);
     }
 }
 
@@ -797,7 +774,5 @@ impl Handler<ShardRequest> for StorageActor {
 }
 
 fn replica_gone() -> StoreError {
-    StoreError::Unavailable {
-        reason: "replica stopped before answering; outcome unknown".into(),
-    }
+    StoreError::Unavailable { reason: "replica stopped before answering; outcome unknown".into() }
 }

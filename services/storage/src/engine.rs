@@ -74,15 +74,9 @@ impl Engine {
             }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| EngineError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(Arc::new(Engine {
-            db,
-            path: path.to_path_buf(),
-            node_label: node_label.to_string(),
-        }))
+        let db = DB::open_cf_descriptors(&opts, path, cfs)
+            .map_err(|source| EngineError::Open { path: path.to_path_buf(), source })?;
+        Ok(Arc::new(Engine { db, path: path.to_path_buf(), node_label: node_label.to_string() }))
     }
 
     pub fn node_label(&self) -> &str {
@@ -95,9 +89,7 @@ impl Engine {
 
     pub(crate) fn cf(&self, cf: Cf) -> &ColumnFamily {
         // The families are created at open; a missing one is a bug, not input.
-        self.db
-            .cf_handle(cf.name())
-            .expect("column family created at open")
+        self.db.cf_handle(cf.name()).expect("column family created at open")
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
@@ -159,12 +151,7 @@ impl Engine {
     pub fn sst_bytes(&self) -> u64 {
         Cf::ALL
             .iter()
-            .filter_map(|cf| {
-                self.db
-                    .property_int_value_cf(self.cf(*cf), "rocksdb.total-sst-files-size")
-                    .ok()
-                    .flatten()
-            })
+            .filter_map(|cf| self.db.property_int_value_cf(self.cf(*cf), "rocksdb.total-sst-files-size").ok().flatten())
             .sum()
     }
 
@@ -174,10 +161,7 @@ impl Engine {
         const KEY: &[u8] = b"node_id";
         match self.get(Cf::Meta, KEY)? {
             Some(v) if v.as_slice() == node.to_be_bytes() => Ok(()),
-            Some(v) => Err(EngineError::Identity {
-                expected: node,
-                found: format!("{v:?}"),
-            }),
+            Some(v) => Err(EngineError::Identity { expected: node, found: format!("{v:?}") }),
             None => {
                 let mut b = WriteBatch::default();
                 b.put_cf(self.cf(Cf::Meta), KEY, node.to_be_bytes());

@@ -71,12 +71,7 @@ impl ApplyState {
             a.copy_from_slice(&b[i..i + 8]);
             u64::from_be_bytes(a)
         };
-        Some(ApplyState {
-            applied_index: u(0),
-            truncated_index: u(8),
-            truncated_term: u(16),
-            applied_stamp_ms: u(24),
-        })
+        Some(ApplyState { applied_index: u(0), truncated_index: u(8), truncated_term: u(16), applied_stamp_ms: u(24) })
     }
 }
 
@@ -91,10 +86,7 @@ pub struct LogStore {
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Corrupt {
-        cf: "raft",
-        detail: format!("{what}: {e}"),
-    }
+    EngineError::Corrupt { cf: "raft", detail: format!("{what}: {e}") }
 }
 
 fn to_raft(e: EngineError) -> raft::Error {
@@ -253,11 +245,7 @@ impl LogStore {
             &entry_key(self.shard, self.apply.truncated_index + 1),
             &entry_key(self.shard, index + 1),
         );
-        let next = ApplyState {
-            truncated_index: index,
-            truncated_term: term,
-            ..self.apply
-        };
+        let next = ApplyState { truncated_index: index, truncated_term: term, ..self.apply };
         self.stage_apply_state(b, &next);
         Ok(Some(next))
     }
@@ -273,12 +261,7 @@ impl LogStore {
             self.engine.put(b, Cf::Data, k, v);
         }
         // Every entry the snapshot covers, and any tail after it, is obsolete.
-        self.engine.delete_range(
-            b,
-            Cf::Raft,
-            &entry_key(self.shard, 0),
-            &entry_key(self.shard, u64::MAX),
-        );
+        self.engine.delete_range(b, Cf::Raft, &entry_key(self.shard, 0), &entry_key(self.shard, u64::MAX));
         self.stage_conf_state(b, meta.get_conf_state());
         let apply = ApplyState {
             applied_index: meta.index,
@@ -309,21 +292,12 @@ impl LogStore {
             true
         })?;
         let index = self.apply.applied_index;
-        let term = if index == self.apply.truncated_index {
-            self.apply.truncated_term
-        } else {
-            self.read_entry(index)?.term
-        };
-        let data = SnapshotData {
-            applied_stamp_ms: self.apply.applied_stamp_ms,
-            kvs,
-        };
-        let mut snap = Snapshot::default();
-        snap.data = data.encode().into();
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
+        let term =
+            if index == self.apply.truncated_index { self.apply.truncated_term } else { self.read_entry(index)?.term };
+        let data = SnapshotData { applied_stamp_ms: self.apply.applied_stamp_ms, kvs };
+        let mut meta = SnapshotMetadata { index, term, ..Default::default() };
         meta.set_conf_state(self.conf_state.clone());
+        let mut snap = Snapshot { data: data.encode().into(), ..Default::default() };
         snap.set_metadata(meta);
         crate::metrics::RAFT
             .snapshots

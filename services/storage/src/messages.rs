@@ -18,7 +18,10 @@ pub enum ShardOp {
     Write(Arc<Command>),
     /// `stale = false`: linearizable (ReadIndex on the leader).
     /// `stale = true`: this replica's applied state, no leader involved.
-    Read { key: Vec<u8>, stale: bool },
+    Read {
+        key: Vec<u8>,
+        stale: bool,
+    },
     Status,
 }
 

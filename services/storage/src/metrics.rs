@@ -5,8 +5,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec, IntCounterVec,
-    IntGaugeVec,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec, IntCounterVec, IntGaugeVec,
 };
 
 pub struct EngineMetrics {
@@ -33,9 +32,8 @@ pub struct RaftMetrics {
     pub messages_dropped: IntCounterVec,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 pub static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
     write_seconds: register_histogram_vec!(
@@ -51,12 +49,8 @@ pub static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
         &["node"]
     )
     .expect("metric registers once"),
-    sst_bytes: register_int_gauge_vec!(
-        "ringstore_rocksdb_sst_bytes",
-        "Total size of live SST files",
-        &["node"]
-    )
-    .expect("metric registers once"),
+    sst_bytes: register_int_gauge_vec!("ringstore_rocksdb_sst_bytes", "Total size of live SST files", &["node"])
+        .expect("metric registers once"),
 });
 
 pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
@@ -104,12 +98,8 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
             &["node", "shard", "kind"]
         )
         .expect("registers once"),
-        log_compactions: register_int_counter_vec!(
-            "ringstore_raft_log_compactions_total",
-            "Raft log compactions",
-            ns
-        )
-        .expect("registers once"),
+        log_compactions: register_int_counter_vec!("ringstore_raft_log_compactions_total", "Raft log compactions", ns)
+            .expect("registers once"),
         ttl_expired_keys: register_int_counter_vec!(
             "ringstore_ttl_expired_keys_total",
             "Expired keys removed by the replicated TTL sweep",

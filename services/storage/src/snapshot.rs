@@ -84,10 +84,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_truncation() {
-        let d = SnapshotData {
-            applied_stamp_ms: 77,
-            kvs: vec![(b"k1".to_vec(), b"v1".to_vec()), (vec![], vec![])],
-        };
+        let d = SnapshotData { applied_stamp_ms: 77, kvs: vec![(b"k1".to_vec(), b"v1".to_vec()), (vec![], vec![])] };
         let bytes = d.encode();
         assert_eq!(SnapshotData::decode(&bytes).unwrap(), d);
         for cut in 0..bytes.len() {

@@ -134,12 +134,7 @@ impl Transport for LocalTransport {
         let g = self.read();
         let mut undelivered = Vec::new();
         let node_label = from.to_string();
-        let dropped = |reason: &str| {
-            metrics::RAFT
-                .messages_dropped
-                .with_label_values(&[&node_label, reason])
-                .inc()
-        };
+        let dropped = |reason: &str| metrics::RAFT.messages_dropped.with_label_values(&[&node_label, reason]).inc();
         let mut per_dest: HashMap<NodeId, Vec<RaftMessage>> = HashMap::new();
         let mut rng = rand::thread_rng();
         for m in msgs {

@@ -65,9 +65,7 @@ impl Resp {
 }
 
 pub fn client() -> awc::Client {
-    awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish()
+    awc::Client::builder().timeout(Duration::from_secs(30)).finish()
 }
 
 /// Sends a request; `path` is appended to `base` as-is (already encoded).
@@ -77,16 +75,9 @@ pub async fn call(method: &str, base: &str, path: &str, headers: &[(&str, &str)]
     for (k, v) in headers {
         req = req.insert_header((*k, *v));
     }
-    let mut res = req
-        .send_body(body)
-        .await
-        .unwrap_or_else(|e| panic!("request to {base}{path} failed: {e}"));
+    let mut res = req.send_body(body).await.unwrap_or_else(|e| panic!("request to {base}{path} failed: {e}"));
     let body = res.body().limit(8 * 1024 * 1024).await.expect("response body").to_vec();
-    Resp {
-        status: res.status(),
-        headers: res.headers().clone(),
-        body,
-    }
+    Resp { status: res.status(), headers: res.headers().clone(), body }
 }
 
 pub async fn put(base: &str, key: &str, value: &[u8]) -> Resp {
