@@ -143,6 +143,10 @@ async fn a_partitioned_minority_cannot_commit_and_catches_up_after_healing() {
         async move { get_stale(&u, "m59").await.status == StatusCode::OK }
     })
     .await;
+    // The old leader held only a handful of entries and the leader compacted
+    // far past them: it can only have caught up through a snapshot.
+    let s = c.status(old).await.unwrap();
+    assert!(s.first_index > 20, "expected a snapshot install, status {s:?}");
     // The write that got 503 was never committed anywhere.
     assert_eq!(get(&maj_url, "lost-write").await.status, StatusCode::NOT_FOUND);
     assert_eq!(get_stale(&minority_url, "lost-write").await.status, StatusCode::NOT_FOUND);
