@@ -50,7 +50,7 @@ print()
 print(f"{'run':<52} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'ringstore/this':>15}")
 for f, r in rows:
     p = r["operations"]["put"]
-    print(f"{r['label']:<52} {p['ops_per_sec']:>10.0} {p['p50_ms']:>8.2f} {p['p99_ms']:>8.2f} {rs / p['ops_per_sec']:>15.2f}")
+    print(f"{r['label']:<52} {p['ops_per_sec']:>10.0f} {p['p50_ms']:>8.2f} {p['p99_ms']:>8.2f} {rs / p['ops_per_sec']:>15.2f}")
 rss = rows[0][1].get("peak_rss_bytes")
 if rss:
     print(f"ringstore dev peak RSS: {rss / 2**20:.1f} MiB (3 nodes in one process)")
