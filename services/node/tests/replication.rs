@@ -152,3 +152,35 @@ async fn a_partitioned_minority_cannot_commit_and_catches_up_after_healing() {
     assert_eq!(get_stale(&minority_url, "lost-write").await.status, StatusCode::NOT_FOUND);
     tc.cluster.shutdown().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn writes_commit_and_replicas_converge_over_a_lossy_slow_network() {
+    let tc = start(|_| {}).await;
+    let c = &tc.cluster;
+    // 1. Every Raft message is delayed 5 ms and 15% are dropped.
+    // 2. Raft retransmits; writes still commit, none is lost or duplicated.
+    c.transport().set_filter(ringstore_storage::NetFilter {
+        drop_rate: 0.15,
+        delay: Some(Duration::from_millis(5)),
+        ..Default::default()
+    });
+    let url = c.url(1).unwrap();
+    for i in 0..40 {
+        let r =
+            call("PUT", &url, &format!("/v1/kv/lossy-{i}"), &[("x-request-timeout", "10000")], vec![b'v'; 64]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    c.transport().heal();
+    for id in c.node_ids() {
+        let u = c.url(id).unwrap();
+        eventually(Duration::from_secs(10), &format!("node {id} converges"), || {
+            let u = u.clone();
+            async move { get_stale(&u, "lossy-39").await.status == StatusCode::OK }
+        })
+        .await;
+        for i in 0..40 {
+            assert_eq!(get_stale(&u, &format!("lossy-{i}")).await.status, StatusCode::OK);
+        }
+    }
+    tc.cluster.shutdown().await.unwrap();
+}
