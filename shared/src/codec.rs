@@ -69,9 +69,6 @@ impl<'a> Reader<'a> {
         let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
         self.take(len, what)
     }
-    pub(crate) fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.buf)
-    }
     pub(crate) fn finish(self) -> Result<(), CodecError> {
         if self.buf.is_empty() {
             Ok(())

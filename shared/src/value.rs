@@ -31,14 +31,8 @@ impl StoredValue {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let mut r = Reader::new(bytes);
-        let format = r.u8("value format")?;
-        if format != FORMAT_V1 {
-            return Err(CodecError::UnsupportedFormat(format));
-        }
-        let version = r.u64("value version")?;
-        let expires = r.u64("value expiry")?;
-        Ok(StoredValue { version, expires_at_ms: (expires != 0).then_some(expires), data: r.rest().to_vec() })
+        let (version, expires_at_ms) = Self::decode_header(bytes)?;
+        Ok(StoredValue { version, expires_at_ms, data: bytes[HEADER_LEN..].to_vec() })
     }
 
     /// `(version, expires_at_ms)` without copying the value bytes.
