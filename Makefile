@@ -10,6 +10,7 @@ run: deps
 test: deps
 	$(ENV) cargo fmt --all -- --check
 	$(ENV) cargo clippy --workspace --all-targets -- -D warnings
+	promtool check config deploy/prometheus/prometheus.yml
 	$(ENV) cargo test --workspace
 
 deps:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages ringstore's build and tests need, only if
 # they are missing: clang + libclang-dev (bindgen for RocksDB's bindings)
-# and ccache (keeps the RocksDB C++ build across runs).
+# ccache (keeps the RocksDB C++ build across runs) and prometheus (the
+# real-Prometheus test and promtool).
 set -euo pipefail
 
 need=()
@@ -9,6 +10,8 @@ command -v clang >/dev/null 2>&1 || need+=(clang)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v ccache >/dev/null 2>&1 || need+=(ccache)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# Tests run a real Prometheus and check the rules with promtool.
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 
 if ((${#need[@]})); then
   echo "install-deps: installing ${need[*]}"

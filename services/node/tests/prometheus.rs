@@ -1,0 +1,109 @@
+//! A real Prometheus server (Debian's `prometheus`, installed by
+//! scripts/install-deps.sh) scrapes a running cluster; the test drives
+//! traffic and asserts through Prometheus's HTTP query API that the request
+//! counter and the latency histogram moved. It fails, never skips, when
+//! Prometheus is missing.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use common::*;
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Runs an instant query; the first sample's value, if any.
+async fn query(prom: &str, q: &str) -> Option<f64> {
+    let url = format!("{prom}/api/v1/query?query={}", percent_encode(q));
+    let mut res = client().get(url).send().await.ok()?;
+    let body: serde_json::Value = res.json().await.ok()?;
+    body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_real_prometheus_sees_request_counters_and_latency_histograms_move() {
+    let bin = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("prometheus is not installed: run scripts/install-deps.sh (make test does)");
+    let tc = start(|_| {}).await;
+    let targets: Vec<String> = tc
+        .cluster
+        .node_ids()
+        .iter()
+        .map(|id| tc.cluster.url(*id).unwrap().trim_start_matches("http://").to_string())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ringstore\n    static_configs:\n      - targets: {targets:?}\n"
+    );
+    let config_path = dir.path().join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let port = free_port();
+    let _prom = KillOnDrop(
+        Command::new(bin)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts"),
+    );
+    let prom = format!("http://127.0.0.1:{port}");
+
+    // Every target is up before traffic starts.
+    eventually(Duration::from_secs(30), "prometheus scrapes all three nodes", || {
+        let p = prom.clone();
+        async move { query(&p, "sum(up{job=\"ringstore\"})").await == Some(3.0) }
+    })
+    .await;
+
+    let url = tc.cluster.url(1).unwrap();
+    for i in 0..50 {
+        assert_eq!(put(&url, &format!("p{i}"), b"v").await.status, StatusCode::OK);
+        assert_eq!(get(&url, &format!("p{i}")).await.status, StatusCode::OK);
+    }
+
+    // In one process the three nodes share one registry, so take one target's view.
+    let puts = "max(sum by (instance) (ringstore_http_requests_total{method=\"PUT\",status=\"200\"}))";
+    let gets = "max(sum by (instance) (ringstore_http_request_duration_seconds_count{method=\"GET\"}))";
+    let leader = "sum(max by (node) (ringstore_raft_is_leader))";
+    eventually(Duration::from_secs(30), "PUT counter reaches 50 in prometheus", || {
+        let p = prom.clone();
+        async move { query(&p, puts).await.is_some_and(|v| v >= 50.0) }
+    })
+    .await;
+    eventually(Duration::from_secs(30), "GET latency histogram counts 50", || {
+        let p = prom.clone();
+        async move { query(&p, gets).await.is_some_and(|v| v >= 50.0) }
+    })
+    .await;
+    let p99 = "histogram_quantile(0.99, sum by (le) (ringstore_http_request_duration_seconds_bucket{method=\"PUT\"}))";
+    let v = query(&prom, p99).await.expect("p99 is computable from the histogram");
+    assert!(v > 0.0 && v < 10.0, "p99 {v}");
+    assert_eq!(query(&prom, leader).await, Some(1.0), "exactly one leader");
+    tc.cluster.shutdown().await.unwrap();
+}
