@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Writes dashboards/ringstore.json, the provisioning-ready Grafana dashboard.
+
+Edit the PANELS table and re-run; the JSON is committed so Grafana needs no
+build step. services/node/tests/dashboards.rs checks that every metric a
+panel queries is exported by ringstore.
+"""
+import json
+import os
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+# (title, unit, [(expr, legend)]) — one row of the grid per 2 panels.
+PANELS = [
+    ("Requests per second by method", "reqps", [
+        ('sum by (method) (rate(ringstore_http_requests_total[1m]))', "{{method}}")]),
+    ("Errors per second by status", "reqps", [
+        ('sum by (status) (rate(ringstore_http_requests_total{status=~"4..|5.."}[1m]))', "{{status}}")]),
+    ("Latency p50 / p99 by method", "s", [
+        ('histogram_quantile(0.50, sum by (le, method) (rate(ringstore_http_request_duration_seconds_bucket[1m])))', "p50 {{method}}"),
+        ('histogram_quantile(0.99, sum by (le, method) (rate(ringstore_http_request_duration_seconds_bucket[1m])))', "p99 {{method}}")]),
+    ("Leaders and replicas per node", "short", [
+        ('sum by (node) (ringstore_raft_is_leader)', "leaders on node {{node}}"),
+        ('count by (node) (ringstore_raft_term)', "replicas on node {{node}}")]),
+    ("Apply lag (commit - applied)", "short", [
+        ('max by (node, shard) (ringstore_raft_commit_index - ringstore_raft_applied_index)', "node {{node}} shard {{shard}}")]),
+    ("Raft term by shard", "short", [
+        ('max by (shard) (ringstore_raft_term)', "shard {{shard}}")]),
+    ("Proposals per second by result", "ops", [
+        ('sum by (result) (rate(ringstore_raft_proposals_total[1m]))', "{{result}}")]),
+    ("Log entries per fsync (median)", "short", [
+        ('histogram_quantile(0.5, sum by (le) (rate(ringstore_raft_ready_entries_bucket[1m])))', "entries per Ready")]),
+    ("RocksDB write latency p99", "s", [
+        ('histogram_quantile(0.99, sum by (le, sync) (rate(ringstore_rocksdb_write_seconds_bucket[1m])))', "sync={{sync}}")]),
+    ("RocksDB bytes written / SST size", "bytes", [
+        ('sum by (node) (rate(ringstore_rocksdb_write_bytes_total[1m]))', "written/s node {{node}}"),
+        ('max by (node) (ringstore_rocksdb_sst_bytes)', "SST node {{node}}")]),
+    ("Peer traffic: Raft messages", "short", [
+        ('sum by (node) (rate(ringstore_raft_messages_sent_total[1m]))', "sent/s node {{node}}"),
+        ('sum by (reason) (rate(ringstore_raft_messages_dropped_total[1m]))', "dropped/s {{reason}}")]),
+    ("Router retries, snapshots, compactions", "short", [
+        ('sum by (reason) (rate(ringstore_router_retries_total[1m]))', "retry {{reason}}"),
+        ('sum by (kind) (increase(ringstore_raft_snapshots_total[5m]))', "snapshots {{kind}} /5m"),
+        ('sum (increase(ringstore_raft_log_compactions_total[5m]))', "log compactions /5m")]),
+    ("Pending requests per replica", "short", [
+        ('max by (node, shard) (ringstore_raft_pending_requests)', "node {{node}} shard {{shard}}")]),
+    ("TTL expirations per second", "ops", [
+        ('sum (rate(ringstore_ttl_expired_keys_total[1m]))', "expired keys")]),
+]
+
+
+def panel(i, title, unit, targets):
+    return {
+        "id": i + 1,
+        "type": "timeseries",
+        "title": title,
+        "datasource": DS,
+        "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+        "targets": [
+            {"datasource": DS, "expr": e, "legendFormat": l, "refId": chr(ord("A") + j)}
+            for j, (e, l) in enumerate(targets)
+        ],
+    }
+
+
+dashboard = {
+    "uid": "ringstore-overview",
+    "title": "ringstore overview",
+    "tags": ["ringstore"],
+    "timezone": "browser",
+    "schemaVersion": 39,
+    "version": 1,
+    "refresh": "10s",
+    "time": {"from": "now-30m", "to": "now"},
+    "templating": {"list": [{
+        "name": "datasource", "type": "datasource", "query": "prometheus",
+        "label": "Prometheus", "current": {},
+    }]},
+    "panels": [panel(i, *p) for i, p in enumerate(PANELS)],
+}
+
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboards", "ringstore.json")
+with open(out, "w") as f:
+    json.dump(dashboard, f, indent=2)
+    f.write("\n")
+print(f"wrote {out}: {len(PANELS)} panels")
