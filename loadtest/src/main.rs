@@ -3,8 +3,12 @@
 //!
 //! Systems: `ringstore` (HTTP, any node), `rocksdb` (raw synced writes into
 //! a RocksDB of its own, the physical limit a replicated write cannot beat).
-//! Workload `w`: PUT of `--value-size` random bytes to uniformly random keys.
+//! Workloads (YCSB-like): `a` 50% reads / 50% updates, `b` 95/5, `c`
+//! read-only, `w` write-only; keys `uniform` or `zipfian`. A report is a
+//! summary table, a JSON file (`--out`) and an SVG plot beside it.
 
+mod keys;
+mod plot;
 mod report;
 mod ringstore;
 mod rocksdb_raw;
@@ -24,8 +28,32 @@ pub enum System {
 #[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
-    /// Write only: PUT random keys.
+    /// 50% GET, 50% PUT.
+    A,
+    /// 95% GET, 5% PUT.
+    B,
+    /// GET only.
+    C,
+    /// PUT only.
     W,
+}
+
+impl Workload {
+    pub fn read_fraction(self) -> f64 {
+        match self {
+            Workload::A => 0.5,
+            Workload::B => 0.95,
+            Workload::C => 1.0,
+            Workload::W => 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dist {
+    Uniform,
+    Zipfian,
 }
 
 #[derive(Debug, Clone, Parser, serde::Serialize)]
@@ -50,6 +78,18 @@ pub struct Args {
     /// Size of the key space.
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub dist: Dist,
+    /// Open loop: total requests per second, spread over the clients.
+    /// Without it, each client sends its next request when the last returns.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Write keys 0..N before the timed run, so reads find values.
+    #[arg(long, default_value_t = 0)]
+    pub preload: u64,
+    /// Seed of the key and operation choices (client i uses seed + i).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
     /// Write the JSON report here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -96,6 +136,11 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.clients > 0 && args.clients <= 4096, "--clients must be 1..=4096");
     anyhow::ensure!(args.keys > 0, "--keys must be positive");
     anyhow::ensure!(args.batch > 0 && args.batch <= 10_000, "--batch must be 1..=10000");
+    anyhow::ensure!(args.rate.is_none_or(|r| r > 0.0 && r <= 1e7), "--rate must be in (0, 1e7]");
+    anyhow::ensure!(args.preload <= args.keys, "--preload cannot exceed --keys");
+    if matches!(args.system, System::Rocksdb) {
+        anyhow::ensure!(matches!(args.workload, Workload::W), "--system rocksdb runs workload w only");
+    }
     let result = match args.system {
         System::Ringstore => actix_rt::System::new().block_on(ringstore::run(&args))?,
         System::Rocksdb => rocksdb_raw::run(&args)?,
@@ -104,7 +149,10 @@ fn main() -> anyhow::Result<()> {
     report.print_summary();
     if let Some(path) = &args.out {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-        println!("report written to {}", path.display());
+        let svg_path = path.with_extension("svg");
+        let title = format!("{} — ops/s (blue), p99 ms (red)", report.title());
+        std::fs::write(&svg_path, plot::svg(&title, &report.timeline_ops_per_sec, &report.timeline_p99_ms))?;
+        println!("report written to {} and {}", path.display(), svg_path.display());
     }
     Ok(())
 }

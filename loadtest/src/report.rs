@@ -15,6 +15,8 @@ pub struct RunResult {
     pub elapsed: Duration,
     /// Successful operations completed in each second of the run.
     pub timeline: Vec<u64>,
+    /// p99 latency (ms) of the operations of each second.
+    pub p99_timeline: Vec<f64>,
     pub peak_rss_bytes: Option<u64>,
 }
 
@@ -76,6 +78,7 @@ pub struct Report {
     pub elapsed_s: f64,
     pub operations: BTreeMap<&'static str, OpStats>,
     pub timeline_ops_per_sec: Vec<u64>,
+    pub timeline_p99_ms: Vec<f64>,
     pub peak_rss_bytes: Option<u64>,
 }
 
@@ -112,12 +115,21 @@ impl Report {
             elapsed_s: secs,
             operations,
             timeline_ops_per_sec: r.timeline,
+            timeline_p99_ms: r.p99_timeline,
             peak_rss_bytes: r.peak_rss_bytes,
         }
     }
 
+    pub fn title(&self) -> String {
+        if self.label.is_empty() {
+            format!("{:?} workload {:?}", self.params.system, self.params.workload)
+        } else {
+            self.label.clone()
+        }
+    }
+
     pub fn print_summary(&self) {
-        let label = if self.label.is_empty() { format!("{:?}", self.params.system) } else { self.label.clone() };
+        let label = self.title();
         println!();
         println!(
             "{label}: {} clients, {:.1} s, value {} B",

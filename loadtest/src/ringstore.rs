@@ -1,47 +1,94 @@
-//! Closed-loop HTTP clients against ringstore nodes.
+//! HTTP clients against ringstore nodes: closed loop (each client waits
+//! for its answer) or open loop (`--rate`: requests start on a schedule and
+//! latency counts from the scheduled start, so a stall is not hidden by
+//! coordinated omission).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
+use crate::keys::{KeyDist, Zipfian, ZIPF_THETA};
 use crate::report::{peak_rss_bytes, OpRecorder, RunResult};
-use crate::Args;
+use crate::{Args, Dist};
+
+/// Per-second latency of all operations, for the plot (2 significant
+/// digits keep each second's histogram small).
+type SecondHists = Arc<Mutex<Vec<Histogram<u64>>>>;
+
+/// Keys written per preload request batch of clients.
+const PRELOAD_CONCURRENCY: usize = 64;
 
 pub async fn run(args: &Args) -> anyhow::Result<RunResult> {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(10))
-        .connector(awc::Connector::new().limit(args.clients * 2))
+        .connector(awc::Connector::new().limit(args.clients.max(PRELOAD_CONCURRENCY) * 2))
         .finish();
-    // Fail fast with a clear message if nothing listens.
     for e in &args.endpoints {
         let r = client.get(format!("{e}/healthz")).send().await;
         anyhow::ensure!(r.is_ok(), "{e} is not answering /healthz: {:?}", r.err());
     }
+    let value: Arc<Vec<u8>> = Arc::new((0..args.value_size).map(|i| (i % 251) as u8).collect());
+    if args.preload > 0 {
+        preload(&client, args, &value).await?;
+    }
+    let dist = Arc::new(match args.dist {
+        Dist::Uniform => KeyDist::Uniform { n: args.keys },
+        Dist::Zipfian => KeyDist::Zipfian(Zipfian::new(args.keys.max(2), ZIPF_THETA)),
+    });
+    let read_fraction = args.workload.read_fraction();
     let done = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
-    let value: Arc<Vec<u8>> = Arc::new((0..args.value_size).map(|i| (i % 251) as u8).collect());
+    let seconds: SecondHists = Arc::new(Mutex::new(Vec::new()));
+    // Open loop: each client starts one request every `interval`.
+    let interval = args.rate.map(|r| Duration::from_secs_f64(args.clients as f64 / r.max(1e-3)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for c in 0..args.clients {
         let client = client.clone();
         let base = args.endpoints[c % args.endpoints.len()].clone();
-        let (done, completed, value) = (done.clone(), completed.clone(), value.clone());
-        let keys = args.keys;
+        let (done, completed, value, dist, seconds) =
+            (done.clone(), completed.clone(), value.clone(), dist.clone(), seconds.clone());
+        let seed = args.seed.wrapping_add(c as u64);
         tasks.push(actix_rt::spawn(async move {
-            let mut rec = OpRecorder::default();
-            let mut rng = rand::rngs::StdRng::from_entropy();
+            let (mut put, mut get) = (OpRecorder::default(), OpRecorder::default());
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut next = Instant::now();
             while !done.load(Ordering::Relaxed) {
-                let key = rng.gen_range(0..keys);
-                let t = Instant::now();
-                let res = client.put(format!("{base}/v1/kv/lt/{key}")).send_body(value.as_slice().to_vec()).await;
+                let scheduled = match interval {
+                    Some(iv) => {
+                        next += iv;
+                        actix_rt::time::sleep_until((next - iv).into()).await;
+                        next - iv
+                    }
+                    None => Instant::now(),
+                };
+                let key = dist.next(&mut rng);
+                let url = format!("{base}/v1/kv/lt/{key}");
+                let is_read = rng.gen::<f64>() < read_fraction;
+                let res = if is_read {
+                    client.get(url).send().await
+                } else {
+                    client.put(url).send_body(value.as_slice().to_vec()).await
+                };
+                let rec = if is_read { &mut get } else { &mut put };
                 match res {
-                    Ok(mut r) if r.status().is_success() => {
+                    // A read of a key never written is a valid answer.
+                    Ok(mut r) if r.status().is_success() || (is_read && r.status().as_u16() == 404) => {
                         let _ = r.body().await;
-                        rec.ok(t.elapsed());
+                        let took = scheduled.elapsed();
+                        rec.ok(took);
                         completed.fetch_add(1, Ordering::Relaxed);
+                        let sec = start.elapsed().as_secs() as usize;
+                        if let Ok(mut s) = seconds.lock() {
+                            while s.len() <= sec {
+                                s.push(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"));
+                            }
+                            let _ = s[sec].record((took.as_micros() as u64).clamp(1, 60_000_000));
+                        }
                     }
                     Ok(mut r) => {
                         let body = r.body().await.map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -50,25 +97,60 @@ pub async fn run(args: &Args) -> anyhow::Result<RunResult> {
                     Err(e) => rec.err(e.to_string()),
                 }
             }
-            rec
+            (put, get)
         }));
     }
     let timeline = progress(args.duration, &completed).await;
     done.store(true, Ordering::Relaxed);
-    let mut put = OpRecorder::default();
+    let (mut put, mut get) = (OpRecorder::default(), OpRecorder::default());
     for t in tasks {
-        put.merge(t.await?);
+        let (p, g) = t.await?;
+        put.merge(p);
+        get.merge(g);
     }
     let elapsed = start.elapsed();
-    Ok(RunResult {
-        ops: [("put", put)].into_iter().collect(),
-        elapsed,
-        timeline,
-        peak_rss_bytes: args.watch_pid.and_then(peak_rss_bytes),
-    })
+    let p99_timeline = seconds
+        .lock()
+        .map(|s| s.iter().take(timeline.len()).map(|h| h.value_at_quantile(0.99) as f64 / 1000.0).collect())
+        .unwrap_or_default();
+    let mut ops = std::collections::BTreeMap::new();
+    if put.hist.len() + put.errors > 0 {
+        ops.insert("put", put);
+    }
+    if get.hist.len() + get.errors > 0 {
+        ops.insert("get", get);
+    }
+    Ok(RunResult { ops, elapsed, timeline, p99_timeline, peak_rss_bytes: args.watch_pid.and_then(peak_rss_bytes) })
 }
 
-use rand::SeedableRng;
+/// Writes keys `0..preload` so reads find them, with a progress bar.
+async fn preload(client: &awc::Client, args: &Args, value: &Arc<Vec<u8>>) -> anyhow::Result<()> {
+    let pb = ProgressBar::new(args.preload);
+    pb.set_style(
+        ProgressStyle::with_template("preload {bar:30} {pos}/{len} keys")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut failures = 0u64;
+    let mut next = 0u64;
+    while next < args.preload {
+        let batch: Vec<u64> = (next..(next + PRELOAD_CONCURRENCY as u64).min(args.preload)).collect();
+        next += batch.len() as u64;
+        let reqs = batch.iter().map(|k| {
+            let base = &args.endpoints[(*k as usize) % args.endpoints.len()];
+            client.put(format!("{base}/v1/kv/lt/{k}")).send_body(value.as_slice().to_vec())
+        });
+        for r in futures::future::join_all(reqs).await {
+            if !r.is_ok_and(|r| r.status().is_success()) {
+                failures += 1;
+            }
+        }
+        pb.set_position(next);
+    }
+    pb.finish_and_clear();
+    anyhow::ensure!(failures == 0, "{failures} preload writes failed");
+    println!("preloaded {} keys", args.preload);
+    Ok(())
+}
 
 /// Shows a progress bar for `duration` and returns ops completed per second.
 async fn progress(duration: Duration, completed: &AtomicU64) -> Vec<u64> {

@@ -66,6 +66,7 @@ pub fn run(args: &Args) -> anyhow::Result<RunResult> {
         ops: [("put", put)].into_iter().collect(),
         elapsed: start.elapsed(),
         timeline,
+        p99_timeline: Vec::new(),
         peak_rss_bytes: None,
     })
 }

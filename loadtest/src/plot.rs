@@ -1,0 +1,56 @@
+//! An SVG plot of a run: throughput (ops/s) and p99 latency (ms) per second.
+//! Hand-written SVG, so the report needs no plotting dependency.
+
+use std::fmt::Write as _;
+
+pub fn svg(title: &str, ops_per_sec: &[u64], p99_ms: &[f64]) -> String {
+    let (w, h, m) = (800.0, 360.0, 50.0);
+    let n = ops_per_sec.len().max(2) as f64;
+    let max_ops = ops_per_sec.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
+    let max_lat = p99_ms.iter().copied().fold(0.0, f64::max).max(0.001) * 1.1;
+    let x = |i: usize| m + (w - 2.0 * m) * i as f64 / (n - 1.0);
+    let y = |v: f64, max: f64| h - m - (h - 2.0 * m) * v / max;
+    let line = |pts: Vec<(f64, f64)>| pts.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect::<Vec<_>>().join(" ");
+    let ops_pts = ops_per_sec.iter().enumerate().map(|(i, v)| (x(i), y(*v as f64, max_ops))).collect();
+    let lat_pts = p99_ms.iter().enumerate().map(|(i, v)| (x(i), y(*v, max_lat))).collect();
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{m}" y="20" font-size="14">{title}</text>
+<line x1="{m}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/>
+<line x1="{m}" y1="{m}" x2="{m}" y2="{b}" stroke="#1f77b4"/>
+<line x1="{r}" y1="{m}" x2="{r}" y2="{b}" stroke="#d62728"/>
+<text x="{m}" y="{lt}" fill="#1f77b4">{max_ops:.0} ops/s</text>
+<text x="{rl}" y="{lt}" fill="#d62728">{max_lat:.2} ms p99</text>
+<text x="{m}" y="{bt}">0 s</text>
+<text x="{rr}" y="{bt}">{secs} s</text>
+<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{ops}"/>
+<polyline fill="none" stroke="#d62728" stroke-width="2" points="{lat}"/>
+</svg>
+"##,
+        b = h - m,
+        r = w - m,
+        lt = m - 8.0,
+        rl = w - m - 90.0,
+        bt = h - m + 18.0,
+        rr = w - m - 20.0,
+        secs = ops_per_sec.len(),
+        ops = line(ops_pts),
+        lat = line(lat_pts),
+        title = title.replace('&', "&amp;").replace('<', "&lt;"),
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plots_both_series() {
+        let s = super::svg("t <x>", &[10, 20, 15], &[1.0, 2.0, 1.5]);
+        assert_eq!(s.matches("<polyline").count(), 2);
+        assert!(s.contains("20 ops/s") || s.contains("22 ops/s"));
+        assert!(s.starts_with("<svg"));
+    }
+}
