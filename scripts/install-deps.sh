@@ -12,6 +12,10 @@ command -v ccache >/dev/null 2>&1 || need+=(ccache)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # Tests run a real Prometheus and check the rules with promtool.
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+# etcd's client is generated at build time (protoc); etcd itself is the
+# system the load generator compares against.
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 
 if ((${#need[@]})); then
   echo "install-deps: installing ${need[*]}"

@@ -1,7 +1,7 @@
 //! `ringstore-loadtest`: drives a system with a workload for a fixed time
 //! and reports throughput and latency percentiles (HDR histograms).
 //!
-//! Systems: `ringstore` (HTTP, any node), `rocksdb` (raw synced writes into
+//! Systems: `ringstore` (HTTP, any node), `etcd` (gRPC KV API), `rocksdb` (raw synced writes into
 //! a RocksDB of its own, the physical limit a replicated write cannot beat).
 //! Workloads (YCSB-like): `a` 50% reads / 50% updates, `b` 95/5, `c`
 //! read-only, `w` write-only; keys `uniform` or `zipfian`. A report is a
@@ -22,6 +22,8 @@ use clap::{Parser, ValueEnum};
 #[serde(rename_all = "lowercase")]
 pub enum System {
     Ringstore,
+    /// etcd v3 through its native gRPC API; `--endpoints` are its client URLs.
+    Etcd,
     Rocksdb,
 }
 
@@ -142,7 +144,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(matches!(args.workload, Workload::W), "--system rocksdb runs workload w only");
     }
     let result = match args.system {
-        System::Ringstore => actix_rt::System::new().block_on(ringstore::run(&args))?,
+        System::Ringstore | System::Etcd => actix_rt::System::new().block_on(ringstore::run(&args))?,
         System::Rocksdb => rocksdb_raw::run(&args)?,
     };
     let report = report::Report::new(&args, result);

@@ -1,5 +1,6 @@
-//! HTTP clients against ringstore nodes: closed loop (each client waits
-//! for its answer) or open loop (`--rate`: requests start on a schedule and
+//! Clients against ringstore (HTTP) or etcd (its native gRPC KV API),
+//! running the same workload: closed loop (each client waits for its
+//! answer) or open loop (`--rate`: requests start on a schedule and
 //! latency counts from the scheduled start, so a stall is not hidden by
 //! coordinated omission).
 
@@ -13,7 +14,79 @@ use rand::{Rng, SeedableRng};
 
 use crate::keys::{KeyDist, Zipfian, ZIPF_THETA};
 use crate::report::{peak_rss_bytes, OpRecorder, RunResult};
-use crate::{Args, Dist};
+use crate::{Args, Dist, System};
+
+/// One system's way of doing a GET and a PUT. `Ok(())` is a valid answer
+/// (a GET of a key never written included).
+#[derive(Clone)]
+enum Backend {
+    Http { client: awc::Client, base: String },
+    Etcd { kv: etcd_client::KvClient },
+}
+
+impl Backend {
+    async fn get(&mut self, key: u64) -> Result<(), String> {
+        match self {
+            Backend::Http { client, base } => match client.get(format!("{base}/v1/kv/lt/{key}")).send().await {
+                Ok(mut r) if r.status().is_success() || r.status().as_u16() == 404 => {
+                    r.body().await.map(|_| ()).map_err(|e| e.to_string())
+                }
+                Ok(mut r) => {
+                    Err(format!("{} {}", r.status(), String::from_utf8_lossy(&r.body().await.unwrap_or_default())))
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            // etcd's default range read is linearizable, like ringstore's GET.
+            Backend::Etcd { kv } => kv.get(format!("lt/{key}"), None).await.map(|_| ()).map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn put(&mut self, key: u64, value: &[u8]) -> Result<(), String> {
+        match self {
+            Backend::Http { client, base } => {
+                match client.put(format!("{base}/v1/kv/lt/{key}")).send_body(value.to_vec()).await {
+                    Ok(mut r) if r.status().is_success() => r.body().await.map(|_| ()).map_err(|e| e.to_string()),
+                    Ok(mut r) => {
+                        Err(format!("{} {}", r.status(), String::from_utf8_lossy(&r.body().await.unwrap_or_default())))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Backend::Etcd { kv } => {
+                kv.put(format!("lt/{key}"), value.to_vec(), None).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+async fn backends(args: &Args) -> anyhow::Result<Vec<Backend>> {
+    match args.system {
+        System::Ringstore => {
+            let client = awc::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .connector(awc::Connector::new().limit(args.clients.max(PRELOAD_CONCURRENCY) * 2))
+                .finish();
+            for e in &args.endpoints {
+                let r = client.get(format!("{e}/healthz")).send().await;
+                anyhow::ensure!(r.is_ok(), "{e} is not answering /healthz: {:?}", r.err());
+            }
+            Ok(args.endpoints.iter().map(|base| Backend::Http { client: client.clone(), base: base.clone() }).collect())
+        }
+        System::Etcd => {
+            let mut out = Vec::new();
+            // One gRPC connection (HTTP/2, multiplexed) per endpoint.
+            for e in &args.endpoints {
+                let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(10));
+                let c = etcd_client::Client::connect([e.as_str()], Some(opts))
+                    .await
+                    .map_err(|err| anyhow::anyhow!("connecting to etcd at {e}: {err}"))?;
+                out.push(Backend::Etcd { kv: c.kv_client() });
+            }
+            Ok(out)
+        }
+        System::Rocksdb => anyhow::bail!("rocksdb is not a networked system"),
+    }
+}
 
 /// Per-second latency of all operations, for the plot (2 significant
 /// digits keep each second's histogram small).
@@ -23,17 +96,10 @@ type SecondHists = Arc<Mutex<Vec<Histogram<u64>>>>;
 const PRELOAD_CONCURRENCY: usize = 64;
 
 pub async fn run(args: &Args) -> anyhow::Result<RunResult> {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .connector(awc::Connector::new().limit(args.clients.max(PRELOAD_CONCURRENCY) * 2))
-        .finish();
-    for e in &args.endpoints {
-        let r = client.get(format!("{e}/healthz")).send().await;
-        anyhow::ensure!(r.is_ok(), "{e} is not answering /healthz: {:?}", r.err());
-    }
+    let backends = backends(args).await?;
     let value: Arc<Vec<u8>> = Arc::new((0..args.value_size).map(|i| (i % 251) as u8).collect());
     if args.preload > 0 {
-        preload(&client, args, &value).await?;
+        preload(&backends, args, &value).await?;
     }
     let dist = Arc::new(match args.dist {
         Dist::Uniform => KeyDist::Uniform { n: args.keys },
@@ -48,8 +114,7 @@ pub async fn run(args: &Args) -> anyhow::Result<RunResult> {
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for c in 0..args.clients {
-        let client = client.clone();
-        let base = args.endpoints[c % args.endpoints.len()].clone();
+        let mut backend = backends[c % backends.len()].clone();
         let (done, completed, value, dist, seconds) =
             (done.clone(), completed.clone(), value.clone(), dist.clone(), seconds.clone());
         let seed = args.seed.wrapping_add(c as u64);
@@ -67,18 +132,11 @@ pub async fn run(args: &Args) -> anyhow::Result<RunResult> {
                     None => Instant::now(),
                 };
                 let key = dist.next(&mut rng);
-                let url = format!("{base}/v1/kv/lt/{key}");
                 let is_read = rng.gen::<f64>() < read_fraction;
-                let res = if is_read {
-                    client.get(url).send().await
-                } else {
-                    client.put(url).send_body(value.as_slice().to_vec()).await
-                };
+                let res = if is_read { backend.get(key).await } else { backend.put(key, &value).await };
                 let rec = if is_read { &mut get } else { &mut put };
                 match res {
-                    // A read of a key never written is a valid answer.
-                    Ok(mut r) if r.status().is_success() || (is_read && r.status().as_u16() == 404) => {
-                        let _ = r.body().await;
+                    Ok(()) => {
                         let took = scheduled.elapsed();
                         rec.ok(took);
                         completed.fetch_add(1, Ordering::Relaxed);
@@ -90,11 +148,7 @@ pub async fn run(args: &Args) -> anyhow::Result<RunResult> {
                             let _ = s[sec].record((took.as_micros() as u64).clamp(1, 60_000_000));
                         }
                     }
-                    Ok(mut r) => {
-                        let body = r.body().await.map(|b| String::from_utf8_lossy(&b).into_owned());
-                        rec.err(format!("{} {}", r.status(), body.unwrap_or_default()));
-                    }
-                    Err(e) => rec.err(e.to_string()),
+                    Err(e) => rec.err(e),
                 }
             }
             (put, get)
@@ -124,30 +178,32 @@ pub async fn run(args: &Args) -> anyhow::Result<RunResult> {
 }
 
 /// Writes keys `0..preload` so reads find them, with a progress bar.
-async fn preload(client: &awc::Client, args: &Args, value: &Arc<Vec<u8>>) -> anyhow::Result<()> {
+async fn preload(backends: &[Backend], args: &Args, value: &Arc<Vec<u8>>) -> anyhow::Result<()> {
     let pb = ProgressBar::new(args.preload);
     pb.set_style(
         ProgressStyle::with_template("preload {bar:30} {pos}/{len} keys")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut failures = 0u64;
+    let mut failures = Vec::new();
     let mut next = 0u64;
     while next < args.preload {
         let batch: Vec<u64> = (next..(next + PRELOAD_CONCURRENCY as u64).min(args.preload)).collect();
         next += batch.len() as u64;
         let reqs = batch.iter().map(|k| {
-            let base = &args.endpoints[(*k as usize) % args.endpoints.len()];
-            client.put(format!("{base}/v1/kv/lt/{k}")).send_body(value.as_slice().to_vec())
+            let mut b = backends[(*k as usize) % backends.len()].clone();
+            let v = value.clone();
+            let k = *k;
+            async move { b.put(k, &v).await }
         });
         for r in futures::future::join_all(reqs).await {
-            if !r.is_ok_and(|r| r.status().is_success()) {
-                failures += 1;
+            if let Err(e) = r {
+                failures.push(e);
             }
         }
         pb.set_position(next);
     }
     pb.finish_and_clear();
-    anyhow::ensure!(failures == 0, "{failures} preload writes failed");
+    anyhow::ensure!(failures.is_empty(), "{} preload writes failed, e.g. {:?}", failures.len(), failures.first());
     println!("preloaded {} keys", args.preload);
     Ok(())
 }

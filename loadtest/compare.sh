@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# ringstore beside etcd, same machine, same run, same load generator, each
+# through its native protocol: a 3-member etcd (Debian's etcd-server) and a
+# 3-node ringstore (`ringstore dev`) on 127.0.0.1. Both fsync every commit.
+# Runs workloads A, C and W (64 clients, uniform keys, 256 B values) against
+# each, stops both, prints a side-by-side table with ratios and writes JSON
+# reports and SVG plots to loadtest/out/compare/.
+#
+# Usage: loadtest/compare.sh [DURATION per workload, default 20s] [CLIENTS, default 64]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+source scripts/env.sh
+DURATION="${1:-20s}"
+CLIENTS="${2:-64}"
+KEYS=10000
+OUT=loadtest/out/compare
+mkdir -p "$OUT"
+cargo build --release -p ringstore -p ringstore-loadtest >/dev/null
+BIN="$CARGO_TARGET_DIR/release"
+DATA="$(mktemp -d "${TMPDIR:-/tmp}/ringstore-compare.XXXXXX")"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$DATA"
+}
+trap cleanup EXIT
+
+# --- etcd: three members on 127.0.0.1 -------------------------------------
+CLUSTER="e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380"
+for i in 1 2 3; do
+  etcd --name "e$i" --data-dir "$DATA/etcd-$i" \
+    --listen-client-urls "http://127.0.0.1:${i}2379" --advertise-client-urls "http://127.0.0.1:${i}2379" \
+    --listen-peer-urls "http://127.0.0.1:${i}2380" --initial-advertise-peer-urls "http://127.0.0.1:${i}2380" \
+    --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token ringstore-compare \
+    --log-level warn >"$OUT/etcd-$i.log" 2>&1 &
+  PIDS+=($!)
+done
+ETCD="http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:32379"
+for _ in $(seq 1 100); do
+  curl -sf http://127.0.0.1:12379/health | grep -q '"health":"true"' && break
+  sleep 0.2
+done
+curl -sf http://127.0.0.1:12379/health | grep -q '"health":"true"' || { echo "etcd did not become healthy"; exit 1; }
+
+# --- ringstore: three nodes ------------------------------------------------
+"$BIN/ringstore" dev --data-dir "$DATA/ringstore" --http 127.0.0.1:18080 --http-workers 2 --log warn \
+  >"$OUT/ringstore.log" 2>&1 &
+RS_PID=$!
+PIDS+=($RS_PID)
+RS="http://127.0.0.1:18080,http://127.0.0.1:18081,http://127.0.0.1:18082"
+for _ in $(seq 1 100); do
+  curl -sf http://127.0.0.1:18080/readyz >/dev/null && break
+  sleep 0.1
+done
+curl -sf http://127.0.0.1:18080/readyz >/dev/null || { echo "ringstore did not become ready"; exit 1; }
+
+run() { # system endpoints workload preload
+  "$BIN/ringstore-loadtest" --system "$1" --endpoints "$2" --workload "$3" --clients "$CLIENTS" \
+    --duration "$DURATION" --keys $KEYS --preload "$4" --value-size 256 \
+    --label "$1 workload $3" --out "$OUT/$1-$3.json"
+}
+for w in w a c; do
+  pre=0; [ "$w" = w ] && pre=$KEYS
+  run etcd "$ETCD" "$w" "$pre"
+  run ringstore "$RS" "$w" "$pre"
+done
+
+python3 - "$OUT" "$DURATION" "$CLIENTS" <<'PY'
+import json, os, sys
+out, duration, clients = sys.argv[1], sys.argv[2], sys.argv[3]
+print(f"\nringstore vs etcd: {clients} clients, {duration} per workload, 10,000 keys, 256 B values, 3 members each on 127.0.0.1")
+print(f"{'workload':<9}{'op':<5}{'etcd ops/s':>11}{'ringstore':>11}{'ratio':>7}{'etcd p50':>10}{'rs p50':>8}{'etcd p99':>10}{'rs p99':>8}")
+for w in ["w", "a", "c"]:
+    e = json.load(open(os.path.join(out, f"etcd-{w}.json")))["operations"]
+    r = json.load(open(os.path.join(out, f"ringstore-{w}.json")))["operations"]
+    for op in sorted(set(e) | set(r)):
+        eo, ro = e.get(op), r.get(op)
+        if not eo or not ro:
+            continue
+        ratio = ro["ops_per_sec"] / max(eo["ops_per_sec"], 1e-9)
+        print(f"{w.upper():<9}{op:<5}{eo['ops_per_sec']:>11.0f}{ro['ops_per_sec']:>11.0f}{ratio:>7.2f}"
+              f"{eo['p50_ms']:>10.2f}{ro['p50_ms']:>8.2f}{eo['p99_ms']:>10.2f}{ro['p99_ms']:>8.2f}")
+        if eo["errors"] or ro["errors"]:
+            print(f"  errors: etcd {eo['errors']}, ringstore {ro['errors']}")
+PY
