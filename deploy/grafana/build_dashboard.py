@@ -34,7 +34,8 @@ PANELS = [
         ('histogram_quantile(0.99, sum by (le, sync) (rate(ringstore_rocksdb_write_seconds_bucket[1m])))', "sync={{sync}}")]),
     ("RocksDB bytes written / SST size", "bytes", [
         ('sum by (node) (rate(ringstore_rocksdb_write_bytes_total[1m]))', "written/s node {{node}}"),
-        ('max by (node) (ringstore_rocksdb_sst_bytes)', "SST node {{node}}")]),
+        ('max by (node) (ringstore_rocksdb_sst_bytes)', "SST node {{node}}"),
+        ('max by (node) (ringstore_rocksdb_pending_compaction_bytes)', "pending compaction node {{node}}")]),
     ("Peer traffic: Raft messages", "short", [
         ('sum by (node) (rate(ringstore_raft_messages_sent_total[1m]))', "sent/s node {{node}}"),
         ('sum by (reason) (rate(ringstore_raft_messages_dropped_total[1m]))', "dropped/s {{reason}}")]),

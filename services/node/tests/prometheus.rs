@@ -105,5 +105,23 @@ async fn a_real_prometheus_sees_request_counters_and_latency_histograms_move() {
     let v = query(&prom, p99).await.expect("p99 is computable from the histogram");
     assert!(v > 0.0 && v < 10.0, "p99 {v}");
     assert_eq!(query(&prom, leader).await, Some(1.0), "exactly one leader");
+
+    // promtool lints the exposition itself: format and naming conventions.
+    let text = call("GET", &url, "/metrics", &[], vec![]).await.body;
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), &text).unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
     tc.cluster.shutdown().await.unwrap();
 }

@@ -705,7 +705,11 @@ impl Actor for StorageActor {
 
 impl StorageActor {
     fn engine_gauges(&self) {
-        crate::metrics::ENGINE.sst_bytes.with_label_values(&[&self.labels.node]).set(self.engine.sst_bytes() as i64);
+        let m = &*crate::metrics::ENGINE;
+        m.sst_bytes.with_label_values(&[&self.labels.node]).set(self.engine.sst_bytes() as i64);
+        m.pending_compaction_bytes
+            .with_label_values(&[&self.labels.node])
+            .set(self.engine.pending_compaction_bytes() as i64);
     }
 }
 

@@ -170,6 +170,16 @@ impl Engine {
         }
     }
 
+    /// Bytes compaction still has to rewrite (RocksDB's estimate), for metrics.
+    pub fn pending_compaction_bytes(&self) -> u64 {
+        Cf::ALL
+            .iter()
+            .filter_map(|cf| {
+                self.db.property_int_value_cf(self.cf(*cf), "rocksdb.estimate-pending-compaction-bytes").ok().flatten()
+            })
+            .sum()
+    }
+
     /// A new empty batch.
     pub fn batch(&self) -> WriteBatch {
         WriteBatch::default()

@@ -12,6 +12,7 @@ pub struct EngineMetrics {
     pub write_seconds: HistogramVec,
     pub write_bytes: IntCounterVec,
     pub sst_bytes: IntGaugeVec,
+    pub pending_compaction_bytes: IntGaugeVec,
 }
 
 pub struct RaftMetrics {
@@ -51,6 +52,12 @@ pub static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
     .expect("metric registers once"),
     sst_bytes: register_int_gauge_vec!("ringstore_rocksdb_sst_bytes", "Total size of live SST files", &["node"])
         .expect("metric registers once"),
+    pending_compaction_bytes: register_int_gauge_vec!(
+        "ringstore_rocksdb_pending_compaction_bytes",
+        "Bytes RocksDB estimates compaction must rewrite; growth means writes outrun compaction",
+        &["node"]
+    )
+    .expect("metric registers once"),
 });
 
 pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
