@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch,
+    WriteOptions, DB,
+};
 use thiserror::Error;
 
 use crate::metrics;
@@ -27,6 +30,13 @@ pub enum EngineError {
     #[error("corrupt record in column family {cf}: {detail}")]
     Corrupt { cf: &'static str, detail: String },
 }
+
+/// Memtable size of the `raft` and `data` families.
+pub const MEMTABLE_BYTES: usize = 32 * 1024 * 1024;
+/// All memtables of one RocksDB together.
+pub const MEMTABLES_BYTES_MAX: usize = 96 * 1024 * 1024;
+/// The block cache shared by the families of one RocksDB.
+pub const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cf {
@@ -67,8 +77,22 @@ impl Engine {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
+        // Memtables of all families together; RocksDB flushes the largest
+        // when the sum passes it. The default (64 MiB per family, unbounded
+        // in sum) made memtables most of a node's memory.
+        opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+        // One block cache for all families, as TiKV does, instead of one
+        // default cache per family.
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut o = Options::default();
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            o.set_block_based_table_factory(&t);
+            o.set_write_buffer_size(match cf {
+                Cf::Raft | Cf::Data => MEMTABLE_BYTES,
+                Cf::Meta => 4 * 1024 * 1024,
+            });
             if *cf == Cf::Data {
                 o.set_compression_type(DBCompressionType::Lz4);
             }
