@@ -33,7 +33,7 @@ use crate::clock::Clock;
 use crate::engine::{Cf, Engine, EngineError};
 use crate::log_store::{ApplyState, LogStore};
 use crate::messages::{RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult};
-use crate::metrics::RAFT;
+use crate::metrics::ReplicaMetrics;
 use crate::transport::{Transport, RAFT_MAILBOX_CAPACITY};
 
 /// Reads that waited this long for a ReadIndex answer are re-issued.
@@ -79,11 +79,6 @@ impl ReadQueue {
     }
 }
 
-struct Labels {
-    node: String,
-    shard: String,
-}
-
 pub struct StorageActor {
     node: NodeId,
     shard: ShardId,
@@ -99,7 +94,7 @@ pub struct StorageActor {
     flush_scheduled: bool,
     leader: u64,
     sweep_cursor: Vec<u8>,
-    labels: Labels,
+    metrics: ReplicaMetrics,
 }
 
 /// Runs one Ready round (and the flush of batched reads) on the actor.
@@ -145,14 +140,10 @@ impl StorageActor {
             flush_scheduled: false,
             leader: 0,
             sweep_cursor: Vec::new(),
-            labels: Labels { node: cfg.node.to_string(), shard: cfg.shard.to_string() },
+            metrics: ReplicaMetrics::new(cfg.node, cfg.shard),
             cfg: cfg.raft,
         };
         Ok(StorageActor::start_in_arbiter(arbiter, move |_| actor))
-    }
-
-    fn ls(&self) -> [&str; 2] {
-        [&self.labels.node, &self.labels.shard]
     }
 
     fn is_leader(&self) -> bool {
@@ -188,7 +179,7 @@ impl StorageActor {
         if msgs.is_empty() {
             return;
         }
-        RAFT.messages_sent.with_label_values(&self.ls()).inc_by(msgs.len() as u64);
+        self.metrics.messages_sent.inc_by(msgs.len() as u64);
         for lost in self.transport.send_raft(self.node, self.shard, msgs) {
             // Move the peer's progress back to probing; a snapshot it never
             // got must be reported or the leader waits for it forever.
@@ -206,13 +197,13 @@ impl StorageActor {
         let data = Proposal::encode_parts(stamp_ms, cmd);
         let before = self.raw.raft.raft_log.last_index();
         if self.raw.propose(vec![], data).is_err() {
-            RAFT.proposals.with_label_values(&[&self.labels.node, &self.labels.shard, "dropped"]).inc();
+            self.metrics.proposals_dropped.inc();
             return Err(StoreError::Dropped { reason: "replica is not an active leader" });
         }
         let index = self.raw.raft.raft_log.last_index();
         // A leader appends a proposal at once; anything else is a raft bug.
         assert_eq!(index, before + 1, "proposal was not appended at last_index + 1");
-        RAFT.proposals.with_label_values(&[&self.labels.node, &self.labels.shard, "accepted"]).inc();
+        self.metrics.proposals_accepted.inc();
         if let Some(tx) = reply {
             self.writes.insert(index, PendingWrite { term: self.raw.raft.term, tx });
         }
@@ -227,7 +218,7 @@ impl StorageActor {
             return;
         }
         let mut ready = self.raw.ready();
-        RAFT.ready_rounds.with_label_values(&self.ls()).inc();
+        self.metrics.ready_rounds.inc();
 
         // 1. Role changes first: reads in flight under an old leadership
         //    cannot be confirmed any more and are safe to retry elsewhere.
@@ -259,7 +250,7 @@ impl StorageActor {
         let mut replies = Vec::new();
         self.stage_apply(&mut batch, ready.take_committed_entries(), &mut apply, &mut replies);
         let appended = self.raw.store().stage_append(&mut batch, ready.entries());
-        RAFT.ready_entries.with_label_values(&self.ls()).observe(ready.entries().len() as f64);
+        self.metrics.ready_entries.observe(ready.entries().len() as f64);
         let hs = ready.hs().cloned();
         if let Some(hs) = &hs {
             self.raw.store().stage_hard_state(&mut batch, hs);
@@ -276,7 +267,7 @@ impl StorageActor {
         let store = self.raw.mut_store();
         if let Some((a, cs)) = snapshot {
             store.commit_snapshot(a, cs);
-            RAFT.snapshots.with_label_values(&[&self.labels.node, &self.labels.shard, "applied"]).inc();
+            self.metrics.snapshots_applied.inc();
             info!(node = self.node, shard = self.shard, index = a.applied_index, "applied snapshot");
             self.on_snapshot_applied(a.applied_index);
         }
@@ -378,7 +369,7 @@ impl StorageActor {
             }
         }
         self.raw.store().stage_apply_state(batch, apply);
-        RAFT.applied_entries.with_label_values(&self.ls()).inc_by(n as u64);
+        self.metrics.applied_entries.inc_by(n as u64);
     }
 
     fn apply_normal(
@@ -415,7 +406,7 @@ impl StorageActor {
             self.fatal("reading a key during apply", e);
         }
         if let Outcome::Expired { count } = outcome {
-            RAFT.ttl_expired_keys.with_label_values(&self.ls()).inc_by(count as u64);
+            self.metrics.ttl_expired_keys.inc_by(count as u64);
         }
         for effect in effects {
             match effect {
@@ -513,7 +504,7 @@ impl StorageActor {
         self.reads.next_ctx += 1;
         let reads = std::mem::take(&mut self.reads.unsent);
         self.raw.read_index(ctx.to_be_bytes().to_vec());
-        RAFT.read_index.with_label_values(&self.ls()).inc();
+        self.metrics.read_index.inc();
         self.reads.in_flight.insert(ctx, (Instant::now(), reads));
     }
 
@@ -580,7 +571,7 @@ impl StorageActor {
                     self.fatal("compacting the log", e);
                 }
                 self.raw.mut_store().commit_apply_state(next);
-                RAFT.log_compactions.with_label_values(&self.ls()).inc();
+                self.metrics.log_compactions.inc();
                 debug!(node = self.node, shard = self.shard, to, "compacted raft log");
             }
             Ok(None) => {}
@@ -632,12 +623,17 @@ impl StorageActor {
     }
 
     fn update_gauges(&self) {
-        let ls = self.ls();
-        RAFT.term.with_label_values(&ls).set(self.raw.raft.term as i64);
-        RAFT.is_leader.with_label_values(&ls).set(self.is_leader() as i64);
-        RAFT.commit_index.with_label_values(&ls).set(self.raw.raft.raft_log.committed as i64);
-        RAFT.applied_index.with_label_values(&ls).set(self.raw.store().apply_state().applied_index as i64);
-        RAFT.pending_requests.with_label_values(&ls).set(self.pending() as i64);
+        let m = &self.metrics;
+        m.term.set(self.raw.raft.term as i64);
+        m.is_leader.set(self.is_leader() as i64);
+        m.commit_index.set(self.raw.raft.raft_log.committed as i64);
+        m.applied_index.set(self.raw.store().apply_state().applied_index as i64);
+        m.pending_requests.set(self.pending() as i64);
+    }
+
+    fn engine_gauges(&self) {
+        self.metrics.sst_bytes.set(self.engine.sst_bytes() as i64);
+        self.metrics.pending_compaction_bytes.set(self.engine.pending_compaction_bytes() as i64);
     }
 
     fn status(&self) -> ReplicaStatus {
@@ -703,16 +699,6 @@ impl Actor for StorageActor {
     }
 }
 
-impl StorageActor {
-    fn engine_gauges(&self) {
-        let m = &*crate::metrics::ENGINE;
-        m.sst_bytes.with_label_values(&[&self.labels.node]).set(self.engine.sst_bytes() as i64);
-        m.pending_compaction_bytes
-            .with_label_values(&[&self.labels.node])
-            .set(self.engine.pending_compaction_bytes() as i64);
-    }
-}
-
 impl Handler<Flush> for StorageActor {
     type Result = ();
     fn handle(&mut self, _: Flush, _ctx: &mut Context<Self>) {
@@ -740,7 +726,7 @@ impl Handler<ShardRequest> for StorageActor {
     fn handle(&mut self, ShardRequest(op): ShardRequest, ctx: &mut Context<Self>) -> Self::Result {
         let immediate = |r: ShardResult| -> ResponseFuture<ShardResult> { Box::pin(async move { r }) };
         if !matches!(op, ShardOp::Status) && self.pending() >= self.limits.pending_requests_max {
-            RAFT.proposals.with_label_values(&[&self.labels.node, &self.labels.shard, "overloaded"]).inc();
+            self.metrics.proposals_overloaded.inc();
             return immediate(Err(StoreError::Overloaded {
                 queued: self.pending(),
                 limit: self.limits.pending_requests_max,
@@ -763,7 +749,7 @@ impl Handler<ShardRequest> for StorageActor {
             }
             ShardOp::Write(cmd) => {
                 if !self.is_leader() {
-                    RAFT.proposals.with_label_values(&[&self.labels.node, &self.labels.shard, "not_leader"]).inc();
+                    self.metrics.proposals_not_leader.inc();
                     return immediate(Err(self.not_leader()));
                 }
                 let (tx, rx) = oneshot::channel();

@@ -60,6 +60,7 @@ pub struct Engine {
     db: DB,
     path: PathBuf,
     node_label: String,
+    write_metrics: metrics::EngineWriteMetrics,
 }
 
 impl std::fmt::Debug for Engine {
@@ -100,7 +101,12 @@ impl Engine {
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|source| EngineError::Open { path: path.to_path_buf(), source })?;
-        Ok(Arc::new(Engine { db, path: path.to_path_buf(), node_label: node_label.to_string() }))
+        Ok(Arc::new(Engine {
+            db,
+            path: path.to_path_buf(),
+            node_label: node_label.to_string(),
+            write_metrics: metrics::EngineWriteMetrics::new(node_label),
+        }))
     }
 
     pub fn node_label(&self) -> &str {
@@ -127,11 +133,10 @@ impl Engine {
         let start = Instant::now();
         let bytes = batch.size_in_bytes();
         self.db.write_opt(batch, &wo)?;
-        let m = &*metrics::ENGINE;
-        m.write_seconds
-            .with_label_values(&[self.node_label.as_str(), if sync { "true" } else { "false" }])
-            .observe(start.elapsed().as_secs_f64());
-        m.write_bytes.with_label_values(&[&self.node_label]).inc_by(bytes as u64);
+        let m = &self.write_metrics;
+        let latency = if sync { &m.synced_seconds } else { &m.unsynced_seconds };
+        latency.observe(start.elapsed().as_secs_f64());
+        m.bytes.inc_by(bytes as u64);
         Ok(())
     }
 

@@ -5,7 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec, IntCounterVec, IntGaugeVec,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 pub struct EngineMetrics {
@@ -127,3 +128,75 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
         .expect("registers once"),
     }
 });
+
+/// One replica's series, resolved once when the replica starts so the Ready
+/// round and the request path never hash label values.
+pub struct ReplicaMetrics {
+    pub term: IntGauge,
+    pub is_leader: IntGauge,
+    pub commit_index: IntGauge,
+    pub applied_index: IntGauge,
+    pub pending_requests: IntGauge,
+    pub proposals_accepted: IntCounter,
+    pub proposals_dropped: IntCounter,
+    pub proposals_not_leader: IntCounter,
+    pub proposals_overloaded: IntCounter,
+    pub ready_rounds: IntCounter,
+    pub ready_entries: Histogram,
+    pub applied_entries: IntCounter,
+    pub read_index: IntCounter,
+    pub snapshots_applied: IntCounter,
+    pub log_compactions: IntCounter,
+    pub ttl_expired_keys: IntCounter,
+    pub messages_sent: IntCounter,
+    pub sst_bytes: IntGauge,
+    pub pending_compaction_bytes: IntGauge,
+}
+
+impl ReplicaMetrics {
+    pub fn new(node: u64, shard: u64) -> Self {
+        let (n, s) = (node.to_string(), shard.to_string());
+        let ns = [n.as_str(), s.as_str()];
+        let r = &*RAFT;
+        let proposals = |result: &str| r.proposals.with_label_values(&[&n, &s, result]);
+        ReplicaMetrics {
+            term: r.term.with_label_values(&ns),
+            is_leader: r.is_leader.with_label_values(&ns),
+            commit_index: r.commit_index.with_label_values(&ns),
+            applied_index: r.applied_index.with_label_values(&ns),
+            pending_requests: r.pending_requests.with_label_values(&ns),
+            proposals_accepted: proposals("accepted"),
+            proposals_dropped: proposals("dropped"),
+            proposals_not_leader: proposals("not_leader"),
+            proposals_overloaded: proposals("overloaded"),
+            ready_rounds: r.ready_rounds.with_label_values(&ns),
+            ready_entries: r.ready_entries.with_label_values(&ns),
+            applied_entries: r.applied_entries.with_label_values(&ns),
+            read_index: r.read_index.with_label_values(&ns),
+            snapshots_applied: r.snapshots.with_label_values(&[&n, &s, "applied"]),
+            log_compactions: r.log_compactions.with_label_values(&ns),
+            ttl_expired_keys: r.ttl_expired_keys.with_label_values(&ns),
+            messages_sent: r.messages_sent.with_label_values(&ns),
+            sst_bytes: ENGINE.sst_bytes.with_label_values(&[&n]),
+            pending_compaction_bytes: ENGINE.pending_compaction_bytes.with_label_values(&[&n]),
+        }
+    }
+}
+
+/// One engine's write series, resolved once at open.
+pub struct EngineWriteMetrics {
+    pub synced_seconds: Histogram,
+    pub unsynced_seconds: Histogram,
+    pub bytes: IntCounter,
+}
+
+impl EngineWriteMetrics {
+    pub fn new(node_label: &str) -> Self {
+        let e = &*ENGINE;
+        EngineWriteMetrics {
+            synced_seconds: e.write_seconds.with_label_values(&[node_label, "true"]),
+            unsynced_seconds: e.write_seconds.with_label_values(&[node_label, "false"]),
+            bytes: e.write_bytes.with_label_values(&[node_label]),
+        }
+    }
+}
