@@ -100,7 +100,6 @@ impl Handler<Route> for Router {
                     l => l,
                 }
             };
-            let node_label = node.to_string();
             for attempt in 0u32.. {
                 let sent = transport.request(node, target, shard, msg.op.clone());
                 let result = match tokio::time::timeout_at(deadline, sent).await {
@@ -115,7 +114,7 @@ impl Handler<Route> for Router {
                         return result;
                     }
                     Step::Retry { to, backoff, reason } => {
-                        RETRIES.with_label_values(&[&node_label, reason]).inc();
+                        RETRIES.with_label_values(&[&node.to_string(), reason]).inc();
                         if to != target {
                             leader.store(0, Ordering::Relaxed);
                         }

@@ -113,10 +113,6 @@ impl Engine {
         &self.node_label
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub(crate) fn cf(&self, cf: Cf) -> &ColumnFamily {
         // The families are created at open; a missing one is a bug, not input.
         self.db.cf_handle(cf.name()).expect("column family created at open")

@@ -150,12 +150,6 @@ impl LogStore {
         Ok((store, false))
     }
 
-    pub fn shard(&self) -> ShardId {
-        self.shard
-    }
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
     pub fn apply_state(&self) -> &ApplyState {
         &self.apply
     }

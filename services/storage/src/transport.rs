@@ -87,13 +87,8 @@ impl LocalTransport {
 
     /// Cuts every link between `node` and every other node, both ways.
     pub fn isolate(&self, node: NodeId, all: &[NodeId]) {
-        let mut g = self.write();
-        for &o in all {
-            if o != node {
-                g.filter.blocked.insert((node, o));
-                g.filter.blocked.insert((o, node));
-            }
-        }
+        let others: Vec<NodeId> = all.iter().copied().filter(|o| *o != node).collect();
+        self.partition(&[&[node], &others]);
     }
 
     /// Splits the nodes into groups that only reach their own group.
@@ -133,8 +128,9 @@ impl Transport for LocalTransport {
     fn send_raft(&self, from: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) -> Vec<Undelivered> {
         let g = self.read();
         let mut undelivered = Vec::new();
-        let node_label = from.to_string();
-        let dropped = |reason: &str| metrics::RAFT.messages_dropped.with_label_values(&[&node_label, reason]).inc();
+        // Drops are the exception: format the label only when one happens.
+        let dropped =
+            |reason: &str| metrics::RAFT.messages_dropped.with_label_values(&[&from.to_string(), reason]).inc();
         let mut per_dest: HashMap<NodeId, Vec<RaftMessage>> = HashMap::new();
         let mut rng = rand::thread_rng();
         for m in msgs {
