@@ -2,6 +2,7 @@
 //! (the Raft index that wrote it) is the quoted `ETag`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -21,8 +22,12 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
     h.get(name).map(|v| v.to_str().map_err(|_| ()))
 }
 
-async fn route(state: &ApiState, key: Vec<u8>, op: ShardOp, req: &HttpRequest) -> Result<ShardReply, ApiError> {
-    let timeout = parse_timeout(header(req.headers(), "x-request-timeout"), &state.limits)?;
+/// The request deadline; parsed with the other headers, before any body is read.
+fn deadline(req: &HttpRequest, state: &ApiState) -> Result<Duration, ApiError> {
+    parse_timeout(header(req.headers(), "x-request-timeout"), &state.limits)
+}
+
+async fn route(state: &ApiState, key: Vec<u8>, op: ShardOp, timeout: Duration) -> Result<ShardReply, ApiError> {
     let routed = state
         .router
         .send(Route { key, op, timeout })
@@ -67,9 +72,10 @@ pub async fn put(
         return Err(ApiError::bad_request("consistency applies to GET only"));
     }
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), true)?;
+    let timeout = deadline(&req, &state)?;
     let value = read_body(&req, payload, state.limits.value_bytes_max).await?;
     let cmd = Command::Put { key: key.clone(), value, ttl_ms: q.ttl_ms, cond };
-    match route(&state, key, ShardOp::Write(Arc::new(cmd)), &req).await? {
+    match route(&state, key, ShardOp::Write(Arc::new(cmd)), timeout).await? {
         ShardReply::Outcome(Outcome::Written { version }) => {
             Ok(HttpResponse::Ok().insert_header(etag(version)).json(json!({ "version": version })))
         }
@@ -84,7 +90,8 @@ pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRes
         return Err(ApiError::bad_request("ttl_ms applies to PUT only"));
     }
     let stale = q.consistency.unwrap_or_default() == Consistency::Stale;
-    match route(&state, key.clone(), ShardOp::Read { key, stale }, &req).await? {
+    let timeout = deadline(&req, &state)?;
+    match route(&state, key.clone(), ShardOp::Read { key, stale }, timeout).await? {
         ShardReply::Value { value: Some(v), applied_index } => {
             let mut r = HttpResponse::Ok();
             r.insert_header(etag(v.version))
@@ -107,8 +114,9 @@ pub async fn delete(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
         return Err(ApiError::bad_request("DELETE takes no query parameters"));
     }
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), false)?;
+    let timeout = deadline(&req, &state)?;
     let cmd = Command::Delete { key: key.clone(), cond };
-    match route(&state, key, ShardOp::Write(Arc::new(cmd)), &req).await? {
+    match route(&state, key, ShardOp::Write(Arc::new(cmd)), timeout).await? {
         ShardReply::Outcome(Outcome::Deleted { version }) => {
             Ok(HttpResponse::Ok().json(json!({ "deleted": true, "version": version })))
         }
