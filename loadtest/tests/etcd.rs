@@ -3,21 +3,10 @@
 //! 2-second workload A; the report must show both operations, no errors.
 //! Fails, never skips, when etcd is missing.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+use ringstore_testkit::{free_port, KillOnDrop};
 
 #[test]
 fn the_load_generator_drives_a_real_etcd() {

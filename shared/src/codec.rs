@@ -14,24 +14,29 @@ pub enum CodecError {
     UnsupportedFormat(u8),
     #[error("{0} trailing bytes after a complete record")]
     TrailingBytes(usize),
+    #[error("invalid {what}: {detail}")]
+    Invalid { what: &'static str, detail: String },
 }
 
-pub(crate) struct Writer {
-    pub(crate) buf: Vec<u8>,
+pub struct Writer {
+    pub buf: Vec<u8>,
 }
 
 impl Writer {
-    pub(crate) fn with_capacity(n: usize) -> Self {
+    pub fn with_capacity(n: usize) -> Self {
         Writer { buf: Vec::with_capacity(n) }
     }
-    pub(crate) fn u8(&mut self, v: u8) {
+    pub fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
-    pub(crate) fn u64(&mut self, v: u64) {
+    pub fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
     /// Length-prefixed (u32 BE) bytes.
-    pub(crate) fn bytes(&mut self, v: &[u8]) {
+    pub fn bytes(&mut self, v: &[u8]) {
         // Keys and values are limited far below 4 GiB before they get here.
         debug_assert!(v.len() <= u32::MAX as usize);
         self.buf.extend_from_slice(&(v.len() as u32).to_be_bytes());
@@ -39,15 +44,15 @@ impl Writer {
     }
 }
 
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
+    pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf }
     }
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], CodecError> {
+    pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], CodecError> {
         if self.buf.len() < n {
             return Err(CodecError::Truncated { what, needed: n - self.buf.len() });
         }
@@ -55,21 +60,28 @@ impl<'a> Reader<'a> {
         self.buf = tail;
         Ok(head)
     }
-    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, CodecError> {
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, CodecError> {
         Ok(self.take(1, what)?[0])
     }
-    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, CodecError> {
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, CodecError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, CodecError> {
         let b = self.take(8, what)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
     }
-    pub(crate) fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], CodecError> {
+    pub fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], CodecError> {
         let b = self.take(4, what)?;
         let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
         self.take(len, what)
     }
-    pub(crate) fn finish(self) -> Result<(), CodecError> {
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    pub fn finish(self) -> Result<(), CodecError> {
         if self.buf.is_empty() {
             Ok(())
         } else {

@@ -13,6 +13,9 @@ pub mod kv;
 pub mod ops;
 pub mod request;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use actix::Addr;
 use actix_web::web;
 use ringstore_router::Router;
@@ -27,6 +30,9 @@ pub struct ApiState {
     pub node: NodeId,
     pub router: Addr<Router>,
     pub limits: Limits,
+    /// Set when the node is shutting down: `/readyz` answers 503 so load
+    /// balancers stop sending new requests while in-flight ones finish.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Registers every route. Use with `App::new().app_data(..).configure(api::routes)`.

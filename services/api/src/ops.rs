@@ -61,6 +61,9 @@ pub async fn healthz() -> HttpResponse {
 
 /// Ready when this node's replica knows a leader for its shard.
 pub async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "node is shutting down"));
+    }
     let r = state.router.send(Route { key: vec![], op: ShardOp::Status, timeout: Duration::from_secs(1) }).await;
     match r {
         Ok(Ok(ShardReply::Status(s))) if s.leader.is_some() => {

@@ -15,10 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Addr, Arbiter};
 use actix_web::dev::ServerHandle;
-use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context as _};
-use ringstore_api::ApiState;
 use ringstore_router::{LeaderCache, Route, Router};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::{NodeId, ShardId, FIRST_DATA_SHARD};
@@ -142,32 +139,24 @@ impl LocalCluster {
         // The admin router (status, tests) lives on the system arbiter; each
         // HTTP worker starts its own below. All share the leader cache.
         let router = actix::Actor::start(Router::new(id, shard, members.clone(), transport.clone(), leader.clone()));
-        let limits = self.cfg.limits.clone();
         let mut addr = self.cfg.http;
         if addr.port() != 0 {
             addr.set_port(addr.port() + idx as u16);
         }
-        let server = HttpServer::new(move || {
-            // Runs once on each worker thread: that worker's own Router.
-            let router =
-                actix::Actor::start(Router::new(id, shard, members.clone(), transport.clone(), leader.clone()));
-            let state = ApiState { node: id, router, limits: limits.clone() };
-            App::new()
-                .app_data(web::Data::new(state))
-                .wrap(from_fn(ringstore_api::ops::track))
-                .configure(ringstore_api::routes)
-        })
-        .workers(self.cfg.http_workers)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .bind(addr)
-        .with_context(|| format!("binding HTTP for node {id} on {addr}"))?;
-        let http = server.addrs().first().copied().context("HTTP server has no address")?;
-        let server = server.run();
-        let handle = server.handle();
-        actix_rt::spawn(server);
+        let (server, http) = crate::http::start(crate::http::HttpOptions {
+            node: id,
+            addr,
+            workers: self.cfg.http_workers,
+            shard,
+            members,
+            transport,
+            leader,
+            limits: self.cfg.limits.clone(),
+            draining: Arc::default(),
+            shutdown_timeout_s: 5,
+        })?;
         info!(node = id, %http, data_dir = %dir.display(), "node started");
-        self.nodes.insert(id, RunningNode { arbiter, storage, engine: weak, router, server: handle, http });
+        self.nodes.insert(id, RunningNode { arbiter, storage, engine: weak, router, server, http });
         Ok(())
     }
 

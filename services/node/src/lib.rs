@@ -1,8 +1,38 @@
 //! Wires the services into nodes.
 //!
 //! # Layout
+//! - [`process`]: `ringstore node`, one member of a cluster of processes
+//!   on the TCP peer transport; bootstrap, rejoin, graceful shutdown.
+//! - [`identity`]: node id, cluster id and members of a data dir; the pure
+//!   bootstrap/rejoin/refuse decision.
+//! - [`config`]: flags, environment and TOML merged into `NodeOptions`.
 //! - [`cluster`]: `LocalCluster`, N nodes in one process on the in-process
-//!   transport, each with its own RocksDB, storage actor (own thread),
-//!   router and HTTP server. `ringstore dev` and the cluster tests use it.
+//!   transport (`ringstore dev` and the in-process cluster tests).
+//! - [`http`]: the HTTP server and its per-worker Router actors.
 
 pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod process;
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -3,6 +3,9 @@
 //! `ringstore dev` runs a three-node cluster in one process on 127.0.0.1,
 //! with data under `./ringstore-data`; run it again with the same data dir
 //! and every acknowledged write is back.
+//!
+//! `ringstore node` runs one member of a cluster of processes; see
+//! [`ringstore_node::process`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +13,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ringstore_node::cluster::{ClusterConfig, LocalCluster};
+use ringstore_node::config::NodeArgs;
 use tracing::{info, warn};
 
 #[derive(Parser)]
@@ -40,6 +44,9 @@ enum Cmd {
         #[arg(long)]
         unsafe_no_fsync: bool,
     },
+    /// Run one member of a cluster of processes (see `--help` for flags;
+    /// each also reads `RINGSTORE_<NAME>` and the `--config` TOML file).
+    Node(Box<NodeArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +57,10 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Dev { data_dir, http, http_workers, unsafe_no_fsync } => {
             actix_rt::System::new().block_on(dev(data_dir, http, http_workers, unsafe_no_fsync))
+        }
+        Cmd::Node(args) => {
+            let opts = args.resolve()?;
+            actix_rt::System::new().block_on(ringstore_node::process::run(opts))
         }
     }
 }
@@ -73,29 +84,9 @@ async fn dev(data_dir: PathBuf, http: SocketAddr, http_workers: usize, unsafe_no
     if let Some(url) = cluster.url(1) {
         println!("try: curl -X PUT --data-binary 'hello' {url}/v1/kv/greeting && curl {url}/v1/kv/greeting");
     }
-    shutdown_signal().await;
+    ringstore_node::shutdown_signal().await;
     info!("shutting down");
     cluster.shutdown().await?;
     println!("ringstore dev: stopped cleanly");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

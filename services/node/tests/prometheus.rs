@@ -6,24 +6,13 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use awc::http::StatusCode;
 use common::*;
 
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
+use ringstore_testkit::{free_port, KillOnDrop};
 
 /// Runs an instant query; the first sample's value, if any.
 async fn query(prom: &str, q: &str) -> Option<f64> {

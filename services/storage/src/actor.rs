@@ -32,7 +32,9 @@ use tracing::{debug, error, info, warn};
 use crate::clock::Clock;
 use crate::engine::{Cf, Engine, EngineError};
 use crate::log_store::{ApplyState, LogStore};
-use crate::messages::{RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult};
+use crate::messages::{
+    PeerUnreachable, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult, TransferLeadership,
+};
 use crate::metrics::ReplicaMetrics;
 use crate::transport::{Transport, RAFT_MAILBOX_CAPACITY};
 
@@ -717,6 +719,39 @@ impl Handler<RaftBatch> for StorageActor {
             }
         }
         self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<PeerUnreachable> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, m: PeerUnreachable, ctx: &mut Context<Self>) {
+        self.raw.report_unreachable(m.to);
+        if m.snapshot {
+            self.raw.report_snapshot(m.to, raft::SnapshotStatus::Failure);
+        }
+        self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<TransferLeadership> for StorageActor {
+    type Result = Option<NodeId>;
+    fn handle(&mut self, _: TransferLeadership, ctx: &mut Context<Self>) -> Option<NodeId> {
+        if !self.is_leader() {
+            return None;
+        }
+        // The follower with the longest log can take over without catching up.
+        let target = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.node && self.raw.store().conf_state().voters.contains(id))
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)?;
+        info!(node = self.node, shard = self.shard, target, "transferring leadership");
+        self.raw.transfer_leader(target);
+        self.schedule_flush(ctx);
+        Some(target)
     }
 }
 

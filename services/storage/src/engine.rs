@@ -195,6 +195,26 @@ impl Engine {
         }
     }
 
+    /// A node-level record in the `meta` column family (identity and the like).
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.get(Cf::Meta, key)
+    }
+
+    /// Writes a node-level record, synced: it is written rarely and must survive.
+    pub fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(Cf::Meta), key, value);
+        self.write(b, true)
+    }
+
+    /// Flushes memtables to SST files, so the next open replays no WAL
+    /// (graceful shutdown).
+    pub fn flush(&self) -> Result<(), EngineError> {
+        let cfs: Vec<&ColumnFamily> = Cf::ALL.iter().map(|cf| self.cf(*cf)).collect();
+        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+
     /// Bytes compaction still has to rewrite (RocksDB's estimate), for metrics.
     pub fn pending_compaction_bytes(&self) -> u64 {
         Cf::ALL

@@ -60,3 +60,19 @@ pub struct ShardRequest(pub ShardOp);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RaftBatch(pub Vec<RaftMessage>);
+
+/// The transport lost messages to `to` after accepting them (the
+/// connection broke). Raft is told, as for a drop at send time.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerUnreachable {
+    pub to: NodeId,
+    pub snapshot: bool,
+}
+
+/// Asks a leader to hand leadership to its most up-to-date follower
+/// (graceful shutdown). Answers the chosen node, or `None` when this
+/// replica is not the leader or has no follower to hand to.
+#[derive(Message)]
+#[rtype(result = "Option<NodeId>")]
+pub struct TransferLeadership;

@@ -1,0 +1,184 @@
+//! Configuration of `ringstore node`: flags, `RINGSTORE_*` environment
+//! variables and an optional TOML file, in that order of precedence, over
+//! built-in defaults. Every setting has the same name in all three
+//! (`--raft-tick-ms`, `RINGSTORE_RAFT_TICK_MS`, `raft_tick_ms`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use ringstore_shared::config::{Limits, RaftConfig};
+use ringstore_shared::NodeId;
+use serde::Deserialize;
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct NodeArgs {
+    /// TOML file with any of the settings below (flags and environment win).
+    #[arg(long, env = "RINGSTORE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id; needed to bootstrap a new data dir.
+    #[arg(long, env = "RINGSTORE_ID")]
+    pub id: Option<NodeId>,
+    /// Where this node keeps its RocksDB [default: ./ringstore-node]
+    #[arg(long, env = "RINGSTORE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Client HTTP address [default: 127.0.0.1:8080]
+    #[arg(long, env = "RINGSTORE_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Peer (Raft) listen address [default: 127.0.0.1:7080]
+    #[arg(long, env = "RINGSTORE_PEER_ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+    /// Members as `1=HOST:PORT,2=HOST:PORT,...` (peer addresses). Used to
+    /// bootstrap an empty data dir; on restart the stored identity is used
+    /// and this, if given, must describe the same cluster.
+    #[arg(long, env = "RINGSTORE_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Mixed into the cluster id, so two clusters with the same member list
+    /// stay apart [default: ringstore]
+    #[arg(long, env = "RINGSTORE_CLUSTER_TOKEN")]
+    pub cluster_token: Option<String>,
+    /// HTTP worker threads [default: 2]
+    #[arg(long, env = "RINGSTORE_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+    /// Request deadline when a client sends no X-Request-Timeout [default: 5000]
+    #[arg(long, env = "RINGSTORE_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Raft tick [default: 100]
+    #[arg(long, env = "RINGSTORE_RAFT_TICK_MS")]
+    pub raft_tick_ms: Option<u64>,
+    /// Election timeout in ticks [default: 10]
+    #[arg(long, env = "RINGSTORE_RAFT_ELECTION_TICKS")]
+    pub raft_election_ticks: Option<usize>,
+    /// Compact the Raft log after this many applied entries [default: 10000]
+    #[arg(long, env = "RINGSTORE_RAFT_LOG_GC_THRESHOLD")]
+    pub raft_log_gc_threshold: Option<u64>,
+    /// Entries kept after compaction [default: 1000]
+    #[arg(long, env = "RINGSTORE_RAFT_LOG_GC_KEEP")]
+    pub raft_log_gc_keep: Option<u64>,
+    /// Seconds in-flight requests get to finish on SIGTERM [default: 10]
+    #[arg(long, env = "RINGSTORE_SHUTDOWN_TIMEOUT_S")]
+    pub shutdown_timeout_s: Option<u64>,
+    /// Do not fsync the Raft log. Benchmarks only: a crash can lose
+    /// acknowledged writes.
+    #[arg(long, env = "RINGSTORE_UNSAFE_NO_FSYNC")]
+    pub unsafe_no_fsync: bool,
+}
+
+/// The file form: the same names, all optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<NodeId>,
+    data_dir: Option<PathBuf>,
+    http: Option<SocketAddr>,
+    peer_addr: Option<SocketAddr>,
+    initial_cluster: Option<String>,
+    cluster_token: Option<String>,
+    http_workers: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    raft_tick_ms: Option<u64>,
+    raft_election_ticks: Option<usize>,
+    raft_log_gc_threshold: Option<u64>,
+    raft_log_gc_keep: Option<u64>,
+    shutdown_timeout_s: Option<u64>,
+    unsafe_no_fsync: Option<bool>,
+}
+
+/// Everything `ringstore node` runs with, after merging.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub id: Option<NodeId>,
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub initial_cluster: Option<String>,
+    pub cluster_token: String,
+    pub http_workers: usize,
+    pub shutdown_timeout_s: u64,
+    pub raft: RaftConfig,
+    pub limits: Limits,
+}
+
+impl NodeArgs {
+    pub fn resolve(self) -> anyhow::Result<NodeOptions> {
+        let file = match &self.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let mut raft = RaftConfig::default();
+        let mut limits = Limits::default();
+        if let Some(v) = self.raft_tick_ms.or(file.raft_tick_ms) {
+            anyhow::ensure!(v > 0, "raft_tick_ms must be positive");
+            raft.tick_interval_ms = v;
+        }
+        if let Some(v) = self.raft_election_ticks.or(file.raft_election_ticks) {
+            anyhow::ensure!(v > raft.heartbeat_ticks, "raft_election_ticks must exceed the heartbeat ticks");
+            raft.election_ticks = v;
+        }
+        if let Some(v) = self.raft_log_gc_threshold.or(file.raft_log_gc_threshold) {
+            raft.log_gc_threshold_entries = v.max(1);
+        }
+        if let Some(v) = self.raft_log_gc_keep.or(file.raft_log_gc_keep) {
+            raft.log_gc_keep_entries = v;
+        }
+        if self.unsafe_no_fsync || file.unsafe_no_fsync.unwrap_or(false) {
+            raft.sync_wal = false;
+        }
+        if let Some(v) = self.request_timeout_ms.or(file.request_timeout_ms) {
+            anyhow::ensure!(
+                (1..=limits.request_timeout_ms_max).contains(&v),
+                "request_timeout_ms must be in 1..={}",
+                limits.request_timeout_ms_max
+            );
+            limits.request_timeout_ms_default = v;
+        }
+        Ok(NodeOptions {
+            id: self.id.or(file.id),
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./ringstore-node")),
+            http: self.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            peer_addr: self.peer_addr.or(file.peer_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7080))),
+            initial_cluster: self.initial_cluster.or(file.initial_cluster),
+            cluster_token: self.cluster_token.or(file.cluster_token).unwrap_or_else(|| "ringstore".into()),
+            http_workers: self.http_workers.or(file.http_workers).unwrap_or(2).max(1),
+            shutdown_timeout_s: self.shutdown_timeout_s.or(file.shutdown_timeout_s).unwrap_or(10),
+            raft,
+            limits,
+        })
+    }
+}
+
+fn read_file(p: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "id = 2\nhttp = \"127.0.0.1:9000\"\nraft_tick_ms = 50\ninitial_cluster = \"1=a:1,2=b:2\"\n",
+        )
+        .unwrap();
+        let args = NodeArgs { config: Some(path.clone()), id: Some(3), ..Default::default() };
+        let o = args.resolve().unwrap();
+        assert_eq!(o.id, Some(3), "flag wins");
+        assert_eq!(o.http.port(), 9000, "file wins over default");
+        assert_eq!(o.raft.tick_interval_ms, 50);
+        assert_eq!(o.peer_addr.port(), 7080, "default");
+        assert_eq!(o.initial_cluster.as_deref(), Some("1=a:1,2=b:2"));
+        assert!(o.raft.sync_wal);
+
+        std::fs::write(&path, "idd = 2\n").unwrap();
+        let err = NodeArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        std::fs::write(&path, "raft_tick_ms = 0\n").unwrap();
+        assert!(NodeArgs { config: Some(path), ..Default::default() }.resolve().is_err());
+    }
+}

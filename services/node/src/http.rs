@@ -1,0 +1,55 @@
+//! The HTTP server of one node: one Router actor per worker thread, all
+//! sharing the node's leader cache, in front of the REST API.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use ringstore_api::ApiState;
+use ringstore_router::{LeaderCache, Router};
+use ringstore_shared::config::Limits;
+use ringstore_shared::{NodeId, ShardId};
+use ringstore_storage::Transport;
+
+pub struct HttpOptions {
+    pub node: NodeId,
+    pub addr: SocketAddr,
+    pub workers: usize,
+    pub shard: ShardId,
+    pub members: Vec<NodeId>,
+    pub transport: Arc<dyn Transport>,
+    pub leader: LeaderCache,
+    pub limits: Limits,
+    pub draining: Arc<AtomicBool>,
+    /// Seconds in-flight requests get to finish on a graceful stop.
+    pub shutdown_timeout_s: u64,
+}
+
+/// Binds and starts the server on the current actix system.
+pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
+    let HttpOptions { node, addr, workers, shard, members, transport, leader, limits, draining, shutdown_timeout_s } =
+        o;
+    let server = HttpServer::new(move || {
+        // Runs once on each worker thread: that worker's own Router.
+        let router = actix::Actor::start(Router::new(node, shard, members.clone(), transport.clone(), leader.clone()));
+        let state = ApiState { node, router, limits: limits.clone(), draining: draining.clone() };
+        App::new()
+            .app_data(web::Data::new(state))
+            .wrap(from_fn(ringstore_api::ops::track))
+            .configure(ringstore_api::routes)
+    })
+    .workers(workers.max(1))
+    .disable_signals()
+    .shutdown_timeout(shutdown_timeout_s)
+    .bind(addr)
+    .with_context(|| format!("binding HTTP for node {node} on {addr}"))?;
+    let bound = server.addrs().first().copied().context("HTTP server has no address")?;
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok((handle, bound))
+}

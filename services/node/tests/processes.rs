@@ -1,0 +1,359 @@
+//! A cluster of real `ringstore node` processes on 127.0.0.1, talking over
+//! the TCP peer transport: forwarding from any node, `kill -9` of the
+//! leader under load, a follower paused past log compaction, restart with
+//! the stored identity, refusal of a foreign data dir, graceful SIGTERM,
+//! and garbage on the peer port.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use awc::http::StatusCode;
+use common::*;
+use ringstore_node::identity::{cluster_id, parse_initial_cluster};
+use ringstore_peer::wire;
+use ringstore_testkit::ProcCluster;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringstore");
+/// 50 ms ticks: several clusters of three processes share two cores here.
+const FAST: [&str; 4] = ["--raft-tick-ms", "50", "--raft-election-ticks", "10"];
+
+fn start(extra: &[&str]) -> ProcCluster {
+    let mut args: Vec<&str> = FAST.to_vec();
+    args.extend_from_slice(extra);
+    ProcCluster::start(Path::new(BIN), 3, &args, None).expect("three processes start")
+}
+
+async fn leader(c: &ProcCluster) -> u64 {
+    c.wait_leader(Duration::from_secs(15)).await.unwrap_or_else(|e| panic!("{e}; node 1 log:\n{}", c.log(1)))
+}
+
+/// A stale read that treats a node not yet listening as "not yet".
+async fn stale_body(url: &str, key: &str) -> Option<Vec<u8>> {
+    let client = awc::Client::builder().timeout(Duration::from_secs(2)).finish();
+    let mut r = client.get(format!("{url}/v1/kv/{key}?consistency=stale")).send().await.ok()?;
+    if r.status() != StatusCode::OK {
+        return None;
+    }
+    r.body().await.ok().map(|b| b.to_vec())
+}
+
+async fn applied(c: &ProcCluster, id: u64) -> u64 {
+    c.replica(id).await.and_then(|r| r["applied_index"].as_u64()).unwrap_or(0)
+}
+
+/// Sum of the samples of metric `name` whose labels contain every `labels` item.
+async fn metric(c: &ProcCluster, id: u64, name: &str, labels: &[&str]) -> f64 {
+    let r = call("GET", &c.url(id), "/metrics", &[], vec![]).await;
+    r.text()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[actix_rt::test]
+async fn three_processes_form_a_cluster_and_any_node_serves_any_request() {
+    let c = start(&[]);
+    let l = leader(&c).await;
+    for id in c.ids() {
+        let r = put(&c.url(id), &format!("from-{id}"), format!("v{id}").as_bytes()).await;
+        assert_eq!(r.status, StatusCode::OK, "PUT via node {id}: {}", r.text());
+    }
+    for reader in c.ids() {
+        for writer in c.ids() {
+            let r = get(&c.url(reader), &format!("from-{writer}")).await;
+            assert_eq!(r.status, StatusCode::OK, "GET via node {reader}");
+            assert_eq!(r.body, format!("v{writer}").as_bytes());
+        }
+    }
+    // Every replica applies every write: stale reads converge everywhere.
+    for id in c.ids() {
+        let url = c.url(id);
+        eventually(Duration::from_secs(10), "stale read on every node", || {
+            let url = url.clone();
+            async move { get_stale(&url, "from-3").await.status == StatusCode::OK }
+        })
+        .await;
+    }
+    // A follower forwards deletes too, and the leader hint never leaks.
+    let follower = c.ids().into_iter().find(|i| *i != l).unwrap();
+    let r = call("DELETE", &c.url(follower), "/v1/kv/from-1", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(!r.text().contains("not_leader"));
+    assert!(metric(&c, 1, "ringstore_peer_sent_bytes_total", &[]).await > 0.0);
+}
+
+#[actix_rt::test]
+async fn kill_9_of_the_leader_under_16_writers_loses_no_acknowledged_write() {
+    let mut c = start(&[]);
+    let old = leader(&c).await;
+    let urls: Rc<Vec<String>> = Rc::new(c.ids().iter().map(|i| c.url(*i)).collect());
+    let acks: Rc<std::cell::RefCell<Vec<(String, String, Instant)>>> = Rc::default();
+    let stop = Rc::new(std::cell::Cell::new(false));
+    let client = awc::Client::builder().timeout(Duration::from_secs(3)).finish();
+    let mut writers = Vec::new();
+    for w in 0..16usize {
+        let (urls, acks, stop, client) = (urls.clone(), acks.clone(), stop.clone(), client.clone());
+        writers.push(actix_rt::spawn(async move {
+            let mut n = 0u64;
+            let mut target = w % urls.len();
+            // Bounded by the stop flag (set after a few seconds) and a count.
+            while !stop.get() && n < 100_000 {
+                let (key, value) = (format!("w{w}-{n}"), format!("value-{w}-{n}"));
+                let res = client
+                    .put(format!("{}/v1/kv/{key}", urls[target]))
+                    .insert_header(("X-Request-Timeout", "2000"))
+                    .send_body(value.clone())
+                    .await;
+                match res {
+                    Ok(r) if r.status() == StatusCode::OK => acks.borrow_mut().push((key, value, Instant::now())),
+                    // Refused connection (the killed node), 503, timeout:
+                    // not acknowledged; try the next node.
+                    _ => {
+                        target = (target + 1) % urls.len();
+                        actix_rt::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                n += 1;
+            }
+        }));
+    }
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    let before = acks.borrow().len();
+    assert!(before > 0, "writes flow before the kill");
+    c.kill9(old).unwrap();
+    let killed_at = Instant::now();
+    actix_rt::time::sleep(Duration::from_secs(4)).await;
+    stop.set(true);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acks = acks.take();
+    let after = acks.iter().filter(|(_, _, t)| *t > killed_at).count();
+    assert!(after > 0, "writes resume on the survivors ({before} before the kill, none after)");
+    let new = leader(&c).await;
+    assert_ne!(new, old);
+    // Every acknowledged write is there, read linearizably via a survivor.
+    let url = c.url(new);
+    let mut missing = Vec::new();
+    for chunk in acks.chunks(64) {
+        let reads = chunk.iter().map(|(k, _, _)| get(&url, k));
+        let got = futures::future::join_all(reads).await;
+        for ((k, v, _), r) in chunk.iter().zip(got) {
+            if r.status != StatusCode::OK || r.body != v.as_bytes() {
+                missing.push(k.clone());
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{} of {} acknowledged writes lost: {:?}", missing.len(), acks.len(), &missing[..]);
+    // The killed node rejoins and catches up.
+    c.spawn(old).unwrap();
+    let (k, v, _) = acks.last().unwrap().clone();
+    let old_url = c.url(old);
+    eventually(Duration::from_secs(20), "the restarted node has the last write", || {
+        let (url, k, v) = (old_url.clone(), k.clone(), v.clone());
+        async move { stale_body(&url, &k).await.as_deref() == Some(v.as_bytes()) }
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_follower_paused_past_log_compaction_catches_up_by_snapshot() {
+    let c = start(&["--raft-log-gc-threshold", "200", "--raft-log-gc-keep", "20"]);
+    let l = leader(&c).await;
+    let follower = c.ids().into_iter().find(|i| *i != l).unwrap();
+    let before = metric(&c, follower, "ringstore_raft_snapshots_total", &["kind=\"applied\""]).await;
+    c.pause(follower).unwrap();
+    let url = c.url(l);
+    for batch in 0..25 {
+        let puts = (0..20).map(|i| {
+            let url = url.clone();
+            async move { put(&url, &format!("k{batch}-{i}"), format!("v{batch}-{i}").as_bytes()).await.status }
+        });
+        for s in futures::future::join_all(puts).await {
+            assert_eq!(s, StatusCode::OK, "two of three nodes keep committing");
+        }
+    }
+    let target = applied(&c, l).await;
+    assert!(target > 500);
+    // The paused follower's log position is long compacted away on the leader.
+    let first_index = c.replica(l).await.unwrap()["first_index"].as_u64().unwrap();
+    c.resume(follower).unwrap();
+    eventually(Duration::from_secs(20), "the resumed follower applies up to the leader", || async {
+        applied(&c, follower).await >= target
+    })
+    .await;
+    assert!(first_index > 20, "the leader compacted its log (first index {first_index})");
+    let snapshots = metric(&c, follower, "ringstore_raft_snapshots_total", &["kind=\"applied\""]).await;
+    assert!(snapshots > before, "the follower caught up by snapshot; log:\n{}", c.log(follower));
+    assert!(c.log(follower).contains("received snapshot"));
+    assert_eq!(get_stale(&c.url(follower), "k24-19").await.body, b"v24-19");
+    assert!(metric(&c, follower, "ringstore_peer_snapshot_chunks_total", &["direction=\"received\""]).await >= 1.0);
+}
+
+#[actix_rt::test]
+async fn a_restarted_node_rejoins_with_its_identity_and_a_foreign_data_dir_is_refused() {
+    let mut c = start(&[]);
+    let l = leader(&c).await;
+    let follower = c.ids().into_iter().find(|i| *i != l).unwrap();
+    c.kill9(follower).unwrap();
+    assert_eq!(put(&c.url(l), "while-down", b"x").await.status, StatusCode::OK);
+    // Restart without --initial-cluster: the data dir says who it is.
+    let args: Vec<String> = c.args(follower).into_iter().take(9).collect();
+    assert!(!args.iter().any(|a| a == "--initial-cluster"));
+    let mut args = args;
+    args.extend(FAST.iter().map(|s| s.to_string()));
+    c.spawn_with(follower, &args).unwrap();
+    let url = c.url(follower);
+    eventually(Duration::from_secs(15), "the restarted node catches up", || {
+        let url = url.clone();
+        async move { stale_body(&url, "while-down").await.is_some() }
+    })
+    .await;
+    assert!(c.log(follower).contains("rejoining with the stored identity"));
+
+    // A one-node cluster of its own, stopped gracefully: a foreign data dir.
+    let other = ProcCluster::start(Path::new(BIN), 1, &FAST, None).unwrap();
+    let mut other = other;
+    other.wait_leader(Duration::from_secs(15)).await.unwrap();
+    let status = other.terminate(1, Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "graceful stop exits 0: {status:?}\n{}", other.log(1));
+    let foreign = other.data_dir(1);
+
+    // Node 1 of cluster `c` started on it is refused, clearly.
+    let mut args = c.args(1);
+    let at = args.iter().position(|a| a == "--data-dir").unwrap();
+    args[at + 1] = foreign.display().to_string();
+    let http_at = args.iter().position(|a| a == "--http").unwrap();
+    args[http_at + 1] = format!("127.0.0.1:{}", ringstore_testkit::free_port());
+    let peer_at = args.iter().position(|a| a == "--peer-addr").unwrap();
+    args[peer_at + 1] = format!("127.0.0.1:{}", ringstore_testkit::free_port());
+    let log = other.dir().join("refused.log");
+    let out = c.command(&args, &log).unwrap().status().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!out.success(), "a foreign data dir must be refused:\n{text}");
+    assert!(text.contains("belongs to cluster"), "{text}");
+    // And under another node id.
+    let id_at = args.iter().position(|a| a == "--id").unwrap();
+    args[id_at + 1] = "2".into();
+    let out = c.command(&args, &log).unwrap().status().unwrap();
+    assert!(!out.success());
+    assert!(std::fs::read_to_string(&log).unwrap().contains("belongs to node 1, but the node was started as --id 2"));
+}
+
+#[actix_rt::test]
+async fn sigterm_hands_leadership_over_finishes_requests_and_exits_0() {
+    let mut c = start(&[]);
+    let l = leader(&c).await;
+    assert_eq!(put(&c.url(l), "before", b"1").await.status, StatusCode::OK);
+    let started = Instant::now();
+    let status = c.terminate(l, Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "exit status {status:?}; log:\n{}", c.log(l));
+    let log = c.log(l);
+    assert!(log.contains("leadership handed over"), "{log}");
+    assert!(log.contains("stopped cleanly"));
+    let new = leader(&c).await;
+    assert_ne!(new, l);
+    // A handover, not an election timeout plus a restart: well under the
+    // 20 s bound above; the survivors serve at once.
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(put(&c.url(new), "after", b"2").await.status, StatusCode::OK);
+    assert_eq!(get(&c.url(new), "before").await.body, b"1");
+    // Restarted, the node rejoins as a follower with its data.
+    c.spawn(l).unwrap();
+    let url = c.url(l);
+    eventually(Duration::from_secs(15), "the restarted node has the write made while it was down", || {
+        let url = url.clone();
+        async move { stale_body(&url, "after").await.as_deref() == Some(b"2".as_slice()) }
+    })
+    .await;
+}
+
+/// Reads until the peer closes the connection (or `within` passes).
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {} // e.g. a reject frame before the close
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+        if start.elapsed() > within {
+            return false;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn garbage_and_oversized_frames_on_the_peer_port_are_disconnected() {
+    let c = start(&[]);
+    leader(&c).await;
+    let port = c.peer_port(1);
+    let wait = Duration::from_secs(8);
+
+    // Bytes that are not a frame at all.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(closed_within(&mut s, wait), "garbage closes the connection");
+
+    // A hello from another cluster gets a reject frame, then a close.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut buf = Vec::new();
+    wire::encode_hello(&mut buf, &wire::Hello { cluster_id: 1, from: 2, to: 1 });
+    s.write_all(&buf).unwrap();
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).unwrap();
+    let mut body = vec![0u8; wire::frame_len(header).unwrap()];
+    s.read_exact(&mut body).unwrap();
+    match wire::decode(&body).unwrap() {
+        wire::Frame::Reject { reason, .. } => assert_eq!(reason, wire::RejectReason::ClusterMismatch),
+        f => panic!("expected a reject, got {f:?}"),
+    }
+    assert!(closed_within(&mut s, wait));
+
+    // A valid hello, then a frame header announcing 1 GiB.
+    let members = parse_initial_cluster(c.initial_cluster()).unwrap();
+    let id = cluster_id("ringstore", &members);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut buf = Vec::new();
+    wire::encode_hello(&mut buf, &wire::Hello { cluster_id: id, from: 2, to: 1 });
+    s.write_all(&buf).unwrap();
+    s.read_exact(&mut header).unwrap();
+    let mut body = vec![0u8; wire::frame_len(header).unwrap()];
+    s.read_exact(&mut body).unwrap();
+    assert!(matches!(wire::decode(&body).unwrap(), wire::Frame::Welcome { .. }));
+    s.write_all(&(1u32 << 30).to_be_bytes()).unwrap();
+    assert!(closed_within(&mut s, wait), "an oversized frame closes the connection");
+
+    // A valid header with an undecodable body.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut buf = Vec::new();
+    wire::encode_hello(&mut buf, &wire::Hello { cluster_id: id, from: 3, to: 1 });
+    buf.extend_from_slice(&5u32.to_be_bytes());
+    buf.extend_from_slice(&[4, 0xff, 0xff, 0xff, 0xff]);
+    s.write_all(&buf).unwrap();
+    assert!(closed_within(&mut s, wait), "a bad frame body closes the connection");
+
+    // The node keeps serving, and the refusals were counted.
+    let r = put(&c.url(1), "still-serving", b"yes").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(get(&c.url(2), "still-serving").await.body, b"yes");
+    let refused: HashMap<&str, f64> = [
+        ("bad_hello", metric(&c, 1, "ringstore_peer_refused_total", &["reason=\"bad_hello\""]).await),
+        ("cluster_mismatch", metric(&c, 1, "ringstore_peer_refused_total", &["reason=\"cluster_mismatch\""]).await),
+        ("bad_frame", metric(&c, 1, "ringstore_peer_refused_total", &["reason=\"bad_frame\""]).await),
+    ]
+    .into_iter()
+    .collect();
+    assert!(refused.values().all(|v| *v >= 1.0), "{refused:?}");
+}

@@ -1,0 +1,632 @@
+//! [`PeerTransport`]: the [`Transport`] between `ringstore node` processes.
+//!
+//! Each peer has one link: a task that owns a long-lived outbound TCP
+//! connection and a bounded queue (its mailbox). Raft messages for the
+//! peer are batched into that queue; when it is full they are dropped and
+//! Raft resends, so memory never grows with a slow peer. The link drains
+//! everything queued into one write, reconnects with exponential backoff,
+//! and while disconnected drops what arrives (Raft retries; a request gets
+//! `Unreachable`, which is safe to retry because it was never sent).
+//!
+//! Inbound connections are served by a task each: the first frame must be
+//! a hello from a member of this cluster; Raft frames go to the local
+//! replica's mailbox, snapshot chunks are reassembled, and forwarded
+//! client requests are answered on the same connection. An oversized
+//! frame, a frame that does not decode or a bad hello closes the
+//! connection and nothing else.
+//!
+//! All tasks run on one arbiter (thread) of their own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use actix::{Addr, ArbiterHandle};
+use futures::future::BoxFuture;
+use raft::eraftpb::{Message as RaftMessage, MessageType};
+use ringstore_shared::codec::CodecError;
+use ringstore_shared::{NodeId, ShardId, StoreError};
+use ringstore_storage::messages::PeerUnreachable;
+use ringstore_storage::transport::Undelivered;
+use ringstore_storage::{ShardOp, ShardRequest, ShardResult, StorageActor, Transport};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, timeout, Instant};
+use tracing::{debug, error, info, warn};
+
+use crate::metrics::{LinkMetrics, PEER};
+use crate::wire::{self, Frame, Hello, Reassembly, RejectReason};
+
+/// Batches one link may queue before new ones are dropped.
+pub const SEND_QUEUE_CAPACITY: usize = 1024;
+/// Serialized responses one inbound connection may queue before request
+/// handling on it waits (backpressure on that peer only).
+const RESPONSE_QUEUE_CAPACITY: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// One write gathers queued batches up to about this many bytes.
+const WRITE_BATCH_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub node: NodeId,
+    pub cluster_id: u64,
+    /// Where this node accepts peer connections.
+    pub listen: SocketAddr,
+    /// Every other member and its peer address (`host:port`).
+    pub peers: BTreeMap<NodeId, String>,
+}
+
+enum Outgoing {
+    Raft { shard: ShardId, msgs: Vec<RaftMessage> },
+    Snapshot { shard: ShardId, msg: RaftMessage },
+    Request { id: u64, shard: ShardId, op: ShardOp },
+}
+
+struct PendingRequest {
+    tx: oneshot::Sender<ShardResult>,
+    /// A write whose connection broke may have been applied.
+    write: bool,
+}
+
+type PendingMap = Arc<Mutex<HashMap<u64, PendingRequest>>>;
+
+struct Link {
+    tx: mpsc::Sender<Outgoing>,
+    pending: PendingMap,
+    metrics: Arc<LinkMetrics>,
+}
+
+struct Shared {
+    node: NodeId,
+    cluster_id: u64,
+    members: Vec<NodeId>,
+    links: HashMap<NodeId, Link>,
+    /// Local replicas by shard. Written when a replica starts or stops,
+    /// read on every delivery: a map lookup under an uncontended RwLock.
+    local: RwLock<HashMap<ShardId, Addr<StorageActor>>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn local(&self, shard: ShardId) -> Option<Addr<StorageActor>> {
+        self.local.read().unwrap_or_else(|e| e.into_inner()).get(&shard).cloned()
+    }
+}
+
+/// Cheap to clone; every clone shares the links.
+#[derive(Clone)]
+pub struct PeerTransport {
+    shared: Arc<Shared>,
+}
+
+/// The listening address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("binding the peer address {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+impl PeerTransport {
+    /// Binds the peer listener (so a taken port fails here, at startup) and
+    /// starts the accept loop and one link per peer on `arbiter`.
+    pub fn start(cfg: PeerConfig, arbiter: &ArbiterHandle) -> Result<(PeerTransport, SocketAddr), BindError> {
+        let std_listener =
+            std::net::TcpListener::bind(cfg.listen).map_err(|source| BindError { addr: cfg.listen, source })?;
+        std_listener.set_nonblocking(true).map_err(|source| BindError { addr: cfg.listen, source })?;
+        let bound = std_listener.local_addr().map_err(|source| BindError { addr: cfg.listen, source })?;
+        let mut links = HashMap::new();
+        let mut receivers = Vec::new();
+        for (&peer, addr) in &cfg.peers {
+            let (tx, rx) = mpsc::channel(SEND_QUEUE_CAPACITY);
+            let pending: PendingMap = Arc::default();
+            let metrics = Arc::new(LinkMetrics::new(cfg.node, peer));
+            receivers.push((peer, addr.clone(), rx, pending.clone(), metrics.clone()));
+            links.insert(peer, Link { tx, pending, metrics });
+        }
+        let mut members: Vec<NodeId> = cfg.peers.keys().copied().collect();
+        members.push(cfg.node);
+        members.sort_unstable();
+        let shared = Arc::new(Shared {
+            node: cfg.node,
+            cluster_id: cfg.cluster_id,
+            members,
+            links,
+            local: RwLock::default(),
+            next_id: AtomicU64::new(1),
+        });
+        let s = shared.clone();
+        arbiter.spawn(async move {
+            match TcpListener::from_std(std_listener) {
+                Ok(l) => accept_loop(s, l).await,
+                Err(e) => error!("peer listener could not join the runtime: {e}"),
+            }
+        });
+        for (peer, addr, rx, pending, metrics) in receivers {
+            arbiter.spawn(run_link(shared.clone(), peer, addr, rx, pending, metrics));
+        }
+        info!(node = cfg.node, %bound, peers = ?cfg.peers, "peer transport started");
+        Ok((PeerTransport { shared }, bound))
+    }
+
+    /// Makes the local replica of `shard` reachable from peers.
+    pub fn register(&self, shard: ShardId, addr: Addr<StorageActor>) {
+        self.shared.local.write().unwrap_or_else(|e| e.into_inner()).insert(shard, addr);
+    }
+
+    pub fn unregister(&self, shard: ShardId) {
+        self.shared.local.write().unwrap_or_else(|e| e.into_inner()).remove(&shard);
+    }
+}
+
+impl Transport for PeerTransport {
+    fn send_raft(&self, _from: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) -> Vec<Undelivered> {
+        let mut undelivered = Vec::new();
+        let mut per_dest: BTreeMap<NodeId, Vec<RaftMessage>> = BTreeMap::new();
+        for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                let to = m.to;
+                if !self.enqueue(to, Outgoing::Snapshot { shard, msg: m }) {
+                    undelivered.push(Undelivered { to, snapshot: true });
+                }
+            } else {
+                per_dest.entry(m.to).or_default().push(m);
+            }
+        }
+        for (to, batch) in per_dest {
+            if !self.enqueue(to, Outgoing::Raft { shard, msgs: batch }) {
+                undelivered.push(Undelivered { to, snapshot: false });
+            }
+        }
+        undelivered
+    }
+
+    fn request(&self, _from: NodeId, to: NodeId, shard: ShardId, op: ShardOp) -> BoxFuture<'static, ShardResult> {
+        let shared = &self.shared;
+        if to == shared.node {
+            let local = shared.local(shard);
+            return Box::pin(async move {
+                let Some(addr) = local else { return Err(StoreError::Unreachable { node: to }) };
+                addr.send(ShardRequest(op)).await.unwrap_or_else(|_| Err(replica_stopped()))
+            });
+        }
+        let Some(link) = shared.links.get(&to) else {
+            return Box::pin(async move { Err(StoreError::Unreachable { node: to }) });
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let write = matches!(op, ShardOp::Write(_));
+        lock(&link.pending).insert(id, PendingRequest { tx, write });
+        let pending = link.pending.clone();
+        if !self.enqueue(to, Outgoing::Request { id, shard, op }) {
+            lock(&pending).remove(&id);
+            return Box::pin(async move { Err(StoreError::Unreachable { node: to }) });
+        }
+        link.metrics.forwarded.inc();
+        Box::pin(async move {
+            // Dropped without an answer only if the link task ended.
+            let result = rx.await.unwrap_or(Err(StoreError::Unreachable { node: to }));
+            lock(&pending).remove(&id);
+            result
+        })
+    }
+}
+
+impl PeerTransport {
+    fn enqueue(&self, to: NodeId, o: Outgoing) -> bool {
+        let Some(link) = self.shared.links.get(&to) else {
+            debug!(node = self.shared.node, to, "no link to unknown peer");
+            return false;
+        };
+        match link.tx.try_send(o) {
+            Ok(()) => {
+                link.metrics.queue_depth.set((SEND_QUEUE_CAPACITY - link.tx.capacity()) as i64);
+                true
+            }
+            Err(_) => {
+                link.metrics.dropped_queue_full.inc();
+                false
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps stay consistent across a panic elsewhere; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn replica_stopped() -> StoreError {
+    StoreError::Unavailable { reason: "replica stopped before answering; outcome unknown".into() }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Codec(#[from] CodecError),
+    #[error("timed out")]
+    Timeout,
+    #[error("peer refused us ({}): {detail}", reason.label())]
+    Refused { reason: RejectReason, detail: String },
+    #[error("unexpected frame during handshake")]
+    Unexpected,
+}
+
+/// Reads one frame body; `None` on a clean end of stream between frames.
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, ConnError> {
+    let mut header = [0u8; wire::FRAME_HEADER_BYTES];
+    match r.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = wire::frame_len(header)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(Some(body))
+}
+
+// ---------------------------------------------------------------------
+// Outbound: one link task per peer.
+// ---------------------------------------------------------------------
+
+async fn run_link(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    addr: String,
+    mut rx: mpsc::Receiver<Outgoing>,
+    pending: PendingMap,
+    m: Arc<LinkMetrics>,
+) {
+    let node = shared.node;
+    let mut backoff = BACKOFF_MIN;
+    let mut transfer = 0u64;
+    let mut last_error = String::new();
+    loop {
+        match connect(&shared, peer, &addr).await {
+            Ok(stream) => {
+                m.connect_ok.inc();
+                m.connected.set(1);
+                info!(node, peer, %addr, "connected to peer");
+                backoff = BACKOFF_MIN;
+                last_error.clear();
+                let reason = serve_link(&shared, peer, stream, &mut rx, &pending, &m, &mut transfer).await;
+                m.connected.set(0);
+                fail_pending(&pending, peer);
+                match reason {
+                    None => return, // every sender is gone: the node is stopping
+                    Some(e) => warn!(node, peer, "peer connection lost: {e}"),
+                }
+            }
+            Err(e) => {
+                match &e {
+                    ConnError::Refused { reason: RejectReason::ClusterMismatch, .. } => {
+                        m.connect_refused.inc();
+                        error!(node, peer, %addr, "{e}: the peer belongs to another cluster, or this data dir does")
+                    }
+                    ConnError::Refused { .. } => {
+                        m.connect_refused.inc();
+                        error!(node, peer, %addr, "{e}")
+                    }
+                    _ => m.connect_error.inc(),
+                }
+                // Log each distinct failure once, not every retry.
+                let text = e.to_string();
+                if text != last_error {
+                    warn!(node, peer, %addr, "cannot connect to peer: {text}; retrying with backoff");
+                    last_error = text;
+                }
+            }
+        }
+        // Back off; what queues up meanwhile is dropped, not kept.
+        let until = Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = sleep_until(until) => break,
+                item = rx.recv() => match item {
+                    None => return,
+                    Some(o) => drop_outgoing(&shared, peer, o, &pending, &m),
+                },
+            }
+        }
+        m.queue_depth.set(0);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn connect(shared: &Shared, peer: NodeId, addr: &str) -> Result<TcpStream, ConnError> {
+    let mut stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| ConnError::Timeout)??;
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::new();
+    wire::encode_hello(&mut buf, &Hello { cluster_id: shared.cluster_id, from: shared.node, to: peer });
+    stream.write_all(&buf).await?;
+    let body = timeout(HELLO_TIMEOUT, read_frame(&mut stream)).await.map_err(|_| ConnError::Timeout)??;
+    match body.map(|b| wire::decode(&b)).transpose()? {
+        Some(Frame::Welcome { cluster_id, node }) if cluster_id == shared.cluster_id && node == peer => Ok(stream),
+        Some(Frame::Reject { reason, detail }) => Err(ConnError::Refused { reason, detail }),
+        _ => Err(ConnError::Unexpected),
+    }
+}
+
+/// Runs one connection until it breaks (`Some(error)`) or the queue closes
+/// (`None`).
+async fn serve_link(
+    shared: &Arc<Shared>,
+    peer: NodeId,
+    stream: TcpStream,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    pending: &PendingMap,
+    m: &LinkMetrics,
+    transfer: &mut u64,
+) -> Option<ConnError> {
+    let (rd, mut wr) = stream.into_split();
+    let reader_pending = pending.clone();
+    let node = shared.node;
+    let mut reader = actix_rt::spawn(async move {
+        let mut rd = BufReader::new(rd);
+        loop {
+            match read_frame(&mut rd).await {
+                Ok(Some(body)) => {
+                    PEER.received_bytes
+                        .with_label_values(&[&node.to_string(), &peer.to_string()])
+                        .inc_by((body.len() + wire::FRAME_HEADER_BYTES) as u64);
+                    match wire::decode(&body) {
+                        Ok(Frame::Response { id, result }) => {
+                            if let Some(p) = lock(&reader_pending).remove(&id) {
+                                let _ = p.tx.send(result);
+                            }
+                        }
+                        Ok(_) => return ConnError::Unexpected,
+                        Err(e) => return e.into(),
+                    }
+                }
+                Ok(None) => return ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                Err(e) => return e,
+            }
+        }
+    });
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        let first = tokio::select! {
+            item = rx.recv() => match item {
+                Some(o) => o,
+                None => {
+                    reader.abort();
+                    return None;
+                }
+            },
+            r = &mut reader => {
+                return Some(r.unwrap_or_else(|e| ConnError::Io(std::io::Error::other(e))));
+            }
+        };
+        buf.clear();
+        let mut snapshots = Vec::new();
+        encode(shared, peer, first, &mut buf, &mut snapshots, m, transfer);
+        while buf.len() < WRITE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(o) => encode(shared, peer, o, &mut buf, &mut snapshots, m, transfer),
+                Err(_) => break,
+            }
+        }
+        m.queue_depth.set(rx.len() as i64);
+        if let Err(e) = wr.write_all(&buf).await {
+            report_lost_snapshots(shared, peer, &snapshots);
+            reader.abort();
+            return Some(e.into());
+        }
+        m.sent_bytes.inc_by(buf.len() as u64);
+    }
+}
+
+fn encode(
+    shared: &Shared,
+    peer: NodeId,
+    o: Outgoing,
+    buf: &mut Vec<u8>,
+    snapshots: &mut Vec<ShardId>,
+    m: &LinkMetrics,
+    transfer: &mut u64,
+) {
+    let res = match &o {
+        Outgoing::Raft { shard, msgs } => wire::encode_raft(buf, *shard, msgs),
+        Outgoing::Snapshot { shard, msg } => {
+            *transfer += 1;
+            let before = buf.len();
+            let r = wire::encode_snapshot(buf, *shard, *transfer, msg);
+            if r.is_ok() {
+                snapshots.push(*shard);
+                let chunks = (buf.len() - before).div_ceil(wire::SNAPSHOT_CHUNK_BYTES).max(1);
+                m.snapshot_chunks_sent.inc_by(chunks as u64);
+                info!(node = shared.node, peer, shard, bytes = buf.len() - before, "sending snapshot");
+            }
+            r
+        }
+        Outgoing::Request { id, shard, op } => {
+            wire::encode_request(buf, *id, *shard, op);
+            Ok(())
+        }
+    };
+    if let Err(e) = res {
+        error!(node = shared.node, peer, "cannot encode an outgoing message: {e}");
+        if let Outgoing::Snapshot { shard, .. } = o {
+            report_lost_snapshots(shared, peer, &[shard]);
+        }
+    }
+}
+
+/// Raft must hear of a snapshot that never left, or the leader waits for it.
+fn report_lost_snapshots(shared: &Shared, peer: NodeId, shards: &[ShardId]) {
+    for &shard in shards {
+        if let Some(addr) = shared.local(shard) {
+            let _ = addr.try_send(PeerUnreachable { to: peer, snapshot: true });
+        }
+    }
+}
+
+fn drop_outgoing(shared: &Shared, peer: NodeId, o: Outgoing, pending: &PendingMap, m: &LinkMetrics) {
+    m.dropped_disconnected.inc();
+    match o {
+        Outgoing::Raft { .. } => {}
+        Outgoing::Snapshot { shard, .. } => report_lost_snapshots(shared, peer, &[shard]),
+        Outgoing::Request { id, .. } => {
+            if let Some(p) = lock(pending).remove(&id) {
+                let _ = p.tx.send(Err(StoreError::Unreachable { node: peer }));
+            }
+        }
+    }
+}
+
+/// The connection broke: requests sent on it get no answer any more.
+fn fail_pending(pending: &PendingMap, peer: NodeId) {
+    for (_, p) in lock(pending).drain() {
+        let err = if p.write {
+            StoreError::Unavailable { reason: format!("connection to node {peer} lost; outcome unknown") }
+        } else {
+            StoreError::Unreachable { node: peer }
+        };
+        let _ = p.tx.send(Err(err));
+    }
+}
+
+// ---------------------------------------------------------------------
+// Inbound.
+// ---------------------------------------------------------------------
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                actix_rt::spawn(serve_inbound(shared.clone(), stream, remote));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                warn!(node = shared.node, "peer accept failed: {e}");
+                tokio::time::sleep(BACKOFF_MIN).await;
+            }
+        }
+    }
+}
+
+fn refused(node: NodeId, reason: &str) {
+    PEER.refused.with_label_values(&[&node.to_string(), reason]).inc();
+}
+
+async fn serve_inbound(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
+    let node = shared.node;
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let hello = match timeout(HELLO_TIMEOUT, read_frame(&mut rd)).await {
+        Ok(Ok(Some(body))) => wire::decode(&body).ok(),
+        _ => None,
+    };
+    let Some(Frame::Hello(hello)) = hello else {
+        refused(node, RejectReason::BadHello.label());
+        warn!(node, %remote, "peer connection closed: no valid hello");
+        let mut buf = Vec::new();
+        wire::encode_reject(&mut buf, RejectReason::BadHello, "expected a ringstore peer hello");
+        let _ = wr.write_all(&buf).await;
+        return;
+    };
+    if let Err(reason) = wire::check_hello(&hello, shared.cluster_id, node, &shared.members) {
+        refused(node, reason.label());
+        let detail = format!(
+            "node {node} is in cluster {:016x} with members {:?}; you are node {} of cluster {:016x} asking for node {}",
+            shared.cluster_id, shared.members, hello.from, hello.cluster_id, hello.to
+        );
+        warn!(node, %remote, reason = reason.label(), "refused peer: {detail}");
+        let mut buf = Vec::new();
+        wire::encode_reject(&mut buf, reason, &detail);
+        let _ = wr.write_all(&buf).await;
+        return;
+    }
+    let peer = hello.from;
+    let mut buf = Vec::new();
+    wire::encode_welcome(&mut buf, shared.cluster_id, node);
+    if wr.write_all(&buf).await.is_err() {
+        return;
+    }
+    debug!(node, peer, %remote, "accepted peer connection");
+    let (resp_tx, mut resp_rx) = mpsc::channel::<Vec<u8>>(RESPONSE_QUEUE_CAPACITY);
+    let writer = actix_rt::spawn(async move {
+        let mut out = Vec::new();
+        while let Some(first) = resp_rx.recv().await {
+            out.clear();
+            out.extend_from_slice(&first);
+            while out.len() < WRITE_BATCH_BYTES {
+                match resp_rx.try_recv() {
+                    Ok(more) => out.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (n, p) = (node.to_string(), peer.to_string());
+    let received = PEER.received_bytes.with_label_values(&[&n, &p]);
+    let chunks_received = PEER.snapshot_chunks.with_label_values(&[&n, "received"]);
+    let mut snapshot = Reassembly::default();
+    let end = loop {
+        let body = match read_frame(&mut rd).await {
+            Ok(Some(b)) => b,
+            Ok(None) => break None,
+            Err(e) => break Some(("bad_frame", e.to_string())),
+        };
+        received.inc_by((body.len() + wire::FRAME_HEADER_BYTES) as u64);
+        match wire::decode(&body) {
+            Ok(Frame::Raft { shard, msgs }) => deliver(&shared, peer, shard, msgs),
+            Ok(Frame::SnapshotChunk(c)) => {
+                chunks_received.inc();
+                match snapshot.accept(c) {
+                    Ok(Some((shard, msg))) => {
+                        info!(node, peer, shard, "received snapshot");
+                        deliver(&shared, peer, shard, vec![msg]);
+                    }
+                    Ok(None) => {}
+                    Err(e) => break Some(("bad_snapshot", e.to_string())),
+                }
+            }
+            Ok(Frame::Request { id, shard, op }) => {
+                let local = shared.local(shard);
+                let tx = resp_tx.clone();
+                actix_rt::spawn(async move {
+                    let result = match local {
+                        Some(addr) => addr.send(ShardRequest(op)).await.unwrap_or_else(|_| Err(replica_stopped())),
+                        None => Err(StoreError::Unreachable { node }),
+                    };
+                    let mut out = Vec::new();
+                    wire::encode_response(&mut out, id, &result);
+                    let _ = tx.send(out).await;
+                });
+            }
+            Ok(other) => break Some(("unexpected_frame", format!("{other:?}").chars().take(80).collect())),
+            Err(e) => break Some(("bad_frame", e.to_string())),
+        }
+    };
+    drop(resp_tx);
+    if let Some((reason, detail)) = end {
+        refused(node, reason);
+        warn!(node, peer, %remote, reason, "closing peer connection: {detail}");
+        writer.abort();
+    }
+}
+
+fn deliver(shared: &Shared, peer: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) {
+    let Some(addr) = shared.local(shard) else {
+        PEER.dropped.with_label_values(&[&shared.node.to_string(), &peer.to_string(), "unknown_shard"]).inc();
+        return;
+    };
+    if addr.try_send(ringstore_storage::messages::RaftBatch(msgs)).is_err() {
+        PEER.dropped.with_label_values(&[&shared.node.to_string(), &peer.to_string(), "mailbox_full"]).inc();
+    }
+}

@@ -1,0 +1,799 @@
+//! The peer protocol: frames, their binary codec and snapshot reassembly.
+//! Pure code, no I/O, so every byte a peer can send is tested here.
+//!
+//! A frame is `[len u32 BE][kind u8][body]`, `len` counting kind and body.
+//! Frames longer than [`FRAME_BYTES_MAX`] are refused before their body is
+//! read. Every connection starts with a [`Hello`] from the dialer, which
+//! the acceptor answers with `Welcome` or `Reject` (then closes).
+//!
+//! Raft messages are rust-protobuf bytes inside our frame. A snapshot
+//! message is encoded once and sent as [`SNAPSHOT_CHUNK_BYTES`] chunks, so
+//! no frame grows with the shard.
+
+use raft::eraftpb::Message as RaftMessage;
+use ringstore_shared::apply::Outcome;
+use ringstore_shared::codec::{CodecError, Reader, Writer};
+use ringstore_shared::command::{Command, Proposal};
+use ringstore_shared::value::StoredValue;
+use ringstore_shared::{NodeId, ShardId, StoreError};
+use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult};
+
+pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
+pub const PROTOCOL_VERSION: u8 = 1;
+pub const FRAME_HEADER_BYTES: usize = 4;
+/// Largest frame a peer may send: a value at the value limit plus room.
+pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Raft frames are cut here so one frame never nears the maximum.
+pub const RAFT_FRAME_BYTES_TARGET: usize = 4 * 1024 * 1024;
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Largest snapshot a node will reassemble (it is held in memory).
+pub const SNAPSHOT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+const KIND_HELLO: u8 = 1;
+const KIND_WELCOME: u8 = 2;
+const KIND_REJECT: u8 = 3;
+const KIND_RAFT: u8 = 4;
+const KIND_SNAPSHOT_CHUNK: u8 = 5;
+const KIND_REQUEST: u8 = 6;
+const KIND_RESPONSE: u8 = 7;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub cluster_id: u64,
+    pub from: NodeId,
+    pub to: NodeId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The dialer belongs to another cluster (or this node does).
+    ClusterMismatch,
+    /// The dialer meant another node id at this address.
+    WrongNode,
+    /// The dialer's node id is not a member of this cluster.
+    UnknownPeer,
+    /// The first frame was not a valid hello.
+    BadHello,
+}
+
+impl RejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::ClusterMismatch => "cluster_mismatch",
+            RejectReason::WrongNode => "wrong_node",
+            RejectReason::UnknownPeer => "unknown_peer",
+            RejectReason::BadHello => "bad_hello",
+        }
+    }
+    fn code(self) -> u8 {
+        match self {
+            RejectReason::ClusterMismatch => 1,
+            RejectReason::WrongNode => 2,
+            RejectReason::UnknownPeer => 3,
+            RejectReason::BadHello => 4,
+        }
+    }
+    fn from_code(c: u8) -> Result<Self, CodecError> {
+        Ok(match c {
+            1 => RejectReason::ClusterMismatch,
+            2 => RejectReason::WrongNode,
+            3 => RejectReason::UnknownPeer,
+            4 => RejectReason::BadHello,
+            tag => return Err(CodecError::UnknownTag { what: "reject reason", tag }),
+        })
+    }
+}
+
+/// The acceptor's decision on a hello: pure, so it is tested without sockets.
+pub fn check_hello(h: &Hello, cluster_id: u64, me: NodeId, members: &[NodeId]) -> Result<(), RejectReason> {
+    if h.cluster_id != cluster_id {
+        return Err(RejectReason::ClusterMismatch);
+    }
+    if h.to != me {
+        return Err(RejectReason::WrongNode);
+    }
+    if h.from == me || !members.contains(&h.from) {
+        return Err(RejectReason::UnknownPeer);
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+pub enum Frame {
+    Hello(Hello),
+    Welcome { cluster_id: u64, node: NodeId },
+    Reject { reason: RejectReason, detail: String },
+    Raft { shard: ShardId, msgs: Vec<RaftMessage> },
+    SnapshotChunk(SnapshotChunk),
+    Request { id: u64, shard: ShardId, op: ShardOp },
+    Response { id: u64, result: ShardResult },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    pub shard: ShardId,
+    /// Distinguishes transfers on one connection; a new id abandons the old.
+    pub transfer: u64,
+    pub total: u64,
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+/// Appends one frame of `kind` to `out`, `body` writing its fields.
+fn frame(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Writer)) {
+    let start = out.len();
+    let mut w = Writer { buf: std::mem::take(out) };
+    w.u32(0);
+    w.u8(kind);
+    body(&mut w);
+    let len = (w.buf.len() - start - FRAME_HEADER_BYTES) as u32;
+    w.buf[start..start + FRAME_HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
+    *out = w.buf;
+}
+
+pub fn encode_hello(out: &mut Vec<u8>, h: &Hello) {
+    frame(out, KIND_HELLO, |w| {
+        w.u64(MAGIC);
+        w.u8(PROTOCOL_VERSION);
+        w.u64(h.cluster_id);
+        w.u64(h.from);
+        w.u64(h.to);
+    });
+}
+
+pub fn encode_welcome(out: &mut Vec<u8>, cluster_id: u64, node: NodeId) {
+    frame(out, KIND_WELCOME, |w| {
+        w.u64(cluster_id);
+        w.u64(node);
+    });
+}
+
+pub fn encode_reject(out: &mut Vec<u8>, reason: RejectReason, detail: &str) {
+    frame(out, KIND_REJECT, |w| {
+        w.u8(reason.code());
+        w.bytes(detail.as_bytes());
+    });
+}
+
+/// Encodes Raft messages of one shard into as many frames as
+/// [`RAFT_FRAME_BYTES_TARGET`] needs. Snapshot messages do not belong here
+/// (see [`encode_snapshot`]).
+pub fn encode_raft(out: &mut Vec<u8>, shard: ShardId, msgs: &[RaftMessage]) -> Result<(), CodecError> {
+    use protobuf::Message as _;
+    let mut encoded = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        let b = m.write_to_bytes().map_err(|e| CodecError::Invalid { what: "raft message", detail: e.to_string() })?;
+        encoded.push(b);
+    }
+    let mut rest = encoded.as_slice();
+    while !rest.is_empty() {
+        let mut n = 0;
+        let mut size = 0;
+        while n < rest.len() && (n == 0 || size + rest[n].len() <= RAFT_FRAME_BYTES_TARGET) {
+            size += rest[n].len() + 4;
+            n += 1;
+        }
+        let (group, tail) = rest.split_at(n);
+        frame(out, KIND_RAFT, |w| {
+            w.u64(shard);
+            w.u32(group.len() as u32);
+            for b in group {
+                w.bytes(b);
+            }
+        });
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// Encodes a snapshot message as chunk frames.
+pub fn encode_snapshot(out: &mut Vec<u8>, shard: ShardId, transfer: u64, msg: &RaftMessage) -> Result<(), CodecError> {
+    use protobuf::Message as _;
+    let b =
+        msg.write_to_bytes().map_err(|e| CodecError::Invalid { what: "snapshot message", detail: e.to_string() })?;
+    let total = b.len() as u64;
+    if total > SNAPSHOT_BYTES_MAX {
+        return Err(CodecError::Invalid {
+            what: "snapshot",
+            detail: format!("{total} bytes exceeds the {SNAPSHOT_BYTES_MAX} byte limit"),
+        });
+    }
+    for (i, chunk) in b.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
+        frame(out, KIND_SNAPSHOT_CHUNK, |w| {
+            w.u64(shard);
+            w.u64(transfer);
+            w.u64(total);
+            w.u64((i * SNAPSHOT_CHUNK_BYTES) as u64);
+            w.bytes(chunk);
+        });
+    }
+    Ok(())
+}
+
+pub fn encode_request(out: &mut Vec<u8>, id: u64, shard: ShardId, op: &ShardOp) {
+    frame(out, KIND_REQUEST, |w| {
+        w.u64(id);
+        w.u64(shard);
+        put_op(w, op);
+    });
+}
+
+pub fn encode_response(out: &mut Vec<u8>, id: u64, result: &ShardResult) {
+    frame(out, KIND_RESPONSE, |w| {
+        w.u64(id);
+        match result {
+            Ok(reply) => {
+                w.u8(0);
+                put_reply(w, reply);
+            }
+            Err(e) => {
+                w.u8(1);
+                put_error(w, e);
+            }
+        }
+    });
+}
+
+/// Checks a frame header; the body is read only if this accepts it.
+pub fn frame_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, CodecError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len == 0 {
+        return Err(CodecError::Invalid { what: "frame", detail: "empty frame".into() });
+    }
+    if len > FRAME_BYTES_MAX {
+        return Err(CodecError::Invalid {
+            what: "frame",
+            detail: format!("{len} bytes exceeds the {FRAME_BYTES_MAX} byte limit"),
+        });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (kind byte first), as read after [`frame_len`].
+pub fn decode(body: &[u8]) -> Result<Frame, CodecError> {
+    let mut r = Reader::new(body);
+    let frame = match r.u8("frame kind")? {
+        KIND_HELLO => {
+            if r.u64("magic")? != MAGIC {
+                return Err(CodecError::Invalid { what: "hello", detail: "not a ringstore peer".into() });
+            }
+            let version = r.u8("protocol version")?;
+            if version != PROTOCOL_VERSION {
+                return Err(CodecError::UnsupportedFormat(version));
+            }
+            Frame::Hello(Hello { cluster_id: r.u64("cluster id")?, from: r.u64("from")?, to: r.u64("to")? })
+        }
+        KIND_WELCOME => Frame::Welcome { cluster_id: r.u64("cluster id")?, node: r.u64("node")? },
+        KIND_REJECT => {
+            let reason = RejectReason::from_code(r.u8("reject reason")?)?;
+            Frame::Reject { reason, detail: string(&mut r, "reject detail")? }
+        }
+        KIND_RAFT => {
+            use protobuf::Message as _;
+            let shard = r.u64("shard")?;
+            let n = r.u32("message count")?;
+            let mut msgs = Vec::with_capacity((n as usize).min(body.len() / 4));
+            for _ in 0..n {
+                let b = r.bytes("raft message")?;
+                let m = RaftMessage::parse_from_bytes(b)
+                    .map_err(|e| CodecError::Invalid { what: "raft message", detail: e.to_string() })?;
+                msgs.push(m);
+            }
+            Frame::Raft { shard, msgs }
+        }
+        KIND_SNAPSHOT_CHUNK => Frame::SnapshotChunk(SnapshotChunk {
+            shard: r.u64("shard")?,
+            transfer: r.u64("transfer")?,
+            total: r.u64("snapshot size")?,
+            offset: r.u64("chunk offset")?,
+            data: r.bytes("chunk")?.to_vec(),
+        }),
+        KIND_REQUEST => Frame::Request { id: r.u64("request id")?, shard: r.u64("shard")?, op: get_op(&mut r)? },
+        KIND_RESPONSE => {
+            let id = r.u64("request id")?;
+            let result = match r.u8("result tag")? {
+                0 => Ok(get_reply(&mut r)?),
+                1 => Err(get_error(&mut r)?),
+                tag => return Err(CodecError::UnknownTag { what: "result", tag }),
+            };
+            Frame::Response { id, result }
+        }
+        tag => return Err(CodecError::UnknownTag { what: "frame kind", tag }),
+    };
+    r.finish()?;
+    Ok(frame)
+}
+
+/// Rebuilds a snapshot message from its chunks. One transfer at a time per
+/// connection; chunks must arrive in order (TCP keeps them so).
+#[derive(Default)]
+pub struct Reassembly {
+    transfer: Option<(u64, u64)>,
+    buf: Vec<u8>,
+}
+
+impl Reassembly {
+    /// Takes a chunk; returns the complete message once the last arrives.
+    pub fn accept(&mut self, c: SnapshotChunk) -> Result<Option<(ShardId, RaftMessage)>, CodecError> {
+        use protobuf::Message as _;
+        if c.total > SNAPSHOT_BYTES_MAX {
+            return Err(CodecError::Invalid {
+                what: "snapshot",
+                detail: format!("{} bytes exceeds the {SNAPSHOT_BYTES_MAX} byte limit", c.total),
+            });
+        }
+        if c.offset == 0 {
+            self.transfer = Some((c.transfer, c.total));
+            self.buf = Vec::with_capacity(c.total.min(SNAPSHOT_CHUNK_BYTES as u64 * 64) as usize);
+        }
+        if self.transfer != Some((c.transfer, c.total)) || c.offset != self.buf.len() as u64 {
+            self.transfer = None;
+            self.buf = Vec::new();
+            return Err(CodecError::Invalid { what: "snapshot chunk", detail: "out of order".into() });
+        }
+        if self.buf.len() as u64 + c.data.len() as u64 > c.total {
+            return Err(CodecError::Invalid { what: "snapshot chunk", detail: "longer than announced".into() });
+        }
+        self.buf.extend_from_slice(&c.data);
+        if (self.buf.len() as u64) < c.total {
+            return Ok(None);
+        }
+        self.transfer = None;
+        let bytes = std::mem::take(&mut self.buf);
+        let m = RaftMessage::parse_from_bytes(&bytes)
+            .map_err(|e| CodecError::Invalid { what: "snapshot message", detail: e.to_string() })?;
+        Ok(Some((c.shard, m)))
+    }
+}
+
+fn string(r: &mut Reader<'_>, what: &'static str) -> Result<String, CodecError> {
+    let b = r.bytes(what)?;
+    String::from_utf8(b.to_vec()).map_err(|e| CodecError::Invalid { what, detail: e.to_string() })
+}
+
+fn put_opt(w: &mut Writer, v: Option<u64>) {
+    match v {
+        None => w.u8(0),
+        Some(v) => {
+            w.u8(1);
+            w.u64(v);
+        }
+    }
+}
+
+fn get_opt(r: &mut Reader<'_>, what: &'static str) -> Result<Option<u64>, CodecError> {
+    match r.u8(what)? {
+        0 => Ok(None),
+        1 => Ok(Some(r.u64(what)?)),
+        tag => Err(CodecError::UnknownTag { what, tag }),
+    }
+}
+
+fn put_op(w: &mut Writer, op: &ShardOp) {
+    match op {
+        ShardOp::Write(cmd) => {
+            w.u8(1);
+            w.bytes(&Proposal::encode_parts(0, cmd));
+        }
+        ShardOp::Read { key, stale } => {
+            w.u8(2);
+            w.bytes(key);
+            w.u8(*stale as u8);
+        }
+        ShardOp::Status => w.u8(3),
+    }
+}
+
+fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
+    Ok(match r.u8("op")? {
+        1 => {
+            let cmd: Command = Proposal::decode(r.bytes("command")?)?.cmd;
+            ShardOp::Write(std::sync::Arc::new(cmd))
+        }
+        2 => ShardOp::Read { key: r.bytes("key")?.to_vec(), stale: r.u8("stale")? != 0 },
+        3 => ShardOp::Status,
+        tag => return Err(CodecError::UnknownTag { what: "op", tag }),
+    })
+}
+
+const ROLES: [&str; 4] = ["leader", "follower", "candidate", "pre_candidate"];
+
+fn put_reply(w: &mut Writer, reply: &ShardReply) {
+    match reply {
+        ShardReply::Outcome(o) => {
+            w.u8(1);
+            match o {
+                Outcome::Written { version } => {
+                    w.u8(1);
+                    w.u64(*version);
+                }
+                Outcome::Deleted { version } => {
+                    w.u8(2);
+                    w.u64(*version);
+                }
+                Outcome::NotFound => w.u8(3),
+                Outcome::PreconditionFailed { current } => {
+                    w.u8(4);
+                    put_opt(w, *current);
+                }
+                Outcome::Expired { count } => {
+                    w.u8(5);
+                    w.u64(*count as u64);
+                }
+            }
+        }
+        ShardReply::Value { value, applied_index } => {
+            w.u8(2);
+            match value {
+                None => w.u8(0),
+                Some(v) => {
+                    w.u8(1);
+                    w.bytes(&v.encode());
+                }
+            }
+            w.u64(*applied_index);
+        }
+        ShardReply::Status(s) => {
+            w.u8(3);
+            w.u64(s.node);
+            w.u64(s.shard);
+            w.u8(ROLES.iter().position(|r| *r == s.role).unwrap_or(1) as u8);
+            w.u64(s.term);
+            put_opt(w, s.leader);
+            w.u64(s.commit_index);
+            w.u64(s.applied_index);
+            w.u64(s.first_index);
+            w.u64(s.last_index);
+            w.u32(s.voters.len() as u32);
+            for v in &s.voters {
+                w.u64(*v);
+            }
+        }
+    }
+}
+
+fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
+    Ok(match r.u8("reply")? {
+        1 => ShardReply::Outcome(match r.u8("outcome")? {
+            1 => Outcome::Written { version: r.u64("version")? },
+            2 => Outcome::Deleted { version: r.u64("version")? },
+            3 => Outcome::NotFound,
+            4 => Outcome::PreconditionFailed { current: get_opt(r, "current version")? },
+            5 => Outcome::Expired { count: r.u64("count")? as usize },
+            tag => return Err(CodecError::UnknownTag { what: "outcome", tag }),
+        }),
+        2 => {
+            let value = match r.u8("value present")? {
+                0 => None,
+                1 => Some(StoredValue::decode(r.bytes("value")?)?),
+                tag => return Err(CodecError::UnknownTag { what: "value present", tag }),
+            };
+            ShardReply::Value { value, applied_index: r.u64("applied index")? }
+        }
+        3 => {
+            let node = r.u64("node")?;
+            let shard = r.u64("shard")?;
+            let role = r.u8("role")?;
+            let role = *ROLES.get(role as usize).ok_or(CodecError::UnknownTag { what: "role", tag: role })?;
+            let term = r.u64("term")?;
+            let leader = get_opt(r, "leader")?;
+            let commit_index = r.u64("commit")?;
+            let applied_index = r.u64("applied")?;
+            let first_index = r.u64("first")?;
+            let last_index = r.u64("last")?;
+            let n = r.u32("voter count")?;
+            let mut voters = Vec::with_capacity((n as usize).min(64));
+            for _ in 0..n {
+                voters.push(r.u64("voter")?);
+            }
+            ShardReply::Status(ReplicaStatus {
+                node,
+                shard,
+                role,
+                term,
+                leader,
+                commit_index,
+                applied_index,
+                first_index,
+                last_index,
+                voters,
+            })
+        }
+        tag => return Err(CodecError::UnknownTag { what: "reply", tag }),
+    })
+}
+
+fn put_error(w: &mut Writer, e: &StoreError) {
+    match e {
+        StoreError::NotLeader { shard, hint } => {
+            w.u8(1);
+            w.u64(*shard);
+            put_opt(w, *hint);
+        }
+        StoreError::Dropped { reason } => {
+            w.u8(2);
+            w.bytes(reason.as_bytes());
+        }
+        StoreError::Unavailable { reason } => {
+            w.u8(3);
+            w.bytes(reason.as_bytes());
+        }
+        StoreError::Unreachable { node } => {
+            w.u8(4);
+            w.u64(*node);
+        }
+        StoreError::Timeout { timeout_ms } => {
+            w.u8(5);
+            w.u64(*timeout_ms);
+        }
+        StoreError::Overloaded { queued, limit } => {
+            w.u8(6);
+            w.u64(*queued as u64);
+            w.u64(*limit as u64);
+        }
+        StoreError::NotFound => w.u8(7),
+        StoreError::PreconditionFailed { current } => {
+            w.u8(8);
+            put_opt(w, *current);
+        }
+        StoreError::TooLarge { what, len, max } => {
+            w.u8(9);
+            w.bytes(what.as_bytes());
+            w.u64(*len as u64);
+            w.u64(*max as u64);
+        }
+        StoreError::BadRequest(s) => {
+            w.u8(10);
+            w.bytes(s.as_bytes());
+        }
+        StoreError::Engine(s) => {
+            w.u8(11);
+            w.bytes(s.as_bytes());
+        }
+        StoreError::Internal(s) => {
+            w.u8(12);
+            w.bytes(s.as_bytes());
+        }
+    }
+}
+
+/// `&'static str` fields cannot come off the wire: map them back onto the
+/// strings this build uses, with a generic fallback.
+fn static_str(s: &str, known: &[&'static str], fallback: &'static str) -> &'static str {
+    known.iter().copied().find(|k| *k == s).unwrap_or(fallback)
+}
+
+const DROP_REASONS: [&str; 2] = ["replica is not an active leader", "entry replaced by a new leader"];
+const TOO_LARGE_WHATS: [&str; 3] = ["key", "value", "request body"];
+
+fn get_error(r: &mut Reader<'_>) -> Result<StoreError, CodecError> {
+    Ok(match r.u8("error")? {
+        1 => StoreError::NotLeader { shard: r.u64("shard")?, hint: get_opt(r, "hint")? },
+        2 => StoreError::Dropped {
+            reason: static_str(&string(r, "reason")?, &DROP_REASONS, "dropped by the remote replica"),
+        },
+        3 => StoreError::Unavailable { reason: string(r, "reason")? },
+        4 => StoreError::Unreachable { node: r.u64("node")? },
+        5 => StoreError::Timeout { timeout_ms: r.u64("timeout")? },
+        6 => StoreError::Overloaded { queued: r.u64("queued")? as usize, limit: r.u64("limit")? as usize },
+        7 => StoreError::NotFound,
+        8 => StoreError::PreconditionFailed { current: get_opt(r, "current")? },
+        9 => StoreError::TooLarge {
+            what: static_str(&string(r, "what")?, &TOO_LARGE_WHATS, "input"),
+            len: r.u64("len")? as usize,
+            max: r.u64("max")? as usize,
+        },
+        10 => StoreError::BadRequest(string(r, "message")?),
+        11 => StoreError::Engine(string(r, "message")?),
+        12 => StoreError::Internal(string(r, "message")?),
+        tag => return Err(CodecError::UnknownTag { what: "error", tag }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use raft::eraftpb::{Entry, MessageType, Snapshot};
+    use ringstore_shared::command::Precondition;
+
+    use super::*;
+
+    /// Splits a buffer of frames back into bodies, checking each header.
+    fn bodies(mut buf: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let len = frame_len(buf[..4].try_into().unwrap()).unwrap();
+            out.push(buf[4..4 + len].to_vec());
+            buf = &buf[4 + len..];
+        }
+        out
+    }
+
+    fn one(buf: &[u8]) -> Frame {
+        let b = bodies(buf);
+        assert_eq!(b.len(), 1);
+        decode(&b[0]).unwrap()
+    }
+
+    #[test]
+    fn hello_round_trip_and_checks() {
+        let h = Hello { cluster_id: 7, from: 2, to: 1 };
+        let mut buf = Vec::new();
+        encode_hello(&mut buf, &h);
+        let Frame::Hello(back) = one(&buf) else { panic!("not a hello") };
+        assert_eq!(back, h);
+        assert_eq!(check_hello(&h, 7, 1, &[1, 2, 3]), Ok(()));
+        assert_eq!(check_hello(&h, 8, 1, &[1, 2, 3]), Err(RejectReason::ClusterMismatch));
+        assert_eq!(check_hello(&h, 7, 3, &[1, 2, 3]), Err(RejectReason::WrongNode));
+        assert_eq!(check_hello(&h, 7, 1, &[1, 3]), Err(RejectReason::UnknownPeer));
+        let mut buf = Vec::new();
+        encode_reject(&mut buf, RejectReason::ClusterMismatch, "cluster 8");
+        match one(&buf) {
+            Frame::Reject { reason, detail } => {
+                assert_eq!(reason, RejectReason::ClusterMismatch);
+                assert_eq!(detail, "cluster 8");
+            }
+            f => panic!("{f:?}"),
+        }
+    }
+
+    #[test]
+    fn raft_frames_split_large_batches() {
+        let msgs: Vec<RaftMessage> = (0..6)
+            .map(|i| {
+                let mut m = RaftMessage::default();
+                m.set_msg_type(MessageType::MsgAppend);
+                m.to = 2;
+                m.index = i;
+                let e = Entry { data: vec![i as u8; 1024 * 1024].into(), ..Default::default() };
+                m.entries = vec![e].into();
+                m
+            })
+            .collect();
+        let mut buf = Vec::new();
+        encode_raft(&mut buf, 5, &msgs).unwrap();
+        let frames = bodies(&buf);
+        assert!(frames.len() >= 2, "6 MiB must not go in one frame");
+        let mut back = Vec::new();
+        for b in frames {
+            assert!(b.len() <= FRAME_BYTES_MAX);
+            match decode(&b).unwrap() {
+                Frame::Raft { shard, msgs } => {
+                    assert_eq!(shard, 5);
+                    back.extend(msgs);
+                }
+                f => panic!("{f:?}"),
+            }
+        }
+        assert_eq!(back, msgs);
+    }
+
+    #[test]
+    fn snapshot_chunks_reassemble() {
+        let mut m = RaftMessage::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.to = 3;
+        let mut s = Snapshot {
+            data: (0..3 * SNAPSHOT_CHUNK_BYTES + 17).map(|i| i as u8).collect::<Vec<u8>>().into(),
+            ..Default::default()
+        };
+        s.mut_metadata().index = 99;
+        m.set_snapshot(s);
+        let mut buf = Vec::new();
+        encode_snapshot(&mut buf, 1, 42, &m).unwrap();
+        let frames = bodies(&buf);
+        assert_eq!(frames.len(), 4);
+        let mut r = Reassembly::default();
+        let mut done = None;
+        for (i, b) in frames.iter().enumerate() {
+            let Frame::SnapshotChunk(c) = decode(b).unwrap() else { panic!("not a chunk") };
+            let got = r.accept(c).unwrap();
+            assert_eq!(got.is_some(), i == 3);
+            done = done.or(got);
+        }
+        let (shard, back) = done.unwrap();
+        assert_eq!(shard, 1);
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn snapshot_chunks_out_of_order_or_oversized_are_refused() {
+        let mut r = Reassembly::default();
+        let c = |offset, total, len| SnapshotChunk { shard: 1, transfer: 1, total, offset, data: vec![0; len] };
+        assert!(r.accept(c(5, 10, 5)).is_err(), "must start at offset 0");
+        assert_eq!(r.accept(c(0, 10, 4)).unwrap(), None);
+        assert!(r.accept(c(5, 10, 5)).is_err(), "gap");
+        assert!(r.accept(c(0, SNAPSHOT_BYTES_MAX + 1, 1)).is_err());
+        assert!(r.accept(c(0, 10, 11)).is_err(), "longer than announced");
+    }
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let ops = [
+            ShardOp::Write(Arc::new(Command::Put {
+                key: b"k".to_vec(),
+                value: vec![1, 2, 3],
+                ttl_ms: Some(5),
+                cond: Precondition::IfVersion(9),
+            })),
+            ShardOp::Read { key: "ключ".as_bytes().to_vec(), stale: true },
+            ShardOp::Status,
+        ];
+        for op in ops {
+            let mut buf = Vec::new();
+            encode_request(&mut buf, 11, 1, &op);
+            match one(&buf) {
+                Frame::Request { id, shard, op: back } => {
+                    assert_eq!((id, shard), (11, 1));
+                    assert_eq!(format!("{back:?}"), format!("{op:?}"));
+                }
+                f => panic!("{f:?}"),
+            }
+        }
+        let results: Vec<ShardResult> = vec![
+            Ok(ShardReply::Outcome(Outcome::Written { version: 3 })),
+            Ok(ShardReply::Outcome(Outcome::PreconditionFailed { current: None })),
+            Ok(ShardReply::Value {
+                value: Some(StoredValue { version: 4, expires_at_ms: Some(9), data: b"v".to_vec() }),
+                applied_index: 8,
+            }),
+            Ok(ShardReply::Value { value: None, applied_index: 1 }),
+            Ok(ShardReply::Status(ReplicaStatus {
+                node: 1,
+                shard: 1,
+                role: "candidate",
+                term: 4,
+                leader: None,
+                commit_index: 5,
+                applied_index: 5,
+                first_index: 1,
+                last_index: 6,
+                voters: vec![1, 2, 3],
+            })),
+            Err(StoreError::NotLeader { shard: 1, hint: Some(3) }),
+            Err(StoreError::Dropped { reason: "entry replaced by a new leader" }),
+            Err(StoreError::Unavailable { reason: "x".into() }),
+            Err(StoreError::Overloaded { queued: 5, limit: 4 }),
+            Err(StoreError::PreconditionFailed { current: Some(2) }),
+            Err(StoreError::TooLarge { what: "value", len: 2, max: 1 }),
+            Err(StoreError::NotFound),
+        ];
+        for res in results {
+            let mut buf = Vec::new();
+            encode_response(&mut buf, 77, &res);
+            match one(&buf) {
+                Frame::Response { id, result } => {
+                    assert_eq!(id, 77);
+                    assert_eq!(format!("{result:?}"), format!("{res:?}"));
+                }
+                f => panic!("{f:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_headers_and_garbage_are_errors_not_panics() {
+        assert!(frame_len(0u32.to_be_bytes()).is_err());
+        assert!(frame_len(((FRAME_BYTES_MAX + 1) as u32).to_be_bytes()).is_err());
+        assert!(frame_len(u32::MAX.to_be_bytes()).is_err());
+        // Every truncation of every valid frame, and deterministic junk.
+        let mut buf = Vec::new();
+        encode_hello(&mut buf, &Hello { cluster_id: 1, from: 2, to: 3 });
+        encode_request(&mut buf, 1, 1, &ShardOp::Read { key: b"abc".to_vec(), stale: false });
+        encode_response(&mut buf, 1, &Err(StoreError::Internal("x".into())));
+        for body in bodies(&buf) {
+            for cut in 0..body.len() {
+                assert!(decode(&body[..cut]).is_err());
+            }
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let junk: Vec<u8> = x.to_le_bytes().iter().cycle().take((x % 64) as usize).copied().collect();
+            let _ = decode(&junk);
+        }
+    }
+}

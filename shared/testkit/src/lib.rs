@@ -1,0 +1,238 @@
+//! Fixtures for tests and benchmarks that need real processes: a child
+//! that dies with its handle, free ports, and [`ProcCluster`], a cluster of
+//! `ringstore node` processes on 127.0.0.1 that can be killed (`-9`),
+//! paused (`-STOP`/`-CONT`), stopped gracefully (`-TERM`) and restarted
+//! with the same data dir. Each node's stdout and stderr go to
+//! `<dir>/node-<id>.log`, kept across restarts.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// A child process killed and reaped when dropped, so a failing test
+/// leaves nothing running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+pub type NodeId = u64;
+
+struct ProcNode {
+    child: Option<KillOnDrop>,
+    http: u16,
+    peer: u16,
+}
+
+pub struct ProcCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    nodes: BTreeMap<NodeId, ProcNode>,
+    initial_cluster: String,
+    extra: Vec<String>,
+}
+
+impl ProcCluster {
+    /// Starts `n` nodes (ids 1..=n) of the `ringstore` binary `bin`, each
+    /// with `extra` flags, data under a new temp dir (or `dir`).
+    pub fn start(bin: &Path, n: u64, extra: &[&str], dir: Option<&Path>) -> anyhow::Result<Self> {
+        let (temp, dir) = match dir {
+            Some(d) => (None, d.to_path_buf()),
+            None => {
+                let t = tempfile::tempdir()?;
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            nodes.insert(id, ProcNode { child: None, http: free_port(), peer: free_port() });
+        }
+        let initial_cluster =
+            nodes.iter().map(|(id, p)| format!("{id}=127.0.0.1:{}", p.peer)).collect::<Vec<_>>().join(",");
+        let mut c = ProcCluster {
+            bin: bin.to_path_buf(),
+            dir,
+            _temp: temp,
+            nodes,
+            initial_cluster,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            c.spawn(id)?;
+        }
+        Ok(c)
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.join(format!("node-{id}"))
+    }
+
+    pub fn log_path(&self, id: NodeId) -> PathBuf {
+        self.dir.join(format!("node-{id}.log"))
+    }
+
+    pub fn log(&self, id: NodeId) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    pub fn url(&self, id: NodeId) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[&id].http)
+    }
+
+    pub fn peer_port(&self, id: NodeId) -> u16 {
+        self.nodes[&id].peer
+    }
+
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial_cluster
+    }
+
+    /// The flags node `id` runs with.
+    pub fn args(&self, id: NodeId) -> Vec<String> {
+        let n = &self.nodes[&id];
+        let mut a = vec![
+            "node".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            self.data_dir(id).display().to_string(),
+            "--http".into(),
+            format!("127.0.0.1:{}", n.http),
+            "--peer-addr".into(),
+            format!("127.0.0.1:{}", n.peer),
+            "--initial-cluster".into(),
+            self.initial_cluster.clone(),
+        ];
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    /// A `ringstore` command with stdout and stderr appended to `log`.
+    pub fn command(&self, args: &[String], log: &Path) -> anyhow::Result<Command> {
+        let out = OpenOptions::new().create(true).append(true).open(log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env("RINGSTORE_LOG", std::env::var("RINGSTORE_LOG").unwrap_or_else(|_| "info,raft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        Ok(cmd)
+    }
+
+    /// (Re)starts node `id` with its usual flags.
+    pub fn spawn(&mut self, id: NodeId) -> anyhow::Result<()> {
+        self.spawn_with(id, &self.args(id))
+    }
+
+    pub fn spawn_with(&mut self, id: NodeId, args: &[String]) -> anyhow::Result<()> {
+        if self.is_running(id) {
+            bail!("node {id} is already running");
+        }
+        let child = self.command(args, &self.log_path(id))?.spawn().with_context(|| format!("{:?}", self.bin))?;
+        self.nodes.get_mut(&id).context("unknown node")?.child = Some(KillOnDrop(child));
+        Ok(())
+    }
+
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.child.is_some())
+    }
+
+    pub fn pid(&self, id: NodeId) -> Option<u32> {
+        self.nodes.get(&id)?.child.as_ref().map(|c| c.0.id())
+    }
+
+    fn signal(&self, id: NodeId, sig: &str) -> anyhow::Result<()> {
+        let pid = self.pid(id).with_context(|| format!("node {id} is not running"))?;
+        let ok = Command::new("kill").args([sig, &pid.to_string()]).status()?.success();
+        anyhow::ensure!(ok, "kill {sig} {pid} failed");
+        Ok(())
+    }
+
+    /// `kill -9`, and reaps the process.
+    pub fn kill9(&mut self, id: NodeId) -> anyhow::Result<()> {
+        self.signal(id, "-KILL")?;
+        if let Some(mut c) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            c.0.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn pause(&self, id: NodeId) -> anyhow::Result<()> {
+        self.signal(id, "-STOP")
+    }
+
+    pub fn resume(&self, id: NodeId) -> anyhow::Result<()> {
+        self.signal(id, "-CONT")
+    }
+
+    /// SIGTERM, then waits up to `within` for the exit status.
+    pub fn terminate(&mut self, id: NodeId, within: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal(id, "-TERM")?;
+        let mut c = self.nodes.get_mut(&id).and_then(|n| n.child.take()).context("not running")?;
+        let start = Instant::now();
+        loop {
+            if let Some(s) = c.0.try_wait()? {
+                return Ok(s);
+            }
+            if start.elapsed() > within {
+                bail!("node {id} did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Node `id`'s view of its shard (`/readyz` carries it), if it answers.
+    pub async fn replica(&self, id: NodeId) -> Option<serde_json::Value> {
+        let client = awc::Client::builder().timeout(Duration::from_secs(1)).finish();
+        let mut res = client.get(format!("{}/readyz", self.url(id))).send().await.ok()?;
+        let body: serde_json::Value = res.json().await.ok()?;
+        body["shards"].get(0).cloned()
+    }
+
+    /// The leader with the highest term among running nodes, waiting up to `within`.
+    pub async fn wait_leader(&self, within: Duration) -> anyhow::Result<NodeId> {
+        let start = Instant::now();
+        loop {
+            let mut best: Option<(u64, NodeId)> = None;
+            for id in self.ids().into_iter().filter(|i| self.is_running(*i)) {
+                if let Some(r) = self.replica(id).await {
+                    if r["role"] == "leader" {
+                        let term = r["term"].as_u64().unwrap_or(0);
+                        best = best.max(Some((term, id)));
+                    }
+                }
+            }
+            if let Some((_, id)) = best {
+                return Ok(id);
+            }
+            if start.elapsed() > within {
+                bail!("no leader within {within:?}");
+            }
+            actix_rt::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
