@@ -2,10 +2,12 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: run test deps build lint fmt bench
+.PHONY: run test deps build lint fmt bench bench-cluster
 
+# Builds the whole workspace so features unify as in `make test` (building a
+# subset can re-run RocksDB's build script).
 run: deps
-	$(ENV) cargo run --release -p ringstore -- dev
+	$(ENV) cargo build --release --workspace --bins && "$$CARGO_TARGET_DIR/release/ringstore" dev
 
 test: deps
 	$(ENV) cargo fmt --all -- --check
@@ -25,3 +27,7 @@ fmt:
 # The foundation benchmark: ringstore dev under 64 writers vs raw RocksDB.
 bench: deps
 	$(ENV) loadtest/bench-foundation.sh
+
+# Three `ringstore node` processes beside `ringstore dev`, and failover after kill -9.
+bench-cluster: deps
+	$(ENV) loadtest/bench-cluster.sh

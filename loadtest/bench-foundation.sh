@@ -12,7 +12,7 @@ source scripts/env.sh
 DURATION="${1:-30s}"
 OUT=loadtest/out
 mkdir -p "$OUT"
-cargo build --release -p ringstore -p ringstore-loadtest >/dev/null
+cargo build --release --workspace --bins >/dev/null
 BIN="$CARGO_TARGET_DIR/release"
 DATA="$(mktemp -d "${TMPDIR:-/tmp}/ringstore-bench.XXXXXX")"
 PORT=18080

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # ringstore beside etcd, same machine, same run, same load generator, each
 # through its native protocol: a 3-member etcd (Debian's etcd-server) and a
-# 3-node ringstore (`ringstore dev`) on 127.0.0.1. Both fsync every commit.
+# 3-node ringstore (three `ringstore node` processes on the TCP peer
+# transport) on 127.0.0.1. Both fsync every commit; clients of both are
+# spread over the three members.
 # Runs workloads A, C and W (64 clients, uniform keys, 256 B values) against
 # each, stops both, prints a side-by-side table with ratios and writes JSON
 # reports and SVG plots to loadtest/out/compare/.
@@ -16,7 +18,7 @@ CLIENTS="${2:-64}"
 KEYS=10000
 OUT=loadtest/out/compare
 mkdir -p "$OUT"
-cargo build --release -p ringstore -p ringstore-loadtest >/dev/null
+cargo build --release --workspace --bins >/dev/null
 BIN="$CARGO_TARGET_DIR/release"
 DATA="$(mktemp -d "${TMPDIR:-/tmp}/ringstore-compare.XXXXXX")"
 PIDS=()
@@ -44,17 +46,22 @@ for _ in $(seq 1 100); do
 done
 curl -sf http://127.0.0.1:12379/health | grep -q '"health":"true"' || { echo "etcd did not become healthy"; exit 1; }
 
-# --- ringstore: three nodes ------------------------------------------------
-"$BIN/ringstore" dev --data-dir "$DATA/ringstore" --http 127.0.0.1:18080 --http-workers 2 --log warn \
-  >"$OUT/ringstore.log" 2>&1 &
-RS_PID=$!
-PIDS+=($RS_PID)
-RS="http://127.0.0.1:18080,http://127.0.0.1:18081,http://127.0.0.1:18082"
-for _ in $(seq 1 100); do
-  curl -sf http://127.0.0.1:18080/readyz >/dev/null && break
-  sleep 0.1
+# --- ringstore: three `ringstore node` processes --------------------------
+IC="1=127.0.0.1:18191,2=127.0.0.1:18192,3=127.0.0.1:18193"
+RS=""
+for i in 1 2 3; do
+  "$BIN/ringstore" node --id $i --data-dir "$DATA/ringstore-$i" --http "127.0.0.1:1818$i" \
+    --peer-addr "127.0.0.1:1819$i" --initial-cluster "$IC" --log warn >"$OUT/ringstore-$i.log" 2>&1 &
+  PIDS+=($!)
+  RS="${RS:+$RS,}http://127.0.0.1:1818$i"
 done
-curl -sf http://127.0.0.1:18080/readyz >/dev/null || { echo "ringstore did not become ready"; exit 1; }
+for i in 1 2 3; do
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:1818$i/readyz" >/dev/null && break
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:1818$i/readyz" >/dev/null || { echo "ringstore node $i did not become ready"; exit 1; }
+done
 
 run() { # system endpoints workload preload
   "$BIN/ringstore-loadtest" --system "$1" --endpoints "$2" --workload "$3" --clients "$CLIENTS" \

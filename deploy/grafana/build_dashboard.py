@@ -39,6 +39,18 @@ PANELS = [
     ("Peer traffic: Raft messages", "short", [
         ('sum by (node) (rate(ringstore_raft_messages_sent_total[1m]))', "sent/s node {{node}}"),
         ('sum by (reason) (rate(ringstore_raft_messages_dropped_total[1m]))', "dropped/s {{reason}}")]),
+    ("Peer transport: bytes per second", "Bps", [
+        ('sum by (node, peer) (rate(ringstore_peer_sent_bytes_total[1m]))', "sent {{node}} -> {{peer}}"),
+        ('sum by (node) (rate(ringstore_peer_received_bytes_total[1m]))', "received node {{node}}")]),
+    ("Peer transport: queues, drops, reconnects", "short", [
+        ('max by (node, peer) (ringstore_peer_queue_depth)', "queue {{node}} -> {{peer}}"),
+        ('sum by (reason) (rate(ringstore_peer_dropped_total[1m]))', "dropped/s {{reason}}"),
+        ('sum by (node, peer) (increase(ringstore_peer_connects_total{result!="ok"}[5m]))', "failed connects {{node}} -> {{peer}} /5m"),
+        ('sum by (reason) (increase(ringstore_peer_refused_total[5m]))', "refused {{reason}} /5m"),
+        ('min by (node, peer) (ringstore_peer_connected)', "connected {{node}} -> {{peer}}")]),
+    ("Forwarded requests and snapshot chunks", "ops", [
+        ('sum by (node) (rate(ringstore_peer_forwarded_requests_total[1m]))', "forwarded/s node {{node}}"),
+        ('sum by (direction) (rate(ringstore_peer_snapshot_chunks_total[1m]))', "snapshot chunks/s {{direction}}")]),
     ("Router retries, snapshots, compactions", "short", [
         ('sum by (reason) (rate(ringstore_router_retries_total[1m]))', "retry {{reason}}"),
         ('sum by (kind) (increase(ringstore_raft_snapshots_total[5m]))', "snapshots {{kind}} /5m"),

@@ -5,17 +5,57 @@
 //! index of the entry and the leader's stamp. Every replica calls it with
 //! the same inputs and so writes the same bytes.
 
-use crate::command::{Command, Precondition, Proposal};
+use crate::command::{Command, Fence, Precondition, Proposal};
+use crate::lock::{self, FenceRecord, LockOutcome, LockRecord};
 use crate::value::StoredValue;
+
+/// The replica state `decide` reads: values, lock records and fences.
+pub trait State {
+    fn value(&mut self, key: &[u8]) -> Option<StoredValue>;
+    fn lock(&mut self, name: &str) -> Option<LockRecord>;
+    fn fences(&mut self, key: &[u8]) -> Option<FenceRecord>;
+}
+
+/// A value lookup alone is a state without locks or fences (tests).
+impl<F: FnMut(&[u8]) -> Option<StoredValue>> State for F {
+    fn value(&mut self, key: &[u8]) -> Option<StoredValue> {
+        self(key)
+    }
+    fn lock(&mut self, _: &str) -> Option<LockRecord> {
+        None
+    }
+    fn fences(&mut self, _: &[u8]) -> Option<FenceRecord> {
+        None
+    }
+}
 
 /// What the client is told about an applied command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Written { version: u64 },
-    Deleted { version: u64 },
+    Written {
+        version: u64,
+    },
+    Deleted {
+        version: u64,
+    },
     NotFound,
-    PreconditionFailed { current: Option<u64> },
-    Expired { count: usize },
+    PreconditionFailed {
+        current: Option<u64>,
+    },
+    Expired {
+        count: usize,
+    },
+    /// A lock command's result, with the stamp it was decided at (so the
+    /// reply can say how much of the lease is left).
+    Lock {
+        outcome: LockOutcome,
+        now_ms: u64,
+    },
+    /// A fenced write refused: the key saw `highest` from this lock.
+    Fenced {
+        lock: String,
+        highest: u64,
+    },
 }
 
 /// A change to one user key.
@@ -23,6 +63,8 @@ pub enum Outcome {
 pub enum Effect {
     Put { key: Vec<u8>, value: StoredValue },
     Delete { key: Vec<u8> },
+    PutLock { name: String, record: LockRecord },
+    PutFences { key: Vec<u8>, record: FenceRecord },
 }
 
 fn live(v: Option<StoredValue>, now_ms: u64) -> Option<StoredValue> {
@@ -42,43 +84,68 @@ fn check(cond: Precondition, current: Option<&StoredValue>) -> Result<(), Outcom
     }
 }
 
-/// Applies `proposal`, committed at Raft `index`, to the state that
-/// `lookup` shows. Consumes the proposal so values move without copying.
-pub fn decide(
-    proposal: Proposal,
-    index: u64,
-    mut lookup: impl FnMut(&[u8]) -> Option<StoredValue>,
-) -> (Vec<Effect>, Outcome) {
+/// Checks a fence; `Ok(Some(effect))` records it if the write goes ahead.
+fn fence_check(state: &mut impl State, key: &[u8], fence: &Option<Fence>) -> Result<Option<Effect>, Outcome> {
+    let Some(f) = fence else { return Ok(None) };
+    let mut record = state.fences(key).unwrap_or_default();
+    if let Err(highest) = record.check(&f.lock, f.token) {
+        return Err(Outcome::Fenced { lock: f.lock.clone(), highest });
+    }
+    record.record(&f.lock, f.token);
+    Ok(Some(Effect::PutFences { key: key.to_vec(), record }))
+}
+
+/// Applies `proposal`, committed at Raft `index` in `term`, to `state`.
+/// Consumes the proposal so values move without copying.
+pub fn decide(proposal: Proposal, index: u64, term: u64, state: &mut impl State) -> (Vec<Effect>, Outcome) {
     let now = proposal.stamp_ms;
+    let lock_effect = |name: String, rec: Option<LockRecord>| rec.map(|record| Effect::PutLock { name, record });
     match proposal.cmd {
-        Command::Put { key, value, ttl_ms, cond } => {
-            let current = live(lookup(&key), now);
+        Command::Put { key, value, ttl_ms, cond, fence } => {
+            let fenced = match fence_check(state, &key, &fence) {
+                Ok(f) => f,
+                Err(o) => return (vec![], o),
+            };
+            let current = live(state.value(&key), now);
             if let Err(o) = check(cond, current.as_ref()) {
                 return (vec![], o);
             }
             let value =
                 StoredValue { version: index, expires_at_ms: ttl_ms.map(|t| now.saturating_add(t)), data: value };
-            (vec![Effect::Put { key, value }], Outcome::Written { version: index })
+            let mut effects = vec![Effect::Put { key, value }];
+            effects.extend(fenced);
+            (effects, Outcome::Written { version: index })
         }
-        Command::Delete { key, cond } => {
-            let stored = lookup(&key);
+        Command::Delete { key, cond, fence } => {
+            let fenced = match fence_check(state, &key, &fence) {
+                Ok(f) => f,
+                Err(o) => return (vec![], o),
+            };
+            let stored = state.value(&key);
             let had_record = stored.is_some();
             let current = live(stored, now);
             if let Err(o) = check(cond, current.as_ref()) {
                 return (vec![], o);
             }
+            let mut effects: Vec<Effect> = fenced.into_iter().collect();
             match current {
-                Some(c) => (vec![Effect::Delete { key }], Outcome::Deleted { version: c.version }),
+                Some(c) => {
+                    effects.push(Effect::Delete { key });
+                    (effects, Outcome::Deleted { version: c.version })
+                }
                 // An expired record is removed even though the client is
                 // told the key was not there.
-                None if had_record => (vec![Effect::Delete { key }], Outcome::NotFound),
-                None => (vec![], Outcome::NotFound),
+                None if had_record => {
+                    effects.push(Effect::Delete { key });
+                    (effects, Outcome::NotFound)
+                }
+                None => (effects, Outcome::NotFound),
             }
         }
         Command::Expire { keys } => {
             let mut effects = Vec::new();
             for (key, version) in keys {
-                if let Some(v) = lookup(&key) {
+                if let Some(v) = state.value(&key) {
                     if v.version == version && v.is_expired_at(now) {
                         effects.push(Effect::Delete { key });
                     }
@@ -86,6 +153,35 @@ pub fn decide(
             }
             let count = effects.len();
             (effects, Outcome::Expired { count })
+        }
+        Command::LockAcquire { name, owner, ttl_ms } => {
+            let (rec, outcome) = lock::acquire(state.lock(&name), &owner, ttl_ms, now, index, term);
+            (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
+        }
+        Command::LockRelease { name, owner, token } => {
+            let (rec, outcome) = lock::release(state.lock(&name), &owner, token);
+            let outcome = match outcome {
+                // Tell the caller who holds it instead.
+                LockOutcome::Conflict { .. } => {
+                    LockOutcome::Conflict { holder: state.lock(&name).and_then(|r| r.holder) }
+                }
+                o => o,
+            };
+            (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
+        }
+        Command::LockRefresh { name, owner, token, ttl_ms } => {
+            let (rec, outcome) = lock::refresh(state.lock(&name), &owner, token, ttl_ms, now, term);
+            let outcome = match outcome {
+                LockOutcome::Conflict { .. } => {
+                    LockOutcome::Conflict { holder: state.lock(&name).and_then(|r| r.holder) }
+                }
+                o => o,
+            };
+            (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
+        }
+        Command::LockExpire { name, token } => {
+            let (rec, outcome) = lock::expire(state.lock(&name), token, now);
+            (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
     }
 }
@@ -96,19 +192,33 @@ mod tests {
     use std::collections::HashMap;
 
     fn put(key: &str, cond: Precondition, ttl: Option<u64>, stamp: u64) -> Proposal {
-        Proposal { stamp_ms: stamp, cmd: Command::Put { key: key.into(), value: b"v".to_vec(), ttl_ms: ttl, cond } }
+        Proposal {
+            stamp_ms: stamp,
+            cmd: Command::Put { key: key.into(), value: b"v".to_vec(), ttl_ms: ttl, cond, fence: None },
+        }
     }
 
     fn del(key: &str, cond: Precondition, stamp: u64) -> Proposal {
-        Proposal { stamp_ms: stamp, cmd: Command::Delete { key: key.into(), cond } }
+        Proposal { stamp_ms: stamp, cmd: Command::Delete { key: key.into(), cond, fence: None } }
     }
 
-    /// A tiny state machine over a HashMap, to run sequences of commands.
+    /// A tiny state machine over HashMaps, to run sequences of commands.
     #[derive(Default)]
-    struct Sm(HashMap<Vec<u8>, StoredValue>);
+    struct Sm(HashMap<Vec<u8>, StoredValue>, HashMap<String, LockRecord>, HashMap<Vec<u8>, FenceRecord>);
+    impl State for Sm {
+        fn value(&mut self, key: &[u8]) -> Option<StoredValue> {
+            self.0.get(key).cloned()
+        }
+        fn lock(&mut self, name: &str) -> Option<LockRecord> {
+            self.1.get(name).cloned()
+        }
+        fn fences(&mut self, key: &[u8]) -> Option<FenceRecord> {
+            self.2.get(key).cloned()
+        }
+    }
     impl Sm {
         fn run(&mut self, p: Proposal, index: u64) -> Outcome {
-            let (effects, outcome) = decide(p, index, |k| self.0.get(k).cloned());
+            let (effects, outcome) = decide(p, index, 1, self);
             for e in effects {
                 match e {
                     Effect::Put { key, value } => {
@@ -117,10 +227,83 @@ mod tests {
                     Effect::Delete { key } => {
                         self.0.remove(&key);
                     }
+                    Effect::PutLock { name, record } => {
+                        self.1.insert(name, record);
+                    }
+                    Effect::PutFences { key, record } => {
+                        self.2.insert(key, record);
+                    }
                 }
             }
             outcome
         }
+    }
+
+    fn fenced_put(key: &str, lock: &str, token: u64) -> Proposal {
+        Proposal {
+            stamp_ms: 0,
+            cmd: Command::Put {
+                key: key.into(),
+                value: token.to_string().into_bytes(),
+                ttl_ms: None,
+                cond: Precondition::Always,
+                fence: Some(Fence { lock: lock.into(), token }),
+            },
+        }
+    }
+
+    #[test]
+    fn a_stale_holder_cannot_overwrite_its_successor() {
+        let mut sm = Sm::default();
+        assert_eq!(sm.run(fenced_put("k", "l", 5), 10), Outcome::Written { version: 10 });
+        assert_eq!(sm.run(fenced_put("k", "l", 9), 11), Outcome::Written { version: 11 });
+        assert_eq!(sm.run(fenced_put("k", "l", 5), 12), Outcome::Fenced { lock: "l".into(), highest: 9 });
+        assert_eq!(sm.0[b"k".as_slice()].data, b"9", "the successor's value stays");
+        let stale_delete = Proposal {
+            stamp_ms: 0,
+            cmd: Command::Delete {
+                key: b"k".to_vec(),
+                cond: Precondition::Always,
+                fence: Some(Fence { lock: "l".into(), token: 5 }),
+            },
+        };
+        assert_eq!(sm.run(stale_delete, 13), Outcome::Fenced { lock: "l".into(), highest: 9 });
+        // Unfenced writes and other locks are not affected.
+        assert_eq!(sm.run(fenced_put("k", "other", 1), 14), Outcome::Written { version: 14 });
+        assert_eq!(sm.run(put("k", Precondition::Always, None, 0), 15), Outcome::Written { version: 15 });
+    }
+
+    #[test]
+    fn lock_commands_through_decide() {
+        let mut sm = Sm::default();
+        let acq = |owner: &str| Proposal {
+            stamp_ms: 100,
+            cmd: Command::LockAcquire { name: "n".into(), owner: owner.into(), ttl_ms: 50 },
+        };
+        let Outcome::Lock { outcome: LockOutcome::Granted { token, .. }, now_ms: 100 } = sm.run(acq("a"), 7) else {
+            panic!("not granted")
+        };
+        assert_eq!(token, 7);
+        match sm.run(acq("b"), 8) {
+            Outcome::Lock { outcome: LockOutcome::Conflict { holder: Some(h) }, .. } => assert_eq!(h.owner, "a"),
+            o => panic!("{o:?}"),
+        }
+        let rel = Proposal { stamp_ms: 100, cmd: Command::LockRelease { name: "n".into(), owner: "b".into(), token } };
+        match sm.run(rel, 9) {
+            Outcome::Lock { outcome: LockOutcome::Conflict { holder: Some(h) }, .. } => assert_eq!(h.owner, "a"),
+            o => panic!("wrong owner must conflict and name the holder: {o:?}"),
+        }
+        let exp = Proposal { stamp_ms: 149, cmd: Command::LockExpire { name: "n".into(), token } };
+        assert_eq!(
+            sm.run(exp.clone(), 10),
+            Outcome::Lock { outcome: LockOutcome::Expired { freed: false }, now_ms: 149 }
+        );
+        let exp = Proposal { stamp_ms: 150, ..exp };
+        assert_eq!(sm.run(exp, 11), Outcome::Lock { outcome: LockOutcome::Expired { freed: true }, now_ms: 150 });
+        let Outcome::Lock { outcome: LockOutcome::Granted { token: t2, .. }, .. } = sm.run(acq("b"), 12) else {
+            panic!("free after expiry")
+        };
+        assert!(t2 > token);
     }
 
     #[test]

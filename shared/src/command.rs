@@ -23,6 +23,14 @@ pub enum Precondition {
     IfAbsent,
 }
 
+/// A write fenced by a lock: refused if the key already accepted a write
+/// fenced by `lock` with a larger token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub lock: String,
+    pub token: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Put {
@@ -30,10 +38,34 @@ pub enum Command {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
         cond: Precondition,
+        fence: Option<Fence>,
     },
     Delete {
         key: Vec<u8>,
         cond: Precondition,
+        fence: Option<Fence>,
+    },
+    LockAcquire {
+        name: String,
+        owner: String,
+        ttl_ms: u64,
+    },
+    LockRelease {
+        name: String,
+        owner: String,
+        token: u64,
+    },
+    LockRefresh {
+        name: String,
+        owner: String,
+        token: u64,
+        ttl_ms: u64,
+    },
+    /// From the leader's lease sweeper: free `name` if `token` still holds
+    /// it and its lease ended at the proposal's stamp.
+    LockExpire {
+        name: String,
+        token: u64,
     },
     /// From the leader's TTL sweeper: delete each key if it still holds
     /// that version and is expired at the proposal's stamp.
@@ -51,6 +83,12 @@ pub struct Proposal {
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_EXPIRE: u8 = 3;
+const TAG_LOCK_ACQUIRE: u8 = 4;
+const TAG_LOCK_RELEASE: u8 = 5;
+const TAG_LOCK_REFRESH: u8 = 6;
+const TAG_LOCK_EXPIRE: u8 = 7;
+const TAG_PUT_FENCED: u8 = 8;
+const TAG_DELETE_FENCED: u8 = 9;
 
 const COND_ALWAYS: u8 = 0;
 const COND_IF_VERSION: u8 = 1;
@@ -65,6 +103,27 @@ fn put_cond(w: &mut Writer, c: Precondition) {
         }
         Precondition::IfAbsent => w.u8(COND_IF_ABSENT),
     }
+}
+
+/// A fenced write has its own tag (the unfenced format is unchanged), and
+/// the fence follows the original fields.
+fn put_fence(w: &mut Writer, f: &Option<Fence>) {
+    if let Some(f) = f {
+        w.bytes(f.lock.as_bytes());
+        w.u64(f.token);
+    }
+}
+
+fn get_fence(r: &mut Reader<'_>, fenced: bool) -> Result<Option<Fence>, CodecError> {
+    if !fenced {
+        return Ok(None);
+    }
+    let lock = string(r, "fence lock")?;
+    Ok(Some(Fence { lock, token: r.u64("fence token")? }))
+}
+
+fn string(r: &mut Reader<'_>, what: &'static str) -> Result<String, CodecError> {
+    String::from_utf8(r.bytes(what)?.to_vec()).map_err(|e| CodecError::Invalid { what, detail: e.to_string() })
 }
 
 fn get_cond(r: &mut Reader<'_>) -> Result<Precondition, CodecError> {
@@ -84,25 +143,55 @@ impl Proposal {
     /// Encodes without building a `Proposal`, so the caller keeps `cmd`.
     pub fn encode_parts(stamp_ms: u64, cmd: &Command) -> Vec<u8> {
         let hint = match cmd {
-            Command::Put { key, value, .. } => key.len() + value.len() + 40,
-            Command::Delete { key, .. } => key.len() + 32,
+            Command::Put { key, value, .. } => key.len() + value.len() + 64,
+            Command::Delete { key, .. } => key.len() + 56,
+            Command::LockAcquire { name, owner, .. }
+            | Command::LockRelease { name, owner, .. }
+            | Command::LockRefresh { name, owner, .. } => name.len() + owner.len() + 48,
+            Command::LockExpire { name, .. } => name.len() + 32,
             Command::Expire { keys } => keys.iter().map(|(k, _)| k.len() + 12).sum::<usize>() + 24,
         };
         let mut w = Writer::with_capacity(hint);
         w.u8(FORMAT_V1);
         w.u64(stamp_ms);
         match cmd {
-            Command::Put { key, value, ttl_ms, cond } => {
-                w.u8(TAG_PUT);
+            Command::Put { key, value, ttl_ms, cond, fence } => {
+                w.u8(if fence.is_some() { TAG_PUT_FENCED } else { TAG_PUT });
                 w.bytes(key);
                 w.bytes(value);
                 w.u64(ttl_ms.unwrap_or(0));
                 put_cond(&mut w, *cond);
+                put_fence(&mut w, fence);
             }
-            Command::Delete { key, cond } => {
-                w.u8(TAG_DELETE);
+            Command::Delete { key, cond, fence } => {
+                w.u8(if fence.is_some() { TAG_DELETE_FENCED } else { TAG_DELETE });
                 w.bytes(key);
                 put_cond(&mut w, *cond);
+                put_fence(&mut w, fence);
+            }
+            Command::LockAcquire { name, owner, ttl_ms } => {
+                w.u8(TAG_LOCK_ACQUIRE);
+                w.bytes(name.as_bytes());
+                w.bytes(owner.as_bytes());
+                w.u64(*ttl_ms);
+            }
+            Command::LockRelease { name, owner, token } => {
+                w.u8(TAG_LOCK_RELEASE);
+                w.bytes(name.as_bytes());
+                w.bytes(owner.as_bytes());
+                w.u64(*token);
+            }
+            Command::LockRefresh { name, owner, token, ttl_ms } => {
+                w.u8(TAG_LOCK_REFRESH);
+                w.bytes(name.as_bytes());
+                w.bytes(owner.as_bytes());
+                w.u64(*token);
+                w.u64(*ttl_ms);
+            }
+            Command::LockExpire { name, token } => {
+                w.u8(TAG_LOCK_EXPIRE);
+                w.bytes(name.as_bytes());
+                w.u64(*token);
             }
             Command::Expire { keys } => {
                 w.u8(TAG_EXPIRE);
@@ -124,18 +213,37 @@ impl Proposal {
         }
         let stamp_ms = r.u64("proposal stamp")?;
         let cmd = match r.u8("command tag")? {
-            TAG_PUT => {
+            tag @ (TAG_PUT | TAG_PUT_FENCED) => {
                 let key = r.bytes("put key")?.to_vec();
                 let value = r.bytes("put value")?.to_vec();
                 let ttl = r.u64("put ttl")?;
                 let cond = get_cond(&mut r)?;
-                Command::Put { key, value, ttl_ms: (ttl != 0).then_some(ttl), cond }
+                let fence = get_fence(&mut r, tag == TAG_PUT_FENCED)?;
+                Command::Put { key, value, ttl_ms: (ttl != 0).then_some(ttl), cond, fence }
             }
-            TAG_DELETE => {
+            tag @ (TAG_DELETE | TAG_DELETE_FENCED) => {
                 let key = r.bytes("delete key")?.to_vec();
                 let cond = get_cond(&mut r)?;
-                Command::Delete { key, cond }
+                let fence = get_fence(&mut r, tag == TAG_DELETE_FENCED)?;
+                Command::Delete { key, cond, fence }
             }
+            TAG_LOCK_ACQUIRE => Command::LockAcquire {
+                name: string(&mut r, "lock name")?,
+                owner: string(&mut r, "lock owner")?,
+                ttl_ms: r.u64("lock ttl")?,
+            },
+            TAG_LOCK_RELEASE => Command::LockRelease {
+                name: string(&mut r, "lock name")?,
+                owner: string(&mut r, "lock owner")?,
+                token: r.u64("lock token")?,
+            },
+            TAG_LOCK_REFRESH => Command::LockRefresh {
+                name: string(&mut r, "lock name")?,
+                owner: string(&mut r, "lock owner")?,
+                token: r.u64("lock token")?,
+                ttl_ms: r.u64("lock ttl")?,
+            },
+            TAG_LOCK_EXPIRE => Command::LockExpire { name: string(&mut r, "lock name")?, token: r.u64("lock token")? },
             TAG_EXPIRE => {
                 let n = r.u64("expire count")?;
                 // Each entry is at least 12 bytes; refuse counts the input
@@ -167,6 +275,7 @@ mod tests {
                     value: vec![],
                     ttl_ms: None,
                     cond: Precondition::Always,
+                    fence: None,
                 },
             },
             Proposal {
@@ -176,9 +285,28 @@ mod tests {
                     value: vec![0; 300],
                     ttl_ms: Some(500),
                     cond: Precondition::IfVersion(42),
+                    fence: Some(Fence { lock: "l".into(), token: 7 }),
                 },
             },
-            Proposal { stamp_ms: 9, cmd: Command::Delete { key: b"k".to_vec(), cond: Precondition::IfAbsent } },
+            Proposal {
+                stamp_ms: 9,
+                cmd: Command::Delete { key: b"k".to_vec(), cond: Precondition::IfAbsent, fence: None },
+            },
+            Proposal {
+                stamp_ms: 9,
+                cmd: Command::Delete {
+                    key: b"k".to_vec(),
+                    cond: Precondition::Always,
+                    fence: Some(Fence { lock: "ü".into(), token: u64::MAX }),
+                },
+            },
+            Proposal { stamp_ms: 1, cmd: Command::LockAcquire { name: "n".into(), owner: "o".into(), ttl_ms: 5 } },
+            Proposal { stamp_ms: 1, cmd: Command::LockRelease { name: "n".into(), owner: "o".into(), token: 5 } },
+            Proposal {
+                stamp_ms: 1,
+                cmd: Command::LockRefresh { name: "n".into(), owner: "".into(), token: 5, ttl_ms: 9 },
+            },
+            Proposal { stamp_ms: 1, cmd: Command::LockExpire { name: "n".into(), token: 5 } },
             Proposal { stamp_ms: 10, cmd: Command::Expire { keys: vec![(b"x".to_vec(), 3), (vec![], 4)] } },
         ]
     }

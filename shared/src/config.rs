@@ -14,6 +14,10 @@ pub struct Limits {
     pub ttl_ms_max: u64,
     /// Proposals plus reads waiting at one replica before it answers 503.
     pub pending_requests_max: usize,
+    /// Longest lock lease a client may ask for (1 hour).
+    pub lock_ttl_ms_max: u64,
+    /// Longest lock owner id.
+    pub lock_owner_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -25,6 +29,8 @@ impl Default for Limits {
             request_timeout_ms_max: 60_000,
             ttl_ms_max: 100 * 365 * 24 * 3600 * 1000,
             pending_requests_max: 16 * 1024,
+            lock_ttl_ms_max: 3_600_000,
+            lock_owner_bytes_max: 256,
         }
     }
 }

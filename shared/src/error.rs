@@ -30,6 +30,10 @@ pub enum StoreError {
     Overloaded { queued: usize, limit: usize },
     #[error("key not found")]
     NotFound,
+    /// A fenced write whose token is below one this key already accepted
+    /// from the same lock: the writer lost the lock.
+    #[error("fenced: key already written under lock {lock:?} with token {highest}")]
+    Fenced { lock: String, highest: u64 },
     #[error("precondition failed: current version is {current:?}")]
     PreconditionFailed { current: Option<u64> },
     #[error("{what} is {len} bytes; the limit is {max} bytes")]

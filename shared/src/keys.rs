@@ -1,5 +1,10 @@
 //! Keys of the `data` column family: `ring_point(key) BE ++ user_key`.
 //!
+//! Lock records and fence records live in the same family, at the ring
+//! point of the lock name or data key, behind the byte [`SYSTEM_PREFIX`]
+//! (0xFE never occurs in UTF-8, and user keys are UTF-8): they move with
+//! their range and ride in snapshots, and never collide with a user key.
+//!
 //! Because the 8-byte ring point leads, one interval of ring points is one
 //! contiguous RocksDB key range: moving a range is a range scan and
 //! dropping one is `delete_range`.
@@ -29,9 +34,62 @@ pub fn split_data_key(data_key: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_be_bytes(a), k))
 }
 
+/// First byte after the ring point of every non-user record.
+pub const SYSTEM_PREFIX: u8 = 0xFE;
+const KIND_LOCK: u8 = b'L';
+const KIND_FENCE: u8 = b'F';
+
+fn system_key(point_of: &[u8], kind: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(RING_POINT_LEN + 2 + rest.len());
+    k.extend_from_slice(&hash64(point_of).to_be_bytes());
+    k.push(SYSTEM_PREFIX);
+    k.push(kind);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// Where the record of lock `name` lives (at the ring point of the name).
+pub fn lock_key(name: &[u8]) -> Vec<u8> {
+    system_key(name, KIND_LOCK, name)
+}
+
+/// Where the fences of data key `user_key` live (beside the key).
+pub fn fence_key(user_key: &[u8]) -> Vec<u8> {
+    system_key(user_key, KIND_FENCE, user_key)
+}
+
+/// Whether the part after the ring point is a user key (not a lock or fence).
+pub fn is_user_key(after_point: &[u8]) -> bool {
+    after_point.first() != Some(&SYSTEM_PREFIX)
+}
+
+/// The lock name of a `data` family key, if it is a lock record.
+pub fn lock_name_of(data_key: &[u8]) -> Option<&[u8]> {
+    let (_, rest) = split_data_key(data_key)?;
+    match rest {
+        [SYSTEM_PREFIX, KIND_LOCK, name @ ..] => Some(name),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_records_never_collide_with_user_keys() {
+        let l = lock_key(b"jobs/nightly");
+        assert_eq!(lock_name_of(&l), Some(b"jobs/nightly".as_slice()));
+        assert_eq!(&l[..8], &hash64(b"jobs/nightly").to_be_bytes());
+        let f = fence_key(b"k");
+        assert_eq!(&f[..8], &data_key(b"k")[..8], "fences sit at their key's ring point");
+        assert_eq!(lock_name_of(&f), None);
+        assert!(!is_user_key(&l[8..]) && !is_user_key(&f[8..]));
+        // No UTF-8 string starts with 0xFE, so no user key is a system key.
+        assert!(std::str::from_utf8(&[SYSTEM_PREFIX]).is_err());
+        assert!(is_user_key(&data_key("ключ".as_bytes())[8..]));
+        assert!(l.as_slice() < [0xff; 9].as_slice());
+    }
 
     #[test]
     fn round_trip_and_point_leads() {

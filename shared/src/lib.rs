@@ -12,6 +12,7 @@
 //! - [`value`]: the stored value record (version, expiry, bytes).
 //! - [`command`]: commands replicated through Raft and their binary codec.
 //! - [`apply`]: the deterministic rules that turn a command into writes.
+//! - [`lock`]: lock and fence records and the lock rules (pure).
 //! - [`error`]: [`StoreError`], the typed error every layer returns.
 //! - [`config`]: limits and timing, each with its unit in its name.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod hash;
 pub mod keys;
+pub mod lock;
 pub mod value;
 
 pub use error::StoreError;

@@ -15,19 +15,24 @@ use ringstore_storage::{ShardOp, ShardReply};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::request::{parse_key, parse_precondition, parse_query, parse_timeout, Consistency};
+use crate::request::{parse_fence, parse_key, parse_precondition, parse_query, parse_timeout, Consistency};
 use crate::ApiState;
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
+pub(crate) fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
     h.get(name).map(|v| v.to_str().map_err(|_| ()))
 }
 
 /// The request deadline; parsed with the other headers, before any body is read.
-fn deadline(req: &HttpRequest, state: &ApiState) -> Result<Duration, ApiError> {
+pub(crate) fn deadline(req: &HttpRequest, state: &ApiState) -> Result<Duration, ApiError> {
     parse_timeout(header(req.headers(), "x-request-timeout"), &state.limits)
 }
 
-async fn route(state: &ApiState, key: Vec<u8>, op: ShardOp, timeout: Duration) -> Result<ShardReply, ApiError> {
+pub(crate) async fn route(
+    state: &ApiState,
+    key: Vec<u8>,
+    op: ShardOp,
+    timeout: Duration,
+) -> Result<ShardReply, ApiError> {
     let routed = state
         .router
         .send(Route { key, op, timeout })
@@ -72,9 +77,10 @@ pub async fn put(
         return Err(ApiError::bad_request("consistency applies to GET only"));
     }
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), true)?;
+    let fence = parse_fence(header(req.headers(), "fencing-token"), &state.limits)?;
     let timeout = deadline(&req, &state)?;
     let value = read_body(&req, payload, state.limits.value_bytes_max).await?;
-    let cmd = Command::Put { key: key.clone(), value, ttl_ms: q.ttl_ms, cond };
+    let cmd = Command::Put { key: key.clone(), value, ttl_ms: q.ttl_ms, cond, fence };
     match route(&state, key, ShardOp::Write(Arc::new(cmd)), timeout).await? {
         ShardReply::Outcome(Outcome::Written { version }) => {
             Ok(HttpResponse::Ok().insert_header(etag(version)).json(json!({ "version": version })))
@@ -114,8 +120,9 @@ pub async fn delete(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
         return Err(ApiError::bad_request("DELETE takes no query parameters"));
     }
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), false)?;
+    let fence = parse_fence(header(req.headers(), "fencing-token"), &state.limits)?;
     let timeout = deadline(&req, &state)?;
-    let cmd = Command::Delete { key: key.clone(), cond };
+    let cmd = Command::Delete { key: key.clone(), cond, fence };
     match route(&state, key, ShardOp::Write(Arc::new(cmd)), timeout).await? {
         ShardReply::Outcome(Outcome::Deleted { version }) => {
             Ok(HttpResponse::Ok().json(json!({ "deleted": true, "version": version })))
@@ -124,6 +131,6 @@ pub async fn delete(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
     }
 }
 
-fn unexpected(reply: ShardReply) -> ApiError {
+pub(crate) fn unexpected(reply: ShardReply) -> ApiError {
     ApiError::from(StoreError::Internal(format!("unexpected shard reply {reply:?}")))
 }

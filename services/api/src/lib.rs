@@ -3,13 +3,15 @@
 //! This is the only place errors become statuses.
 //!
 //! # Layout
-//! - [`kv`]: `PUT/GET/DELETE /v1/kv/{key}`.
+//! - [`kv`]: `PUT/GET/DELETE /v1/kv/{key}` (with `Fencing-Token`).
+//! - [`locks`]: `/v1/locks/{name}` acquire, release, refresh, status.
 //! - [`request`]: pure parsing of keys, query and precondition headers.
 //! - [`error`]: [`ApiError`], the JSON error body and status mapping.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, fallbacks, request metrics.
 
 pub mod error;
 pub mod kv;
+pub mod locks;
 pub mod ops;
 pub mod request;
 
@@ -44,8 +46,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(kv::delete))
             .default_service(web::to(ops::method_not_allowed)),
     )
+    .service(lock_action("acquire", locks::acquire))
+    .service(lock_action("release", locks::release))
+    .service(lock_action("refresh", locks::refresh))
+    .service(
+        web::resource("/v1/locks/{name:.*}")
+            .route(web::get().to(locks::status))
+            .default_service(web::to(ops::method_not_allowed)),
+    )
     .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
     .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
     .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
     .default_service(web::to(ops::not_found));
+}
+
+fn lock_action<F, Args>(action: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(format!("/v1/locks/{{name:.*}}/{action}"))
+        // The body limit is explicit: larger bodies get 413 before parsing.
+        .app_data(web::PayloadConfig::new(locks::LOCK_BODY_BYTES_MAX))
+        .route(web::post().to(handler))
+        .default_service(web::to(ops::method_not_allowed))
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
-use ringstore_shared::command::Precondition;
+use ringstore_shared::command::{Fence, Precondition};
 use ringstore_shared::config::Limits;
 use serde::Deserialize;
 
@@ -29,6 +29,102 @@ pub fn parse_key(raw_path: &str, limits: &Limits) -> Result<Vec<u8>, ApiError> {
         return Err(ApiError::too_large("key", bytes.len(), limits.key_bytes_max));
     }
     Ok(bytes)
+}
+
+pub const LOCKS_PREFIX: &str = "/v1/locks/";
+
+/// The lock name of `/v1/locks/{name}[/action]` from the raw path.
+/// `action` is the verb segment the route matched (`acquire`, ...), if any.
+pub fn parse_lock_name(raw_path: &str, action: Option<&str>, limits: &Limits) -> Result<String, ApiError> {
+    let mut enc = raw_path
+        .strip_prefix(LOCKS_PREFIX)
+        .ok_or_else(|| ApiError::bad_request("lock path must start with /v1/locks/"))?;
+    if let Some(a) = action {
+        enc = enc
+            .strip_suffix(a)
+            .and_then(|e| e.strip_suffix('/'))
+            .ok_or_else(|| ApiError::bad_request(format!("lock path must end with /{a}")))?;
+    }
+    if enc.is_empty() {
+        return Err(ApiError::bad_request("lock name must not be empty"));
+    }
+    let name = percent_decode_str(enc)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("lock name must be valid UTF-8 after percent-decoding"))?
+        .into_owned();
+    if name.len() > limits.key_bytes_max {
+        return Err(ApiError::bad_request(format!(
+            "lock name is {} bytes; the limit is {} bytes",
+            name.len(),
+            limits.key_bytes_max
+        )));
+    }
+    Ok(name)
+}
+
+/// `Fencing-Token: <lock name, percent-encoded>:<token>`.
+pub fn parse_fence(h: Option<Result<&str, ()>>, limits: &Limits) -> Result<Option<Fence>, ApiError> {
+    let Some(v) = h else { return Ok(None) };
+    let bad = || ApiError::bad_request("Fencing-Token must be <lock name>:<token>");
+    let v = v.map_err(|_| bad())?;
+    let (name, token) = v.rsplit_once(':').ok_or_else(bad)?;
+    let token: u64 = token.trim().parse().map_err(|_| bad())?;
+    let lock = percent_decode_str(name.trim()).decode_utf8().map_err(|_| bad())?.into_owned();
+    if lock.is_empty() || token == 0 {
+        return Err(bad());
+    }
+    if lock.len() > limits.key_bytes_max {
+        return Err(ApiError::too_large("key", lock.len(), limits.key_bytes_max));
+    }
+    Ok(Some(Fence { lock, token }))
+}
+
+/// Body of `POST /v1/locks/{name}/acquire`.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireBody {
+    pub owner: String,
+    pub ttl_ms: u64,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// Body of `release` and `refresh` (`ttl_ms` for refresh only).
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HolderBody {
+    pub owner: String,
+    pub token: u64,
+    pub ttl_ms: Option<u64>,
+}
+
+pub fn check_owner(owner: &str, limits: &Limits) -> Result<(), ApiError> {
+    if owner.is_empty() {
+        return Err(ApiError::bad_request("owner must not be empty"));
+    }
+    if owner.len() > limits.lock_owner_bytes_max {
+        return Err(ApiError::bad_request(format!("owner is longer than {} bytes", limits.lock_owner_bytes_max)));
+    }
+    Ok(())
+}
+
+pub fn check_lock_ttl(ttl_ms: u64, limits: &Limits) -> Result<(), ApiError> {
+    if ttl_ms == 0 || ttl_ms > limits.lock_ttl_ms_max {
+        return Err(ApiError::bad_request(format!("ttl_ms must be between 1 and {}", limits.lock_ttl_ms_max)));
+    }
+    Ok(())
+}
+
+/// A wait must end inside the request deadline, or the client would see
+/// a timeout instead of the lock's holder.
+pub fn check_wait(wait_ms: u64, deadline: Duration) -> Result<(), ApiError> {
+    if u128::from(wait_ms) >= deadline.as_millis() {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms ({wait_ms}) must be below the request deadline ({} ms; raise it with X-Request-Timeout)",
+            deadline.as_millis()
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]

@@ -36,7 +36,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 /// Names passed to the `register_*!` macros in the services' sources.
 fn registered() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for dir in ["services/storage/src", "services/router/src", "services/api/src"] {
+    for dir in ["services/storage/src", "services/router/src", "services/api/src", "services/peer/src"] {
         for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
             for part in text.split("register_").skip(1) {

@@ -25,14 +25,36 @@ fn openapi_paths_match_the_routes() {
     let spec = spec();
     let mut paths: Vec<&str> = spec["paths"].as_object().unwrap().keys().map(String::as_str).collect();
     paths.sort();
-    assert_eq!(paths, ["/healthz", "/metrics", "/readyz", "/v1/kv/{key}"]);
+    assert_eq!(
+        paths,
+        [
+            "/healthz",
+            "/metrics",
+            "/readyz",
+            "/v1/kv/{key}",
+            "/v1/locks/{name}",
+            "/v1/locks/{name}/acquire",
+            "/v1/locks/{name}/refresh",
+            "/v1/locks/{name}/release"
+        ]
+    );
     let kv = &spec["paths"]["/v1/kv/{key}"];
     for m in ["get", "put", "delete"] {
         assert!(kv[m].is_object(), "{m} /v1/kv/{{key}} undocumented");
     }
     // The router registers the same set.
     let src = api_source();
-    for route in ["\"/v1/kv/{key:.*}\"", "\"/healthz\"", "\"/readyz\"", "\"/metrics\""] {
+    for route in [
+        "\"/v1/kv/{key:.*}\"",
+        "\"/v1/locks/{name:.*}\"",
+        "\"/v1/locks/{{name:.*}}/{action}\"",
+        "lock_action(\"acquire\"",
+        "lock_action(\"release\"",
+        "lock_action(\"refresh\"",
+        "\"/healthz\"",
+        "\"/readyz\"",
+        "\"/metrics\"",
+    ] {
         assert!(src.contains(route), "route {route} not registered");
     }
 }

@@ -370,14 +370,13 @@ async fn serve_link(
     let (rd, mut wr) = stream.into_split();
     let reader_pending = pending.clone();
     let node = shared.node;
+    let received = PEER.received_bytes.with_label_values(&[&node.to_string(), &peer.to_string()]);
     let mut reader = actix_rt::spawn(async move {
         let mut rd = BufReader::new(rd);
         loop {
             match read_frame(&mut rd).await {
                 Ok(Some(body)) => {
-                    PEER.received_bytes
-                        .with_label_values(&[&node.to_string(), &peer.to_string()])
-                        .inc_by((body.len() + wire::FRAME_HEADER_BYTES) as u64);
+                    received.inc_by((body.len() + wire::FRAME_HEADER_BYTES) as u64);
                     match wire::decode(&body) {
                         Ok(Frame::Response { id, result }) => {
                             if let Some(p) = lock(&reader_pending).remove(&id) {

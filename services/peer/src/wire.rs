@@ -14,6 +14,7 @@ use raft::eraftpb::Message as RaftMessage;
 use ringstore_shared::apply::Outcome;
 use ringstore_shared::codec::{CodecError, Reader, Writer};
 use ringstore_shared::command::{Command, Proposal};
+use ringstore_shared::lock::{Holder, LockOutcome, LockRecord};
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult};
@@ -381,6 +382,17 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
             w.u8(*stale as u8);
         }
         ShardOp::Status => w.u8(3),
+        ShardOp::Acquire { name, owner, ttl_ms, wait_ms } => {
+            w.u8(4);
+            w.bytes(name.as_bytes());
+            w.bytes(owner.as_bytes());
+            w.u64(*ttl_ms);
+            w.u64(*wait_ms);
+        }
+        ShardOp::LockStatus { name } => {
+            w.u8(5);
+            w.bytes(name.as_bytes());
+        }
     }
 }
 
@@ -392,6 +404,13 @@ fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
         }
         2 => ShardOp::Read { key: r.bytes("key")?.to_vec(), stale: r.u8("stale")? != 0 },
         3 => ShardOp::Status,
+        4 => ShardOp::Acquire {
+            name: string(r, "lock name")?,
+            owner: string(r, "owner")?,
+            ttl_ms: r.u64("ttl")?,
+            wait_ms: r.u64("wait")?,
+        },
+        5 => ShardOp::LockStatus { name: string(r, "lock name")? },
         tag => return Err(CodecError::UnknownTag { what: "op", tag }),
     })
 }
@@ -419,6 +438,16 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
                 Outcome::Expired { count } => {
                     w.u8(5);
                     w.u64(*count as u64);
+                }
+                Outcome::Lock { outcome, now_ms } => {
+                    w.u8(6);
+                    put_lock_outcome(w, outcome);
+                    w.u64(*now_ms);
+                }
+                Outcome::Fenced { lock, highest } => {
+                    w.u8(7);
+                    w.bytes(lock.as_bytes());
+                    w.u64(*highest);
                 }
             }
         }
@@ -449,7 +478,98 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
                 w.u64(*v);
             }
         }
+        ShardReply::Lock { record, waiters, now_ms } => {
+            w.u8(4);
+            match record {
+                None => w.u8(0),
+                Some(r) => {
+                    w.u8(1);
+                    w.bytes(&r.encode());
+                }
+            }
+            w.u32(waiters.len() as u32);
+            for o in waiters {
+                w.bytes(o.as_bytes());
+            }
+            w.u64(*now_ms);
+        }
     }
+}
+
+fn put_holder(w: &mut Writer, h: &Option<Holder>) {
+    match h {
+        None => w.u8(0),
+        Some(h) => {
+            w.u8(1);
+            w.bytes(h.owner.as_bytes());
+            w.u64(h.token);
+            w.u32(h.hold_count);
+            w.u64(h.expires_at_ms);
+            w.u64(h.granted_term);
+        }
+    }
+}
+
+fn get_holder(r: &mut Reader<'_>) -> Result<Option<Holder>, CodecError> {
+    Ok(match r.u8("holder present")? {
+        0 => None,
+        1 => Some(Holder {
+            owner: string(r, "owner")?,
+            token: r.u64("token")?,
+            hold_count: r.u32("hold count")?,
+            expires_at_ms: r.u64("expires at")?,
+            granted_term: r.u64("granted term")?,
+        }),
+        tag => return Err(CodecError::UnknownTag { what: "holder present", tag }),
+    })
+}
+
+fn put_lock_outcome(w: &mut Writer, o: &LockOutcome) {
+    match o {
+        LockOutcome::Granted { token, hold_count, expires_at_ms } => {
+            w.u8(1);
+            w.u64(*token);
+            w.u32(*hold_count);
+            w.u64(*expires_at_ms);
+        }
+        LockOutcome::Conflict { holder } => {
+            w.u8(2);
+            put_holder(w, holder);
+        }
+        LockOutcome::Released { hold_count } => {
+            w.u8(3);
+            w.u32(*hold_count);
+        }
+        LockOutcome::Refreshed { token, hold_count, expires_at_ms } => {
+            w.u8(4);
+            w.u64(*token);
+            w.u32(*hold_count);
+            w.u64(*expires_at_ms);
+        }
+        LockOutcome::Expired { freed } => {
+            w.u8(5);
+            w.u8(*freed as u8);
+        }
+    }
+}
+
+fn get_lock_outcome(r: &mut Reader<'_>) -> Result<LockOutcome, CodecError> {
+    Ok(match r.u8("lock outcome")? {
+        1 => LockOutcome::Granted {
+            token: r.u64("token")?,
+            hold_count: r.u32("hold count")?,
+            expires_at_ms: r.u64("expires at")?,
+        },
+        2 => LockOutcome::Conflict { holder: get_holder(r)? },
+        3 => LockOutcome::Released { hold_count: r.u32("hold count")? },
+        4 => LockOutcome::Refreshed {
+            token: r.u64("token")?,
+            hold_count: r.u32("hold count")?,
+            expires_at_ms: r.u64("expires at")?,
+        },
+        5 => LockOutcome::Expired { freed: r.u8("freed")? != 0 },
+        tag => return Err(CodecError::UnknownTag { what: "lock outcome", tag }),
+    })
 }
 
 fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
@@ -460,6 +580,8 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
             3 => Outcome::NotFound,
             4 => Outcome::PreconditionFailed { current: get_opt(r, "current version")? },
             5 => Outcome::Expired { count: r.u64("count")? as usize },
+            6 => Outcome::Lock { outcome: get_lock_outcome(r)?, now_ms: r.u64("now")? },
+            7 => Outcome::Fenced { lock: string(r, "lock")?, highest: r.u64("highest")? },
             tag => return Err(CodecError::UnknownTag { what: "outcome", tag }),
         }),
         2 => {
@@ -498,6 +620,19 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
                 last_index,
                 voters,
             })
+        }
+        4 => {
+            let record = match r.u8("record present")? {
+                0 => None,
+                1 => Some(LockRecord::decode(r.bytes("lock record")?)?),
+                tag => return Err(CodecError::UnknownTag { what: "record present", tag }),
+            };
+            let n = r.u32("waiter count")?;
+            let mut waiters = Vec::with_capacity((n as usize).min(1024));
+            for _ in 0..n {
+                waiters.push(string(r, "waiter")?);
+            }
+            ShardReply::Lock { record, waiters, now_ms: r.u64("now")? }
         }
         tag => return Err(CodecError::UnknownTag { what: "reply", tag }),
     })
@@ -554,6 +689,11 @@ fn put_error(w: &mut Writer, e: &StoreError) {
             w.u8(12);
             w.bytes(s.as_bytes());
         }
+        StoreError::Fenced { lock, highest } => {
+            w.u8(13);
+            w.bytes(lock.as_bytes());
+            w.u64(*highest);
+        }
     }
 }
 
@@ -563,7 +703,8 @@ fn static_str(s: &str, known: &[&'static str], fallback: &'static str) -> &'stat
     known.iter().copied().find(|k| *k == s).unwrap_or(fallback)
 }
 
-const DROP_REASONS: [&str; 2] = ["replica is not an active leader", "entry replaced by a new leader"];
+const DROP_REASONS: [&str; 3] =
+    ["replica is not an active leader", "entry replaced by a new leader", "lock waiter moved to a new leader"];
 const TOO_LARGE_WHATS: [&str; 3] = ["key", "value", "request body"];
 
 fn get_error(r: &mut Reader<'_>) -> Result<StoreError, CodecError> {
@@ -586,6 +727,7 @@ fn get_error(r: &mut Reader<'_>) -> Result<StoreError, CodecError> {
         10 => StoreError::BadRequest(string(r, "message")?),
         11 => StoreError::Engine(string(r, "message")?),
         12 => StoreError::Internal(string(r, "message")?),
+        13 => StoreError::Fenced { lock: string(r, "lock")?, highest: r.u64("highest")? },
         tag => return Err(CodecError::UnknownTag { what: "error", tag }),
     })
 }
@@ -716,9 +858,12 @@ mod tests {
                 value: vec![1, 2, 3],
                 ttl_ms: Some(5),
                 cond: Precondition::IfVersion(9),
+                fence: None,
             })),
             ShardOp::Read { key: "ключ".as_bytes().to_vec(), stale: true },
             ShardOp::Status,
+            ShardOp::Acquire { name: "n".into(), owner: "o".into(), ttl_ms: 5, wait_ms: 6 },
+            ShardOp::LockStatus { name: "n".into() },
         ];
         for op in ops {
             let mut buf = Vec::new();
@@ -758,6 +903,29 @@ mod tests {
             Err(StoreError::PreconditionFailed { current: Some(2) }),
             Err(StoreError::TooLarge { what: "value", len: 2, max: 1 }),
             Err(StoreError::NotFound),
+            Err(StoreError::Fenced { lock: "l".into(), highest: 4 }),
+            Ok(ShardReply::Outcome(Outcome::Lock {
+                outcome: LockOutcome::Conflict {
+                    holder: Some(Holder {
+                        owner: "a".into(),
+                        token: 3,
+                        hold_count: 2,
+                        expires_at_ms: 9,
+                        granted_term: 1,
+                    }),
+                },
+                now_ms: 5,
+            })),
+            Ok(ShardReply::Outcome(Outcome::Lock {
+                outcome: LockOutcome::Granted { token: 1, hold_count: 1, expires_at_ms: 2 },
+                now_ms: 1,
+            })),
+            Ok(ShardReply::Outcome(Outcome::Fenced { lock: "l".into(), highest: 2 })),
+            Ok(ShardReply::Lock {
+                record: Some(LockRecord { holder: None, last_token: 7 }),
+                waiters: vec!["w1".into()],
+                now_ms: 3,
+            }),
         ];
         for res in results {
             let mut buf = Vec::new();

@@ -20,9 +20,11 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMessage};
 use raft::{RawNode, StateRole};
 use ringstore_shared::apply::{self, Effect, Outcome};
+use ringstore_shared::codec::CodecError;
 use ringstore_shared::command::{Command, Proposal};
 use ringstore_shared::config::{Limits, RaftConfig};
-use ringstore_shared::keys::data_key;
+use ringstore_shared::keys::{self, data_key};
+use ringstore_shared::lock::{FenceRecord, LockOutcome, LockRecord};
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use rocksdb::WriteBatch;
@@ -31,6 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
 use crate::engine::{Cf, Engine, EngineError};
+use crate::locks::{LockIndex, Waiter, Waiters};
 use crate::log_store::{ApplyState, LogStore};
 use crate::messages::{
     PeerUnreachable, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult, TransferLeadership,
@@ -55,10 +58,23 @@ type Reply = oneshot::Sender<ShardResult>;
 struct PendingWrite {
     term: u64,
     tx: Reply,
+    /// An acquire that waits in the lock's queue if it finds the lock held.
+    wait: Option<WaitSpec>,
+}
+
+struct WaitSpec {
+    name: String,
+    owner: String,
+    ttl_ms: u64,
+    deadline: Instant,
+    /// Handed the lock from the queue: on losing a race it keeps its place.
+    handoff: bool,
 }
 
 struct PendingRead {
     key: Vec<u8>,
+    /// `key` names a lock: answer with its record and waiters.
+    lock: bool,
     tx: Reply,
 }
 
@@ -97,6 +113,10 @@ pub struct StorageActor {
     leader: u64,
     sweep_cursor: Vec<u8>,
     metrics: ReplicaMetrics,
+    locks: LockIndex,
+    waiters: Waiters<Reply>,
+    /// Locks freed by this round's applies, to hand to their first waiter.
+    freed: Vec<String>,
 }
 
 /// Runs one Ready round (and the flush of batched reads) on the actor.
@@ -144,7 +164,12 @@ impl StorageActor {
             sweep_cursor: Vec::new(),
             metrics: ReplicaMetrics::new(cfg.node, cfg.shard),
             cfg: cfg.raft,
+            locks: LockIndex::default(),
+            waiters: Waiters::default(),
+            freed: Vec::new(),
         };
+        let mut actor = actor;
+        actor.rebuild_lock_index();
         Ok(StorageActor::start_in_arbiter(arbiter, move |_| actor))
     }
 
@@ -158,7 +183,7 @@ impl StorageActor {
     }
 
     fn pending(&self) -> usize {
-        self.writes.len() + self.reads.len()
+        self.writes.len() + self.reads.len() + self.waiters.len()
     }
 
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
@@ -193,6 +218,15 @@ impl StorageActor {
     }
 
     fn propose(&mut self, cmd: &Command, reply: Option<Reply>) -> Result<(), StoreError> {
+        self.propose_waiting(cmd, reply, None)
+    }
+
+    fn propose_waiting(
+        &mut self,
+        cmd: &Command,
+        reply: Option<Reply>,
+        wait: Option<WaitSpec>,
+    ) -> Result<(), StoreError> {
         // Stamps never go back, even if this leader's clock is behind the
         // previous one's: TTL decisions stay monotonic.
         let stamp_ms = self.clock.now_ms().max(self.raw.store().apply_state().applied_stamp_ms);
@@ -207,7 +241,7 @@ impl StorageActor {
         assert_eq!(index, before + 1, "proposal was not appended at last_index + 1");
         self.metrics.proposals_accepted.inc();
         if let Some(tx) = reply {
-            self.writes.insert(index, PendingWrite { term: self.raw.raft.term, tx });
+            self.writes.insert(index, PendingWrite { term: self.raw.raft.term, tx, wait });
         }
         Ok(())
     }
@@ -270,6 +304,7 @@ impl StorageActor {
         if let Some((a, cs)) = snapshot {
             store.commit_snapshot(a, cs);
             self.metrics.snapshots_applied.inc();
+            self.rebuild_lock_index();
             info!(node = self.node, shard = self.shard, index = a.applied_index, "applied snapshot");
             self.on_snapshot_applied(a.applied_index);
         }
@@ -323,8 +358,10 @@ impl StorageActor {
         let applied = self.raw.store().apply_state().applied_index;
         self.raw.advance_apply_to(applied);
 
-        // 9. Reads whose read index is now applied.
+        // 9. Reads whose read index is now applied; freed locks go to
+        //    their first waiter.
         self.serve_confirmed_reads();
+        self.serve_waiters();
         self.maybe_compact_log();
         self.update_gauges();
     }
@@ -342,7 +379,7 @@ impl StorageActor {
         if entries.is_empty() {
             return;
         }
-        let mut overlay: HashMap<Vec<u8>, Option<StoredValue>> = HashMap::new();
+        let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let n = entries.len();
         for entry in entries {
             let index = entry.index;
@@ -367,7 +404,21 @@ impl StorageActor {
                     // applied, so the router may retry it.
                     Err(StoreError::Dropped { reason: "entry replaced by a new leader" })
                 };
-                replies.push((p.tx, answer));
+                let held = matches!(
+                    &answer,
+                    Ok(ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { .. }, .. }))
+                );
+                match p.wait {
+                    Some(w) if held && w.deadline > Instant::now() => {
+                        let waiter = Waiter { owner: w.owner, ttl_ms: w.ttl_ms, deadline: w.deadline, reply: p.tx };
+                        if w.handoff {
+                            self.waiters.push_front(&w.name, waiter);
+                        } else {
+                            self.waiters.push_back(&w.name, waiter);
+                        }
+                    }
+                    _ => replies.push((p.tx, answer)),
+                }
             }
         }
         self.raw.store().stage_apply_state(batch, apply);
@@ -379,7 +430,7 @@ impl StorageActor {
         batch: &mut WriteBatch,
         entry: &Entry,
         apply: &mut ApplyState,
-        overlay: &mut HashMap<Vec<u8>, Option<StoredValue>>,
+        overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
     ) -> ShardResult {
         let proposal = match Proposal::decode(&entry.data) {
             Ok(p) => p,
@@ -390,41 +441,45 @@ impl StorageActor {
             }
         };
         apply.applied_stamp_ms = apply.applied_stamp_ms.max(proposal.stamp_ms);
-        let engine = &self.engine;
-        let mut lookup_err = None;
-        let (effects, outcome) = apply::decide(proposal, entry.index, |k| {
-            if let Some(v) = overlay.get(k) {
-                return v.clone();
-            }
-            match read_value(engine, k) {
-                Ok(v) => v,
-                Err(e) => {
-                    lookup_err = Some(e);
-                    None
-                }
-            }
-        });
-        if let Some(e) = lookup_err {
-            self.fatal("reading a key during apply", e);
+        let mut view = ApplyView { engine: &self.engine, overlay, err: None };
+        let (effects, outcome) = apply::decide(proposal, entry.index, entry.term, &mut view);
+        if let Some(e) = view.err {
+            self.fatal("reading state during apply", e);
         }
         if let Outcome::Expired { count } = outcome {
             self.metrics.ttl_expired_keys.inc_by(count as u64);
         }
-        for effect in effects {
-            match effect {
-                Effect::Put { key, value } => {
-                    self.engine.put(batch, Cf::Data, &data_key(&key), &value.encode());
-                    overlay.insert(key, Some(value));
-                }
-                Effect::Delete { key } => {
-                    self.engine.delete(batch, Cf::Data, &data_key(&key));
-                    overlay.insert(key, None);
-                }
+        if let (Outcome::Lock { outcome: o, .. }, true) = (&outcome, self.is_leader()) {
+            match o {
+                LockOutcome::Granted { .. } => self.metrics.lock_granted.inc(),
+                LockOutcome::Conflict { .. } => self.metrics.lock_conflicts.inc(),
+                LockOutcome::Released { hold_count: 0 } => self.metrics.lock_released.inc(),
+                _ => {}
             }
+        }
+        for effect in effects {
+            let (k, v) = match effect {
+                Effect::Put { key, value } => (data_key(&key), Some(value.encode())),
+                Effect::Delete { key } => (data_key(&key), None),
+                Effect::PutLock { name, record } => {
+                    self.locks.on_record(&name, &record);
+                    if record.holder.is_none() {
+                        self.freed.push(name.clone());
+                    }
+                    (keys::lock_key(name.as_bytes()), Some(record.encode()))
+                }
+                Effect::PutFences { key, record } => (keys::fence_key(&key), Some(record.encode())),
+            };
+            match &v {
+                Some(v) => self.engine.put(batch, Cf::Data, &k, v),
+                None => self.engine.delete(batch, Cf::Data, &k),
+            }
+            overlay.insert(k, v);
         }
         match outcome {
             Outcome::PreconditionFailed { current } => Err(StoreError::PreconditionFailed { current }),
             Outcome::NotFound => Err(StoreError::NotFound),
+            Outcome::Fenced { lock, highest } => Err(StoreError::Fenced { lock, highest }),
             o => Ok(ShardReply::Outcome(o)),
         }
     }
@@ -456,7 +511,14 @@ impl StorageActor {
             info!(node = self.node, shard = self.shard, leader, ?role, term = self.raw.raft.term, "leader changed");
             self.leader = leader;
         }
+        if role == StateRole::Leader {
+            self.locks.forget_proposals();
+        }
         if role != StateRole::Leader {
+            // Nothing was applied for a waiter: it may retry at the new leader.
+            for w in self.waiters.drain_all() {
+                let _ = w.reply.send(Err(StoreError::Dropped { reason: "lock waiter moved to a new leader" }));
+            }
             let err = self.not_leader();
             for r in self.reads.unsent.drain(..) {
                 let _ = r.tx.send(Err(err.clone()));
@@ -516,7 +578,8 @@ impl StorageActor {
         while self.reads.confirmed.front().is_some_and(|(i, _)| *i <= applied) {
             let Some((_, reads)) = self.reads.confirmed.pop_front() else { break };
             for r in reads {
-                let _ = r.tx.send(self.read_local(&r.key, now));
+                let answer = if r.lock { self.read_lock(&r.key, now) } else { self.read_local(&r.key, now) };
+                let _ = r.tx.send(answer);
             }
         }
     }
@@ -597,8 +660,8 @@ impl StorageActor {
         let res = self.engine.scan(Cf::Data, &start, &to, |k, v| {
             seen += 1;
             last = Some(k.to_vec());
-            if let (Some((_, user)), Ok(h)) = (ringstore_shared::keys::split_data_key(k), StoredValue::decode_header(v))
-            {
+            let user = keys::split_data_key(k).map(|(_, u)| u).filter(|u| keys::is_user_key(u));
+            if let (Some(user), Ok(h)) = (user, StoredValue::decode_header(v)) {
                 if h.1.is_some_and(|e| now >= e) {
                     expired.push((user.to_vec(), h.0));
                 }
@@ -624,6 +687,95 @@ impl StorageActor {
         }
     }
 
+    fn read_lock(&self, name: &[u8], now_ms: u64) -> ShardResult {
+        let record = self.lock_record(name).map_err(|e| StoreError::Engine(e.to_string()))?;
+        let waiters = std::str::from_utf8(name).map(|n| self.waiters.owners(n)).unwrap_or_default();
+        Ok(ShardReply::Lock { record, waiters, now_ms })
+    }
+
+    fn lock_record(&self, name: &[u8]) -> Result<Option<LockRecord>, EngineError> {
+        match self.engine.get(Cf::Data, &keys::lock_key(name))? {
+            None => Ok(None),
+            Some(raw) => LockRecord::decode(&raw)
+                .map(Some)
+                .map_err(|e| EngineError::Corrupt { cf: "data", detail: format!("lock record: {e}") }),
+        }
+    }
+
+    /// A 409-shaped answer naming the current holder.
+    fn lock_conflict(&self, name: &str) -> ShardResult {
+        let holder =
+            self.lock_record(name.as_bytes()).map_err(|e| StoreError::Engine(e.to_string()))?.and_then(|r| r.holder);
+        let now_ms = self.read_now_ms(false);
+        Ok(ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms }))
+    }
+
+    fn rebuild_lock_index(&mut self) {
+        self.locks.clear();
+        let (from, to) = crate::snapshot::shard_data_bounds();
+        let mut found = Vec::new();
+        let res = self.engine.scan(Cf::Data, &from, &to, |k, v| {
+            if let Some(name) = keys::lock_name_of(k) {
+                found.push((String::from_utf8_lossy(name).into_owned(), LockRecord::decode(v)));
+            }
+            true
+        });
+        if let Err(e) = res {
+            self.fatal("scanning lock records", e);
+        }
+        for (name, rec) in found {
+            match rec {
+                Ok(r) => self.locks.on_record(&name, &r),
+                Err(e) => self.fatal("decoding a lock record", e),
+            }
+        }
+        self.metrics.locks_held.set(self.locks.held() as i64);
+    }
+
+    /// Hands each freed lock to its first live waiter (leader only).
+    fn serve_waiters(&mut self) {
+        if self.freed.is_empty() {
+            return;
+        }
+        let freed = std::mem::take(&mut self.freed);
+        if !self.is_leader() {
+            return;
+        }
+        let now = Instant::now();
+        for name in freed {
+            let Some(w) = self.waiters.pop_front(&name, now, |tx| !tx.is_closed()) else { continue };
+            let cmd = Command::LockAcquire { name: name.clone(), owner: w.owner.clone(), ttl_ms: w.ttl_ms };
+            let spec = WaitSpec { name, owner: w.owner, ttl_ms: w.ttl_ms, deadline: w.deadline, handoff: true };
+            if let Err(e) = self.propose_waiting(&cmd, Some(w.reply), Some(spec)) {
+                warn!(node = self.node, shard = self.shard, "lock handoff not proposed: {e}");
+            }
+        }
+    }
+
+    /// Answers waiters whose wait ended with the holder they waited on.
+    fn expire_waiters(&mut self) {
+        for (name, w) in self.waiters.take_expired(Instant::now()) {
+            let _ = w.reply.send(self.lock_conflict(&name));
+            self.metrics.lock_wait_timeouts.inc();
+        }
+    }
+
+    /// Leader only: proposes the expiry of leases its clock says are over
+    /// (plus the election timeout for leases an earlier leader granted).
+    fn sweep_leases(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        let now = self.read_now_ms(false);
+        let grace = self.cfg.election_timeout_ms();
+        for (name, token) in self.locks.due(now, self.raw.raft.term, grace, 256) {
+            debug!(node = self.node, shard = self.shard, name, token, "lease over: proposing expiry");
+            if self.propose(&Command::LockExpire { name, token }, None).is_ok() {
+                self.metrics.lock_expiries.inc();
+            }
+        }
+    }
+
     fn update_gauges(&self) {
         let m = &self.metrics;
         m.term.set(self.raw.raft.term as i64);
@@ -631,6 +783,8 @@ impl StorageActor {
         m.commit_index.set(self.raw.raft.raft_log.committed as i64);
         m.applied_index.set(self.raw.store().apply_state().applied_index as i64);
         m.pending_requests.set(self.pending() as i64);
+        m.locks_held.set(self.locks.held() as i64);
+        m.lock_waiters.set(self.waiters.len() as i64);
     }
 
     fn engine_gauges(&self) {
@@ -669,6 +823,56 @@ fn read_value(engine: &Engine, key: &[u8]) -> Result<Option<StoredValue>, Engine
     }
 }
 
+/// The state `apply::decide` reads: this round's earlier writes first
+/// (`overlay`, by `data` family key), then RocksDB.
+struct ApplyView<'a> {
+    engine: &'a Engine,
+    overlay: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
+    err: Option<EngineError>,
+}
+
+impl ApplyView<'_> {
+    fn raw(&mut self, k: &[u8]) -> Option<Vec<u8>> {
+        if let Some(v) = self.overlay.get(k) {
+            return v.clone();
+        }
+        match self.engine.get(Cf::Data, k) {
+            Ok(v) => v,
+            Err(e) => {
+                self.err = Some(e);
+                None
+            }
+        }
+    }
+    fn decoded<T>(
+        &mut self,
+        k: &[u8],
+        what: &'static str,
+        f: impl FnOnce(&[u8]) -> Result<T, CodecError>,
+    ) -> Option<T> {
+        let raw = self.raw(k)?;
+        match f(&raw) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err = Some(EngineError::Corrupt { cf: "data", detail: format!("{what}: {e}") });
+                None
+            }
+        }
+    }
+}
+
+impl apply::State for ApplyView<'_> {
+    fn value(&mut self, key: &[u8]) -> Option<StoredValue> {
+        self.decoded(&data_key(key), "value", StoredValue::decode)
+    }
+    fn lock(&mut self, name: &str) -> Option<LockRecord> {
+        self.decoded(&keys::lock_key(name.as_bytes()), "lock record", LockRecord::decode)
+    }
+    fn fences(&mut self, key: &[u8]) -> Option<FenceRecord> {
+        self.decoded(&keys::fence_key(key), "fence record", FenceRecord::decode)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -685,6 +889,8 @@ impl Actor for StorageActor {
         ctx.run_interval(Duration::from_millis(self.cfg.tick_interval_ms), |act, ctx| {
             act.raw.tick();
             act.retry_stuck_reads();
+            act.expire_waiters();
+            act.sweep_leases();
             // Drop waiters whose client gave up, so the map stays bounded.
             act.writes.retain(|_, p| !p.tx.is_closed());
             act.schedule_flush(ctx);
@@ -778,9 +984,46 @@ impl Handler<ShardRequest> for StorageActor {
                     return immediate(Err(self.not_leader()));
                 }
                 let (tx, rx) = oneshot::channel();
-                self.reads.unsent.push(PendingRead { key, tx });
+                self.reads.unsent.push(PendingRead { key, lock: false, tx });
                 self.schedule_flush(ctx);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
+            }
+            ShardOp::LockStatus { name } => {
+                if !self.is_leader() {
+                    return immediate(Err(self.not_leader()));
+                }
+                let (tx, rx) = oneshot::channel();
+                self.reads.unsent.push(PendingRead { key: name.into_bytes(), lock: true, tx });
+                self.schedule_flush(ctx);
+                Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
+            }
+            ShardOp::Acquire { name, owner, ttl_ms, wait_ms } => {
+                if !self.is_leader() {
+                    self.metrics.proposals_not_leader.inc();
+                    return immediate(Err(self.not_leader()));
+                }
+                let deadline = Instant::now() + Duration::from_millis(wait_ms);
+                let (tx, rx) = oneshot::channel();
+                let rx = Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) });
+                if self.waiters.has_waiters(&name) {
+                    // FIFO: a newcomer does not overtake the queue, unless it
+                    // already holds the lock (reentrant acquire).
+                    let holds = matches!(self.lock_record(name.as_bytes()), Ok(Some(LockRecord { holder: Some(h), .. })) if h.owner == owner);
+                    if !holds {
+                        if wait_ms == 0 {
+                            return immediate(self.lock_conflict(&name));
+                        }
+                        self.waiters.push_back(&name, Waiter { owner, ttl_ms, deadline, reply: tx });
+                        return rx;
+                    }
+                }
+                let cmd = Command::LockAcquire { name: name.clone(), owner: owner.clone(), ttl_ms };
+                let wait = (wait_ms > 0).then_some(WaitSpec { name, owner, ttl_ms, deadline, handoff: false });
+                if let Err(e) = self.propose_waiting(&cmd, Some(tx), wait) {
+                    return immediate(Err(e));
+                }
+                self.schedule_flush(ctx);
+                rx
             }
             ShardOp::Write(cmd) => {
                 if !self.is_leader() {

@@ -7,6 +7,7 @@
 //! - [`log_store`]: raft-rs's `Storage` trait on the `raft` column family.
 //! - [`snapshot`]: the snapshot payload codec.
 //! - [`actor`]: `StorageActor`, one shard replica: tick, step, Ready, apply, reads.
+//! - [`locks`]: the replica's lease index and the leader's lock wait queues.
 //! - [`messages`]: what the actor receives and answers.
 //! - [`transport`]: the `Transport` trait and the in-process `LocalTransport`.
 //! - [`clock`], [`raft_log`], [`metrics`]: time, raft's logger, Prometheus.
@@ -14,6 +15,7 @@
 pub mod actor;
 pub mod clock;
 pub mod engine;
+pub mod locks;
 pub mod log_store;
 pub mod messages;
 pub mod metrics;

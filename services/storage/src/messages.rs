@@ -6,6 +6,7 @@ use actix::Message;
 use raft::eraftpb::Message as RaftMessage;
 use ringstore_shared::apply::Outcome;
 use ringstore_shared::command::Command;
+use ringstore_shared::lock::LockRecord;
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use serde::Serialize;
@@ -23,6 +24,18 @@ pub enum ShardOp {
         stale: bool,
     },
     Status,
+    /// Acquire a lock; with `wait_ms > 0` wait in the lock's FIFO queue (on
+    /// the leader) until granted or the wait ends.
+    Acquire {
+        name: String,
+        owner: String,
+        ttl_ms: u64,
+        wait_ms: u64,
+    },
+    /// The lock's record and waiters, linearizable (leader, ReadIndex).
+    LockStatus {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +47,13 @@ pub enum ShardReply {
         applied_index: u64,
     },
     Status(ReplicaStatus),
+    Lock {
+        record: Option<LockRecord>,
+        /// Owners waiting, in order (known to the leader only).
+        waiters: Vec<String>,
+        /// The leader's clock when it answered.
+        now_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

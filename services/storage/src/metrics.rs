@@ -129,6 +129,29 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
     }
 });
 
+pub struct LockMetrics {
+    pub held: IntGaugeVec,
+    pub waiters: IntGaugeVec,
+    pub events: IntCounterVec,
+}
+
+pub static LOCKS: LazyLock<LockMetrics> = LazyLock::new(|| LockMetrics {
+    held: register_int_gauge_vec!("ringstore_locks_held", "Locks held in this shard replica", &["node", "shard"])
+        .expect("registers once"),
+    waiters: register_int_gauge_vec!(
+        "ringstore_lock_waiters",
+        "Acquirers waiting in lock queues on this replica (leader only)",
+        &["node", "shard"]
+    )
+    .expect("registers once"),
+    events: register_int_counter_vec!(
+        "ringstore_lock_events_total",
+        "Lock events on the leader: granted, conflict, released, expired (lease ran out), wait_timeout",
+        &["node", "shard", "event"]
+    )
+    .expect("registers once"),
+});
+
 /// One replica's series, resolved once when the replica starts so the Ready
 /// round and the request path never hash label values.
 pub struct ReplicaMetrics {
@@ -151,6 +174,13 @@ pub struct ReplicaMetrics {
     pub messages_sent: IntCounter,
     pub sst_bytes: IntGauge,
     pub pending_compaction_bytes: IntGauge,
+    pub locks_held: IntGauge,
+    pub lock_waiters: IntGauge,
+    pub lock_granted: IntCounter,
+    pub lock_conflicts: IntCounter,
+    pub lock_released: IntCounter,
+    pub lock_expiries: IntCounter,
+    pub lock_wait_timeouts: IntCounter,
 }
 
 impl ReplicaMetrics {
@@ -179,6 +209,13 @@ impl ReplicaMetrics {
             messages_sent: r.messages_sent.with_label_values(&ns),
             sst_bytes: ENGINE.sst_bytes.with_label_values(&[&n]),
             pending_compaction_bytes: ENGINE.pending_compaction_bytes.with_label_values(&[&n]),
+            locks_held: LOCKS.held.with_label_values(&ns),
+            lock_waiters: LOCKS.waiters.with_label_values(&ns),
+            lock_granted: LOCKS.events.with_label_values(&[&n, &s, "granted"]),
+            lock_conflicts: LOCKS.events.with_label_values(&[&n, &s, "conflict"]),
+            lock_released: LOCKS.events.with_label_values(&[&n, &s, "released"]),
+            lock_expiries: LOCKS.events.with_label_values(&[&n, &s, "expired"]),
+            lock_wait_timeouts: LOCKS.events.with_label_values(&[&n, &s, "wait_timeout"]),
         }
     }
 }

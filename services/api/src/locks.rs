@@ -1,0 +1,158 @@
+//! `/v1/locks/{name}`: acquire (with an optional FIFO wait), release,
+//! refresh and status. Every reply carries `lease_remaining_ms`, measured
+//! by the leader when it decided, so a client can set a safe deadline from
+//! its own monotonic clock taken before it sent the request.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use ringstore_shared::apply::Outcome;
+use ringstore_shared::command::Command;
+use ringstore_shared::lock::{Holder, LockOutcome};
+use ringstore_storage::{ShardOp, ShardReply};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::kv::{deadline, route, unexpected};
+use crate::request::{check_lock_ttl, check_owner, check_wait, parse_lock_name, AcquireBody, HolderBody};
+use crate::ApiState;
+
+/// Largest lock request body: an owner and a few numbers.
+pub const LOCK_BODY_BYTES_MAX: usize = 16 * 1024;
+
+fn body<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+    if b.len() > LOCK_BODY_BYTES_MAX {
+        return Err(ApiError::too_large("request body", b.len(), LOCK_BODY_BYTES_MAX));
+    }
+    serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
+fn remaining(expires_at_ms: u64, now_ms: u64) -> u64 {
+    expires_at_ms.saturating_sub(now_ms)
+}
+
+/// 409 naming the holder (never its token: owner and token release a lock).
+fn conflict(
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    holder: Option<Holder>,
+    now_ms: u64,
+) -> HttpResponse {
+    let (owner, left) = match &holder {
+        Some(h) => (Some(h.owner.clone()), Some(remaining(h.expires_at_ms, now_ms))),
+        None => (None, None),
+    };
+    HttpResponse::build(status).json(json!({
+        "error": { "code": code, "message": message },
+        "holder": owner,
+        "lease_remaining_ms": left,
+    }))
+}
+
+fn granted(token: u64, hold_count: u32, expires_at_ms: u64, now_ms: u64) -> HttpResponse {
+    let left = remaining(expires_at_ms, now_ms);
+    HttpResponse::Ok().json(json!({
+        "token": token,
+        "hold_count": hold_count,
+        "expires_in_ms": left,
+        "lease_remaining_ms": left,
+    }))
+}
+
+pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let name = parse_lock_name(req.uri().path(), Some("acquire"), &state.limits)?;
+    let b: AcquireBody = body(&raw)?;
+    check_owner(&b.owner, &state.limits)?;
+    check_lock_ttl(b.ttl_ms, &state.limits)?;
+    let timeout = deadline(&req, &state)?;
+    check_wait(b.wait_ms, timeout)?;
+    let op = ShardOp::Acquire { name: name.clone(), owner: b.owner, ttl_ms: b.ttl_ms, wait_ms: b.wait_ms };
+    match route(&state, name.clone().into_bytes(), op, timeout).await? {
+        ShardReply::Outcome(Outcome::Lock { outcome, now_ms }) => match outcome {
+            LockOutcome::Granted { token, hold_count, expires_at_ms } => {
+                Ok(granted(token, hold_count, expires_at_ms, now_ms))
+            }
+            LockOutcome::Conflict { holder } => Ok(conflict(
+                StatusCode::CONFLICT,
+                "lock_held",
+                format!("lock {name:?} is held by another owner"),
+                holder,
+                now_ms,
+            )),
+            o => Err(unexpected(ShardReply::Outcome(Outcome::Lock { outcome: o, now_ms }))),
+        },
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn release(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let name = parse_lock_name(req.uri().path(), Some("release"), &state.limits)?;
+    let b: HolderBody = body(&raw)?;
+    check_owner(&b.owner, &state.limits)?;
+    if b.ttl_ms.is_some() {
+        return Err(ApiError::bad_request("release takes no ttl_ms"));
+    }
+    let timeout = deadline(&req, &state)?;
+    let cmd = Command::LockRelease { name: name.clone(), owner: b.owner, token: b.token };
+    match route(&state, name.clone().into_bytes(), ShardOp::Write(Arc::new(cmd)), timeout).await? {
+        ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Released { hold_count }, .. }) => {
+            Ok(HttpResponse::Ok().json(json!({ "released": true, "hold_count": hold_count, "free": hold_count == 0 })))
+        }
+        ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms }) => Ok(conflict(
+            StatusCode::CONFLICT,
+            "not_holder",
+            format!("this owner and token do not hold lock {name:?}"),
+            holder,
+            now_ms,
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn refresh(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let name = parse_lock_name(req.uri().path(), Some("refresh"), &state.limits)?;
+    let b: HolderBody = body(&raw)?;
+    check_owner(&b.owner, &state.limits)?;
+    let ttl_ms = b.ttl_ms.ok_or_else(|| ApiError::bad_request("refresh needs ttl_ms"))?;
+    check_lock_ttl(ttl_ms, &state.limits)?;
+    let timeout = deadline(&req, &state)?;
+    let cmd = Command::LockRefresh { name: name.clone(), owner: b.owner, token: b.token, ttl_ms };
+    match route(&state, name.clone().into_bytes(), ShardOp::Write(Arc::new(cmd)), timeout).await? {
+        ShardReply::Outcome(Outcome::Lock {
+            outcome: LockOutcome::Refreshed { token, hold_count, expires_at_ms },
+            now_ms,
+        }) => Ok(granted(token, hold_count, expires_at_ms, now_ms)),
+        ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms }) => Ok(conflict(
+            StatusCode::CONFLICT,
+            "not_holder",
+            format!("this owner and token do not hold lock {name:?}"),
+            holder,
+            now_ms,
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let name = parse_lock_name(req.uri().path(), None, &state.limits)?;
+    let timeout = deadline(&req, &state)?;
+    match route(&state, name.clone().into_bytes(), ShardOp::LockStatus { name: name.clone() }, timeout).await? {
+        ShardReply::Lock { record, waiters, now_ms } => {
+            let holder = record.as_ref().and_then(|r| r.holder.as_ref());
+            Ok(HttpResponse::Ok().json(json!({
+                "name": name,
+                "held": holder.is_some(),
+                "holder": holder.map(|h| h.owner.clone()),
+                "token": holder.map(|h| h.token),
+                "hold_count": holder.map(|h| h.hold_count).unwrap_or(0),
+                "lease_remaining_ms": holder.map(|h| remaining(h.expires_at_ms, now_ms)),
+                "last_token": record.as_ref().map(|r| r.last_token).unwrap_or(0),
+                "waiters": waiters,
+            })))
+        }
+        other => Err(unexpected(other)),
+    }
+}

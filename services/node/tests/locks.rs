@@ -1,0 +1,237 @@
+//! Distributed locks on a real three-node cluster (in-process nodes, real
+//! RocksDB and HTTP): mutual exclusion under contention, lease expiry,
+//! survival of a leader crash, reentrancy, FIFO waiting, fencing.
+
+mod common;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use awc::http::StatusCode;
+use common::*;
+use serde_json::{json, Value};
+
+async fn post(base: &str, path: &str, body: Value, timeout_ms: u64) -> Resp {
+    let t = timeout_ms.to_string();
+    call(
+        "POST",
+        base,
+        path,
+        &[("content-type", "application/json"), ("x-request-timeout", &t)],
+        body.to_string().into(),
+    )
+    .await
+}
+
+async fn acquire(base: &str, name: &str, owner: &str, ttl_ms: u64, wait_ms: u64) -> Resp {
+    post(
+        base,
+        &format!("/v1/locks/{name}/acquire"),
+        json!({"owner": owner, "ttl_ms": ttl_ms, "wait_ms": wait_ms}),
+        20_000,
+    )
+    .await
+}
+
+async fn release(base: &str, name: &str, owner: &str, token: u64) -> Resp {
+    post(base, &format!("/v1/locks/{name}/release"), json!({"owner": owner, "token": token}), 5_000).await
+}
+
+fn token(r: &Resp) -> u64 {
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()["token"].as_u64().expect("token")
+}
+
+#[actix_rt::test]
+async fn twenty_clients_fifty_acquisitions_never_overlap_and_tokens_increase() {
+    let tc = start(|_| {}).await;
+    let urls: Vec<String> = tc.cluster.node_ids().iter().map(|i| tc.cluster.url(*i).unwrap()).collect();
+    // (token, entered) events in the order they happened, and who is inside.
+    let log: Rc<RefCell<Vec<(u64, bool)>>> = Rc::default();
+    let inside: Rc<RefCell<Option<u64>>> = Rc::default();
+    let mut tasks = Vec::new();
+    for c in 0..20usize {
+        let (url, log, inside) = (urls[c % urls.len()].clone(), log.clone(), inside.clone());
+        tasks.push(actix_rt::spawn(async move {
+            let owner = format!("client-{c}");
+            for _ in 0..50 {
+                let r = acquire(&url, "hot", &owner, 10_000, 15_000).await;
+                let t = token(&r);
+                {
+                    let mut cur = inside.borrow_mut();
+                    assert_eq!(*cur, None, "{owner} entered while token {:?} was inside", *cur);
+                    *cur = Some(t);
+                    log.borrow_mut().push((t, true));
+                }
+                actix_rt::time::sleep(Duration::from_millis(1)).await;
+                {
+                    *inside.borrow_mut() = None;
+                    log.borrow_mut().push((t, false));
+                }
+                let r = release(&url, "hot", &owner, t).await;
+                assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = log.borrow();
+    assert_eq!(log.len(), 2000);
+    let entries: Vec<u64> = log.iter().filter(|(_, e)| *e).map(|(t, _)| *t).collect();
+    assert!(entries.windows(2).all(|w| w[0] < w[1]), "fencing tokens strictly increase");
+    // Every enter is followed by its own exit before the next enter.
+    for pair in log.chunks(2) {
+        assert_eq!((pair[0].0, pair[0].1, pair[1].1), (pair[1].0, true, false));
+    }
+}
+
+#[actix_rt::test]
+async fn a_holder_that_stops_refreshing_loses_the_lock_to_a_waiter() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    let t1 = token(&acquire(&url, "lease", "a", 400, 0).await);
+    let started = Instant::now();
+    let r = acquire(&url, "lease", "b", 5_000, 8_000).await;
+    let t2 = token(&r);
+    assert!(t2 > t1);
+    assert!(started.elapsed() >= Duration::from_millis(300), "b waited for a's lease");
+    assert!(r.json()["lease_remaining_ms"].as_u64().unwrap() > 4_000);
+    // a's late release and refresh change nothing.
+    let r = release(&url, "lease", "a", t1).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.json()["error"]["code"], "not_holder");
+    assert_eq!(r.json()["holder"], "b");
+    let r = post(&url, "/v1/locks/lease/refresh", json!({"owner": "a", "token": t1, "ttl_ms": 1000}), 5_000).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let s = call("GET", &url, "/v1/locks/lease", &[], vec![]).await;
+    assert_eq!(s.json()["holder"], "b");
+    assert_eq!(s.json()["token"].as_u64(), Some(t2));
+}
+
+#[actix_rt::test]
+async fn a_lock_survives_a_leader_crash_and_later_tokens_are_larger() {
+    let mut tc = start(|_| {}).await;
+    let leader = tc.cluster.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let other = tc.cluster.node_ids().into_iter().find(|i| *i != leader).unwrap();
+    let url = tc.cluster.url(other).unwrap();
+    let t1 = token(&acquire(&url, "crash", "a", 3_000, 0).await);
+    tc.cluster.stop_node(leader).await.unwrap();
+    tc.cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
+    // Held by the same owner with the same token, not freed early.
+    let s = call("GET", &url, "/v1/locks/crash", &[("x-request-timeout", "10000")], vec![]).await;
+    assert_eq!(s.status, StatusCode::OK, "{}", s.text());
+    assert_eq!(s.json()["holder"], "a");
+    assert_eq!(s.json()["token"].as_u64(), Some(t1));
+    let r = acquire(&url, "crash", "b", 3_000, 0).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.json()["holder"], "a");
+    assert_eq!(release(&url, "crash", "a", t1).await.status, StatusCode::OK);
+    let t2 = token(&acquire(&url, "crash", "b", 3_000, 0).await);
+    assert!(t2 > t1);
+    tc.cluster.start_node(leader).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn reentrancy_wrong_owner_fifo_waiters_and_wait_timeout() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(2).unwrap();
+    let t = token(&acquire(&url, "r", "a", 10_000, 0).await);
+    let again = acquire(&url, "r", "a", 10_000, 0).await;
+    assert_eq!(token(&again), t, "reentrant: same token");
+    assert_eq!(again.json()["hold_count"], 2);
+    // Wrong owner or token: 409, nothing changes.
+    assert_eq!(release(&url, "r", "b", t).await.status, StatusCode::CONFLICT);
+    assert_eq!(release(&url, "r", "a", t + 1).await.status, StatusCode::CONFLICT);
+    let s = call("GET", &url, "/v1/locks/r", &[], vec![]).await;
+    assert_eq!(s.json()["hold_count"], 2);
+
+    // Three waiters queue in order; each release hands the lock to the next.
+    let order: Rc<RefCell<Vec<String>>> = Rc::default();
+    let mut waiters = Vec::new();
+    for w in ["w1", "w2", "w3"] {
+        let (url, order) = (url.clone(), order.clone());
+        waiters.push(actix_rt::spawn(async move {
+            let t = token(&acquire(&url, "r", w, 10_000, 15_000).await);
+            order.borrow_mut().push(w.to_string());
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(release(&url, "r", w, t).await.status, StatusCode::OK);
+        }));
+        actix_rt::time::sleep(Duration::from_millis(150)).await;
+    }
+    let s = call("GET", &url, "/v1/locks/r", &[], vec![]).await;
+    assert_eq!(s.json()["waiters"], json!(["w1", "w2", "w3"]));
+    assert_eq!(release(&url, "r", "a", t).await.json()["hold_count"], 1);
+    assert_eq!(release(&url, "r", "a", t).await.json()["free"], true);
+    for w in waiters {
+        w.await.unwrap();
+    }
+    assert_eq!(*order.borrow(), vec!["w1", "w2", "w3"], "FIFO");
+
+    // A wait that ends without the lock: 409 with the holder and its lease.
+    let t = token(&acquire(&url, "r", "x", 10_000, 0).await);
+    let started = Instant::now();
+    let r = acquire(&url, "r", "y", 10_000, 400).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(r.json()["error"]["code"], "lock_held");
+    assert_eq!(r.json()["holder"], "x");
+    assert!(r.json()["lease_remaining_ms"].as_u64().unwrap() > 5_000);
+    assert_eq!(release(&url, "r", "x", t).await.status, StatusCode::OK);
+}
+
+#[actix_rt::test]
+async fn a_paused_holder_cannot_overwrite_its_successors_fenced_write() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    let ta = token(&acquire(&url, "fence", "a", 300, 0).await);
+    // a pauses past its lease; b gets the lock and writes under its fence.
+    let tb = token(&acquire(&url, "fence", "b", 10_000, 5_000).await);
+    assert!(tb > ta);
+    let r = call("PUT", &url, "/v1/kv/guarded", &[("fencing-token", &format!("fence:{tb}"))], b"from-b".to_vec()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // a wakes up and writes with its old token: refused, b's value stays.
+    let r = call("PUT", &url, "/v1/kv/guarded", &[("fencing-token", &format!("fence:{ta}"))], b"from-a".to_vec()).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert_eq!(r.error_code(), "fenced");
+    let r = call("DELETE", &url, "/v1/kv/guarded", &[("fencing-token", &format!("fence:{ta}"))], vec![]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(get(&url, "guarded").await.body, b"from-b");
+    for bad in ["fence", "fence:x", ":5", "fence:0"] {
+        let r = call("PUT", &url, "/v1/kv/guarded", &[("fencing-token", bad)], b"v".to_vec()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[actix_rt::test]
+async fn bad_lock_requests_get_400_with_a_json_error() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    let long = "n".repeat(4097);
+    let cases: Vec<(String, Value, u64)> = vec![
+        ("/v1/locks/l/acquire".into(), json!({"ttl_ms": 100}), 5_000),
+        ("/v1/locks/l/acquire".into(), json!({"owner": "", "ttl_ms": 100}), 5_000),
+        ("/v1/locks/l/acquire".into(), json!({"owner": "o", "ttl_ms": 0}), 5_000),
+        ("/v1/locks/l/acquire".into(), json!({"owner": "o", "ttl_ms": 3_600_001}), 5_000),
+        ("/v1/locks/l/acquire".into(), json!({"owner": "o", "ttl_ms": 100, "wait_ms": 5_000}), 5_000),
+        ("/v1/locks/l/acquire".into(), json!({"owner": "o", "ttl_ms": 100, "extra": 1}), 5_000),
+        (format!("/v1/locks/{long}/acquire"), json!({"owner": "o", "ttl_ms": 100}), 5_000),
+        ("/v1/locks/l/release".into(), json!({"owner": "o"}), 5_000),
+        ("/v1/locks/l/refresh".into(), json!({"owner": "o", "token": 1}), 5_000),
+        ("/v1/locks/l/acquire".into(), json!({"owner": "o".repeat(257), "ttl_ms": 100}), 5_000),
+    ];
+    for (path, body, timeout) in cases {
+        let r = post(&url, &path, body.clone(), timeout).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path} {body}: {}", r.text());
+        assert_eq!(r.error_code(), "bad_request");
+    }
+    let r = call("POST", &url, "/v1/locks/l/acquire", &[], b"not json".to_vec()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = call("POST", &url, "/v1/locks/l/acquire", &[], vec![b'x'; 20_000]).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    let r = call("GET", &url, "/v1/locks/l/acquire", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    // The node still serves.
+    assert_eq!(acquire(&url, "l", "o", 1000, 0).await.status, StatusCode::OK);
+}
