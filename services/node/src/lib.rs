@@ -9,11 +9,13 @@
 //! - [`cluster`]: `LocalCluster`, N nodes in one process on the in-process
 //!   transport (`ringstore dev` and the in-process cluster tests).
 //! - [`http`]: the HTTP server and its per-worker Router actors.
+//! - [`lock_cmd`]: `ringstore lock NAME -- COMMAND`.
 
 pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod lock_cmd;
 pub mod process;
 
 /// Resolves on SIGTERM or Ctrl-C.

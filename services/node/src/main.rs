@@ -47,6 +47,9 @@ enum Cmd {
     /// Run one member of a cluster of processes (see `--help` for flags;
     /// each also reads `RINGSTORE_<NAME>` and the `--config` TOML file).
     Node(Box<NodeArgs>),
+    /// Run COMMAND while holding a lock: `ringstore lock NAME -- COMMAND...`
+    /// (the fencing token is in RINGSTORE_LOCK_TOKEN).
+    Lock(ringstore_node::lock_cmd::LockArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +60,10 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Dev { data_dir, http, http_workers, unsafe_no_fsync } => {
             actix_rt::System::new().block_on(dev(data_dir, http, http_workers, unsafe_no_fsync))
+        }
+        Cmd::Lock(args) => {
+            let code = actix_rt::System::new().block_on(ringstore_node::lock_cmd::run(args))?;
+            std::process::exit(code)
         }
         Cmd::Node(args) => {
             let opts = args.resolve()?;

@@ -235,3 +235,73 @@ async fn bad_lock_requests_get_400_with_a_json_error() {
     // The node still serves.
     assert_eq!(acquire(&url, "l", "o", 1000, 0).await.status, StatusCode::OK);
 }
+
+/// Waits for a child without blocking the runtime that serves the cluster.
+async fn wait_child(c: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return s;
+        }
+        assert!(start.elapsed() < within, "child did not exit within {within:?}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn ringstore_lock_runs_overlapping_commands_one_after_the_other() {
+    let tc = start(|_| {}).await;
+    let endpoints: Vec<String> = tc.cluster.node_ids().iter().map(|i| tc.cluster.url(*i).unwrap()).collect();
+    let log = tc.dir.path().join("critical.log");
+    let script = format!(
+        "echo start $RINGSTORE_LOCK_TOKEN >> {0}; sleep 0.4; echo end $RINGSTORE_LOCK_TOKEN >> {0}; exit 3",
+        log.display()
+    );
+    let spawn = |owner: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
+            .args([
+                "lock",
+                "cli",
+                "--ttl",
+                "2s",
+                "--wait",
+                "20s",
+                "--owner",
+                owner,
+                "--endpoints",
+                &endpoints.join(","),
+            ])
+            .args(["--", "sh", "-c", &script])
+            .env("RINGSTORE_LOG", "warn")
+            .spawn()
+            .unwrap()
+    };
+    let mut a = spawn("a");
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let mut b = spawn("b");
+    let (sa, sb) =
+        (wait_child(&mut a, Duration::from_secs(30)).await, wait_child(&mut b, Duration::from_secs(30)).await);
+    assert_eq!((sa.code(), sb.code()), (Some(3), Some(3)), "exit status of the command is passed through");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let tokens: Vec<u64> = lines.iter().map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
+    assert!(lines[0].starts_with("start") && lines[1].starts_with("end"), "{text}");
+    assert!(lines[2].starts_with("start") && lines[3].starts_with("end"), "{text}");
+    assert_eq!(tokens[0], tokens[1]);
+    assert_eq!(tokens[2], tokens[3]);
+    assert!(tokens[2] > tokens[0], "the second holder has a larger token: {text}");
+    // Released on exit: the lock is free.
+    let s = call("GET", &endpoints[0], "/v1/locks/cli", &[], vec![]).await;
+    assert_eq!(s.json()["held"], false);
+
+    // Held elsewhere and not free within --wait: exit 75, command not run.
+    let t = token(&acquire(&endpoints[0], "cli", "other", 10_000, 0).await);
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
+        .args(["lock", "cli", "--wait", "200ms", "--endpoints", &endpoints[1], "--", "sh", "-c", "exit 0"])
+        .env("RINGSTORE_LOG", "warn")
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_child(&mut c, Duration::from_secs(10)).await.code(), Some(75));
+    assert_eq!(release(&endpoints[0], "cli", "other", t).await.status, StatusCode::OK);
+}

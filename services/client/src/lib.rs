@@ -1,0 +1,208 @@
+//! A client for ringstore's lock API, used by `ringstore lock`, the tests
+//! and the load generator.
+//!
+//! [`LockClient`] talks HTTP to any node (the cluster forwards to the
+//! leader) and rotates over its endpoints when one does not answer.
+//! A granted [`Lease`] carries the fencing token and a local deadline
+//! computed from a monotonic clock started *before* the request was sent,
+//! so the holder never believes in a lease longer than the leader does.
+//! Runs on an actix (tokio current-thread) runtime, like `awc`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Characters escaped in a lock name inside a URL path (`/` is kept: names may nest).
+const PATH: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'?').add(b'<').add(b'>').add(b'`');
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Held by someone else (after the wait, if any).
+    #[error("lock is held by {holder:?} for another {lease_remaining_ms:?} ms")]
+    Held { holder: Option<String>, lease_remaining_ms: Option<u64> },
+    /// Release or refresh by an owner/token that no longer holds the lock.
+    #[error("this owner and token no longer hold the lock (held by {holder:?})")]
+    NotHolder { holder: Option<String> },
+    #[error("ringstore answered {status}: {body}")]
+    Server { status: u16, body: String },
+    #[error("no node answered: {0}")]
+    Transport(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub owner: String,
+    pub token: u64,
+    pub hold_count: u32,
+    /// Until when this holder may act on the lock (local monotonic clock).
+    pub valid_until: Instant,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct LockStatus {
+    pub held: bool,
+    pub holder: Option<String>,
+    pub token: Option<u64>,
+    pub hold_count: u32,
+    pub lease_remaining_ms: Option<u64>,
+    pub last_token: u64,
+    pub waiters: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Grant {
+    token: u64,
+    hold_count: u32,
+    lease_remaining_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct Conflict {
+    holder: Option<String>,
+    lease_remaining_ms: Option<u64>,
+}
+
+#[derive(Clone)]
+pub struct LockClient {
+    http: awc::Client,
+    endpoints: Arc<Vec<String>>,
+    next: Arc<AtomicUsize>,
+}
+
+/// Extra time the HTTP request gets beyond the server-side wait.
+const REQUEST_SLACK: Duration = Duration::from_secs(5);
+
+impl LockClient {
+    /// `endpoints`: node base URLs, e.g. `http://127.0.0.1:8080`.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        assert!(!endpoints.is_empty(), "at least one endpoint");
+        let http = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
+        LockClient { http, endpoints: Arc::new(endpoints), next: Arc::default() }
+    }
+
+    async fn post(
+        &self,
+        name: &str,
+        action: &str,
+        body: serde_json::Value,
+        wait: Duration,
+    ) -> Result<(u16, Vec<u8>), LockError> {
+        let path = format!("/v1/locks/{}/{action}", utf8_percent_encode(name, PATH));
+        let deadline = wait + REQUEST_SLACK;
+        let mut last = String::new();
+        // One try per endpoint: a node that does not answer is skipped.
+        for _ in 0..self.endpoints.len() {
+            let i = self.next.load(Ordering::Relaxed) % self.endpoints.len();
+            let url = format!("{}{path}", self.endpoints[i]);
+            let res = self
+                .http
+                .post(url)
+                .timeout(deadline)
+                .insert_header(("x-request-timeout", deadline.as_millis().min(60_000).to_string()))
+                .send_json(&body)
+                .await;
+            match res {
+                Ok(mut r) => {
+                    let status = r.status().as_u16();
+                    let bytes = r.body().limit(1 << 20).await.map_err(|e| LockError::Transport(e.to_string()))?;
+                    if status == 503 {
+                        last = String::from_utf8_lossy(&bytes).into_owned();
+                        self.next.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    return Ok((status, bytes.to_vec()));
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    self.next.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Err(LockError::Transport(last))
+    }
+
+    /// Acquires `name` for `owner`, waiting up to `wait` in the FIFO queue.
+    pub async fn acquire(&self, name: &str, owner: &str, ttl: Duration, wait: Duration) -> Result<Lease, LockError> {
+        let sent = Instant::now();
+        let body = json!({"owner": owner, "ttl_ms": ttl.as_millis() as u64, "wait_ms": wait.as_millis() as u64});
+        let (status, bytes) = self.post(name, "acquire", body, wait).await?;
+        self.grant(name, owner, sent, status, &bytes, true)
+    }
+
+    /// Extends the lease to `ttl` from now.
+    pub async fn refresh(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        let sent = Instant::now();
+        let body = json!({"owner": lease.owner, "token": lease.token, "ttl_ms": ttl.as_millis() as u64});
+        let (status, bytes) = self.post(&lease.name, "refresh", body, Duration::ZERO).await?;
+        self.grant(&lease.name, &lease.owner, sent, status, &bytes, false)
+    }
+
+    /// Drops one hold; returns the holds left (0: the lock is free).
+    pub async fn release(&self, lease: &Lease) -> Result<u32, LockError> {
+        let body = json!({"owner": lease.owner, "token": lease.token});
+        let (status, bytes) = self.post(&lease.name, "release", body, Duration::ZERO).await?;
+        match status {
+            200 => {
+                let v: serde_json::Value = parse(&bytes)?;
+                Ok(v["hold_count"].as_u64().unwrap_or(0) as u32)
+            }
+            409 => Err(LockError::NotHolder { holder: parse::<Conflict>(&bytes)?.holder }),
+            s => Err(server(s, &bytes)),
+        }
+    }
+
+    pub async fn status(&self, name: &str) -> Result<LockStatus, LockError> {
+        let url = format!("{}/v1/locks/{}", self.endpoints[0], utf8_percent_encode(name, PATH));
+        let mut r = self.http.get(url).send().await.map_err(|e| LockError::Transport(e.to_string()))?;
+        let bytes = r.body().await.map_err(|e| LockError::Transport(e.to_string()))?;
+        match r.status().as_u16() {
+            200 => parse(&bytes),
+            s => Err(server(s, &bytes)),
+        }
+    }
+
+    fn grant(
+        &self,
+        name: &str,
+        owner: &str,
+        sent: Instant,
+        status: u16,
+        bytes: &[u8],
+        acquire: bool,
+    ) -> Result<Lease, LockError> {
+        match status {
+            200 => {
+                let g: Grant = parse(bytes)?;
+                Ok(Lease {
+                    name: name.to_string(),
+                    owner: owner.to_string(),
+                    token: g.token,
+                    hold_count: g.hold_count,
+                    valid_until: sent + Duration::from_millis(g.lease_remaining_ms),
+                })
+            }
+            409 => {
+                let c: Conflict = parse(bytes)?;
+                Err(if acquire {
+                    LockError::Held { holder: c.holder, lease_remaining_ms: c.lease_remaining_ms }
+                } else {
+                    LockError::NotHolder { holder: c.holder }
+                })
+            }
+            s => Err(server(s, bytes)),
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, LockError> {
+    serde_json::from_slice(b).map_err(|e| LockError::Server { status: 200, body: format!("unparsable answer: {e}") })
+}
+
+fn server(status: u16, b: &[u8]) -> LockError {
+    LockError::Server { status, body: String::from_utf8_lossy(b).into_owned() }
+}
