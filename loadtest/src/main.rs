@@ -6,8 +6,11 @@
 //! Workloads (YCSB-like): `a` 50% reads / 50% updates, `b` 95/5, `c`
 //! read-only, `w` write-only; keys `uniform` or `zipfian`. A report is a
 //! summary table, a JSON file (`--out`) and an SVG plot beside it.
+//! Workload `locks` runs acquire + release pairs against ringstore, etcd
+//! (Lock RPC) or a single Redis (`SET NX PX` + Lua release).
 
 mod keys;
+mod locks;
 mod plot;
 mod report;
 mod ringstore;
@@ -25,6 +28,8 @@ pub enum System {
     /// etcd v3 through its native gRPC API; `--endpoints` are its client URLs.
     Etcd,
     Rocksdb,
+    /// A single Redis (`--endpoints redis://HOST:PORT`); `locks` workload only.
+    Redis,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
@@ -38,6 +43,17 @@ pub enum Workload {
     C,
     /// PUT only.
     W,
+    /// Acquire + release pairs (see `--lock-mode`).
+    Locks,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// Each client its own lock.
+    Uncontended,
+    /// All clients one lock: each operation is a handoff.
+    Contended,
 }
 
 impl Workload {
@@ -46,7 +62,7 @@ impl Workload {
             Workload::A => 0.5,
             Workload::B => 0.95,
             Workload::C => 1.0,
-            Workload::W => 0.0,
+            Workload::W | Workload::Locks => 0.0,
         }
     }
 }
@@ -104,6 +120,9 @@ pub struct Args {
     /// `rocksdb` only: keys per synced write batch.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// `locks` workload: one lock per client or one for all.
+    #[arg(long, value_enum, default_value = "uncontended")]
+    pub lock_mode: LockMode,
     /// Label printed in the summary and stored in the report.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -143,9 +162,13 @@ fn main() -> anyhow::Result<()> {
     if matches!(args.system, System::Rocksdb) {
         anyhow::ensure!(matches!(args.workload, Workload::W), "--system rocksdb runs workload w only");
     }
+    let locks = matches!(args.workload, Workload::Locks);
+    anyhow::ensure!(!matches!(args.system, System::Redis) || locks, "--system redis runs workload locks only");
     let result = match args.system {
+        _ if locks => actix_rt::System::new().block_on(locks::run(&args))?,
         System::Ringstore | System::Etcd => actix_rt::System::new().block_on(ringstore::run(&args))?,
         System::Rocksdb => rocksdb_raw::run(&args)?,
+        System::Redis => unreachable!("checked above"),
     };
     let report = report::Report::new(&args, result);
     report.print_summary();

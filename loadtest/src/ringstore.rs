@@ -85,7 +85,7 @@ async fn backends(args: &Args) -> anyhow::Result<Vec<Backend>> {
             }
             Ok(out)
         }
-        System::Rocksdb => anyhow::bail!("rocksdb is not a networked system"),
+        System::Rocksdb | System::Redis => anyhow::bail!("{:?} runs other workloads", args.system),
     }
 }
 
@@ -210,7 +210,7 @@ async fn preload(backends: &[Backend], args: &Args, value: &Arc<Vec<u8>>) -> any
 }
 
 /// Shows a progress bar for `duration` and returns ops completed per second.
-async fn progress(duration: Duration, completed: &AtomicU64) -> Vec<u64> {
+pub(crate) async fn progress(duration: Duration, completed: &AtomicU64) -> Vec<u64> {
     let pb = ProgressBar::new(duration.as_secs().max(1));
     pb.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
