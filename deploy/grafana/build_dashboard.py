@@ -57,6 +57,11 @@ PANELS = [
         ('sum (increase(ringstore_raft_log_compactions_total[5m]))', "log compactions /5m")]),
     ("Pending requests per replica", "short", [
         ('max by (node, shard) (ringstore_raft_pending_requests)', "node {{node}} shard {{shard}}")]),
+    ("Locks held and waiters", "short", [
+        ('sum by (shard) (ringstore_locks_held * on (node, shard) group_left ringstore_raft_is_leader)', "held shard {{shard}}"),
+        ('sum by (shard) (ringstore_lock_waiters)', "waiters shard {{shard}}")]),
+    ("Lock events per second", "ops", [
+        ('sum by (event) (rate(ringstore_lock_events_total[1m]))', "{{event}}")]),
     ("TTL expirations per second", "ops", [
         ('sum (rate(ringstore_ttl_expired_keys_total[1m]))', "expired keys")]),
 ]
