@@ -357,3 +357,23 @@ async fn garbage_and_oversized_frames_on_the_peer_port_are_disconnected() {
     .collect();
     assert!(refused.values().all(|v| *v >= 1.0), "{refused:?}");
 }
+
+#[actix_rt::test]
+async fn a_lock_held_across_a_kill_9_of_the_leader_stays_held_with_its_token() {
+    let mut c = start(&[]);
+    let l = leader(&c).await;
+    let other = c.ids().into_iter().find(|i| *i != l).unwrap();
+    let lock = ringstore_client::LockClient::new(vec![c.url(other)]);
+    let lease = lock.acquire("proc-lock", "a", Duration::from_secs(5), Duration::ZERO).await.unwrap();
+    c.kill9(l).unwrap();
+    leader(&c).await;
+    let s = lock.status("proc-lock").await.unwrap();
+    assert_eq!((s.holder.as_deref(), s.token), (Some("a"), Some(lease.token)), "not freed early: {s:?}");
+    match lock.acquire("proc-lock", "b", Duration::from_secs(5), Duration::ZERO).await {
+        Err(ringstore_client::LockError::Held { holder, .. }) => assert_eq!(holder.as_deref(), Some("a")),
+        other => panic!("expected held, got {other:?}"),
+    }
+    assert_eq!(lock.release(&lease).await.unwrap(), 0);
+    let next = lock.acquire("proc-lock", "b", Duration::from_secs(5), Duration::ZERO).await.unwrap();
+    assert!(next.token > lease.token);
+}
