@@ -13,6 +13,8 @@
 //! - [`command`]: commands replicated through Raft and their binary codec.
 //! - [`apply`]: the deterministic rules that turn a command into writes.
 //! - [`lock`]: lock and fence records and the lock rules (pure).
+//! - [`ring`]: which shard owns a ring point (`consistent_hash_ring`, vnodes per shard).
+//! - [`placement`]: which nodes hold each shard's replicas (pure, balanced).
 //! - [`error`]: [`StoreError`], the typed error every layer returns.
 //! - [`config`]: limits and timing, each with its unit in its name.
 
@@ -24,6 +26,8 @@ pub mod error;
 pub mod hash;
 pub mod keys;
 pub mod lock;
+pub mod placement;
+pub mod ring;
 pub mod value;
 
 pub use error::StoreError;
