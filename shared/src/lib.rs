@@ -15,10 +15,12 @@
 //! - [`lock`]: lock and fence records and the lock rules (pure).
 //! - [`ring`]: which shard owns a ring point (`consistent_hash_ring`, vnodes per shard).
 //! - [`placement`]: which nodes hold each shard's replicas (pure, balanced).
+//! - [`cluster_map`]: epoch, nodes and shards; bootstrap and codec.
 //! - [`error`]: [`StoreError`], the typed error every layer returns.
 //! - [`config`]: limits and timing, each with its unit in its name.
 
 pub mod apply;
+pub mod cluster_map;
 pub mod codec;
 pub mod command;
 pub mod config;
