@@ -135,6 +135,21 @@ fn get_cond(r: &mut Reader<'_>) -> Result<Precondition, CodecError> {
     }
 }
 
+impl Command {
+    /// The key (or lock name) whose ring point picks the owning shard;
+    /// `None` for the leader's own sweeps, which stay inside one shard.
+    pub fn routing_key(&self) -> Option<&[u8]> {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key, .. } => Some(key),
+            Command::LockAcquire { name, .. }
+            | Command::LockRelease { name, .. }
+            | Command::LockRefresh { name, .. }
+            | Command::LockExpire { name, .. } => Some(name.as_bytes()),
+            Command::Expire { .. } => None,
+        }
+    }
+}
+
 impl Proposal {
     pub fn encode(&self) -> Vec<u8> {
         Self::encode_parts(self.stamp_ms, &self.cmd)

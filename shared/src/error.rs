@@ -18,6 +18,10 @@ pub enum StoreError {
     /// No quorum, peer unreachable, or the outcome of a write is unknown.
     #[error("unavailable: {reason}")]
     Unavailable { reason: String },
+    /// The key is outside the ranges this shard owns (the router's map is
+    /// stale); nothing was applied.
+    #[error("shard {shard} does not own this key")]
+    WrongShard { shard: ShardId },
     /// The request was never delivered to `node` (partition, peer down).
     #[error("node {node} is unreachable")]
     Unreachable { node: NodeId },

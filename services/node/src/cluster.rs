@@ -120,6 +120,7 @@ impl LocalCluster {
             ReplicaConfig {
                 node: id,
                 shard: self.shard,
+                ranges: ringstore_storage::snapshot::whole_ring(),
                 initial_voters: self.cfg.nodes.clone(),
                 raft: self.cfg.raft.clone(),
                 limits: self.cfg.limits.clone(),

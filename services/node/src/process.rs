@@ -44,6 +44,7 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
         ReplicaConfig {
             node,
             shard: FIRST_DATA_SHARD,
+            ranges: ringstore_storage::snapshot::whole_ring(),
             initial_voters: voters.clone(),
             raft: o.raft.clone(),
             limits: o.limits.clone(),

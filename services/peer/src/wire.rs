@@ -689,6 +689,10 @@ fn put_error(w: &mut Writer, e: &StoreError) {
             w.u8(12);
             w.bytes(s.as_bytes());
         }
+        StoreError::WrongShard { shard } => {
+            w.u8(14);
+            w.u64(*shard);
+        }
         StoreError::Fenced { lock, highest } => {
             w.u8(13);
             w.bytes(lock.as_bytes());
@@ -728,6 +732,7 @@ fn get_error(r: &mut Reader<'_>) -> Result<StoreError, CodecError> {
         11 => StoreError::Engine(string(r, "message")?),
         12 => StoreError::Internal(string(r, "message")?),
         13 => StoreError::Fenced { lock: string(r, "lock")?, highest: r.u64("highest")? },
+        14 => StoreError::WrongShard { shard: r.u64("shard")? },
         tag => return Err(CodecError::UnknownTag { what: "error", tag }),
     })
 }
@@ -904,6 +909,7 @@ mod tests {
             Err(StoreError::TooLarge { what: "value", len: 2, max: 1 }),
             Err(StoreError::NotFound),
             Err(StoreError::Fenced { lock: "l".into(), highest: 4 }),
+            Err(StoreError::WrongShard { shard: 3 }),
             Ok(ShardReply::Outcome(Outcome::Lock {
                 outcome: LockOutcome::Conflict {
                     holder: Some(Holder {

@@ -39,6 +39,7 @@ use crate::messages::{
     PeerUnreachable, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult, TransferLeadership,
 };
 use crate::metrics::ReplicaMetrics;
+use crate::snapshot::{data_bounds, PointRange};
 use crate::transport::{Transport, RAFT_MAILBOX_CAPACITY};
 
 /// Reads that waited this long for a ReadIndex answer are re-issued.
@@ -47,6 +48,8 @@ const READ_INDEX_RETRY: Duration = Duration::from_millis(300);
 pub struct ReplicaConfig {
     pub node: NodeId,
     pub shard: ShardId,
+    /// The ring points this shard owns; keys elsewhere get `WrongShard`.
+    pub ranges: Vec<PointRange>,
     /// Voters to bootstrap with if this node has no state for the shard.
     pub initial_voters: Vec<NodeId>,
     pub raft: RaftConfig,
@@ -112,6 +115,9 @@ pub struct StorageActor {
     flush_scheduled: bool,
     leader: u64,
     sweep_cursor: Vec<u8>,
+    /// Which of `ranges` the TTL sweep is in.
+    sweep_range: usize,
+    ranges: Arc<Vec<PointRange>>,
     metrics: ReplicaMetrics,
     locks: LockIndex,
     waiters: Waiters<Reply>,
@@ -133,7 +139,8 @@ impl StorageActor {
         clock: Arc<dyn Clock>,
         arbiter: &ArbiterHandle,
     ) -> Result<Addr<StorageActor>, StartError> {
-        let (store, fresh) = LogStore::open(engine.clone(), cfg.shard, &cfg.initial_voters)?;
+        let ranges = Arc::new(cfg.ranges);
+        let (store, fresh) = LogStore::open(engine.clone(), cfg.shard, &cfg.initial_voters, ranges.clone())?;
         let applied = store.apply_state().applied_index;
         let rc = raft::Config {
             id: cfg.node,
@@ -162,6 +169,8 @@ impl StorageActor {
             flush_scheduled: false,
             leader: 0,
             sweep_cursor: Vec::new(),
+            sweep_range: 0,
+            ranges,
             metrics: ReplicaMetrics::new(cfg.node, cfg.shard),
             cfg: cfg.raft,
             locks: LockIndex::default(),
@@ -180,6 +189,12 @@ impl StorageActor {
     fn not_leader(&self) -> StoreError {
         let l = self.raw.raft.leader_id;
         StoreError::NotLeader { shard: self.shard, hint: (l != 0 && l != self.node).then_some(l) }
+    }
+
+    /// Whether `key` (a user key or lock name) is in this shard's ranges.
+    fn owns(&self, key: &[u8]) -> bool {
+        let p = ringstore_shared::hash::hash64(key);
+        self.ranges.iter().any(|r| r.contains(&p))
     }
 
     fn pending(&self) -> usize {
@@ -651,7 +666,10 @@ impl StorageActor {
             return;
         }
         let now = self.read_now_ms(false);
-        let (from, to) = crate::snapshot::shard_data_bounds();
+        if self.ranges.is_empty() {
+            return;
+        }
+        let (from, to) = data_bounds(&self.ranges[self.sweep_range % self.ranges.len()]);
         let start = if self.sweep_cursor.is_empty() { from } else { self.sweep_cursor.clone() };
         let max = self.cfg.ttl_sweep_keys_max;
         let mut seen = 0usize;
@@ -677,7 +695,11 @@ impl StorageActor {
                 k.push(0);
                 k
             }
-            _ => Vec::new(),
+            _ => {
+                // This range is done: the next round starts the next one.
+                self.sweep_range = (self.sweep_range + 1) % self.ranges.len();
+                Vec::new()
+            }
         };
         if !expired.is_empty() {
             let n = expired.len();
@@ -712,16 +734,18 @@ impl StorageActor {
 
     fn rebuild_lock_index(&mut self) {
         self.locks.clear();
-        let (from, to) = crate::snapshot::shard_data_bounds();
         let mut found = Vec::new();
-        let res = self.engine.scan(Cf::Data, &from, &to, |k, v| {
-            if let Some(name) = keys::lock_name_of(k) {
-                found.push((String::from_utf8_lossy(name).into_owned(), LockRecord::decode(v)));
+        for r in self.ranges.clone().iter() {
+            let (from, to) = data_bounds(r);
+            let res = self.engine.scan(Cf::Data, &from, &to, |k, v| {
+                if let Some(name) = keys::lock_name_of(k) {
+                    found.push((String::from_utf8_lossy(name).into_owned(), LockRecord::decode(v)));
+                }
+                true
+            });
+            if let Err(e) = res {
+                self.fatal("scanning lock records", e);
             }
-            true
-        });
-        if let Err(e) = res {
-            self.fatal("scanning lock records", e);
         }
         for (name, rec) in found {
             match rec {
@@ -972,6 +996,15 @@ impl Handler<ShardRequest> for StorageActor {
                 queued: self.pending(),
                 limit: self.limits.pending_requests_max,
             }));
+        }
+        let key: Option<&[u8]> = match &op {
+            ShardOp::Read { key, .. } => Some(key),
+            ShardOp::Write(cmd) => cmd.routing_key(),
+            ShardOp::Acquire { name, .. } | ShardOp::LockStatus { name } => Some(name.as_bytes()),
+            ShardOp::Status => None,
+        };
+        if key.is_some_and(|k| !self.owns(k)) {
+            return immediate(Err(StoreError::WrongShard { shard: self.shard }));
         }
         match op {
             ShardOp::Status => immediate(Ok(ShardReply::Status(self.status()))),

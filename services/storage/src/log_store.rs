@@ -21,7 +21,7 @@ use ringstore_shared::ShardId;
 use rocksdb::WriteBatch;
 
 use crate::engine::{Cf, Engine, EngineError};
-use crate::snapshot::SnapshotData;
+use crate::snapshot::{PointRange, SnapshotData};
 
 const KIND_ENTRY: u8 = 0x01;
 const KIND_HARD_STATE: u8 = 0x02;
@@ -78,6 +78,8 @@ impl ApplyState {
 pub struct LogStore {
     engine: Arc<Engine>,
     shard: ShardId,
+    /// The ring points whose data this shard owns (snapshots cover these).
+    ranges: Arc<Vec<PointRange>>,
     hard_state: HardState,
     conf_state: ConfState,
     apply: ApplyState,
@@ -97,13 +99,19 @@ impl LogStore {
     /// Loads the shard's Raft state, or bootstraps it with `voters` if the
     /// shard has never been created on this node. Returns whether it was
     /// newly bootstrapped.
-    pub fn open(engine: Arc<Engine>, shard: ShardId, voters: &[u64]) -> Result<(LogStore, bool), EngineError> {
+    pub fn open(
+        engine: Arc<Engine>,
+        shard: ShardId,
+        voters: &[u64],
+        ranges: Arc<Vec<PointRange>>,
+    ) -> Result<(LogStore, bool), EngineError> {
         let hs = engine.get(Cf::Raft, &shard_key(shard, KIND_HARD_STATE))?;
         let cs = engine.get(Cf::Raft, &shard_key(shard, KIND_CONF_STATE))?;
         let ap = engine.get(Cf::Raft, &shard_key(shard, KIND_APPLY_STATE))?;
         let mut store = LogStore {
             engine,
             shard,
+            ranges,
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             apply: ApplyState::default(),
@@ -249,8 +257,10 @@ impl LogStore {
     pub fn stage_snapshot(&self, b: &mut WriteBatch, snap: &Snapshot) -> Result<ApplyState, EngineError> {
         let meta = snap.get_metadata();
         let data = SnapshotData::decode(&snap.data).map_err(|e| corrupt("snapshot", e))?;
-        let (from, to) = crate::snapshot::shard_data_bounds();
-        self.engine.delete_range(b, Cf::Data, &from, &to);
+        for r in self.ranges.iter() {
+            let (from, to) = crate::snapshot::data_bounds(r);
+            self.engine.delete_range(b, Cf::Data, &from, &to);
+        }
         for (k, v) in &data.kvs {
             self.engine.put(b, Cf::Data, k, v);
         }
@@ -279,12 +289,14 @@ impl LogStore {
 
     /// Builds a snapshot of the applied state: every data key of the shard.
     fn build_snapshot(&self) -> Result<Snapshot, EngineError> {
-        let (from, to) = crate::snapshot::shard_data_bounds();
         let mut kvs = Vec::new();
-        self.engine.scan(Cf::Data, &from, &to, |k, v| {
-            kvs.push((k.to_vec(), v.to_vec()));
-            true
-        })?;
+        for r in self.ranges.iter() {
+            let (from, to) = crate::snapshot::data_bounds(r);
+            self.engine.scan(Cf::Data, &from, &to, |k, v| {
+                kvs.push((k.to_vec(), v.to_vec()));
+                true
+            })?;
+        }
         let index = self.apply.applied_index;
         let term =
             if index == self.apply.truncated_index { self.apply.truncated_term } else { self.read_entry(index)?.term };

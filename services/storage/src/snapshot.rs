@@ -17,12 +17,30 @@ pub struct SnapshotData {
     pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// `data` column family bounds of the one shard that owns the whole ring.
-/// The upper bound `[0xff; 9]` is above every data key: keys are UTF-8,
-/// which never contains the byte 0xff, so even at ring point `u64::MAX`
-/// the user key's first byte is below it.
+/// An interval of ring points a shard owns.
+pub type PointRange = std::ops::RangeInclusive<u64>;
+
+/// The whole ring, owned by one shard until the ring is split.
+pub fn whole_ring() -> Vec<PointRange> {
+    vec![0..=u64::MAX]
+}
+
+/// `data` column family bounds `[from, to)` of the keys whose ring point is
+/// in `r`. Above `u64::MAX` the bound is `[0xff; 9]`, which is above every
+/// data key: after the point come UTF-8 bytes or the 0xFE system prefix,
+/// never 0xff.
+pub fn data_bounds(r: &PointRange) -> (Vec<u8>, Vec<u8>) {
+    let from = r.start().to_be_bytes().to_vec();
+    let to = match r.end().checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        None => vec![0xff; 9],
+    };
+    (from, to)
+}
+
+/// Bounds of the whole ring.
 pub fn shard_data_bounds() -> (Vec<u8>, Vec<u8>) {
-    (vec![], vec![0xff; 9])
+    data_bounds(&(0..=u64::MAX))
 }
 
 impl SnapshotData {
@@ -89,6 +107,20 @@ mod tests {
         assert_eq!(SnapshotData::decode(&bytes).unwrap(), d);
         for cut in 0..bytes.len() {
             assert!(SnapshotData::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn range_bounds_split_keys_by_ring_point() {
+        let (lo, hi) = data_bounds(&(10..=20));
+        let key = |p: u64, k: &[u8]| {
+            let mut v = p.to_be_bytes().to_vec();
+            v.extend_from_slice(k);
+            v
+        };
+        for (p, inside) in [(9, false), (10, true), (20, true), (21, false)] {
+            let k = key(p, "zz\u{10FFFF}".as_bytes());
+            assert_eq!(k.as_slice() >= lo.as_slice() && k.as_slice() < hi.as_slice(), inside, "point {p}");
         }
     }
 
