@@ -35,7 +35,7 @@ pub(crate) async fn route(
 ) -> Result<ShardReply, ApiError> {
     let routed = state
         .router
-        .send(Route { key, op, timeout })
+        .send(Route { key, op, timeout, shard: None })
         .await
         .map_err(|_| ApiError::from(StoreError::Unavailable { reason: "router stopped".into() }))?;
     Ok(routed?)

@@ -22,7 +22,7 @@ use actix::Addr;
 use actix_web::web;
 use ringstore_router::Router;
 use ringstore_shared::config::Limits;
-use ringstore_shared::NodeId;
+use ringstore_shared::{NodeId, ShardId};
 
 pub use error::ApiError;
 
@@ -35,6 +35,8 @@ pub struct ApiState {
     /// Set when the node is shutting down: `/readyz` answers 503 so load
     /// balancers stop sending new requests while in-flight ones finish.
     pub draining: Arc<AtomicBool>,
+    /// Shards with a replica on this node (what `/readyz` checks).
+    pub local_shards: Arc<Vec<ShardId>>,
 }
 
 /// Registers every route. Use with `App::new().app_data(..).configure(api::routes)`.

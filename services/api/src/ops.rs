@@ -59,23 +59,33 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Ready when this node's replica knows a leader for its shard.
+/// Ready when every local replica knows a leader for its shard.
 pub async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "node is shutting down"));
     }
-    let r = state.router.send(Route { key: vec![], op: ShardOp::Status, timeout: Duration::from_secs(1) }).await;
-    match r {
-        Ok(Ok(ShardReply::Status(s))) if s.leader.is_some() => {
-            Ok(HttpResponse::Ok().json(json!({ "ready": true, "shards": [s] })))
+    let mut shards = Vec::with_capacity(state.local_shards.len());
+    for &shard in state.local_shards.iter() {
+        let route = Route { key: vec![], op: ShardOp::Status, timeout: Duration::from_secs(1), shard: Some(shard) };
+        match state.router.send(route).await {
+            Ok(Ok(ShardReply::Status(s))) if s.leader.is_some() => shards.push(s),
+            Ok(Ok(ShardReply::Status(s))) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    format!("shard {} has no known leader on node {}", s.shard, s.node),
+                ))
+            }
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    format!("local replica of shard {shard} did not answer"),
+                ))
+            }
         }
-        Ok(Ok(ShardReply::Status(s))) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            format!("shard {} has no known leader on node {}", s.shard, s.node),
-        )),
-        _ => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "local replica did not answer")),
     }
+    Ok(HttpResponse::Ok().json(json!({ "ready": true, "shards": shards })))
 }
 
 pub async fn metrics() -> HttpResponse {

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use actix::{Addr, Arbiter};
 use actix_web::dev::ServerHandle;
 use anyhow::{bail, Context as _};
-use ringstore_router::{LeaderCache, Route, Router};
+use ringstore_router::{Route, Router, RoutingTable};
+use ringstore_shared::cluster_map::{self, ClusterMap, NodeInfo, NodeState};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::{NodeId, ShardId, FIRST_DATA_SHARD};
 use ringstore_storage::clock::SystemClock;
@@ -33,6 +34,8 @@ pub struct ClusterConfig {
     /// gives every node an ephemeral port (tests).
     pub http: SocketAddr,
     pub http_workers: usize,
+    /// Data shards (1..=shards), three replicas each, placed by `placement`.
+    pub shards: u64,
     pub raft: RaftConfig,
     pub limits: Limits,
 }
@@ -44,15 +47,20 @@ impl ClusterConfig {
             nodes: vec![1, 2, 3],
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_workers: 1,
+            shards: 1,
             raft: RaftConfig::default(),
             limits: Limits::default(),
         }
     }
 }
 
+/// Storage threads per node: every shard replica of the node runs on one
+/// of these, so threads do not grow with shards.
+pub const STORAGE_THREADS_PER_NODE: usize = 2;
+
 struct RunningNode {
-    arbiter: Arbiter,
-    storage: Addr<StorageActor>,
+    arbiters: Vec<Arbiter>,
+    storage: Vec<Addr<StorageActor>>,
     engine: Weak<Engine>,
     router: Addr<Router>,
     server: ServerHandle,
@@ -63,7 +71,30 @@ pub struct LocalCluster {
     cfg: ClusterConfig,
     transport: LocalTransport,
     nodes: BTreeMap<NodeId, RunningNode>,
-    shard: ShardId,
+    map: ClusterMap,
+    table: Arc<RoutingTable>,
+}
+
+/// The shard count is fixed when the data dir is created: the ring (and
+/// so which replica holds which key) depends on it. A later, different
+/// request is ignored with a warning rather than misplacing data.
+fn settle_shard_count(data_dir: &std::path::Path, wanted: u64) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("shards");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let stored: u64 = text.trim().parse().with_context(|| format!("reading {}", path.display()))?;
+            if stored != wanted {
+                tracing::warn!(stored, wanted, "the data dir was created with {stored} shard(s); keeping {stored}");
+            }
+            Ok(stored)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{wanted}\n")).with_context(|| format!("writing {}", path.display()))?;
+            Ok(wanted)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// How long a stopped node may take to release its RocksDB.
@@ -72,8 +103,15 @@ const ENGINE_CLOSE_WAIT: Duration = Duration::from_secs(10);
 impl LocalCluster {
     /// Starts every node. Must run inside an actix system.
     pub async fn start(cfg: ClusterConfig) -> anyhow::Result<Self> {
-        let mut c =
-            LocalCluster { cfg, transport: LocalTransport::new(), nodes: BTreeMap::new(), shard: FIRST_DATA_SHARD };
+        let infos = cfg
+            .nodes
+            .iter()
+            .map(|id| (*id, NodeInfo { http: String::new(), peer: String::new(), state: NodeState::Up }))
+            .collect();
+        let shards = settle_shard_count(&cfg.data_dir, cfg.shards.max(1))?;
+        let map = ClusterMap::bootstrap(infos, shards, 3)?;
+        let table = Arc::new(RoutingTable::from_map(&map));
+        let mut c = LocalCluster { cfg, transport: LocalTransport::new(), nodes: BTreeMap::new(), map, table };
         for id in c.cfg.nodes.clone() {
             c.start_node(id).await?;
         }
@@ -115,31 +153,35 @@ impl LocalCluster {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let engine = Engine::open(&dir, &id.to_string())?;
         engine.check_or_set_identity(id).with_context(|| format!("data dir {}", dir.display()))?;
-        let arbiter = Arbiter::new();
-        let storage = StorageActor::start(
-            ReplicaConfig {
-                node: id,
-                shard: self.shard,
-                ranges: ringstore_storage::snapshot::whole_ring(),
-                initial_voters: self.cfg.nodes.clone(),
-                raft: self.cfg.raft.clone(),
-                limits: self.cfg.limits.clone(),
-            },
-            engine.clone(),
-            Arc::new(self.transport.clone()),
-            Arc::new(SystemClock),
-            &arbiter.handle(),
-        )?;
+        let arbiters: Vec<Arbiter> = (0..STORAGE_THREADS_PER_NODE).map(|_| Arbiter::new()).collect();
+        let ring = self.map.ring();
+        let local_shards: Vec<ShardId> =
+            self.map.shards_on(id).into_iter().filter(|s| *s != cluster_map::META_SHARD).collect();
+        let mut storage = Vec::new();
+        for (i, &shard) in local_shards.iter().enumerate() {
+            let addr = StorageActor::start(
+                ReplicaConfig {
+                    node: id,
+                    shard,
+                    ranges: ring.ranges_of(shard),
+                    initial_voters: self.map.shards[&shard].clone(),
+                    raft: self.cfg.raft.clone(),
+                    limits: self.cfg.limits.clone(),
+                },
+                engine.clone(),
+                Arc::new(self.transport.clone()),
+                Arc::new(SystemClock),
+                &arbiters[i % arbiters.len()].handle(),
+            )?;
+            self.transport.register(id, shard, addr.clone());
+            storage.push(addr);
+        }
         let weak = Arc::downgrade(&engine);
         drop(engine);
-        self.transport.register(id, self.shard, storage.clone());
-        let leader = LeaderCache::default();
         let transport: Arc<dyn Transport> = Arc::new(self.transport.clone());
-        let members = self.cfg.nodes.clone();
-        let shard = self.shard;
         // The admin router (status, tests) lives on the system arbiter; each
-        // HTTP worker starts its own below. All share the leader cache.
-        let router = actix::Actor::start(Router::new(id, shard, members.clone(), transport.clone(), leader.clone()));
+        // HTTP worker starts its own below. All share the routing table.
+        let router = actix::Actor::start(Router::new(id, self.table.clone(), transport.clone()));
         let mut addr = self.cfg.http;
         if addr.port() != 0 {
             addr.set_port(addr.port() + idx as u16);
@@ -148,16 +190,15 @@ impl LocalCluster {
             node: id,
             addr,
             workers: self.cfg.http_workers,
-            shard,
-            members,
+            table: self.table.clone(),
+            local_shards,
             transport,
-            leader,
             limits: self.cfg.limits.clone(),
             draining: Arc::default(),
             shutdown_timeout_s: 5,
         })?;
         info!(node = id, %http, data_dir = %dir.display(), "node started");
-        self.nodes.insert(id, RunningNode { arbiter, storage, engine: weak, router, server, http });
+        self.nodes.insert(id, RunningNode { arbiters, storage, engine: weak, router, server, http });
         Ok(())
     }
 
@@ -167,9 +208,13 @@ impl LocalCluster {
         let node = self.nodes.remove(&id).with_context(|| format!("node {id} is not running"))?;
         self.transport.unregister_node(id);
         node.server.stop(false).await;
-        node.arbiter.stop();
-        let arbiter = node.arbiter;
-        actix_rt::task::spawn_blocking(move || arbiter.join()).await.context("joining the storage thread")?.ok();
+        for a in &node.arbiters {
+            a.stop();
+        }
+        let arbiters = node.arbiters;
+        actix_rt::task::spawn_blocking(move || arbiters.into_iter().for_each(|a| drop(a.join())))
+            .await
+            .context("joining the storage threads")?;
         drop(node.storage);
         drop(node.router);
         let start = Instant::now();
@@ -190,10 +235,20 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// The status of the replica on node `id`.
+    pub fn map(&self) -> &ClusterMap {
+        &self.map
+    }
+
+    /// The status of shard 1's replica on node `id`.
     pub async fn status(&self, id: NodeId) -> anyhow::Result<ReplicaStatus> {
+        self.shard_status(id, FIRST_DATA_SHARD).await
+    }
+
+    /// The status of `shard`'s replica on node `id`.
+    pub async fn shard_status(&self, id: NodeId, shard: ShardId) -> anyhow::Result<ReplicaStatus> {
         let node = self.nodes.get(&id).with_context(|| format!("node {id} is not running"))?;
-        let r = node.router.send(Route { key: vec![], op: ShardOp::Status, timeout: Duration::from_secs(2) }).await??;
+        let route = Route { key: vec![], op: ShardOp::Status, timeout: Duration::from_secs(2), shard: Some(shard) };
+        let r = node.router.send(route).await??;
         match r {
             ShardReply::Status(s) => Ok(s),
             other => bail!("unexpected reply {other:?}"),

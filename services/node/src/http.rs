@@ -1,5 +1,6 @@
 //! The HTTP server of one node: one Router actor per worker thread, all
-//! sharing the node's leader cache, in front of the REST API.
+//! sharing the node's routing table (ring, replicas, leader cache), in
+//! front of the REST API.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -10,7 +11,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use ringstore_api::ApiState;
-use ringstore_router::{LeaderCache, Router};
+use ringstore_router::{Router, RoutingTable};
 use ringstore_shared::config::Limits;
 use ringstore_shared::{NodeId, ShardId};
 use ringstore_storage::Transport;
@@ -19,10 +20,9 @@ pub struct HttpOptions {
     pub node: NodeId,
     pub addr: SocketAddr,
     pub workers: usize,
-    pub shard: ShardId,
-    pub members: Vec<NodeId>,
+    pub table: Arc<RoutingTable>,
+    pub local_shards: Vec<ShardId>,
     pub transport: Arc<dyn Transport>,
-    pub leader: LeaderCache,
     pub limits: Limits,
     pub draining: Arc<AtomicBool>,
     /// Seconds in-flight requests get to finish on a graceful stop.
@@ -31,12 +31,18 @@ pub struct HttpOptions {
 
 /// Binds and starts the server on the current actix system.
 pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
-    let HttpOptions { node, addr, workers, shard, members, transport, leader, limits, draining, shutdown_timeout_s } =
-        o;
+    let HttpOptions { node, addr, workers, table, local_shards, transport, limits, draining, shutdown_timeout_s } = o;
+    let local_shards = Arc::new(local_shards);
     let server = HttpServer::new(move || {
         // Runs once on each worker thread: that worker's own Router.
-        let router = actix::Actor::start(Router::new(node, shard, members.clone(), transport.clone(), leader.clone()));
-        let state = ApiState { node, router, limits: limits.clone(), draining: draining.clone() };
+        let router = actix::Actor::start(Router::new(node, table.clone(), transport.clone()));
+        let state = ApiState {
+            node,
+            router,
+            limits: limits.clone(),
+            draining: draining.clone(),
+            local_shards: local_shards.clone(),
+        };
         App::new()
             .app_data(web::Data::new(state))
             .wrap(from_fn(ringstore_api::ops::track))

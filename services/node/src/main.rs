@@ -39,6 +39,10 @@ enum Cmd {
         /// HTTP worker threads per node.
         #[arg(long, default_value_t = 1)]
         http_workers: usize,
+        /// Data shards (Raft groups of 3 replicas) on the hash ring; only
+        /// used when the data dir is new.
+        #[arg(long, default_value_t = 1)]
+        shards: u64,
         /// Do not fsync the Raft log. Benchmarks only: a crash can lose
         /// acknowledged writes.
         #[arg(long)]
@@ -58,8 +62,8 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log filter")?)
         .init();
     match cli.cmd {
-        Cmd::Dev { data_dir, http, http_workers, unsafe_no_fsync } => {
-            actix_rt::System::new().block_on(dev(data_dir, http, http_workers, unsafe_no_fsync))
+        Cmd::Dev { data_dir, http, http_workers, shards, unsafe_no_fsync } => {
+            actix_rt::System::new().block_on(dev(data_dir, http, http_workers, shards, unsafe_no_fsync))
         }
         Cmd::Lock(args) => {
             let code = actix_rt::System::new().block_on(ringstore_node::lock_cmd::run(args))?;
@@ -72,8 +76,16 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn dev(data_dir: PathBuf, http: SocketAddr, http_workers: usize, unsafe_no_fsync: bool) -> anyhow::Result<()> {
+async fn dev(
+    data_dir: PathBuf,
+    http: SocketAddr,
+    http_workers: usize,
+    shards: u64,
+    unsafe_no_fsync: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=256).contains(&shards), "--shards must be 1..=256");
     let mut cfg = ClusterConfig::new(&data_dir);
+    cfg.shards = shards;
     cfg.http = http;
     cfg.http_workers = http_workers.max(1);
     if unsafe_no_fsync {
@@ -82,7 +94,7 @@ async fn dev(data_dir: PathBuf, http: SocketAddr, http_workers: usize, unsafe_no
     }
     let cluster = LocalCluster::start(cfg).await?;
     let leader = cluster.wait_leader(std::time::Duration::from_secs(10)).await?;
-    println!("ringstore dev: 3 nodes, data in {}", data_dir.display());
+    println!("ringstore dev: 3 nodes, {shards} shard(s), data in {}", data_dir.display());
     for id in cluster.node_ids() {
         if let Some(url) = cluster.url(id) {
             println!("  node {id}: {url}{}", if id == leader { "  (leader)" } else { "" });

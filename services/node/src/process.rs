@@ -16,7 +16,8 @@ use std::time::Duration;
 use actix::Arbiter;
 use anyhow::Context as _;
 use ringstore_peer::{PeerConfig, PeerTransport};
-use ringstore_router::LeaderCache;
+use ringstore_router::RoutingTable;
+use ringstore_shared::cluster_map::{ClusterMap, NodeInfo, NodeState};
 use ringstore_shared::{NodeId, FIRST_DATA_SHARD};
 use ringstore_storage::clock::SystemClock;
 use ringstore_storage::messages::TransferLeadership;
@@ -61,10 +62,9 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
         node,
         addr: o.http,
         workers: o.http_workers,
-        shard: FIRST_DATA_SHARD,
-        members: voters,
+        table: Arc::new(RoutingTable::from_map(&single_shard_map(&ident))),
+        local_shards: vec![FIRST_DATA_SHARD],
         transport: Arc::new(transport.clone()),
-        leader: LeaderCache::default(),
         limits: o.limits.clone(),
         draining: draining.clone(),
         shutdown_timeout_s: o.shutdown_timeout_s,
@@ -93,6 +93,18 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
     info!(node, "stopped cleanly");
     println!("ringstore node {node}: stopped cleanly");
     Ok(())
+}
+
+/// One data shard on every member, owning the whole ring. Multi-shard
+/// process clusters come with the meta shard, which will hold the map.
+fn single_shard_map(ident: &Identity) -> ClusterMap {
+    let nodes = ident
+        .members
+        .iter()
+        .map(|(id, peer)| (*id, NodeInfo { http: String::new(), peer: peer.clone(), state: NodeState::Up }))
+        .collect();
+    let shards = [(FIRST_DATA_SHARD, ident.members.keys().copied().collect())].into_iter().collect();
+    ClusterMap { epoch: 1, nodes, shards }
 }
 
 /// Opens RocksDB and settles who this data dir belongs to.

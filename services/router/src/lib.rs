@@ -3,8 +3,8 @@
 //! [`Transport`], and retry within the request deadline when the answer
 //! says the leader moved. Clients never see `NotLeader`.
 //!
-//! With one shard the ring lookup is trivial; the sharding work replaces
-//! [`Router::shard_for`] with the hash ring and the cluster map.
+//! The [`RoutingTable`] comes from the cluster map: key → ring point →
+//! shard (the hash ring) → cached leader of that shard.
 //!
 //! # Layout
 //! - [`Router`]: the actor; its handler returns the retry loop as a future.
@@ -12,12 +12,15 @@
 
 pub mod retry;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use actix::prelude::*;
 use prometheus::{register_int_counter_vec, IntCounterVec};
+use ringstore_shared::cluster_map::ClusterMap;
+use ringstore_shared::ring::Ring;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::{ShardOp, ShardResult, Transport};
 use tokio::time::Instant;
@@ -41,36 +44,50 @@ pub struct Route {
     pub key: Vec<u8>,
     pub op: ShardOp,
     pub timeout: Duration,
+    /// Send to this shard instead of the key's (status of a local replica).
+    pub shard: Option<ShardId>,
 }
 
-/// The last known leader of the shard (0 = unknown), shared by every
-/// Router of a node and by their in-flight retry loops. An atomic keeps the
-/// hot path free of locks.
-#[derive(Clone, Default)]
-pub struct LeaderCache(Arc<AtomicU64>);
+/// What routers need from the cluster map: the ring, each shard's
+/// replicas, and the last known leader of each shard (0 = unknown). One
+/// per node, shared by every Router and their in-flight retry loops;
+/// atomics keep the hot path free of locks.
+pub struct RoutingTable {
+    pub epoch: u64,
+    ring: Ring,
+    shards: HashMap<ShardId, (Arc<Vec<NodeId>>, AtomicU64)>,
+}
+
+impl RoutingTable {
+    pub fn from_map(map: &ClusterMap) -> Self {
+        let shards = map.shards.iter().map(|(s, r)| (*s, (Arc::new(r.clone()), AtomicU64::new(0)))).collect();
+        RoutingTable { epoch: map.epoch, ring: map.ring(), shards }
+    }
+
+    /// The shard owning `key`.
+    pub fn shard_for(&self, key: &[u8]) -> Option<ShardId> {
+        self.ring.owner_of_key(key)
+    }
+
+    pub fn replicas(&self, shard: ShardId) -> Option<Arc<Vec<NodeId>>> {
+        self.shards.get(&shard).map(|(r, _)| r.clone())
+    }
+
+    fn leader(&self, shard: ShardId) -> Option<&AtomicU64> {
+        self.shards.get(&shard).map(|(_, l)| l)
+    }
+}
 
 /// One per HTTP worker thread, so routing never funnels through one thread.
 pub struct Router {
     node: NodeId,
-    shard: ShardId,
-    members: Arc<Vec<NodeId>>,
+    table: Arc<RoutingTable>,
     transport: Arc<dyn Transport>,
-    leader: Arc<AtomicU64>,
 }
 
 impl Router {
-    pub fn new(
-        node: NodeId,
-        shard: ShardId,
-        members: Vec<NodeId>,
-        transport: Arc<dyn Transport>,
-        leader: LeaderCache,
-    ) -> Self {
-        Router { node, shard, members: Arc::new(members), transport, leader: leader.0 }
-    }
-
-    fn shard_for(&self, _key: &[u8]) -> ShardId {
-        self.shard
+    pub fn new(node: NodeId, table: Arc<RoutingTable>, transport: Arc<dyn Transport>) -> Self {
+        Router { node, table, transport }
     }
 }
 
@@ -82,12 +99,16 @@ impl Handler<Route> for Router {
     type Result = ResponseFuture<ShardResult>;
 
     fn handle(&mut self, msg: Route, _ctx: &mut Context<Self>) -> Self::Result {
-        let shard = self.shard_for(&msg.key);
         let node = self.node;
-        let members = self.members.clone();
+        let table = self.table.clone();
         let transport = self.transport.clone();
-        let leader = self.leader.clone();
         Box::pin(async move {
+            let Some(shard) = msg.shard.or_else(|| table.shard_for(&msg.key)) else {
+                return Err(StoreError::Unavailable { reason: "the cluster map has no data shards".into() });
+            };
+            let (Some(members), Some(leader)) = (table.replicas(shard), table.leader(shard)) else {
+                return Err(StoreError::Unavailable { reason: format!("shard {shard} is not in the cluster map") });
+            };
             let deadline = Instant::now() + msg.timeout;
             let timeout_ms = msg.timeout.as_millis() as u64;
             // Stale reads and status are answered by this node's own replica.
@@ -96,7 +117,8 @@ impl Handler<Route> for Router {
                 node
             } else {
                 match leader.load(Ordering::Relaxed) {
-                    0 => node,
+                    0 if members.contains(&node) => node,
+                    0 => members.first().copied().unwrap_or(node),
                     l => l,
                 }
             };
