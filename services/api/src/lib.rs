@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`kv`]: `PUT/GET/DELETE /v1/kv/{key}` (with `Fencing-Token`).
 //! - [`locks`]: `/v1/locks/{name}` acquire, release, refresh, status.
+//! - [`scan`]: `GET /v1/kv?prefix=`: scatter-gather over every shard, merged and paged.
 //! - [`request`]: pure parsing of keys, query and precondition headers.
 //! - [`error`]: [`ApiError`], the JSON error body and status mapping.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, fallbacks, request metrics.
@@ -14,6 +15,7 @@ pub mod kv;
 pub mod locks;
 pub mod ops;
 pub mod request;
+pub mod scan;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -37,6 +39,8 @@ pub struct ApiState {
     pub draining: Arc<AtomicBool>,
     /// Shards with a replica on this node (what `/readyz` checks).
     pub local_shards: Arc<Vec<ShardId>>,
+    /// Every data shard (what a scan asks).
+    pub data_shards: Arc<Vec<ShardId>>,
 }
 
 /// Registers every route. Use with `App::new().app_data(..).configure(api::routes)`.
@@ -48,6 +52,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(kv::delete))
             .default_service(web::to(ops::method_not_allowed)),
     )
+    .service(web::resource("/v1/kv").route(web::get().to(scan::scan)).default_service(web::to(ops::method_not_allowed)))
     .service(lock_action("acquire", locks::acquire))
     .service(lock_action("release", locks::release))
     .service(lock_action("refresh", locks::refresh))

@@ -33,6 +33,7 @@ pub struct HttpOptions {
 pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
     let HttpOptions { node, addr, workers, table, local_shards, transport, limits, draining, shutdown_timeout_s } = o;
     let local_shards = Arc::new(local_shards);
+    let data_shards = Arc::new(table.data_shards());
     let server = HttpServer::new(move || {
         // Runs once on each worker thread: that worker's own Router.
         let router = actix::Actor::start(Router::new(node, table.clone(), transport.clone()));
@@ -42,6 +43,7 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
             limits: limits.clone(),
             draining: draining.clone(),
             local_shards: local_shards.clone(),
+            data_shards: data_shards.clone(),
         };
         App::new()
             .app_data(web::Data::new(state))

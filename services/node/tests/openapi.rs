@@ -31,6 +31,7 @@ fn openapi_paths_match_the_routes() {
             "/healthz",
             "/metrics",
             "/readyz",
+            "/v1/kv",
             "/v1/kv/{key}",
             "/v1/locks/{name}",
             "/v1/locks/{name}/acquire",
@@ -46,6 +47,7 @@ fn openapi_paths_match_the_routes() {
     let src = api_source();
     for route in [
         "\"/v1/kv/{key:.*}\"",
+        "\"/v1/kv\"",
         "\"/v1/locks/{name:.*}\"",
         "\"/v1/locks/{{name:.*}}/{action}\"",
         "lock_action(\"acquire\"",

@@ -60,4 +60,43 @@ async fn sixteen_shards_take_twenty_thousand_keys_evenly_and_serve_them_from_any
     assert!(total >= n as u64, "{applied:?}");
     let (min, max) = (*applied.iter().min().unwrap() as f64, *applied.iter().max().unwrap() as f64);
     assert!(max / min <= 1.3, "writes per shard (applied index) spread too wide: {applied:?}");
+
+    // Prefix scans gather every shard, merge in key order, and page.
+    let scan_all = |prefix: &'static str, limit: usize, keys_only: bool| {
+        let url = urls[2].clone();
+        async move {
+            let mut keys = Vec::new();
+            let mut cursor: Option<String> = None;
+            for _ in 0..100 {
+                let mut q = format!("/v1/kv?prefix={prefix}&limit={limit}&keys_only={keys_only}");
+                if let Some(c) = &cursor {
+                    q.push_str(&format!("&cursor={c}"));
+                }
+                let r = call("GET", &url, &q, &[], vec![]).await;
+                assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+                let v = r.json();
+                for item in v["items"].as_array().unwrap() {
+                    assert_eq!(item.get("value_b64").is_none(), keys_only);
+                    keys.push(item["key"].as_str().unwrap().to_string());
+                }
+                match v["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_string()),
+                    None => return keys,
+                }
+            }
+            panic!("too many pages")
+        }
+    };
+    let mut want: Vec<String> = (0..n).map(|i| format!("k{i}")).filter(|k| k.starts_with("k12")).collect();
+    want.sort();
+    assert_eq!(scan_all("k12", 1000, true).await, want);
+    let mut want: Vec<String> = (0..n).map(|i| format!("k{i}")).filter(|k| k.starts_with("k1999")).collect();
+    want.sort();
+    assert_eq!(scan_all("k1999", 4, false).await, want, "pages of 4 across shards");
+    let r = call("GET", &urls[0], "/v1/kv?prefix=k1999&limit=2", &[], vec![]).await;
+    assert_eq!(r.json()["items"][0]["value_b64"], "djE5OTk=", "base64 of v1999");
+    for bad in ["limit=0", "limit=1001", "cursor=xyz", "nope=1"] {
+        let r = call("GET", &urls[0], &format!("/v1/kv?{bad}"), &[], vec![]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
 }

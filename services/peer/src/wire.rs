@@ -393,6 +393,19 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
             w.u8(5);
             w.bytes(name.as_bytes());
         }
+        ShardOp::Scan { prefix, after, limit, keys_only } => {
+            w.u8(6);
+            w.bytes(prefix);
+            match after {
+                None => w.u8(0),
+                Some(a) => {
+                    w.u8(1);
+                    w.bytes(a);
+                }
+            }
+            w.u64(*limit as u64);
+            w.u8(*keys_only as u8);
+        }
     }
 }
 
@@ -411,6 +424,16 @@ fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
             wait_ms: r.u64("wait")?,
         },
         5 => ShardOp::LockStatus { name: string(r, "lock name")? },
+        6 => ShardOp::Scan {
+            prefix: r.bytes("prefix")?.to_vec(),
+            after: match r.u8("after present")? {
+                0 => None,
+                1 => Some(r.bytes("after")?.to_vec()),
+                tag => return Err(CodecError::UnknownTag { what: "after present", tag }),
+            },
+            limit: r.u64("limit")?.min(1 << 20) as usize,
+            keys_only: r.u8("keys only")? != 0,
+        },
         tag => return Err(CodecError::UnknownTag { what: "op", tag }),
     })
 }
@@ -477,6 +500,15 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
             for v in &s.voters {
                 w.u64(*v);
             }
+        }
+        ShardReply::Items { items, more } => {
+            w.u8(5);
+            w.u32(items.len() as u32);
+            for (k, v) in items {
+                w.bytes(k);
+                w.bytes(&v.encode());
+            }
+            w.u8(*more as u8);
         }
         ShardReply::Lock { record, waiters, now_ms } => {
             w.u8(4);
@@ -633,6 +665,15 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
                 waiters.push(string(r, "waiter")?);
             }
             ShardReply::Lock { record, waiters, now_ms: r.u64("now")? }
+        }
+        5 => {
+            let n = r.u32("item count")?;
+            let mut items = Vec::with_capacity((n as usize).min(4096));
+            for _ in 0..n {
+                let k = r.bytes("item key")?.to_vec();
+                items.push((k, StoredValue::decode(r.bytes("item value")?)?));
+            }
+            ShardReply::Items { items, more: r.u8("more")? != 0 }
         }
         tag => return Err(CodecError::UnknownTag { what: "reply", tag }),
     })
@@ -869,6 +910,7 @@ mod tests {
             ShardOp::Status,
             ShardOp::Acquire { name: "n".into(), owner: "o".into(), ttl_ms: 5, wait_ms: 6 },
             ShardOp::LockStatus { name: "n".into() },
+            ShardOp::Scan { prefix: b"p/".to_vec(), after: Some(b"p/a".to_vec()), limit: 10, keys_only: true },
         ];
         for op in ops {
             let mut buf = Vec::new();
@@ -927,6 +969,10 @@ mod tests {
                 now_ms: 1,
             })),
             Ok(ShardReply::Outcome(Outcome::Fenced { lock: "l".into(), highest: 2 })),
+            Ok(ShardReply::Items {
+                items: vec![(b"k".to_vec(), StoredValue { version: 1, expires_at_ms: None, data: b"v".to_vec() })],
+                more: true,
+            }),
             Ok(ShardReply::Lock {
                 record: Some(LockRecord { holder: None, last_token: 7 }),
                 waiters: vec!["w1".into()],

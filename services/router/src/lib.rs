@@ -69,6 +69,14 @@ impl RoutingTable {
         self.ring.owner_of_key(key)
     }
 
+    /// Every shard that owns keys (all but the meta shard), in id order.
+    pub fn data_shards(&self) -> Vec<ShardId> {
+        let mut v: Vec<ShardId> =
+            self.shards.keys().copied().filter(|s| *s != ringstore_shared::cluster_map::META_SHARD).collect();
+        v.sort_unstable();
+        v
+    }
+
     pub fn replicas(&self, shard: ShardId) -> Option<Arc<Vec<NodeId>>> {
         self.shards.get(&shard).map(|(r, _)| r.clone())
     }

@@ -76,9 +76,20 @@ struct WaitSpec {
 
 struct PendingRead {
     key: Vec<u8>,
-    /// `key` names a lock: answer with its record and waiters.
-    lock: bool,
+    kind: ReadKind,
     tx: Reply,
+}
+
+enum ReadKind {
+    Value,
+    /// `key` names a lock: answer with its record and waiters.
+    Lock,
+    /// `key` is a prefix: answer with the matching items.
+    Scan {
+        after: Option<Vec<u8>>,
+        limit: usize,
+        keys_only: bool,
+    },
 }
 
 #[derive(Default)]
@@ -593,7 +604,13 @@ impl StorageActor {
         while self.reads.confirmed.front().is_some_and(|(i, _)| *i <= applied) {
             let Some((_, reads)) = self.reads.confirmed.pop_front() else { break };
             for r in reads {
-                let answer = if r.lock { self.read_lock(&r.key, now) } else { self.read_local(&r.key, now) };
+                let answer = match &r.kind {
+                    ReadKind::Value => self.read_local(&r.key, now),
+                    ReadKind::Lock => self.read_lock(&r.key, now),
+                    ReadKind::Scan { after, limit, keys_only } => {
+                        self.scan_local(&r.key, after.as_deref(), *limit, *keys_only, now)
+                    }
+                };
                 let _ = r.tx.send(answer);
             }
         }
@@ -707,6 +724,43 @@ impl StorageActor {
                 debug!(node = self.node, shard = self.shard, n, "proposed expiry");
             }
         }
+    }
+
+    /// Live user keys starting with `prefix` and after `after`, in key
+    /// order, at most `limit`. Keys are stored in ring-point order, so this
+    /// walks the shard's whole ranges: the cost grows with the shard.
+    fn scan_local(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        keys_only: bool,
+        now_ms: u64,
+    ) -> ShardResult {
+        let mut items: Vec<(Vec<u8>, StoredValue)> = Vec::new();
+        for r in self.ranges.iter() {
+            let (from, to) = data_bounds(r);
+            let res = self.engine.scan(Cf::Data, &from, &to, |k, v| {
+                let Some((_, user)) = keys::split_data_key(k) else { return true };
+                if !keys::is_user_key(user) || !user.starts_with(prefix) || after.is_some_and(|a| user <= a) {
+                    return true;
+                }
+                if let Ok(mut value) = StoredValue::decode(v) {
+                    if !value.is_expired_at(now_ms) {
+                        if keys_only {
+                            value.data = Vec::new();
+                        }
+                        items.push((user.to_vec(), value));
+                    }
+                }
+                true
+            });
+            res.map_err(|e| StoreError::Engine(e.to_string()))?;
+        }
+        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let more = items.len() > limit;
+        items.truncate(limit);
+        Ok(ShardReply::Items { items, more })
     }
 
     fn read_lock(&self, name: &[u8], now_ms: u64) -> ShardResult {
@@ -1001,7 +1055,7 @@ impl Handler<ShardRequest> for StorageActor {
             ShardOp::Read { key, .. } => Some(key),
             ShardOp::Write(cmd) => cmd.routing_key(),
             ShardOp::Acquire { name, .. } | ShardOp::LockStatus { name } => Some(name.as_bytes()),
-            ShardOp::Status => None,
+            ShardOp::Status | ShardOp::Scan { .. } => None,
         };
         if key.is_some_and(|k| !self.owns(k)) {
             return immediate(Err(StoreError::WrongShard { shard: self.shard }));
@@ -1017,7 +1071,20 @@ impl Handler<ShardRequest> for StorageActor {
                     return immediate(Err(self.not_leader()));
                 }
                 let (tx, rx) = oneshot::channel();
-                self.reads.unsent.push(PendingRead { key, lock: false, tx });
+                self.reads.unsent.push(PendingRead { key, kind: ReadKind::Value, tx });
+                self.schedule_flush(ctx);
+                Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
+            }
+            ShardOp::Scan { prefix, after, limit, keys_only } => {
+                if !self.is_leader() {
+                    return immediate(Err(self.not_leader()));
+                }
+                let (tx, rx) = oneshot::channel();
+                self.reads.unsent.push(PendingRead {
+                    key: prefix,
+                    kind: ReadKind::Scan { after, limit, keys_only },
+                    tx,
+                });
                 self.schedule_flush(ctx);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
@@ -1026,7 +1093,7 @@ impl Handler<ShardRequest> for StorageActor {
                     return immediate(Err(self.not_leader()));
                 }
                 let (tx, rx) = oneshot::channel();
-                self.reads.unsent.push(PendingRead { key: name.into_bytes(), lock: true, tx });
+                self.reads.unsent.push(PendingRead { key: name.into_bytes(), kind: ReadKind::Lock, tx });
                 self.schedule_flush(ctx);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }

@@ -36,6 +36,14 @@ pub enum ShardOp {
     LockStatus {
         name: String,
     },
+    /// Live keys of this shard starting with `prefix`, after `after`, in
+    /// key order, at most `limit` (linearizable: leader, ReadIndex).
+    Scan {
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        keys_only: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +55,11 @@ pub enum ShardReply {
         applied_index: u64,
     },
     Status(ReplicaStatus),
+    /// A scan's page; `more`: the shard has further matching keys.
+    Items {
+        items: Vec<(Vec<u8>, StoredValue)>,
+        more: bool,
+    },
     Lock {
         record: Option<LockRecord>,
         /// Owners waiting, in order (known to the leader only).

@@ -1,0 +1,127 @@
+//! `GET /v1/kv?prefix=P&limit=L&cursor=C&keys_only=true`: a prefix scan
+//! over every shard at once (each linearizable on its leader), merged in
+//! key order and cut into pages. The cursor is the hex of the last key
+//! returned; the next page starts after it.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use ringstore_router::Route;
+use ringstore_shared::StoreError;
+use ringstore_storage::{ShardOp, ShardReply};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::kv::{deadline, unexpected};
+use crate::ApiState;
+
+pub const SCAN_LIMIT_DEFAULT: usize = 100;
+pub const SCAN_LIMIT_MAX: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanQuery {
+    #[serde(default)]
+    prefix: String,
+    limit: Option<usize>,
+    cursor: Option<String>,
+    #[serde(default)]
+    keys_only: bool,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+fn base64(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for c in b.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+pub async fn scan(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let q: ScanQuery = serde_urlencoded::from_str(req.query_string())
+        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
+    let limit = q.limit.unwrap_or(SCAN_LIMIT_DEFAULT);
+    if limit == 0 || limit > SCAN_LIMIT_MAX {
+        return Err(ApiError::bad_request(format!("limit must be between 1 and {SCAN_LIMIT_MAX}")));
+    }
+    if q.prefix.len() > state.limits.key_bytes_max {
+        return Err(ApiError::too_large("key", q.prefix.len(), state.limits.key_bytes_max));
+    }
+    let after = match &q.cursor {
+        Some(c) => Some(unhex(c).ok_or_else(|| ApiError::bad_request("cursor is not one this API returned"))?),
+        None => None,
+    };
+    let timeout = deadline(&req, &state)?;
+    let pages = state.data_shards.iter().map(|&shard| {
+        let op = ShardOp::Scan {
+            prefix: q.prefix.clone().into_bytes(),
+            after: after.clone(),
+            limit,
+            keys_only: q.keys_only,
+        };
+        state.router.send(Route { key: vec![], op, timeout, shard: Some(shard) })
+    });
+    let mut items = Vec::new();
+    let mut more = false;
+    for page in futures::future::join_all(pages).await {
+        match page.map_err(|_| ApiError::from(StoreError::Unavailable { reason: "router stopped".into() }))?? {
+            ShardReply::Items { items: i, more: m } => {
+                items.extend(i);
+                more |= m;
+            }
+            other => return Err(unexpected(other)),
+        }
+    }
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    more |= items.len() > limit;
+    items.truncate(limit);
+    let next = if more { items.last().map(|(k, _)| hex(k)) } else { None };
+    let items: Vec<serde_json::Value> = items
+        .into_iter()
+        .map(|(k, v)| {
+            let key = String::from_utf8_lossy(&k).into_owned();
+            if q.keys_only {
+                json!({ "key": key, "version": v.version })
+            } else {
+                json!({ "key": key, "value_b64": base64(&v.data), "version": v.version })
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codecs() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(unhex(&hex("ключ/1".as_bytes())).unwrap(), "ключ/1".as_bytes());
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+}
