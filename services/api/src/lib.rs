@@ -5,11 +5,13 @@
 //! # Layout
 //! - [`kv`]: `PUT/GET/DELETE /v1/kv/{key}` (with `Fencing-Token`).
 //! - [`locks`]: `/v1/locks/{name}` acquire, release, refresh, status.
+//! - [`cluster`]: `GET /v1/cluster`, the map with per-shard leader and progress.
 //! - [`scan`]: `GET /v1/kv?prefix=`: scatter-gather over every shard, merged and paged.
 //! - [`request`]: pure parsing of keys, query and precondition headers.
 //! - [`error`]: [`ApiError`], the JSON error body and status mapping.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, fallbacks, request metrics.
 
+pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod locks;
@@ -22,7 +24,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::web;
-use ringstore_router::Router;
+use ringstore_router::{Router, RoutingTable};
 use ringstore_shared::config::Limits;
 use ringstore_shared::{NodeId, ShardId};
 
@@ -33,6 +35,8 @@ pub use error::ApiError;
 pub struct ApiState {
     pub node: NodeId,
     pub router: Addr<Router>,
+    /// The node's routing table (and the cluster map it came from).
+    pub table: Arc<RoutingTable>,
     pub limits: Limits,
     /// Set when the node is shutting down: `/readyz` answers 503 so load
     /// balancers stop sending new requests while in-flight ones finish.
@@ -53,6 +57,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(ops::method_not_allowed)),
     )
     .service(web::resource("/v1/kv").route(web::get().to(scan::scan)).default_service(web::to(ops::method_not_allowed)))
+    .service(
+        web::resource("/v1/cluster")
+            .route(web::get().to(cluster::cluster))
+            .default_service(web::to(ops::method_not_allowed)),
+    )
     .service(lock_action("acquire", locks::acquire))
     .service(lock_action("release", locks::release))
     .service(lock_action("refresh", locks::refresh))

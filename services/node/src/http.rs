@@ -40,6 +40,7 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
         let state = ApiState {
             node,
             router,
+            table: table.clone(),
             limits: limits.clone(),
             draining: draining.clone(),
             local_shards: local_shards.clone(),

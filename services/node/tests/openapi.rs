@@ -31,6 +31,7 @@ fn openapi_paths_match_the_routes() {
             "/healthz",
             "/metrics",
             "/readyz",
+            "/v1/cluster",
             "/v1/kv",
             "/v1/kv/{key}",
             "/v1/locks/{name}",
@@ -48,6 +49,7 @@ fn openapi_paths_match_the_routes() {
     for route in [
         "\"/v1/kv/{key:.*}\"",
         "\"/v1/kv\"",
+        "\"/v1/cluster\"",
         "\"/v1/locks/{name:.*}\"",
         "\"/v1/locks/{{name:.*}}/{action}\"",
         "lock_action(\"acquire\"",

@@ -99,4 +99,25 @@ async fn sixteen_shards_take_twenty_thousand_keys_evenly_and_serve_them_from_any
         let r = call("GET", &urls[0], &format!("/v1/kv?{bad}"), &[], vec![]).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
+
+    // The cluster view: every data shard with its replicas, a leader, and
+    // its share of the ring; the shares cover the ring once.
+    let r = call("GET", &urls[1], "/v1/cluster", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+    let shards = v["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 17, "16 data shards and the meta shard");
+    let mut share = 0.0;
+    for s in shards.iter().filter(|s| s["id"] != 0) {
+        assert!(s["leader"].as_u64().is_some(), "{s}");
+        assert!(s["applied_index"].as_u64().unwrap() > 0);
+        assert_eq!(s["replicas"].as_array().unwrap().len(), 3);
+        share += s["ring_share"].as_f64().unwrap();
+    }
+    assert!((share - 1.0).abs() < 1e-9, "ring shares sum to {share}");
+    let r = call("GET", &urls[1], "/v1/cluster?ranges=true", &[], vec![]).await;
+    let ranges: usize =
+        r.json()["shards"].as_array().unwrap().iter().map(|s| s["ranges"].as_array().unwrap().len()).sum();
+    assert!(ranges > 1000, "{ranges}");
 }

@@ -54,6 +54,8 @@ pub struct Route {
 /// atomics keep the hot path free of locks.
 pub struct RoutingTable {
     pub epoch: u64,
+    /// The map this table was built from.
+    pub map: ClusterMap,
     ring: Ring,
     shards: HashMap<ShardId, (Arc<Vec<NodeId>>, AtomicU64)>,
 }
@@ -61,7 +63,7 @@ pub struct RoutingTable {
 impl RoutingTable {
     pub fn from_map(map: &ClusterMap) -> Self {
         let shards = map.shards.iter().map(|(s, r)| (*s, (Arc::new(r.clone()), AtomicU64::new(0)))).collect();
-        RoutingTable { epoch: map.epoch, ring: map.ring(), shards }
+        RoutingTable { epoch: map.epoch, map: map.clone(), ring: map.ring(), shards }
     }
 
     /// The shard owning `key`.
@@ -119,10 +121,14 @@ impl Handler<Route> for Router {
             };
             let deadline = Instant::now() + msg.timeout;
             let timeout_ms = msg.timeout.as_millis() as u64;
-            // Stale reads and status are answered by this node's own replica.
-            let local_only = matches!(msg.op, ShardOp::Read { stale: true, .. } | ShardOp::Status);
+            // Stale reads and status are answered by this node's own replica
+            // (status by any replica if this node has none).
+            let status = matches!(msg.op, ShardOp::Status);
+            let local_only = matches!(msg.op, ShardOp::Read { stale: true, .. }) || (status && members.contains(&node));
             let mut target = if local_only {
                 node
+            } else if status {
+                members.first().copied().unwrap_or(node)
             } else {
                 match leader.load(Ordering::Relaxed) {
                     0 if members.contains(&node) => node,
@@ -138,14 +144,14 @@ impl Handler<Route> for Router {
                 };
                 match next_step(&result, target, &members, attempt, local_only) {
                     Step::Done => {
-                        if result.is_ok() && !local_only {
+                        if result.is_ok() && !local_only && !status {
                             leader.store(target, Ordering::Relaxed);
                         }
                         return result;
                     }
                     Step::Retry { to, backoff, reason } => {
                         RETRIES.with_label_values(&[&node.to_string(), reason]).inc();
-                        if to != target {
+                        if to != target && !status {
                             leader.store(0, Ordering::Relaxed);
                         }
                         target = to;

@@ -1,0 +1,63 @@
+//! `GET /v1/cluster`: the cluster map as this node routes by it, with each
+//! shard's replicas, leader and applied index as one of its replicas sees
+//! them, and its share of the ring. `?ranges=true` lists every ring
+//! interval (thousands per shard: 1,024 virtual nodes each).
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use ringstore_router::Route;
+use ringstore_shared::cluster_map::META_SHARD;
+use ringstore_storage::{ShardOp, ShardReply};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::ApiState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterQuery {
+    #[serde(default)]
+    ranges: bool,
+}
+
+pub async fn cluster(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let q: ClusterQuery = serde_urlencoded::from_str(req.query_string())
+        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
+    let map = &state.table.map;
+    let ring = map.ring();
+    let statuses = map.shards.keys().map(|&shard| {
+        let route = Route { key: vec![], op: ShardOp::Status, timeout: Duration::from_secs(2), shard: Some(shard) };
+        state.router.send(route)
+    });
+    let statuses = futures::future::join_all(statuses).await;
+    let mut shards = Vec::new();
+    for ((&id, replicas), st) in map.shards.iter().zip(statuses) {
+        let st = match st {
+            Ok(Ok(ShardReply::Status(s))) => Some(s),
+            _ => None,
+        };
+        let owned = if id == META_SHARD { Vec::new() } else { ring.ranges_of(id) };
+        let share: f64 = owned.iter().map(|r| (r.end() - r.start()) as f64 + 1.0).sum::<f64>() / 2f64.powi(64);
+        let mut s = json!({
+            "id": id,
+            "replicas": replicas,
+            "leader": st.as_ref().and_then(|s| s.leader),
+            "applied_index": st.as_ref().map(|s| s.applied_index),
+            "term": st.as_ref().map(|s| s.term),
+            "range_count": owned.len(),
+            "ring_share": share,
+        });
+        if q.ranges {
+            s["ranges"] = json!(owned.iter().map(|r| [r.start(), r.end()]).collect::<Vec<_>>());
+        }
+        shards.push(s);
+    }
+    let nodes: Vec<serde_json::Value> = map
+        .nodes
+        .iter()
+        .map(|(id, n)| json!({ "id": id, "peer": n.peer, "state": format!("{:?}", n.state).to_lowercase() }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "epoch": map.epoch, "nodes": nodes, "shards": shards })))
+}
