@@ -121,3 +121,54 @@ async fn sixteen_shards_take_twenty_thousand_keys_evenly_and_serve_them_from_any
         r.json()["shards"].as_array().unwrap().iter().map(|s| s["ranges"].as_array().unwrap().len()).sum();
     assert!(ranges > 1000, "{ranges}");
 }
+
+async fn all_shards_led(tc: &TestCluster, alive: &[u64]) -> bool {
+    for (shard, replicas) in tc.cluster.map().shards.iter().filter(|(s, _)| **s != META_SHARD) {
+        let mut led = false;
+        for n in replicas.iter().filter(|n| alive.contains(n)) {
+            if tc.cluster.shard_status(*n, *shard).await.is_ok_and(|s| s.role == "leader") {
+                led = true;
+            }
+        }
+        if !led {
+            return false;
+        }
+    }
+    true
+}
+
+#[actix_rt::test]
+async fn losing_a_node_keeps_every_shard_serving_and_loses_nothing() {
+    let mut tc = start(|c| c.shards = 16).await;
+    eventually(Duration::from_secs(30), "every shard has a leader", || all_shards_led(&tc, &[1, 2, 3])).await;
+    let url = |tc: &TestCluster, n: u64| tc.cluster.url(n).unwrap();
+    let write = |urls: Vec<String>, range: std::ops::Range<usize>| async move {
+        for chunk in range.collect::<Vec<_>>().chunks(64) {
+            let puts = chunk.iter().map(|i| {
+                let u = urls[i % urls.len()].clone();
+                async move { put(&u, &format!("x{i}"), format!("v{i}").as_bytes()).await.status }
+            });
+            for s in futures::future::join_all(puts).await {
+                assert_eq!(s, StatusCode::OK);
+            }
+        }
+    };
+    write(vec![url(&tc, 1), url(&tc, 2), url(&tc, 3)], 0..2000).await;
+    // Node 1 holds replicas (and leaders) of many shards; it crashes.
+    tc.cluster.stop_node(1).await.unwrap();
+    eventually(Duration::from_secs(30), "every shard elects among the survivors", || all_shards_led(&tc, &[2, 3]))
+        .await;
+    let survivors = vec![url(&tc, 2), url(&tc, 3)];
+    write(survivors.clone(), 2000..4000).await;
+    for chunk in (0..4000).collect::<Vec<_>>().chunks(64) {
+        let gets = chunk.iter().map(|i| {
+            let u = survivors[i % 2].clone();
+            async move { (*i, get(&u, &format!("x{i}")).await) }
+        });
+        for (i, r) in futures::future::join_all(gets).await {
+            assert_eq!(r.status, StatusCode::OK, "x{i} lost");
+            assert_eq!(r.body, format!("v{i}").as_bytes());
+        }
+    }
+    tc.cluster.start_node(1).await.unwrap();
+}
