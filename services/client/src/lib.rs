@@ -206,3 +206,14 @@ fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, LockError> {
 fn server(status: u16, b: &[u8]) -> LockError {
     LockError::Server { status, body: String::from_utf8_lossy(b).into_owned() }
 }
+
+/// `GET {endpoint}{path}` as JSON (admin views such as `/v1/cluster`).
+pub async fn get_json(endpoint: &str, path: &str) -> Result<serde_json::Value, LockError> {
+    let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+    let mut r = http.get(format!("{endpoint}{path}")).send().await.map_err(|e| LockError::Transport(e.to_string()))?;
+    let bytes = r.body().limit(64 << 20).await.map_err(|e| LockError::Transport(e.to_string()))?;
+    match r.status().as_u16() {
+        200 => parse(&bytes),
+        s => Err(server(s, &bytes)),
+    }
+}

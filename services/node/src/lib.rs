@@ -10,6 +10,7 @@
 //!   transport (`ringstore dev` and the in-process cluster tests).
 //! - [`http`]: the HTTP server and its per-worker Router actors.
 //! - [`lock_cmd`]: `ringstore lock NAME -- COMMAND`.
+//! - [`status`]: `ringstore status`, the cluster map as a table.
 
 pub mod cluster;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod identity;
 pub mod lock_cmd;
 pub mod process;
+pub mod status;
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

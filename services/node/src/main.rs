@@ -54,6 +54,12 @@ enum Cmd {
     /// Run COMMAND while holding a lock: `ringstore lock NAME -- COMMAND...`
     /// (the fencing token is in RINGSTORE_LOCK_TOKEN).
     Lock(ringstore_node::lock_cmd::LockArgs),
+    /// Print the cluster map as a table: shards, replicas, leaders, progress.
+    Status {
+        /// Any node's HTTP URL.
+        #[arg(long, env = "RINGSTORE_ENDPOINT", default_value = "http://127.0.0.1:8080")]
+        endpoint: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +71,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Dev { data_dir, http, http_workers, shards, unsafe_no_fsync } => {
             actix_rt::System::new().block_on(dev(data_dir, http, http_workers, shards, unsafe_no_fsync))
         }
+        Cmd::Status { endpoint } => actix_rt::System::new().block_on(async move {
+            let v = ringstore_client::get_json(&endpoint, "/v1/cluster").await.context("GET /v1/cluster")?;
+            print!("{}", ringstore_node::status::render(&v));
+            Ok(())
+        }),
         Cmd::Lock(args) => {
             let code = actix_rt::System::new().block_on(ringstore_node::lock_cmd::run(args))?;
             std::process::exit(code)

@@ -116,6 +116,18 @@ async fn sixteen_shards_take_twenty_thousand_keys_evenly_and_serve_them_from_any
         share += s["ring_share"].as_f64().unwrap();
     }
     assert!((share - 1.0).abs() < 1e-9, "ring shares sum to {share}");
+    // The same as a table, from the binary.
+    let endpoint = urls[0].clone();
+    let out = actix_rt::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringstore")).args(["status", "--endpoint", &endpoint]).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(table.starts_with("cluster epoch 1, 3 nodes, 16 data shards"), "{table}");
+    assert_eq!(table.lines().count(), 18, "{table}");
     let r = call("GET", &urls[1], "/v1/cluster?ranges=true", &[], vec![]).await;
     let ranges: usize =
         r.json()["shards"].as_array().unwrap().iter().map(|s| s["ranges"].as_array().unwrap().len()).sum();
