@@ -10,8 +10,18 @@ use awc::http::StatusCode;
 use common::*;
 use ringstore_shared::cluster_map::META_SHARD;
 
+/// The two tests each run 48 replicas in this process; one at a time keeps
+/// two cores from starving elections.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A PUT with a deadline that tolerates a loaded CI machine.
+async fn put_patient(url: &str, key: &str, value: &[u8]) -> StatusCode {
+    call("PUT", url, &format!("/v1/kv/{key}"), &[("x-request-timeout", "20000")], value.to_vec()).await.status
+}
+
 #[actix_rt::test]
 async fn sixteen_shards_take_twenty_thousand_keys_evenly_and_serve_them_from_any_node() {
+    let _serial = SERIAL.lock().await;
     let tc = start(|c| c.shards = 16).await;
     let map = tc.cluster.map().clone();
     let ring = map.ring();
@@ -33,7 +43,7 @@ async fn sixteen_shards_take_twenty_thousand_keys_evenly_and_serve_them_from_any
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
         let puts = chunk.iter().map(|i| {
             let url = urls[i % urls.len()].clone();
-            async move { put(&url, &format!("k{i}"), format!("v{i}").as_bytes()).await.status }
+            async move { put_patient(&url, &format!("k{i}"), format!("v{i}").as_bytes()).await }
         });
         for s in futures::future::join_all(puts).await {
             assert_eq!(s, StatusCode::OK);
@@ -151,6 +161,7 @@ async fn all_shards_led(tc: &TestCluster, alive: &[u64]) -> bool {
 
 #[actix_rt::test]
 async fn losing_a_node_keeps_every_shard_serving_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
     let mut tc = start(|c| c.shards = 16).await;
     eventually(Duration::from_secs(30), "every shard has a leader", || all_shards_led(&tc, &[1, 2, 3])).await;
     let url = |tc: &TestCluster, n: u64| tc.cluster.url(n).unwrap();
@@ -158,7 +169,7 @@ async fn losing_a_node_keeps_every_shard_serving_and_loses_nothing() {
         for chunk in range.collect::<Vec<_>>().chunks(64) {
             let puts = chunk.iter().map(|i| {
                 let u = urls[i % urls.len()].clone();
-                async move { put(&u, &format!("x{i}"), format!("v{i}").as_bytes()).await.status }
+                async move { put_patient(&u, &format!("x{i}"), format!("v{i}").as_bytes()).await }
             });
             for s in futures::future::join_all(puts).await {
                 assert_eq!(s, StatusCode::OK);
