@@ -95,7 +95,10 @@ impl LockClient {
         let path = format!("/v1/locks/{}/{action}", utf8_percent_encode(name, PATH));
         let deadline = wait + REQUEST_SLACK;
         let mut last = String::new();
-        // One try per endpoint: a node that does not answer is skipped.
+        // Another endpoint is tried only when this one could not be
+        // connected to: then the request was never sent. After a 503 or a
+        // lost answer the outcome is unknown, and a second acquire by the
+        // same owner would add a hold, so the caller decides.
         for _ in 0..self.endpoints.len() {
             let i = self.next.load(Ordering::Relaxed) % self.endpoints.len();
             let url = format!("{}{path}", self.endpoints[i]);
@@ -110,17 +113,13 @@ impl LockClient {
                 Ok(mut r) => {
                     let status = r.status().as_u16();
                     let bytes = r.body().limit(1 << 20).await.map_err(|e| LockError::Transport(e.to_string()))?;
-                    if status == 503 {
-                        last = String::from_utf8_lossy(&bytes).into_owned();
-                        self.next.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
                     return Ok((status, bytes.to_vec()));
                 }
-                Err(e) => {
+                Err(awc::error::SendRequestError::Connect(e)) => {
                     last = e.to_string();
                     self.next.fetch_add(1, Ordering::Relaxed);
                 }
+                Err(e) => return Err(LockError::Transport(format!("outcome unknown: {e}"))),
             }
         }
         Err(LockError::Transport(last))
