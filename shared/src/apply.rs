@@ -160,23 +160,10 @@ pub fn decide(proposal: Proposal, index: u64, term: u64, state: &mut impl State)
         }
         Command::LockRelease { name, owner, token } => {
             let (rec, outcome) = lock::release(state.lock(&name), &owner, token);
-            let outcome = match outcome {
-                // Tell the caller who holds it instead.
-                LockOutcome::Conflict { .. } => {
-                    LockOutcome::Conflict { holder: state.lock(&name).and_then(|r| r.holder) }
-                }
-                o => o,
-            };
             (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
         Command::LockRefresh { name, owner, token, ttl_ms } => {
             let (rec, outcome) = lock::refresh(state.lock(&name), &owner, token, ttl_ms, now, term);
-            let outcome = match outcome {
-                LockOutcome::Conflict { .. } => {
-                    LockOutcome::Conflict { holder: state.lock(&name).and_then(|r| r.holder) }
-                }
-                o => o,
-            };
             (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
         Command::LockExpire { name, token } => {

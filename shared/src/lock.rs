@@ -103,9 +103,16 @@ fn is_holder(rec: &LockRecord, owner: &str, token: u64) -> bool {
 }
 
 /// Release by `owner` holding `token`: one hold less; free at zero.
+/// The answer to a release or refresh by someone who does not hold the
+/// lock: nothing changes, and the caller learns who does.
+fn not_holder(rec: Option<LockRecord>) -> (Option<LockRecord>, LockOutcome) {
+    (None, LockOutcome::Conflict { holder: rec.and_then(|r| r.holder) })
+}
+
 pub fn release(rec: Option<LockRecord>, owner: &str, token: u64) -> (Option<LockRecord>, LockOutcome) {
-    let Some(mut rec) = rec.filter(|r| is_holder(r, owner, token)) else {
-        return (None, LockOutcome::Conflict { holder: None });
+    let mut rec = match rec {
+        Some(r) if is_holder(&r, owner, token) => r,
+        other => return not_holder(other),
     };
     let h = rec.holder.as_mut().expect("is_holder checked the holder");
     h.hold_count = h.hold_count.saturating_sub(1);
@@ -124,8 +131,9 @@ pub fn refresh(
     now_ms: u64,
     term: u64,
 ) -> (Option<LockRecord>, LockOutcome) {
-    let Some(mut rec) = rec.filter(|r| is_holder(r, owner, token)) else {
-        return (None, LockOutcome::Conflict { holder: None });
+    let mut rec = match rec {
+        Some(r) if is_holder(&r, owner, token) => r,
+        other => return not_holder(other),
     };
     let h = rec.holder.as_mut().expect("is_holder checked the holder");
     h.expires_at_ms = now_ms.saturating_add(ttl_ms);
@@ -154,22 +162,42 @@ pub fn expiry_due(h: &Holder, now_ms: u64, term: u64, grace_ms: u64) -> bool {
     now_ms >= deadline
 }
 
+/// Writes an optional holder (also used by the peer protocol).
+pub fn put_holder(w: &mut Writer, h: &Option<Holder>) {
+    match h {
+        None => w.u8(0),
+        Some(h) => {
+            w.u8(1);
+            w.bytes(h.owner.as_bytes());
+            w.u64(h.token);
+            w.u32(h.hold_count);
+            w.u64(h.expires_at_ms);
+            w.u64(h.granted_term);
+        }
+    }
+}
+
+pub fn get_holder(r: &mut Reader<'_>) -> Result<Option<Holder>, CodecError> {
+    Ok(match r.u8("holder present")? {
+        0 => None,
+        1 => Some(Holder {
+            owner: String::from_utf8(r.bytes("owner")?.to_vec())
+                .map_err(|e| CodecError::Invalid { what: "owner", detail: e.to_string() })?,
+            token: r.u64("token")?,
+            hold_count: r.u32("hold count")?,
+            expires_at_ms: r.u64("expires at")?,
+            granted_term: r.u64("granted term")?,
+        }),
+        tag => return Err(CodecError::UnknownTag { what: "holder present", tag }),
+    })
+}
+
 impl LockRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(48);
         w.u8(FORMAT_V1);
         w.u64(self.last_token);
-        match &self.holder {
-            None => w.u8(0),
-            Some(h) => {
-                w.u8(1);
-                w.bytes(h.owner.as_bytes());
-                w.u64(h.token);
-                w.u32(h.hold_count);
-                w.u64(h.expires_at_ms);
-                w.u64(h.granted_term);
-            }
-        }
+        put_holder(&mut w, &self.holder);
         w.buf
     }
 
@@ -180,18 +208,7 @@ impl LockRecord {
             return Err(CodecError::UnsupportedFormat(f));
         }
         let last_token = r.u64("last token")?;
-        let holder = match r.u8("holder present")? {
-            0 => None,
-            1 => Some(Holder {
-                owner: String::from_utf8(r.bytes("owner")?.to_vec())
-                    .map_err(|e| CodecError::Invalid { what: "owner", detail: e.to_string() })?,
-                token: r.u64("token")?,
-                hold_count: r.u32("hold count")?,
-                expires_at_ms: r.u64("expires at")?,
-                granted_term: r.u64("granted term")?,
-            }),
-            tag => return Err(CodecError::UnknownTag { what: "holder present", tag }),
-        };
+        let holder = get_holder(&mut r)?;
         r.finish()?;
         Ok(LockRecord { holder, last_token })
     }
@@ -296,7 +313,9 @@ mod tests {
         let t = granted(&o);
         let (r, o) = acquire(r, "a", 5000, 10, 2, 1);
         assert_eq!(o, LockOutcome::Granted { token: t, hold_count: 2, expires_at_ms: 5010 });
-        assert_eq!(release(r.clone(), "b", t).0, None, "wrong owner changes nothing");
+        let (changed, o) = release(r.clone(), "b", t);
+        assert_eq!(changed, None, "wrong owner changes nothing");
+        assert!(matches!(o, LockOutcome::Conflict { holder: Some(h) } if h.owner == "a"), "and names the holder");
         assert_eq!(release(r.clone(), "a", t + 1).0, None, "wrong token changes nothing");
         let (r, o) = release(r, "a", t);
         assert_eq!(o, LockOutcome::Released { hold_count: 1 });

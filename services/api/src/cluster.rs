@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use ringstore_router::Route;
-use ringstore_shared::cluster_map::META_SHARD;
 use ringstore_storage::{ShardOp, ShardReply};
 use serde::Deserialize;
 use serde_json::json;
@@ -26,7 +25,11 @@ pub async fn cluster(req: HttpRequest, state: web::Data<ApiState>) -> Result<Htt
     let q: ClusterQuery = serde_urlencoded::from_str(req.query_string())
         .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
     let map = &state.table.map;
-    let ring = map.ring();
+    // One pass over the ring's intervals, grouped by shard.
+    let mut owned: std::collections::HashMap<u64, Vec<std::ops::RangeInclusive<u64>>> = Default::default();
+    for (r, shard) in state.table.ring().ranges() {
+        owned.entry(shard).or_default().push(r);
+    }
     let statuses = map.shards.keys().map(|&shard| {
         let route = Route { key: vec![], op: ShardOp::Status, timeout: Duration::from_secs(2), shard: Some(shard) };
         state.router.send(route)
@@ -38,7 +41,8 @@ pub async fn cluster(req: HttpRequest, state: web::Data<ApiState>) -> Result<Htt
             Ok(Ok(ShardReply::Status(s))) => Some(s),
             _ => None,
         };
-        let owned = if id == META_SHARD { Vec::new() } else { ring.ranges_of(id) };
+        // The meta shard owns no keys, so no intervals.
+        let owned = owned.remove(&id).unwrap_or_default();
         let share: f64 = owned.iter().map(|r| (r.end() - r.start()) as f64 + 1.0).sum::<f64>() / 2f64.powi(64);
         let mut s = json!({
             "id": id,

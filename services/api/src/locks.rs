@@ -52,6 +52,17 @@ fn conflict(
     }))
 }
 
+/// 409 for a release or refresh by an owner and token that do not hold the lock.
+fn not_holder(name: &str, holder: Option<Holder>, now_ms: u64) -> HttpResponse {
+    conflict(
+        StatusCode::CONFLICT,
+        "not_holder",
+        format!("this owner and token do not hold lock {name:?}"),
+        holder,
+        now_ms,
+    )
+}
+
 fn granted(token: u64, hold_count: u32, expires_at_ms: u64, now_ms: u64) -> HttpResponse {
     let left = remaining(expires_at_ms, now_ms);
     HttpResponse::Ok().json(json!({
@@ -101,13 +112,9 @@ pub async fn release(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
         ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Released { hold_count }, .. }) => {
             Ok(HttpResponse::Ok().json(json!({ "released": true, "hold_count": hold_count, "free": hold_count == 0 })))
         }
-        ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms }) => Ok(conflict(
-            StatusCode::CONFLICT,
-            "not_holder",
-            format!("this owner and token do not hold lock {name:?}"),
-            holder,
-            now_ms,
-        )),
+        ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms }) => {
+            Ok(not_holder(&name, holder, now_ms))
+        }
         other => Err(unexpected(other)),
     }
 }
@@ -125,13 +132,9 @@ pub async fn refresh(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
             outcome: LockOutcome::Refreshed { token, hold_count, expires_at_ms },
             now_ms,
         }) => Ok(granted(token, hold_count, expires_at_ms, now_ms)),
-        ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms }) => Ok(conflict(
-            StatusCode::CONFLICT,
-            "not_holder",
-            format!("this owner and token do not hold lock {name:?}"),
-            holder,
-            now_ms,
-        )),
+        ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms }) => {
+            Ok(not_holder(&name, holder, now_ms))
+        }
         other => Err(unexpected(other)),
     }
 }

@@ -154,7 +154,7 @@ impl LocalCluster {
         let engine = Engine::open(&dir, &id.to_string())?;
         engine.check_or_set_identity(id).with_context(|| format!("data dir {}", dir.display()))?;
         let arbiters: Vec<Arbiter> = (0..STORAGE_THREADS_PER_NODE).map(|_| Arbiter::new()).collect();
-        let ring = self.map.ring();
+        let ring = self.table.ring();
         let local_shards: Vec<ShardId> =
             self.map.shards_on(id).into_iter().filter(|s| *s != cluster_map::META_SHARD).collect();
         let mut storage = Vec::new();

@@ -14,7 +14,7 @@ use raft::eraftpb::Message as RaftMessage;
 use ringstore_shared::apply::Outcome;
 use ringstore_shared::codec::{CodecError, Reader, Writer};
 use ringstore_shared::command::{Command, Proposal};
-use ringstore_shared::lock::{Holder, LockOutcome, LockRecord};
+use ringstore_shared::lock::{get_holder, put_holder, LockOutcome, LockRecord};
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult};
@@ -528,34 +528,6 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
     }
 }
 
-fn put_holder(w: &mut Writer, h: &Option<Holder>) {
-    match h {
-        None => w.u8(0),
-        Some(h) => {
-            w.u8(1);
-            w.bytes(h.owner.as_bytes());
-            w.u64(h.token);
-            w.u32(h.hold_count);
-            w.u64(h.expires_at_ms);
-            w.u64(h.granted_term);
-        }
-    }
-}
-
-fn get_holder(r: &mut Reader<'_>) -> Result<Option<Holder>, CodecError> {
-    Ok(match r.u8("holder present")? {
-        0 => None,
-        1 => Some(Holder {
-            owner: string(r, "owner")?,
-            token: r.u64("token")?,
-            hold_count: r.u32("hold count")?,
-            expires_at_ms: r.u64("expires at")?,
-            granted_term: r.u64("granted term")?,
-        }),
-        tag => return Err(CodecError::UnknownTag { what: "holder present", tag }),
-    })
-}
-
 fn put_lock_outcome(w: &mut Writer, o: &LockOutcome) {
     match o {
         LockOutcome::Granted { token, hold_count, expires_at_ms } => {
@@ -784,6 +756,7 @@ mod tests {
 
     use raft::eraftpb::{Entry, MessageType, Snapshot};
     use ringstore_shared::command::Precondition;
+    use ringstore_shared::lock::Holder;
 
     use super::*;
 

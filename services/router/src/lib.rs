@@ -71,6 +71,10 @@ impl RoutingTable {
         self.ring.owner_of_key(key)
     }
 
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
     /// Every shard that owns keys (all but the meta shard), in id order.
     pub fn data_shards(&self) -> Vec<ShardId> {
         let mut v: Vec<ShardId> =
