@@ -13,29 +13,11 @@
 # Usage: loadtest/bench-cluster.sh [DURATION] [TRIALS]   (defaults 30s, 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
 DURATION="${1:-30s}"
 TRIALS="${2:-10}"
 OUT=loadtest/out
-mkdir -p "$OUT"
-cargo build --release --workspace --bins >/dev/null
-BIN="$CARGO_TARGET_DIR/release"
-DATA="$(mktemp -d "${TMPDIR:-/tmp}/ringstore-bench.XXXXXX")"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$DATA"
-}
-trap cleanup EXIT
-
-wait_ready() {
-  for _ in $(seq 1 200); do
-    curl -sf "$1/readyz" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$1 did not become ready"; exit 1
-}
+source loadtest/lib.sh
+bench_setup bench
 
 # 1. ringstore dev
 "$BIN/ringstore" dev --data-dir "$DATA/dev" --http 127.0.0.1:18080 --http-workers 2 --log warn \
@@ -49,20 +31,12 @@ wait_ready http://127.0.0.1:18080
 kill -TERM "$DEV"; wait "$DEV" 2>/dev/null || true
 
 # 2. three processes
-IC="1=127.0.0.1:18191,2=127.0.0.1:18192,3=127.0.0.1:18193"
-ENDPOINTS=""
-for i in 1 2 3; do
-  "$BIN/ringstore" node --id $i --data-dir "$DATA/node-$i" --http 127.0.0.1:1818$i --peer-addr 127.0.0.1:1819$i \
-    --initial-cluster "$IC" --log warn >"$OUT/cluster-node-$i.log" 2>&1 &
-  PIDS+=("$!")
-  ENDPOINTS="${ENDPOINTS:+$ENDPOINTS,}http://127.0.0.1:1818$i"
-done
-for i in 1 2 3; do wait_ready "http://127.0.0.1:1818$i"; done
-"$BIN/ringstore-loadtest" --system ringstore --endpoints "$ENDPOINTS" \
+start_ringstore3
+"$BIN/ringstore-loadtest" --system ringstore --endpoints "$RS" \
   --clients 64 --duration "$DURATION" --value-size 256 \
   --label "ringstore node x3 (3 processes, TCP)" --out "$OUT/cluster-procs.json"
-for p in "${PIDS[@]:1}"; do kill -TERM "$p" 2>/dev/null || true; done
-for p in "${PIDS[@]:1}"; do wait "$p" 2>/dev/null || true; done
+for p in "${RS_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+for p in "${RS_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 
 # 3. failover
 "$BIN/ringstore-failover" --trials "$TRIALS" --out "$OUT/failover.json"

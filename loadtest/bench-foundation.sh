@@ -8,24 +8,17 @@
 # Usage: loadtest/bench-foundation.sh [DURATION]   (default 30s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
 DURATION="${1:-30s}"
 OUT=loadtest/out
-mkdir -p "$OUT"
-cargo build --release --workspace --bins >/dev/null
-BIN="$CARGO_TARGET_DIR/release"
-DATA="$(mktemp -d "${TMPDIR:-/tmp}/ringstore-bench.XXXXXX")"
+source loadtest/lib.sh
+bench_setup bench
 PORT=18080
 
 "$BIN/ringstore" dev --data-dir "$DATA/cluster" --http "127.0.0.1:$PORT" --http-workers 2 --log warn \
   >"$OUT/ringstore-dev.log" 2>&1 &
 PID=$!
-trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "ringstore dev did not become ready"; exit 1; }
+PIDS+=($PID)
+wait_ready "http://127.0.0.1:$PORT"
 
 "$BIN/ringstore-loadtest" --system ringstore --endpoints "http://127.0.0.1:$PORT" \
   --clients 64 --duration "$DURATION" --value-size 256 --watch-pid $PID \

@@ -14,51 +14,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-source scripts/env.sh
 DURATION="${1:-10s}"
 CLIENTS="${2:-16}"
 OUT=loadtest/out/locks
-mkdir -p "$OUT"
-cargo build --release --workspace --bins >/dev/null
-BIN="$CARGO_TARGET_DIR/release"
-DATA="$(mktemp -d "${TMPDIR:-/tmp}/ringstore-locks.XXXXXX")"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$DATA"
-}
-trap cleanup EXIT
-
-IC="1=127.0.0.1:18191,2=127.0.0.1:18192,3=127.0.0.1:18193"
-RS=""
-for i in 1 2 3; do
-  "$BIN/ringstore" node --id $i --data-dir "$DATA/rs-$i" --http "127.0.0.1:1818$i" --peer-addr "127.0.0.1:1819$i" \
-    --initial-cluster "$IC" --log warn >"$OUT/ringstore-$i.log" 2>&1 &
-  PIDS+=($!)
-  RS="${RS:+$RS,}http://127.0.0.1:1818$i"
-done
-CLUSTER="e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380"
-for i in 1 2 3; do
-  etcd --name "e$i" --data-dir "$DATA/etcd-$i" \
-    --listen-client-urls "http://127.0.0.1:${i}2379" --advertise-client-urls "http://127.0.0.1:${i}2379" \
-    --listen-peer-urls "http://127.0.0.1:${i}2380" --initial-advertise-peer-urls "http://127.0.0.1:${i}2380" \
-    --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token ringstore-locks \
-    --log-level warn >"$OUT/etcd-$i.log" 2>&1 &
-  PIDS+=($!)
-done
-ETCD="http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:32379"
+source loadtest/lib.sh
+bench_setup locks
+start_ringstore3
+start_etcd3 ringstore-locks
 redis-server --port 16379 --bind 127.0.0.1 --save '' --appendonly no >"$OUT/redis.log" 2>&1 &
 PIDS+=($!)
-
-for i in 1 2 3; do
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:1818$i/readyz" >/dev/null && break; sleep 0.1; done
-done
-for _ in $(seq 1 100); do
-  curl -sf http://127.0.0.1:12379/health | grep -q '"health":"true"' && break
-  sleep 0.2
-done
-sleep 1
+for _ in $(seq 1 100); do redis-cli -p 16379 ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 run() { # system endpoints mode
   "$BIN/ringstore-loadtest" --system "$1" --endpoints "$2" --workload locks --lock-mode "$3" \

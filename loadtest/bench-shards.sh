@@ -7,26 +7,21 @@
 # Usage: loadtest/bench-shards.sh [DURATION per run, default 20s]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
 DURATION="${1:-20s}"
 OUT=loadtest/out/shards
-mkdir -p "$OUT"
-cargo build --release --workspace --bins >/dev/null
-BIN="$CARGO_TARGET_DIR/release"
-DATA="$(mktemp -d "${TMPDIR:-/tmp}/ringstore-shards.XXXXXX")"
-PID=""
-trap '[ -n "$PID" ] && kill $PID 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"' EXIT
+source loadtest/lib.sh
+bench_setup shards
 for n in 1 4 16; do
   "$BIN/ringstore" dev --data-dir "$DATA/s$n" --http 127.0.0.1:18080 --http-workers 2 --shards $n --log warn \
     >"$OUT/dev-$n.log" 2>&1 &
   PID=$!
-  for _ in $(seq 1 200); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done
+  PIDS+=($PID)
+  wait_ready http://127.0.0.1:18080
   "$BIN/ringstore-loadtest" --system ringstore \
     --endpoints http://127.0.0.1:18080,http://127.0.0.1:18081,http://127.0.0.1:18082 \
     --workload a --dist zipfian --keys 10000 --preload 10000 --clients 64 --duration "$DURATION" \
     --watch-pid $PID --label "ringstore dev, $n shard(s)" --out "$OUT/shards-$n.json"
   kill -TERM $PID; wait $PID 2>/dev/null || true
-  PID=""
 done
 python3 - "$OUT" <<'PY'
 import json, os, sys

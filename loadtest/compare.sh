@@ -12,56 +12,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-source scripts/env.sh
 DURATION="${1:-20s}"
 CLIENTS="${2:-64}"
 KEYS=10000
 OUT=loadtest/out/compare
-mkdir -p "$OUT"
-cargo build --release --workspace --bins >/dev/null
-BIN="$CARGO_TARGET_DIR/release"
-DATA="$(mktemp -d "${TMPDIR:-/tmp}/ringstore-compare.XXXXXX")"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$DATA"
-}
-trap cleanup EXIT
-
-# --- etcd: three members on 127.0.0.1 -------------------------------------
-CLUSTER="e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380"
-for i in 1 2 3; do
-  etcd --name "e$i" --data-dir "$DATA/etcd-$i" \
-    --listen-client-urls "http://127.0.0.1:${i}2379" --advertise-client-urls "http://127.0.0.1:${i}2379" \
-    --listen-peer-urls "http://127.0.0.1:${i}2380" --initial-advertise-peer-urls "http://127.0.0.1:${i}2380" \
-    --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token ringstore-compare \
-    --log-level warn >"$OUT/etcd-$i.log" 2>&1 &
-  PIDS+=($!)
-done
-ETCD="http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:32379"
-for _ in $(seq 1 100); do
-  curl -sf http://127.0.0.1:12379/health | grep -q '"health":"true"' && break
-  sleep 0.2
-done
-curl -sf http://127.0.0.1:12379/health | grep -q '"health":"true"' || { echo "etcd did not become healthy"; exit 1; }
-
-# --- ringstore: three `ringstore node` processes --------------------------
-IC="1=127.0.0.1:18191,2=127.0.0.1:18192,3=127.0.0.1:18193"
-RS=""
-for i in 1 2 3; do
-  "$BIN/ringstore" node --id $i --data-dir "$DATA/ringstore-$i" --http "127.0.0.1:1818$i" \
-    --peer-addr "127.0.0.1:1819$i" --initial-cluster "$IC" --log warn >"$OUT/ringstore-$i.log" 2>&1 &
-  PIDS+=($!)
-  RS="${RS:+$RS,}http://127.0.0.1:1818$i"
-done
-for i in 1 2 3; do
-  for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:1818$i/readyz" >/dev/null && break
-    sleep 0.1
-  done
-  curl -sf "http://127.0.0.1:1818$i/readyz" >/dev/null || { echo "ringstore node $i did not become ready"; exit 1; }
-done
+source loadtest/lib.sh
+bench_setup compare
+start_etcd3 ringstore-compare
+start_ringstore3
 
 run() { # system endpoints workload preload
   "$BIN/ringstore-loadtest" --system "$1" --endpoints "$2" --workload "$3" --clients "$CLIENTS" \
