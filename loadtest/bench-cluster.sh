@@ -39,7 +39,7 @@ for p in "${RS_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 for p in "${RS_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 
 # 3. failover
-"$BIN/ringstore-failover" --trials "$TRIALS" --out "$OUT/failover.json"
+"$BIN/ringstore-failover" --trials "$TRIALS" --out "$OUT/failover.json" -- --shards 1
 
 python3 - "$OUT" <<'PY'
 import json, sys, os

@@ -30,6 +30,14 @@ PANELS = [
         ('sum by (result) (rate(ringstore_raft_proposals_total[1m]))', "{{result}}")]),
     ("Log entries per fsync (median)", "short", [
         ('histogram_quantile(0.5, sum by (le) (rate(ringstore_raft_ready_entries_bucket[1m])))', "entries per Ready")]),
+    ("WAL fsyncs: Ready rounds per fsync and p99 fsync latency", "short", [
+        ('histogram_quantile(0.5, sum by (le, node) (rate(ringstore_rocksdb_wal_sync_readies_bucket[1m])))', "rounds per fsync (median) node {{node}}"),
+        ('sum by (node) (rate(ringstore_rocksdb_wal_sync_seconds_count[1m]))', "fsyncs/s node {{node}}"),
+        ('histogram_quantile(0.99, sum by (le, node) (rate(ringstore_rocksdb_wal_sync_seconds_bucket[1m]))) * 1000', "p99 fsync ms node {{node}}")]),
+    ("Cluster map: epoch per node and refreshes", "short", [
+        ('max by (node) (ringstore_router_map_epoch)', "epoch node {{node}}"),
+        ('sum by (result) (increase(ringstore_router_map_refreshes_total[5m]))', "refreshes {{result}} /5m"),
+        ('sum by (node) (increase(ringstore_router_retries_total{reason="wrong_shard"}[5m]))', "WrongShard node {{node}} /5m")]),
     ("RocksDB write latency p99", "s", [
         ('histogram_quantile(0.99, sum by (le, sync) (rate(ringstore_rocksdb_write_seconds_bucket[1m])))', "sync={{sync}}")]),
     ("RocksDB bytes written / SST size", "bytes", [

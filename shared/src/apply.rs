@@ -5,15 +5,21 @@
 //! index of the entry and the leader's stamp. Every replica calls it with
 //! the same inputs and so writes the same bytes.
 
+use crate::cluster_map::ClusterMap;
 use crate::command::{Command, Fence, Precondition, Proposal};
 use crate::lock::{self, FenceRecord, LockOutcome, LockRecord};
 use crate::value::StoredValue;
 
-/// The replica state `decide` reads: values, lock records and fences.
+/// The replica state `decide` reads: values, lock records and fences, and
+/// (meta shard) the cluster map.
 pub trait State {
     fn value(&mut self, key: &[u8]) -> Option<StoredValue>;
     fn lock(&mut self, name: &str) -> Option<LockRecord>;
     fn fences(&mut self, key: &[u8]) -> Option<FenceRecord>;
+    /// The epoch of the stored cluster map; 0 when there is none.
+    fn map_epoch(&mut self) -> u64 {
+        0
+    }
 }
 
 /// A value lookup alone is a state without locks or fences (tests).
@@ -56,15 +62,39 @@ pub enum Outcome {
         lock: String,
         highest: u64,
     },
+    /// The cluster map is now at `epoch`.
+    MapSet {
+        epoch: u64,
+    },
+    /// A map change refused: the stored map is at `current` (0: none), or
+    /// the new map is not at the next epoch or does not decode.
+    MapConflict {
+        current: u64,
+    },
 }
 
 /// A change to one user key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    Put { key: Vec<u8>, value: StoredValue },
-    Delete { key: Vec<u8> },
-    PutLock { name: String, record: LockRecord },
-    PutFences { key: Vec<u8>, record: FenceRecord },
+    Put {
+        key: Vec<u8>,
+        value: StoredValue,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    PutLock {
+        name: String,
+        record: LockRecord,
+    },
+    PutFences {
+        key: Vec<u8>,
+        record: FenceRecord,
+    },
+    /// Replace the cluster map (encoded; meta shard only).
+    PutMap {
+        map: Vec<u8>,
+    },
 }
 
 fn live(v: Option<StoredValue>, now_ms: u64) -> Option<StoredValue> {
@@ -170,6 +200,18 @@ pub fn decide(proposal: Proposal, index: u64, term: u64, state: &mut impl State)
             let (rec, outcome) = lock::expire(state.lock(&name), token, now);
             (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
+        Command::SetMap { expected_epoch, map } => {
+            let current = state.map_epoch();
+            // Epochs only grow, one change at a time: a proposer working
+            // from an old map loses, and must re-read and try again.
+            let next = ClusterMap::decode(&map).map(|m| m.epoch);
+            match next {
+                Ok(e) if current == expected_epoch && e == expected_epoch + 1 => {
+                    (vec![Effect::PutMap { map }], Outcome::MapSet { epoch: e })
+                }
+                _ => (vec![], Outcome::MapConflict { current }),
+            }
+        }
     }
 }
 
@@ -191,8 +233,16 @@ mod tests {
 
     /// A tiny state machine over HashMaps, to run sequences of commands.
     #[derive(Default)]
-    struct Sm(HashMap<Vec<u8>, StoredValue>, HashMap<String, LockRecord>, HashMap<Vec<u8>, FenceRecord>);
+    struct Sm(
+        HashMap<Vec<u8>, StoredValue>,
+        HashMap<String, LockRecord>,
+        HashMap<Vec<u8>, FenceRecord>,
+        Option<ClusterMap>,
+    );
     impl State for Sm {
+        fn map_epoch(&mut self) -> u64 {
+            self.3.as_ref().map_or(0, |m| m.epoch)
+        }
         fn value(&mut self, key: &[u8]) -> Option<StoredValue> {
             self.0.get(key).cloned()
         }
@@ -220,6 +270,7 @@ mod tests {
                     Effect::PutFences { key, record } => {
                         self.2.insert(key, record);
                     }
+                    Effect::PutMap { map } => self.3 = Some(ClusterMap::decode(&map).unwrap()),
                 }
             }
             outcome
@@ -360,5 +411,36 @@ mod tests {
         assert_eq!(sm.run(p, 4), Outcome::Expired { count: 1 });
         assert!(!sm.0.contains_key(b"a".as_slice()));
         assert_eq!(sm.0[&b"b".to_vec()].version, 3);
+    }
+
+    #[test]
+    fn the_map_changes_one_epoch_at_a_time_and_stale_proposers_lose() {
+        use crate::cluster_map::{NodeInfo, NodeState};
+        let nodes = (1..=3)
+            .map(|id| (id, NodeInfo { http: String::new(), peer: format!("n{id}:1"), state: NodeState::Up }))
+            .collect();
+        let boot = ClusterMap::bootstrap(nodes, 4, 3).unwrap();
+        let set = |expected_epoch: u64, map: &ClusterMap| Proposal {
+            stamp_ms: 0,
+            cmd: Command::SetMap { expected_epoch, map: map.encode() },
+        };
+        let mut sm = Sm::default();
+        // The first map, then a racing second bootstrap that lost.
+        assert_eq!(sm.run(set(0, &boot), 1), Outcome::MapSet { epoch: 1 });
+        assert_eq!(sm.run(set(0, &boot), 2), Outcome::MapConflict { current: 1 });
+        let mut next = boot.clone();
+        next.epoch = 2;
+        next.nodes.get_mut(&3).unwrap().state = NodeState::Draining;
+        // A jump of two epochs, or a proposer that read an old map, loses.
+        let mut jump = next.clone();
+        jump.epoch = 3;
+        assert_eq!(sm.run(set(1, &jump), 3), Outcome::MapConflict { current: 1 });
+        assert_eq!(sm.run(set(1, &next), 4), Outcome::MapSet { epoch: 2 });
+        assert_eq!(sm.run(set(1, &next), 5), Outcome::MapConflict { current: 2 });
+        assert_eq!(sm.3.as_ref(), Some(&next));
+        // Bytes that are not a map change nothing.
+        let junk = Proposal { stamp_ms: 0, cmd: Command::SetMap { expected_epoch: 2, map: vec![9, 9] } };
+        assert_eq!(sm.run(junk, 6), Outcome::MapConflict { current: 2 });
+        assert_eq!(sm.map_epoch(), 2);
     }
 }

@@ -72,6 +72,13 @@ pub enum Command {
     Expire {
         keys: Vec<(Vec<u8>, u64)>,
     },
+    /// Meta shard only: replace the cluster map (encoded) if the stored
+    /// one is at `expected_epoch` (0: none yet) and `map` is at the next
+    /// epoch. Every change of the map is one of these.
+    SetMap {
+        expected_epoch: u64,
+        map: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +96,7 @@ const TAG_LOCK_REFRESH: u8 = 6;
 const TAG_LOCK_EXPIRE: u8 = 7;
 const TAG_PUT_FENCED: u8 = 8;
 const TAG_DELETE_FENCED: u8 = 9;
+const TAG_SET_MAP: u8 = 10;
 
 const COND_ALWAYS: u8 = 0;
 const COND_IF_VERSION: u8 = 1;
@@ -145,7 +153,7 @@ impl Command {
             | Command::LockRelease { name, .. }
             | Command::LockRefresh { name, .. }
             | Command::LockExpire { name, .. } => Some(name.as_bytes()),
-            Command::Expire { .. } => None,
+            Command::Expire { .. } | Command::SetMap { .. } => None,
         }
     }
 }
@@ -165,6 +173,7 @@ impl Proposal {
             | Command::LockRefresh { name, owner, .. } => name.len() + owner.len() + 48,
             Command::LockExpire { name, .. } => name.len() + 32,
             Command::Expire { keys } => keys.iter().map(|(k, _)| k.len() + 12).sum::<usize>() + 24,
+            Command::SetMap { map, .. } => map.len() + 32,
         };
         let mut w = Writer::with_capacity(hint);
         w.u8(FORMAT_V1);
@@ -215,6 +224,11 @@ impl Proposal {
                     w.bytes(k);
                     w.u64(*version);
                 }
+            }
+            Command::SetMap { expected_epoch, map } => {
+                w.u8(TAG_SET_MAP);
+                w.u64(*expected_epoch);
+                w.bytes(map);
             }
         }
         w.buf
@@ -270,6 +284,9 @@ impl Proposal {
                 }
                 Command::Expire { keys }
             }
+            TAG_SET_MAP => {
+                Command::SetMap { expected_epoch: r.u64("map epoch")?, map: r.bytes("cluster map")?.to_vec() }
+            }
             tag => return Err(CodecError::UnknownTag { what: "command", tag }),
         };
         r.finish()?;
@@ -323,6 +340,7 @@ mod tests {
             },
             Proposal { stamp_ms: 1, cmd: Command::LockExpire { name: "n".into(), token: 5 } },
             Proposal { stamp_ms: 10, cmd: Command::Expire { keys: vec![(b"x".to_vec(), 3), (vec![], 4)] } },
+            Proposal { stamp_ms: 11, cmd: Command::SetMap { expected_epoch: 7, map: vec![1, 2, 3] } },
         ]
     }
 

@@ -1,6 +1,13 @@
 //! Limits and timing. Every bound is named with its unit, and every one is
 //! enforced and tested somewhere.
 
+/// Data shards a new cluster gets unless told otherwise.
+pub const DEFAULT_SHARDS: u64 = 16;
+/// Most data shards a cluster may be bootstrapped with: every node runs a
+/// replica of up to all of them, and each costs a Raft group's memory and
+/// heartbeats.
+pub const SHARDS_MAX: u64 = 256;
+
 /// Request limits enforced at the edge (API) and again at the storage actor.
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -18,10 +18,10 @@ pub enum StoreError {
     /// No quorum, peer unreachable, or the outcome of a write is unknown.
     #[error("unavailable: {reason}")]
     Unavailable { reason: String },
-    /// The key is outside the ranges this shard owns (the router's map is
-    /// stale); nothing was applied.
-    #[error("shard {shard} does not own this key")]
-    WrongShard { shard: ShardId },
+    /// The key is outside the ranges this shard owns at map `epoch` (the
+    /// router's map is stale, or the replica's); nothing was applied.
+    #[error("shard {shard} does not own this key at map epoch {epoch}")]
+    WrongShard { shard: ShardId, epoch: u64 },
     /// The request was never delivered to `node` (partition, peer down).
     #[error("node {node} is unreachable")]
     Unreachable { node: NodeId },

@@ -1,4 +1,5 @@
-//! `GET /v1/cluster`: the cluster map as this node routes by it, with each
+//! `GET /v1/cluster`: the cluster map as this node routes by it (the meta
+//! shard's, as of the node's last refresh), with each
 //! shard's replicas, leader and applied index as one of its replicas sees
 //! them, and its share of the ring. `?ranges=true` lists every ring
 //! interval (thousands per shard: 1,024 virtual nodes each).
@@ -24,10 +25,11 @@ struct ClusterQuery {
 pub async fn cluster(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let q: ClusterQuery = serde_urlencoded::from_str(req.query_string())
         .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
-    let map = &state.table.map;
+    let table = state.map.load();
+    let map = &table.map;
     // One pass over the ring's intervals, grouped by shard.
     let mut owned: std::collections::HashMap<u64, Vec<std::ops::RangeInclusive<u64>>> = Default::default();
-    for (r, shard) in state.table.ring().ranges() {
+    for (r, shard) in table.ring().ranges() {
         owned.entry(shard).or_default().push(r);
     }
     let statuses = map.shards.keys().map(|&shard| {

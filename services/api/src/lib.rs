@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::web;
-use ringstore_router::{Router, RoutingTable};
+use ringstore_router::{MapCell, Router};
 use ringstore_shared::config::Limits;
 use ringstore_shared::{NodeId, ShardId};
 
@@ -35,16 +35,14 @@ pub use error::ApiError;
 pub struct ApiState {
     pub node: NodeId,
     pub router: Addr<Router>,
-    /// The node's routing table (and the cluster map it came from).
-    pub table: Arc<RoutingTable>,
+    /// The node's current routing table (and the cluster map it came from).
+    pub map: Arc<MapCell>,
     pub limits: Limits,
     /// Set when the node is shutting down: `/readyz` answers 503 so load
     /// balancers stop sending new requests while in-flight ones finish.
     pub draining: Arc<AtomicBool>,
     /// Shards with a replica on this node (what `/readyz` checks).
     pub local_shards: Arc<Vec<ShardId>>,
-    /// Every data shard (what a scan asks).
-    pub data_shards: Arc<Vec<ShardId>>,
 }
 
 /// Registers every route. Use with `App::new().app_data(..).configure(api::routes)`.

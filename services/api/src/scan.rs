@@ -71,7 +71,8 @@ pub async fn scan(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         None => None,
     };
     let timeout = deadline(&req, &state)?;
-    let pages = state.data_shards.iter().map(|&shard| {
+    let data_shards = state.map.load().data_shards();
+    let pages = data_shards.iter().map(|&shard| {
         let op = ShardOp::Scan {
             prefix: q.prefix.clone().into_bytes(),
             after: after.clone(),

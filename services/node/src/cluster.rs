@@ -1,7 +1,7 @@
 //! `LocalCluster`: several ringstore nodes in one process.
 //!
 //! Each node has its own data directory and RocksDB, one storage actor per
-//! shard on a dedicated arbiter (thread), a Router actor and an HTTP
+//! shard replica on the node's storage threads (`replicas`), a Router actor and an HTTP
 //! server on its own port. Nodes talk through a shared [`LocalTransport`],
 //! whose filter lets tests drop, delay and partition traffic. Stopping a
 //! node stops its actor and closes its RocksDB, as a crash would (nothing
@@ -13,18 +13,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use actix::{Addr, Arbiter};
+use actix::Addr;
 use actix_web::dev::ServerHandle;
 use anyhow::{bail, Context as _};
-use ringstore_router::{Route, Router, RoutingTable};
-use ringstore_shared::cluster_map::{self, ClusterMap, NodeInfo, NodeState};
+use ringstore_router::{map as routing_map, MapCell, Route, Router, RoutingTable};
+use ringstore_shared::cluster_map::{ClusterMap, NodeInfo, NodeState};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::{NodeId, ShardId, FIRST_DATA_SHARD};
-use ringstore_storage::clock::SystemClock;
-use ringstore_storage::{
-    Engine, LocalTransport, ReplicaConfig, ReplicaStatus, ShardOp, ShardReply, StorageActor, Transport,
-};
+use ringstore_storage::{Engine, LocalTransport, ReplicaStatus, ShardOp, ShardReply, Transport};
 use tracing::info;
+
+pub use crate::replicas::STORAGE_THREADS_PER_NODE;
+use crate::replicas::{self, LocalReplicas};
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -54,13 +54,10 @@ impl ClusterConfig {
     }
 }
 
-/// Storage threads per node: every shard replica of the node runs on one
-/// of these, so threads do not grow with shards.
-pub const STORAGE_THREADS_PER_NODE: usize = 2;
-
 struct RunningNode {
-    arbiters: Vec<Arbiter>,
-    storage: Vec<Addr<StorageActor>>,
+    replicas: LocalReplicas,
+    map: Arc<MapCell>,
+    keeper: actix_rt::task::JoinHandle<()>,
     engine: Weak<Engine>,
     router: Addr<Router>,
     server: ServerHandle,
@@ -72,7 +69,6 @@ pub struct LocalCluster {
     transport: LocalTransport,
     nodes: BTreeMap<NodeId, RunningNode>,
     map: ClusterMap,
-    table: Arc<RoutingTable>,
 }
 
 /// The shard count is fixed when the data dir is created: the ring (and
@@ -110,8 +106,7 @@ impl LocalCluster {
             .collect();
         let shards = settle_shard_count(&cfg.data_dir, cfg.shards.max(1))?;
         let map = ClusterMap::bootstrap(infos, shards, 3)?;
-        let table = Arc::new(RoutingTable::from_map(&map));
-        let mut c = LocalCluster { cfg, transport: LocalTransport::new(), nodes: BTreeMap::new(), map, table };
+        let mut c = LocalCluster { cfg, transport: LocalTransport::new(), nodes: BTreeMap::new(), map };
         for id in c.cfg.nodes.clone() {
             c.start_node(id).await?;
         }
@@ -153,35 +148,27 @@ impl LocalCluster {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let engine = Engine::open(&dir, &id.to_string())?;
         engine.check_or_set_identity(id).with_context(|| format!("data dir {}", dir.display()))?;
-        let arbiters: Vec<Arbiter> = (0..STORAGE_THREADS_PER_NODE).map(|_| Arbiter::new()).collect();
-        let ring = self.table.ring();
-        let local_shards: Vec<ShardId> =
-            self.map.shards_on(id).into_iter().filter(|s| *s != cluster_map::META_SHARD).collect();
-        let mut storage = Vec::new();
-        for (i, &shard) in local_shards.iter().enumerate() {
-            let addr = StorageActor::start(
-                ReplicaConfig {
-                    node: id,
-                    shard,
-                    ranges: ring.ranges_of(shard),
-                    initial_voters: self.map.shards[&shard].clone(),
-                    raft: self.cfg.raft.clone(),
-                    limits: self.cfg.limits.clone(),
-                },
-                engine.clone(),
-                Arc::new(self.transport.clone()),
-                Arc::new(SystemClock),
-                &arbiters[i % arbiters.len()].handle(),
-            )?;
-            self.transport.register(id, shard, addr.clone());
-            storage.push(addr);
-        }
+        let transport = self.transport.clone();
+        let replicas = replicas::start(
+            id,
+            &self.map,
+            &engine,
+            Arc::new(self.transport.clone()),
+            &self.cfg.raft,
+            &self.cfg.limits,
+            |shard, addr| transport.register(id, shard, addr),
+        )?;
+        let local_shards = replicas.shards();
         let weak = Arc::downgrade(&engine);
         drop(engine);
         let transport: Arc<dyn Transport> = Arc::new(self.transport.clone());
         // The admin router (status, tests) lives on the system arbiter; each
         // HTTP worker starts its own below. All share the routing table.
-        let router = actix::Actor::start(Router::new(id, self.table.clone(), transport.clone()));
+        // Each node routes by its own copy of the map, kept in step with the
+        // meta shard by its map keeper.
+        let map = MapCell::new(id, RoutingTable::from_map(&self.map));
+        let keeper = actix_rt::spawn(routing_map::keep_in_sync(map.clone(), transport.clone(), self.map.clone()));
+        let router = actix::Actor::start(Router::new(id, map.clone(), transport.clone()));
         let mut addr = self.cfg.http;
         if addr.port() != 0 {
             addr.set_port(addr.port() + idx as u16);
@@ -190,7 +177,7 @@ impl LocalCluster {
             node: id,
             addr,
             workers: self.cfg.http_workers,
-            table: self.table.clone(),
+            map: map.clone(),
             local_shards,
             transport,
             limits: self.cfg.limits.clone(),
@@ -198,7 +185,7 @@ impl LocalCluster {
             shutdown_timeout_s: 5,
         })?;
         info!(node = id, %http, data_dir = %dir.display(), "node started");
-        self.nodes.insert(id, RunningNode { arbiters, storage, engine: weak, router, server, http });
+        self.nodes.insert(id, RunningNode { replicas, engine: weak, router, server, http, map, keeper });
         Ok(())
     }
 
@@ -207,15 +194,9 @@ impl LocalCluster {
     pub async fn stop_node(&mut self, id: NodeId) -> anyhow::Result<()> {
         let node = self.nodes.remove(&id).with_context(|| format!("node {id} is not running"))?;
         self.transport.unregister_node(id);
+        node.keeper.abort();
         node.server.stop(false).await;
-        for a in &node.arbiters {
-            a.stop();
-        }
-        let arbiters = node.arbiters;
-        actix_rt::task::spawn_blocking(move || arbiters.into_iter().for_each(|a| drop(a.join())))
-            .await
-            .context("joining the storage threads")?;
-        drop(node.storage);
+        node.replicas.stop().await?;
         drop(node.router);
         let start = Instant::now();
         while node.engine.strong_count() > 0 {
@@ -235,8 +216,14 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The map the cluster was bootstrapped with.
     pub fn map(&self) -> &ClusterMap {
         &self.map
+    }
+
+    /// The map node `id` routes by now.
+    pub fn routing_map(&self, id: NodeId) -> Option<Arc<MapCell>> {
+        self.nodes.get(&id).map(|n| n.map.clone())
     }
 
     /// The status of shard 1's replica on node `id`.

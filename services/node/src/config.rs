@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
-use ringstore_shared::config::{Limits, RaftConfig};
+use ringstore_shared::config::{Limits, RaftConfig, DEFAULT_SHARDS, SHARDS_MAX};
 use ringstore_shared::NodeId;
 use serde::Deserialize;
 
@@ -38,6 +38,11 @@ pub struct NodeArgs {
     /// stay apart [default: ringstore]
     #[arg(long, env = "RINGSTORE_CLUSTER_TOKEN")]
     pub cluster_token: Option<String>,
+    /// Data shards (Raft groups on the hash ring) of a new cluster; every
+    /// member must be bootstrapped with the same count, which is fixed
+    /// after [default: 16]
+    #[arg(long, env = "RINGSTORE_SHARDS")]
+    pub shards: Option<u64>,
     /// HTTP worker threads [default: 2]
     #[arg(long, env = "RINGSTORE_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
@@ -75,6 +80,7 @@ struct FileConfig {
     peer_addr: Option<SocketAddr>,
     initial_cluster: Option<String>,
     cluster_token: Option<String>,
+    shards: Option<u64>,
     http_workers: Option<usize>,
     request_timeout_ms: Option<u64>,
     raft_tick_ms: Option<u64>,
@@ -94,6 +100,7 @@ pub struct NodeOptions {
     pub peer_addr: SocketAddr,
     pub initial_cluster: Option<String>,
     pub cluster_token: String,
+    pub shards: u64,
     pub http_workers: usize,
     pub shutdown_timeout_s: u64,
     pub raft: RaftConfig,
@@ -133,6 +140,8 @@ impl NodeArgs {
             );
             limits.request_timeout_ms_default = v;
         }
+        let shards = self.shards.or(file.shards).unwrap_or(DEFAULT_SHARDS);
+        anyhow::ensure!((1..=SHARDS_MAX).contains(&shards), "shards must be in 1..={SHARDS_MAX}");
         Ok(NodeOptions {
             id: self.id.or(file.id),
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./ringstore-node")),
@@ -140,6 +149,7 @@ impl NodeArgs {
             peer_addr: self.peer_addr.or(file.peer_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7080))),
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
             cluster_token: self.cluster_token.or(file.cluster_token).unwrap_or_else(|| "ringstore".into()),
+            shards,
             http_workers: self.http_workers.or(file.http_workers).unwrap_or(2).max(1),
             shutdown_timeout_s: self.shutdown_timeout_s.or(file.shutdown_timeout_s).unwrap_or(10),
             raft,
@@ -178,6 +188,9 @@ mod tests {
         std::fs::write(&path, "idd = 2\n").unwrap();
         let err = NodeArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        assert_eq!(o.shards, DEFAULT_SHARDS);
+        std::fs::write(&path, "shards = 0\n").unwrap();
+        assert!(NodeArgs { config: Some(path.clone()), ..Default::default() }.resolve().is_err());
         std::fs::write(&path, "raft_tick_ms = 0\n").unwrap();
         assert!(NodeArgs { config: Some(path), ..Default::default() }.resolve().is_err());
     }

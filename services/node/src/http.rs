@@ -11,7 +11,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use ringstore_api::ApiState;
-use ringstore_router::{Router, RoutingTable};
+use ringstore_router::{MapCell, Router};
 use ringstore_shared::config::Limits;
 use ringstore_shared::{NodeId, ShardId};
 use ringstore_storage::Transport;
@@ -20,7 +20,7 @@ pub struct HttpOptions {
     pub node: NodeId,
     pub addr: SocketAddr,
     pub workers: usize,
-    pub table: Arc<RoutingTable>,
+    pub map: Arc<MapCell>,
     pub local_shards: Vec<ShardId>,
     pub transport: Arc<dyn Transport>,
     pub limits: Limits,
@@ -31,20 +31,18 @@ pub struct HttpOptions {
 
 /// Binds and starts the server on the current actix system.
 pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
-    let HttpOptions { node, addr, workers, table, local_shards, transport, limits, draining, shutdown_timeout_s } = o;
+    let HttpOptions { node, addr, workers, map, local_shards, transport, limits, draining, shutdown_timeout_s } = o;
     let local_shards = Arc::new(local_shards);
-    let data_shards = Arc::new(table.data_shards());
     let server = HttpServer::new(move || {
         // Runs once on each worker thread: that worker's own Router.
-        let router = actix::Actor::start(Router::new(node, table.clone(), transport.clone()));
+        let router = actix::Actor::start(Router::new(node, map.clone(), transport.clone()));
         let state = ApiState {
             node,
             router,
-            table: table.clone(),
+            map: map.clone(),
             limits: limits.clone(),
             draining: draining.clone(),
             local_shards: local_shards.clone(),
-            data_shards: data_shards.clone(),
         };
         App::new()
             .app_data(web::Data::new(state))

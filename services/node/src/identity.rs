@@ -6,7 +6,10 @@
 //! initial member list (`hash64` of `token\n1=addr\n2=addr...`), so three
 //! nodes started with the same flags agree on it without talking first.
 //! Two clusters started with identical flags get the same id; give each a
-//! distinct `--cluster-token` to keep them apart.
+//! distinct `--cluster-token` to keep them apart. The data-shard count is
+//! part of the id (except for one shard, so that single-shard data dirs
+//! made before shards existed keep theirs): nodes bootstrapped with
+//! different `--shards` refuse each other instead of placing keys apart.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +21,8 @@ use thiserror::Error;
 /// Where the identity record lives in the `meta` column family.
 pub const IDENTITY_KEY: &[u8] = b"identity";
 const FORMAT_V1: u8 = 1;
+/// V2 adds the data-shard count; a v1 record means one shard.
+const FORMAT_V2: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -25,6 +30,17 @@ pub struct Identity {
     pub cluster_id: u64,
     /// Every member and its peer address, as bootstrapped.
     pub members: BTreeMap<NodeId, String>,
+    /// Data shards the cluster was bootstrapped with (fixed: the ring and so
+    /// every key's shard depend on it).
+    pub shards: u64,
+}
+
+/// What the flags say a new cluster is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrap<'a> {
+    pub token: &'a str,
+    pub members: BTreeMap<NodeId, String>,
+    pub shards: u64,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -72,10 +88,13 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, Identi
     Ok(out)
 }
 
-pub fn cluster_id(token: &str, members: &BTreeMap<NodeId, String>) -> u64 {
+pub fn cluster_id(token: &str, members: &BTreeMap<NodeId, String>, shards: u64) -> u64 {
     let mut s = String::from(token);
     for (id, addr) in members {
         s.push_str(&format!("\n{id}={addr}"));
+    }
+    if shards != 1 {
+        s.push_str(&format!("\nshards={shards}"));
     }
     hash64(s.as_bytes())
 }
@@ -90,15 +109,17 @@ fn describe(members: &BTreeMap<NodeId, String>) -> String {
 pub fn resolve(
     stored: Option<Identity>,
     id: Option<NodeId>,
-    initial: Option<(&str, BTreeMap<NodeId, String>)>,
+    initial: Option<Bootstrap<'_>>,
 ) -> Result<(Identity, bool), IdentityError> {
     match stored {
         Some(s) => {
             if let Some(given) = id.filter(|g| *g != s.node) {
                 return Err(IdentityError::WrongNode { stored: s.node, given });
             }
-            if let Some((token, members)) = initial {
-                let given = cluster_id(token, &members);
+            if let Some(b) = initial {
+                // The shard count is fixed at bootstrap; the flags' count is
+                // not compared (the caller warns), token and members are.
+                let given = cluster_id(b.token, &b.members, s.shards);
                 if given != s.cluster_id {
                     return Err(IdentityError::ForeignCluster {
                         stored: s.cluster_id,
@@ -110,13 +131,14 @@ pub fn resolve(
             Ok((s, false))
         }
         None => {
-            let (Some(id), Some((token, members))) = (id, initial) else {
+            let (Some(id), Some(b)) = (id, initial) else {
                 return Err(IdentityError::MissingBootstrap);
             };
-            if !members.contains_key(&id) {
-                return Err(IdentityError::NotAMember { id, members: describe(&members) });
+            if !b.members.contains_key(&id) {
+                return Err(IdentityError::NotAMember { id, members: describe(&b.members) });
             }
-            Ok((Identity { node: id, cluster_id: cluster_id(token, &members), members }, true))
+            let cluster_id = cluster_id(b.token, &b.members, b.shards);
+            Ok((Identity { node: id, cluster_id, members: b.members, shards: b.shards }, true))
         }
     }
 }
@@ -124,7 +146,7 @@ pub fn resolve(
 impl Identity {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(64);
-        w.u8(FORMAT_V1);
+        w.u8(FORMAT_V2);
         w.u64(self.node);
         w.u64(self.cluster_id);
         w.u32(self.members.len() as u32);
@@ -132,13 +154,14 @@ impl Identity {
             w.u64(*id);
             w.bytes(addr.as_bytes());
         }
+        w.u64(self.shards);
         w.buf
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
         let mut r = Reader::new(b);
         let f = r.u8("identity format")?;
-        if f != FORMAT_V1 {
+        if f != FORMAT_V1 && f != FORMAT_V2 {
             return Err(CodecError::UnsupportedFormat(f));
         }
         let node = r.u64("node id")?;
@@ -151,8 +174,12 @@ impl Identity {
                 .map_err(|e| CodecError::Invalid { what: "member address", detail: e.to_string() })?;
             members.insert(id, addr);
         }
+        let shards = if f == FORMAT_V1 { 1 } else { r.u64("shard count")? };
+        if shards == 0 {
+            return Err(CodecError::Invalid { what: "shard count", detail: "0".into() });
+        }
         r.finish()?;
-        Ok(Identity { node, cluster_id, members })
+        Ok(Identity { node, cluster_id, members, shards })
     }
 
     /// The other members and their peer addresses.
@@ -181,37 +208,52 @@ mod tests {
     fn cluster_id_depends_on_token_and_members_only() {
         let m = parse_initial_cluster(IC).unwrap();
         let reordered = parse_initial_cluster("3=host-3.ringstore:7003,2=127.0.0.1:7002,1=127.0.0.1:7001").unwrap();
-        assert_eq!(cluster_id("t", &m), cluster_id("t", &reordered));
-        assert_ne!(cluster_id("t", &m), cluster_id("u", &m));
+        assert_eq!(cluster_id("t", &m, 16), cluster_id("t", &reordered, 16));
+        assert_ne!(cluster_id("t", &m, 16), cluster_id("u", &m, 16));
+        assert_ne!(cluster_id("t", &m, 16), cluster_id("t", &m, 4));
         let other = parse_initial_cluster("1=127.0.0.1:7001,2=127.0.0.1:7002,3=host-3.ringstore:7004").unwrap();
-        assert_ne!(cluster_id("t", &m), cluster_id("t", &other));
+        assert_ne!(cluster_id("t", &m, 16), cluster_id("t", &other, 16));
+        // One shard derives the id as before shards existed (v1 data dirs).
+        let v1 = "t\n1=127.0.0.1:7001\n2=127.0.0.1:7002\n3=host-3.ringstore:7003";
+        assert_eq!(cluster_id("t", &m, 1), hash64(v1.as_bytes()));
+    }
+
+    fn boot<'a>(token: &'a str, members: &BTreeMap<NodeId, String>, shards: u64) -> Option<Bootstrap<'a>> {
+        Some(Bootstrap { token, members: members.clone(), shards })
     }
 
     #[test]
     fn bootstrap_rejoin_and_refusals() {
         let m = parse_initial_cluster(IC).unwrap();
-        let (fresh, new) = resolve(None, Some(2), Some(("t", m.clone()))).unwrap();
+        let (fresh, new) = resolve(None, Some(2), boot("t", &m, 16)).unwrap();
         assert!(new);
         assert_eq!(fresh.node, 2);
+        assert_eq!(fresh.shards, 16);
         assert_eq!(fresh.peers().keys().copied().collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(resolve(None, Some(2), None), Err(IdentityError::MissingBootstrap));
-        assert!(matches!(resolve(None, Some(4), Some(("t", m.clone()))), Err(IdentityError::NotAMember { .. })));
+        assert!(matches!(resolve(None, Some(4), boot("t", &m, 16)), Err(IdentityError::NotAMember { .. })));
         // Restart: flags optional, and matching flags are accepted.
         assert_eq!(resolve(Some(fresh.clone()), None, None).unwrap(), (fresh.clone(), false));
-        assert_eq!(resolve(Some(fresh.clone()), Some(2), Some(("t", m.clone()))).unwrap(), (fresh.clone(), false));
+        assert_eq!(resolve(Some(fresh.clone()), Some(2), boot("t", &m, 16)).unwrap(), (fresh.clone(), false));
+        // Another --shards on restart keeps the stored count.
+        assert_eq!(resolve(Some(fresh.clone()), Some(2), boot("t", &m, 4)).unwrap(), (fresh.clone(), false));
         assert_eq!(resolve(Some(fresh.clone()), Some(3), None), Err(IdentityError::WrongNode { stored: 2, given: 3 }));
-        let err = resolve(Some(fresh.clone()), Some(2), Some(("other-cluster", m))).unwrap_err();
+        let err = resolve(Some(fresh.clone()), Some(2), boot("other-cluster", &m, 16)).unwrap_err();
         assert!(matches!(err, IdentityError::ForeignCluster { .. }));
         assert!(err.to_string().contains("belongs to cluster"));
     }
 
     #[test]
     fn record_round_trips_and_truncations_fail() {
-        let (id, _) = resolve(None, Some(1), Some(("t", parse_initial_cluster(IC).unwrap()))).unwrap();
+        let (id, _) = resolve(None, Some(1), boot("t", &parse_initial_cluster(IC).unwrap(), 16)).unwrap();
         let b = id.encode();
         assert_eq!(Identity::decode(&b).unwrap(), id);
         for cut in 0..b.len() {
             assert!(Identity::decode(&b[..cut]).is_err());
         }
+        // A v1 record (before shards) reads as one shard.
+        let mut v1 = b[..b.len() - 8].to_vec();
+        v1[0] = FORMAT_V1;
+        assert_eq!(Identity::decode(&v1).unwrap(), Identity { shards: 1, ..id });
     }
 }

@@ -8,6 +8,8 @@
 //! - [`config`]: flags, environment and TOML merged into `NodeOptions`.
 //! - [`cluster`]: `LocalCluster`, N nodes in one process on the in-process
 //!   transport (`ringstore dev` and the in-process cluster tests).
+//! - [`replicas`]: a node's shard replicas on its storage threads: start
+//!   from the map, hand leadership over, stop.
 //! - [`http`]: the HTTP server and its per-worker Router actors.
 //! - [`lock_cmd`]: `ringstore lock NAME -- COMMAND`.
 //! - [`status`]: `ringstore status`, the cluster map as a table.
@@ -18,6 +20,7 @@ pub mod http;
 pub mod identity;
 pub mod lock_cmd;
 pub mod process;
+pub mod replicas;
 pub mod status;
 
 /// Resolves on SIGTERM or Ctrl-C.

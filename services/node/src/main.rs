@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ringstore_node::cluster::{ClusterConfig, LocalCluster};
 use ringstore_node::config::NodeArgs;
+use ringstore_shared::config::{DEFAULT_SHARDS, SHARDS_MAX};
 use tracing::{info, warn};
 
 #[derive(Parser)]
@@ -41,7 +42,7 @@ enum Cmd {
         http_workers: usize,
         /// Data shards (Raft groups of 3 replicas) on the hash ring; only
         /// used when the data dir is new.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = DEFAULT_SHARDS)]
         shards: u64,
         /// Do not fsync the Raft log. Benchmarks only: a crash can lose
         /// acknowledged writes.
@@ -94,7 +95,7 @@ async fn dev(
     shards: u64,
     unsafe_no_fsync: bool,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=256).contains(&shards), "--shards must be 1..=256");
+    anyhow::ensure!((1..=SHARDS_MAX).contains(&shards), "--shards must be 1..={SHARDS_MAX}");
     let mut cfg = ClusterConfig::new(&data_dir);
     cfg.shards = shards;
     cfg.http = http;
@@ -105,6 +106,7 @@ async fn dev(
     }
     let cluster = LocalCluster::start(cfg).await?;
     let leader = cluster.wait_leader(std::time::Duration::from_secs(10)).await?;
+    let shards = cluster.map().ring().shards();
     println!("ringstore dev: 3 nodes, {shards} shard(s), data in {}", data_dir.display());
     for id in cluster.node_ids() {
         if let Some(url) = cluster.url(id) {

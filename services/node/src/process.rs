@@ -2,12 +2,13 @@
 //!
 //! Startup: open RocksDB, settle the identity (bootstrap an empty data dir
 //! from `--initial-cluster`, or rejoin with the stored one, refusing a data
-//! dir of another node or cluster), start the peer transport on its own
-//! thread, the shard replica on another, then the HTTP server.
+//! dir of another node or cluster), derive the cluster map from the
+//! identity, start the peer transport on its own thread, this node's shard
+//! replicas on the storage threads, then the HTTP server.
 //!
-//! Shutdown on SIGTERM or Ctrl-C: report not-ready, hand leadership to the
-//! most up-to-date follower, let in-flight requests finish, stop the
-//! replica, flush RocksDB, exit 0.
+//! Shutdown on SIGTERM or Ctrl-C: report not-ready, hand the leadership of
+//! every shard it leads to the most up-to-date follower, let in-flight
+//! requests finish, stop the replicas, flush RocksDB, exit 0.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,54 +17,52 @@ use std::time::Duration;
 use actix::Arbiter;
 use anyhow::Context as _;
 use ringstore_peer::{PeerConfig, PeerTransport};
-use ringstore_router::RoutingTable;
+use ringstore_router::{map as routing_map, MapCell, RoutingTable};
 use ringstore_shared::cluster_map::{ClusterMap, NodeInfo, NodeState};
-use ringstore_shared::{NodeId, FIRST_DATA_SHARD};
-use ringstore_storage::clock::SystemClock;
-use ringstore_storage::messages::TransferLeadership;
-use ringstore_storage::{Engine, ReplicaConfig, ShardOp, ShardReply, ShardRequest, StorageActor};
-use tokio::time::Instant;
+use ringstore_storage::Engine;
 use tracing::{info, warn};
 
 use crate::config::NodeOptions;
-use crate::identity::{self, Identity, IDENTITY_KEY};
+use crate::identity::{self, Bootstrap, Identity, IDENTITY_KEY};
+use crate::replicas;
+
+/// Replicas per data shard (fewer when the cluster has fewer nodes).
+const REPLICATION: usize = 3;
 
 pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&o.data_dir).with_context(|| format!("creating {}", o.data_dir.display()))?;
     let dir = o.data_dir.canonicalize().unwrap_or_else(|_| o.data_dir.clone());
     let (engine, ident) = open_with_identity(&o)?;
     let node = ident.node;
-    let voters: Vec<NodeId> = ident.members.keys().copied().collect();
+    if ident.shards != o.shards {
+        warn!(
+            stored = ident.shards,
+            given = o.shards,
+            "the data dir was bootstrapped with {} shards; keeping them",
+            ident.shards
+        );
+    }
+    let map = bootstrap_map(&ident)?;
 
     let peer_thread = Arbiter::new();
     let (transport, peer_bound) = PeerTransport::start(
         PeerConfig { node, cluster_id: ident.cluster_id, listen: o.peer_addr, peers: ident.peers() },
         &peer_thread.handle(),
     )?;
-    let storage_thread = Arbiter::new();
-    let storage = StorageActor::start(
-        ReplicaConfig {
-            node,
-            shard: FIRST_DATA_SHARD,
-            ranges: ringstore_storage::snapshot::whole_ring(),
-            initial_voters: voters.clone(),
-            raft: o.raft.clone(),
-            limits: o.limits.clone(),
-        },
-        engine.clone(),
-        Arc::new(transport.clone()),
-        Arc::new(SystemClock),
-        &storage_thread.handle(),
-    )?;
-    transport.register(FIRST_DATA_SHARD, storage.clone());
+    let replicas = replicas::start(node, &map, &engine, Arc::new(transport.clone()), &o.raft, &o.limits, |s, a| {
+        transport.register(s, a)
+    })?;
 
+    let routing = MapCell::new(node, RoutingTable::from_map(&map));
+    let transport_dyn: Arc<dyn ringstore_storage::Transport> = Arc::new(transport.clone());
+    let keeper = actix_rt::spawn(routing_map::keep_in_sync(routing.clone(), transport_dyn, map.clone()));
     let draining = Arc::new(AtomicBool::new(false));
     let (server, http_bound) = crate::http::start(crate::http::HttpOptions {
         node,
         addr: o.http,
         workers: o.http_workers,
-        table: Arc::new(RoutingTable::from_map(&single_shard_map(&ident))),
-        local_shards: vec![FIRST_DATA_SHARD],
+        map: routing,
+        local_shards: replicas.shards(),
         transport: Arc::new(transport.clone()),
         limits: o.limits.clone(),
         draining: draining.clone(),
@@ -73,21 +72,22 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
         warn!("--unsafe-no-fsync: the Raft log is not fsynced; a crash can lose acknowledged writes");
     }
     println!(
-        "ringstore node {node}: cluster {:016x}, http http://{http_bound}, peers on {peer_bound}, data in {}",
+        "ringstore node {node}: cluster {:016x}, {} shard(s) ({} here), http http://{http_bound}, peers on {peer_bound}, data in {}",
         ident.cluster_id,
+        ident.shards,
+        replicas.replicas.len(),
         dir.display()
     );
 
     crate::shutdown_signal().await;
     info!(node, "shutting down: draining");
     draining.store(true, Ordering::Relaxed);
-    hand_over_leadership(&storage, node, Duration::from_millis(o.raft.election_timeout_ms() * 3)).await;
+    replicas.hand_over_leadership(node, Duration::from_millis(o.raft.election_timeout_ms() * 3)).await;
     // Waits for in-flight requests (up to the shutdown timeout); the peer
     // transport still runs, so forwarded work can complete.
     server.stop(true).await;
-    storage_thread.stop();
-    actix_rt::task::spawn_blocking(move || storage_thread.join()).await.context("joining the storage thread")?.ok();
-    drop(storage);
+    keeper.abort();
+    replicas.stop().await?;
     engine.flush().context("flushing RocksDB")?;
     peer_thread.stop();
     info!(node, "stopped cleanly");
@@ -95,16 +95,16 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One data shard on every member, owning the whole ring. Multi-shard
-/// process clusters come with the meta shard, which will hold the map.
-fn single_shard_map(ident: &Identity) -> ClusterMap {
+/// The map every member derives from the identity alone: the members and
+/// the shard count fix the placement and the ring, so nodes agree on it
+/// without talking (the meta shard will hold later versions).
+fn bootstrap_map(ident: &Identity) -> anyhow::Result<ClusterMap> {
     let nodes = ident
         .members
         .iter()
         .map(|(id, peer)| (*id, NodeInfo { http: String::new(), peer: peer.clone(), state: NodeState::Up }))
         .collect();
-    let shards = [(FIRST_DATA_SHARD, ident.members.keys().copied().collect())].into_iter().collect();
-    ClusterMap { epoch: 1, nodes, shards }
+    ClusterMap::bootstrap(nodes, ident.shards, REPLICATION).context("placing the shards")
 }
 
 /// Opens RocksDB and settles who this data dir belongs to.
@@ -121,7 +121,7 @@ fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Identity)
         .as_deref()
         .map(identity::parse_initial_cluster)
         .transpose()?
-        .map(|m| (o.cluster_token.as_str(), m));
+        .map(|members| Bootstrap { token: o.cluster_token.as_str(), members, shards: o.shards });
     let (ident, fresh) =
         identity::resolve(stored, o.id, initial).with_context(|| format!("data dir {}", o.data_dir.display()))?;
     if fresh {
@@ -138,21 +138,4 @@ fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Identity)
         return Ok((engine, ident));
     }
     Ok((engine, ident))
-}
-
-/// If this node leads, hands leadership over and waits (bounded) until it
-/// has moved, so clients see no election timeout when the node stops.
-async fn hand_over_leadership(storage: &actix::Addr<StorageActor>, node: NodeId, within: Duration) {
-    let Ok(Some(target)) = storage.send(TransferLeadership).await else { return };
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if let Ok(Ok(ShardReply::Status(s))) = storage.send(ShardRequest(ShardOp::Status)).await {
-            if s.role != "leader" {
-                info!(node, target, leader = ?s.leader, "leadership handed over");
-                return;
-            }
-        }
-    }
-    warn!(node, target, "leadership did not move within {within:?}; stopping anyway");
 }

@@ -21,7 +21,9 @@ use ringstore_testkit::ProcCluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringstore");
 /// 50 ms ticks: several clusters of three processes share two cores here.
-const FAST: [&str; 4] = ["--raft-tick-ms", "50", "--raft-election-ticks", "10"];
+/// One shard: these tests follow the one leader of the cluster (the
+/// 16-shard process tests are in sharding.rs).
+const FAST: [&str; 6] = ["--raft-tick-ms", "50", "--raft-election-ticks", "10", "--shards", "1"];
 
 fn start(extra: &[&str]) -> ProcCluster {
     let mut args: Vec<&str> = FAST.to_vec();
@@ -323,7 +325,7 @@ async fn garbage_and_oversized_frames_on_the_peer_port_are_disconnected() {
 
     // A valid hello, then a frame header announcing 1 GiB.
     let members = parse_initial_cluster(c.initial_cluster()).unwrap();
-    let id = cluster_id("ringstore", &members);
+    let id = cluster_id("ringstore", &members, 1);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut buf = Vec::new();
     wire::encode_hello(&mut buf, &wire::Hello { cluster_id: id, from: 2, to: 1 });

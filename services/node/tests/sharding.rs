@@ -1,14 +1,21 @@
 //! Three nodes × 16 shards in one process (real RocksDB, real HTTP): the
 //! ring spreads keys over every shard, any node routes any key to its
-//! shard's leader, and each replica holds only its shard's ranges.
+//! shard's leader, each replica holds only its shard's ranges, and a router
+//! with a stale map is corrected through `WrongShard` and the meta shard.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Actor;
 use awc::http::StatusCode;
 use common::*;
-use ringstore_shared::cluster_map::META_SHARD;
+use ringstore_router::{MapCell, Route, Router, RoutingTable};
+use ringstore_shared::apply::Outcome;
+use ringstore_shared::cluster_map::{ClusterMap, META_SHARD};
+use ringstore_shared::command::{Command, Precondition};
+use ringstore_storage::{ShardOp, ShardReply, Transport};
 
 /// The two tests each run 48 replicas in this process; one at a time keeps
 /// two cores from starving elections.
@@ -142,6 +149,63 @@ async fn sixteen_shards_take_twenty_thousand_keys_evenly_and_serve_them_from_any
     let ranges: usize =
         r.json()["shards"].as_array().unwrap().iter().map(|s| s["ranges"].as_array().unwrap().len()).sum();
     assert!(ranges > 1000, "{ranges}");
+
+    stale_router_is_corrected_by_the_meta_shard(&tc, &urls).await;
+}
+
+/// A Router whose map is behind (epoch 0, a 4-shard ring) sends most keys
+/// to shards that do not own them. Each answers `WrongShard` and applies
+/// nothing; the router reads the map from the meta shard, routes by it and
+/// retries. The client sees only successes.
+async fn stale_router_is_corrected_by_the_meta_shard(tc: &TestCluster, urls: &[String]) {
+    let mut stale = ClusterMap::bootstrap(tc.cluster.map().nodes.clone(), 4, 3).unwrap();
+    stale.epoch = 0;
+    let cell = MapCell::new(1, RoutingTable::from_map(&stale));
+    let transport: Arc<dyn Transport> = Arc::new(tc.cluster.transport().clone());
+    let router = Router::new(1, cell.clone(), transport).start();
+    let route =
+        |key: Vec<u8>, op: ShardOp, shard: Option<u64>| Route { key, op, timeout: Duration::from_secs(20), shard };
+    // The map keepers have written the bootstrap map into the meta shard.
+    eventually(Duration::from_secs(20), "the meta shard holds the map", || {
+        let r = router.send(route(vec![], ShardOp::ReadMap, Some(META_SHARD)));
+        async move { matches!(r.await, Ok(Ok(ShardReply::Map(Some(_))))) }
+    })
+    .await;
+    let wrong_before = metric_sum(&urls[0], "ringstore_router_retries_total", &["node=\"1\"", "wrong_shard"]).await;
+    for i in 0..100 {
+        let key = format!("stale-{i}").into_bytes();
+        let cmd = Command::Put {
+            key: key.clone(),
+            value: key.clone(),
+            ttl_ms: None,
+            cond: Precondition::Always,
+            fence: None,
+        };
+        let r = router.send(route(key, ShardOp::Write(Arc::new(cmd)), None)).await.unwrap();
+        assert!(matches!(r, Ok(ShardReply::Outcome(Outcome::Written { .. }))), "stale-{i}: {r:?}");
+    }
+    assert_eq!(cell.epoch(), 1, "the router now routes by the meta shard's map");
+    assert_eq!(cell.load().ring().shards(), 16);
+    let wrong_after = metric_sum(&urls[0], "ringstore_router_retries_total", &["node=\"1\"", "wrong_shard"]).await;
+    assert!(wrong_after > wrong_before, "the stale map was noticed through WrongShard");
+    for i in 0..100 {
+        let r = get(&urls[i % urls.len()], &format!("stale-{i}")).await;
+        assert_eq!(r.body, format!("stale-{i}").as_bytes(), "stale-{i} went to its shard");
+    }
+    let v = call("GET", &urls[0], "/v1/cluster", &[], vec![]).await.json();
+    assert_eq!(v["epoch"], 1);
+    assert!(v["shards"][0]["leader"].as_u64().is_some(), "the meta shard runs and has a leader: {v}");
+}
+
+/// Sum of the samples of metric `name` whose labels contain every `labels` item.
+async fn metric_sum(url: &str, name: &str, labels: &[&str]) -> f64 {
+    let r = call("GET", url, "/metrics", &[], vec![]).await;
+    r.text()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 async fn all_shards_led(tc: &TestCluster, alive: &[u64]) -> bool {

@@ -406,6 +406,7 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
             w.u64(*limit as u64);
             w.u8(*keys_only as u8);
         }
+        ShardOp::ReadMap => w.u8(7),
     }
 }
 
@@ -434,6 +435,7 @@ fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
             limit: r.u64("limit")?.min(1 << 20) as usize,
             keys_only: r.u8("keys only")? != 0,
         },
+        7 => ShardOp::ReadMap,
         tag => return Err(CodecError::UnknownTag { what: "op", tag }),
     })
 }
@@ -471,6 +473,14 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
                     w.u8(7);
                     w.bytes(lock.as_bytes());
                     w.u64(*highest);
+                }
+                Outcome::MapSet { epoch } => {
+                    w.u8(8);
+                    w.u64(*epoch);
+                }
+                Outcome::MapConflict { current } => {
+                    w.u8(9);
+                    w.u64(*current);
                 }
             }
         }
@@ -524,6 +534,16 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
                 w.bytes(o.as_bytes());
             }
             w.u64(*now_ms);
+        }
+        ShardReply::Map(map) => {
+            w.u8(6);
+            match map {
+                None => w.u8(0),
+                Some(m) => {
+                    w.u8(1);
+                    w.bytes(m);
+                }
+            }
         }
     }
 }
@@ -586,6 +606,8 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
             5 => Outcome::Expired { count: r.u64("count")? as usize },
             6 => Outcome::Lock { outcome: get_lock_outcome(r)?, now_ms: r.u64("now")? },
             7 => Outcome::Fenced { lock: string(r, "lock")?, highest: r.u64("highest")? },
+            8 => Outcome::MapSet { epoch: r.u64("epoch")? },
+            9 => Outcome::MapConflict { current: r.u64("epoch")? },
             tag => return Err(CodecError::UnknownTag { what: "outcome", tag }),
         }),
         2 => {
@@ -647,6 +669,11 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
             }
             ShardReply::Items { items, more: r.u8("more")? != 0 }
         }
+        6 => ShardReply::Map(match r.u8("map present")? {
+            0 => None,
+            1 => Some(r.bytes("map")?.to_vec()),
+            tag => return Err(CodecError::UnknownTag { what: "map present", tag }),
+        }),
         tag => return Err(CodecError::UnknownTag { what: "reply", tag }),
     })
 }
@@ -702,9 +729,10 @@ fn put_error(w: &mut Writer, e: &StoreError) {
             w.u8(12);
             w.bytes(s.as_bytes());
         }
-        StoreError::WrongShard { shard } => {
+        StoreError::WrongShard { shard, epoch } => {
             w.u8(14);
             w.u64(*shard);
+            w.u64(*epoch);
         }
         StoreError::Fenced { lock, highest } => {
             w.u8(13);
@@ -745,7 +773,7 @@ fn get_error(r: &mut Reader<'_>) -> Result<StoreError, CodecError> {
         11 => StoreError::Engine(string(r, "message")?),
         12 => StoreError::Internal(string(r, "message")?),
         13 => StoreError::Fenced { lock: string(r, "lock")?, highest: r.u64("highest")? },
-        14 => StoreError::WrongShard { shard: r.u64("shard")? },
+        14 => StoreError::WrongShard { shard: r.u64("shard")?, epoch: r.u64("epoch")? },
         tag => return Err(CodecError::UnknownTag { what: "error", tag }),
     })
 }
@@ -884,6 +912,7 @@ mod tests {
             ShardOp::Acquire { name: "n".into(), owner: "o".into(), ttl_ms: 5, wait_ms: 6 },
             ShardOp::LockStatus { name: "n".into() },
             ShardOp::Scan { prefix: b"p/".to_vec(), after: Some(b"p/a".to_vec()), limit: 10, keys_only: true },
+            ShardOp::ReadMap,
         ];
         for op in ops {
             let mut buf = Vec::new();
@@ -924,7 +953,11 @@ mod tests {
             Err(StoreError::TooLarge { what: "value", len: 2, max: 1 }),
             Err(StoreError::NotFound),
             Err(StoreError::Fenced { lock: "l".into(), highest: 4 }),
-            Err(StoreError::WrongShard { shard: 3 }),
+            Err(StoreError::WrongShard { shard: 3, epoch: 9 }),
+            Ok(ShardReply::Map(None)),
+            Ok(ShardReply::Map(Some(vec![1, 2, 3]))),
+            Ok(ShardReply::Outcome(Outcome::MapSet { epoch: 4 })),
+            Ok(ShardReply::Outcome(Outcome::MapConflict { current: 5 })),
             Ok(ShardReply::Outcome(Outcome::Lock {
                 outcome: LockOutcome::Conflict {
                     holder: Some(Holder {

@@ -9,7 +9,10 @@
 //! # Layout
 //! - [`Router`]: the actor; its handler returns the retry loop as a future.
 //! - [`retry`]: the pure decision of where to go next after an answer.
+//! - [`map`]: the node's current table ([`MapCell`]) and how it follows the
+//!   meta shard: refreshed on `WrongShard` and by the node's map keeper.
 
+pub mod map;
 pub mod retry;
 
 use std::collections::HashMap;
@@ -25,12 +28,13 @@ use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::{ShardOp, ShardResult, Transport};
 use tokio::time::Instant;
 
+pub use crate::map::MapCell;
 use crate::retry::{next_step, Step};
 
 static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "ringstore_router_retries_total",
-        "Requests the router sent again (reason=not_leader, dropped, unreachable)",
+        "Requests the router sent again (reason=not_leader, dropped, unreachable, wrong_shard)",
         &["node", "reason"]
     )
     .expect("registers once")
@@ -90,18 +94,29 @@ impl RoutingTable {
     fn leader(&self, shard: ShardId) -> Option<&AtomicU64> {
         self.shards.get(&shard).map(|(_, l)| l)
     }
+
+    /// Takes the known leaders of shards whose replicas did not change.
+    fn inherit_leaders(&self, old: &RoutingTable) {
+        for (shard, (replicas, leader)) in &self.shards {
+            if let Some((r, l)) = old.shards.get(shard) {
+                if r == replicas {
+                    leader.store(l.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 /// One per HTTP worker thread, so routing never funnels through one thread.
 pub struct Router {
     node: NodeId,
-    table: Arc<RoutingTable>,
+    map: Arc<MapCell>,
     transport: Arc<dyn Transport>,
 }
 
 impl Router {
-    pub fn new(node: NodeId, table: Arc<RoutingTable>, transport: Arc<dyn Transport>) -> Self {
-        Router { node, table, transport }
+    pub fn new(node: NodeId, map: Arc<MapCell>, transport: Arc<dyn Transport>) -> Self {
+        Router { node, map, transport }
     }
 }
 
@@ -109,71 +124,115 @@ impl Actor for Router {
     type Context = Context<Self>;
 }
 
+/// Map refreshes one request may trigger: a replica saying `WrongShard`
+/// twice after a refresh means the maps disagree for longer than a request
+/// should wait.
+pub const WRONG_SHARD_REFRESHES_MAX: u32 = 2;
+
 impl Handler<Route> for Router {
     type Result = ResponseFuture<ShardResult>;
 
     fn handle(&mut self, msg: Route, _ctx: &mut Context<Self>) -> Self::Result {
         let node = self.node;
-        let table = self.table.clone();
+        let cell = self.map.clone();
         let transport = self.transport.clone();
         Box::pin(async move {
-            let Some(shard) = msg.shard.or_else(|| table.shard_for(&msg.key)) else {
-                return Err(StoreError::Unavailable { reason: "the cluster map has no data shards".into() });
-            };
-            let (Some(members), Some(leader)) = (table.replicas(shard), table.leader(shard)) else {
-                return Err(StoreError::Unavailable { reason: format!("shard {shard} is not in the cluster map") });
-            };
             let deadline = Instant::now() + msg.timeout;
-            let timeout_ms = msg.timeout.as_millis() as u64;
-            // Stale reads and status are answered by this node's own replica
-            // (status by any replica if this node has none).
-            let status = matches!(msg.op, ShardOp::Status);
-            let local_only = matches!(msg.op, ShardOp::Read { stale: true, .. }) || (status && members.contains(&node));
-            let mut target = if local_only {
-                node
-            } else if status {
-                members.first().copied().unwrap_or(node)
-            } else {
-                match leader.load(Ordering::Relaxed) {
-                    0 if members.contains(&node) => node,
-                    0 => members.first().copied().unwrap_or(node),
-                    l => l,
-                }
-            };
-            for attempt in 0u32.. {
-                let sent = transport.request(node, target, shard, msg.op.clone());
-                let result = match tokio::time::timeout_at(deadline, sent).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(StoreError::Timeout { timeout_ms }),
+            for refresh in 0.. {
+                let table = cell.load();
+                let Some(shard) = msg.shard.or_else(|| table.shard_for(&msg.key)) else {
+                    return Err(StoreError::Unavailable { reason: "the cluster map has no data shards".into() });
                 };
-                match next_step(&result, target, &members, attempt, local_only) {
-                    Step::Done => {
-                        if result.is_ok() && !local_only && !status {
-                            leader.store(target, Ordering::Relaxed);
-                        }
-                        return result;
+                let result = send_to_shard(node, &table, &transport, shard, msg.op.clone(), deadline).await;
+                match result {
+                    // The replica's map says the key is elsewhere: nothing
+                    // was applied. Learn the current map and route again.
+                    Err(StoreError::WrongShard { shard, epoch })
+                        if msg.shard.is_none() && refresh < WRONG_SHARD_REFRESHES_MAX =>
+                    {
+                        RETRIES.with_label_values(&[&node.to_string(), "wrong_shard"]).inc();
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        let r = map::sync_with_meta(&cell, &transport, None, left).await;
+                        tracing::debug!(node, shard, epoch, routed_by = table.epoch, ?r, "wrong shard: map refreshed");
                     }
-                    Step::Retry { to, backoff, reason } => {
-                        RETRIES.with_label_values(&[&node.to_string(), reason]).inc();
-                        if to != target && !status {
-                            leader.store(0, Ordering::Relaxed);
-                        }
-                        target = to;
-                        if Instant::now() + backoff >= deadline {
-                            // Out of time: say why the last attempt failed.
-                            return match result {
-                                Err(e) if e.is_retryable() => Err(StoreError::Unavailable {
-                                    reason: format!("shard {shard} has no leader reachable from node {node}"),
-                                }),
-                                Err(e) => Err(e),
-                                Ok(_) => unreachable!("a success is never retried"),
-                            };
-                        }
-                        tokio::time::sleep(backoff).await;
+                    Err(StoreError::WrongShard { shard, epoch }) => {
+                        return Err(StoreError::Unavailable {
+                            reason: format!(
+                                "shard {shard} (map epoch {epoch}) does not own the key and node {node}'s map \
+                                 (epoch {}) says it does",
+                                cell.epoch()
+                            ),
+                        })
                     }
+                    r => return r,
                 }
             }
-            unreachable!("the retry loop ends by returning")
+            unreachable!("the refresh loop ends by returning")
         })
     }
+}
+
+/// Sends `op` to `shard`'s leader as `table` knows it, following
+/// `NotLeader` hints and retrying what is safe to retry until `deadline`.
+pub async fn send_to_shard(
+    node: NodeId,
+    table: &RoutingTable,
+    transport: &Arc<dyn Transport>,
+    shard: ShardId,
+    op: ShardOp,
+    deadline: Instant,
+) -> ShardResult {
+    let (Some(members), Some(leader)) = (table.replicas(shard), table.leader(shard)) else {
+        return Err(StoreError::Unavailable { reason: format!("shard {shard} is not in the cluster map") });
+    };
+    let timeout_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+    // Stale reads and status are answered by this node's own replica
+    // (status by any replica if this node has none).
+    let status = matches!(op, ShardOp::Status);
+    let local_only = matches!(op, ShardOp::Read { stale: true, .. }) || (status && members.contains(&node));
+    let mut target = if local_only {
+        node
+    } else if status {
+        members.first().copied().unwrap_or(node)
+    } else {
+        match leader.load(Ordering::Relaxed) {
+            0 if members.contains(&node) => node,
+            0 => members.first().copied().unwrap_or(node),
+            l => l,
+        }
+    };
+    for attempt in 0u32.. {
+        let sent = transport.request(node, target, shard, op.clone());
+        let result = match tokio::time::timeout_at(deadline, sent).await {
+            Ok(r) => r,
+            Err(_) => return Err(StoreError::Timeout { timeout_ms }),
+        };
+        match next_step(&result, target, &members, attempt, local_only) {
+            Step::Done => {
+                if result.is_ok() && !local_only && !status {
+                    leader.store(target, Ordering::Relaxed);
+                }
+                return result;
+            }
+            Step::Retry { to, backoff, reason } => {
+                RETRIES.with_label_values(&[&node.to_string(), reason]).inc();
+                if to != target && !status {
+                    leader.store(0, Ordering::Relaxed);
+                }
+                target = to;
+                if Instant::now() + backoff >= deadline {
+                    // Out of time: say why the last attempt failed.
+                    return match result {
+                        Err(e) if e.is_retryable() => Err(StoreError::Unavailable {
+                            reason: format!("shard {shard} has no leader reachable from node {node}"),
+                        }),
+                        Err(e) => Err(e),
+                        Ok(_) => unreachable!("a success is never retried"),
+                    };
+                }
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+    unreachable!("the retry loop ends by returning")
 }

@@ -8,8 +8,12 @@
 //! answered after a ReadIndex round confirms leadership and the replica has
 //! applied up to the read index.
 //!
-//! Each replica runs on its own arbiter (thread): the fsync in a Ready
-//! round blocks that thread, never an HTTP worker.
+//! A node's replicas share a few storage threads (arbiters), never an HTTP
+//! worker's. A Ready round writes without fsync and hands durability to the
+//! node's WAL syncer ([`Engine::sync_wal_async`]): one fsync covers the
+//! rounds of every shard written meanwhile, and the thread goes on driving
+//! other shards while the disk syncs (raft-rs's async Ready:
+//! `advance_append_async`, then `on_persist_ready`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMessage};
 use raft::{RawNode, StateRole};
 use ringstore_shared::apply::{self, Effect, Outcome};
+use ringstore_shared::cluster_map::META_SHARD;
 use ringstore_shared::codec::CodecError;
 use ringstore_shared::command::{Command, Proposal};
 use ringstore_shared::config::{Limits, RaftConfig};
@@ -36,7 +41,8 @@ use crate::engine::{Cf, Engine, EngineError};
 use crate::locks::{LockIndex, Waiter, Waiters};
 use crate::log_store::{ApplyState, LogStore};
 use crate::messages::{
-    PeerUnreachable, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult, TransferLeadership,
+    PeerUnreachable, Persisted, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult,
+    TransferLeadership,
 };
 use crate::metrics::ReplicaMetrics;
 use crate::snapshot::{data_bounds, PointRange};
@@ -50,6 +56,9 @@ pub struct ReplicaConfig {
     pub shard: ShardId,
     /// The ring points this shard owns; keys elsewhere get `WrongShard`.
     pub ranges: Vec<PointRange>,
+    /// The cluster-map epoch `ranges` come from, told to a router that sent
+    /// a key elsewhere (so it knows whose map is stale).
+    pub epoch: u64,
     /// Voters to bootstrap with if this node has no state for the shard.
     pub initial_voters: Vec<NodeId>,
     pub raft: RaftConfig,
@@ -84,6 +93,8 @@ enum ReadKind {
     Value,
     /// `key` names a lock: answer with its record and waiters.
     Lock,
+    /// The meta shard's cluster map.
+    Map,
     /// `key` is a prefix: answer with the matching items.
     Scan {
         after: Option<Vec<u8>>,
@@ -129,11 +140,19 @@ pub struct StorageActor {
     /// Which of `ranges` the TTL sweep is in.
     sweep_range: usize,
     ranges: Arc<Vec<PointRange>>,
+    /// Map epoch of `ranges`.
+    epoch: u64,
+    /// Epoch of the cluster map this shard's state machine holds (meta
+    /// shard; 0 elsewhere), which `SetMap` must name to replace it.
+    map_epoch: u64,
     metrics: ReplicaMetrics,
     locks: LockIndex,
     waiters: Waiters<Reply>,
     /// Locks freed by this round's applies, to hand to their first waiter.
     freed: Vec<String>,
+    /// Ready rounds written but not yet fsynced, in order, with the
+    /// messages that may leave only once they are durable.
+    unpersisted: VecDeque<(u64, Vec<RaftMessage>)>,
 }
 
 /// Runs one Ready round (and the flush of batched reads) on the actor.
@@ -182,14 +201,18 @@ impl StorageActor {
             sweep_cursor: Vec::new(),
             sweep_range: 0,
             ranges,
+            epoch: cfg.epoch,
+            map_epoch: 0,
             metrics: ReplicaMetrics::new(cfg.node, cfg.shard),
             cfg: cfg.raft,
             locks: LockIndex::default(),
             waiters: Waiters::default(),
             freed: Vec::new(),
+            unpersisted: VecDeque::new(),
         };
         let mut actor = actor;
         actor.rebuild_lock_index();
+        actor.reload_map_epoch();
         Ok(StorageActor::start_in_arbiter(arbiter, move |_| actor))
     }
 
@@ -275,7 +298,7 @@ impl StorageActor {
     // ---------------------------------------------------------------
     // The Ready round. Order matters; each step says why it is where it is.
     // ---------------------------------------------------------------
-    fn on_ready(&mut self) {
+    fn on_ready(&mut self, ctx: &mut Context<Self>) {
         if !self.raw.has_ready() {
             return;
         }
@@ -294,8 +317,8 @@ impl StorageActor {
         self.send(ready.take_messages());
 
         // 3. Everything this round changes goes into one WriteBatch: a
-        //    snapshot from the leader, committed entries (already durable in
-        //    the log), new entries and the hard state.
+        //    snapshot from the leader, committed entries (raft-rs hands out
+        //    only entries already durable here), new entries, hard state.
         let mut batch = self.engine.batch();
         let mut snapshot = None;
         if !ready.snapshot().is_empty() {
@@ -318,19 +341,34 @@ impl StorageActor {
             self.raw.store().stage_hard_state(&mut batch, hs);
         }
 
-        // 4. One write; fsync when raft needs durability (entries, vote,
-        //    term, snapshot). Nothing below happens until it returns.
-        let sync = ready.must_sync() && self.cfg.sync_wal;
-        if let Err(e) = self.engine.write(batch, sync) {
+        // 4. One write. What Raft needs durable (entries, vote, term) is
+        //    made so by the node's WAL syncer, one fsync for every shard's
+        //    round written meanwhile (step 7); a round behind an unsynced one
+        //    waits too, since rounds persist in order. A snapshot is synced
+        //    here: raft-rs applies it at once (applied jumps to its index),
+        //    which it allows only once it is persisted. That fsync covers
+        //    every earlier round of this replica as well.
+        let sync_now = snapshot.is_some() && self.cfg.sync_wal;
+        let durable_later = !sync_now && ((ready.must_sync() && self.cfg.sync_wal) || !self.unpersisted.is_empty());
+        if let Err(e) = self.engine.write(batch, sync_now) {
             self.fatal("persisting a Ready", e);
         }
+        if sync_now {
+            for (_, msgs) in std::mem::take(&mut self.unpersisted) {
+                self.send(msgs);
+            }
+        }
 
-        // 5. Now that it is on disk, the in-memory view may follow.
+        // 5. The write is readable now, so the in-memory views may follow
+        //    (raft-rs reads entries back through `Storage` before they are
+        //    durable; it counts them only once told they are). Replies are
+        //    for committed entries, which were durable before this round.
         let store = self.raw.mut_store();
         if let Some((a, cs)) = snapshot {
             store.commit_snapshot(a, cs);
             self.metrics.snapshots_applied.inc();
             self.rebuild_lock_index();
+            self.reload_map_epoch();
             info!(node = self.node, shard = self.shard, index = a.applied_index, "applied snapshot");
             self.on_snapshot_applied(a.applied_index);
         }
@@ -344,42 +382,51 @@ impl StorageActor {
         store.commit_apply_state(apply);
         self.answer(replies);
 
-        // 6. Messages that must follow persistence (votes, append acks).
-        self.send(ready.take_persisted_messages());
-
-        // 7. Leadership confirmations for batched reads.
+        // 6. Leadership confirmations for batched reads.
         self.on_read_states(ready.take_read_states());
 
-        // 8. Advance. The light ready carries what became committed because
-        //    of this round's persistence.
-        let mut light = self.raw.advance_append(ready);
-        self.send(light.take_messages());
-        let committed = light.take_committed_entries();
-        let commit = light.commit_index();
-        if !committed.is_empty() || commit.is_some() {
-            let mut batch = self.engine.batch();
-            let mut apply = *self.raw.store().apply_state();
-            let mut replies = Vec::new();
-            self.stage_apply(&mut batch, committed, &mut apply, &mut replies);
-            let hs = commit.map(|c| {
-                let mut hs = self.raw.store().hard_state().clone();
-                hs.commit = c;
-                hs
-            });
-            if let Some(hs) = &hs {
-                self.raw.store().stage_hard_state(&mut batch, hs);
+        // 7. Messages that must follow persistence (votes, append acks) wait
+        //    for the fsync; raft-rs learns of it in `on_persisted`, and the
+        //    entries it then commits come in a later round.
+        if durable_later {
+            let number = ready.number();
+            self.unpersisted.push_back((number, ready.take_persisted_messages()));
+            self.raw.advance_append_async(ready);
+            let addr = ctx.address();
+            self.engine.sync_wal_async(Box::new(move |result| addr.do_send(Persisted { number, result })));
+        } else {
+            // 8. Nothing to make durable: advance at once. The light ready
+            //    carries what this round made committed.
+            self.send(ready.take_persisted_messages());
+            let mut light = self.raw.advance_append(ready);
+            self.send(light.take_messages());
+            let committed = light.take_committed_entries();
+            let commit = light.commit_index();
+            if !committed.is_empty() || commit.is_some() {
+                let mut batch = self.engine.batch();
+                let mut apply = *self.raw.store().apply_state();
+                let mut replies = Vec::new();
+                self.stage_apply(&mut batch, committed, &mut apply, &mut replies);
+                let hs = commit.map(|c| {
+                    let mut hs = self.raw.store().hard_state().clone();
+                    hs.commit = c;
+                    hs
+                });
+                if let Some(hs) = &hs {
+                    self.raw.store().stage_hard_state(&mut batch, hs);
+                }
+                // No fsync: applied entries are durable in the log; a crash
+                // replays them from the last persisted apply state.
+                if let Err(e) = self.engine.write(batch, false) {
+                    self.fatal("applying committed entries", e);
+                }
+                let store = self.raw.mut_store();
+                if let Some(hs) = hs {
+                    store.commit_hard_state(hs);
+                }
+                store.commit_apply_state(apply);
+                self.answer(replies);
             }
-            // No fsync: applied entries are durable in the log; a crash
-            // replays them from the last persisted apply state.
-            if let Err(e) = self.engine.write(batch, false) {
-                self.fatal("applying committed entries", e);
-            }
-            let store = self.raw.mut_store();
-            if let Some(hs) = hs {
-                store.commit_hard_state(hs);
-            }
-            store.commit_apply_state(apply);
-            self.answer(replies);
         }
         let applied = self.raw.store().apply_state().applied_index;
         self.raw.advance_apply_to(applied);
@@ -390,6 +437,18 @@ impl StorageActor {
         self.serve_waiters();
         self.maybe_compact_log();
         self.update_gauges();
+    }
+
+    /// The WAL is durable up to Ready `number`: tell raft-rs (which may now
+    /// count this replica's entries toward commit), then send what had to
+    /// wait for the disk.
+    fn on_persisted(&mut self, number: u64) {
+        self.raw.on_persist_ready(number);
+        while self.unpersisted.front().is_some_and(|(n, _)| *n <= number) {
+            if let Some((_, msgs)) = self.unpersisted.pop_front() {
+                self.send(msgs);
+            }
+        }
     }
 
     /// Applies committed entries into `batch`. Later entries of the same
@@ -467,7 +526,7 @@ impl StorageActor {
             }
         };
         apply.applied_stamp_ms = apply.applied_stamp_ms.max(proposal.stamp_ms);
-        let mut view = ApplyView { engine: &self.engine, overlay, err: None };
+        let mut view = ApplyView { engine: &self.engine, overlay, map_epoch: self.map_epoch, err: None };
         let (effects, outcome) = apply::decide(proposal, entry.index, entry.term, &mut view);
         if let Some(e) = view.err {
             self.fatal("reading state during apply", e);
@@ -485,6 +544,14 @@ impl StorageActor {
         }
         for effect in effects {
             let (k, v) = match effect {
+                Effect::PutMap { map } => {
+                    if let Outcome::MapSet { epoch } = outcome {
+                        self.map_epoch = epoch;
+                        info!(node = self.node, shard = self.shard, epoch, "cluster map replaced");
+                    }
+                    self.raw.store().stage_map(batch, &map);
+                    continue;
+                }
                 Effect::Put { key, value } => (data_key(&key), Some(value.encode())),
                 Effect::Delete { key } => (data_key(&key), None),
                 Effect::PutLock { name, record } => {
@@ -607,6 +674,9 @@ impl StorageActor {
                 let answer = match &r.kind {
                     ReadKind::Value => self.read_local(&r.key, now),
                     ReadKind::Lock => self.read_lock(&r.key, now),
+                    ReadKind::Map => {
+                        self.raw.store().read_map().map(ShardReply::Map).map_err(|e| StoreError::Engine(e.to_string()))
+                    }
                     ReadKind::Scan { after, limit, keys_only } => {
                         self.scan_local(&r.key, after.as_deref(), *limit, *keys_only, now)
                     }
@@ -786,6 +856,17 @@ impl StorageActor {
         Ok(ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms }))
     }
 
+    fn reload_map_epoch(&mut self) {
+        self.map_epoch = match self.raw.store().read_map() {
+            Ok(None) => 0,
+            Ok(Some(b)) => match ringstore_shared::cluster_map::ClusterMap::decode(&b) {
+                Ok(m) => m.epoch,
+                Err(e) => self.fatal("decoding the stored cluster map", e),
+            },
+            Err(e) => self.fatal("reading the stored cluster map", e),
+        };
+    }
+
     fn rebuild_lock_index(&mut self) {
         self.locks.clear();
         let mut found = Vec::new();
@@ -906,6 +987,9 @@ fn read_value(engine: &Engine, key: &[u8]) -> Result<Option<StoredValue>, Engine
 struct ApplyView<'a> {
     engine: &'a Engine,
     overlay: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Entries apply one at a time and the actor updates its copy after
+    /// each, so this is current for every entry of a round.
+    map_epoch: u64,
     err: Option<EngineError>,
 }
 
@@ -949,6 +1033,9 @@ impl apply::State for ApplyView<'_> {
     fn fences(&mut self, key: &[u8]) -> Option<FenceRecord> {
         self.decoded(&keys::fence_key(key), "fence record", FenceRecord::decode)
     }
+    fn map_epoch(&mut self) -> u64 {
+        self.map_epoch
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -987,10 +1074,21 @@ impl Actor for StorageActor {
 
 impl Handler<Flush> for StorageActor {
     type Result = ();
-    fn handle(&mut self, _: Flush, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
         self.issue_reads();
-        self.on_ready();
+        self.on_ready(ctx);
+    }
+}
+
+impl Handler<Persisted> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, Persisted { number, result }: Persisted, ctx: &mut Context<Self>) {
+        if let Err(e) = result {
+            self.fatal("syncing the WAL", e);
+        }
+        self.on_persisted(number);
+        self.schedule_flush(ctx);
     }
 }
 
@@ -1055,10 +1153,20 @@ impl Handler<ShardRequest> for StorageActor {
             ShardOp::Read { key, .. } => Some(key),
             ShardOp::Write(cmd) => cmd.routing_key(),
             ShardOp::Acquire { name, .. } | ShardOp::LockStatus { name } => Some(name.as_bytes()),
-            ShardOp::Status | ShardOp::Scan { .. } => None,
+            ShardOp::Status | ShardOp::Scan { .. } | ShardOp::ReadMap => None,
         };
         if key.is_some_and(|k| !self.owns(k)) {
-            return immediate(Err(StoreError::WrongShard { shard: self.shard }));
+            return immediate(Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch }));
+        }
+        let map_op = matches!(&op, ShardOp::ReadMap)
+            || matches!(&op, ShardOp::Write(c) if matches!(**c, Command::SetMap { .. }));
+        if map_op != (self.shard == META_SHARD) && !matches!(op, ShardOp::Status) {
+            // The map lives in the meta shard only, and the meta shard holds
+            // nothing else.
+            return immediate(Err(StoreError::BadRequest(format!(
+                "shard {} does not serve this operation",
+                self.shard
+            ))));
         }
         match op {
             ShardOp::Status => immediate(Ok(ShardReply::Status(self.status()))),
@@ -1085,6 +1193,15 @@ impl Handler<ShardRequest> for StorageActor {
                     kind: ReadKind::Scan { after, limit, keys_only },
                     tx,
                 });
+                self.schedule_flush(ctx);
+                Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
+            }
+            ShardOp::ReadMap => {
+                if !self.is_leader() {
+                    return immediate(Err(self.not_leader()));
+                }
+                let (tx, rx) = oneshot::channel();
+                self.reads.unsent.push(PendingRead { key: Vec::new(), kind: ReadKind::Map, tx });
                 self.schedule_flush(ctx);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }

@@ -8,7 +8,8 @@
 //! Only this crate touches RocksDB; everything above it sees [`Engine`].
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use rocksdb::{
@@ -56,11 +57,22 @@ impl Cf {
     }
 }
 
+/// Called by the WAL syncer once the WAL is durable up to (at least) every
+/// write that returned before the request was made; `Err` carries why not.
+pub type SyncDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Sync requests queued for the syncer thread before a requester waits:
+/// bounds memory if the disk stalls (storage threads then block, which is
+/// the backpressure we want).
+pub const WAL_SYNC_QUEUE_MAX: usize = 4096;
+
 pub struct Engine {
     db: DB,
     path: PathBuf,
     node_label: String,
     write_metrics: metrics::EngineWriteMetrics,
+    /// The node's one WAL syncer, started on first use (see [`Engine::sync_wal_async`]).
+    syncer: OnceLock<SyncSender<SyncDone>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -106,7 +118,44 @@ impl Engine {
             path: path.to_path_buf(),
             node_label: node_label.to_string(),
             write_metrics: metrics::EngineWriteMetrics::new(node_label),
+            syncer: OnceLock::new(),
         }))
+    }
+
+    /// Makes every write that has returned so far durable, then calls
+    /// `done` on the syncer thread.
+    ///
+    /// This is how a node batches fsyncs across its shards (group commit,
+    /// as TiKV's async-io writers do): each shard replica writes its Ready
+    /// without sync and asks here; one thread per node fsyncs the WAL once
+    /// for every request queued meanwhile, so N shards' Ready rounds cost
+    /// one fsync, and storage threads keep working while the disk syncs.
+    pub fn sync_wal_async(self: &Arc<Self>, done: SyncDone) {
+        let tx = self.syncer.get_or_init(|| {
+            let (tx, rx) = sync_channel(WAL_SYNC_QUEUE_MAX);
+            let weak = Arc::downgrade(self);
+            let name = format!("wal-sync-{}", self.node_label);
+            if let Err(e) = std::thread::Builder::new().name(name).spawn(move || run_syncer(weak, rx)) {
+                // Without a thread no write could ever be acknowledged.
+                tracing::error!("cannot start the WAL syncer thread: {e}");
+                std::process::abort();
+            }
+            tx
+        });
+        if let Err(e) = tx.send(done) {
+            // The receiver lives as long as this engine; a dead one means the
+            // thread panicked, and no durability promise can be kept.
+            tracing::error!("WAL syncer is gone: {e}");
+            std::process::abort();
+        }
+    }
+
+    /// Fsyncs the WAL: every write that returned before is durable after.
+    pub fn sync_wal(&self) -> Result<(), EngineError> {
+        let start = Instant::now();
+        self.db.flush_wal(true)?;
+        self.write_metrics.wal_sync_seconds.observe(start.elapsed().as_secs_f64());
+        Ok(())
     }
 
     pub fn node_label(&self) -> &str {
@@ -251,5 +300,26 @@ impl Engine {
             b.put_cf(self.cf(Cf::Meta), key, value);
         }
         self.write(b, sync)
+    }
+}
+
+/// The syncer thread: waits for one request, takes every other one queued
+/// behind it, fsyncs once and answers them all. It holds only a weak
+/// reference, so closing the engine is not delayed by an idle syncer; it
+/// ends when the engine (and so the sender) is dropped.
+fn run_syncer(engine: Weak<Engine>, rx: Receiver<SyncDone>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        group.extend(rx.try_iter().take(WAL_SYNC_QUEUE_MAX));
+        let result = match engine.upgrade() {
+            Some(e) => {
+                e.write_metrics.wal_sync_readies.observe(group.len() as f64);
+                e.sync_wal().map_err(|err| err.to_string())
+            }
+            None => Err("engine closed before the WAL was synced".to_string()),
+        };
+        for done in group {
+            done(result.clone());
+        }
     }
 }

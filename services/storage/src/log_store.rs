@@ -6,7 +6,9 @@
 //! - `shard ++ 0x01 ++ index BE`: a log entry (protobuf `Entry`);
 //! - `shard ++ 0x02`: the hard state (protobuf `HardState`);
 //! - `shard ++ 0x03`: the apply state ([`ApplyState`]);
-//! - `shard ++ 0x04`: the conf state (protobuf `ConfState`).
+//! - `shard ++ 0x04`: the conf state (protobuf `ConfState`);
+//! - `shard ++ 0x05`: the cluster map (meta shard only; its state machine,
+//!   kept here because the meta shard owns no ring points in `data`).
 //!
 //! Raft reads through `&self`; the storage actor stages every change into
 //! a RocksDB `WriteBatch` with the `stage_*` methods, writes it, and only
@@ -27,6 +29,7 @@ const KIND_ENTRY: u8 = 0x01;
 const KIND_HARD_STATE: u8 = 0x02;
 const KIND_APPLY_STATE: u8 = 0x03;
 const KIND_CONF_STATE: u8 = 0x04;
+const KIND_MAP: u8 = 0x05;
 
 fn shard_key(shard: ShardId, kind: u8) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -224,6 +227,15 @@ impl LogStore {
         self.conf_state = cs;
     }
 
+    /// The cluster map this shard's state machine holds (meta shard).
+    pub fn read_map(&self) -> Result<Option<Vec<u8>>, EngineError> {
+        self.engine.get(Cf::Raft, &shard_key(self.shard, KIND_MAP))
+    }
+
+    pub fn stage_map(&self, b: &mut WriteBatch, map: &[u8]) {
+        self.engine.put(b, Cf::Raft, &shard_key(self.shard, KIND_MAP), map);
+    }
+
     pub fn stage_apply_state(&self, b: &mut WriteBatch, a: &ApplyState) {
         self.engine.put(b, Cf::Raft, &shard_key(self.shard, KIND_APPLY_STATE), &a.encode());
     }
@@ -264,6 +276,10 @@ impl LogStore {
         for (k, v) in &data.kvs {
             self.engine.put(b, Cf::Data, k, v);
         }
+        match &data.map {
+            Some(m) => self.stage_map(b, m),
+            None => self.engine.delete(b, Cf::Raft, &shard_key(self.shard, KIND_MAP)),
+        }
         // Every entry the snapshot covers, and any tail after it, is obsolete.
         self.engine.delete_range(b, Cf::Raft, &entry_key(self.shard, 0), &entry_key(self.shard, u64::MAX));
         self.stage_conf_state(b, meta.get_conf_state());
@@ -300,7 +316,7 @@ impl LogStore {
         let index = self.apply.applied_index;
         let term =
             if index == self.apply.truncated_index { self.apply.truncated_term } else { self.read_entry(index)?.term };
-        let data = SnapshotData { applied_stamp_ms: self.apply.applied_stamp_ms, kvs };
+        let data = SnapshotData { applied_stamp_ms: self.apply.applied_stamp_ms, kvs, map: self.read_map()? };
         let mut meta = SnapshotMetadata { index, term, ..Default::default() };
         meta.set_conf_state(self.conf_state.clone());
         let mut snap = Snapshot { data: data.encode().into(), ..Default::default() };

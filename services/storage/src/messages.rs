@@ -44,6 +44,8 @@ pub enum ShardOp {
         limit: usize,
         keys_only: bool,
     },
+    /// Meta shard: the cluster map (encoded), linearizable (leader, ReadIndex).
+    ReadMap,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +69,8 @@ pub enum ShardReply {
         /// The leader's clock when it answered.
         now_ms: u64,
     },
+    /// The meta shard's cluster map, encoded; `None` before bootstrap.
+    Map(Option<Vec<u8>>),
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -109,3 +113,12 @@ pub struct PeerUnreachable {
 #[derive(Message)]
 #[rtype(result = "Option<NodeId>")]
 pub struct TransferLeadership;
+
+/// The node's WAL syncer made this replica's Ready rounds up to `number`
+/// durable (or failed to: then nothing may be acknowledged any more).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Persisted {
+    pub number: u64,
+    pub result: Result<(), String>,
+}

@@ -14,6 +14,8 @@ pub struct EngineMetrics {
     pub write_bytes: IntCounterVec,
     pub sst_bytes: IntGaugeVec,
     pub pending_compaction_bytes: IntGaugeVec,
+    pub wal_sync_seconds: HistogramVec,
+    pub wal_sync_readies: HistogramVec,
 }
 
 pub struct RaftMetrics {
@@ -57,6 +59,20 @@ pub static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
         "ringstore_rocksdb_pending_compaction_bytes",
         "Bytes RocksDB estimates compaction must rewrite; growth means writes outrun compaction",
         &["node"]
+    )
+    .expect("metric registers once"),
+    wal_sync_seconds: register_histogram_vec!(
+        "ringstore_rocksdb_wal_sync_seconds",
+        "One WAL fsync by the node's syncer, covering the Ready rounds of every shard written since the last",
+        &["node"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once"),
+    wal_sync_readies: register_histogram_vec!(
+        "ringstore_rocksdb_wal_sync_readies",
+        "Ready rounds (of any shard on the node) made durable by one WAL fsync",
+        &["node"],
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
     )
     .expect("metric registers once"),
 });
@@ -225,6 +241,8 @@ pub struct EngineWriteMetrics {
     pub synced_seconds: Histogram,
     pub unsynced_seconds: Histogram,
     pub bytes: IntCounter,
+    pub wal_sync_seconds: Histogram,
+    pub wal_sync_readies: Histogram,
 }
 
 impl EngineWriteMetrics {
@@ -234,6 +252,8 @@ impl EngineWriteMetrics {
             synced_seconds: e.write_seconds.with_label_values(&[node_label, "true"]),
             unsynced_seconds: e.write_seconds.with_label_values(&[node_label, "false"]),
             bytes: e.write_bytes.with_label_values(&[node_label]),
+            wal_sync_seconds: e.wal_sync_seconds.with_label_values(&[node_label]),
+            wal_sync_readies: e.wal_sync_readies.with_label_values(&[node_label]),
         }
     }
 }

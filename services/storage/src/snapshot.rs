@@ -1,11 +1,13 @@
-//! The payload of a shard snapshot: every data key of the shard plus the
-//! applied leader stamp, as `[format=1][stamp BE8][count BE8]` then
-//! `[klen BE4][key][vlen BE4][value]` per pair.
+//! The payload of a shard snapshot: every data key of the shard, the
+//! applied leader stamp and (meta shard) the cluster map, as
+//! `[format=2][stamp BE8][count BE8]`, then `[klen BE4][key][vlen BE4][value]`
+//! per pair, then `[present u8]([mlen BE4][map])`. Format 1 has no map.
 //!
-//! Snapshots are built and sent whole for now (in-process transport);
-//! chunked streaming comes with the network transport.
+//! Snapshots are built whole in memory; the peer transport sends them in
+//! chunks.
 
 const FORMAT_V1: u8 = 1;
+const FORMAT_V2: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed snapshot: {0}")]
@@ -15,6 +17,8 @@ pub struct SnapshotDecodeError(&'static str);
 pub struct SnapshotData {
     pub applied_stamp_ms: u64,
     pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The meta shard's cluster map (encoded); `None` elsewhere.
+    pub map: Option<Vec<u8>>,
 }
 
 /// An interval of ring points a shard owns.
@@ -46,8 +50,8 @@ pub fn shard_data_bounds() -> (Vec<u8>, Vec<u8>) {
 impl SnapshotData {
     pub fn encode(&self) -> Vec<u8> {
         let size: usize = self.kvs.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
-        let mut b = Vec::with_capacity(17 + size);
-        b.push(FORMAT_V1);
+        let mut b = Vec::with_capacity(22 + size + self.map.as_ref().map_or(0, Vec::len));
+        b.push(FORMAT_V2);
         b.extend_from_slice(&self.applied_stamp_ms.to_be_bytes());
         b.extend_from_slice(&(self.kvs.len() as u64).to_be_bytes());
         for (k, v) in &self.kvs {
@@ -55,6 +59,14 @@ impl SnapshotData {
             b.extend_from_slice(k);
             b.extend_from_slice(&(v.len() as u32).to_be_bytes());
             b.extend_from_slice(v);
+        }
+        match &self.map {
+            None => b.push(0),
+            Some(m) => {
+                b.push(1);
+                b.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                b.extend_from_slice(m);
+            }
         }
         b
     }
@@ -76,7 +88,8 @@ impl SnapshotData {
         fn u32_of(s: &[u8]) -> usize {
             u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize
         }
-        if take(&mut b, 1)?[0] != FORMAT_V1 {
+        let format = take(&mut b, 1)?[0];
+        if format != FORMAT_V1 && format != FORMAT_V2 {
             return Err(SnapshotDecodeError("unknown format"));
         }
         let applied_stamp_ms = u64_of(take(&mut b, 8)?);
@@ -89,10 +102,21 @@ impl SnapshotData {
             let v = take(&mut b, vl)?.to_vec();
             kvs.push((k, v));
         }
+        let map = match format {
+            FORMAT_V1 => None,
+            _ => match take(&mut b, 1)?[0] {
+                0 => None,
+                1 => {
+                    let ml = u32_of(take(&mut b, 4)?);
+                    Some(take(&mut b, ml)?.to_vec())
+                }
+                _ => return Err(SnapshotDecodeError("bad map marker")),
+            },
+        };
         if !b.is_empty() {
             return Err(SnapshotDecodeError("trailing bytes"));
         }
-        Ok(SnapshotData { applied_stamp_ms, kvs })
+        Ok(SnapshotData { applied_stamp_ms, kvs, map })
     }
 }
 
@@ -102,12 +126,18 @@ mod tests {
 
     #[test]
     fn round_trip_and_truncation() {
-        let d = SnapshotData { applied_stamp_ms: 77, kvs: vec![(b"k1".to_vec(), b"v1".to_vec()), (vec![], vec![])] };
-        let bytes = d.encode();
-        assert_eq!(SnapshotData::decode(&bytes).unwrap(), d);
-        for cut in 0..bytes.len() {
-            assert!(SnapshotData::decode(&bytes[..cut]).is_err());
+        for map in [None, Some(vec![7, 8, 9])] {
+            let kvs = vec![(b"k1".to_vec(), b"v1".to_vec()), (vec![], vec![])];
+            let d = SnapshotData { applied_stamp_ms: 77, kvs, map };
+            let bytes = d.encode();
+            assert_eq!(SnapshotData::decode(&bytes).unwrap(), d);
+            for cut in 0..bytes.len() {
+                assert!(SnapshotData::decode(&bytes[..cut]).is_err());
+            }
         }
+        // Format 1 (before the map) still decodes, without a map.
+        let v1 = [&[FORMAT_V1][..], &5u64.to_be_bytes(), &0u64.to_be_bytes()].concat();
+        assert_eq!(SnapshotData::decode(&v1).unwrap(), SnapshotData { applied_stamp_ms: 5, kvs: vec![], map: None });
     }
 
     #[test]

@@ -37,6 +37,7 @@ async fn each_shard_serves_and_snapshots_only_its_ranges() {
             node: 1,
             shard,
             ranges: ranges(shard),
+            epoch: 1,
             initial_voters: vec![1],
             raft: ringstore_shared::config::RaftConfig { tick_interval_ms: 20, ..Default::default() },
             limits: Default::default(),
@@ -80,7 +81,7 @@ async fn each_shard_serves_and_snapshots_only_its_ranges() {
         };
         let other = 3 - owner;
         let r = actors[other - 1].send(ShardRequest(put(key.clone()))).await.unwrap();
-        assert_eq!(r.unwrap_err(), StoreError::WrongShard { shard: other as u64 });
+        assert_eq!(r.unwrap_err(), StoreError::WrongShard { shard: other as u64, epoch: 1 });
         let r = actors[owner - 1].send(ShardRequest(ShardOp::Read { key: key.clone(), stale: true })).await;
         assert!(matches!(r, Ok(Ok(ShardReply::Value { value: None, .. }))));
         assert!(actors[owner - 1].send(ShardRequest(put(key))).await.unwrap().is_ok());

@@ -205,12 +205,13 @@ impl ProcCluster {
         }
     }
 
-    /// Node `id`'s view of its shard (`/readyz` carries it), if it answers.
+    /// Node `id`'s replica of the first data shard (`/readyz` carries it;
+    /// the meta shard is listed there too), if it answers.
     pub async fn replica(&self, id: NodeId) -> Option<serde_json::Value> {
         let client = awc::Client::builder().timeout(Duration::from_secs(1)).finish();
         let mut res = client.get(format!("{}/readyz", self.url(id))).send().await.ok()?;
         let body: serde_json::Value = res.json().await.ok()?;
-        body["shards"].get(0).cloned()
+        body["shards"].as_array()?.iter().find(|s| s["shard"] == 1).cloned()
     }
 
     /// The leader with the highest term among running nodes, waiting up to `within`.

@@ -1,0 +1,175 @@
+//! The node's current routing table and how it follows the cluster map in
+//! the meta shard.
+//!
+//! Every Router of a node reads one [`MapCell`]. A new table replaces the
+//! old one only at a higher epoch, so a slow refresh never undoes a newer
+//! one. The map is read from the meta shard's leader (ReadIndex, so never
+//! older than the last committed change) when a storage replica answers
+//! `WrongShard` and periodically by the node's map keeper
+//! ([`sync_with_meta`]), which also writes the bootstrap map into an empty
+//! meta shard.
+
+use std::sync::{Arc, LazyLock, RwLock};
+use std::time::Duration;
+
+use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
+use ringstore_shared::apply::Outcome;
+use ringstore_shared::cluster_map::{ClusterMap, META_SHARD};
+use ringstore_shared::command::Command;
+use ringstore_shared::{NodeId, StoreError};
+use ringstore_storage::{ShardOp, ShardReply, Transport};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::{send_to_shard, RoutingTable};
+
+static MAP_EPOCH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("ringstore_router_map_epoch", "Epoch of the cluster map this node routes by", &["node"])
+        .expect("registers once")
+});
+
+static MAP_REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ringstore_router_map_refreshes_total",
+        "Reads of the cluster map from the meta shard (result=updated, unchanged, bootstrapped, failed)",
+        &["node", "result"]
+    )
+    .expect("registers once")
+});
+
+pub struct MapCell {
+    node: NodeId,
+    table: RwLock<Arc<RoutingTable>>,
+}
+
+impl MapCell {
+    pub fn new(node: NodeId, table: RoutingTable) -> Arc<Self> {
+        MAP_EPOCH.with_label_values(&[&node.to_string()]).set(table.epoch as i64);
+        Arc::new(MapCell { node, table: RwLock::new(Arc::new(table)) })
+    }
+
+    /// The table to route by now. A read lock held for one `Arc` clone:
+    /// writers come once per map change, so readers do not wait.
+    pub fn load(&self) -> Arc<RoutingTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.load().epoch
+    }
+
+    /// Routes by `map` from now on if it is newer than the current table;
+    /// known leaders of shards with the same replicas carry over.
+    pub fn install(&self, map: &ClusterMap) -> bool {
+        let mut cur = self.table.write().unwrap_or_else(|e| e.into_inner());
+        if map.epoch <= cur.epoch {
+            return false;
+        }
+        let next = RoutingTable::from_map(map);
+        next.inherit_leaders(&cur);
+        info!(node = self.node, from = cur.epoch, to = map.epoch, "routing by a new cluster map");
+        MAP_EPOCH.with_label_values(&[&self.node.to_string()]).set(map.epoch as i64);
+        *cur = Arc::new(next);
+        true
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// A newer map was installed.
+    Updated,
+    /// The meta shard holds the map already routed by.
+    Unchanged,
+    /// The meta shard was empty and now holds the bootstrap map.
+    Bootstrapped,
+}
+
+impl Refresh {
+    fn label(self) -> &'static str {
+        match self {
+            Refresh::Updated => "updated",
+            Refresh::Unchanged => "unchanged",
+            Refresh::Bootstrapped => "bootstrapped",
+        }
+    }
+}
+
+/// Reads the map from the meta shard and installs it if newer. With
+/// `bootstrap`, an empty meta shard is given that map (epoch 1) first: every
+/// node proposes the same one, and the epoch check lets exactly one apply.
+pub async fn sync_with_meta(
+    cell: &MapCell,
+    transport: &Arc<dyn Transport>,
+    bootstrap: Option<&ClusterMap>,
+    timeout: Duration,
+) -> Result<Refresh, StoreError> {
+    let result = sync_inner(cell, transport, bootstrap, timeout).await;
+    let label = match &result {
+        Ok(r) => r.label(),
+        Err(_) => "failed",
+    };
+    MAP_REFRESHES.with_label_values(&[&cell.node.to_string(), label]).inc();
+    result
+}
+
+async fn sync_inner(
+    cell: &MapCell,
+    transport: &Arc<dyn Transport>,
+    bootstrap: Option<&ClusterMap>,
+    timeout: Duration,
+) -> Result<Refresh, StoreError> {
+    let deadline = Instant::now() + timeout;
+    let table = cell.load();
+    let read = send_to_shard(cell.node, &table, transport, META_SHARD, ShardOp::ReadMap, deadline).await?;
+    let stored = match read {
+        ShardReply::Map(m) => m,
+        other => return Err(StoreError::Internal(format!("meta shard answered a map read with {other:?}"))),
+    };
+    match (stored, bootstrap) {
+        (Some(bytes), _) => {
+            let map = ClusterMap::decode(&bytes)
+                .map_err(|e| StoreError::Internal(format!("the meta shard's cluster map: {e}")))?;
+            Ok(if cell.install(&map) { Refresh::Updated } else { Refresh::Unchanged })
+        }
+        (None, Some(boot)) => {
+            let cmd = Command::SetMap { expected_epoch: 0, map: boot.encode() };
+            let op = ShardOp::Write(Arc::new(cmd));
+            match send_to_shard(cell.node, &table, transport, META_SHARD, op, deadline).await? {
+                ShardReply::Outcome(Outcome::MapSet { epoch }) => {
+                    info!(node = cell.node, epoch, "wrote the bootstrap cluster map to the meta shard");
+                    cell.install(boot);
+                    Ok(Refresh::Bootstrapped)
+                }
+                // Another node's bootstrap won; the next read installs it.
+                ShardReply::Outcome(Outcome::MapConflict { current }) => {
+                    warn!(node = cell.node, current, "bootstrap map raced another node's");
+                    Ok(Refresh::Unchanged)
+                }
+                other => Err(StoreError::Internal(format!("meta shard answered SetMap with {other:?}"))),
+            }
+        }
+        (None, None) => Ok(Refresh::Unchanged),
+    }
+}
+
+/// How often a node's map keeper reads the meta shard once it has synced.
+pub const MAP_SYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// Pause between attempts while the meta shard cannot answer yet (startup,
+/// election).
+const MAP_SYNC_RETRY: Duration = Duration::from_millis(250);
+
+/// The node's map keeper: writes the bootstrap map into an empty meta shard
+/// and keeps `cell` following the meta shard's map, until the task is
+/// aborted with the node.
+pub async fn keep_in_sync(cell: Arc<MapCell>, transport: Arc<dyn Transport>, bootstrap: ClusterMap) {
+    loop {
+        let pause = match sync_with_meta(&cell, &transport, Some(&bootstrap), MAP_SYNC_INTERVAL).await {
+            Ok(_) => MAP_SYNC_INTERVAL,
+            Err(e) => {
+                tracing::debug!(node = cell.node, "cluster map not read from the meta shard yet: {e}");
+                MAP_SYNC_RETRY
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
