@@ -73,15 +73,27 @@ pub enum Outcome {
     },
 }
 
-/// A change to one user key.
+/// The bytes a stored user key accounts for in shard statistics: its key
+/// and its value (headers and RocksDB overhead not included).
+pub fn footprint(key: &[u8], value: &StoredValue) -> u64 {
+    (key.len() + value.data.len()) as u64
+}
+
+/// A change to one user key. Puts and deletes say what they replace or
+/// remove, so a replica keeps its key count and bytes exact without
+/// reading the key again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
+    /// `replaced`: the footprint of the record this overwrites, if any.
     Put {
         key: Vec<u8>,
         value: StoredValue,
+        replaced: Option<u64>,
     },
+    /// `removed`: the footprint of the deleted record.
     Delete {
         key: Vec<u8>,
+        removed: u64,
     },
     PutLock {
         name: String,
@@ -136,13 +148,15 @@ pub fn decide(proposal: Proposal, index: u64, term: u64, state: &mut impl State)
                 Ok(f) => f,
                 Err(o) => return (vec![], o),
             };
-            let current = live(state.value(&key), now);
+            let stored = state.value(&key);
+            let replaced = stored.as_ref().map(|v| footprint(&key, v));
+            let current = live(stored, now);
             if let Err(o) = check(cond, current.as_ref()) {
                 return (vec![], o);
             }
             let value =
                 StoredValue { version: index, expires_at_ms: ttl_ms.map(|t| now.saturating_add(t)), data: value };
-            let mut effects = vec![Effect::Put { key, value }];
+            let mut effects = vec![Effect::Put { key, value, replaced }];
             effects.extend(fenced);
             (effects, Outcome::Written { version: index })
         }
@@ -152,24 +166,24 @@ pub fn decide(proposal: Proposal, index: u64, term: u64, state: &mut impl State)
                 Err(o) => return (vec![], o),
             };
             let stored = state.value(&key);
-            let had_record = stored.is_some();
+            let removed = stored.as_ref().map(|v| footprint(&key, v));
             let current = live(stored, now);
             if let Err(o) = check(cond, current.as_ref()) {
                 return (vec![], o);
             }
             let mut effects: Vec<Effect> = fenced.into_iter().collect();
-            match current {
-                Some(c) => {
-                    effects.push(Effect::Delete { key });
+            match (current, removed) {
+                (Some(c), Some(removed)) => {
+                    effects.push(Effect::Delete { key, removed });
                     (effects, Outcome::Deleted { version: c.version })
                 }
                 // An expired record is removed even though the client is
                 // told the key was not there.
-                None if had_record => {
-                    effects.push(Effect::Delete { key });
+                (None, Some(removed)) => {
+                    effects.push(Effect::Delete { key, removed });
                     (effects, Outcome::NotFound)
                 }
-                None => (effects, Outcome::NotFound),
+                _ => (effects, Outcome::NotFound),
             }
         }
         Command::Expire { keys } => {
@@ -177,7 +191,8 @@ pub fn decide(proposal: Proposal, index: u64, term: u64, state: &mut impl State)
             for (key, version) in keys {
                 if let Some(v) = state.value(&key) {
                     if v.version == version && v.is_expired_at(now) {
-                        effects.push(Effect::Delete { key });
+                        let removed = footprint(&key, &v);
+                        effects.push(Effect::Delete { key, removed });
                     }
                 }
             }
@@ -258,11 +273,13 @@ mod tests {
             let (effects, outcome) = decide(p, index, 1, self);
             for e in effects {
                 match e {
-                    Effect::Put { key, value } => {
-                        self.0.insert(key, value);
+                    Effect::Put { key, value, replaced } => {
+                        let old = self.0.insert(key.clone(), value);
+                        assert_eq!(replaced, old.map(|o| footprint(&key, &o)), "put says what it replaced");
                     }
-                    Effect::Delete { key } => {
-                        self.0.remove(&key);
+                    Effect::Delete { key, removed } => {
+                        let old = self.0.remove(&key);
+                        assert_eq!(Some(removed), old.map(|o| footprint(&key, &o)), "delete says what it removed");
                     }
                     Effect::PutLock { name, record } => {
                         self.1.insert(name, record);

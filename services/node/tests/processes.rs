@@ -197,6 +197,13 @@ async fn a_follower_paused_past_log_compaction_catches_up_by_snapshot() {
     assert!(snapshots > before, "the follower caught up by snapshot; log:\n{}", c.log(follower));
     assert!(c.log(follower).contains("received snapshot"));
     assert_eq!(get_stale(&c.url(follower), "k24-19").await.body, b"v24-19");
+    // The key count came with the snapshot: the same on both.
+    let count = |id| {
+        let c = &c;
+        async move { c.replica(id).await.and_then(|r| r["key_count"].as_u64()) }
+    };
+    assert_eq!(count(follower).await, Some(500));
+    assert_eq!(count(l).await, Some(500));
     assert!(metric(&c, follower, "ringstore_peer_snapshot_chunks_total", &["direction=\"received\""]).await >= 1.0);
 }
 

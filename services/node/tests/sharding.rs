@@ -126,13 +126,21 @@ async fn sixteen_shards_take_twenty_thousand_keys_evenly_and_serve_them_from_any
     let shards = v["shards"].as_array().unwrap();
     assert_eq!(shards.len(), 17, "16 data shards and the meta shard");
     let mut share = 0.0;
+    let (mut keys, mut bytes) = (0, 0);
     for s in shards.iter().filter(|s| s["id"] != 0) {
         assert!(s["leader"].as_u64().is_some(), "{s}");
         assert!(s["applied_index"].as_u64().unwrap() > 0);
         assert_eq!(s["replicas"].as_array().unwrap().len(), 3);
         share += s["ring_share"].as_f64().unwrap();
+        assert!(s["key_count"].as_u64().unwrap() > 0, "{s}");
+        keys += s["key_count"].as_u64().unwrap();
+        bytes += s["bytes"].as_u64().unwrap();
     }
     assert!((share - 1.0).abs() < 1e-9, "ring shares sum to {share}");
+    // Exact: every key counted once, with its key and value bytes.
+    assert_eq!(keys, n as u64);
+    let want_bytes: usize = (0..n).map(|i| format!("k{i}").len() + format!("v{i}").len()).sum();
+    assert_eq!(bytes, want_bytes as u64);
     // The same as a table, from the binary.
     let endpoint = urls[0].clone();
     let out = actix_rt::task::spawn_blocking(move || {

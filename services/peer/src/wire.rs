@@ -510,6 +510,8 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
             for v in &s.voters {
                 w.u64(*v);
             }
+            w.u64(s.key_count);
+            w.u64(s.bytes);
         }
         ShardReply::Items { items, more } => {
             w.u8(5);
@@ -634,6 +636,8 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
             for _ in 0..n {
                 voters.push(r.u64("voter")?);
             }
+            let key_count = r.u64("key count")?;
+            let bytes = r.u64("bytes")?;
             ShardReply::Status(ReplicaStatus {
                 node,
                 shard,
@@ -645,6 +649,8 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
                 first_index,
                 last_index,
                 voters,
+                key_count,
+                bytes,
             })
         }
         4 => {
@@ -944,6 +950,8 @@ mod tests {
                 first_index: 1,
                 last_index: 6,
                 voters: vec![1, 2, 3],
+                key_count: 7,
+                bytes: 8,
             })),
             Err(StoreError::NotLeader { shard: 1, hint: Some(3) }),
             Err(StoreError::Dropped { reason: "entry replaced by a new leader" }),

@@ -552,8 +552,17 @@ impl StorageActor {
                     self.raw.store().stage_map(batch, &map);
                     continue;
                 }
-                Effect::Put { key, value } => (data_key(&key), Some(value.encode())),
-                Effect::Delete { key } => (data_key(&key), None),
+                Effect::Put { key, value, replaced } => {
+                    let added = apply::footprint(&key, &value);
+                    apply.keys += replaced.is_none() as u64;
+                    apply.bytes = apply.bytes.saturating_sub(replaced.unwrap_or(0)).saturating_add(added);
+                    (data_key(&key), Some(value.encode()))
+                }
+                Effect::Delete { key, removed } => {
+                    apply.keys = apply.keys.saturating_sub(1);
+                    apply.bytes = apply.bytes.saturating_sub(removed);
+                    (data_key(&key), None)
+                }
                 Effect::PutLock { name, record } => {
                     self.locks.on_record(&name, &record);
                     if record.holder.is_none() {
@@ -969,6 +978,8 @@ impl StorageActor {
             first_index: s.apply_state().truncated_index + 1,
             last_index: s.last_index_cached(),
             voters: s.conf_state().voters.clone(),
+            key_count: s.apply_state().keys,
+            bytes: s.apply_state().bytes,
         }
     }
 }

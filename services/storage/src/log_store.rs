@@ -22,6 +22,10 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use ringstore_shared::ShardId;
 use rocksdb::WriteBatch;
 
+use ringstore_shared::apply::footprint;
+use ringstore_shared::keys::{is_user_key, split_data_key};
+use ringstore_shared::value::StoredValue;
+
 use crate::engine::{Cf, Engine, EngineError};
 use crate::snapshot::{PointRange, SnapshotData};
 
@@ -54,19 +58,28 @@ pub struct ApplyState {
     pub truncated_term: u64,
     /// Largest leader stamp applied: the "now" of stale reads.
     pub applied_stamp_ms: u64,
+    /// User keys stored in the shard (expired ones count until removed).
+    pub keys: u64,
+    /// Their footprint (`apply::footprint`: key and value bytes).
+    pub bytes: u64,
 }
 
 impl ApplyState {
-    fn encode(&self) -> [u8; 32] {
-        let mut b = [0u8; 32];
+    fn encode(&self) -> [u8; 48] {
+        let mut b = [0u8; 48];
         b[..8].copy_from_slice(&self.applied_index.to_be_bytes());
         b[8..16].copy_from_slice(&self.truncated_index.to_be_bytes());
         b[16..24].copy_from_slice(&self.truncated_term.to_be_bytes());
-        b[24..].copy_from_slice(&self.applied_stamp_ms.to_be_bytes());
+        b[24..32].copy_from_slice(&self.applied_stamp_ms.to_be_bytes());
+        b[32..40].copy_from_slice(&self.keys.to_be_bytes());
+        b[40..].copy_from_slice(&self.bytes.to_be_bytes());
         b
     }
-    fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != 32 {
+
+    /// The state and whether it carries key statistics: the 32-byte form
+    /// written before they existed does not, and they are counted again.
+    fn decode(b: &[u8]) -> Option<(Self, bool)> {
+        if b.len() != 32 && b.len() != 48 {
             return None;
         }
         let u = |i: usize| {
@@ -74,7 +87,37 @@ impl ApplyState {
             a.copy_from_slice(&b[i..i + 8]);
             u64::from_be_bytes(a)
         };
-        Some(ApplyState { applied_index: u(0), truncated_index: u(8), truncated_term: u(16), applied_stamp_ms: u(24) })
+        let with_stats = b.len() == 48;
+        let (keys, bytes) = if with_stats { (u(32), u(40)) } else { (0, 0) };
+        let a = ApplyState {
+            applied_index: u(0),
+            truncated_index: u(8),
+            truncated_term: u(16),
+            applied_stamp_ms: u(24),
+            keys,
+            bytes,
+        };
+        Some((a, with_stats))
+    }
+}
+
+/// Counts the user keys (and their footprint) among `data` family pairs.
+#[derive(Default)]
+struct KeyStats {
+    keys: u64,
+    bytes: u64,
+}
+
+impl KeyStats {
+    fn add(&mut self, k: &[u8], v: &[u8]) -> Result<(), EngineError> {
+        let Some((_, user)) = split_data_key(k) else { return Ok(()) };
+        if !is_user_key(user) {
+            return Ok(());
+        }
+        let value = StoredValue::decode(v).map_err(|e| EngineError::Corrupt { cf: "data", detail: e.to_string() })?;
+        self.keys += 1;
+        self.bytes += footprint(user, &value);
+        Ok(())
     }
 }
 
@@ -137,7 +180,13 @@ impl LogStore {
             store.conf_state = ConfState::parse_from_bytes(&cs).map_err(|e| corrupt("conf state", e))?;
         }
         if let Some(ap) = ap {
-            store.apply = ApplyState::decode(&ap).ok_or_else(|| corrupt("apply state", "bad length"))?;
+            let (apply, with_stats) = ApplyState::decode(&ap).ok_or_else(|| corrupt("apply state", "bad length"))?;
+            store.apply = apply;
+            if !with_stats {
+                let stats = store.count_keys()?;
+                store.apply.keys = stats.keys;
+                store.apply.bytes = stats.bytes;
+            }
         }
         // The commit index is persisted lazily (without fsync); anything
         // applied was committed, so the commit index is at least that.
@@ -227,6 +276,24 @@ impl LogStore {
         self.conf_state = cs;
     }
 
+    /// Counts the user keys in this shard's ranges (a data dir written before
+    /// the counts were kept).
+    fn count_keys(&self) -> Result<KeyStats, EngineError> {
+        let mut stats = KeyStats::default();
+        let mut err = None;
+        for r in self.ranges.iter() {
+            let (from, to) = crate::snapshot::data_bounds(r);
+            self.engine.scan(Cf::Data, &from, &to, |k, v| match stats.add(k, v) {
+                Ok(()) => true,
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            })?;
+        }
+        err.map_or(Ok(stats), Err)
+    }
+
     /// The cluster map this shard's state machine holds (meta shard).
     pub fn read_map(&self) -> Result<Option<Vec<u8>>, EngineError> {
         self.engine.get(Cf::Raft, &shard_key(self.shard, KIND_MAP))
@@ -273,7 +340,9 @@ impl LogStore {
             let (from, to) = crate::snapshot::data_bounds(r);
             self.engine.delete_range(b, Cf::Data, &from, &to);
         }
+        let mut stats = KeyStats::default();
         for (k, v) in &data.kvs {
+            stats.add(k, v)?;
             self.engine.put(b, Cf::Data, k, v);
         }
         match &data.map {
@@ -288,6 +357,8 @@ impl LogStore {
             truncated_index: meta.index,
             truncated_term: meta.term,
             applied_stamp_ms: data.applied_stamp_ms,
+            keys: stats.keys,
+            bytes: stats.bytes,
         };
         self.stage_apply_state(b, &apply);
         Ok(apply)

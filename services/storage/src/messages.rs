@@ -85,6 +85,10 @@ pub struct ReplicaStatus {
     pub first_index: u64,
     pub last_index: u64,
     pub voters: Vec<NodeId>,
+    /// User keys in the shard as of `applied_index` (exact, kept by apply).
+    pub key_count: u64,
+    /// Their key and value bytes.
+    pub bytes: u64,
 }
 
 pub type ShardResult = Result<ShardReply, StoreError>;
