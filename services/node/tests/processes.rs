@@ -90,6 +90,68 @@ async fn three_processes_form_a_cluster_and_any_node_serves_any_request() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(!r.text().contains("not_leader"));
     assert!(metric(&c, 1, "ringstore_peer_sent_bytes_total", &[]).await > 0.0);
+    every_metric_family_is_exported_in_prometheus_text(&c, follower).await;
+}
+
+/// A process's `/metrics`: every line a comment or a well-formed sample,
+/// and every family an operator alerts or graphs on present.
+async fn every_metric_family_is_exported_in_prometheus_text(c: &ProcCluster, id: u64) {
+    let text = call("GET", &c.url(id), "/metrics", &[], vec![]).await.text();
+    let mut names = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# ") {
+            assert!(rest.starts_with("HELP ") || rest.starts_with("TYPE "), "comment: {line}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("sample without value: {line}"));
+        assert!(value.parse::<f64>().is_ok(), "value of {line}");
+        let name = series.split('{').next().unwrap();
+        assert!(name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_'), "name of {line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "labels of {line}");
+        }
+        names.insert(name.to_string());
+    }
+    let families = [
+        // HTTP: requests by route, method and status; latency.
+        "ringstore_http_requests_total",
+        "ringstore_http_request_duration_seconds_bucket",
+        // Raft per shard.
+        "ringstore_raft_term",
+        "ringstore_raft_is_leader",
+        "ringstore_raft_commit_index",
+        "ringstore_raft_applied_index",
+        "ringstore_raft_proposals_total",
+        "ringstore_raft_ready_rounds_total",
+        "ringstore_raft_messages_sent_total",
+        "ringstore_raft_snapshots_total",
+        "ringstore_raft_pending_requests",
+        // RocksDB: write and sync latency, SST and pending compaction bytes.
+        "ringstore_rocksdb_write_seconds_bucket",
+        "ringstore_rocksdb_wal_sync_seconds_bucket",
+        "ringstore_rocksdb_wal_sync_readies_bucket",
+        "ringstore_rocksdb_sst_bytes",
+        "ringstore_rocksdb_pending_compaction_bytes",
+        // Peer transport: queue depth, reconnects, bytes, drops.
+        "ringstore_peer_queue_depth",
+        "ringstore_peer_connected",
+        "ringstore_peer_connects_total",
+        "ringstore_peer_sent_bytes_total",
+        "ringstore_peer_received_bytes_total",
+        "ringstore_peer_dropped_total",
+        "ringstore_peer_forwarded_requests_total",
+        // Locks.
+        "ringstore_locks_held",
+        "ringstore_lock_waiters",
+        "ringstore_lock_events_total",
+        // Routers: map epoch, refreshes, WrongShard and other retries.
+        "ringstore_router_map_epoch",
+        "ringstore_router_map_refreshes_total",
+        "ringstore_router_retries_total",
+    ];
+    let missing: Vec<&str> = families.iter().copied().filter(|f| !names.contains(*f)).collect();
+    assert!(missing.is_empty(), "families missing from node {id}'s /metrics: {missing:?}");
+    assert!(text.contains("reason=\"wrong_shard\""), "WrongShard retries are a series from the start");
 }
 
 #[actix_rt::test]

@@ -31,7 +31,10 @@ use tokio::time::Instant;
 pub use crate::map::MapCell;
 use crate::retry::{next_step, Step};
 
-static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+/// Every `reason` label of `ringstore_router_retries_total`.
+pub(crate) const RETRY_REASONS: [&str; 4] = ["not_leader", "dropped", "unreachable", "wrong_shard"];
+
+pub(crate) static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "ringstore_router_retries_total",
         "Requests the router sent again (reason=not_leader, dropped, unreachable, wrong_shard)",

@@ -44,7 +44,16 @@ pub struct MapCell {
 
 impl MapCell {
     pub fn new(node: NodeId, table: RoutingTable) -> Arc<Self> {
-        MAP_EPOCH.with_label_values(&[&node.to_string()]).set(table.epoch as i64);
+        let n = node.to_string();
+        MAP_EPOCH.with_label_values(&[&n]).set(table.epoch as i64);
+        // Every series exists from the start, so rate() and alerts see 0,
+        // not absence, until the first retry or refresh.
+        for reason in crate::RETRY_REASONS {
+            crate::RETRIES.with_label_values(&[&n, reason]);
+        }
+        for result in ["updated", "unchanged", "bootstrapped", "failed"] {
+            MAP_REFRESHES.with_label_values(&[&n, result]);
+        }
         Arc::new(MapCell { node, table: RwLock::new(Arc::new(table)) })
     }
 
