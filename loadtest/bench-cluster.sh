@@ -35,8 +35,7 @@ start_ringstore3
 "$BIN/ringstore-loadtest" --system ringstore --endpoints "$RS" \
   --clients 64 --duration "$DURATION" --value-size 256 \
   --label "ringstore node x3 (3 processes, TCP)" --out "$OUT/cluster-procs.json"
-for p in "${RS_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-for p in "${RS_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+stop_ringstore3
 
 # 3. failover
 "$BIN/ringstore-failover" --trials "$TRIALS" --out "$OUT/failover.json" -- --shards 1

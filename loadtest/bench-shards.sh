@@ -18,27 +18,12 @@ OUT=loadtest/out/shards
 source loadtest/lib.sh
 bench_setup shards
 
-# start_nodes N: three node processes with N shards; sets RS and RS_PIDS.
-start_nodes() {
-  local ic="1=127.0.0.1:18191,2=127.0.0.1:18192,3=127.0.0.1:18193"
-  RS=""
-  RS_PIDS=()
-  for i in 1 2 3; do
-    "$BIN/ringstore" node --id $i --data-dir "$DATA/s$1-$i" --http "127.0.0.1:1818$i" --shards "$1" \
-      --peer-addr "127.0.0.1:1819$i" --initial-cluster "$ic" --log warn >"$OUT/node-$1-$i.log" 2>&1 &
-    PIDS+=($!)
-    RS_PIDS+=($!)
-    RS="${RS:+$RS,}http://127.0.0.1:1818$i"
-  done
-  for i in 1 2 3; do wait_ready "http://127.0.0.1:1818$i"; done
-}
-
-stop_nodes() {
-  for p in "${RS_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${RS_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
+# start_nodes N: the three node processes of lib.sh with N shards.
+start_nodes() { RS_TAG="s$1" start_ringstore3 --shards "$1"; }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# CPU ticks (user + system) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # 1. Throughput and p99 by shard count.
 for n in 1 4 16; do
@@ -46,16 +31,23 @@ for n in 1 4 16; do
   "$BIN/ringstore-loadtest" --system ringstore --endpoints "$RS" \
     --workload a --dist zipfian --keys 10000 --preload 10000 --clients 64 --duration "$DURATION" \
     --watch-pid "${RS_PIDS[0]}" --label "3 x ringstore node, $n shard(s)" --out "$OUT/shards-$n.json"
-  stop_nodes
+  stop_ringstore3
 done
 
-# 2. Idle RSS per node by shard count.
+# 2. Idle RSS and idle CPU (ticks, heartbeats) per node by shard count.
 : >"$OUT/rss.tsv"
+TICK_HZ=$(getconf CLK_TCK)
 for n in 1 16 64; do
   start_nodes $n
   sleep 3
-  for p in "${RS_PIDS[@]}"; do echo -e "$n\t$(rss_kib "$p")" >>"$OUT/rss.tsv"; done
-  stop_nodes
+  declare -A before_ticks=()
+  for p in "${RS_PIDS[@]}"; do before_ticks[$p]=$(cpu_ticks "$p"); done
+  sleep 10
+  for p in "${RS_PIDS[@]}"; do
+    cpu=$(( $(cpu_ticks "$p") - ${before_ticks[$p]} ))
+    echo -e "$n\t$(rss_kib "$p")\t$(python3 -c "print(f'{$cpu / $TICK_HZ / 10 * 100:.1f}')")" >>"$OUT/rss.tsv"
+  done
+  stop_ringstore3
 done
 
 # 3. Before/after on ringstore dev, 16 shards.
@@ -87,12 +79,14 @@ for n in [1, 4, 16]:
     print(f"{n:>6} {g['ops_per_sec']:>8.0f} {p['ops_per_sec']:>8.0f} {g['ops_per_sec'] + p['ops_per_sec']:>8.0f} "
           f"{g['p99_ms']:>8.2f} {p['p99_ms']:>8.2f} {g['errors'] + p['errors']:>7} {rss:>20.1f}")
 rows = [l.split("\t") for l in open(os.path.join(out, "rss.tsv")).read().split("\n") if l]
-by = {}
-for n, kib in rows:
+by, cpu = {}, {}
+for n, kib, pct in rows:
     by.setdefault(int(n), []).append(int(kib) / 1024)
-print("\nidle RSS per node (MiB), every node holding a replica of every shard:")
+    cpu.setdefault(int(n), []).append(float(pct))
+print("\nidle nodes, every node holding a replica of every shard (+ the meta shard on 3 nodes):")
 for n in sorted(by):
-    print(f"{n:>6} shards: " + ", ".join(f"{x:.1f}" for x in by[n]) + f"   mean {sum(by[n]) / len(by[n]):.1f}")
+    print(f"{n:>6} shards: RSS MiB " + ", ".join(f"{x:.1f}" for x in by[n]) + f" (mean {sum(by[n]) / len(by[n]):.1f});"
+          f" idle CPU % of a core " + ", ".join(f"{x:.1f}" for x in cpu[n]))
 lo, hi = min(by), max(by)
 per = (sum(by[hi]) / len(by[hi]) - sum(by[lo]) / len(by[lo])) / (hi - lo)
 print(f"RSS growth per added shard replica ({lo} -> {hi} shards): {per:.2f} MiB")

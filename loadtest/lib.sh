@@ -29,20 +29,29 @@ wait_ready() {
   exit 1
 }
 
-# start_ringstore3: three `ringstore node` processes (HTTP 1818x, peers
-# 1819x); sets RS (their URLs, comma-separated) and RS_PIDS.
+# start_ringstore3 [FLAG...]: three `ringstore node` processes (HTTP 1818x,
+# peers 1819x) with FLAGs, data under $DATA/ringstore[-$RS_TAG]-N (set
+# RS_TAG for a fresh cluster in the same run); sets RS (their URLs,
+# comma-separated) and RS_PIDS.
 start_ringstore3() {
   local ic="1=127.0.0.1:18191,2=127.0.0.1:18192,3=127.0.0.1:18193"
+  local name="ringstore${RS_TAG:+-$RS_TAG}"
   RS=""
   RS_PIDS=()
   for i in 1 2 3; do
-    "$BIN/ringstore" node --id $i --data-dir "$DATA/ringstore-$i" --http "127.0.0.1:1818$i" \
-      --peer-addr "127.0.0.1:1819$i" --initial-cluster "$ic" --log warn >"$OUT/ringstore-$i.log" 2>&1 &
+    "$BIN/ringstore" node --id $i --data-dir "$DATA/$name-$i" --http "127.0.0.1:1818$i" \
+      --peer-addr "127.0.0.1:1819$i" --initial-cluster "$ic" --log warn "$@" >"$OUT/$name-$i.log" 2>&1 &
     PIDS+=($!)
     RS_PIDS+=($!)
     RS="${RS:+$RS,}http://127.0.0.1:1818$i"
   done
   for i in 1 2 3; do wait_ready "http://127.0.0.1:1818$i"; done
+}
+
+# stop_ringstore3: SIGTERM to the three nodes, and wait for them.
+stop_ringstore3() {
+  for p in "${RS_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${RS_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 
 # start_etcd3 TOKEN: a three-member etcd (client ports x2379); sets ETCD.

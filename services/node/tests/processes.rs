@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use awc::http::StatusCode;
@@ -158,64 +157,20 @@ async fn every_metric_family_is_exported_in_prometheus_text(c: &ProcCluster, id:
 async fn kill_9_of_the_leader_under_16_writers_loses_no_acknowledged_write() {
     let mut c = start(&[]);
     let old = leader(&c).await;
-    let urls: Rc<Vec<String>> = Rc::new(c.ids().iter().map(|i| c.url(*i)).collect());
-    let acks: Rc<std::cell::RefCell<Vec<(String, String, Instant)>>> = Rc::default();
-    let stop = Rc::new(std::cell::Cell::new(false));
-    let client = awc::Client::builder().timeout(Duration::from_secs(3)).finish();
-    let mut writers = Vec::new();
-    for w in 0..16usize {
-        let (urls, acks, stop, client) = (urls.clone(), acks.clone(), stop.clone(), client.clone());
-        writers.push(actix_rt::spawn(async move {
-            let mut n = 0u64;
-            let mut target = w % urls.len();
-            // Bounded by the stop flag (set after a few seconds) and a count.
-            while !stop.get() && n < 100_000 {
-                let (key, value) = (format!("w{w}-{n}"), format!("value-{w}-{n}"));
-                let res = client
-                    .put(format!("{}/v1/kv/{key}", urls[target]))
-                    .insert_header(("X-Request-Timeout", "2000"))
-                    .send_body(value.clone())
-                    .await;
-                match res {
-                    Ok(r) if r.status() == StatusCode::OK => acks.borrow_mut().push((key, value, Instant::now())),
-                    // Refused connection (the killed node), 503, timeout:
-                    // not acknowledged; try the next node.
-                    _ => {
-                        target = (target + 1) % urls.len();
-                        actix_rt::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                n += 1;
-            }
-        }));
-    }
+    let writers = Writers::start(c.ids().iter().map(|i| c.url(*i)).collect(), 16, 2000);
     actix_rt::time::sleep(Duration::from_millis(1500)).await;
-    let before = acks.borrow().len();
+    let before = writers.acked();
     assert!(before > 0, "writes flow before the kill");
     c.kill9(old).unwrap();
     let killed_at = Instant::now();
     actix_rt::time::sleep(Duration::from_secs(4)).await;
-    stop.set(true);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let acks = acks.take();
+    let acks = writers.stop().await;
     let after = acks.iter().filter(|(_, _, t)| *t > killed_at).count();
     assert!(after > 0, "writes resume on the survivors ({before} before the kill, none after)");
     let new = leader(&c).await;
     assert_ne!(new, old);
     // Every acknowledged write is there, read linearizably via a survivor.
-    let url = c.url(new);
-    let mut missing = Vec::new();
-    for chunk in acks.chunks(64) {
-        let reads = chunk.iter().map(|(k, _, _)| get(&url, k));
-        let got = futures::future::join_all(reads).await;
-        for ((k, v, _), r) in chunk.iter().zip(got) {
-            if r.status != StatusCode::OK || r.body != v.as_bytes() {
-                missing.push(k.clone());
-            }
-        }
-    }
+    let missing = lost_writes(&acks, &[c.url(new)]).await;
     assert!(missing.is_empty(), "{} of {} acknowledged writes lost: {:?}", missing.len(), acks.len(), &missing[..]);
     // The killed node rejoins and catches up.
     c.spawn(old).unwrap();

@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use awc::http::StatusCode;
@@ -62,48 +60,14 @@ async fn kill_9_of_any_node_keeps_all_16_shards_serving_and_loses_no_acknowledge
     assert_eq!(r["shards"].as_array().unwrap().len(), 17, "16 data shards and the meta shard: {r}");
 
     // 16 writers over all three nodes; node 2 is killed while they run.
-    let urls: Rc<Vec<String>> = Rc::new(c.ids().iter().map(|i| c.url(*i)).collect());
-    let acks: Rc<RefCell<Vec<(String, String, Instant)>>> = Rc::default();
-    let stop = Rc::new(Cell::new(false));
-    let client = awc::Client::builder().timeout(Duration::from_secs(5)).finish();
-    let mut writers = Vec::new();
-    for w in 0..16usize {
-        let (urls, acks, stop, client) = (urls.clone(), acks.clone(), stop.clone(), client.clone());
-        writers.push(actix_rt::spawn(async move {
-            let mut n = 0u64;
-            let mut target = w % urls.len();
-            // Bounded by the stop flag (set a few seconds in) and a count.
-            while !stop.get() && n < 100_000 {
-                let (key, value) = (format!("w{w}-{n}"), format!("value-{w}-{n}"));
-                let res = client
-                    .put(format!("{}/v1/kv/{key}", urls[target]))
-                    .insert_header(("X-Request-Timeout", "4000"))
-                    .send_body(value.clone())
-                    .await;
-                match res {
-                    Ok(r) if r.status() == StatusCode::OK => acks.borrow_mut().push((key, value, Instant::now())),
-                    // Refused (the killed node), 503 or timeout: not
-                    // acknowledged; move to the next node.
-                    _ => {
-                        target = (target + 1) % urls.len();
-                        actix_rt::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                n += 1;
-            }
-        }));
-    }
+    let writers = Writers::start(c.ids().iter().map(|i| c.url(*i)).collect(), 16, 4000);
     actix_rt::time::sleep(Duration::from_millis(2000)).await;
-    assert!(!acks.borrow().is_empty(), "writes flow before the kill");
+    assert!(writers.acked() > 0, "writes flow before the kill");
     let victim = 2;
     c.kill9(victim).unwrap();
     let killed_at = Instant::now();
     actix_rt::time::sleep(Duration::from_secs(5)).await;
-    stop.set(true);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let acks = acks.take();
+    let acks = writers.stop().await;
     assert!(acks.iter().any(|(_, _, t)| *t > killed_at), "writes resume after the kill");
 
     // Every shard elects among the survivors.
@@ -136,20 +100,9 @@ async fn kill_9_of_any_node_keeps_all_16_shards_serving_and_loses_no_acknowledge
     assert_eq!(written.len(), SHARDS as usize);
 
     // No acknowledged write is lost: read each back linearizably.
-    let mut missing = Vec::new();
-    for chunk in acks.chunks(64) {
-        let reads = chunk.iter().enumerate().map(|(j, (k, _, _))| {
-            let url = c.url(survivors[j % survivors.len()]);
-            async move { get(&url, k).await }
-        });
-        let got = futures::future::join_all(reads).await;
-        for ((k, v, _), r) in chunk.iter().zip(got) {
-            if r.status != StatusCode::OK || r.body != v.as_bytes() {
-                missing.push(k.clone());
-            }
-        }
-    }
-    assert!(missing.is_empty(), "{} of {} acknowledged writes lost: {:?}", missing.len(), acks.len(), missing);
+    let urls: Vec<String> = survivors.iter().map(|i| c.url(*i)).collect();
+    let lost = lost_writes(&acks, &urls).await;
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost: {:?}", lost.len(), acks.len(), lost);
 
     // The killed node rejoins all its shards and catches up.
     c.spawn(victim).unwrap();

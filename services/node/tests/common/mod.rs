@@ -107,3 +107,81 @@ where
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A write acknowledged with 200: key, value, when.
+pub type Ack = (String, String, std::time::Instant);
+
+/// `n` writers, each PUTting fresh keys (`w{writer}-{n}`) until stopped,
+/// spread over `urls` and moving to the next node on any failure (a killed
+/// node, 503, timeout: not acknowledged). Bounded by `stop` and a count.
+pub struct Writers {
+    acks: std::rc::Rc<std::cell::RefCell<Vec<Ack>>>,
+    stop: std::rc::Rc<std::cell::Cell<bool>>,
+    handles: Vec<actix_rt::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    pub fn start(urls: Vec<String>, n: usize, timeout_ms: u64) -> Self {
+        let urls = std::rc::Rc::new(urls);
+        let acks: std::rc::Rc<std::cell::RefCell<Vec<Ack>>> = Default::default();
+        let stop: std::rc::Rc<std::cell::Cell<bool>> = Default::default();
+        let client = awc::Client::builder().timeout(Duration::from_millis(timeout_ms + 1000)).finish();
+        let handles = (0..n)
+            .map(|w| {
+                let (urls, acks, stop, client) = (urls.clone(), acks.clone(), stop.clone(), client.clone());
+                actix_rt::spawn(async move {
+                    let mut target = w % urls.len();
+                    for i in 0..100_000u64 {
+                        if stop.get() {
+                            break;
+                        }
+                        let (key, value) = (format!("w{w}-{i}"), format!("value-{w}-{i}"));
+                        let res = client
+                            .put(format!("{}/v1/kv/{key}", urls[target]))
+                            .insert_header(("X-Request-Timeout", timeout_ms.to_string()))
+                            .send_body(value.clone())
+                            .await;
+                        match res {
+                            Ok(r) if r.status() == StatusCode::OK => {
+                                acks.borrow_mut().push((key, value, std::time::Instant::now()))
+                            }
+                            _ => {
+                                target = (target + 1) % urls.len();
+                                actix_rt::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Writers { acks, stop, handles }
+    }
+
+    pub fn acked(&self) -> usize {
+        self.acks.borrow().len()
+    }
+
+    /// Stops the writers and returns every acknowledged write, in order.
+    pub async fn stop(self) -> Vec<Ack> {
+        self.stop.set(true);
+        for h in self.handles {
+            h.await.expect("writer task");
+        }
+        self.acks.take()
+    }
+}
+
+/// The acknowledged writes that a linearizable read (spread over `urls`)
+/// does not return with their value.
+pub async fn lost_writes(acks: &[Ack], urls: &[String]) -> Vec<String> {
+    let mut lost = Vec::new();
+    for chunk in acks.chunks(64) {
+        let reads = chunk.iter().enumerate().map(|(j, (k, _, _))| get(&urls[j % urls.len()], k));
+        for ((k, v, _), r) in chunk.iter().zip(futures::future::join_all(reads).await) {
+            if r.status != StatusCode::OK || r.body != v.as_bytes() {
+                lost.push(k.clone());
+            }
+        }
+    }
+    lost
+}
