@@ -105,12 +105,20 @@ async fn dev(
         cfg.raft.sync_wal = false;
     }
     let cluster = LocalCluster::start(cfg).await?;
-    let leader = cluster.wait_leader(std::time::Duration::from_secs(10)).await?;
+    cluster.wait_leader(std::time::Duration::from_secs(10)).await?;
     let shards = cluster.map().ring().shards();
     println!("ringstore dev: 3 nodes, {shards} shard(s), data in {}", data_dir.display());
+    // Who leads what, as the replicas on node 1 see it (elections may still
+    // be settling for a few shards: `ringstore status` shows the rest).
+    let mut led: std::collections::BTreeMap<u64, usize> = Default::default();
+    for shard in 1..=shards as u64 {
+        if let Ok(Some(l)) = cluster.shard_status(1, shard).await.map(|s| s.leader) {
+            *led.entry(l).or_default() += 1;
+        }
+    }
     for id in cluster.node_ids() {
         if let Some(url) = cluster.url(id) {
-            println!("  node {id}: {url}{}", if id == leader { "  (leader)" } else { "" });
+            println!("  node {id}: {url}  (leads {} shard(s))", led.get(&id).copied().unwrap_or(0));
         }
     }
     if let Some(url) = cluster.url(1) {
