@@ -113,9 +113,11 @@ impl Ring {
         self.inner.resident_ranges().map(|r| (r.keys().clone(), r.node().0)).collect()
     }
 
-    /// The intervals one shard owns.
+    /// The intervals one shard owns. Walks the ring without collecting
+    /// it: every replica asks at start, and a copy of the whole ring per
+    /// replica made startup memory grow with shards squared.
     pub fn ranges_of(&self, shard: ShardId) -> Vec<RangeInclusive<u64>> {
-        self.ranges().into_iter().filter(|(_, s)| *s == shard).map(|(r, _)| r).collect()
+        self.inner.resident_ranges().filter(|r| r.node().0 == shard).map(|r| r.keys().clone()).collect()
     }
 }
 
