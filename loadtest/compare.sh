@@ -9,6 +9,7 @@
 # reports and SVG plots to loadtest/out/compare/.
 #
 # Usage: loadtest/compare.sh [DURATION per workload, default 20s] [CLIENTS, default 64]
+# RINGSTORE_FLAGS adds flags to every ringstore node (e.g. "--shards 1").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -19,7 +20,8 @@ OUT=loadtest/out/compare
 source loadtest/lib.sh
 bench_setup compare
 start_etcd3 ringstore-compare
-start_ringstore3
+# shellcheck disable=SC2086 # flags are words
+start_ringstore3 ${RINGSTORE_FLAGS:-}
 
 run() { # system endpoints workload preload
   "$BIN/ringstore-loadtest" --system "$1" --endpoints "$2" --workload "$3" --clients "$CLIENTS" \
