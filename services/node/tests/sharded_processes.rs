@@ -16,6 +16,8 @@ use ringstore_testkit::ProcCluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringstore");
 const SHARDS: u64 = 16;
+/// The data shards and the meta shard.
+const ALL_SHARDS: usize = SHARDS as usize + 1;
 /// 50 ms ticks: 48 replicas in three processes share two cores here.
 const FLAGS: [&str; 6] = ["--raft-tick-ms", "50", "--raft-election-ticks", "10", "--shards", "16"];
 
@@ -29,15 +31,15 @@ async fn try_get(url: &str) -> Option<Vec<u8>> {
     r.body().limit(8 * 1024 * 1024).await.ok().map(|b| b.to_vec())
 }
 
-/// The data shards whose leader, as `url` sees them in `/v1/cluster`, is
-/// one of `alive`.
+/// The shards (data shards and the meta shard 0) whose leader, as `url`
+/// sees them in `/v1/cluster`, is one of `alive`.
 async fn shards_led_by(url: &str, alive: &[u64]) -> BTreeSet<u64> {
     let Some(body) = try_get(&format!("{url}/v1/cluster")).await else { return BTreeSet::new() };
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else { return BTreeSet::new() };
     let Some(shards) = v["shards"].as_array() else { return BTreeSet::new() };
     shards
         .iter()
-        .filter(|s| s["id"] != 0 && s["leader"].as_u64().is_some_and(|l| alive.contains(&l)))
+        .filter(|s| s["leader"].as_u64().is_some_and(|l| alive.contains(&l)))
         .filter_map(|s| s["id"].as_u64())
         .collect()
 }
@@ -53,7 +55,7 @@ async fn kill_9_of_any_node_keeps_all_16_shards_serving_and_loses_no_acknowledge
     let u1 = c.url(1);
     eventually(Duration::from_secs(40), "every shard elects a leader", || {
         let (u1, all) = (u1.clone(), all.clone());
-        async move { shards_led_by(&u1, &all).await.len() == SHARDS as usize }
+        async move { shards_led_by(&u1, &all).await.len() == ALL_SHARDS }
     })
     .await;
     let r = call("GET", &u1, "/v1/cluster", &[], vec![]).await.json();
@@ -73,9 +75,9 @@ async fn kill_9_of_any_node_keeps_all_16_shards_serving_and_loses_no_acknowledge
     // Every shard elects among the survivors.
     let survivors: Vec<u64> = all.iter().copied().filter(|i| *i != victim).collect();
     let s1 = c.url(survivors[0]);
-    eventually(Duration::from_secs(40), "every shard is led by a survivor", || {
+    eventually(Duration::from_secs(40), "every shard, the meta shard too, is led by a survivor", || {
         let (s1, survivors) = (s1.clone(), survivors.clone());
-        async move { shards_led_by(&s1, &survivors).await.len() == SHARDS as usize }
+        async move { shards_led_by(&s1, &survivors).await.len() == ALL_SHARDS }
     })
     .await;
 
@@ -115,7 +117,7 @@ async fn kill_9_of_any_node_keeps_all_16_shards_serving_and_loses_no_acknowledge
     .await;
     eventually(Duration::from_secs(40), "every shard has a leader again", || {
         let (url, all) = (c.url(victim), all.clone());
-        async move { shards_led_by(&url, &all).await.len() == SHARDS as usize }
+        async move { shards_led_by(&url, &all).await.len() == ALL_SHARDS }
     })
     .await;
 }
