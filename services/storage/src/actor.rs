@@ -169,7 +169,11 @@ impl StorageActor {
         clock: Arc<dyn Clock>,
         arbiter: &ArbiterHandle,
     ) -> Result<Addr<StorageActor>, StartError> {
-        let ranges = Arc::new(cfg.ranges);
+        let mut ranges = cfg.ranges;
+        // Sorted, so `owns` is a binary search; they must not overlap.
+        ranges.sort_unstable_by_key(|r| *r.start());
+        assert!(ranges.windows(2).all(|w| w[0].end() < w[1].start()), "shard {} ranges overlap", cfg.shard);
+        let ranges = Arc::new(ranges);
         let (store, fresh) = LogStore::open(engine.clone(), cfg.shard, &cfg.initial_voters, ranges.clone())?;
         let applied = store.apply_state().applied_index;
         let rc = raft::Config {
@@ -225,10 +229,12 @@ impl StorageActor {
         StoreError::NotLeader { shard: self.shard, hint: (l != 0 && l != self.node).then_some(l) }
     }
 
-    /// Whether `key` (a user key or lock name) is in this shard's ranges.
+    /// Whether `key` (a user key or lock name) is in this shard's ranges
+    /// (sorted at start: a binary search over ~1,024 intervals).
     fn owns(&self, key: &[u8]) -> bool {
         let p = ringstore_shared::hash::hash64(key);
-        self.ranges.iter().any(|r| r.contains(&p))
+        let i = self.ranges.partition_point(|r| *r.end() < p);
+        self.ranges.get(i).is_some_and(|r| r.contains(&p))
     }
 
     fn pending(&self) -> usize {
