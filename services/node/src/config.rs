@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
-use ringstore_shared::config::{Limits, RaftConfig, DEFAULT_SHARDS, SHARDS_MAX};
+use ringstore_shared::config::{Limits, RaftConfig, SHARDS_MAX};
 use ringstore_shared::NodeId;
 use serde::Deserialize;
 
@@ -100,7 +100,9 @@ pub struct NodeOptions {
     pub peer_addr: SocketAddr,
     pub initial_cluster: Option<String>,
     pub cluster_token: String,
-    pub shards: u64,
+    /// Data shards a new cluster is bootstrapped with; `None`: not given
+    /// (the default for a new data dir, nothing to compare on a restart).
+    pub shards: Option<u64>,
     pub http_workers: usize,
     pub shutdown_timeout_s: u64,
     pub raft: RaftConfig,
@@ -140,8 +142,10 @@ impl NodeArgs {
             );
             limits.request_timeout_ms_default = v;
         }
-        let shards = self.shards.or(file.shards).unwrap_or(DEFAULT_SHARDS);
-        anyhow::ensure!((1..=SHARDS_MAX).contains(&shards), "shards must be in 1..={SHARDS_MAX}");
+        let shards = self.shards.or(file.shards);
+        if let Some(n) = shards {
+            anyhow::ensure!((1..=SHARDS_MAX).contains(&n), "shards must be in 1..={SHARDS_MAX}");
+        }
         Ok(NodeOptions {
             id: self.id.or(file.id),
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./ringstore-node")),
@@ -188,7 +192,7 @@ mod tests {
         std::fs::write(&path, "idd = 2\n").unwrap();
         let err = NodeArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
-        assert_eq!(o.shards, DEFAULT_SHARDS);
+        assert_eq!(o.shards, None, "not given");
         std::fs::write(&path, "shards = 0\n").unwrap();
         assert!(NodeArgs { config: Some(path.clone()), ..Default::default() }.resolve().is_err());
         std::fs::write(&path, "raft_tick_ms = 0\n").unwrap();

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use ringstore_peer::{PeerConfig, PeerTransport};
 use ringstore_router::{map as routing_map, MapCell, RoutingTable};
 use ringstore_shared::cluster_map::{ClusterMap, NodeInfo, NodeState};
+use ringstore_shared::config::DEFAULT_SHARDS;
 use ringstore_storage::Engine;
 use tracing::{info, warn};
 
@@ -34,13 +35,8 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
     let dir = o.data_dir.canonicalize().unwrap_or_else(|_| o.data_dir.clone());
     let (engine, ident) = open_with_identity(&o)?;
     let node = ident.node;
-    if ident.shards != o.shards {
-        warn!(
-            stored = ident.shards,
-            given = o.shards,
-            "the data dir was bootstrapped with {} shards; keeping them",
-            ident.shards
-        );
+    if let Some(given) = o.shards.filter(|n| *n != ident.shards) {
+        warn!(stored = ident.shards, given, "the data dir was bootstrapped with {} shards; keeping them", ident.shards);
     }
     let map = bootstrap_map(&ident)?;
 
@@ -49,13 +45,12 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
         PeerConfig { node, cluster_id: ident.cluster_id, listen: o.peer_addr, peers: ident.peers() },
         &peer_thread.handle(),
     )?;
-    let replicas = replicas::start(node, &map, &engine, Arc::new(transport.clone()), &o.raft, &o.limits, |s, a| {
-        transport.register(s, a)
-    })?;
+    let peers: Arc<dyn ringstore_storage::Transport> = Arc::new(transport.clone());
+    let replicas =
+        replicas::start(node, &map, &engine, peers.clone(), &o.raft, &o.limits, |s, a| transport.register(s, a))?;
 
     let routing = MapCell::new(node, RoutingTable::from_map(&map));
-    let transport_dyn: Arc<dyn ringstore_storage::Transport> = Arc::new(transport.clone());
-    let keeper = actix_rt::spawn(routing_map::keep_in_sync(routing.clone(), transport_dyn, map.clone()));
+    let keeper = actix_rt::spawn(routing_map::keep_in_sync(routing.clone(), peers.clone(), map.clone()));
     let draining = Arc::new(AtomicBool::new(false));
     let (server, http_bound) = crate::http::start(crate::http::HttpOptions {
         node,
@@ -63,7 +58,7 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
         workers: o.http_workers,
         map: routing,
         local_shards: replicas.shards(),
-        transport: Arc::new(transport.clone()),
+        transport: peers,
         limits: o.limits.clone(),
         draining: draining.clone(),
         shutdown_timeout_s: o.shutdown_timeout_s,
@@ -116,12 +111,9 @@ fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Identity)
         .map(|b| Identity::decode(&b))
         .transpose()
         .with_context(|| format!("reading the identity in {}", o.data_dir.display()))?;
-    let initial = o
-        .initial_cluster
-        .as_deref()
-        .map(identity::parse_initial_cluster)
-        .transpose()?
-        .map(|members| Bootstrap { token: o.cluster_token.as_str(), members, shards: o.shards });
+    let initial = o.initial_cluster.as_deref().map(identity::parse_initial_cluster).transpose()?.map(|members| {
+        Bootstrap { token: o.cluster_token.as_str(), members, shards: o.shards.unwrap_or(DEFAULT_SHARDS) }
+    });
     let (ident, fresh) =
         identity::resolve(stored, o.id, initial).with_context(|| format!("data dir {}", o.data_dir.display()))?;
     if fresh {
