@@ -56,7 +56,6 @@ impl ClusterConfig {
 
 struct RunningNode {
     replicas: LocalReplicas,
-    map: Arc<MapCell>,
     keeper: actix_rt::task::JoinHandle<()>,
     engine: Weak<Engine>,
     router: Addr<Router>,
@@ -148,24 +147,24 @@ impl LocalCluster {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let engine = Engine::open(&dir, &id.to_string())?;
         engine.check_or_set_identity(id).with_context(|| format!("data dir {}", dir.display()))?;
-        let transport = self.transport.clone();
+        let transport: Arc<dyn Transport> = Arc::new(self.transport.clone());
+        let local = &self.transport;
         let replicas = replicas::start(
             id,
             &self.map,
             &engine,
-            Arc::new(self.transport.clone()),
+            transport.clone(),
             &self.cfg.raft,
             &self.cfg.limits,
-            |shard, addr| transport.register(id, shard, addr),
+            |shard, addr| local.register(id, shard, addr),
         )?;
         let local_shards = replicas.shards();
         let weak = Arc::downgrade(&engine);
         drop(engine);
-        let transport: Arc<dyn Transport> = Arc::new(self.transport.clone());
-        // The admin router (status, tests) lives on the system arbiter; each
-        // HTTP worker starts its own below. All share the routing table.
         // Each node routes by its own copy of the map, kept in step with the
-        // meta shard by its map keeper.
+        // meta shard by its map keeper. The admin router (status, tests)
+        // lives on the system arbiter; each HTTP worker starts its own below,
+        // all reading this node's map.
         let map = MapCell::new(id, RoutingTable::from_map(&self.map));
         let keeper = actix_rt::spawn(routing_map::keep_in_sync(map.clone(), transport.clone(), self.map.clone()));
         let router = actix::Actor::start(Router::new(id, map.clone(), transport.clone()));
@@ -177,7 +176,7 @@ impl LocalCluster {
             node: id,
             addr,
             workers: self.cfg.http_workers,
-            map: map.clone(),
+            map,
             local_shards,
             transport,
             limits: self.cfg.limits.clone(),
@@ -185,7 +184,7 @@ impl LocalCluster {
             shutdown_timeout_s: 5,
         })?;
         info!(node = id, %http, data_dir = %dir.display(), "node started");
-        self.nodes.insert(id, RunningNode { replicas, engine: weak, router, server, http, map, keeper });
+        self.nodes.insert(id, RunningNode { replicas, engine: weak, router, server, http, keeper });
         Ok(())
     }
 
@@ -219,11 +218,6 @@ impl LocalCluster {
     /// The map the cluster was bootstrapped with.
     pub fn map(&self) -> &ClusterMap {
         &self.map
-    }
-
-    /// The map node `id` routes by now.
-    pub fn routing_map(&self, id: NodeId) -> Option<Arc<MapCell>> {
-        self.nodes.get(&id).map(|n| n.map.clone())
     }
 
     /// The status of shard 1's replica on node `id`.

@@ -34,16 +34,6 @@ async fn leader(c: &ProcCluster) -> u64 {
     c.wait_leader(Duration::from_secs(15)).await.unwrap_or_else(|e| panic!("{e}; node 1 log:\n{}", c.log(1)))
 }
 
-/// A stale read that treats a node not yet listening as "not yet".
-async fn stale_body(url: &str, key: &str) -> Option<Vec<u8>> {
-    let client = awc::Client::builder().timeout(Duration::from_secs(2)).finish();
-    let mut r = client.get(format!("{url}/v1/kv/{key}?consistency=stale")).send().await.ok()?;
-    if r.status() != StatusCode::OK {
-        return None;
-    }
-    r.body().await.ok().map(|b| b.to_vec())
-}
-
 async fn applied(c: &ProcCluster, id: u64) -> u64 {
     c.replica(id).await.and_then(|r| r["applied_index"].as_u64()).unwrap_or(0)
 }

@@ -21,16 +21,6 @@ const ALL_SHARDS: usize = SHARDS as usize + 1;
 /// 50 ms ticks: 48 replicas in three processes share two cores here.
 const FLAGS: [&str; 6] = ["--raft-tick-ms", "50", "--raft-election-ticks", "10", "--shards", "16"];
 
-/// A GET that treats a node not (yet) listening as "no answer".
-async fn try_get(url: &str) -> Option<Vec<u8>> {
-    let client = awc::Client::builder().timeout(Duration::from_secs(3)).finish();
-    let mut r = client.get(url).send().await.ok()?;
-    if r.status() != StatusCode::OK {
-        return None;
-    }
-    r.body().limit(8 * 1024 * 1024).await.ok().map(|b| b.to_vec())
-}
-
 /// The shards (data shards and the meta shard 0) whose leader, as `url`
 /// sees them in `/v1/cluster`, is one of `alive`.
 async fn shards_led_by(url: &str, alive: &[u64]) -> BTreeSet<u64> {
@@ -42,10 +32,6 @@ async fn shards_led_by(url: &str, alive: &[u64]) -> BTreeSet<u64> {
         .filter(|s| s["leader"].as_u64().is_some_and(|l| alive.contains(&l)))
         .filter_map(|s| s["id"].as_u64())
         .collect()
-}
-
-async fn stale_body(url: &str, key: &str) -> Option<Vec<u8>> {
-    try_get(&format!("{url}/v1/kv/{key}?consistency=stale")).await
 }
 
 #[actix_rt::test]

@@ -185,3 +185,19 @@ pub async fn lost_writes(acks: &[Ack], urls: &[String]) -> Vec<String> {
     }
     lost
 }
+
+/// A GET that treats a node not (yet) listening, or any non-200, as "no
+/// answer" (a restarting process).
+pub async fn try_get(url: &str) -> Option<Vec<u8>> {
+    let client = awc::Client::builder().timeout(Duration::from_secs(3)).finish();
+    let mut r = client.get(url).send().await.ok()?;
+    if r.status() != StatusCode::OK {
+        return None;
+    }
+    r.body().limit(8 * 1024 * 1024).await.ok().map(|b| b.to_vec())
+}
+
+/// A stale read through [`try_get`].
+pub async fn stale_body(url: &str, key: &str) -> Option<Vec<u8>> {
+    try_get(&format!("{url}/v1/kv/{key}?consistency=stale")).await
+}
