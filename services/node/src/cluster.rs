@@ -20,7 +20,7 @@ use ringstore_router::{map as routing_map, MapCell, Route, Router, RoutingTable}
 use ringstore_shared::cluster_map::{ClusterMap, NodeInfo, NodeState};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::{NodeId, ShardId, FIRST_DATA_SHARD};
-use ringstore_storage::{Engine, LocalTransport, ReplicaStatus, ShardOp, ShardReply, Transport};
+use ringstore_storage::{Engine, LeaderHints, LocalTransport, ReplicaStatus, ShardOp, ShardReply, Transport};
 use tracing::info;
 
 pub use crate::replicas::STORAGE_THREADS_PER_NODE;
@@ -149,11 +149,13 @@ impl LocalCluster {
         engine.check_or_set_identity(id).with_context(|| format!("data dir {}", dir.display()))?;
         let transport: Arc<dyn Transport> = Arc::new(self.transport.clone());
         let local = &self.transport;
+        let leaders = Arc::new(LeaderHints::new(Duration::from_millis(self.cfg.raft.election_timeout_ms())));
         let replicas = replicas::start(
             id,
             &self.map,
             &engine,
             transport.clone(),
+            &leaders,
             &self.cfg.raft,
             &self.cfg.limits,
             |shard, addr| local.register(id, shard, addr),
@@ -165,7 +167,7 @@ impl LocalCluster {
         // meta shard by its map keeper. The admin router (status, tests)
         // lives on the system arbiter; each HTTP worker starts its own below,
         // all reading this node's map.
-        let map = MapCell::new(id, RoutingTable::from_map(&self.map));
+        let map = MapCell::new(id, RoutingTable::from_map(&self.map), leaders);
         let keeper = actix_rt::spawn(routing_map::keep_in_sync(map.clone(), transport.clone(), self.map.clone()));
         let router = actix::Actor::start(Router::new(id, map.clone(), transport.clone()));
         let mut addr = self.cfg.http;

@@ -20,7 +20,7 @@ use ringstore_peer::{PeerConfig, PeerTransport};
 use ringstore_router::{map as routing_map, MapCell, RoutingTable};
 use ringstore_shared::cluster_map::{ClusterMap, NodeInfo, NodeState};
 use ringstore_shared::config::DEFAULT_SHARDS;
-use ringstore_storage::Engine;
+use ringstore_storage::{Engine, LeaderHints};
 use tracing::{info, warn};
 
 use crate::config::NodeOptions;
@@ -42,14 +42,24 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
 
     let peer_thread = Arbiter::new();
     let (transport, peer_bound) = PeerTransport::start(
-        PeerConfig { node, cluster_id: ident.cluster_id, listen: o.peer_addr, peers: ident.peers() },
+        PeerConfig {
+            node,
+            cluster_id: ident.cluster_id,
+            listen: o.peer_addr,
+            peers: ident.peers(),
+            // A peer silent for an election timeout is as good as gone to
+            // Raft too: its shards elect elsewhere.
+            link_timeout: Duration::from_millis(o.raft.election_timeout_ms()),
+        },
         &peer_thread.handle(),
     )?;
     let peers: Arc<dyn ringstore_storage::Transport> = Arc::new(transport.clone());
-    let replicas =
-        replicas::start(node, &map, &engine, peers.clone(), &o.raft, &o.limits, |s, a| transport.register(s, a))?;
+    let leaders = Arc::new(LeaderHints::new(Duration::from_millis(o.raft.election_timeout_ms())));
+    let replicas = replicas::start(node, &map, &engine, peers.clone(), &leaders, &o.raft, &o.limits, |s, a| {
+        transport.register(s, a)
+    })?;
 
-    let routing = MapCell::new(node, RoutingTable::from_map(&map));
+    let routing = MapCell::new(node, RoutingTable::from_map(&map), leaders);
     let keeper = actix_rt::spawn(routing_map::keep_in_sync(routing.clone(), peers.clone(), map.clone()));
     let draining = Arc::new(AtomicBool::new(false));
     let (server, http_bound) = crate::http::start(crate::http::HttpOptions {

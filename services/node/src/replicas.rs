@@ -12,7 +12,9 @@ use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::{NodeId, ShardId};
 use ringstore_storage::clock::SystemClock;
 use ringstore_storage::messages::TransferLeadership;
-use ringstore_storage::{Engine, ReplicaConfig, ShardOp, ShardReply, ShardRequest, StorageActor, Transport};
+use ringstore_storage::{
+    Engine, LeaderHints, ReplicaConfig, ShardOp, ShardReply, ShardRequest, StorageActor, Transport,
+};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -31,12 +33,15 @@ pub struct LocalReplicas {
 /// Starts a replica of every shard the map places on `node`: data shards
 /// owning their ring intervals, and the meta shard (which owns no keys, only
 /// the map), spread round robin over the storage threads. `register` makes
-/// each reachable (the transport's table).
+/// each reachable (the transport's table); each publishes its view of its
+/// shard's leader in `leaders`, which the node's routers read.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     node: NodeId,
     map: &ClusterMap,
     engine: &Arc<Engine>,
     transport: Arc<dyn Transport>,
+    leaders: &Arc<LeaderHints>,
     raft: &RaftConfig,
     limits: &Limits,
     mut register: impl FnMut(ShardId, Addr<StorageActor>),
@@ -54,6 +59,7 @@ pub fn start(
                 initial_voters: map.shards[&shard].clone(),
                 raft: raft.clone(),
                 limits: limits.clone(),
+                leaders: leaders.clone(),
             },
             engine.clone(),
             transport.clone(),

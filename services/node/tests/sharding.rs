@@ -168,7 +168,7 @@ async fn sixteen_shards_take_twenty_thousand_keys_evenly_and_serve_them_from_any
 async fn stale_router_is_corrected_by_the_meta_shard(tc: &TestCluster, urls: &[String]) {
     let mut stale = ClusterMap::bootstrap(tc.cluster.map().nodes.clone(), 4, 3).unwrap();
     stale.epoch = 0;
-    let cell = MapCell::new(1, RoutingTable::from_map(&stale));
+    let cell = MapCell::new(1, RoutingTable::from_map(&stale), Default::default());
     let transport: Arc<dyn Transport> = Arc::new(tc.cluster.transport().clone());
     let router = Router::new(1, cell.clone(), transport).start();
     let route =

@@ -3,7 +3,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec,
+};
 use ringstore_shared::NodeId;
 
 pub struct PeerMetrics {
@@ -16,6 +19,9 @@ pub struct PeerMetrics {
     pub refused: IntCounterVec,
     pub snapshot_chunks: IntCounterVec,
     pub forwarded: IntCounterVec,
+    pub silent: IntCounterVec,
+    pub ping_rtt: HistogramVec,
+    pub relayed: IntCounterVec,
 }
 
 pub static PEER: LazyLock<PeerMetrics> = LazyLock::new(|| PeerMetrics {
@@ -73,6 +79,25 @@ pub static PEER: LazyLock<PeerMetrics> = LazyLock::new(|| PeerMetrics {
         &["node", "peer"]
     )
     .expect("metric registers once"),
+    silent: register_int_counter_vec!(
+        "ringstore_peer_link_silent_total",
+        "Connections to a peer closed because it answered no ping within the link timeout (partition, paused process)",
+        &["node", "peer"]
+    )
+    .expect("metric registers once"),
+    relayed: register_int_counter_vec!(
+        "ringstore_peer_relayed_requests_total",
+        "Requests from a peer that this node passed on to the shard's leader (its own replica was not the leader)",
+        &["node"]
+    )
+    .expect("metric registers once"),
+    ping_rtt: register_histogram_vec!(
+        "ringstore_peer_ping_rtt_seconds",
+        "Round trip of a link ping to a peer and its pong",
+        &["node", "peer"],
+        vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .expect("metric registers once"),
 });
 
 /// One link's series, resolved once so the send path formats no labels.
@@ -87,6 +112,8 @@ pub struct LinkMetrics {
     pub dropped_disconnected: IntCounter,
     pub snapshot_chunks_sent: IntCounter,
     pub forwarded: IntCounter,
+    pub silent: IntCounter,
+    pub ping_rtt: Histogram,
 }
 
 impl LinkMetrics {
@@ -104,6 +131,8 @@ impl LinkMetrics {
             dropped_disconnected: m.dropped.with_label_values(&[&n, &p, "disconnected"]),
             snapshot_chunks_sent: m.snapshot_chunks.with_label_values(&[&n, "sent"]),
             forwarded: m.forwarded.with_label_values(&[&n, &p]),
+            silent: m.silent.with_label_values(&[&n, &p]),
+            ping_rtt: m.ping_rtt.with_label_values(&[&n, &p]),
         }
     }
 }

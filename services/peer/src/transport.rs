@@ -8,6 +8,17 @@
 //! and while disconnected drops what arrives (Raft retries; a request gets
 //! `Unreachable`, which is safe to retry because it was never sent).
 //!
+//! Liveness: a link pings its peer [`PINGS_PER_LINK_TIMEOUT`] times per
+//! link timeout and closes the connection when nothing at all (not even a
+//! pong) arrived for a whole link timeout: a partitioned or paused peer is
+//! noticed within about one election timeout even though TCP itself would
+//! wait minutes. While a link is down, Raft messages for the peer are not
+//! queued but reported undelivered at once (`report_unreachable`), and
+//! requests fail at once with `Unreachable`, so no storage thread, router
+//! or HTTP worker ever waits on a dead peer. Writes are never blocking
+//! either way: the link task owns the socket and everyone else only
+//! `try_send`s into its bounded queue.
+//!
 //! Inbound connections are served by a task each: the first frame must be
 //! a hello from a member of this cluster; Raft frames go to the local
 //! replica's mailbox, snapshot chunks are reassembled, and forwarded
@@ -19,7 +30,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -32,7 +43,7 @@ use ringstore_storage::messages::PeerUnreachable;
 use ringstore_storage::transport::Undelivered;
 use ringstore_storage::{ShardOp, ShardRequest, ShardResult, StorageActor, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, error, info, warn};
@@ -51,6 +62,13 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// One write gathers queued batches up to about this many bytes.
 const WRITE_BATCH_BYTES: usize = 1024 * 1024;
+/// Pings a link sends per link timeout: several, so one delayed pong on a
+/// busy machine does not close a healthy link.
+pub const PINGS_PER_LINK_TIMEOUT: u32 = 5;
+/// An inbound connection that carried nothing (a dialer pings
+/// [`PINGS_PER_LINK_TIMEOUT`] times per link timeout) for this many link
+/// timeouts is closed: its dialer is gone or cut off.
+const INBOUND_IDLE_LINK_TIMEOUTS: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -60,12 +78,16 @@ pub struct PeerConfig {
     pub listen: SocketAddr,
     /// Every other member and its peer address (`host:port`).
     pub peers: BTreeMap<NodeId, String>,
+    /// A peer that sends nothing, not even a pong, for this long is taken
+    /// as gone: its connection is closed, its pending requests fail and
+    /// Raft is told. About one election timeout.
+    pub link_timeout: Duration,
 }
 
 enum Outgoing {
     Raft { shard: ShardId, msgs: Vec<RaftMessage> },
     Snapshot { shard: ShardId, msg: RaftMessage },
-    Request { id: u64, shard: ShardId, op: ShardOp },
+    Request { id: u64, shard: ShardId, op: ShardOp, relayed: bool },
 }
 
 struct PendingRequest {
@@ -80,6 +102,9 @@ struct Link {
     tx: mpsc::Sender<Outgoing>,
     pending: PendingMap,
     metrics: Arc<LinkMetrics>,
+    /// Connected and heard from within the link timeout. While false,
+    /// nothing is queued for the peer: senders learn at once.
+    up: Arc<AtomicBool>,
 }
 
 struct Shared {
@@ -87,6 +112,10 @@ struct Shared {
     cluster_id: u64,
     members: Vec<NodeId>,
     links: HashMap<NodeId, Link>,
+    /// The IP outbound connections leave from: the peer listener's, unless
+    /// that is unspecified (so firewalls and peers see one address per node).
+    source_ip: Option<std::net::IpAddr>,
+    link_timeout: Duration,
     /// Local replicas by shard. Written when a replica starts or stops,
     /// read on every delivery: a map lookup under an uncontended RwLock.
     local: RwLock<HashMap<ShardId, Addr<StorageActor>>>,
@@ -127,8 +156,14 @@ impl PeerTransport {
             let (tx, rx) = mpsc::channel(SEND_QUEUE_CAPACITY);
             let pending: PendingMap = Arc::default();
             let metrics = Arc::new(LinkMetrics::new(cfg.node, peer));
-            receivers.push((peer, addr.clone(), rx, pending.clone(), metrics.clone()));
-            links.insert(peer, Link { tx, pending, metrics });
+            let up = Arc::new(AtomicBool::new(false));
+            receivers.push((
+                peer,
+                addr.clone(),
+                rx,
+                LinkState { pending: pending.clone(), m: metrics.clone(), up: up.clone() },
+            ));
+            links.insert(peer, Link { tx, pending, metrics, up });
         }
         let mut members: Vec<NodeId> = cfg.peers.keys().copied().collect();
         members.push(cfg.node);
@@ -138,6 +173,8 @@ impl PeerTransport {
             cluster_id: cfg.cluster_id,
             members,
             links,
+            source_ip: Some(bound.ip()).filter(|ip| !ip.is_unspecified()),
+            link_timeout: cfg.link_timeout,
             local: RwLock::default(),
             next_id: AtomicU64::new(1),
         });
@@ -148,8 +185,8 @@ impl PeerTransport {
                 Err(e) => error!("peer listener could not join the runtime: {e}"),
             }
         });
-        for (peer, addr, rx, pending, metrics) in receivers {
-            arbiter.spawn(run_link(shared.clone(), peer, addr, rx, pending, metrics));
+        for (peer, addr, rx, state) in receivers {
+            arbiter.spawn(run_link(shared.clone(), peer, addr, rx, state));
         }
         info!(node = cfg.node, %bound, peers = ?cfg.peers, "peer transport started");
         Ok((PeerTransport { shared }, bound))
@@ -187,7 +224,18 @@ impl Transport for PeerTransport {
         undelivered
     }
 
+    fn reachable(&self, _from: NodeId, to: NodeId) -> bool {
+        to == self.shared.node || self.shared.links.get(&to).is_some_and(|l| l.up.load(Ordering::Acquire))
+    }
+
     fn request(&self, _from: NodeId, to: NodeId, shard: ShardId, op: ShardOp) -> BoxFuture<'static, ShardResult> {
+        self.forward(to, shard, op, false)
+    }
+}
+
+impl PeerTransport {
+    /// Sends `op` to the replica of `shard` on `to` (this node included).
+    fn forward(&self, to: NodeId, shard: ShardId, op: ShardOp, relayed: bool) -> BoxFuture<'static, ShardResult> {
         let shared = &self.shared;
         if to == shared.node {
             let local = shared.local(shard);
@@ -196,15 +244,17 @@ impl Transport for PeerTransport {
                 addr.send(ShardRequest(op)).await.unwrap_or_else(|_| Err(replica_stopped()))
             });
         }
-        let Some(link) = shared.links.get(&to) else {
+        let Some(link) = shared.links.get(&to).filter(|l| l.up.load(Ordering::Acquire)) else {
+            // Unknown, or known to be down: never sent, so safe to retry
+            // elsewhere at once.
             return Box::pin(async move { Err(StoreError::Unreachable { node: to }) });
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let write = matches!(op, ShardOp::Write(_));
+        let write = !op.changes_nothing();
         lock(&link.pending).insert(id, PendingRequest { tx, write });
         let pending = link.pending.clone();
-        if !self.enqueue(to, Outgoing::Request { id, shard, op }) {
+        if !self.enqueue(to, Outgoing::Request { id, shard, op, relayed }) {
             lock(&pending).remove(&id);
             return Box::pin(async move { Err(StoreError::Unreachable { node: to }) });
         }
@@ -216,14 +266,16 @@ impl Transport for PeerTransport {
             result
         })
     }
-}
 
-impl PeerTransport {
     fn enqueue(&self, to: NodeId, o: Outgoing) -> bool {
         let Some(link) = self.shared.links.get(&to) else {
             debug!(node = self.shared.node, to, "no link to unknown peer");
             return false;
         };
+        if !link.up.load(Ordering::Acquire) {
+            link.metrics.dropped_disconnected.inc();
+            return false;
+        }
         match link.tx.try_send(o) {
             Ok(()) => {
                 link.metrics.queue_depth.set((SEND_QUEUE_CAPACITY - link.tx.capacity()) as i64);
@@ -254,6 +306,8 @@ enum ConnError {
     Codec(#[from] CodecError),
     #[error("timed out")]
     Timeout,
+    #[error("the peer sent nothing, not even a pong, for {0:?}")]
+    Silent(Duration),
     #[error("peer refused us ({}): {detail}", reason.label())]
     Refused { reason: RejectReason, detail: String },
     #[error("unexpected frame during handshake")]
@@ -278,15 +332,16 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, 
 // Outbound: one link task per peer.
 // ---------------------------------------------------------------------
 
-async fn run_link(
-    shared: Arc<Shared>,
-    peer: NodeId,
-    addr: String,
-    mut rx: mpsc::Receiver<Outgoing>,
+/// What a link task shares with the senders.
+struct LinkState {
     pending: PendingMap,
     m: Arc<LinkMetrics>,
-) {
+    up: Arc<AtomicBool>,
+}
+
+async fn run_link(shared: Arc<Shared>, peer: NodeId, addr: String, mut rx: mpsc::Receiver<Outgoing>, st: LinkState) {
     let node = shared.node;
+    let m = &st.m;
     let mut backoff = BACKOFF_MIN;
     let mut transfer = 0u64;
     let mut last_error = String::new();
@@ -295,15 +350,21 @@ async fn run_link(
             Ok(stream) => {
                 m.connect_ok.inc();
                 m.connected.set(1);
+                st.up.store(true, Ordering::Release);
                 info!(node, peer, %addr, "connected to peer");
                 backoff = BACKOFF_MIN;
                 last_error.clear();
-                let reason = serve_link(&shared, peer, stream, &mut rx, &pending, &m, &mut transfer).await;
+                let reason = serve_link(&shared, peer, stream, &mut rx, &st.pending, m, &mut transfer).await;
+                st.up.store(false, Ordering::Release);
                 m.connected.set(0);
-                fail_pending(&pending, peer);
+                fail_pending(&st.pending, peer);
                 match reason {
                     None => return, // every sender is gone: the node is stopping
-                    Some(e) => warn!(node, peer, "peer connection lost: {e}"),
+                    Some(e) => {
+                        warn!(node, peer, "peer connection lost: {e}");
+                        // Leaders stop pipelining to the peer and probe instead.
+                        report_unreachable(&shared, peer);
+                    }
                 }
             }
             Err(e) => {
@@ -326,14 +387,14 @@ async fn run_link(
                 }
             }
         }
-        // Back off; what queues up meanwhile is dropped, not kept.
+        // Back off; what queued up before the link went down is dropped.
         let until = Instant::now() + backoff;
         loop {
             tokio::select! {
                 _ = sleep_until(until) => break,
                 item = rx.recv() => match item {
                     None => return,
-                    Some(o) => drop_outgoing(&shared, peer, o, &pending, &m),
+                    Some(o) => drop_outgoing(&shared, peer, o, &st.pending, m),
                 },
             }
         }
@@ -343,7 +404,21 @@ async fn run_link(
 }
 
 async fn connect(shared: &Shared, peer: NodeId, addr: &str) -> Result<TcpStream, ConnError> {
-    let mut stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| ConnError::Timeout)??;
+    let dial = async {
+        let mut last = None;
+        for target in tokio::net::lookup_host(addr).await? {
+            let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            if let Some(ip) = shared.source_ip.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
+                socket.bind(SocketAddr::new(ip, 0))?;
+            }
+            match socket.connect(target).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
+    };
+    let mut stream = timeout(CONNECT_TIMEOUT, dial).await.map_err(|_| ConnError::Timeout)??;
     stream.set_nodelay(true)?;
     let mut buf = Vec::new();
     wire::encode_hello(&mut buf, &Hello { cluster_id: shared.cluster_id, from: shared.node, to: peer });
@@ -356,32 +431,60 @@ async fn connect(shared: &Shared, peer: NodeId, addr: &str) -> Result<TcpStream,
     }
 }
 
-/// Runs one connection until it breaks (`Some(error)`) or the queue closes
-/// (`None`).
+/// When the peer was last heard from on a link, in microseconds since the
+/// link's connection started (pings carry the same clock, so a pong is its
+/// own round-trip measurement).
+struct Heard {
+    start: Instant,
+    last_us: AtomicU64,
+}
+
+impl Heard {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+    fn touch(&self) {
+        self.last_us.store(self.now_us(), Ordering::Relaxed);
+    }
+    fn silent_for(&self) -> Duration {
+        Duration::from_micros(self.now_us().saturating_sub(self.last_us.load(Ordering::Relaxed)))
+    }
+}
+
+/// Runs one connection until it breaks or falls silent (`Some(error)`) or
+/// the queue closes (`None`).
 async fn serve_link(
     shared: &Arc<Shared>,
     peer: NodeId,
     stream: TcpStream,
     rx: &mut mpsc::Receiver<Outgoing>,
     pending: &PendingMap,
-    m: &LinkMetrics,
+    m: &Arc<LinkMetrics>,
     transfer: &mut u64,
 ) -> Option<ConnError> {
     let (rd, mut wr) = stream.into_split();
     let reader_pending = pending.clone();
     let node = shared.node;
+    let link_timeout = shared.link_timeout;
+    let heard = Arc::new(Heard { start: Instant::now(), last_us: AtomicU64::new(0) });
     let received = PEER.received_bytes.with_label_values(&[&node.to_string(), &peer.to_string()]);
+    let (reader_heard, reader_m) = (heard.clone(), m.clone());
     let mut reader = actix_rt::spawn(async move {
         let mut rd = BufReader::new(rd);
         loop {
             match read_frame(&mut rd).await {
                 Ok(Some(body)) => {
+                    reader_heard.touch();
                     received.inc_by((body.len() + wire::FRAME_HEADER_BYTES) as u64);
                     match wire::decode(&body) {
                         Ok(Frame::Response { id, result }) => {
                             if let Some(p) = lock(&reader_pending).remove(&id) {
                                 let _ = p.tx.send(result);
                             }
+                        }
+                        Ok(Frame::Pong { seq }) => {
+                            let rtt_us = reader_heard.now_us().saturating_sub(seq);
+                            reader_m.ping_rtt.observe(rtt_us as f64 / 1e6);
                         }
                         Ok(_) => return ConnError::Unexpected,
                         Err(e) => return e.into(),
@@ -392,11 +495,23 @@ async fn serve_link(
             }
         }
     });
+    let ping_every = link_timeout / PINGS_PER_LINK_TIMEOUT;
+    let mut ticker = tokio::time::interval(ping_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let silent = || {
+        let quiet = heard.silent_for();
+        (quiet > link_timeout).then(|| {
+            m.silent.inc();
+            ConnError::Silent(quiet)
+        })
+    };
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
-        let first = tokio::select! {
+        buf.clear();
+        let mut snapshots = Vec::new();
+        tokio::select! {
             item = rx.recv() => match item {
-                Some(o) => o,
+                Some(o) => encode(shared, peer, o, &mut buf, &mut snapshots, m, transfer),
                 None => {
                     reader.abort();
                     return None;
@@ -405,10 +520,14 @@ async fn serve_link(
             r = &mut reader => {
                 return Some(r.unwrap_or_else(|e| ConnError::Io(std::io::Error::other(e))));
             }
-        };
-        buf.clear();
-        let mut snapshots = Vec::new();
-        encode(shared, peer, first, &mut buf, &mut snapshots, m, transfer);
+            _ = ticker.tick() => {
+                if let Some(e) = silent() {
+                    reader.abort();
+                    return Some(e);
+                }
+                wire::encode_ping(&mut buf, heard.now_us());
+            }
+        }
         while buf.len() < WRITE_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(o) => encode(shared, peer, o, &mut buf, &mut snapshots, m, transfer),
@@ -416,10 +535,23 @@ async fn serve_link(
             }
         }
         m.queue_depth.set(rx.len() as i64);
-        if let Err(e) = wr.write_all(&buf).await {
+        // A peer that stops reading (paused, cut off) fills the socket
+        // buffer and the write waits; liveness is checked while it does.
+        let mut write = std::pin::pin!(wr.write_all(&buf));
+        let written = loop {
+            match timeout(ping_every, &mut write).await {
+                Ok(r) => break r.map_err(ConnError::from),
+                Err(_) => {
+                    if let Some(e) = silent() {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        if let Err(e) = written {
             report_lost_snapshots(shared, peer, &snapshots);
             reader.abort();
-            return Some(e.into());
+            return Some(e);
         }
         m.sent_bytes.inc_by(buf.len() as u64);
     }
@@ -448,8 +580,8 @@ fn encode(
             }
             r
         }
-        Outgoing::Request { id, shard, op } => {
-            wire::encode_request(buf, *id, *shard, op);
+        Outgoing::Request { id, shard, op, relayed } => {
+            wire::encode_request(buf, *id, *shard, op, *relayed);
             Ok(())
         }
     };
@@ -458,6 +590,15 @@ fn encode(
         if let Outgoing::Snapshot { shard, .. } = o {
             report_lost_snapshots(shared, peer, &[shard]);
         }
+    }
+}
+
+/// Every local replica learns that `peer` is gone: a leader moves the
+/// peer's progress to probing instead of pipelining into the void.
+fn report_unreachable(shared: &Shared, peer: NodeId) {
+    let replicas: Vec<_> = shared.local.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+    for addr in replicas {
+        let _ = addr.try_send(PeerUnreachable { to: peer, snapshot: false });
     }
 }
 
@@ -575,15 +716,25 @@ async fn serve_inbound(shared: Arc<Shared>, stream: TcpStream, remote: SocketAdd
     let received = PEER.received_bytes.with_label_values(&[&n, &p]);
     let chunks_received = PEER.snapshot_chunks.with_label_values(&[&n, "received"]);
     let mut snapshot = Reassembly::default();
+    let idle = shared.link_timeout * INBOUND_IDLE_LINK_TIMEOUTS;
     let end = loop {
-        let body = match read_frame(&mut rd).await {
-            Ok(Some(b)) => b,
-            Ok(None) => break None,
-            Err(e) => break Some(("bad_frame", e.to_string())),
+        let body = match timeout(idle, read_frame(&mut rd)).await {
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) => break None,
+            Ok(Err(e)) => break Some(("bad_frame", e.to_string())),
+            // A live dialer pings several times per link timeout.
+            Err(_) => break Some(("silent", format!("nothing received for {idle:?}"))),
         };
         received.inc_by((body.len() + wire::FRAME_HEADER_BYTES) as u64);
         match wire::decode(&body) {
             Ok(Frame::Raft { shard, msgs }) => deliver(&shared, peer, shard, msgs),
+            Ok(Frame::Ping { seq }) => {
+                let mut out = Vec::new();
+                wire::encode_pong(&mut out, seq);
+                // A full response queue means the dialer is far behind
+                // anyway; a lost pong only makes it look slower.
+                let _ = resp_tx.try_send(out);
+            }
             Ok(Frame::SnapshotChunk(c)) => {
                 chunks_received.inc();
                 match snapshot.accept(c) {
@@ -595,14 +746,25 @@ async fn serve_inbound(shared: Arc<Shared>, stream: TcpStream, remote: SocketAdd
                     Err(e) => break Some(("bad_snapshot", e.to_string())),
                 }
             }
-            Ok(Frame::Request { id, shard, op }) => {
+            Ok(Frame::Request { id, shard, op, relayed }) => {
                 let local = shared.local(shard);
                 let tx = resp_tx.clone();
+                let relay = (!relayed).then(|| (PeerTransport { shared: shared.clone() }, op.clone()));
                 actix_rt::spawn(async move {
-                    let result = match local {
+                    let mut result = match local {
                         Some(addr) => addr.send(ShardRequest(op)).await.unwrap_or_else(|_| Err(replica_stopped())),
                         None => Err(StoreError::Unreachable { node }),
                     };
+                    // This replica does not lead but knows who does: pass the
+                    // request on once (NotLeader applied nothing). The asker
+                    // may be unable to reach that leader itself, as in a
+                    // partition that cuts only the link between the two.
+                    if let (Err(StoreError::NotLeader { hint: Some(h), .. }), Some((t, op))) = (&result, relay) {
+                        if *h != peer && *h != node && t.reachable(node, *h) {
+                            PEER.relayed.with_label_values(&[&node.to_string()]).inc();
+                            result = t.forward(*h, shard, op, true).await;
+                        }
+                    }
                     let mut out = Vec::new();
                     wire::encode_response(&mut out, id, &result);
                     let _ = tx.send(out).await;

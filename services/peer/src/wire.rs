@@ -6,6 +6,11 @@
 //! read. Every connection starts with a [`Hello`] from the dialer, which
 //! the acceptor answers with `Welcome` or `Reject` (then closes).
 //!
+//! A dialer pings on every link at a fixed interval and the acceptor
+//! answers each ping with a pong carrying the same sequence number, so
+//! both ends can tell a silent link (a partition, a paused process) from a
+//! quiet one within about an election timeout.
+//!
 //! Raft messages are rust-protobuf bytes inside our frame. A snapshot
 //! message is encoded once and sent as [`SNAPSHOT_CHUNK_BYTES`] chunks, so
 //! no frame grows with the shard.
@@ -20,7 +25,8 @@ use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult};
 
 pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: ping and pong frames (link liveness).
+pub const PROTOCOL_VERSION: u8 = 2;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Largest frame a peer may send: a value at the value limit plus room.
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -37,6 +43,11 @@ const KIND_RAFT: u8 = 4;
 const KIND_SNAPSHOT_CHUNK: u8 = 5;
 const KIND_REQUEST: u8 = 6;
 const KIND_RESPONSE: u8 = 7;
+const KIND_PING: u8 = 8;
+const KIND_PONG: u8 = 9;
+/// A request a node passes on for a peer that cannot reach the leader
+/// itself; never passed on again.
+const KIND_RELAYED_REQUEST: u8 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
@@ -102,12 +113,38 @@ pub fn check_hello(h: &Hello, cluster_id: u64, me: NodeId, members: &[NodeId]) -
 #[derive(Debug)]
 pub enum Frame {
     Hello(Hello),
-    Welcome { cluster_id: u64, node: NodeId },
-    Reject { reason: RejectReason, detail: String },
-    Raft { shard: ShardId, msgs: Vec<RaftMessage> },
+    Welcome {
+        cluster_id: u64,
+        node: NodeId,
+    },
+    Reject {
+        reason: RejectReason,
+        detail: String,
+    },
+    Raft {
+        shard: ShardId,
+        msgs: Vec<RaftMessage>,
+    },
     SnapshotChunk(SnapshotChunk),
-    Request { id: u64, shard: ShardId, op: ShardOp },
-    Response { id: u64, result: ShardResult },
+    /// `relayed`: sent on by a node for a peer; answered, never relayed again.
+    Request {
+        id: u64,
+        shard: ShardId,
+        op: ShardOp,
+        relayed: bool,
+    },
+    Response {
+        id: u64,
+        result: ShardResult,
+    },
+    /// Dialer to acceptor: are you there?
+    Ping {
+        seq: u64,
+    },
+    /// Acceptor to dialer: the answer to `Ping { seq }`.
+    Pong {
+        seq: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,8 +248,8 @@ pub fn encode_snapshot(out: &mut Vec<u8>, shard: ShardId, transfer: u64, msg: &R
     Ok(())
 }
 
-pub fn encode_request(out: &mut Vec<u8>, id: u64, shard: ShardId, op: &ShardOp) {
-    frame(out, KIND_REQUEST, |w| {
+pub fn encode_request(out: &mut Vec<u8>, id: u64, shard: ShardId, op: &ShardOp, relayed: bool) {
+    frame(out, if relayed { KIND_RELAYED_REQUEST } else { KIND_REQUEST }, |w| {
         w.u64(id);
         w.u64(shard);
         put_op(w, op);
@@ -233,6 +270,14 @@ pub fn encode_response(out: &mut Vec<u8>, id: u64, result: &ShardResult) {
             }
         }
     });
+}
+
+pub fn encode_ping(out: &mut Vec<u8>, seq: u64) {
+    frame(out, KIND_PING, |w| w.u64(seq));
+}
+
+pub fn encode_pong(out: &mut Vec<u8>, seq: u64) {
+    frame(out, KIND_PONG, |w| w.u64(seq));
 }
 
 /// Checks a frame header; the body is read only if this accepts it.
@@ -289,7 +334,12 @@ pub fn decode(body: &[u8]) -> Result<Frame, CodecError> {
             offset: r.u64("chunk offset")?,
             data: r.bytes("chunk")?.to_vec(),
         }),
-        KIND_REQUEST => Frame::Request { id: r.u64("request id")?, shard: r.u64("shard")?, op: get_op(&mut r)? },
+        kind @ (KIND_REQUEST | KIND_RELAYED_REQUEST) => Frame::Request {
+            id: r.u64("request id")?,
+            shard: r.u64("shard")?,
+            op: get_op(&mut r)?,
+            relayed: kind == KIND_RELAYED_REQUEST,
+        },
         KIND_RESPONSE => {
             let id = r.u64("request id")?;
             let result = match r.u8("result tag")? {
@@ -299,6 +349,8 @@ pub fn decode(body: &[u8]) -> Result<Frame, CodecError> {
             };
             Frame::Response { id, result }
         }
+        KIND_PING => Frame::Ping { seq: r.u64("ping sequence")? },
+        KIND_PONG => Frame::Pong { seq: r.u64("pong sequence")? },
         tag => return Err(CodecError::UnknownTag { what: "frame kind", tag }),
     };
     r.finish()?;
@@ -812,6 +864,21 @@ mod tests {
     }
 
     #[test]
+    fn ping_and_pong_round_trip_and_refuse_truncation() {
+        let mut buf = Vec::new();
+        encode_ping(&mut buf, 41);
+        encode_pong(&mut buf, u64::MAX);
+        let b = bodies(&buf);
+        assert!(matches!(decode(&b[0]).unwrap(), Frame::Ping { seq: 41 }));
+        assert!(matches!(decode(&b[1]).unwrap(), Frame::Pong { seq: u64::MAX }));
+        for body in &b {
+            for cut in 1..body.len() {
+                assert!(decode(&body[..cut]).is_err(), "a ping/pong cut at {cut} decoded");
+            }
+        }
+    }
+
+    #[test]
     fn hello_round_trip_and_checks() {
         let h = Hello { cluster_id: 7, from: 2, to: 1 };
         let mut buf = Vec::new();
@@ -920,12 +987,13 @@ mod tests {
             ShardOp::Scan { prefix: b"p/".to_vec(), after: Some(b"p/a".to_vec()), limit: 10, keys_only: true },
             ShardOp::ReadMap,
         ];
-        for op in ops {
+        for (i, op) in ops.into_iter().enumerate() {
             let mut buf = Vec::new();
-            encode_request(&mut buf, 11, 1, &op);
+            let relay = i % 2 == 1;
+            encode_request(&mut buf, 11, 1, &op, relay);
             match one(&buf) {
-                Frame::Request { id, shard, op: back } => {
-                    assert_eq!((id, shard), (11, 1));
+                Frame::Request { id, shard, op: back, relayed } => {
+                    assert_eq!((id, shard, relayed), (11, 1, relay));
                     assert_eq!(format!("{back:?}"), format!("{op:?}"));
                 }
                 f => panic!("{f:?}"),
@@ -1014,7 +1082,8 @@ mod tests {
         // Every truncation of every valid frame, and deterministic junk.
         let mut buf = Vec::new();
         encode_hello(&mut buf, &Hello { cluster_id: 1, from: 2, to: 3 });
-        encode_request(&mut buf, 1, 1, &ShardOp::Read { key: b"abc".to_vec(), stale: false });
+        encode_request(&mut buf, 1, 1, &ShardOp::Read { key: b"abc".to_vec(), stale: false }, false);
+        encode_request(&mut buf, 1, 1, &ShardOp::Status, true);
         encode_response(&mut buf, 1, &Err(StoreError::Internal("x".into())));
         for body in bodies(&buf) {
             for cut in 0..body.len() {

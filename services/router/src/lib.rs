@@ -34,6 +34,15 @@ use crate::retry::{next_step, Step};
 /// Every `reason` label of `ringstore_router_retries_total`.
 pub(crate) const RETRY_REASONS: [&str; 4] = ["not_leader", "dropped", "unreachable", "wrong_shard"];
 
+pub(crate) static FAST_FAILS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ringstore_router_leaderless_fast_fails_total",
+        "Requests answered 503 at once because this node knows no leader for the shard and reaches no majority of it",
+        &["node"]
+    )
+    .expect("registers once")
+});
+
 pub(crate) static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "ringstore_router_retries_total",
@@ -146,7 +155,7 @@ impl Handler<Route> for Router {
                 let Some(shard) = msg.shard.or_else(|| table.shard_for(&msg.key)) else {
                     return Err(StoreError::Unavailable { reason: "the cluster map has no data shards".into() });
                 };
-                let result = send_to_shard(node, &table, &transport, shard, msg.op.clone(), deadline).await;
+                let result = send_to_shard(&cell, &table, &transport, shard, msg.op.clone(), deadline).await;
                 match result {
                     // The replica's map says the key is elsewhere: nothing
                     // was applied. Learn the current map and route again.
@@ -175,16 +184,32 @@ impl Handler<Route> for Router {
     }
 }
 
-/// Sends `op` to `shard`'s leader as `table` knows it, following
-/// `NotLeader` hints and retrying what is safe to retry until `deadline`.
+/// A forwarded operation that changes nothing (a read, a status) with no
+/// answer after this long is asked elsewhere: the target may be cut off
+/// in a way its link has not noticed yet. Writes have no such timeout: one
+/// that was delivered may still apply, so it is never sent twice; the
+/// link's liveness check or the replica's step-down answers it instead.
+pub const SAFE_HOP_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// How long this node's replica may know no leader before a request gives
+/// up with 503 (when the node also reaches no majority), as a fraction of
+/// the election timeout: a healthy election ends well within it.
+const LEADERLESS_GRACE_DIVISOR: u32 = 2;
+
+/// Sends `op` to `shard`'s leader, following `NotLeader` hints and
+/// retrying what is safe to retry until `deadline`. Where it goes first:
+/// the leader this node's own replica knows (updated the moment Raft says
+/// so), else the last leader that answered, else this node.
 pub async fn send_to_shard(
-    node: NodeId,
+    cell: &MapCell,
     table: &RoutingTable,
     transport: &Arc<dyn Transport>,
     shard: ShardId,
     op: ShardOp,
     deadline: Instant,
 ) -> ShardResult {
+    let node = cell.node();
+    let hints = cell.leaders();
     let (Some(members), Some(leader)) = (table.replicas(shard), table.leader(shard)) else {
         return Err(StoreError::Unavailable { reason: format!("shard {shard} is not in the cluster map") });
     };
@@ -193,24 +218,37 @@ pub async fn send_to_shard(
     // (status by any replica if this node has none).
     let status = matches!(op, ShardOp::Status);
     let local_only = matches!(op, ShardOp::Read { stale: true, .. }) || (status && members.contains(&node));
+    let changes_nothing = op.changes_nothing();
+    let local_leader = || hints.get(shard).and_then(|h| h.leader);
+    let grace = hints.election_timeout() / LEADERLESS_GRACE_DIVISOR;
     let mut target = if local_only {
         node
     } else if status {
         members.first().copied().unwrap_or(node)
     } else {
-        match leader.load(Ordering::Relaxed) {
-            0 if members.contains(&node) => node,
-            0 => members.first().copied().unwrap_or(node),
-            l => l,
+        match (local_leader(), leader.load(Ordering::Relaxed)) {
+            (Some(l), _) => l,
+            (None, 0) if members.contains(&node) => node,
+            (None, 0) => members.first().copied().unwrap_or(node),
+            (None, l) => l,
         }
     };
     for attempt in 0u32.. {
         let sent = transport.request(node, target, shard, op.clone());
-        let result = match tokio::time::timeout_at(deadline, sent).await {
+        let hop_deadline = match changes_nothing && !local_only && target != node {
+            true => deadline.min(Instant::now() + SAFE_HOP_TIMEOUT),
+            false => deadline,
+        };
+        let result = match tokio::time::timeout_at(hop_deadline, sent).await {
             Ok(r) => r,
+            // Nothing changes by asking again elsewhere.
+            Err(_) if hop_deadline < deadline => {
+                tracing::debug!(node, shard, target, "no answer within the hop timeout; asking elsewhere");
+                Err(StoreError::Unreachable { node: target })
+            }
             Err(_) => return Err(StoreError::Timeout { timeout_ms }),
         };
-        match next_step(&result, target, &members, attempt, local_only) {
+        match next_step(&result, target, &members, attempt, local_only, local_leader()) {
             Step::Done => {
                 if result.is_ok() && !local_only && !status {
                     leader.store(target, Ordering::Relaxed);
@@ -223,6 +261,21 @@ pub async fn send_to_shard(
                     leader.store(0, Ordering::Relaxed);
                 }
                 target = to;
+                let reachable = members.iter().filter(|m| transport.reachable(node, **m)).count();
+                if retry::give_up_leaderless(
+                    hints.leaderless_for(shard, Instant::now().into_std()),
+                    grace,
+                    reachable,
+                    members.len(),
+                ) {
+                    FAST_FAILS.with_label_values(&[&node.to_string()]).inc();
+                    return Err(StoreError::Unavailable {
+                        reason: format!(
+                            "shard {shard} has no leader that node {node} can reach ({reachable} of {} replicas reachable)",
+                            members.len()
+                        ),
+                    });
+                }
                 if Instant::now() + backoff >= deadline {
                     // Out of time: say why the last attempt failed.
                     return match result {

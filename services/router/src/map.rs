@@ -17,7 +17,7 @@ use ringstore_shared::apply::Outcome;
 use ringstore_shared::cluster_map::{ClusterMap, META_SHARD};
 use ringstore_shared::command::Command;
 use ringstore_shared::{NodeId, StoreError};
-use ringstore_storage::{ShardOp, ShardReply, Transport};
+use ringstore_storage::{LeaderHints, ShardOp, ShardReply, Transport};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -40,10 +40,12 @@ static MAP_REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub struct MapCell {
     node: NodeId,
     table: RwLock<Arc<RoutingTable>>,
+    /// What the node's own replicas know of their shards' leaders.
+    leaders: Arc<LeaderHints>,
 }
 
 impl MapCell {
-    pub fn new(node: NodeId, table: RoutingTable) -> Arc<Self> {
+    pub fn new(node: NodeId, table: RoutingTable, leaders: Arc<LeaderHints>) -> Arc<Self> {
         let n = node.to_string();
         MAP_EPOCH.with_label_values(&[&n]).set(table.epoch as i64);
         // Every series exists from the start, so rate() and alerts see 0,
@@ -51,10 +53,19 @@ impl MapCell {
         for reason in crate::RETRY_REASONS {
             crate::RETRIES.with_label_values(&[&n, reason]);
         }
+        crate::FAST_FAILS.with_label_values(&[&n]);
         for result in ["updated", "unchanged", "bootstrapped", "failed"] {
             MAP_REFRESHES.with_label_values(&[&n, result]);
         }
-        Arc::new(MapCell { node, table: RwLock::new(Arc::new(table)) })
+        Arc::new(MapCell { node, table: RwLock::new(Arc::new(table)), leaders })
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn leaders(&self) -> &LeaderHints {
+        &self.leaders
     }
 
     /// The table to route by now. A read lock held for one `Arc` clone:
@@ -129,7 +140,7 @@ async fn sync_inner(
 ) -> Result<Refresh, StoreError> {
     let deadline = Instant::now() + timeout;
     let table = cell.load();
-    let read = send_to_shard(cell.node, &table, transport, META_SHARD, ShardOp::ReadMap, deadline).await?;
+    let read = send_to_shard(cell, &table, transport, META_SHARD, ShardOp::ReadMap, deadline).await?;
     let stored = match read {
         ShardReply::Map(m) => m,
         other => return Err(StoreError::Internal(format!("meta shard answered a map read with {other:?}"))),
@@ -143,7 +154,7 @@ async fn sync_inner(
         (None, Some(boot)) => {
             let cmd = Command::SetMap { expected_epoch: 0, map: boot.encode() };
             let op = ShardOp::Write(Arc::new(cmd));
-            match send_to_shard(cell.node, &table, transport, META_SHARD, op, deadline).await? {
+            match send_to_shard(cell, &table, transport, META_SHARD, op, deadline).await? {
                 ShardReply::Outcome(Outcome::MapSet { epoch }) => {
                     info!(node = cell.node, epoch, "wrote the bootstrap cluster map to the meta shard");
                     cell.install(boot);

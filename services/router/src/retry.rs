@@ -33,7 +33,17 @@ fn next_member(members: &[NodeId], current: NodeId) -> NodeId {
     }
 }
 
-pub fn next_step(result: &ShardResult, target: NodeId, members: &[NodeId], attempt: u32, local_only: bool) -> Step {
+/// `local_leader` is the leader this node's own replica of the shard knows
+/// now, if any: fresher than a hint in an old answer, and the first place to
+/// try when the answer named nobody.
+pub fn next_step(
+    result: &ShardResult,
+    target: NodeId,
+    members: &[NodeId],
+    attempt: u32,
+    local_only: bool,
+    local_leader: Option<NodeId>,
+) -> Step {
     let err = match result {
         Ok(_) => return Step::Done,
         Err(e) => e,
@@ -41,6 +51,7 @@ pub fn next_step(result: &ShardResult, target: NodeId, members: &[NodeId], attem
     if local_only {
         return Step::Done;
     }
+    let elsewhere = || local_leader.filter(|l| *l != target).unwrap_or_else(|| next_member(members, target));
     match err {
         // A known leader is worth trying at once.
         StoreError::NotLeader { hint: Some(h), .. } if *h != target => {
@@ -48,15 +59,25 @@ pub fn next_step(result: &ShardResult, target: NodeId, members: &[NodeId], attem
         }
         // Election in progress: wait a little, then ask someone else.
         StoreError::NotLeader { .. } => {
-            Step::Retry { to: next_member(members, target), backoff: backoff(attempt), reason: "not_leader" }
+            Step::Retry { to: elsewhere(), backoff: backoff(attempt), reason: "not_leader" }
         }
         StoreError::Dropped { .. } => Step::Retry { to: target, backoff: backoff(attempt), reason: "dropped" },
         // Never delivered: try another member.
         StoreError::Unreachable { .. } => {
-            Step::Retry { to: next_member(members, target), backoff: backoff(attempt), reason: "unreachable" }
+            Step::Retry { to: elsewhere(), backoff: backoff(attempt), reason: "unreachable" }
         }
         _ => Step::Done,
     }
+}
+
+/// Whether a request should stop waiting for a leader and answer 503 now:
+/// this node's replica of the shard has known no leader for longer than
+/// `grace` (an election here would have ended by then), and this node
+/// reaches fewer than a majority of the shard's `members` (itself
+/// included), so no leader can be reached through it either. A node that
+/// still reaches a majority keeps trying: a leader may be one relay away.
+pub fn give_up_leaderless(leaderless_for: Option<Duration>, grace: Duration, reachable: usize, members: usize) -> bool {
+    leaderless_for.is_some_and(|d| d >= grace) && reachable * 2 <= members
 }
 
 #[cfg(test)]
@@ -72,22 +93,22 @@ mod tests {
     #[test]
     fn follows_a_leader_hint_immediately() {
         assert_eq!(
-            next_step(&nl(Some(3)), 1, M, 0, false),
+            next_step(&nl(Some(3)), 1, M, 0, false, None),
             Step::Retry { to: 3, backoff: Duration::ZERO, reason: "not_leader" }
         );
     }
 
     #[test]
     fn without_a_hint_rotates_with_growing_bounded_backoff() {
-        let s0 = next_step(&nl(None), 3, M, 0, false);
+        let s0 = next_step(&nl(None), 3, M, 0, false, None);
         assert_eq!(s0, Step::Retry { to: 1, backoff: Duration::from_millis(5), reason: "not_leader" });
-        let Step::Retry { backoff, .. } = next_step(&nl(None), 1, M, 30, false) else { panic!() };
+        let Step::Retry { backoff, .. } = next_step(&nl(None), 1, M, 30, false, None) else { panic!() };
         assert_eq!(backoff, BACKOFF_MAX);
     }
 
     #[test]
     fn a_hint_pointing_at_the_target_itself_is_not_followed_blindly() {
-        let Step::Retry { to, .. } = next_step(&nl(Some(2)), 2, M, 0, false) else { panic!() };
+        let Step::Retry { to, .. } = next_step(&nl(Some(2)), 2, M, 0, false, None) else { panic!() };
         assert_eq!(to, 3);
     }
 
@@ -99,20 +120,41 @@ mod tests {
             StoreError::PreconditionFailed { current: Some(1) },
             StoreError::NotFound,
         ] {
-            assert_eq!(next_step(&Err(e), 1, M, 0, false), Step::Done);
+            assert_eq!(next_step(&Err(e), 1, M, 0, false, None), Step::Done);
         }
     }
 
     #[test]
     fn dropped_and_unreachable_are_retried() {
         let d = Err(StoreError::Dropped { reason: "x" });
-        assert!(matches!(next_step(&d, 1, M, 0, false), Step::Retry { to: 1, .. }));
+        assert!(matches!(next_step(&d, 1, M, 0, false, None), Step::Retry { to: 1, .. }));
         let u = Err(StoreError::Unreachable { node: 2 });
-        assert!(matches!(next_step(&u, 2, M, 0, false), Step::Retry { to: 3, .. }));
+        assert!(matches!(next_step(&u, 2, M, 0, false, None), Step::Retry { to: 3, .. }));
+    }
+
+    #[test]
+    fn what_the_local_replica_knows_beats_rotation_but_not_a_fresh_hint() {
+        let u = Err(StoreError::Unreachable { node: 1 });
+        assert!(matches!(next_step(&u, 1, M, 0, false, Some(3)), Step::Retry { to: 3, .. }));
+        // The local view still names the node that just failed: rotate.
+        assert!(matches!(next_step(&u, 1, M, 0, false, Some(1)), Step::Retry { to: 2, .. }));
+        assert!(matches!(next_step(&nl(None), 2, M, 0, false, Some(1)), Step::Retry { to: 1, .. }));
+        assert!(matches!(next_step(&nl(Some(2)), 1, M, 0, false, Some(3)), Step::Retry { to: 2, .. }));
+    }
+
+    #[test]
+    fn a_cut_off_node_gives_up_after_the_grace_a_connected_one_never() {
+        let g = Duration::from_millis(500);
+        assert!(!give_up_leaderless(None, g, 1, 3), "a known leader");
+        assert!(!give_up_leaderless(Some(Duration::from_millis(200)), g, 1, 3), "an election may still end");
+        assert!(give_up_leaderless(Some(g), g, 1, 3));
+        assert!(!give_up_leaderless(Some(g * 10), g, 2, 3), "reaches a majority: a leader may be a relay away");
+        assert!(give_up_leaderless(Some(g), g, 2, 5));
+        assert!(!give_up_leaderless(Some(g), g, 3, 5));
     }
 
     #[test]
     fn local_only_requests_are_not_retried() {
-        assert_eq!(next_step(&nl(None), 1, M, 0, true), Step::Done);
+        assert_eq!(next_step(&nl(None), 1, M, 0, true, None), Step::Done);
     }
 }

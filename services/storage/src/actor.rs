@@ -38,6 +38,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
 use crate::engine::{Cf, Engine, EngineError};
+use crate::leaders::LeaderHints;
 use crate::locks::{LockIndex, Waiter, Waiters};
 use crate::log_store::{ApplyState, LogStore};
 use crate::messages::{
@@ -63,6 +64,8 @@ pub struct ReplicaConfig {
     pub initial_voters: Vec<NodeId>,
     pub raft: RaftConfig,
     pub limits: Limits,
+    /// Where this replica publishes who leads its shard, for the node's routers.
+    pub leaders: Arc<LeaderHints>,
 }
 
 type Reply = oneshot::Sender<ShardResult>;
@@ -146,6 +149,10 @@ pub struct StorageActor {
     /// shard; 0 elsewhere), which `SetMap` must name to replace it.
     map_epoch: u64,
     metrics: ReplicaMetrics,
+    leaders: Arc<LeaderHints>,
+    /// When this replica last stopped leading, while writes it proposed as
+    /// leader are still unresolved.
+    stepped_down_at: Option<Instant>,
     locks: LockIndex,
     waiters: Waiters<Reply>,
     /// Locks freed by this round's applies, to hand to their first waiter.
@@ -208,6 +215,8 @@ impl StorageActor {
             epoch: cfg.epoch,
             map_epoch: 0,
             metrics: ReplicaMetrics::new(cfg.node, cfg.shard),
+            leaders: cfg.leaders,
+            stepped_down_at: None,
             cfg: cfg.raft,
             locks: LockIndex::default(),
             waiters: Waiters::default(),
@@ -619,10 +628,15 @@ impl StorageActor {
             info!(node = self.node, shard = self.shard, leader, ?role, term = self.raw.raft.term, "leader changed");
             self.leader = leader;
         }
+        self.leaders.observe(self.shard, (leader != 0).then_some(leader), self.raw.raft.term);
         if role == StateRole::Leader {
             self.locks.forget_proposals();
+            self.stepped_down_at = None;
         }
         if role != StateRole::Leader {
+            if !self.writes.is_empty() && self.stepped_down_at.is_none() {
+                self.stepped_down_at = Some(Instant::now());
+            }
             // Nothing was applied for a waiter: it may retry at the new leader.
             for w in self.waiters.drain_all() {
                 let _ = w.reply.send(Err(StoreError::Dropped { reason: "lock waiter moved to a new leader" }));
@@ -637,6 +651,36 @@ impl StorageActor {
                 }
             }
         }
+    }
+
+    /// Writes this replica proposed as leader stay pending after it steps
+    /// down: the new leader may still commit them (a handover usually
+    /// does, within a heartbeat or two), and then they are answered as
+    /// usual. A replica that learns nothing for an election timeout after
+    /// stepping down is cut off; its writes may or may not commit later, so
+    /// they are answered "outcome unknown" now rather than at the client's
+    /// deadline. Never retried by the router (it cannot know).
+    fn fail_orphaned_writes(&mut self) {
+        let Some(at) = self.stepped_down_at else { return };
+        if self.writes.is_empty() || self.is_leader() {
+            self.stepped_down_at = None;
+            return;
+        }
+        if at.elapsed() < Duration::from_millis(self.cfg.election_timeout_ms()) {
+            return;
+        }
+        warn!(
+            node = self.node,
+            shard = self.shard,
+            writes = self.writes.len(),
+            "leadership lost: answering its writes outcome-unknown"
+        );
+        for (_, p) in std::mem::take(&mut self.writes) {
+            let _ = p.tx.send(Err(StoreError::Unavailable {
+                reason: format!("shard {} lost its leader on this node; outcome unknown", self.shard),
+            }));
+        }
+        self.stepped_down_at = None;
     }
 
     fn on_snapshot_applied(&mut self, index: u64) {
@@ -1070,6 +1114,7 @@ impl Actor for StorageActor {
         ctx.set_mailbox_capacity(RAFT_MAILBOX_CAPACITY);
         ctx.run_interval(Duration::from_millis(self.cfg.tick_interval_ms), |act, ctx| {
             act.raw.tick();
+            act.fail_orphaned_writes();
             act.retry_stuck_reads();
             act.expire_waiters();
             act.sweep_leases();
@@ -1085,6 +1130,7 @@ impl Actor for StorageActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.leaders.forget(self.shard);
         info!(node = self.node, shard = self.shard, "shard replica stopped");
     }
 }

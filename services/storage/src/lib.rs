@@ -8,6 +8,7 @@
 //! - [`snapshot`]: the snapshot payload codec.
 //! - [`actor`]: `StorageActor`, one shard replica: tick, step, Ready, apply, reads.
 //! - [`locks`]: the replica's lease index and the leader's lock wait queues.
+//! - [`leaders`]: what the node's replicas know of their shards' leaders, for routers.
 //! - [`messages`]: what the actor receives and answers.
 //! - [`transport`]: the `Transport` trait and the in-process `LocalTransport`.
 //! - [`clock`], [`raft_log`], [`metrics`]: time, raft's logger, Prometheus.
@@ -15,6 +16,7 @@
 pub mod actor;
 pub mod clock;
 pub mod engine;
+pub mod leaders;
 pub mod locks;
 pub mod log_store;
 pub mod messages;
@@ -25,5 +27,6 @@ pub mod transport;
 
 pub use actor::{ReplicaConfig, StorageActor};
 pub use engine::Engine;
+pub use leaders::LeaderHints;
 pub use messages::{ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult};
 pub use transport::{LocalTransport, NetFilter, Transport};

@@ -48,6 +48,18 @@ pub enum ShardOp {
     ReadMap,
 }
 
+impl ShardOp {
+    /// Whether sending this twice is harmless (it changes no state), so a
+    /// router may ask another replica when one does not answer in time.
+    pub fn changes_nothing(&self) -> bool {
+        match self {
+            ShardOp::Read { .. } | ShardOp::Status | ShardOp::LockStatus { .. } | ShardOp::Scan { .. } => true,
+            ShardOp::ReadMap => true,
+            ShardOp::Write(_) | ShardOp::Acquire { .. } => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum ShardReply {
     Outcome(Outcome),

@@ -30,6 +30,13 @@ pub trait Transport: Send + Sync + 'static {
     /// Sends a client operation to the replica of `shard` on node `to`.
     /// `Unreachable` means it was never delivered (safe to retry).
     fn request(&self, from: NodeId, to: NodeId, shard: ShardId, op: ShardOp) -> BoxFuture<'static, ShardResult>;
+
+    /// Whether `to` looks reachable from `from` now (a live link). A hint
+    /// for routing, never a promise: a request may still fail.
+    fn reachable(&self, from: NodeId, to: NodeId) -> bool {
+        let _ = (from, to);
+        true
+    }
 }
 
 /// A message the transport knows it did not deliver.
@@ -191,5 +198,10 @@ impl Transport for LocalTransport {
                 })
             })
         })
+    }
+
+    fn reachable(&self, from: NodeId, to: NodeId) -> bool {
+        let g = self.read();
+        g.filter.allows(from, to) && g.filter.allows(to, from)
     }
 }

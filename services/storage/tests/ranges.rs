@@ -41,6 +41,7 @@ async fn each_shard_serves_and_snapshots_only_its_ranges() {
             initial_voters: vec![1],
             raft: ringstore_shared::config::RaftConfig { tick_interval_ms: 20, ..Default::default() },
             limits: Default::default(),
+            leaders: Default::default(),
         };
         let a = StorageActor::start(
             cfg,

@@ -3,11 +3,15 @@
 //! `ringstore node` processes on 127.0.0.1 that can be killed (`-9`),
 //! paused (`-STOP`/`-CONT`), stopped gracefully (`-TERM`) and restarted
 //! with the same data dir. Each node's stdout and stderr go to
-//! `<dir>/node-<id>.log`, kept across restarts.
+//! `<dir>/node-<id>.log`, kept across restarts. Started with
+//! [`ProcCluster::start_partitionable`], each node gets a loopback address
+//! of its own, so [`netfilter::Partition`] can cut the links between nodes.
+
+pub mod netfilter;
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -27,13 +31,29 @@ impl Drop for KillOnDrop {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    free_port_on(Ipv4Addr::LOCALHOST)
+}
+
+/// A port that was free a moment ago on `ip`.
+pub fn free_port_on(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A loopback /24 no other cluster of this machine's tests uses: by
+/// process id and a counter, so parallel tests never cut each other.
+fn private_loopback_block() -> [u8; 2] {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    // 127.0.x.x stays for everything else on this machine.
+    [(1 + pid % 250) as u8, ((pid / 250 + n) % 256) as u8]
 }
 
 pub type NodeId = u64;
 
 struct ProcNode {
     child: Option<KillOnDrop>,
+    ip: Ipv4Addr,
     http: u16,
     peer: u16,
 }
@@ -51,6 +71,25 @@ impl ProcCluster {
     /// Starts `n` nodes (ids 1..=n) of the `ringstore` binary `bin`, each
     /// with `extra` flags, data under a new temp dir (or `dir`).
     pub fn start(bin: &Path, n: u64, extra: &[&str], dir: Option<&Path>) -> anyhow::Result<Self> {
+        Self::start_on(bin, n, extra, dir, |_| Ipv4Addr::LOCALHOST)
+    }
+
+    /// Like [`ProcCluster::start`], but node `id` listens (HTTP and peer)
+    /// on `127.a.b.<id>` of a block of its own and peers dial from it, so
+    /// a [`netfilter::Partition`] can cut any pair of nodes.
+    pub fn start_partitionable(bin: &Path, n: u64, extra: &[&str]) -> anyhow::Result<Self> {
+        let [a, b] = private_loopback_block();
+        Self::start_on(bin, n, extra, None, |id| Ipv4Addr::new(127, a, b, id as u8))
+    }
+
+    fn start_on(
+        bin: &Path,
+        n: u64,
+        extra: &[&str],
+        dir: Option<&Path>,
+        ip: impl Fn(NodeId) -> Ipv4Addr,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(n < 255, "at most 254 nodes");
         let (temp, dir) = match dir {
             Some(d) => (None, d.to_path_buf()),
             None => {
@@ -61,10 +100,11 @@ impl ProcCluster {
         };
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            nodes.insert(id, ProcNode { child: None, http: free_port(), peer: free_port() });
+            let ip = ip(id);
+            nodes.insert(id, ProcNode { child: None, ip, http: free_port_on(ip), peer: free_port_on(ip) });
         }
         let initial_cluster =
-            nodes.iter().map(|(id, p)| format!("{id}=127.0.0.1:{}", p.peer)).collect::<Vec<_>>().join(",");
+            nodes.iter().map(|(id, p)| format!("{id}={}:{}", p.ip, p.peer)).collect::<Vec<_>>().join(",");
         let mut c = ProcCluster {
             bin: bin.to_path_buf(),
             dir,
@@ -100,7 +140,12 @@ impl ProcCluster {
     }
 
     pub fn url(&self, id: NodeId) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[&id].http)
+        format!("http://{}:{}", self.nodes[&id].ip, self.nodes[&id].http)
+    }
+
+    /// The address node `id` listens and dials from.
+    pub fn ip(&self, id: NodeId) -> Ipv4Addr {
+        self.nodes[&id].ip
     }
 
     pub fn peer_port(&self, id: NodeId) -> u16 {
@@ -121,9 +166,9 @@ impl ProcCluster {
             "--data-dir".into(),
             self.data_dir(id).display().to_string(),
             "--http".into(),
-            format!("127.0.0.1:{}", n.http),
+            format!("{}:{}", n.ip, n.http),
             "--peer-addr".into(),
-            format!("127.0.0.1:{}", n.peer),
+            format!("{}:{}", n.ip, n.peer),
             "--initial-cluster".into(),
             self.initial_cluster.clone(),
         ];
