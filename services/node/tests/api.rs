@@ -160,7 +160,8 @@ async fn bad_input_gets_a_json_error_and_the_node_keeps_serving() {
     assert_eq!(put(&url, "after", b"fine").await.status, StatusCode::OK);
     assert_eq!(get(&url, "after").await.body, b"fine");
     assert_eq!(call("GET", &url, "/healthz", &[], vec![]).await.status, StatusCode::OK);
-    assert_eq!(call("GET", &url, "/readyz", &[], vec![]).await.status, StatusCode::OK);
+    // Ready again, if a busy machine made an election happen meanwhile.
+    tc.wait_ready(Duration::from_secs(10)).await;
     tc.cluster.shutdown().await.unwrap();
 }
 

@@ -11,7 +11,10 @@ use ringstore_node::cluster::{ClusterConfig, LocalCluster};
 use ringstore_shared::config::RaftConfig;
 
 pub const TICK_MS: u64 = 30;
-pub const ELECTION_TICKS: usize = 10;
+/// 600 ms: ten missed heartbeats (every 2 ticks) before a follower stands,
+/// so a busy 2-core machine delaying a heartbeat by a few hundred
+/// milliseconds does not start an election.
+pub const ELECTION_TICKS: usize = 20;
 
 pub fn fast_raft() -> RaftConfig {
     RaftConfig {
@@ -39,7 +42,29 @@ pub async fn start(tune: impl FnOnce(&mut ClusterConfig)) -> TestCluster {
     tune(&mut cfg);
     let cluster = LocalCluster::start(cfg).await.expect("cluster starts");
     cluster.wait_leader(Duration::from_secs(10)).await.expect("a leader is elected");
-    TestCluster { cluster, dir }
+    let tc = TestCluster { cluster, dir };
+    tc.wait_ready(Duration::from_secs(20)).await;
+    tc
+}
+
+impl TestCluster {
+    /// Waits until every running node answers `/readyz` with 200: each of
+    /// its replicas knows its shard's leader.
+    pub async fn wait_ready(&self, within: Duration) {
+        let urls: Vec<String> = self.cluster.node_ids().into_iter().filter_map(|i| self.cluster.url(i)).collect();
+        eventually(within, "every node is ready", || {
+            let urls = urls.clone();
+            async move {
+                for u in &urls {
+                    if try_get(&format!("{u}/readyz")).await.is_none() {
+                        return false;
+                    }
+                }
+                true
+            }
+        })
+        .await;
+    }
 }
 
 pub struct Resp {
