@@ -199,16 +199,17 @@ pub fn decide(proposal: Proposal, index: u64, term: u64, state: &mut impl State)
             let count = effects.len();
             (effects, Outcome::Expired { count })
         }
-        Command::LockAcquire { name, owner, ttl_ms } => {
-            let (rec, outcome) = lock::acquire(state.lock(&name), &owner, ttl_ms, now, index, term);
+        Command::LockAcquire { name, owner, session, reentry, ttl_ms } => {
+            let by = lock::AcquireBy { owner: &owner, session, reentry, ttl_ms };
+            let (rec, outcome) = lock::acquire(state.lock(&name), by, now, index, term);
             (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
-        Command::LockRelease { name, owner, token } => {
-            let (rec, outcome) = lock::release(state.lock(&name), &owner, token);
+        Command::LockRelease { name, session, token } => {
+            let (rec, outcome) = lock::release(state.lock(&name), session, token);
             (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
-        Command::LockRefresh { name, owner, token, ttl_ms } => {
-            let (rec, outcome) = lock::refresh(state.lock(&name), &owner, token, ttl_ms, now, term);
+        Command::LockRefresh { name, session, token, ttl_ms } => {
+            let (rec, outcome) = lock::refresh(state.lock(&name), session, token, ttl_ms, now, term);
             (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
         Command::LockExpire { name, token } => {
@@ -333,7 +334,13 @@ mod tests {
         let mut sm = Sm::default();
         let acq = |owner: &str| Proposal {
             stamp_ms: 100,
-            cmd: Command::LockAcquire { name: "n".into(), owner: owner.into(), ttl_ms: 50 },
+            cmd: Command::LockAcquire {
+                name: "n".into(),
+                owner: owner.into(),
+                session: owner.as_bytes()[0] as u128,
+                reentry: false,
+                ttl_ms: 50,
+            },
         };
         let Outcome::Lock { outcome: LockOutcome::Granted { token, .. }, now_ms: 100 } = sm.run(acq("a"), 7) else {
             panic!("not granted")
@@ -343,7 +350,8 @@ mod tests {
             Outcome::Lock { outcome: LockOutcome::Conflict { holder: Some(h) }, .. } => assert_eq!(h.owner, "a"),
             o => panic!("{o:?}"),
         }
-        let rel = Proposal { stamp_ms: 100, cmd: Command::LockRelease { name: "n".into(), owner: "b".into(), token } };
+        let rel =
+            Proposal { stamp_ms: 100, cmd: Command::LockRelease { name: "n".into(), session: b'b' as u128, token } };
         match sm.run(rel, 9) {
             Outcome::Lock { outcome: LockOutcome::Conflict { holder: Some(h) }, .. } => assert_eq!(h.owner, "a"),
             o => panic!("wrong owner must conflict and name the holder: {o:?}"),

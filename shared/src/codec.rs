@@ -35,6 +35,9 @@ impl Writer {
     pub fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
+    pub fn u128(&mut self, v: u128) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
     /// Length-prefixed (u32 BE) bytes.
     pub fn bytes(&mut self, v: &[u8]) {
         // Keys and values are limited far below 4 GiB before they get here.
@@ -72,6 +75,12 @@ impl<'a> Reader<'a> {
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
+    }
+    pub fn u128(&mut self, what: &'static str) -> Result<u128, CodecError> {
+        let b = self.take(16, what)?;
+        let mut a = [0u8; 16];
+        a.copy_from_slice(b);
+        Ok(u128::from_be_bytes(a))
     }
     pub fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], CodecError> {
         let b = self.take(4, what)?;

@@ -10,6 +10,7 @@
 //! replica, so decoding returns errors instead of panicking.
 
 use crate::codec::{CodecError, Reader, Writer};
+use crate::lock::SessionId;
 
 const FORMAT_V1: u8 = 1;
 
@@ -45,19 +46,24 @@ pub enum Command {
         cond: Precondition,
         fence: Option<Fence>,
     },
+    /// `session`: the one the caller presented (`reentry`), or a fresh
+    /// random one the leader drew for this acquire, in the entry so every
+    /// replica records the same.
     LockAcquire {
         name: String,
         owner: String,
+        session: SessionId,
+        reentry: bool,
         ttl_ms: u64,
     },
     LockRelease {
         name: String,
-        owner: String,
+        session: SessionId,
         token: u64,
     },
     LockRefresh {
         name: String,
-        owner: String,
+        session: SessionId,
         token: u64,
         ttl_ms: u64,
     },
@@ -97,6 +103,11 @@ const TAG_LOCK_EXPIRE: u8 = 7;
 const TAG_PUT_FENCED: u8 = 8;
 const TAG_DELETE_FENCED: u8 = 9;
 const TAG_SET_MAP: u8 = 10;
+// Lock commands with sessions. The tags before them (4-6, owner-based)
+// are still read, as session 0, which holds nothing.
+const TAG_LOCK_ACQUIRE_SESSION: u8 = 11;
+const TAG_LOCK_RELEASE_SESSION: u8 = 12;
+const TAG_LOCK_REFRESH_SESSION: u8 = 13;
 
 const COND_ALWAYS: u8 = 0;
 const COND_IF_VERSION: u8 = 1;
@@ -168,9 +179,8 @@ impl Proposal {
         let hint = match cmd {
             Command::Put { key, value, .. } => key.len() + value.len() + 64,
             Command::Delete { key, .. } => key.len() + 56,
-            Command::LockAcquire { name, owner, .. }
-            | Command::LockRelease { name, owner, .. }
-            | Command::LockRefresh { name, owner, .. } => name.len() + owner.len() + 48,
+            Command::LockAcquire { name, owner, .. } => name.len() + owner.len() + 64,
+            Command::LockRelease { name, .. } | Command::LockRefresh { name, .. } => name.len() + 64,
             Command::LockExpire { name, .. } => name.len() + 32,
             Command::Expire { keys } => keys.iter().map(|(k, _)| k.len() + 12).sum::<usize>() + 24,
             Command::SetMap { map, .. } => map.len() + 32,
@@ -193,22 +203,24 @@ impl Proposal {
                 put_cond(&mut w, *cond);
                 put_fence(&mut w, fence);
             }
-            Command::LockAcquire { name, owner, ttl_ms } => {
-                w.u8(TAG_LOCK_ACQUIRE);
+            Command::LockAcquire { name, owner, session, reentry, ttl_ms } => {
+                w.u8(TAG_LOCK_ACQUIRE_SESSION);
                 w.bytes(name.as_bytes());
                 w.bytes(owner.as_bytes());
+                w.u128(*session);
+                w.u8(*reentry as u8);
                 w.u64(*ttl_ms);
             }
-            Command::LockRelease { name, owner, token } => {
-                w.u8(TAG_LOCK_RELEASE);
+            Command::LockRelease { name, session, token } => {
+                w.u8(TAG_LOCK_RELEASE_SESSION);
                 w.bytes(name.as_bytes());
-                w.bytes(owner.as_bytes());
+                w.u128(*session);
                 w.u64(*token);
             }
-            Command::LockRefresh { name, owner, token, ttl_ms } => {
-                w.u8(TAG_LOCK_REFRESH);
+            Command::LockRefresh { name, session, token, ttl_ms } => {
+                w.u8(TAG_LOCK_REFRESH_SESSION);
                 w.bytes(name.as_bytes());
-                w.bytes(owner.as_bytes());
+                w.u128(*session);
                 w.u64(*token);
                 w.u64(*ttl_ms);
             }
@@ -259,16 +271,39 @@ impl Proposal {
             TAG_LOCK_ACQUIRE => Command::LockAcquire {
                 name: string(&mut r, "lock name")?,
                 owner: string(&mut r, "lock owner")?,
+                session: 0,
+                reentry: false,
                 ttl_ms: r.u64("lock ttl")?,
             },
-            TAG_LOCK_RELEASE => Command::LockRelease {
+            TAG_LOCK_RELEASE => {
+                let name = string(&mut r, "lock name")?;
+                string(&mut r, "lock owner")?;
+                Command::LockRelease { name, session: 0, token: r.u64("lock token")? }
+            }
+            TAG_LOCK_REFRESH => {
+                let name = string(&mut r, "lock name")?;
+                string(&mut r, "lock owner")?;
+                Command::LockRefresh { name, session: 0, token: r.u64("lock token")?, ttl_ms: r.u64("lock ttl")? }
+            }
+            TAG_LOCK_ACQUIRE_SESSION => Command::LockAcquire {
                 name: string(&mut r, "lock name")?,
                 owner: string(&mut r, "lock owner")?,
+                session: r.u128("lock session")?,
+                reentry: match r.u8("lock reentry")? {
+                    0 => false,
+                    1 => true,
+                    tag => return Err(CodecError::UnknownTag { what: "lock reentry", tag }),
+                },
+                ttl_ms: r.u64("lock ttl")?,
+            },
+            TAG_LOCK_RELEASE_SESSION => Command::LockRelease {
+                name: string(&mut r, "lock name")?,
+                session: r.u128("lock session")?,
                 token: r.u64("lock token")?,
             },
-            TAG_LOCK_REFRESH => Command::LockRefresh {
+            TAG_LOCK_REFRESH_SESSION => Command::LockRefresh {
                 name: string(&mut r, "lock name")?,
-                owner: string(&mut r, "lock owner")?,
+                session: r.u128("lock session")?,
                 token: r.u64("lock token")?,
                 ttl_ms: r.u64("lock ttl")?,
             },
@@ -332,11 +367,14 @@ mod tests {
                     fence: Some(Fence { lock: "ü".into(), token: u64::MAX }),
                 },
             },
-            Proposal { stamp_ms: 1, cmd: Command::LockAcquire { name: "n".into(), owner: "o".into(), ttl_ms: 5 } },
-            Proposal { stamp_ms: 1, cmd: Command::LockRelease { name: "n".into(), owner: "o".into(), token: 5 } },
             Proposal {
                 stamp_ms: 1,
-                cmd: Command::LockRefresh { name: "n".into(), owner: "".into(), token: 5, ttl_ms: 9 },
+                cmd: Command::LockAcquire { name: "n".into(), owner: "o".into(), session: 3, reentry: true, ttl_ms: 5 },
+            },
+            Proposal { stamp_ms: 1, cmd: Command::LockRelease { name: "n".into(), session: u128::MAX, token: 5 } },
+            Proposal {
+                stamp_ms: 1,
+                cmd: Command::LockRefresh { name: "n".into(), session: 1 << 70, token: 5, ttl_ms: 9 },
             },
             Proposal { stamp_ms: 1, cmd: Command::LockExpire { name: "n".into(), token: 5 } },
             Proposal { stamp_ms: 10, cmd: Command::Expire { keys: vec![(b"x".to_vec(), 3), (vec![], 4)] } },

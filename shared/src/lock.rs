@@ -3,8 +3,14 @@
 //! expire. Pure: replicas call these with the entry's index, term and
 //! leader stamp and reach the same state.
 //!
-//! - A lock is held by one owner with a hold count (reentrancy) and a
-//!   lease (`expires_at_ms`, leader wall clock). Only an `Expire` command,
+//! - A lock is held by one session with a hold count (reentrancy) and a
+//!   lease (`expires_at_ms`, leader wall clock). The session is a random
+//!   128-bit id the leader issues on an acquire that presents none;
+//!   re-entering, refreshing and releasing must present it (and the
+//!   token). The owner is only a label for people: two clients that pick
+//!   the same owner string still exclude each other (etcd's lease ids and
+//!   Consul's sessions do the same job). A session is never shown to
+//!   anyone but the acquirer, unlike the owner and the token. Only an `Expire` command,
 //!   proposed by the leader after checking its own clock, frees a lock
 //!   whose owner stopped refreshing; apply re-checks the stamp.
 //! - Fencing tokens strictly increase per lock name: a new holder gets
@@ -18,9 +24,15 @@ use crate::codec::{CodecError, Reader, Writer};
 
 const FORMAT_V1: u8 = 1;
 
+/// A lock session id. 0 never names a session: a holder recorded before
+/// sessions existed carries 0, and only its lease can end it.
+pub type SessionId = u128;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
+    /// A label for people (logs, status); never used to decide.
     pub owner: String,
+    pub session: SessionId,
     pub token: u64,
     pub hold_count: u32,
     pub expires_at_ms: u64,
@@ -43,9 +55,11 @@ pub enum LockOutcome {
         token: u64,
         hold_count: u32,
         expires_at_ms: u64,
+        session: SessionId,
     },
-    /// Held by someone else (acquire), or the caller is not the holder
-    /// (release, refresh with a wrong owner or token). Nothing changed.
+    /// Held by another session (acquire), or the caller's session and
+    /// token do not hold it (release, refresh, or a re-entry whose earlier
+    /// hold ended). Nothing changed.
     Conflict {
         holder: Option<Holder>,
     },
@@ -64,54 +78,79 @@ pub enum LockOutcome {
     },
 }
 
+/// An acquire as the state machine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcquireBy<'a> {
+    pub owner: &'a str,
+    /// The caller's session (`reentry`) or one the leader just issued.
+    pub session: SessionId,
+    /// The caller presented `session` to re-enter a lock it holds.
+    pub reentry: bool,
+    pub ttl_ms: u64,
+}
+
 /// Applies an acquire at `now_ms` (the entry's stamp).
 pub fn acquire(
     rec: Option<LockRecord>,
-    owner: &str,
-    ttl_ms: u64,
+    by: AcquireBy<'_>,
     now_ms: u64,
     index: u64,
     term: u64,
 ) -> (Option<LockRecord>, LockOutcome) {
     let mut rec = rec.unwrap_or_default();
-    let expires_at_ms = now_ms.saturating_add(ttl_ms);
+    let expires_at_ms = now_ms.saturating_add(by.ttl_ms);
     match &mut rec.holder {
-        Some(h) if h.owner == owner => {
+        Some(h) if h.session == by.session && by.session != 0 => {
             // Reentrant: same token, one more hold, and the lease renewed.
             h.hold_count = h.hold_count.saturating_add(1);
             h.expires_at_ms = h.expires_at_ms.max(expires_at_ms);
             h.granted_term = term;
-            let out = LockOutcome::Granted { token: h.token, hold_count: h.hold_count, expires_at_ms: h.expires_at_ms };
+            let out = LockOutcome::Granted {
+                token: h.token,
+                hold_count: h.hold_count,
+                expires_at_ms: h.expires_at_ms,
+                session: h.session,
+            };
             (Some(rec), out)
         }
         Some(h) => {
             let out = LockOutcome::Conflict { holder: Some(h.clone()) };
             (None, out)
         }
+        // A re-entry into a lock that is free: the caller's hold ended
+        // (lease expired). Granting it would let it believe it still held
+        // what it held before; it must acquire anew.
+        None if by.reentry || by.session == 0 => (None, LockOutcome::Conflict { holder: None }),
         None => {
             let token = index.max(rec.last_token + 1);
             rec.last_token = token;
-            rec.holder =
-                Some(Holder { owner: owner.to_string(), token, hold_count: 1, expires_at_ms, granted_term: term });
-            (Some(rec), LockOutcome::Granted { token, hold_count: 1, expires_at_ms })
+            rec.holder = Some(Holder {
+                owner: by.owner.to_string(),
+                session: by.session,
+                token,
+                hold_count: 1,
+                expires_at_ms,
+                granted_term: term,
+            });
+            (Some(rec), LockOutcome::Granted { token, hold_count: 1, expires_at_ms, session: by.session })
         }
     }
 }
 
-fn is_holder(rec: &LockRecord, owner: &str, token: u64) -> bool {
-    rec.holder.as_ref().is_some_and(|h| h.owner == owner && h.token == token)
+fn is_holder(rec: &LockRecord, session: SessionId, token: u64) -> bool {
+    rec.holder.as_ref().is_some_and(|h| h.session == session && session != 0 && h.token == token)
 }
 
-/// Release by `owner` holding `token`: one hold less; free at zero.
 /// The answer to a release or refresh by someone who does not hold the
 /// lock: nothing changes, and the caller learns who does.
 fn not_holder(rec: Option<LockRecord>) -> (Option<LockRecord>, LockOutcome) {
     (None, LockOutcome::Conflict { holder: rec.and_then(|r| r.holder) })
 }
 
-pub fn release(rec: Option<LockRecord>, owner: &str, token: u64) -> (Option<LockRecord>, LockOutcome) {
+/// Release by `session` holding `token`: one hold less; free at zero.
+pub fn release(rec: Option<LockRecord>, session: SessionId, token: u64) -> (Option<LockRecord>, LockOutcome) {
     let mut rec = match rec {
-        Some(r) if is_holder(&r, owner, token) => r,
+        Some(r) if is_holder(&r, session, token) => r,
         other => return not_holder(other),
     };
     let h = rec.holder.as_mut().expect("is_holder checked the holder");
@@ -125,14 +164,14 @@ pub fn release(rec: Option<LockRecord>, owner: &str, token: u64) -> (Option<Lock
 
 pub fn refresh(
     rec: Option<LockRecord>,
-    owner: &str,
+    session: SessionId,
     token: u64,
     ttl_ms: u64,
     now_ms: u64,
     term: u64,
 ) -> (Option<LockRecord>, LockOutcome) {
     let mut rec = match rec {
-        Some(r) if is_holder(&r, owner, token) => r,
+        Some(r) if is_holder(&r, session, token) => r,
         other => return not_holder(other),
     };
     let h = rec.holder.as_mut().expect("is_holder checked the holder");
@@ -162,13 +201,19 @@ pub fn expiry_due(h: &Holder, now_ms: u64, term: u64, grace_ms: u64) -> bool {
     now_ms >= deadline
 }
 
+const HOLDER_NONE: u8 = 0;
+/// A holder from before sessions (read only; its session is 0).
+const HOLDER_V1: u8 = 1;
+const HOLDER_V2: u8 = 2;
+
 /// Writes an optional holder (also used by the peer protocol).
 pub fn put_holder(w: &mut Writer, h: &Option<Holder>) {
     match h {
-        None => w.u8(0),
+        None => w.u8(HOLDER_NONE),
         Some(h) => {
-            w.u8(1);
+            w.u8(HOLDER_V2);
             w.bytes(h.owner.as_bytes());
+            w.u128(h.session);
             w.u64(h.token);
             w.u32(h.hold_count);
             w.u64(h.expires_at_ms);
@@ -179,10 +224,11 @@ pub fn put_holder(w: &mut Writer, h: &Option<Holder>) {
 
 pub fn get_holder(r: &mut Reader<'_>) -> Result<Option<Holder>, CodecError> {
     Ok(match r.u8("holder present")? {
-        0 => None,
-        1 => Some(Holder {
+        HOLDER_NONE => None,
+        tag @ (HOLDER_V1 | HOLDER_V2) => Some(Holder {
             owner: String::from_utf8(r.bytes("owner")?.to_vec())
                 .map_err(|e| CodecError::Invalid { what: "owner", detail: e.to_string() })?,
+            session: if tag == HOLDER_V2 { r.u128("session")? } else { 0 },
             token: r.u64("token")?,
             hold_count: r.u32("hold count")?,
             expires_at_ms: r.u64("expires at")?,
@@ -289,46 +335,74 @@ mod tests {
         }
     }
 
+    fn by(owner: &str, session: SessionId, ttl_ms: u64) -> AcquireBy<'_> {
+        AcquireBy { owner, session, reentry: false, ttl_ms }
+    }
+
+    fn again(owner: &str, session: SessionId, ttl_ms: u64) -> AcquireBy<'_> {
+        AcquireBy { owner, session, reentry: true, ttl_ms }
+    }
+
     #[test]
     fn tokens_strictly_increase_across_holders() {
-        let (r, o) = acquire(None, "a", 1000, 0, 5, 1);
+        let (r, o) = acquire(None, by("a", 1, 1000), 0, 5, 1);
         let t1 = granted(&o);
         assert_eq!(t1, 5);
-        let (r, _) = release(r, "a", t1);
+        let (r, _) = release(r, 1, t1);
         // A later entry with a smaller index (a range moved to a younger
         // group) still gets a larger token.
-        let (r, o) = acquire(r, "b", 1000, 0, 3, 1);
+        let (r, o) = acquire(r, by("b", 2, 1000), 0, 3, 1);
         let t2 = granted(&o);
         assert!(t2 > t1);
-        let (_, o) = acquire(r.clone(), "c", 1000, 0, 99, 1);
+        let (_, o) = acquire(r.clone(), by("c", 3, 1000), 0, 99, 1);
         assert!(matches!(o, LockOutcome::Conflict { holder: Some(h) } if h.owner == "b"));
-        let (r, _) = release(r, "b", t2);
-        let (_, o) = acquire(r, "c", 1000, 0, 99, 1);
+        let (r, _) = release(r, 2, t2);
+        let (_, o) = acquire(r, by("c", 3, 1000), 0, 99, 1);
         assert_eq!(granted(&o), 99);
     }
 
     #[test]
-    fn reentrancy_and_wrong_owner_or_token() {
-        let (r, o) = acquire(None, "a", 1000, 0, 1, 1);
+    fn reentrancy_needs_the_session_and_release_needs_session_and_token() {
+        let (r, o) = acquire(None, by("a", 7, 1000), 0, 1, 1);
         let t = granted(&o);
-        let (r, o) = acquire(r, "a", 5000, 10, 2, 1);
-        assert_eq!(o, LockOutcome::Granted { token: t, hold_count: 2, expires_at_ms: 5010 });
-        let (changed, o) = release(r.clone(), "b", t);
-        assert_eq!(changed, None, "wrong owner changes nothing");
+        let (r, o) = acquire(r, again("a", 7, 5000), 10, 2, 1);
+        assert_eq!(o, LockOutcome::Granted { token: t, hold_count: 2, expires_at_ms: 5010, session: 7 });
+        let (changed, o) = release(r.clone(), 8, t);
+        assert_eq!(changed, None, "another session changes nothing");
         assert!(matches!(o, LockOutcome::Conflict { holder: Some(h) } if h.owner == "a"), "and names the holder");
-        assert_eq!(release(r.clone(), "a", t + 1).0, None, "wrong token changes nothing");
-        let (r, o) = release(r, "a", t);
+        assert_eq!(release(r.clone(), 7, t + 1).0, None, "wrong token changes nothing");
+        assert_eq!(release(r.clone(), 0, t).0, None, "session 0 names nobody");
+        let (r, o) = release(r, 7, t);
         assert_eq!(o, LockOutcome::Released { hold_count: 1 });
-        let (r, o) = release(r, "a", t);
+        let (r, o) = release(r, 7, t);
         assert_eq!(o, LockOutcome::Released { hold_count: 0 });
         assert_eq!(r.unwrap().holder, None);
     }
 
     #[test]
-    fn refresh_and_expiry() {
-        let (r, o) = acquire(None, "a", 100, 1000, 1, 1);
+    fn two_clients_with_one_owner_label_but_no_shared_session_exclude_each_other() {
+        let (r, o) = acquire(None, by("me", 11, 1000), 0, 1, 1);
+        granted(&o);
+        let (changed, o) = acquire(r.clone(), by("me", 12, 1000), 0, 2, 1);
+        assert_eq!(changed, None);
+        assert!(matches!(o, LockOutcome::Conflict { holder: Some(h) } if h.session == 11));
+    }
+
+    #[test]
+    fn a_reentry_after_the_hold_ended_is_refused_not_granted_anew() {
+        let (r, o) = acquire(None, by("a", 5, 100), 0, 1, 1);
         let t = granted(&o);
-        let (r, o) = refresh(r, "a", t, 500, 1050, 1);
+        let (r, _) = expire(r, t, 100);
+        let (changed, o) = acquire(r, again("a", 5, 100), 200, 3, 1);
+        assert_eq!((changed, o), (None, LockOutcome::Conflict { holder: None }));
+    }
+
+    #[test]
+    fn refresh_and_expiry() {
+        let (r, o) = acquire(None, by("a", 3, 100), 1000, 1, 1);
+        let t = granted(&o);
+        assert_eq!(refresh(r.clone(), 4, t, 500, 1050, 1).0, None, "another session cannot refresh");
+        let (r, o) = refresh(r, 3, t, 500, 1050, 1);
         assert_eq!(o, LockOutcome::Refreshed { token: t, hold_count: 1, expires_at_ms: 1550 });
         assert_eq!(expire(r.clone(), t, 1549).1, LockOutcome::Expired { freed: false });
         assert_eq!(expire(r.clone(), t + 1, 2000).1, LockOutcome::Expired { freed: false });
@@ -339,7 +413,7 @@ mod tests {
 
     #[test]
     fn a_new_leader_adds_grace_to_older_leases() {
-        let h = Holder { owner: "a".into(), token: 1, hold_count: 1, expires_at_ms: 1000, granted_term: 3 };
+        let h = Holder { owner: "a".into(), session: 1, token: 1, hold_count: 1, expires_at_ms: 1000, granted_term: 3 };
         assert!(expiry_due(&h, 1000, 3, 500));
         assert!(!expiry_due(&h, 1400, 4, 500));
         assert!(expiry_due(&h, 1500, 4, 500));
@@ -362,10 +436,26 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_truncations_fail() {
-        let (r, _) = acquire(None, "owner-ü", 10, 1, 7, 2);
+        let (r, _) = acquire(None, by("owner-ü", u128::MAX - 1, 10), 1, 7, 2);
         let r = r.unwrap();
         let b = r.encode();
         assert_eq!(LockRecord::decode(&b).unwrap(), r);
+        // A record written before sessions reads with session 0.
+        let mut v1 = vec![FORMAT_V1];
+        v1.extend_from_slice(&9u64.to_be_bytes());
+        v1.push(HOLDER_V1);
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        v1.push(b'a');
+        for n in [9u64, 1, 50, 2] {
+            if n == 1 {
+                v1.extend_from_slice(&1u32.to_be_bytes());
+            } else {
+                v1.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+        let old = LockRecord::decode(&v1).unwrap();
+        let h = old.holder.unwrap();
+        assert_eq!((h.session, h.token, h.hold_count, h.expires_at_ms, h.granted_term), (0, 9, 1, 50, 2));
         for cut in 0..b.len() {
             assert!(LockRecord::decode(&b[..cut]).is_err());
         }

@@ -16,7 +16,9 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::kv::{deadline, route, unexpected};
-use crate::request::{check_lock_ttl, check_owner, check_wait, parse_lock_name, AcquireBody, HolderBody};
+use crate::request::{
+    check_lock_ttl, check_owner, check_wait, format_session, parse_lock_name, parse_session, AcquireBody, HolderBody,
+};
 use crate::ApiState;
 
 /// Largest lock request body: an owner and a few numbers.
@@ -52,25 +54,32 @@ fn conflict(
     }))
 }
 
-/// 409 for a release or refresh by an owner and token that do not hold the lock.
+/// 409 for a release, refresh or re-entry by a session and token that do
+/// not hold the lock (any more: a lease that ended frees it).
 fn not_holder(name: &str, holder: Option<Holder>, now_ms: u64) -> HttpResponse {
     conflict(
         StatusCode::CONFLICT,
         "not_holder",
-        format!("this owner and token do not hold lock {name:?}"),
+        format!("this session and token do not hold lock {name:?} (a hold ends when its lease does)"),
         holder,
         now_ms,
     )
 }
 
-fn granted(token: u64, hold_count: u32, expires_at_ms: u64, now_ms: u64) -> HttpResponse {
+/// The session is returned to the acquirer only: it is what re-enters,
+/// refreshes and releases the lock.
+fn granted(token: u64, hold_count: u32, expires_at_ms: u64, now_ms: u64, session: Option<u128>) -> HttpResponse {
     let left = remaining(expires_at_ms, now_ms);
-    HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "token": token,
         "hold_count": hold_count,
         "expires_in_ms": left,
         "lease_remaining_ms": left,
-    }))
+    });
+    if let Some(s) = session {
+        body["session"] = json!(format_session(s));
+    }
+    HttpResponse::Ok().json(body)
 }
 
 pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
@@ -80,12 +89,15 @@ pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
     check_lock_ttl(b.ttl_ms, &state.limits)?;
     let timeout = deadline(&req, &state)?;
     check_wait(b.wait_ms, timeout)?;
-    let op = ShardOp::Acquire { name: name.clone(), owner: b.owner, ttl_ms: b.ttl_ms, wait_ms: b.wait_ms };
+    let session = b.session.as_deref().map(parse_session).transpose()?;
+    let op = ShardOp::Acquire { name: name.clone(), owner: b.owner, ttl_ms: b.ttl_ms, wait_ms: b.wait_ms, session };
     match route(&state, name.clone().into_bytes(), op, timeout).await? {
         ShardReply::Outcome(Outcome::Lock { outcome, now_ms }) => match outcome {
-            LockOutcome::Granted { token, hold_count, expires_at_ms } => {
-                Ok(granted(token, hold_count, expires_at_ms, now_ms))
+            LockOutcome::Granted { token, hold_count, expires_at_ms, session } => {
+                Ok(granted(token, hold_count, expires_at_ms, now_ms, Some(session)))
             }
+            // A re-entry whose session does not hold the lock.
+            LockOutcome::Conflict { holder } if session.is_some() => Ok(not_holder(&name, holder, now_ms)),
             LockOutcome::Conflict { holder } => Ok(conflict(
                 StatusCode::CONFLICT,
                 "lock_held",
@@ -102,12 +114,12 @@ pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
 pub async fn release(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let name = parse_lock_name(req.uri().path(), Some("release"), &state.limits)?;
     let b: HolderBody = body(&raw)?;
-    check_owner(&b.owner, &state.limits)?;
+    let session = parse_session(&b.session)?;
     if b.ttl_ms.is_some() {
         return Err(ApiError::bad_request("release takes no ttl_ms"));
     }
     let timeout = deadline(&req, &state)?;
-    let cmd = Command::LockRelease { name: name.clone(), owner: b.owner, token: b.token };
+    let cmd = Command::LockRelease { name: name.clone(), session, token: b.token };
     match route(&state, name.clone().into_bytes(), ShardOp::Write(Arc::new(cmd)), timeout).await? {
         ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Released { hold_count }, .. }) => {
             Ok(HttpResponse::Ok().json(json!({ "released": true, "hold_count": hold_count, "free": hold_count == 0 })))
@@ -122,16 +134,16 @@ pub async fn release(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
 pub async fn refresh(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let name = parse_lock_name(req.uri().path(), Some("refresh"), &state.limits)?;
     let b: HolderBody = body(&raw)?;
-    check_owner(&b.owner, &state.limits)?;
+    let session = parse_session(&b.session)?;
     let ttl_ms = b.ttl_ms.ok_or_else(|| ApiError::bad_request("refresh needs ttl_ms"))?;
     check_lock_ttl(ttl_ms, &state.limits)?;
     let timeout = deadline(&req, &state)?;
-    let cmd = Command::LockRefresh { name: name.clone(), owner: b.owner, token: b.token, ttl_ms };
+    let cmd = Command::LockRefresh { name: name.clone(), session, token: b.token, ttl_ms };
     match route(&state, name.clone().into_bytes(), ShardOp::Write(Arc::new(cmd)), timeout).await? {
         ShardReply::Outcome(Outcome::Lock {
             outcome: LockOutcome::Refreshed { token, hold_count, expires_at_ms },
             now_ms,
-        }) => Ok(granted(token, hold_count, expires_at_ms, now_ms)),
+        }) => Ok(granted(token, hold_count, expires_at_ms, now_ms, None)),
         ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms }) => {
             Ok(not_holder(&name, holder, now_ms))
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use percent_encoding::percent_decode_str;
 use ringstore_shared::command::{Fence, Precondition};
 use ringstore_shared::config::Limits;
+use ringstore_shared::lock::SessionId;
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -83,19 +84,38 @@ pub fn parse_fence(h: Option<Result<&str, ()>>, limits: &Limits) -> Result<Optio
 #[derive(Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireBody {
+    /// A label for people; two clients with one label still exclude each other.
     pub owner: String,
     pub ttl_ms: u64,
     #[serde(default)]
     pub wait_ms: u64,
+    /// The session of an earlier acquire, to re-enter the lock it holds.
+    pub session: Option<String>,
 }
 
 /// Body of `release` and `refresh` (`ttl_ms` for refresh only).
 #[derive(Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HolderBody {
-    pub owner: String,
+    pub session: String,
     pub token: u64,
     pub ttl_ms: Option<u64>,
+}
+
+/// A lock session as the API shows it: 32 lowercase hex digits.
+pub fn format_session(s: SessionId) -> String {
+    format!("{s:032x}")
+}
+
+pub fn parse_session(s: &str) -> Result<SessionId, ApiError> {
+    let bad = || ApiError::bad_request("session must be the 32 hex digits an acquire returned");
+    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    match SessionId::from_str_radix(s, 16) {
+        Ok(0) | Err(_) => Err(bad()),
+        Ok(v) => Ok(v),
+    }
 }
 
 pub fn check_owner(owner: &str, limits: &Limits) -> Result<(), ApiError> {

@@ -3,7 +3,9 @@
 //!
 //! [`LockClient`] talks HTTP to any node (the cluster forwards to the
 //! leader) and rotates over its endpoints when one does not answer.
-//! A granted [`Lease`] carries the fencing token and a local deadline
+//! A granted [`Lease`] carries the lock session (what re-enters, refreshes
+//! and releases the lock; the owner string is only a label), the fencing
+//! token and a local deadline
 //! computed from a monotonic clock started *before* the request was sent,
 //! so the holder never believes in a lease longer than the leader does.
 //! Runs on an actix (tokio current-thread) runtime, like `awc`.
@@ -24,8 +26,9 @@ pub enum LockError {
     /// Held by someone else (after the wait, if any).
     #[error("lock is held by {holder:?} for another {lease_remaining_ms:?} ms")]
     Held { holder: Option<String>, lease_remaining_ms: Option<u64> },
-    /// Release or refresh by an owner/token that no longer holds the lock.
-    #[error("this owner and token no longer hold the lock (held by {holder:?})")]
+    /// Release, refresh or re-entry by a session/token that no longer
+    /// holds the lock (its lease ended).
+    #[error("this session and token no longer hold the lock (held by {holder:?})")]
     NotHolder { holder: Option<String> },
     #[error("ringstore answered {status}: {body}")]
     Server { status: u16, body: String },
@@ -37,6 +40,8 @@ pub enum LockError {
 pub struct Lease {
     pub name: String,
     pub owner: String,
+    /// 32 hex digits; never shown to anyone but this holder.
+    pub session: String,
     pub token: u64,
     pub hold_count: u32,
     /// Until when this holder may act on the lock (local monotonic clock).
@@ -59,6 +64,8 @@ struct Grant {
     token: u64,
     hold_count: u32,
     lease_remaining_ms: u64,
+    /// Only acquires answer it; a refresh keeps the lease's.
+    session: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -125,25 +132,35 @@ impl LockClient {
         Err(LockError::Transport(last))
     }
 
-    /// Acquires `name` for `owner`, waiting up to `wait` in the FIFO queue.
+    /// Acquires `name` in a new session labelled `owner`, waiting up to
+    /// `wait` in the FIFO queue.
     pub async fn acquire(&self, name: &str, owner: &str, ttl: Duration, wait: Duration) -> Result<Lease, LockError> {
         let sent = Instant::now();
         let body = json!({"owner": owner, "ttl_ms": ttl.as_millis() as u64, "wait_ms": wait.as_millis() as u64});
         let (status, bytes) = self.post(name, "acquire", body, wait).await?;
-        self.grant(name, owner, sent, status, &bytes, true)
+        self.grant(name, owner, None, sent, status, &bytes, true)
+    }
+
+    /// Acquires the lock `lease` holds once more (reentrancy): one more
+    /// hold, same token, the lease renewed to at least `ttl`.
+    pub async fn reenter(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
+        let sent = Instant::now();
+        let body = json!({"owner": lease.owner, "session": lease.session, "ttl_ms": ttl.as_millis() as u64});
+        let (status, bytes) = self.post(&lease.name, "acquire", body, Duration::ZERO).await?;
+        self.grant(&lease.name, &lease.owner, Some(&lease.session), sent, status, &bytes, false)
     }
 
     /// Extends the lease to `ttl` from now.
     pub async fn refresh(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LockError> {
         let sent = Instant::now();
-        let body = json!({"owner": lease.owner, "token": lease.token, "ttl_ms": ttl.as_millis() as u64});
+        let body = json!({"session": lease.session, "token": lease.token, "ttl_ms": ttl.as_millis() as u64});
         let (status, bytes) = self.post(&lease.name, "refresh", body, Duration::ZERO).await?;
-        self.grant(&lease.name, &lease.owner, sent, status, &bytes, false)
+        self.grant(&lease.name, &lease.owner, Some(&lease.session), sent, status, &bytes, false)
     }
 
     /// Drops one hold; returns the holds left (0: the lock is free).
     pub async fn release(&self, lease: &Lease) -> Result<u32, LockError> {
-        let body = json!({"owner": lease.owner, "token": lease.token});
+        let body = json!({"session": lease.session, "token": lease.token});
         let (status, bytes) = self.post(&lease.name, "release", body, Duration::ZERO).await?;
         match status {
             200 => {
@@ -165,10 +182,12 @@ impl LockClient {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn grant(
         &self,
         name: &str,
         owner: &str,
+        session: Option<&str>,
         sent: Instant,
         status: u16,
         bytes: &[u8],
@@ -177,9 +196,15 @@ impl LockClient {
         match status {
             200 => {
                 let g: Grant = parse(bytes)?;
+                let session = match (g.session, session) {
+                    (Some(s), _) => s,
+                    (None, Some(s)) => s.to_string(),
+                    (None, None) => return Err(server(200, b"a grant without a session")),
+                };
                 Ok(Lease {
                     name: name.to_string(),
                     owner: owner.to_string(),
+                    session,
                     token: g.token,
                     hold_count: g.hold_count,
                     valid_until: sent + Duration::from_millis(g.lease_remaining_ms),

@@ -34,14 +34,34 @@ async fn acquire(base: &str, name: &str, owner: &str, ttl_ms: u64, wait_ms: u64)
     .await
 }
 
-async fn release(base: &str, name: &str, owner: &str, token: u64) -> Resp {
-    post(base, &format!("/v1/locks/{name}/release"), json!({"owner": owner, "token": token}), 5_000).await
+/// Re-enters the lock `session` holds.
+async fn reenter(base: &str, name: &str, owner: &str, session: &str, ttl_ms: u64) -> Resp {
+    post(
+        base,
+        &format!("/v1/locks/{name}/acquire"),
+        json!({"owner": owner, "session": session, "ttl_ms": ttl_ms}),
+        5_000,
+    )
+    .await
+}
+
+async fn release(base: &str, name: &str, session: &str, token: u64) -> Resp {
+    post(base, &format!("/v1/locks/{name}/release"), json!({"session": session, "token": token}), 5_000).await
 }
 
 fn token(r: &Resp) -> u64 {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     r.json()["token"].as_u64().expect("token")
 }
+
+/// The session and token of a granted acquire.
+fn held(r: &Resp) -> (String, u64) {
+    let t = token(r);
+    (r.json()["session"].as_str().expect("session").to_string(), t)
+}
+
+/// A session no acquire issued.
+const STRANGER: &str = "0123456789abcdef0123456789abcdef";
 
 #[actix_rt::test]
 async fn twenty_clients_fifty_acquisitions_never_overlap_and_tokens_increase() {
@@ -57,7 +77,7 @@ async fn twenty_clients_fifty_acquisitions_never_overlap_and_tokens_increase() {
             let owner = format!("client-{c}");
             for _ in 0..50 {
                 let r = acquire(&url, "hot", &owner, 10_000, 15_000).await;
-                let t = token(&r);
+                let (session, t) = held(&r);
                 {
                     let mut cur = inside.borrow_mut();
                     assert_eq!(*cur, None, "{owner} entered while token {:?} was inside", *cur);
@@ -69,7 +89,7 @@ async fn twenty_clients_fifty_acquisitions_never_overlap_and_tokens_increase() {
                     *inside.borrow_mut() = None;
                     log.borrow_mut().push((t, false));
                 }
-                let r = release(&url, "hot", &owner, t).await;
+                let r = release(&url, "hot", &session, t).await;
                 assert_eq!(r.status, StatusCode::OK, "{}", r.text());
             }
         }));
@@ -91,7 +111,7 @@ async fn twenty_clients_fifty_acquisitions_never_overlap_and_tokens_increase() {
 async fn a_holder_that_stops_refreshing_loses_the_lock_to_a_waiter() {
     let tc = start(|_| {}).await;
     let url = tc.cluster.url(1).unwrap();
-    let t1 = token(&acquire(&url, "lease", "a", 400, 0).await);
+    let (s1, t1) = held(&acquire(&url, "lease", "a", 400, 0).await);
     let started = Instant::now();
     let r = acquire(&url, "lease", "b", 5_000, 8_000).await;
     let t2 = token(&r);
@@ -99,12 +119,16 @@ async fn a_holder_that_stops_refreshing_loses_the_lock_to_a_waiter() {
     assert!(started.elapsed() >= Duration::from_millis(300), "b waited for a's lease");
     assert!(r.json()["lease_remaining_ms"].as_u64().unwrap() > 4_000);
     // a's late release and refresh change nothing.
-    let r = release(&url, "lease", "a", t1).await;
+    let r = release(&url, "lease", &s1, t1).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.json()["error"]["code"], "not_holder");
     assert_eq!(r.json()["holder"], "b");
-    let r = post(&url, "/v1/locks/lease/refresh", json!({"owner": "a", "token": t1, "ttl_ms": 1000}), 5_000).await;
+    let r = post(&url, "/v1/locks/lease/refresh", json!({"session": s1, "token": t1, "ttl_ms": 1000}), 5_000).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
+    // Nor does a re-entry of the hold that ended.
+    let r = reenter(&url, "lease", "a", &s1, 1000).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert_eq!(r.error_code(), "not_holder");
     let s = call("GET", &url, "/v1/locks/lease", &[], vec![]).await;
     assert_eq!(s.json()["holder"], "b");
     assert_eq!(s.json()["token"].as_u64(), Some(t2));
@@ -116,7 +140,7 @@ async fn a_lock_survives_a_leader_crash_and_later_tokens_are_larger() {
     let leader = tc.cluster.wait_leader(Duration::from_secs(5)).await.unwrap();
     let other = tc.cluster.node_ids().into_iter().find(|i| *i != leader).unwrap();
     let url = tc.cluster.url(other).unwrap();
-    let t1 = token(&acquire(&url, "crash", "a", 3_000, 0).await);
+    let (s1, t1) = held(&acquire(&url, "crash", "a", 3_000, 0).await);
     tc.cluster.stop_node(leader).await.unwrap();
     tc.cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
     // Held by the same owner with the same token, not freed early.
@@ -127,23 +151,24 @@ async fn a_lock_survives_a_leader_crash_and_later_tokens_are_larger() {
     let r = acquire(&url, "crash", "b", 3_000, 0).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.json()["holder"], "a");
-    assert_eq!(release(&url, "crash", "a", t1).await.status, StatusCode::OK);
+    assert_eq!(release(&url, "crash", &s1, t1).await.status, StatusCode::OK);
     let t2 = token(&acquire(&url, "crash", "b", 3_000, 0).await);
     assert!(t2 > t1);
     tc.cluster.start_node(leader).await.unwrap();
 }
 
 #[actix_rt::test]
-async fn reentrancy_wrong_owner_fifo_waiters_and_wait_timeout() {
+async fn reentrancy_wrong_session_fifo_waiters_and_wait_timeout() {
     let tc = start(|_| {}).await;
     let url = tc.cluster.url(2).unwrap();
-    let t = token(&acquire(&url, "r", "a", 10_000, 0).await);
-    let again = acquire(&url, "r", "a", 10_000, 0).await;
+    let (sa, t) = held(&acquire(&url, "r", "a", 10_000, 0).await);
+    let again = reenter(&url, "r", "a", &sa, 10_000).await;
     assert_eq!(token(&again), t, "reentrant: same token");
     assert_eq!(again.json()["hold_count"], 2);
-    // Wrong owner or token: 409, nothing changes.
-    assert_eq!(release(&url, "r", "b", t).await.status, StatusCode::CONFLICT);
-    assert_eq!(release(&url, "r", "a", t + 1).await.status, StatusCode::CONFLICT);
+    assert_eq!(again.json()["session"], sa);
+    // Wrong session or token: 409, nothing changes.
+    assert_eq!(release(&url, "r", STRANGER, t).await.status, StatusCode::CONFLICT);
+    assert_eq!(release(&url, "r", &sa, t + 1).await.status, StatusCode::CONFLICT);
     let s = call("GET", &url, "/v1/locks/r", &[], vec![]).await;
     assert_eq!(s.json()["hold_count"], 2);
 
@@ -153,24 +178,24 @@ async fn reentrancy_wrong_owner_fifo_waiters_and_wait_timeout() {
     for w in ["w1", "w2", "w3"] {
         let (url, order) = (url.clone(), order.clone());
         waiters.push(actix_rt::spawn(async move {
-            let t = token(&acquire(&url, "r", w, 10_000, 15_000).await);
+            let (s, t) = held(&acquire(&url, "r", w, 10_000, 15_000).await);
             order.borrow_mut().push(w.to_string());
             actix_rt::time::sleep(Duration::from_millis(50)).await;
-            assert_eq!(release(&url, "r", w, t).await.status, StatusCode::OK);
+            assert_eq!(release(&url, "r", &s, t).await.status, StatusCode::OK);
         }));
         actix_rt::time::sleep(Duration::from_millis(150)).await;
     }
     let s = call("GET", &url, "/v1/locks/r", &[], vec![]).await;
     assert_eq!(s.json()["waiters"], json!(["w1", "w2", "w3"]));
-    assert_eq!(release(&url, "r", "a", t).await.json()["hold_count"], 1);
-    assert_eq!(release(&url, "r", "a", t).await.json()["free"], true);
+    assert_eq!(release(&url, "r", &sa, t).await.json()["hold_count"], 1);
+    assert_eq!(release(&url, "r", &sa, t).await.json()["free"], true);
     for w in waiters {
         w.await.unwrap();
     }
     assert_eq!(*order.borrow(), vec!["w1", "w2", "w3"], "FIFO");
 
     // A wait that ends without the lock: 409 with the holder and its lease.
-    let t = token(&acquire(&url, "r", "x", 10_000, 0).await);
+    let (sx, t) = held(&acquire(&url, "r", "x", 10_000, 0).await);
     let started = Instant::now();
     let r = acquire(&url, "r", "y", 10_000, 400).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
@@ -178,7 +203,37 @@ async fn reentrancy_wrong_owner_fifo_waiters_and_wait_timeout() {
     assert_eq!(r.json()["error"]["code"], "lock_held");
     assert_eq!(r.json()["holder"], "x");
     assert!(r.json()["lease_remaining_ms"].as_u64().unwrap() > 5_000);
-    assert_eq!(release(&url, "r", "x", t).await.status, StatusCode::OK);
+    assert_eq!(release(&url, "r", &sx, t).await.status, StatusCode::OK);
+}
+
+/// Issue 18, hole 3: reentrancy rested on clients picking unique owner
+/// strings; two clients both calling themselves "me" shared one lock.
+#[actix_rt::test]
+async fn two_clients_with_one_owner_label_but_no_shared_session_exclude_each_other() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    let (s1, t1) = held(&acquire(&url, "same", "me", 10_000, 0).await);
+    let r = acquire(&url, "same", "me", 10_000, 0).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "the second \"me\" is a contender: {}", r.text());
+    assert_eq!(r.error_code(), "lock_held");
+    assert_eq!(r.json()["holder"], "me");
+    assert!(r.json().get("session").is_none() && !r.text().contains(&s1), "a session is shown to its holder only");
+    let s = call("GET", &url, "/v1/locks/same", &[], vec![]).await;
+    assert_eq!(s.json()["hold_count"], 1);
+    assert!(!s.text().contains(&s1), "status never shows the session");
+    // Knowing the owner and the token (both public) does not release it.
+    let r = post(&url, "/v1/locks/same/release", json!({"owner": "me", "token": t1}), 5_000).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(release(&url, "same", STRANGER, t1).await.status, StatusCode::CONFLICT);
+    // A waiting second "me" gets it only after the first lets go.
+    let waiting = {
+        let url = url.clone();
+        actix_rt::spawn(async move { held(&acquire(&url, "same", "me", 10_000, 5_000).await) })
+    };
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(release(&url, "same", &s1, t1).await.json()["free"], true);
+    let (s2, t2) = waiting.await.unwrap();
+    assert!(s2 != s1 && t2 > t1);
 }
 
 #[actix_rt::test]
@@ -218,7 +273,12 @@ async fn bad_lock_requests_get_400_with_a_json_error() {
         ("/v1/locks/l/acquire".into(), json!({"owner": "o", "ttl_ms": 100, "extra": 1}), 5_000),
         (format!("/v1/locks/{long}/acquire"), json!({"owner": "o", "ttl_ms": 100}), 5_000),
         ("/v1/locks/l/release".into(), json!({"owner": "o"}), 5_000),
-        ("/v1/locks/l/refresh".into(), json!({"owner": "o", "token": 1}), 5_000),
+        ("/v1/locks/l/release".into(), json!({"session": STRANGER}), 5_000),
+        ("/v1/locks/l/release".into(), json!({"session": "abc", "token": 1}), 5_000),
+        ("/v1/locks/l/release".into(), json!({"session": "0".repeat(32), "token": 1}), 5_000),
+        ("/v1/locks/l/release".into(), json!({"session": "g".repeat(32), "token": 1}), 5_000),
+        ("/v1/locks/l/refresh".into(), json!({"session": STRANGER, "token": 1}), 5_000),
+        ("/v1/locks/l/acquire".into(), json!({"owner": "o", "ttl_ms": 100, "session": "xyz"}), 5_000),
         ("/v1/locks/l/acquire".into(), json!({"owner": "o".repeat(257), "ttl_ms": 100}), 5_000),
     ];
     for (path, body, timeout) in cases {
@@ -296,12 +356,12 @@ async fn ringstore_lock_runs_overlapping_commands_one_after_the_other() {
     assert_eq!(s.json()["held"], false);
 
     // Held elsewhere and not free within --wait: exit 75, command not run.
-    let t = token(&acquire(&endpoints[0], "cli", "other", 10_000, 0).await);
+    let (so, t) = held(&acquire(&endpoints[0], "cli", "other", 10_000, 0).await);
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ringstore"))
         .args(["lock", "cli", "--wait", "200ms", "--endpoints", &endpoints[1], "--", "sh", "-c", "exit 0"])
         .env("RINGSTORE_LOG", "warn")
         .spawn()
         .unwrap();
     assert_eq!(wait_child(&mut c, Duration::from_secs(10)).await.code(), Some(75));
-    assert_eq!(release(&endpoints[0], "cli", "other", t).await.status, StatusCode::OK);
+    assert_eq!(release(&endpoints[0], "cli", &so, t).await.status, StatusCode::OK);
 }

@@ -434,12 +434,19 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
             w.u8(*stale as u8);
         }
         ShardOp::Status => w.u8(3),
-        ShardOp::Acquire { name, owner, ttl_ms, wait_ms } => {
+        ShardOp::Acquire { name, owner, ttl_ms, wait_ms, session } => {
             w.u8(4);
             w.bytes(name.as_bytes());
             w.bytes(owner.as_bytes());
             w.u64(*ttl_ms);
             w.u64(*wait_ms);
+            match session {
+                None => w.u8(0),
+                Some(s) => {
+                    w.u8(1);
+                    w.u128(*s);
+                }
+            }
         }
         ShardOp::LockStatus { name } => {
             w.u8(5);
@@ -475,6 +482,11 @@ fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
             owner: string(r, "owner")?,
             ttl_ms: r.u64("ttl")?,
             wait_ms: r.u64("wait")?,
+            session: match r.u8("session present")? {
+                0 => None,
+                1 => Some(r.u128("session")?),
+                tag => return Err(CodecError::UnknownTag { what: "session present", tag }),
+            },
         },
         5 => ShardOp::LockStatus { name: string(r, "lock name")? },
         6 => ShardOp::Scan {
@@ -604,11 +616,12 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
 
 fn put_lock_outcome(w: &mut Writer, o: &LockOutcome) {
     match o {
-        LockOutcome::Granted { token, hold_count, expires_at_ms } => {
+        LockOutcome::Granted { token, hold_count, expires_at_ms, session } => {
             w.u8(1);
             w.u64(*token);
             w.u32(*hold_count);
             w.u64(*expires_at_ms);
+            w.u128(*session);
         }
         LockOutcome::Conflict { holder } => {
             w.u8(2);
@@ -637,6 +650,7 @@ fn get_lock_outcome(r: &mut Reader<'_>) -> Result<LockOutcome, CodecError> {
             token: r.u64("token")?,
             hold_count: r.u32("hold count")?,
             expires_at_ms: r.u64("expires at")?,
+            session: r.u128("session")?,
         },
         2 => LockOutcome::Conflict { holder: get_holder(r)? },
         3 => LockOutcome::Released { hold_count: r.u32("hold count")? },
@@ -982,7 +996,8 @@ mod tests {
             })),
             ShardOp::Read { key: "ключ".as_bytes().to_vec(), stale: true },
             ShardOp::Status,
-            ShardOp::Acquire { name: "n".into(), owner: "o".into(), ttl_ms: 5, wait_ms: 6 },
+            ShardOp::Acquire { name: "n".into(), owner: "o".into(), ttl_ms: 5, wait_ms: 6, session: None },
+            ShardOp::Acquire { name: "n".into(), owner: "o".into(), ttl_ms: 5, wait_ms: 6, session: Some(u128::MAX) },
             ShardOp::LockStatus { name: "n".into() },
             ShardOp::Scan { prefix: b"p/".to_vec(), after: Some(b"p/a".to_vec()), limit: 10, keys_only: true },
             ShardOp::ReadMap,
@@ -1038,6 +1053,7 @@ mod tests {
                 outcome: LockOutcome::Conflict {
                     holder: Some(Holder {
                         owner: "a".into(),
+                        session: 77,
                         token: 3,
                         hold_count: 2,
                         expires_at_ms: 9,
@@ -1047,7 +1063,7 @@ mod tests {
                 now_ms: 5,
             })),
             Ok(ShardReply::Outcome(Outcome::Lock {
-                outcome: LockOutcome::Granted { token: 1, hold_count: 1, expires_at_ms: 2 },
+                outcome: LockOutcome::Granted { token: 1, hold_count: 1, expires_at_ms: 2, session: 1 << 100 },
                 now_ms: 1,
             })),
             Ok(ShardReply::Outcome(Outcome::Fenced { lock: "l".into(), highest: 2 })),

@@ -29,7 +29,7 @@ use ringstore_shared::codec::CodecError;
 use ringstore_shared::command::{Command, Proposal};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::keys::{self, data_key};
-use ringstore_shared::lock::{FenceRecord, LockOutcome, LockRecord};
+use ringstore_shared::lock::{FenceRecord, LockOutcome, LockRecord, SessionId};
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use rocksdb::WriteBatch;
@@ -80,6 +80,7 @@ struct PendingWrite {
 struct WaitSpec {
     name: String,
     owner: String,
+    session: SessionId,
     ttl_ms: u64,
     deadline: Instant,
     /// Handed the lock from the queue: on losing a race it keeps its place.
@@ -510,7 +511,13 @@ impl StorageActor {
                 );
                 match p.wait {
                     Some(w) if held && w.deadline > Instant::now() => {
-                        let waiter = Waiter { owner: w.owner, ttl_ms: w.ttl_ms, deadline: w.deadline, reply: p.tx };
+                        let waiter = Waiter {
+                            owner: w.owner,
+                            session: w.session,
+                            ttl_ms: w.ttl_ms,
+                            deadline: w.deadline,
+                            reply: p.tx,
+                        };
                         if w.handoff {
                             self.waiters.push_front(&w.name, waiter);
                         } else {
@@ -962,8 +969,21 @@ impl StorageActor {
         let now = Instant::now();
         for name in freed {
             let Some(w) = self.waiters.pop_front(&name, now, |tx| !tx.is_closed()) else { continue };
-            let cmd = Command::LockAcquire { name: name.clone(), owner: w.owner.clone(), ttl_ms: w.ttl_ms };
-            let spec = WaitSpec { name, owner: w.owner, ttl_ms: w.ttl_ms, deadline: w.deadline, handoff: true };
+            let cmd = Command::LockAcquire {
+                name: name.clone(),
+                owner: w.owner.clone(),
+                session: w.session,
+                reentry: false,
+                ttl_ms: w.ttl_ms,
+            };
+            let spec = WaitSpec {
+                name,
+                owner: w.owner,
+                session: w.session,
+                ttl_ms: w.ttl_ms,
+                deadline: w.deadline,
+                handoff: true,
+            };
             if let Err(e) = self.propose_waiting(&cmd, Some(w.reply), Some(spec)) {
                 warn!(node = self.node, shard = self.shard, "lock handoff not proposed: {e}");
             }
@@ -1277,28 +1297,42 @@ impl Handler<ShardRequest> for StorageActor {
                 self.schedule_flush(ctx);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
-            ShardOp::Acquire { name, owner, ttl_ms, wait_ms } => {
+            ShardOp::Acquire { name, owner, ttl_ms, wait_ms, session } => {
                 if !self.is_leader() {
                     self.metrics.proposals_not_leader.inc();
                     return immediate(Err(self.not_leader()));
                 }
                 let deadline = Instant::now() + Duration::from_millis(wait_ms);
+                // A caller without a session gets a fresh one: it is a
+                // contender, whatever owner label it gives.
+                let (session, reentry) = match session {
+                    Some(s) => (s, true),
+                    None => (new_session(), false),
+                };
                 let (tx, rx) = oneshot::channel();
                 let rx = Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) });
                 if self.waiters.has_waiters(&name) {
                     // FIFO: a newcomer does not overtake the queue, unless it
                     // already holds the lock (reentrant acquire).
-                    let holds = matches!(self.lock_record(name.as_bytes()), Ok(Some(LockRecord { holder: Some(h), .. })) if h.owner == owner);
+                    let holds = matches!(self.lock_record(name.as_bytes()), Ok(Some(LockRecord { holder: Some(h), .. })) if h.session == session);
                     if !holds {
-                        if wait_ms == 0 {
+                        if wait_ms == 0 || reentry {
                             return immediate(self.lock_conflict(&name));
                         }
-                        self.waiters.push_back(&name, Waiter { owner, ttl_ms, deadline, reply: tx });
+                        self.waiters.push_back(&name, Waiter { owner, session, ttl_ms, deadline, reply: tx });
                         return rx;
                     }
                 }
-                let cmd = Command::LockAcquire { name: name.clone(), owner: owner.clone(), ttl_ms };
-                let wait = (wait_ms > 0).then_some(WaitSpec { name, owner, ttl_ms, deadline, handoff: false });
+                let cmd = Command::LockAcquire { name: name.clone(), owner: owner.clone(), session, reentry, ttl_ms };
+                // A re-entry never waits: its session holds the lock or it does not.
+                let wait = (wait_ms > 0 && !reentry).then_some(WaitSpec {
+                    name,
+                    owner,
+                    session,
+                    ttl_ms,
+                    deadline,
+                    handoff: false,
+                });
                 if let Err(e) = self.propose_waiting(&cmd, Some(tx), wait) {
                     return immediate(Err(e));
                 }
@@ -1319,6 +1353,11 @@ impl Handler<ShardRequest> for StorageActor {
             }
         }
     }
+}
+
+/// A fresh lock session: 128 random bits (never 0, which names nobody).
+fn new_session() -> SessionId {
+    rand::random::<SessionId>().max(1)
 }
 
 fn replica_gone() -> StoreError {

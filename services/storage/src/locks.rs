@@ -69,6 +69,8 @@ impl LockIndex {
 
 pub struct Waiter<T> {
     pub owner: String,
+    /// Drawn for this acquire; the holder's session if it is granted.
+    pub session: ringstore_shared::lock::SessionId,
     pub ttl_ms: u64,
     pub deadline: Instant,
     pub reply: T,
@@ -162,6 +164,7 @@ mod tests {
         LockRecord {
             holder: Some(Holder {
                 owner: "o".into(),
+                session: 1,
                 token,
                 hold_count: 1,
                 expires_at_ms: expires,
@@ -193,9 +196,18 @@ mod tests {
         let later = now + Duration::from_secs(10);
         let mut w: Waiters<u32> = Waiters::default();
         for (i, owner) in ["x", "y", "z"].iter().enumerate() {
-            w.push_back("l", Waiter { owner: owner.to_string(), ttl_ms: 1, deadline: later, reply: i as u32 });
+            w.push_back(
+                "l",
+                Waiter {
+                    owner: owner.to_string(),
+                    session: i as u128 + 1,
+                    ttl_ms: 1,
+                    deadline: later,
+                    reply: i as u32,
+                },
+            );
         }
-        w.push_back("m", Waiter { owner: "old".into(), ttl_ms: 1, deadline: now, reply: 9 });
+        w.push_back("m", Waiter { owner: "old".into(), session: 9, ttl_ms: 1, deadline: now, reply: 9 });
         assert_eq!(w.owners("l"), vec!["x", "y", "z"]);
         // `y` gave up (its reply channel is gone): skipped.
         assert_eq!(w.pop_front("l", now, |_| true).unwrap().owner, "x");

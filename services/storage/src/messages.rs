@@ -26,11 +26,14 @@ pub enum ShardOp {
     Status,
     /// Acquire a lock; with `wait_ms > 0` wait in the lock's FIFO queue (on
     /// the leader) until granted or the wait ends.
+    /// `session`: the caller's, to re-enter a lock it holds; `None` for
+    /// a new hold (the leader issues a session).
     Acquire {
         name: String,
         owner: String,
         ttl_ms: u64,
         wait_ms: u64,
+        session: Option<ringstore_shared::lock::SessionId>,
     },
     /// The lock's record and waiters, linearizable (leader, ReadIndex).
     LockStatus {
