@@ -260,6 +260,30 @@ impl LockRecord {
     }
 }
 
+/// Why a fencing token is refused before its write is even tried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("lock {lock:?} has never been held, so it issued no token")]
+    NoSuchLock { lock: String },
+    #[error("lock {lock:?} never issued token {token}: the highest it issued is {last_token}")]
+    NotIssued { lock: String, token: u64, last_token: u64 },
+}
+
+/// Whether `token` can have been issued by the lock whose record is `rec`
+/// (read linearizably after the token was handed out, so a real token is
+/// at most `last_token`; tokens only grow and records are never deleted).
+/// A token above it, or for a lock that never existed, is forged or
+/// mistaken, and would fence the key against the lock's real holder.
+pub fn check_issued(lock: &str, rec: Option<&LockRecord>, token: u64) -> Result<(), TokenError> {
+    match rec {
+        None => Err(TokenError::NoSuchLock { lock: lock.to_string() }),
+        Some(r) if token > r.last_token => {
+            Err(TokenError::NotIssued { lock: lock.to_string(), token, last_token: r.last_token })
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// Highest fencing token per lock name that wrote one data key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FenceRecord {
@@ -417,6 +441,20 @@ mod tests {
         assert!(expiry_due(&h, 1000, 3, 500));
         assert!(!expiry_due(&h, 1400, 4, 500));
         assert!(expiry_due(&h, 1500, 4, 500));
+    }
+
+    #[test]
+    fn only_issued_tokens_pass() {
+        let (r, o) = acquire(None, by("a", 1, 100), 0, 13, 1);
+        let r = r.unwrap();
+        let t = granted(&o);
+        assert_eq!(check_issued("n", Some(&r), t), Ok(()));
+        assert_eq!(check_issued("n", Some(&r), t - 1), Ok(()), "older tokens were issued (and fences refuse them)");
+        assert_eq!(
+            check_issued("n", Some(&r), 999),
+            Err(TokenError::NotIssued { lock: "n".into(), token: 999, last_token: 13 })
+        );
+        assert_eq!(check_issued("x", None, 5), Err(TokenError::NoSuchLock { lock: "x".into() }));
     }
 
     #[test]

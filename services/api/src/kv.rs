@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use ringstore_router::Route;
 use ringstore_shared::apply::Outcome;
-use ringstore_shared::command::Command;
+use ringstore_shared::command::{Command, Fence};
+use ringstore_shared::lock;
 use ringstore_shared::StoreError;
 use ringstore_storage::{ShardOp, ShardReply};
 use serde_json::json;
@@ -25,6 +27,39 @@ pub(crate) fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str,
 /// The request deadline; parsed with the other headers, before any body is read.
 pub(crate) fn deadline(req: &HttpRequest, state: &ApiState) -> Result<Duration, ApiError> {
     parse_timeout(header(req.headers(), "x-request-timeout"), &state.limits)
+}
+
+/// A fenced write's token must have been issued by its lock: a linearizable
+/// read of the lock's record (on the lock's own shard, usually not the
+/// key's) refuses a token above the lock's `last_token` or of a lock that
+/// never existed, before the write can move the key's fence. A token handed
+/// to a client was committed before the client could send it, so the read
+/// sees it; see docs/ARCHITECTURE.md ("Fencing tokens must be issued").
+async fn check_token_issued(state: &ApiState, fence: &Fence, timeout: Duration) -> Result<(), ApiError> {
+    let op = ShardOp::LockStatus { name: fence.lock.clone() };
+    match route(state, fence.lock.clone().into_bytes(), op, timeout).await? {
+        ShardReply::Lock { record, .. } => lock::check_issued(&fence.lock, record.as_ref(), fence.token).map_err(|e| {
+            crate::ops::UNKNOWN_TOKENS.inc();
+            ApiError::new(StatusCode::CONFLICT, "unknown_token", e.to_string())
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Checks `fence` (if any), then routes the write in what is left of `timeout`.
+async fn fenced_write(
+    state: &ApiState,
+    key: Vec<u8>,
+    fence: Option<&Fence>,
+    cmd: Command,
+    timeout: Duration,
+) -> Result<ShardReply, ApiError> {
+    let start = std::time::Instant::now();
+    if let Some(f) = fence {
+        check_token_issued(state, f, timeout).await?;
+    }
+    let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+    route(state, key, ShardOp::Write(Arc::new(cmd)), left).await
 }
 
 pub(crate) async fn route(
@@ -80,8 +115,9 @@ pub async fn put(
     let fence = parse_fence(header(req.headers(), "fencing-token"), &state.limits)?;
     let timeout = deadline(&req, &state)?;
     let value = read_body(&req, payload, state.limits.value_bytes_max).await?;
+    let checked = fence.clone();
     let cmd = Command::Put { key: key.clone(), value, ttl_ms: q.ttl_ms, cond, fence };
-    match route(&state, key, ShardOp::Write(Arc::new(cmd)), timeout).await? {
+    match fenced_write(&state, key, checked.as_ref(), cmd, timeout).await? {
         ShardReply::Outcome(Outcome::Written { version }) => {
             Ok(HttpResponse::Ok().insert_header(etag(version)).json(json!({ "version": version })))
         }
@@ -122,8 +158,9 @@ pub async fn delete(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), false)?;
     let fence = parse_fence(header(req.headers(), "fencing-token"), &state.limits)?;
     let timeout = deadline(&req, &state)?;
+    let checked = fence.clone();
     let cmd = Command::Delete { key: key.clone(), cond, fence };
-    match route(&state, key, ShardOp::Write(Arc::new(cmd)), timeout).await? {
+    match fenced_write(&state, key, checked.as_ref(), cmd, timeout).await? {
         ShardReply::Outcome(Outcome::Deleted { version }) => {
             Ok(HttpResponse::Ok().json(json!({ "deleted": true, "version": version })))
         }

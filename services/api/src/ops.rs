@@ -26,6 +26,16 @@ static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("registers once")
 });
 
+/// Fenced writes refused because their lock never issued the token:
+/// forged tokens, or a client confusing locks. Worth an alert.
+pub(crate) static UNKNOWN_TOKENS: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "ringstore_fencing_unknown_tokens_total",
+        "Fenced writes refused (409 unknown_token): the token is above its lock's last_token, or the lock never existed"
+    )
+    .expect("registers once")
+});
+
 static HTTP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "ringstore_http_request_duration_seconds",
@@ -89,6 +99,8 @@ pub async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError
 }
 
 pub async fn metrics() -> HttpResponse {
+    // Exported from the first scrape, so an alert sees 0, not absence.
+    LazyLock::force(&UNKNOWN_TOKENS);
     let mut buf = Vec::new();
     let families = prometheus::gather();
     if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {

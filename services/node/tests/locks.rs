@@ -206,6 +206,48 @@ async fn reentrancy_wrong_session_fifo_waiters_and_wait_timeout() {
     assert_eq!(release(&url, "r", &sx, t).await.status, StatusCode::OK);
 }
 
+/// Issue 18, hole 1: a token the lock never issued was accepted and moved
+/// the key's fence past the real holder's token, locking it out.
+#[actix_rt::test]
+async fn forged_future_and_unknown_lock_tokens_are_refused_and_do_not_move_the_fence() {
+    let mut tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    let (_, t) = held(&acquire(&url, "nightly", "job", 60_000, 0).await);
+    let put = |url: String, token: String, body: &'static str| async move {
+        call("PUT", &url, "/v1/kv/report2", &[("fencing-token", &token)], body.as_bytes().to_vec()).await
+    };
+    assert_eq!(put(url.clone(), format!("nightly:{t}"), "real-1").await.status, StatusCode::OK);
+    for forged in [format!("nightly:{}", t + 1), "nightly:999999".to_string(), "nosuchlock:5".to_string()] {
+        let r = put(url.clone(), forged.clone(), "forged").await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{forged}: {}", r.text());
+        assert_eq!(r.error_code(), "unknown_token", "{forged}");
+        let r = call("DELETE", &url, "/v1/kv/report2", &[("fencing-token", &forged)], vec![]).await;
+        assert_eq!(r.error_code(), "unknown_token", "{forged}");
+    }
+    assert_eq!(get(&url, "report2").await.body, b"real-1", "nothing forged was written");
+    // The fence did not move: the real holder still writes, also through
+    // another node and after the lock's leader changes.
+    let other = tc.cluster.url(2).unwrap();
+    assert_eq!(put(other.clone(), format!("nightly:{t}"), "real-2").await.status, StatusCode::OK);
+    let leader = tc.cluster.wait_leader(Duration::from_secs(5)).await.unwrap();
+    tc.cluster.stop_node(leader).await.unwrap();
+    let alive = tc.cluster.node_ids().into_iter().find(|i| *i != leader).unwrap();
+    let url = tc.cluster.url(alive).unwrap();
+    let r = call(
+        "PUT",
+        &url,
+        "/v1/kv/report2",
+        &[("fencing-token", &format!("nightly:{t}")), ("x-request-timeout", "20000")],
+        b"real-3".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(put(url.clone(), format!("nightly:{}", t + 1), "forged").await.error_code(), "unknown_token");
+    let m = call("GET", &url, "/metrics", &[], vec![]).await.text();
+    assert!(m.contains("ringstore_fencing_unknown_tokens_total"), "the refusals are counted");
+    tc.cluster.start_node(leader).await.unwrap();
+}
+
 /// Issue 18, hole 3: reentrancy rested on clients picking unique owner
 /// strings; two clients both calling themselves "me" shared one lock.
 #[actix_rt::test]
