@@ -56,6 +56,13 @@ PANELS = [
         ('sum by (node, peer) (increase(ringstore_peer_connects_total{result!="ok"}[5m]))', "failed connects {{node}} -> {{peer}} /5m"),
         ('sum by (reason) (increase(ringstore_peer_refused_total[5m]))', "refused {{reason}} /5m"),
         ('min by (node, peer) (ringstore_peer_connected)', "connected {{node}} -> {{peer}}")]),
+    ("Peer links under faults: silent peers, ping RTT p99, relays, fast 503s", "short", [
+        ('sum by (node, peer) (increase(ringstore_peer_link_silent_total[5m]))', "silent {{node}} -> {{peer}} /5m"),
+        ('histogram_quantile(0.99, sum by (le, node, peer) (rate(ringstore_peer_ping_rtt_seconds_bucket[1m])))', "ping p99 s {{node}} -> {{peer}}"),
+        ('sum by (node) (rate(ringstore_peer_relayed_requests_total[1m]))', "relayed/s node {{node}}"),
+        ('sum by (node) (rate(ringstore_router_leaderless_fast_fails_total[1m]))', "leaderless 503/s node {{node}}")]),
+    ("Fenced writes refused: unknown tokens", "short", [
+        ('sum (increase(ringstore_fencing_unknown_tokens_total[5m]))', "unknown_token /5m")]),
     ("Forwarded requests and snapshot chunks", "ops", [
         ('sum by (node) (rate(ringstore_peer_forwarded_requests_total[1m]))', "forwarded/s node {{node}}"),
         ('sum by (direction) (rate(ringstore_peer_snapshot_chunks_total[1m]))', "snapshot chunks/s {{direction}}")]),

@@ -188,6 +188,8 @@ impl PeerTransport {
         for (peer, addr, rx, state) in receivers {
             arbiter.spawn(run_link(shared.clone(), peer, addr, rx, state));
         }
+        // Exported from the start, so rate() and alerts see 0, not absence.
+        PEER.relayed.with_label_values(&[&cfg.node.to_string()]);
         info!(node = cfg.node, %bound, peers = ?cfg.peers, "peer transport started");
         Ok((PeerTransport { shared }, bound))
     }
