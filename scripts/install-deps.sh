@@ -16,6 +16,9 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 # system the load generator compares against.
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# The partition tests cut links between node processes with iptables
+# rules in a chain of their own (they need root, as CI runs).
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # The lock benchmark compares with a single Redis (SET NX PX + Lua release).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 
