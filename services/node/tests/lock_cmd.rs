@@ -13,6 +13,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
+use ringstore_client::LockError;
 use ringstore_testkit::ProcCluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringstore");
@@ -160,10 +161,22 @@ async fn ringstore_lock_stops_its_command_before_a_lease_it_cannot_renew_is_gran
     let pid = read_when_written(&dir.join("pid"), Duration::from_secs(20)).await;
     f.c.pause(talks_to).unwrap();
     // Another client, through another node, waits for the lock.
+    // Its first try may be forwarded to the paused node (if it led the
+    // lock's shard) and come back 503, outcome unknown; it tries again,
+    // as a client honouring Retry-After does.
     let client = ringstore_client::LockClient::new(vec![f.c.url(other)]);
-    let next = client.acquire("lost", "next", Duration::from_secs(5), Duration::from_secs(20)).await;
+    let start = Instant::now();
+    let next = loop {
+        match client.acquire("lost", "next", Duration::from_secs(5), Duration::from_secs(10)).await {
+            Ok(l) => break l,
+            Err(e @ (LockError::Server { status: 503, .. } | LockError::Transport(_))) => {
+                assert!(start.elapsed() < Duration::from_secs(30), "not granted within 30 s: {e}");
+                actix_rt::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the lock is granted once the lease ends: {e}"),
+        }
+    };
     let granted_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let next = next.expect("the lock is granted once the lease ends");
     let stopped_ns: u128 = read_when_written(&dir.join("stopped"), Duration::from_secs(1)).await.parse().unwrap();
     assert!(
         stopped_ns < granted_ns,
