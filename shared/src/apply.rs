@@ -6,9 +6,54 @@
 //! the same inputs and so writes the same bytes.
 
 use crate::cluster_map::ClusterMap;
+use crate::codec::{CodecError, Reader, Writer};
 use crate::command::{Command, Fence, Precondition, Proposal};
+use crate::keys;
 use crate::lock::{self, FenceRecord, LockOutcome, LockRecord};
 use crate::value::StoredValue;
+
+/// How long (by entry stamps, leader clock) a shard remembers what a
+/// request id's write did: longer than any client deadline (60 s at most)
+/// plus a leader change, so a router retrying a write whose outcome it
+/// lost always finds the first try's answer instead of applying it twice.
+pub const REQUEST_RETENTION_MS: u64 = 120_000;
+
+/// What a request id's write did, kept for [`REQUEST_RETENTION_MS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub expires_at_ms: u64,
+    pub outcome: Outcome,
+}
+
+const REQUEST_RECORD_V1: u8 = 1;
+
+impl RequestRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(32);
+        w.u8(REQUEST_RECORD_V1);
+        w.u64(self.expires_at_ms);
+        self.outcome.put(&mut w);
+        w.buf
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(b);
+        let f = r.u8("request record format")?;
+        if f != REQUEST_RECORD_V1 {
+            return Err(CodecError::UnsupportedFormat(f));
+        }
+        let expires_at_ms = r.u64("request expiry")?;
+        let outcome = Outcome::get(&mut r)?;
+        r.finish()?;
+        Ok(RequestRecord { expires_at_ms, outcome })
+    }
+
+    /// Only the expiry, without decoding the outcome (the sweep's check).
+    pub fn decode_expiry(b: &[u8]) -> Option<u64> {
+        let bytes = b.get(1..9)?;
+        (b[0] == REQUEST_RECORD_V1).then(|| u64::from_be_bytes(bytes.try_into().unwrap_or_default()))
+    }
+}
 
 /// The replica state `decide` reads: values, lock records and fences, and
 /// (meta shard) the cluster map.
@@ -19,6 +64,10 @@ pub trait State {
     /// The epoch of the stored cluster map; 0 when there is none.
     fn map_epoch(&mut self) -> u64 {
         0
+    }
+    /// The record of a request id at `key` (a `keys::request_key`).
+    fn request(&mut self, _key: &[u8]) -> Option<RequestRecord> {
+        None
     }
 }
 
@@ -107,6 +156,89 @@ pub enum Effect {
     PutMap {
         map: Vec<u8>,
     },
+    /// Remember what a request id's write did (`key`: a `data` family key).
+    PutRequest {
+        key: Vec<u8>,
+        record: RequestRecord,
+    },
+    /// Forget a request id whose record expired.
+    DeleteRequest {
+        key: Vec<u8>,
+    },
+}
+
+impl Outcome {
+    /// Writes the outcome (request records and the peer protocol).
+    pub fn put(&self, w: &mut Writer) {
+        match self {
+            Outcome::Written { version } => {
+                w.u8(1);
+                w.u64(*version);
+            }
+            Outcome::Deleted { version } => {
+                w.u8(2);
+                w.u64(*version);
+            }
+            Outcome::NotFound => w.u8(3),
+            Outcome::PreconditionFailed { current } => {
+                w.u8(4);
+                match current {
+                    None => w.u8(0),
+                    Some(v) => {
+                        w.u8(1);
+                        w.u64(*v);
+                    }
+                }
+            }
+            Outcome::Expired { count } => {
+                w.u8(5);
+                w.u64(*count as u64);
+            }
+            Outcome::Lock { outcome, now_ms } => {
+                w.u8(6);
+                lock::put_lock_outcome(w, outcome);
+                w.u64(*now_ms);
+            }
+            Outcome::Fenced { lock, highest } => {
+                w.u8(7);
+                w.bytes(lock.as_bytes());
+                w.u64(*highest);
+            }
+            Outcome::MapSet { epoch } => {
+                w.u8(8);
+                w.u64(*epoch);
+            }
+            Outcome::MapConflict { current } => {
+                w.u8(9);
+                w.u64(*current);
+            }
+        }
+    }
+
+    pub fn get(r: &mut Reader<'_>) -> Result<Self, CodecError> {
+        Ok(match r.u8("outcome")? {
+            1 => Outcome::Written { version: r.u64("version")? },
+            2 => Outcome::Deleted { version: r.u64("version")? },
+            3 => Outcome::NotFound,
+            4 => Outcome::PreconditionFailed {
+                current: match r.u8("current present")? {
+                    0 => None,
+                    1 => Some(r.u64("current version")?),
+                    tag => return Err(CodecError::UnknownTag { what: "current present", tag }),
+                },
+            },
+            5 => Outcome::Expired { count: r.u64("count")? as usize },
+            6 => Outcome::Lock { outcome: lock::get_lock_outcome(r)?, now_ms: r.u64("now")? },
+            7 => Outcome::Fenced {
+                lock: String::from_utf8(r.bytes("lock")?.to_vec())
+                    .map_err(|e| CodecError::Invalid { what: "lock", detail: e.to_string() })?,
+                highest: r.u64("highest")?,
+            },
+            8 => Outcome::MapSet { epoch: r.u64("epoch")? },
+            9 => Outcome::MapConflict { current: r.u64("epoch")? },
+            tag => return Err(CodecError::UnknownTag { what: "outcome", tag }),
+        })
+    }
 }
 
 fn live(v: Option<StoredValue>, now_ms: u64) -> Option<StoredValue> {
@@ -139,7 +271,28 @@ fn fence_check(state: &mut impl State, key: &[u8], fence: &Option<Fence>) -> Res
 
 /// Applies `proposal`, committed at Raft `index` in `term`, to `state`.
 /// Consumes the proposal so values move without copying.
+///
+/// A proposal carrying a request id that this shard has seen already (a
+/// router retried a write whose first answer it lost, at a new leader)
+/// changes nothing and answers what the first did. A new one is applied
+/// and its outcome remembered beside its key, so it moves with the key's
+/// range and rides in snapshots.
 pub fn decide(proposal: Proposal, index: u64, term: u64, state: &mut impl State) -> (Vec<Effect>, Outcome) {
+    let remembered =
+        proposal.request.zip(proposal.cmd.routing_key()).map(|(id, routing_key)| keys::request_key(routing_key, id));
+    let Some(key) = remembered else {
+        return decide_command(proposal, index, term, state);
+    };
+    if let Some(first) = state.request(&key) {
+        return (Vec::new(), first.outcome);
+    }
+    let expires_at_ms = proposal.stamp_ms.saturating_add(REQUEST_RETENTION_MS);
+    let (mut effects, outcome) = decide_command(proposal, index, term, state);
+    effects.push(Effect::PutRequest { key, record: RequestRecord { expires_at_ms, outcome: outcome.clone() } });
+    (effects, outcome)
+}
+
+fn decide_command(proposal: Proposal, index: u64, term: u64, state: &mut impl State) -> (Vec<Effect>, Outcome) {
     let now = proposal.stamp_ms;
     let lock_effect = |name: String, rec: Option<LockRecord>| rec.map(|record| Effect::PutLock { name, record });
     match proposal.cmd {
@@ -199,6 +352,16 @@ pub fn decide(proposal: Proposal, index: u64, term: u64, state: &mut impl State)
             let count = effects.len();
             (effects, Outcome::Expired { count })
         }
+        Command::ForgetRequests { keys } => {
+            let effects: Vec<Effect> = keys
+                .into_iter()
+                .filter(|k| keys::is_request_key(k))
+                .filter(|k| state.request(k).is_some_and(|r| now >= r.expires_at_ms))
+                .map(|key| Effect::DeleteRequest { key })
+                .collect();
+            let count = effects.len();
+            (effects, Outcome::Expired { count })
+        }
         Command::LockAcquire { name, owner, session, reentry, ttl_ms } => {
             let by = lock::AcquireBy { owner: &owner, session, reentry, ttl_ms };
             let (rec, outcome) = lock::acquire(state.lock(&name), by, now, index, term);
@@ -239,12 +402,13 @@ mod tests {
     fn put(key: &str, cond: Precondition, ttl: Option<u64>, stamp: u64) -> Proposal {
         Proposal {
             stamp_ms: stamp,
+            request: None,
             cmd: Command::Put { key: key.into(), value: b"v".to_vec(), ttl_ms: ttl, cond, fence: None },
         }
     }
 
     fn del(key: &str, cond: Precondition, stamp: u64) -> Proposal {
-        Proposal { stamp_ms: stamp, cmd: Command::Delete { key: key.into(), cond, fence: None } }
+        Proposal { stamp_ms: stamp, request: None, cmd: Command::Delete { key: key.into(), cond, fence: None } }
     }
 
     /// A tiny state machine over HashMaps, to run sequences of commands.
@@ -254,8 +418,12 @@ mod tests {
         HashMap<String, LockRecord>,
         HashMap<Vec<u8>, FenceRecord>,
         Option<ClusterMap>,
+        HashMap<Vec<u8>, RequestRecord>,
     );
     impl State for Sm {
+        fn request(&mut self, key: &[u8]) -> Option<RequestRecord> {
+            self.4.get(key).cloned()
+        }
         fn map_epoch(&mut self) -> u64 {
             self.3.as_ref().map_or(0, |m| m.epoch)
         }
@@ -289,6 +457,12 @@ mod tests {
                         self.2.insert(key, record);
                     }
                     Effect::PutMap { map } => self.3 = Some(ClusterMap::decode(&map).unwrap()),
+                    Effect::PutRequest { key, record } => {
+                        self.4.insert(key, record);
+                    }
+                    Effect::DeleteRequest { key } => {
+                        self.4.remove(&key);
+                    }
                 }
             }
             outcome
@@ -298,6 +472,7 @@ mod tests {
     fn fenced_put(key: &str, lock: &str, token: u64) -> Proposal {
         Proposal {
             stamp_ms: 0,
+            request: None,
             cmd: Command::Put {
                 key: key.into(),
                 value: token.to_string().into_bytes(),
@@ -317,6 +492,7 @@ mod tests {
         assert_eq!(sm.0[b"k".as_slice()].data, b"9", "the successor's value stays");
         let stale_delete = Proposal {
             stamp_ms: 0,
+            request: None,
             cmd: Command::Delete {
                 key: b"k".to_vec(),
                 cond: Precondition::Always,
@@ -334,6 +510,7 @@ mod tests {
         let mut sm = Sm::default();
         let acq = |owner: &str| Proposal {
             stamp_ms: 100,
+            request: None,
             cmd: Command::LockAcquire {
                 name: "n".into(),
                 owner: owner.into(),
@@ -350,23 +527,101 @@ mod tests {
             Outcome::Lock { outcome: LockOutcome::Conflict { holder: Some(h) }, .. } => assert_eq!(h.owner, "a"),
             o => panic!("{o:?}"),
         }
-        let rel =
-            Proposal { stamp_ms: 100, cmd: Command::LockRelease { name: "n".into(), session: b'b' as u128, token } };
+        let rel = Proposal {
+            stamp_ms: 100,
+            request: None,
+            cmd: Command::LockRelease { name: "n".into(), session: b'b' as u128, token },
+        };
         match sm.run(rel, 9) {
             Outcome::Lock { outcome: LockOutcome::Conflict { holder: Some(h) }, .. } => assert_eq!(h.owner, "a"),
             o => panic!("wrong owner must conflict and name the holder: {o:?}"),
         }
-        let exp = Proposal { stamp_ms: 149, cmd: Command::LockExpire { name: "n".into(), token } };
+        let exp = Proposal { stamp_ms: 149, request: None, cmd: Command::LockExpire { name: "n".into(), token } };
         assert_eq!(
             sm.run(exp.clone(), 10),
             Outcome::Lock { outcome: LockOutcome::Expired { freed: false }, now_ms: 149 }
         );
-        let exp = Proposal { stamp_ms: 150, ..exp };
+        let exp = Proposal { stamp_ms: 150, request: None, ..exp };
         assert_eq!(sm.run(exp, 11), Outcome::Lock { outcome: LockOutcome::Expired { freed: true }, now_ms: 150 });
         let Outcome::Lock { outcome: LockOutcome::Granted { token: t2, .. }, .. } = sm.run(acq("b"), 12) else {
             panic!("free after expiry")
         };
         assert!(t2 > token);
+    }
+
+    #[test]
+    fn a_retried_request_applies_once_and_answers_what_the_first_did() {
+        let mut st = Sm::default();
+        let cas = |id: u128, stamp: u64| Proposal {
+            stamp_ms: stamp,
+            request: Some(id),
+            cmd: Command::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ttl_ms: None,
+                cond: Precondition::IfAbsent,
+                fence: None,
+            },
+        };
+        assert_eq!(st.run(cas(7, 100), 5), Outcome::Written { version: 5 });
+        // The same request again (the router lost the answer): no second
+        // write, and not a precondition failure either.
+        assert_eq!(st.run(cas(7, 200), 9), Outcome::Written { version: 5 });
+        assert_eq!(st.0[&b"k".to_vec()].version, 5);
+        // Another request with the same command is a new write.
+        assert_eq!(st.run(cas(8, 300), 10), Outcome::PreconditionFailed { current: Some(5) });
+        let key = keys::request_key(b"k", 7);
+        assert_eq!(st.4[&key].expires_at_ms, 100 + REQUEST_RETENTION_MS);
+        assert_eq!(RequestRecord::decode(&st.4[&key].encode()).unwrap(), st.4[&key]);
+        assert_eq!(RequestRecord::decode_expiry(&st.4[&key].encode()), Some(100 + REQUEST_RETENTION_MS));
+
+        // Forgotten only once expired, and only request records.
+        let forget = |stamp: u64| Proposal {
+            stamp_ms: stamp,
+            request: None,
+            cmd: Command::ForgetRequests { keys: vec![key.clone(), keys::data_key(b"k")] },
+        };
+        assert_eq!(st.run(forget(100 + REQUEST_RETENTION_MS - 1), 11), Outcome::Expired { count: 0 });
+        assert_eq!(st.run(forget(100 + REQUEST_RETENTION_MS), 12), Outcome::Expired { count: 1 });
+        assert!(!st.4.contains_key(&key));
+        assert!(st.0.contains_key(b"k".as_slice()), "user data untouched");
+    }
+
+    #[test]
+    fn a_retried_lock_acquire_gets_the_first_session_not_a_second_hold() {
+        let mut st = Sm::default();
+        let acq = |session: u128| Proposal {
+            stamp_ms: 10,
+            request: Some(42),
+            cmd: Command::LockAcquire { name: "n".into(), owner: "o".into(), session, reentry: false, ttl_ms: 100 },
+        };
+        let first = st.run(acq(1), 3);
+        // The retry reached another leader, which drew another session.
+        assert_eq!(st.run(acq(2), 4), first);
+        let Outcome::Lock { outcome: LockOutcome::Granted { session, hold_count, .. }, .. } = first else { panic!() };
+        assert_eq!((session, hold_count), (1, 1));
+    }
+
+    #[test]
+    fn outcomes_round_trip() {
+        for o in [
+            Outcome::Written { version: 1 },
+            Outcome::Deleted { version: 2 },
+            Outcome::NotFound,
+            Outcome::PreconditionFailed { current: None },
+            Outcome::PreconditionFailed { current: Some(3) },
+            Outcome::Expired { count: 4 },
+            Outcome::Lock { outcome: LockOutcome::Released { hold_count: 1 }, now_ms: 5 },
+            Outcome::Fenced { lock: "l".into(), highest: 6 },
+            Outcome::MapSet { epoch: 7 },
+            Outcome::MapConflict { current: 8 },
+        ] {
+            let mut w = Writer::with_capacity(16);
+            o.put(&mut w);
+            let mut r = Reader::new(&w.buf);
+            assert_eq!(Outcome::get(&mut r).unwrap(), o);
+            assert!(r.is_empty());
+        }
     }
 
     #[test]
@@ -431,6 +686,7 @@ mod tests {
         sm.run(put("b", Precondition::Always, None, 5), 3); // rewritten, no TTL
         let p = Proposal {
             stamp_ms: 20,
+            request: None,
             cmd: Command::Expire { keys: vec![(b"a".to_vec(), 1), (b"b".to_vec(), 2), (b"c".to_vec(), 1)] },
         };
         assert_eq!(sm.run(p, 4), Outcome::Expired { count: 1 });
@@ -447,6 +703,7 @@ mod tests {
         let boot = ClusterMap::bootstrap(nodes, 4, 3).unwrap();
         let set = |expected_epoch: u64, map: &ClusterMap| Proposal {
             stamp_ms: 0,
+            request: None,
             cmd: Command::SetMap { expected_epoch, map: map.encode() },
         };
         let mut sm = Sm::default();
@@ -464,7 +721,7 @@ mod tests {
         assert_eq!(sm.run(set(1, &next), 5), Outcome::MapConflict { current: 2 });
         assert_eq!(sm.3.as_ref(), Some(&next));
         // Bytes that are not a map change nothing.
-        let junk = Proposal { stamp_ms: 0, cmd: Command::SetMap { expected_epoch: 2, map: vec![9, 9] } };
+        let junk = Proposal { stamp_ms: 0, request: None, cmd: Command::SetMap { expected_epoch: 2, map: vec![9, 9] } };
         assert_eq!(sm.run(junk, 6), Outcome::MapConflict { current: 2 });
         assert_eq!(sm.map_epoch(), 2);
     }

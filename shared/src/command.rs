@@ -5,14 +5,21 @@
 //! preconditions with that stamp, never with their own clock, so every
 //! replica reaches the same state.
 //!
-//! Format: `[format=1][stamp_ms BE8][command tag][fields...]`, byte
-//! strings length-prefixed (u32 BE). Committed entries are decoded on every
+//! Format: `[format=2][stamp_ms BE8][request present u8][request id BE16]?
+//! [command tag][fields...]` (format 1, still read, has no request id),
+//! byte strings length-prefixed (u32 BE). Committed entries are decoded on every
 //! replica, so decoding returns errors instead of panicking.
 
 use crate::codec::{CodecError, Reader, Writer};
 use crate::lock::SessionId;
 
 const FORMAT_V1: u8 = 1;
+/// Adds the request id.
+const FORMAT_V2: u8 = 2;
+
+/// Names one client write across the router's retries (random, 128 bits),
+/// so the state machine applies it at most once.
+pub type RequestId = u128;
 
 /// When a write may happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +92,18 @@ pub enum Command {
         expected_epoch: u64,
         map: Vec<u8>,
     },
+    /// From the leader's sweep: forget these request records (`data` family
+    /// keys) if they are expired at the proposal's stamp.
+    ForgetRequests {
+        keys: Vec<Vec<u8>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proposal {
     pub stamp_ms: u64,
+    /// The client write this is, if it may be retried (see `apply::decide`).
+    pub request: Option<RequestId>,
     pub cmd: Command,
 }
 
@@ -108,6 +122,7 @@ const TAG_SET_MAP: u8 = 10;
 const TAG_LOCK_ACQUIRE_SESSION: u8 = 11;
 const TAG_LOCK_RELEASE_SESSION: u8 = 12;
 const TAG_LOCK_REFRESH_SESSION: u8 = 13;
+const TAG_FORGET_REQUESTS: u8 = 14;
 
 const COND_ALWAYS: u8 = 0;
 const COND_IF_VERSION: u8 = 1;
@@ -164,18 +179,18 @@ impl Command {
             | Command::LockRelease { name, .. }
             | Command::LockRefresh { name, .. }
             | Command::LockExpire { name, .. } => Some(name.as_bytes()),
-            Command::Expire { .. } | Command::SetMap { .. } => None,
+            Command::Expire { .. } | Command::SetMap { .. } | Command::ForgetRequests { .. } => None,
         }
     }
 }
 
 impl Proposal {
     pub fn encode(&self) -> Vec<u8> {
-        Self::encode_parts(self.stamp_ms, &self.cmd)
+        Self::encode_parts(self.stamp_ms, self.request, &self.cmd)
     }
 
     /// Encodes without building a `Proposal`, so the caller keeps `cmd`.
-    pub fn encode_parts(stamp_ms: u64, cmd: &Command) -> Vec<u8> {
+    pub fn encode_parts(stamp_ms: u64, request: Option<RequestId>, cmd: &Command) -> Vec<u8> {
         let hint = match cmd {
             Command::Put { key, value, .. } => key.len() + value.len() + 64,
             Command::Delete { key, .. } => key.len() + 56,
@@ -184,10 +199,18 @@ impl Proposal {
             Command::LockExpire { name, .. } => name.len() + 32,
             Command::Expire { keys } => keys.iter().map(|(k, _)| k.len() + 12).sum::<usize>() + 24,
             Command::SetMap { map, .. } => map.len() + 32,
-        };
+            Command::ForgetRequests { keys } => keys.iter().map(|k| k.len() + 4).sum::<usize>() + 24,
+        } + 17;
         let mut w = Writer::with_capacity(hint);
-        w.u8(FORMAT_V1);
+        w.u8(FORMAT_V2);
         w.u64(stamp_ms);
+        match request {
+            None => w.u8(0),
+            Some(id) => {
+                w.u8(1);
+                w.u128(id);
+            }
+        }
         match cmd {
             Command::Put { key, value, ttl_ms, cond, fence } => {
                 w.u8(if fence.is_some() { TAG_PUT_FENCED } else { TAG_PUT });
@@ -242,6 +265,13 @@ impl Proposal {
                 w.u64(*expected_epoch);
                 w.bytes(map);
             }
+            Command::ForgetRequests { keys } => {
+                w.u8(TAG_FORGET_REQUESTS);
+                w.u32(keys.len() as u32);
+                for k in keys {
+                    w.bytes(k);
+                }
+            }
         }
         w.buf
     }
@@ -249,10 +279,18 @@ impl Proposal {
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let mut r = Reader::new(bytes);
         let format = r.u8("proposal format")?;
-        if format != FORMAT_V1 {
+        if format != FORMAT_V1 && format != FORMAT_V2 {
             return Err(CodecError::UnsupportedFormat(format));
         }
         let stamp_ms = r.u64("proposal stamp")?;
+        let request = match format {
+            FORMAT_V1 => None,
+            _ => match r.u8("request present")? {
+                0 => None,
+                1 => Some(r.u128("request id")?),
+                tag => return Err(CodecError::UnknownTag { what: "request present", tag }),
+            },
+        };
         let cmd = match r.u8("command tag")? {
             tag @ (TAG_PUT | TAG_PUT_FENCED) => {
                 let key = r.bytes("put key")?.to_vec();
@@ -322,10 +360,19 @@ impl Proposal {
             TAG_SET_MAP => {
                 Command::SetMap { expected_epoch: r.u64("map epoch")?, map: r.bytes("cluster map")?.to_vec() }
             }
+            TAG_FORGET_REQUESTS => {
+                let n = r.u32("forget count")?;
+                // Each key is at least 4 bytes of length prefix.
+                let mut keys = Vec::with_capacity((n as usize).min(bytes.len() / 4));
+                for _ in 0..n {
+                    keys.push(r.bytes("request key")?.to_vec());
+                }
+                Command::ForgetRequests { keys }
+            }
             tag => return Err(CodecError::UnknownTag { what: "command", tag }),
         };
         r.finish()?;
-        Ok(Proposal { stamp_ms, cmd })
+        Ok(Proposal { stamp_ms, request, cmd })
     }
 }
 
@@ -337,6 +384,7 @@ mod tests {
         vec![
             Proposal {
                 stamp_ms: 1,
+                request: None,
                 cmd: Command::Put {
                     key: "a/ключ".as_bytes().to_vec(),
                     value: vec![],
@@ -347,6 +395,7 @@ mod tests {
             },
             Proposal {
                 stamp_ms: u64::MAX,
+                request: None,
                 cmd: Command::Put {
                     key: b"k".to_vec(),
                     value: vec![0; 300],
@@ -357,10 +406,12 @@ mod tests {
             },
             Proposal {
                 stamp_ms: 9,
+                request: None,
                 cmd: Command::Delete { key: b"k".to_vec(), cond: Precondition::IfAbsent, fence: None },
             },
             Proposal {
                 stamp_ms: 9,
+                request: None,
                 cmd: Command::Delete {
                     key: b"k".to_vec(),
                     cond: Precondition::Always,
@@ -369,17 +420,50 @@ mod tests {
             },
             Proposal {
                 stamp_ms: 1,
+                request: None,
                 cmd: Command::LockAcquire { name: "n".into(), owner: "o".into(), session: 3, reentry: true, ttl_ms: 5 },
             },
-            Proposal { stamp_ms: 1, cmd: Command::LockRelease { name: "n".into(), session: u128::MAX, token: 5 } },
             Proposal {
                 stamp_ms: 1,
+                request: None,
+                cmd: Command::LockRelease { name: "n".into(), session: u128::MAX, token: 5 },
+            },
+            Proposal {
+                stamp_ms: 1,
+                request: None,
                 cmd: Command::LockRefresh { name: "n".into(), session: 1 << 70, token: 5, ttl_ms: 9 },
             },
-            Proposal { stamp_ms: 1, cmd: Command::LockExpire { name: "n".into(), token: 5 } },
-            Proposal { stamp_ms: 10, cmd: Command::Expire { keys: vec![(b"x".to_vec(), 3), (vec![], 4)] } },
-            Proposal { stamp_ms: 11, cmd: Command::SetMap { expected_epoch: 7, map: vec![1, 2, 3] } },
+            Proposal { stamp_ms: 1, request: None, cmd: Command::LockExpire { name: "n".into(), token: 5 } },
+            Proposal {
+                stamp_ms: 10,
+                request: None,
+                cmd: Command::Expire { keys: vec![(b"x".to_vec(), 3), (vec![], 4)] },
+            },
+            Proposal { stamp_ms: 11, request: None, cmd: Command::SetMap { expected_epoch: 7, map: vec![1, 2, 3] } },
+            Proposal {
+                stamp_ms: 12,
+                request: Some(u128::MAX - 5),
+                cmd: Command::Delete { key: b"k".to_vec(), cond: Precondition::Always, fence: None },
+            },
+            Proposal {
+                stamp_ms: 13,
+                request: Some(1),
+                cmd: Command::ForgetRequests { keys: vec![b"q".to_vec(), vec![]] },
+            },
         ]
+    }
+
+    #[test]
+    fn format_1_entries_still_decode_without_a_request_id() {
+        let mut bytes = vec![FORMAT_V1];
+        bytes.extend_from_slice(&7u64.to_be_bytes());
+        bytes.push(TAG_DELETE);
+        bytes.extend_from_slice(&1u32.to_be_bytes());
+        bytes.push(b'k');
+        bytes.push(COND_ALWAYS);
+        let p = Proposal::decode(&bytes).unwrap();
+        assert_eq!(p.request, None);
+        assert_eq!(p.cmd, Command::Delete { key: b"k".to_vec(), cond: Precondition::Always, fence: None });
     }
 
     #[test]

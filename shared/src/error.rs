@@ -15,9 +15,15 @@ pub enum StoreError {
     /// its log entry was overwritten by a new leader); safe to retry.
     #[error("proposal dropped before commit: {reason}")]
     Dropped { reason: &'static str },
-    /// No quorum, peer unreachable, or the outcome of a write is unknown.
+    /// No quorum, or no leader reachable; nothing was applied.
     #[error("unavailable: {reason}")]
     Unavailable { reason: String },
+    /// A write was delivered but its answer was lost (connection broke,
+    /// leader cut off, replica stopped): it may or may not have applied.
+    /// Only a write carrying a request id may be sent again, since the
+    /// state machine then applies it at most once.
+    #[error("outcome unknown: {reason}")]
+    OutcomeUnknown { reason: String },
     /// The key is outside the ranges this shard owns at map `epoch` (the
     /// router's map is stale, or the replica's); nothing was applied.
     #[error("shard {shard} does not own this key at map epoch {epoch}")]

@@ -38,6 +38,7 @@ pub fn split_data_key(data_key: &[u8]) -> Option<(u64, &[u8])> {
 pub const SYSTEM_PREFIX: u8 = 0xFE;
 const KIND_LOCK: u8 = b'L';
 const KIND_FENCE: u8 = b'F';
+const KIND_REQUEST: u8 = b'Q';
 
 fn system_key(point_of: &[u8], kind: u8, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(RING_POINT_LEN + 2 + rest.len());
@@ -56,6 +57,17 @@ pub fn lock_key(name: &[u8]) -> Vec<u8> {
 /// Where the fences of data key `user_key` live (beside the key).
 pub fn fence_key(user_key: &[u8]) -> Vec<u8> {
     system_key(user_key, KIND_FENCE, user_key)
+}
+
+/// Where a shard remembers what write request `id` did: beside the key
+/// (or lock name) it wrote, so the record moves with that key's range.
+pub fn request_key(routing_key: &[u8], id: u128) -> Vec<u8> {
+    system_key(routing_key, KIND_REQUEST, &id.to_be_bytes())
+}
+
+/// Whether a `data` family key is a request record.
+pub fn is_request_key(data_key: &[u8]) -> bool {
+    matches!(split_data_key(data_key), Some((_, [SYSTEM_PREFIX, KIND_REQUEST, id @ ..])) if id.len() == 16)
 }
 
 /// Whether the part after the ring point is a user key (not a lock or fence).

@@ -238,6 +238,57 @@ pub fn get_holder(r: &mut Reader<'_>) -> Result<Option<Holder>, CodecError> {
     })
 }
 
+/// Writes a lock outcome (the peer protocol and request records).
+pub fn put_lock_outcome(w: &mut Writer, o: &LockOutcome) {
+    match o {
+        LockOutcome::Granted { token, hold_count, expires_at_ms, session } => {
+            w.u8(1);
+            w.u64(*token);
+            w.u32(*hold_count);
+            w.u64(*expires_at_ms);
+            w.u128(*session);
+        }
+        LockOutcome::Conflict { holder } => {
+            w.u8(2);
+            put_holder(w, holder);
+        }
+        LockOutcome::Released { hold_count } => {
+            w.u8(3);
+            w.u32(*hold_count);
+        }
+        LockOutcome::Refreshed { token, hold_count, expires_at_ms } => {
+            w.u8(4);
+            w.u64(*token);
+            w.u32(*hold_count);
+            w.u64(*expires_at_ms);
+        }
+        LockOutcome::Expired { freed } => {
+            w.u8(5);
+            w.u8(*freed as u8);
+        }
+    }
+}
+
+pub fn get_lock_outcome(r: &mut Reader<'_>) -> Result<LockOutcome, CodecError> {
+    Ok(match r.u8("lock outcome")? {
+        1 => LockOutcome::Granted {
+            token: r.u64("token")?,
+            hold_count: r.u32("hold count")?,
+            expires_at_ms: r.u64("expires at")?,
+            session: r.u128("session")?,
+        },
+        2 => LockOutcome::Conflict { holder: get_holder(r)? },
+        3 => LockOutcome::Released { hold_count: r.u32("hold count")? },
+        4 => LockOutcome::Refreshed {
+            token: r.u64("token")?,
+            hold_count: r.u32("hold count")?,
+            expires_at_ms: r.u64("expires at")?,
+        },
+        5 => LockOutcome::Expired { freed: r.u8("freed")? != 0 },
+        tag => return Err(CodecError::UnknownTag { what: "lock outcome", tag }),
+    })
+}
+
 impl LockRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(48);

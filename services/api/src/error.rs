@@ -52,9 +52,12 @@ impl From<StoreError> for ApiError {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
-            NotLeader { .. } | Dropped { .. } | Unreachable { .. } | Unavailable { .. } | WrongShard { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
+            NotLeader { .. }
+            | Dropped { .. }
+            | Unreachable { .. }
+            | Unavailable { .. }
+            | OutcomeUnknown { .. }
+            | WrongShard { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Engine(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, e.to_string())

@@ -1,7 +1,6 @@
 //! `PUT/GET/DELETE /v1/kv/{key}`: the value is the raw body; its version
 //! (the Raft index that wrote it) is the quoted `ETag`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap};
@@ -59,7 +58,7 @@ async fn fenced_write(
         check_token_issued(state, f, timeout).await?;
     }
     let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
-    route(state, key, ShardOp::Write(Arc::new(cmd)), left).await
+    route(state, key, ShardOp::write(cmd), left).await
 }
 
 pub(crate) async fn route(

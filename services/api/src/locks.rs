@@ -3,13 +3,12 @@
 //! by the leader when it decided, so a client can set a safe deadline from
 //! its own monotonic clock taken before it sent the request.
 
-use std::sync::Arc;
-
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ringstore_shared::apply::Outcome;
 use ringstore_shared::command::Command;
 use ringstore_shared::lock::{Holder, LockOutcome};
+use ringstore_storage::messages::new_request_id;
 use ringstore_storage::{ShardOp, ShardReply};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -90,7 +89,14 @@ pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
     let timeout = deadline(&req, &state)?;
     check_wait(b.wait_ms, timeout)?;
     let session = b.session.as_deref().map(parse_session).transpose()?;
-    let op = ShardOp::Acquire { name: name.clone(), owner: b.owner, ttl_ms: b.ttl_ms, wait_ms: b.wait_ms, session };
+    let op = ShardOp::Acquire {
+        name: name.clone(),
+        owner: b.owner,
+        ttl_ms: b.ttl_ms,
+        wait_ms: b.wait_ms,
+        session,
+        request: new_request_id(),
+    };
     match route(&state, name.clone().into_bytes(), op, timeout).await? {
         ShardReply::Outcome(Outcome::Lock { outcome, now_ms }) => match outcome {
             LockOutcome::Granted { token, hold_count, expires_at_ms, session } => {
@@ -120,7 +126,7 @@ pub async fn release(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
     }
     let timeout = deadline(&req, &state)?;
     let cmd = Command::LockRelease { name: name.clone(), session, token: b.token };
-    match route(&state, name.clone().into_bytes(), ShardOp::Write(Arc::new(cmd)), timeout).await? {
+    match route(&state, name.clone().into_bytes(), ShardOp::write(cmd), timeout).await? {
         ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Released { hold_count }, .. }) => {
             Ok(HttpResponse::Ok().json(json!({ "released": true, "hold_count": hold_count, "free": hold_count == 0 })))
         }
@@ -139,7 +145,7 @@ pub async fn refresh(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
     check_lock_ttl(ttl_ms, &state.limits)?;
     let timeout = deadline(&req, &state)?;
     let cmd = Command::LockRefresh { name: name.clone(), session, token: b.token, ttl_ms };
-    match route(&state, name.clone().into_bytes(), ShardOp::Write(Arc::new(cmd)), timeout).await? {
+    match route(&state, name.clone().into_bytes(), ShardOp::write(cmd), timeout).await? {
         ShardReply::Outcome(Outcome::Lock {
             outcome: LockOutcome::Refreshed { token, hold_count, expires_at_ms },
             now_ms,

@@ -189,7 +189,7 @@ async fn stale_router_is_corrected_by_the_meta_shard(tc: &TestCluster, urls: &[S
             cond: Precondition::Always,
             fence: None,
         };
-        let r = router.send(route(key, ShardOp::Write(Arc::new(cmd)), None)).await.unwrap();
+        let r = router.send(route(key, ShardOp::write(cmd), None)).await.unwrap();
         assert!(matches!(r, Ok(ShardReply::Outcome(Outcome::Written { .. }))), "stale-{i}: {r:?}");
     }
     assert_eq!(cell.epoch(), 1, "the router now routes by the meta shard's map");

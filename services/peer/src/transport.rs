@@ -297,7 +297,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn replica_stopped() -> StoreError {
-    StoreError::Unavailable { reason: "replica stopped before answering; outcome unknown".into() }
+    StoreError::OutcomeUnknown { reason: "replica stopped before answering".into() }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -630,7 +630,7 @@ fn drop_outgoing(shared: &Shared, peer: NodeId, o: Outgoing, pending: &PendingMa
 fn fail_pending(pending: &PendingMap, peer: NodeId) {
     for (_, p) in lock(pending).drain() {
         let err = if p.write {
-            StoreError::Unavailable { reason: format!("connection to node {peer} lost; outcome unknown") }
+            StoreError::OutcomeUnknown { reason: format!("connection to node {peer} lost") }
         } else {
             StoreError::Unreachable { node: peer }
         };

@@ -18,8 +18,8 @@
 use raft::eraftpb::Message as RaftMessage;
 use ringstore_shared::apply::Outcome;
 use ringstore_shared::codec::{CodecError, Reader, Writer};
-use ringstore_shared::command::{Command, Proposal};
-use ringstore_shared::lock::{get_holder, put_holder, LockOutcome, LockRecord};
+use ringstore_shared::command::Proposal;
+use ringstore_shared::lock::LockRecord;
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult};
@@ -424,9 +424,9 @@ fn get_opt(r: &mut Reader<'_>, what: &'static str) -> Result<Option<u64>, CodecE
 
 fn put_op(w: &mut Writer, op: &ShardOp) {
     match op {
-        ShardOp::Write(cmd) => {
+        ShardOp::Write { cmd, request } => {
             w.u8(1);
-            w.bytes(&Proposal::encode_parts(0, cmd));
+            w.bytes(&Proposal::encode_parts(0, Some(*request), cmd));
         }
         ShardOp::Read { key, stale } => {
             w.u8(2);
@@ -434,8 +434,9 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
             w.u8(*stale as u8);
         }
         ShardOp::Status => w.u8(3),
-        ShardOp::Acquire { name, owner, ttl_ms, wait_ms, session } => {
+        ShardOp::Acquire { name, owner, ttl_ms, wait_ms, session, request } => {
             w.u8(4);
+            w.u128(*request);
             w.bytes(name.as_bytes());
             w.bytes(owner.as_bytes());
             w.u64(*ttl_ms);
@@ -472,12 +473,15 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
 fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
     Ok(match r.u8("op")? {
         1 => {
-            let cmd: Command = Proposal::decode(r.bytes("command")?)?.cmd;
-            ShardOp::Write(std::sync::Arc::new(cmd))
+            let p = Proposal::decode(r.bytes("command")?)?;
+            let request =
+                p.request.ok_or(CodecError::Invalid { what: "forwarded write", detail: "no request id".into() })?;
+            ShardOp::Write { cmd: std::sync::Arc::new(p.cmd), request }
         }
         2 => ShardOp::Read { key: r.bytes("key")?.to_vec(), stale: r.u8("stale")? != 0 },
         3 => ShardOp::Status,
         4 => ShardOp::Acquire {
+            request: r.u128("request id")?,
             name: string(r, "lock name")?,
             owner: string(r, "owner")?,
             ttl_ms: r.u64("ttl")?,
@@ -510,43 +514,7 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
     match reply {
         ShardReply::Outcome(o) => {
             w.u8(1);
-            match o {
-                Outcome::Written { version } => {
-                    w.u8(1);
-                    w.u64(*version);
-                }
-                Outcome::Deleted { version } => {
-                    w.u8(2);
-                    w.u64(*version);
-                }
-                Outcome::NotFound => w.u8(3),
-                Outcome::PreconditionFailed { current } => {
-                    w.u8(4);
-                    put_opt(w, *current);
-                }
-                Outcome::Expired { count } => {
-                    w.u8(5);
-                    w.u64(*count as u64);
-                }
-                Outcome::Lock { outcome, now_ms } => {
-                    w.u8(6);
-                    put_lock_outcome(w, outcome);
-                    w.u64(*now_ms);
-                }
-                Outcome::Fenced { lock, highest } => {
-                    w.u8(7);
-                    w.bytes(lock.as_bytes());
-                    w.u64(*highest);
-                }
-                Outcome::MapSet { epoch } => {
-                    w.u8(8);
-                    w.u64(*epoch);
-                }
-                Outcome::MapConflict { current } => {
-                    w.u8(9);
-                    w.u64(*current);
-                }
-            }
+            o.put(w);
         }
         ShardReply::Value { value, applied_index } => {
             w.u8(2);
@@ -614,70 +582,9 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
     }
 }
 
-fn put_lock_outcome(w: &mut Writer, o: &LockOutcome) {
-    match o {
-        LockOutcome::Granted { token, hold_count, expires_at_ms, session } => {
-            w.u8(1);
-            w.u64(*token);
-            w.u32(*hold_count);
-            w.u64(*expires_at_ms);
-            w.u128(*session);
-        }
-        LockOutcome::Conflict { holder } => {
-            w.u8(2);
-            put_holder(w, holder);
-        }
-        LockOutcome::Released { hold_count } => {
-            w.u8(3);
-            w.u32(*hold_count);
-        }
-        LockOutcome::Refreshed { token, hold_count, expires_at_ms } => {
-            w.u8(4);
-            w.u64(*token);
-            w.u32(*hold_count);
-            w.u64(*expires_at_ms);
-        }
-        LockOutcome::Expired { freed } => {
-            w.u8(5);
-            w.u8(*freed as u8);
-        }
-    }
-}
-
-fn get_lock_outcome(r: &mut Reader<'_>) -> Result<LockOutcome, CodecError> {
-    Ok(match r.u8("lock outcome")? {
-        1 => LockOutcome::Granted {
-            token: r.u64("token")?,
-            hold_count: r.u32("hold count")?,
-            expires_at_ms: r.u64("expires at")?,
-            session: r.u128("session")?,
-        },
-        2 => LockOutcome::Conflict { holder: get_holder(r)? },
-        3 => LockOutcome::Released { hold_count: r.u32("hold count")? },
-        4 => LockOutcome::Refreshed {
-            token: r.u64("token")?,
-            hold_count: r.u32("hold count")?,
-            expires_at_ms: r.u64("expires at")?,
-        },
-        5 => LockOutcome::Expired { freed: r.u8("freed")? != 0 },
-        tag => return Err(CodecError::UnknownTag { what: "lock outcome", tag }),
-    })
-}
-
 fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
     Ok(match r.u8("reply")? {
-        1 => ShardReply::Outcome(match r.u8("outcome")? {
-            1 => Outcome::Written { version: r.u64("version")? },
-            2 => Outcome::Deleted { version: r.u64("version")? },
-            3 => Outcome::NotFound,
-            4 => Outcome::PreconditionFailed { current: get_opt(r, "current version")? },
-            5 => Outcome::Expired { count: r.u64("count")? as usize },
-            6 => Outcome::Lock { outcome: get_lock_outcome(r)?, now_ms: r.u64("now")? },
-            7 => Outcome::Fenced { lock: string(r, "lock")?, highest: r.u64("highest")? },
-            8 => Outcome::MapSet { epoch: r.u64("epoch")? },
-            9 => Outcome::MapConflict { current: r.u64("epoch")? },
-            tag => return Err(CodecError::UnknownTag { what: "outcome", tag }),
-        }),
+        1 => ShardReply::Outcome(Outcome::get(r)?),
         2 => {
             let value = match r.u8("value present")? {
                 0 => None,
@@ -765,6 +672,10 @@ fn put_error(w: &mut Writer, e: &StoreError) {
             w.u8(3);
             w.bytes(reason.as_bytes());
         }
+        StoreError::OutcomeUnknown { reason } => {
+            w.u8(15);
+            w.bytes(reason.as_bytes());
+        }
         StoreError::Unreachable { node } => {
             w.u8(4);
             w.u64(*node);
@@ -846,6 +757,7 @@ fn get_error(r: &mut Reader<'_>) -> Result<StoreError, CodecError> {
         12 => StoreError::Internal(string(r, "message")?),
         13 => StoreError::Fenced { lock: string(r, "lock")?, highest: r.u64("highest")? },
         14 => StoreError::WrongShard { shard: r.u64("shard")?, epoch: r.u64("epoch")? },
+        15 => StoreError::OutcomeUnknown { reason: string(r, "reason")? },
         tag => return Err(CodecError::UnknownTag { what: "error", tag }),
     })
 }
@@ -855,8 +767,8 @@ mod tests {
     use std::sync::Arc;
 
     use raft::eraftpb::{Entry, MessageType, Snapshot};
-    use ringstore_shared::command::Precondition;
-    use ringstore_shared::lock::Holder;
+    use ringstore_shared::command::{Command, Precondition};
+    use ringstore_shared::lock::{Holder, LockOutcome};
 
     use super::*;
 
@@ -987,17 +899,27 @@ mod tests {
     #[test]
     fn requests_and_responses_round_trip() {
         let ops = [
-            ShardOp::Write(Arc::new(Command::Put {
-                key: b"k".to_vec(),
-                value: vec![1, 2, 3],
-                ttl_ms: Some(5),
-                cond: Precondition::IfVersion(9),
-                fence: None,
-            })),
+            ShardOp::Write {
+                cmd: Arc::new(Command::Put {
+                    key: b"k".to_vec(),
+                    value: vec![1, 2, 3],
+                    ttl_ms: Some(5),
+                    cond: Precondition::IfVersion(9),
+                    fence: None,
+                }),
+                request: 17,
+            },
             ShardOp::Read { key: "ключ".as_bytes().to_vec(), stale: true },
             ShardOp::Status,
-            ShardOp::Acquire { name: "n".into(), owner: "o".into(), ttl_ms: 5, wait_ms: 6, session: None },
-            ShardOp::Acquire { name: "n".into(), owner: "o".into(), ttl_ms: 5, wait_ms: 6, session: Some(u128::MAX) },
+            ShardOp::Acquire { name: "n".into(), owner: "o".into(), ttl_ms: 5, wait_ms: 6, session: None, request: 1 },
+            ShardOp::Acquire {
+                name: "n".into(),
+                owner: "o".into(),
+                ttl_ms: 5,
+                wait_ms: 6,
+                session: Some(u128::MAX),
+                request: u128::MAX,
+            },
             ShardOp::LockStatus { name: "n".into() },
             ShardOp::Scan { prefix: b"p/".to_vec(), after: Some(b"p/a".to_vec()), limit: 10, keys_only: true },
             ShardOp::ReadMap,
@@ -1039,6 +961,7 @@ mod tests {
             Err(StoreError::NotLeader { shard: 1, hint: Some(3) }),
             Err(StoreError::Dropped { reason: "entry replaced by a new leader" }),
             Err(StoreError::Unavailable { reason: "x".into() }),
+            Err(StoreError::OutcomeUnknown { reason: "y".into() }),
             Err(StoreError::Overloaded { queued: 5, limit: 4 }),
             Err(StoreError::PreconditionFailed { current: Some(2) }),
             Err(StoreError::TooLarge { what: "value", len: 2, max: 1 }),

@@ -32,7 +32,7 @@ pub use crate::map::MapCell;
 use crate::retry::{next_step, Step};
 
 /// Every `reason` label of `ringstore_router_retries_total`.
-pub(crate) const RETRY_REASONS: [&str; 4] = ["not_leader", "dropped", "unreachable", "wrong_shard"];
+pub(crate) const RETRY_REASONS: [&str; 5] = ["not_leader", "dropped", "unreachable", "wrong_shard", "outcome_unknown"];
 
 pub(crate) static FAST_FAILS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -46,7 +46,7 @@ pub(crate) static FAST_FAILS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub(crate) static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "ringstore_router_retries_total",
-        "Requests the router sent again (reason=not_leader, dropped, unreachable, wrong_shard)",
+        "Requests the router sent again (reason=not_leader, dropped, unreachable, wrong_shard, outcome_unknown)",
         &["node", "reason"]
     )
     .expect("registers once")
@@ -219,6 +219,8 @@ pub async fn send_to_shard(
     let status = matches!(op, ShardOp::Status);
     let local_only = matches!(op, ShardOp::Read { stale: true, .. }) || (status && members.contains(&node));
     let changes_nothing = op.changes_nothing();
+    // Writes carry a request id the state machine deduplicates.
+    let idempotent = changes_nothing || op.request().is_some();
     let local_leader = || hints.get(shard).and_then(|h| h.leader);
     let grace = hints.election_timeout() / LEADERLESS_GRACE_DIVISOR;
     let mut target = if local_only {
@@ -248,7 +250,7 @@ pub async fn send_to_shard(
             }
             Err(_) => return Err(StoreError::Timeout { timeout_ms }),
         };
-        match next_step(&result, target, &members, attempt, local_only, local_leader()) {
+        match next_step(&result, target, &members, attempt, local_only, local_leader(), idempotent) {
             Step::Done => {
                 if result.is_ok() && !local_only && !status {
                     leader.store(target, Ordering::Relaxed);

@@ -153,7 +153,7 @@ async fn sync_inner(
         }
         (None, Some(boot)) => {
             let cmd = Command::SetMap { expected_epoch: 0, map: boot.encode() };
-            let op = ShardOp::Write(Arc::new(cmd));
+            let op = ShardOp::write(cmd);
             match send_to_shard(cell, &table, transport, META_SHARD, op, deadline).await? {
                 ShardReply::Outcome(Outcome::MapSet { epoch }) => {
                     info!(node = cell.node, epoch, "wrote the bootstrap cluster map to the meta shard");

@@ -35,7 +35,10 @@ fn next_member(members: &[NodeId], current: NodeId) -> NodeId {
 
 /// `local_leader` is the leader this node's own replica of the shard knows
 /// now, if any: fresher than a hint in an old answer, and the first place to
-/// try when the answer named nobody.
+/// try when the answer named nobody. `idempotent`: sending the request
+/// again cannot apply it twice (it changes nothing, or it is a write whose
+/// request id the state machine deduplicates), so an answer lost on the way
+/// is retried too.
 pub fn next_step(
     result: &ShardResult,
     target: NodeId,
@@ -43,6 +46,7 @@ pub fn next_step(
     attempt: u32,
     local_only: bool,
     local_leader: Option<NodeId>,
+    idempotent: bool,
 ) -> Step {
     let err = match result {
         Ok(_) => return Step::Done,
@@ -65,6 +69,11 @@ pub fn next_step(
         // Never delivered: try another member.
         StoreError::Unreachable { .. } => {
             Step::Retry { to: elsewhere(), backoff: backoff(attempt), reason: "unreachable" }
+        }
+        // Delivered, answer lost (a leader cut off, a link that fell
+        // silent): the leader is most likely elsewhere now.
+        StoreError::OutcomeUnknown { .. } if idempotent => {
+            Step::Retry { to: elsewhere(), backoff: backoff(attempt), reason: "outcome_unknown" }
         }
         _ => Step::Done,
     }
@@ -93,22 +102,22 @@ mod tests {
     #[test]
     fn follows_a_leader_hint_immediately() {
         assert_eq!(
-            next_step(&nl(Some(3)), 1, M, 0, false, None),
+            next_step(&nl(Some(3)), 1, M, 0, false, None, false),
             Step::Retry { to: 3, backoff: Duration::ZERO, reason: "not_leader" }
         );
     }
 
     #[test]
     fn without_a_hint_rotates_with_growing_bounded_backoff() {
-        let s0 = next_step(&nl(None), 3, M, 0, false, None);
+        let s0 = next_step(&nl(None), 3, M, 0, false, None, false);
         assert_eq!(s0, Step::Retry { to: 1, backoff: Duration::from_millis(5), reason: "not_leader" });
-        let Step::Retry { backoff, .. } = next_step(&nl(None), 1, M, 30, false, None) else { panic!() };
+        let Step::Retry { backoff, .. } = next_step(&nl(None), 1, M, 30, false, None, false) else { panic!() };
         assert_eq!(backoff, BACKOFF_MAX);
     }
 
     #[test]
     fn a_hint_pointing_at_the_target_itself_is_not_followed_blindly() {
-        let Step::Retry { to, .. } = next_step(&nl(Some(2)), 2, M, 0, false, None) else { panic!() };
+        let Step::Retry { to, .. } = next_step(&nl(Some(2)), 2, M, 0, false, None, false) else { panic!() };
         assert_eq!(to, 3);
     }
 
@@ -116,30 +125,43 @@ mod tests {
     fn outcomes_that_may_have_applied_are_never_retried() {
         for e in [
             StoreError::Timeout { timeout_ms: 1 },
-            StoreError::Unavailable { reason: "replica stopped; outcome unknown".into() },
+            StoreError::Unavailable { reason: "no quorum".into() },
+            StoreError::OutcomeUnknown { reason: "replica stopped".into() },
             StoreError::PreconditionFailed { current: Some(1) },
             StoreError::NotFound,
         ] {
-            assert_eq!(next_step(&Err(e), 1, M, 0, false, None), Step::Done);
+            assert_eq!(next_step(&Err(e), 1, M, 0, false, None, false), Step::Done);
         }
+    }
+
+    #[test]
+    fn a_lost_answer_is_retried_only_when_a_retry_cannot_apply_twice() {
+        let lost = Err(StoreError::OutcomeUnknown { reason: "connection lost".into() });
+        assert_eq!(next_step(&lost, 1, M, 0, false, None, false), Step::Done);
+        assert!(matches!(
+            next_step(&lost, 1, M, 0, false, Some(3), true),
+            Step::Retry { to: 3, reason: "outcome_unknown", .. }
+        ));
+        let timeout = Err(StoreError::Timeout { timeout_ms: 5 });
+        assert_eq!(next_step(&timeout, 1, M, 0, false, None, true), Step::Done, "the deadline is the client's");
     }
 
     #[test]
     fn dropped_and_unreachable_are_retried() {
         let d = Err(StoreError::Dropped { reason: "x" });
-        assert!(matches!(next_step(&d, 1, M, 0, false, None), Step::Retry { to: 1, .. }));
+        assert!(matches!(next_step(&d, 1, M, 0, false, None, false), Step::Retry { to: 1, .. }));
         let u = Err(StoreError::Unreachable { node: 2 });
-        assert!(matches!(next_step(&u, 2, M, 0, false, None), Step::Retry { to: 3, .. }));
+        assert!(matches!(next_step(&u, 2, M, 0, false, None, false), Step::Retry { to: 3, .. }));
     }
 
     #[test]
     fn what_the_local_replica_knows_beats_rotation_but_not_a_fresh_hint() {
         let u = Err(StoreError::Unreachable { node: 1 });
-        assert!(matches!(next_step(&u, 1, M, 0, false, Some(3)), Step::Retry { to: 3, .. }));
+        assert!(matches!(next_step(&u, 1, M, 0, false, Some(3), false), Step::Retry { to: 3, .. }));
         // The local view still names the node that just failed: rotate.
-        assert!(matches!(next_step(&u, 1, M, 0, false, Some(1)), Step::Retry { to: 2, .. }));
-        assert!(matches!(next_step(&nl(None), 2, M, 0, false, Some(1)), Step::Retry { to: 1, .. }));
-        assert!(matches!(next_step(&nl(Some(2)), 1, M, 0, false, Some(3)), Step::Retry { to: 2, .. }));
+        assert!(matches!(next_step(&u, 1, M, 0, false, Some(1), false), Step::Retry { to: 2, .. }));
+        assert!(matches!(next_step(&nl(None), 2, M, 0, false, Some(1), false), Step::Retry { to: 1, .. }));
+        assert!(matches!(next_step(&nl(Some(2)), 1, M, 0, false, Some(3), false), Step::Retry { to: 2, .. }));
     }
 
     #[test]
@@ -155,6 +177,6 @@ mod tests {
 
     #[test]
     fn local_only_requests_are_not_retried() {
-        assert_eq!(next_step(&nl(None), 1, M, 0, true, None), Step::Done);
+        assert_eq!(next_step(&nl(None), 1, M, 0, true, None, false), Step::Done);
     }
 }

@@ -23,10 +23,10 @@ use actix::prelude::*;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMessage};
 use raft::{RawNode, StateRole};
-use ringstore_shared::apply::{self, Effect, Outcome};
+use ringstore_shared::apply::{self, Effect, Outcome, RequestRecord};
 use ringstore_shared::cluster_map::META_SHARD;
 use ringstore_shared::codec::CodecError;
-use ringstore_shared::command::{Command, Proposal};
+use ringstore_shared::command::{Command, Proposal, RequestId};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::keys::{self, data_key};
 use ringstore_shared::lock::{FenceRecord, LockOutcome, LockRecord, SessionId};
@@ -282,20 +282,23 @@ impl StorageActor {
         }
     }
 
+    /// Proposes one of the leader's own commands (sweeps, expiry, handoffs).
     fn propose(&mut self, cmd: &Command, reply: Option<Reply>) -> Result<(), StoreError> {
-        self.propose_waiting(cmd, reply, None)
+        self.propose_waiting(cmd, reply, None, None)
     }
 
+    /// `request`: the client write's id, so a retry of it applies once.
     fn propose_waiting(
         &mut self,
         cmd: &Command,
         reply: Option<Reply>,
         wait: Option<WaitSpec>,
+        request: Option<RequestId>,
     ) -> Result<(), StoreError> {
         // Stamps never go back, even if this leader's clock is behind the
         // previous one's: TTL decisions stay monotonic.
         let stamp_ms = self.clock.now_ms().max(self.raw.store().apply_state().applied_stamp_ms);
-        let data = Proposal::encode_parts(stamp_ms, cmd);
+        let data = Proposal::encode_parts(stamp_ms, request, cmd);
         let before = self.raw.raft.raft_log.last_index();
         if self.raw.propose(vec![], data).is_err() {
             self.metrics.proposals_dropped.inc();
@@ -548,11 +551,13 @@ impl StorageActor {
             }
         };
         apply.applied_stamp_ms = apply.applied_stamp_ms.max(proposal.stamp_ms);
-        let mut view = ApplyView { engine: &self.engine, overlay, map_epoch: self.map_epoch, err: None };
+        let mut view =
+            ApplyView { engine: &self.engine, overlay, map_epoch: self.map_epoch, err: None, retries_found: 0 };
         let (effects, outcome) = apply::decide(proposal, entry.index, entry.term, &mut view);
         if let Some(e) = view.err {
             self.fatal("reading state during apply", e);
         }
+        self.metrics.retries_deduplicated.inc_by(view.retries_found);
         if let Outcome::Expired { count } = outcome {
             self.metrics.ttl_expired_keys.inc_by(count as u64);
         }
@@ -593,6 +598,8 @@ impl StorageActor {
                     (keys::lock_key(name.as_bytes()), Some(record.encode()))
                 }
                 Effect::PutFences { key, record } => (keys::fence_key(&key), Some(record.encode())),
+                Effect::PutRequest { key, record } => (key, Some(record.encode())),
+                Effect::DeleteRequest { key } => (key, None),
             };
             match &v {
                 Some(v) => self.engine.put(batch, Cf::Data, &k, v),
@@ -683,8 +690,8 @@ impl StorageActor {
             "leadership lost: answering its writes outcome-unknown"
         );
         for (_, p) in std::mem::take(&mut self.writes) {
-            let _ = p.tx.send(Err(StoreError::Unavailable {
-                reason: format!("shard {} lost its leader on this node; outcome unknown", self.shard),
+            let _ = p.tx.send(Err(StoreError::OutcomeUnknown {
+                reason: format!("shard {} lost its leader on this node", self.shard),
             }));
         }
         self.stepped_down_at = None;
@@ -696,9 +703,8 @@ impl StorageActor {
         let covered: Vec<u64> = self.writes.range(..=index).map(|(i, _)| *i).collect();
         for i in covered {
             if let Some(p) = self.writes.remove(&i) {
-                let _ = p.tx.send(Err(StoreError::Unavailable {
-                    reason: "replica restored from a snapshot; outcome unknown".into(),
-                }));
+                let _ =
+                    p.tx.send(Err(StoreError::OutcomeUnknown { reason: "replica restored from a snapshot".into() }));
             }
         }
     }
@@ -828,6 +834,7 @@ impl StorageActor {
         let mut seen = 0usize;
         let mut last = None;
         let mut expired = Vec::new();
+        let mut forget = Vec::new();
         let res = self.engine.scan(Cf::Data, &start, &to, |k, v| {
             seen += 1;
             last = Some(k.to_vec());
@@ -836,6 +843,8 @@ impl StorageActor {
                 if h.1.is_some_and(|e| now >= e) {
                     expired.push((user.to_vec(), h.0));
                 }
+            } else if keys::is_request_key(k) && RequestRecord::decode_expiry(v).is_some_and(|e| now >= e) {
+                forget.push(k.to_vec());
             }
             seen < max
         });
@@ -858,6 +867,13 @@ impl StorageActor {
             let n = expired.len();
             if self.propose(&Command::Expire { keys: expired }, None).is_ok() {
                 debug!(node = self.node, shard = self.shard, n, "proposed expiry");
+            }
+        }
+        // Request records past their retention: no retry can come any more.
+        if !forget.is_empty() {
+            let n = forget.len();
+            if self.propose(&Command::ForgetRequests { keys: forget }, None).is_ok() {
+                debug!(node = self.node, shard = self.shard, n, "proposed forgetting request records");
             }
         }
     }
@@ -984,7 +1000,7 @@ impl StorageActor {
                 deadline: w.deadline,
                 handoff: true,
             };
-            if let Err(e) = self.propose_waiting(&cmd, Some(w.reply), Some(spec)) {
+            if let Err(e) = self.propose_waiting(&cmd, Some(w.reply), Some(spec), None) {
                 warn!(node = self.node, shard = self.shard, "lock handoff not proposed: {e}");
             }
         }
@@ -1072,6 +1088,7 @@ struct ApplyView<'a> {
     /// each, so this is current for every entry of a round.
     map_epoch: u64,
     err: Option<EngineError>,
+    retries_found: u64,
 }
 
 impl ApplyView<'_> {
@@ -1116,6 +1133,13 @@ impl apply::State for ApplyView<'_> {
     }
     fn map_epoch(&mut self) -> u64 {
         self.map_epoch
+    }
+    fn request(&mut self, key: &[u8]) -> Option<RequestRecord> {
+        let r = self.decoded(key, "request record", RequestRecord::decode);
+        // decide() asks once per write that carries a request id: a record
+        // found is a retry that found the first try's answer.
+        self.retries_found += r.is_some() as u64;
+        r
     }
 }
 
@@ -1234,7 +1258,7 @@ impl Handler<ShardRequest> for StorageActor {
         }
         let key: Option<&[u8]> = match &op {
             ShardOp::Read { key, .. } => Some(key),
-            ShardOp::Write(cmd) => cmd.routing_key(),
+            ShardOp::Write { cmd, .. } => cmd.routing_key(),
             ShardOp::Acquire { name, .. } | ShardOp::LockStatus { name } => Some(name.as_bytes()),
             ShardOp::Status | ShardOp::Scan { .. } | ShardOp::ReadMap => None,
         };
@@ -1242,7 +1266,7 @@ impl Handler<ShardRequest> for StorageActor {
             return immediate(Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch }));
         }
         let map_op = matches!(&op, ShardOp::ReadMap)
-            || matches!(&op, ShardOp::Write(c) if matches!(**c, Command::SetMap { .. }));
+            || matches!(&op, ShardOp::Write { cmd, .. } if matches!(**cmd, Command::SetMap { .. }));
         if map_op != (self.shard == META_SHARD) && !matches!(op, ShardOp::Status) {
             // The map lives in the meta shard only, and the meta shard holds
             // nothing else.
@@ -1297,7 +1321,7 @@ impl Handler<ShardRequest> for StorageActor {
                 self.schedule_flush(ctx);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
-            ShardOp::Acquire { name, owner, ttl_ms, wait_ms, session } => {
+            ShardOp::Acquire { name, owner, ttl_ms, wait_ms, session, request } => {
                 if !self.is_leader() {
                     self.metrics.proposals_not_leader.inc();
                     return immediate(Err(self.not_leader()));
@@ -1333,19 +1357,19 @@ impl Handler<ShardRequest> for StorageActor {
                     deadline,
                     handoff: false,
                 });
-                if let Err(e) = self.propose_waiting(&cmd, Some(tx), wait) {
+                if let Err(e) = self.propose_waiting(&cmd, Some(tx), wait, Some(request)) {
                     return immediate(Err(e));
                 }
                 self.schedule_flush(ctx);
                 rx
             }
-            ShardOp::Write(cmd) => {
+            ShardOp::Write { cmd, request } => {
                 if !self.is_leader() {
                     self.metrics.proposals_not_leader.inc();
                     return immediate(Err(self.not_leader()));
                 }
                 let (tx, rx) = oneshot::channel();
-                if let Err(e) = self.propose(&cmd, Some(tx)) {
+                if let Err(e) = self.propose_waiting(&cmd, Some(tx), None, Some(request)) {
                     return immediate(Err(e));
                 }
                 self.schedule_flush(ctx);
@@ -1361,5 +1385,5 @@ fn new_session() -> SessionId {
 }
 
 fn replica_gone() -> StoreError {
-    StoreError::Unavailable { reason: "replica stopped before answering; outcome unknown".into() }
+    StoreError::OutcomeUnknown { reason: "replica stopped before answering".into() }
 }

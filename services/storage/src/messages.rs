@@ -5,7 +5,7 @@ use std::sync::Arc;
 use actix::Message;
 use raft::eraftpb::Message as RaftMessage;
 use ringstore_shared::apply::Outcome;
-use ringstore_shared::command::Command;
+use ringstore_shared::command::{Command, RequestId};
 use ringstore_shared::lock::LockRecord;
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
@@ -16,7 +16,12 @@ use serde::Serialize;
 pub enum ShardOp {
     /// Replicate and apply; answered after apply. `Arc` so the router can
     /// retry without copying a value of up to the value limit.
-    Write(Arc<Command>),
+    /// `request` names this write across the router's retries: the state
+    /// machine applies it at most once (see `apply::decide`).
+    Write {
+        cmd: Arc<Command>,
+        request: RequestId,
+    },
     /// `stale = false`: linearizable (ReadIndex on the leader).
     /// `stale = true`: this replica's applied state, no leader involved.
     Read {
@@ -34,6 +39,7 @@ pub enum ShardOp {
         ttl_ms: u64,
         wait_ms: u64,
         session: Option<ringstore_shared::lock::SessionId>,
+        request: RequestId,
     },
     /// The lock's record and waiters, linearizable (leader, ReadIndex).
     LockStatus {
@@ -58,9 +64,27 @@ impl ShardOp {
         match self {
             ShardOp::Read { .. } | ShardOp::Status | ShardOp::LockStatus { .. } | ShardOp::Scan { .. } => true,
             ShardOp::ReadMap => true,
-            ShardOp::Write(_) | ShardOp::Acquire { .. } => false,
+            ShardOp::Write { .. } | ShardOp::Acquire { .. } => false,
         }
     }
+
+    /// A write of `cmd` under a fresh request id.
+    pub fn write(cmd: Command) -> ShardOp {
+        ShardOp::Write { cmd: Arc::new(cmd), request: new_request_id() }
+    }
+
+    /// The request id of a write or acquire, which a router may retry.
+    pub fn request(&self) -> Option<RequestId> {
+        match self {
+            ShardOp::Write { request, .. } | ShardOp::Acquire { request, .. } => Some(*request),
+            _ => None,
+        }
+    }
+}
+
+/// 128 random bits: unique without coordination.
+pub fn new_request_id() -> RequestId {
+    rand::random()
 }
 
 #[derive(Debug, Clone)]

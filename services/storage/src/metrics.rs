@@ -32,6 +32,7 @@ pub struct RaftMetrics {
     pub snapshots: IntCounterVec,
     pub log_compactions: IntCounterVec,
     pub ttl_expired_keys: IntCounterVec,
+    pub retries_deduplicated: IntCounterVec,
     pub messages_sent: IntCounterVec,
     pub messages_dropped: IntCounterVec,
 }
@@ -130,6 +131,12 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
             ns
         )
         .expect("registers once"),
+        retries_deduplicated: register_int_counter_vec!(
+            "ringstore_requests_deduplicated_total",
+            "Writes applied once although sent again: a retry found its request id's first answer",
+            ns
+        )
+        .expect("registers once"),
         messages_sent: register_int_counter_vec!(
             "ringstore_raft_messages_sent_total",
             "Raft messages handed to the transport",
@@ -187,6 +194,7 @@ pub struct ReplicaMetrics {
     pub snapshots_applied: IntCounter,
     pub log_compactions: IntCounter,
     pub ttl_expired_keys: IntCounter,
+    pub retries_deduplicated: IntCounter,
     pub messages_sent: IntCounter,
     pub sst_bytes: IntGauge,
     pub pending_compaction_bytes: IntGauge,
@@ -222,6 +230,7 @@ impl ReplicaMetrics {
             snapshots_applied: r.snapshots.with_label_values(&[&n, &s, "applied"]),
             log_compactions: r.log_compactions.with_label_values(&ns),
             ttl_expired_keys: r.ttl_expired_keys.with_label_values(&ns),
+            retries_deduplicated: r.retries_deduplicated.with_label_values(&ns),
             messages_sent: r.messages_sent.with_label_values(&ns),
             sst_bytes: ENGINE.sst_bytes.with_label_values(&[&n]),
             pending_compaction_bytes: ENGINE.pending_compaction_bytes.with_label_values(&[&n]),

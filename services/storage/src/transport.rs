@@ -193,9 +193,7 @@ impl Transport for LocalTransport {
                 return Err(StoreError::Unreachable { node: to });
             };
             addr.send(ShardRequest(op)).await.unwrap_or_else(|_| {
-                Err(StoreError::Unavailable {
-                    reason: format!("replica of shard {shard} on node {to} stopped; outcome unknown"),
-                })
+                Err(StoreError::OutcomeUnknown { reason: format!("replica of shard {shard} on node {to} stopped") })
             })
         })
     }

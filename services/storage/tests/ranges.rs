@@ -72,13 +72,13 @@ async fn each_shard_serves_and_snapshots_only_its_ranges() {
         let key = format!("key-{i}").into_bytes();
         let owner = if hash64(&key) < HALF { 1 } else { 2 };
         let put = |k: Vec<u8>| {
-            ShardOp::Write(Arc::new(Command::Put {
+            ShardOp::write(Command::Put {
                 key: k,
                 value: b"v".to_vec(),
                 ttl_ms: None,
                 cond: Precondition::Always,
                 fence: None,
-            }))
+            })
         };
         let other = 3 - owner;
         let r = actors[other - 1].send(ShardRequest(put(key.clone()))).await.unwrap();
