@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use raft::Storage as _;
 use ringstore_shared::command::{Command, Precondition};
 use ringstore_shared::hash::hash64;
-use ringstore_shared::keys::split_data_key;
+use ringstore_shared::keys::{is_request_key, is_user_key, split_data_key};
 use ringstore_shared::{ShardId, StoreError};
 use ringstore_storage::clock::SystemClock;
 use ringstore_storage::log_store::LogStore;
@@ -93,7 +93,12 @@ async fn each_shard_serves_and_snapshots_only_its_ranges() {
         let (store, _) = LogStore::open(engine.clone(), shard, &[1], Arc::new(ranges(shard))).unwrap();
         let snap = store.snapshot(0, 2).unwrap();
         let data = SnapshotData::decode(&snap.data).unwrap();
-        assert_eq!(data.kvs.len(), mine[shard as usize], "shard {shard} snapshot holds exactly its keys");
+        let users = data.kvs.iter().filter(|(k, _)| split_data_key(k).is_some_and(|(_, u)| is_user_key(u))).count();
+        assert_eq!(users, mine[shard as usize], "shard {shard} snapshot holds exactly its keys");
+        // Each put's request record rides along (a retry after a snapshot
+        // install still finds its first answer).
+        let requests = data.kvs.iter().filter(|(k, _)| is_request_key(k)).count();
+        assert_eq!(requests, mine[shard as usize], "shard {shard} snapshot holds its request records");
         for (k, _) in &data.kvs {
             let (point, _) = split_data_key(k).unwrap();
             assert!(ranges(shard)[0].contains(&point));
