@@ -273,6 +273,10 @@ fn summarize(
         .collect();
     victim_err.sort_by(f64::total_cmp);
     let victim_answered = calls.iter().filter(|c| c.node == victim && c.sent >= fault_at && c.sent < heal_at).count();
+    let majority_errors = calls
+        .iter()
+        .filter(|c| majority.contains(&c.node) && c.sent >= fault_at && c.sent < heal_at && c.status != 200)
+        .count();
     let mut by_status: std::collections::BTreeMap<u16, usize> = Default::default();
     for c in calls.iter().filter(|c| c.sent >= fault_at && c.sent < heal_at) {
         *by_status.entry(c.status).or_default() += 1;
@@ -293,6 +297,7 @@ fn summarize(
         percentile(&victim_err, 0.99),
         victim_answered
     );
+    println!("  requests to the majority nodes during the fault that failed: {majority_errors}");
     println!("  requests sent during the fault by status (0: no answer, 1: shed): {by_status:?}");
     if let Some(p) = &args.plot {
         let buckets = ((heal_at + Duration::from_secs(args.after_secs) - t0).as_millis() / 100) as usize + 1;
@@ -334,6 +339,7 @@ fn summarize(
         "longest_gap_ms": gap.as_secs_f64() * 1000.0,
         "majority_ok_per_s_before": before, "majority_ok_per_s_during": during,
         "majority_ratio": during / before.max(f64::MIN_POSITIVE),
+        "majority_errors": majority_errors,
         "faulted_node_5xx": victim_err.len(),
         "faulted_node_5xx_p50_ms": percentile(&victim_err, 0.5),
         "faulted_node_5xx_p99_ms": percentile(&victim_err, 0.99),

@@ -264,12 +264,14 @@ pub async fn send_to_shard(
                 }
                 target = to;
                 let reachable = members.iter().filter(|m| transport.reachable(node, **m)).count();
-                if retry::give_up_leaderless(
-                    hints.leaderless_for(shard, Instant::now().into_std()),
-                    grace,
-                    reachable,
-                    members.len(),
-                ) {
+                let local = match (hints.get(shard), hints.leaderless_for(shard, Instant::now().into_std())) {
+                    (_, Some(d)) => retry::LocalLeader::None(d),
+                    (Some(h), None) if h.leader.is_some_and(|l| l != node && !transport.reachable(node, l)) => {
+                        retry::LocalLeader::CutOff
+                    }
+                    _ => retry::LocalLeader::Fine,
+                };
+                if retry::give_up_leaderless(local, grace, reachable, members.len()) {
                     FAST_FAILS.with_label_values(&[&node.to_string()]).inc();
                     return Err(StoreError::Unavailable {
                         reason: format!(

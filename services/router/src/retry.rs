@@ -79,14 +79,32 @@ pub fn next_step(
     }
 }
 
+/// What this node's own replica of a shard says about its leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalLeader {
+    /// No local replica, or it leads, or its leader is reachable.
+    Fine,
+    /// It knows a leader on another node that this node cannot reach.
+    CutOff,
+    /// It has known no leader for this long.
+    None(Duration),
+}
+
 /// Whether a request should stop waiting for a leader and answer 503 now:
-/// this node's replica of the shard has known no leader for longer than
-/// `grace` (an election here would have ended by then), and this node
-/// reaches fewer than a majority of the shard's `members` (itself
-/// included), so no leader can be reached through it either. A node that
-/// still reaches a majority keeps trying: a leader may be one relay away.
-pub fn give_up_leaderless(leaderless_for: Option<Duration>, grace: Duration, reachable: usize, members: usize) -> bool {
-    leaderless_for.is_some_and(|d| d >= grace) && reachable * 2 <= members
+/// this node reaches fewer than a majority of the shard's `members`
+/// (itself included), so no election can end on its side and no leader on
+/// the other side can be reached through it; and its replica's leader is
+/// on the other side, or it has known none for longer than `grace` (an
+/// election would have ended by then). A node that still reaches a
+/// majority keeps trying: a leader may be one relay away.
+pub fn give_up_leaderless(local: LocalLeader, grace: Duration, reachable: usize, members: usize) -> bool {
+    let cut_off = reachable * 2 <= members;
+    cut_off
+        && match local {
+            LocalLeader::Fine => false,
+            LocalLeader::CutOff => true,
+            LocalLeader::None(d) => d >= grace,
+        }
 }
 
 #[cfg(test)]
@@ -167,12 +185,15 @@ mod tests {
     #[test]
     fn a_cut_off_node_gives_up_after_the_grace_a_connected_one_never() {
         let g = Duration::from_millis(500);
-        assert!(!give_up_leaderless(None, g, 1, 3), "a known leader");
-        assert!(!give_up_leaderless(Some(Duration::from_millis(200)), g, 1, 3), "an election may still end");
-        assert!(give_up_leaderless(Some(g), g, 1, 3));
-        assert!(!give_up_leaderless(Some(g * 10), g, 2, 3), "reaches a majority: a leader may be a relay away");
-        assert!(give_up_leaderless(Some(g), g, 2, 5));
-        assert!(!give_up_leaderless(Some(g), g, 3, 5));
+        let none = |ms| LocalLeader::None(Duration::from_millis(ms));
+        assert!(!give_up_leaderless(LocalLeader::Fine, g, 1, 3), "a reachable leader, or this node leads");
+        assert!(!give_up_leaderless(none(200), g, 1, 3), "an election may still end");
+        assert!(give_up_leaderless(none(500), g, 1, 3));
+        assert!(give_up_leaderless(LocalLeader::CutOff, g, 1, 3), "its leader is on the other side");
+        assert!(!give_up_leaderless(none(5000), g, 2, 3), "reaches a majority: a leader may be a relay away");
+        assert!(!give_up_leaderless(LocalLeader::CutOff, g, 2, 3));
+        assert!(give_up_leaderless(none(500), g, 2, 5));
+        assert!(!give_up_leaderless(none(500), g, 3, 5));
     }
 
     #[test]
