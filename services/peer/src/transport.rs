@@ -30,7 +30,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -102,9 +102,19 @@ struct Link {
     tx: mpsc::Sender<Outgoing>,
     pending: PendingMap,
     metrics: Arc<LinkMetrics>,
-    /// Connected and heard from within the link timeout. While false,
-    /// nothing is queued for the peer: senders learn at once.
-    up: Arc<AtomicBool>,
+    /// Connected and heard from within the link timeout ([`LINK_UP`])?
+    /// Only then is anything queued for the peer: senders learn at once.
+    health: Arc<AtomicU8>,
+}
+
+/// Not connected yet since start (the peer may just be starting too).
+const LINK_NEW: u8 = 0;
+const LINK_UP: u8 = 1;
+/// A connection failed or fell silent: the peer is cut off or gone.
+const LINK_DOWN: u8 = 2;
+
+fn is_up(health: &AtomicU8) -> bool {
+    health.load(Ordering::Acquire) == LINK_UP
 }
 
 struct Shared {
@@ -156,14 +166,14 @@ impl PeerTransport {
             let (tx, rx) = mpsc::channel(SEND_QUEUE_CAPACITY);
             let pending: PendingMap = Arc::default();
             let metrics = Arc::new(LinkMetrics::new(cfg.node, peer));
-            let up = Arc::new(AtomicBool::new(false));
+            let health = Arc::new(AtomicU8::new(LINK_NEW));
             receivers.push((
                 peer,
                 addr.clone(),
                 rx,
-                LinkState { pending: pending.clone(), m: metrics.clone(), up: up.clone() },
+                LinkState { pending: pending.clone(), m: metrics.clone(), health: health.clone() },
             ));
-            links.insert(peer, Link { tx, pending, metrics, up });
+            links.insert(peer, Link { tx, pending, metrics, health });
         }
         let mut members: Vec<NodeId> = cfg.peers.keys().copied().collect();
         members.push(cfg.node);
@@ -226,8 +236,12 @@ impl Transport for PeerTransport {
         undelivered
     }
 
+    /// Not known to be down: a link still connecting at start counts as
+    /// reachable, so a node starting beside its peers does not think itself
+    /// cut off.
     fn reachable(&self, _from: NodeId, to: NodeId) -> bool {
-        to == self.shared.node || self.shared.links.get(&to).is_some_and(|l| l.up.load(Ordering::Acquire))
+        to == self.shared.node
+            || self.shared.links.get(&to).is_some_and(|l| l.health.load(Ordering::Acquire) != LINK_DOWN)
     }
 
     fn request(&self, _from: NodeId, to: NodeId, shard: ShardId, op: ShardOp) -> BoxFuture<'static, ShardResult> {
@@ -246,7 +260,7 @@ impl PeerTransport {
                 addr.send(ShardRequest(op)).await.unwrap_or_else(|_| Err(replica_stopped()))
             });
         }
-        let Some(link) = shared.links.get(&to).filter(|l| l.up.load(Ordering::Acquire)) else {
+        let Some(link) = shared.links.get(&to).filter(|l| is_up(&l.health)) else {
             // Unknown, or known to be down: never sent, so safe to retry
             // elsewhere at once.
             return Box::pin(async move { Err(StoreError::Unreachable { node: to }) });
@@ -274,7 +288,7 @@ impl PeerTransport {
             debug!(node = self.shared.node, to, "no link to unknown peer");
             return false;
         };
-        if !link.up.load(Ordering::Acquire) {
+        if !is_up(&link.health) {
             link.metrics.dropped_disconnected.inc();
             return false;
         }
@@ -338,7 +352,7 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, 
 struct LinkState {
     pending: PendingMap,
     m: Arc<LinkMetrics>,
-    up: Arc<AtomicBool>,
+    health: Arc<AtomicU8>,
 }
 
 async fn run_link(shared: Arc<Shared>, peer: NodeId, addr: String, mut rx: mpsc::Receiver<Outgoing>, st: LinkState) {
@@ -352,12 +366,12 @@ async fn run_link(shared: Arc<Shared>, peer: NodeId, addr: String, mut rx: mpsc:
             Ok(stream) => {
                 m.connect_ok.inc();
                 m.connected.set(1);
-                st.up.store(true, Ordering::Release);
+                st.health.store(LINK_UP, Ordering::Release);
                 info!(node, peer, %addr, "connected to peer");
                 backoff = BACKOFF_MIN;
                 last_error.clear();
                 let reason = serve_link(&shared, peer, stream, &mut rx, &st.pending, m, &mut transfer).await;
-                st.up.store(false, Ordering::Release);
+                st.health.store(LINK_DOWN, Ordering::Release);
                 m.connected.set(0);
                 fail_pending(&st.pending, peer);
                 match reason {
@@ -370,6 +384,7 @@ async fn run_link(shared: Arc<Shared>, peer: NodeId, addr: String, mut rx: mpsc:
                 }
             }
             Err(e) => {
+                st.health.store(LINK_DOWN, Ordering::Release);
                 match &e {
                     ConnError::Refused { reason: RejectReason::ClusterMismatch, .. } => {
                         m.connect_refused.inc();

@@ -236,6 +236,12 @@ pub async fn send_to_shard(
         }
     };
     for attempt in 0u32.. {
+        if !local_only && !status {
+            if let Some(e) = leaderless_here(node, hints, transport.as_ref(), shard, &members, grace) {
+                FAST_FAILS.with_label_values(&[&node.to_string()]).inc();
+                return Err(e);
+            }
+        }
         let sent = transport.request(node, target, shard, op.clone());
         let hop_deadline = match changes_nothing && !local_only && target != node {
             true => deadline.min(Instant::now() + SAFE_HOP_TIMEOUT),
@@ -263,23 +269,6 @@ pub async fn send_to_shard(
                     leader.store(0, Ordering::Relaxed);
                 }
                 target = to;
-                let reachable = members.iter().filter(|m| transport.reachable(node, **m)).count();
-                let local = match (hints.get(shard), hints.leaderless_for(shard, Instant::now().into_std())) {
-                    (_, Some(d)) => retry::LocalLeader::None(d),
-                    (Some(h), None) if h.leader.is_some_and(|l| l != node && !transport.reachable(node, l)) => {
-                        retry::LocalLeader::CutOff
-                    }
-                    _ => retry::LocalLeader::Fine,
-                };
-                if retry::give_up_leaderless(local, grace, reachable, members.len()) {
-                    FAST_FAILS.with_label_values(&[&node.to_string()]).inc();
-                    return Err(StoreError::Unavailable {
-                        reason: format!(
-                            "shard {shard} has no leader that node {node} can reach ({reachable} of {} replicas reachable)",
-                            members.len()
-                        ),
-                    });
-                }
                 if Instant::now() + backoff >= deadline {
                     // Out of time: say why the last attempt failed.
                     return match result {
@@ -295,4 +284,34 @@ pub async fn send_to_shard(
         }
     }
     unreachable!("the retry loop ends by returning")
+}
+
+/// `Some(503)` when this node can reach no leader of `shard` and no
+/// majority of its replicas: answering at once beats waiting for the
+/// deadline ([`retry::give_up_leaderless`] decides).
+fn leaderless_here(
+    node: NodeId,
+    hints: &ringstore_storage::LeaderHints,
+    transport: &dyn Transport,
+    shard: ShardId,
+    members: &[NodeId],
+    grace: Duration,
+) -> Option<StoreError> {
+    let reachable = members.iter().filter(|m| transport.reachable(node, **m)).count();
+    if reachable * 2 > members.len() {
+        return None; // the common case: nothing more to look at
+    }
+    let local = match (hints.get(shard), hints.leaderless_for(shard, Instant::now().into_std())) {
+        (_, Some(d)) => retry::LocalLeader::None(d),
+        (Some(h), None) if h.leader.is_some_and(|l| l == node || !transport.reachable(node, l)) => {
+            retry::LocalLeader::CutOff
+        }
+        _ => retry::LocalLeader::Fine,
+    };
+    retry::give_up_leaderless(local, grace, reachable, members.len()).then(|| StoreError::Unavailable {
+        reason: format!(
+            "shard {shard} has no leader that node {node} can reach ({reachable} of {} replicas reachable)",
+            members.len()
+        ),
+    })
 }

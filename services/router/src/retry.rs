@@ -84,7 +84,8 @@ pub fn next_step(
 pub enum LocalLeader {
     /// No local replica, or it leads, or its leader is reachable.
     Fine,
-    /// It knows a leader on another node that this node cannot reach.
+    /// It knows a leader on another node that this node cannot reach, or
+    /// it leads itself (and, cut off, can commit nothing).
     CutOff,
     /// It has known no leader for this long.
     None(Duration),
