@@ -272,6 +272,16 @@ fn summarize(
         .map(|c| (c.end - c.sent).as_secs_f64() * 1000.0)
         .collect();
     victim_err.sort_by(f64::total_cmp);
+    // Once the fault is noticed (link timeout, leader step-down), what is
+    // left is the fail-fast path itself.
+    let mut victim_err_late: Vec<f64> = calls
+        .iter()
+        .filter(|c| {
+            c.node == victim && c.sent >= fault_at + Duration::from_secs(2) && c.end <= heal_at && c.status >= 500
+        })
+        .map(|c| (c.end - c.sent).as_secs_f64() * 1000.0)
+        .collect();
+    victim_err_late.sort_by(f64::total_cmp);
     let victim_answered = calls.iter().filter(|c| c.node == victim && c.sent >= fault_at && c.sent < heal_at).count();
     let majority_errors = calls
         .iter()
@@ -296,6 +306,12 @@ fn summarize(
         percentile(&victim_err, 0.5),
         percentile(&victim_err, 0.99),
         victim_answered
+    );
+    println!(
+        "  of those sent from 2 s into the fault: {}, p50 {:.0} ms, p99 {:.0} ms",
+        victim_err_late.len(),
+        percentile(&victim_err_late, 0.5),
+        percentile(&victim_err_late, 0.99)
     );
     println!("  requests to the majority nodes during the fault that failed: {majority_errors}");
     println!("  requests sent during the fault by status (0: no answer, 1: shed): {by_status:?}");
@@ -343,6 +359,7 @@ fn summarize(
         "faulted_node_5xx": victim_err.len(),
         "faulted_node_5xx_p50_ms": percentile(&victim_err, 0.5),
         "faulted_node_5xx_p99_ms": percentile(&victim_err, 0.99),
+        "faulted_node_5xx_from_2s_p99_ms": percentile(&victim_err_late, 0.99),
         "by_status": by_status,
     }))
 }

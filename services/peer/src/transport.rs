@@ -104,7 +104,7 @@ struct Link {
     metrics: Arc<LinkMetrics>,
     /// Connected and heard from within the link timeout ([`LINK_UP`])?
     /// Only then is anything queued for the peer: senders learn at once.
-    health: Arc<AtomicU8>,
+    health: Arc<LinkHealth>,
 }
 
 /// Not connected yet since start (the peer may just be starting too).
@@ -112,9 +112,39 @@ const LINK_NEW: u8 = 0;
 const LINK_UP: u8 = 1;
 /// A connection failed or fell silent: the peer is cut off or gone.
 const LINK_DOWN: u8 = 2;
+/// A link down for less than this may just be reconnecting (after this
+/// process was paused, or a peer restarted): routers still count the peer
+/// as reachable rather than answer 503 at once.
+const DOWN_GRACE: Duration = Duration::from_millis(300);
 
-fn is_up(health: &AtomicU8) -> bool {
-    health.load(Ordering::Acquire) == LINK_UP
+struct LinkHealth {
+    state: AtomicU8,
+    /// Microseconds after `epoch` when the link last went down.
+    down_since_us: AtomicU64,
+    epoch: Instant,
+}
+
+impl LinkHealth {
+    fn new() -> Self {
+        LinkHealth { state: AtomicU8::new(LINK_NEW), down_since_us: AtomicU64::new(0), epoch: Instant::now() }
+    }
+    fn is_up(&self) -> bool {
+        self.state.load(Ordering::Acquire) == LINK_UP
+    }
+    fn set_up(&self) {
+        self.state.store(LINK_UP, Ordering::Release);
+    }
+    fn set_down(&self) {
+        if self.state.swap(LINK_DOWN, Ordering::AcqRel) != LINK_DOWN {
+            self.down_since_us.store(self.epoch.elapsed().as_micros() as u64, Ordering::Release);
+        }
+    }
+    /// Down for longer than [`DOWN_GRACE`].
+    fn known_down(&self) -> bool {
+        self.state.load(Ordering::Acquire) == LINK_DOWN
+            && self.epoch.elapsed().as_micros() as u64
+                > self.down_since_us.load(Ordering::Acquire) + DOWN_GRACE.as_micros() as u64
+    }
 }
 
 struct Shared {
@@ -166,7 +196,7 @@ impl PeerTransport {
             let (tx, rx) = mpsc::channel(SEND_QUEUE_CAPACITY);
             let pending: PendingMap = Arc::default();
             let metrics = Arc::new(LinkMetrics::new(cfg.node, peer));
-            let health = Arc::new(AtomicU8::new(LINK_NEW));
+            let health = Arc::new(LinkHealth::new());
             receivers.push((
                 peer,
                 addr.clone(),
@@ -236,12 +266,11 @@ impl Transport for PeerTransport {
         undelivered
     }
 
-    /// Not known to be down: a link still connecting at start counts as
-    /// reachable, so a node starting beside its peers does not think itself
-    /// cut off.
+    /// Not known to be down: a link still connecting at start, or down only
+    /// for a moment (reconnecting), counts as reachable, so a node starting
+    /// beside its peers or waking from a pause does not think itself cut off.
     fn reachable(&self, _from: NodeId, to: NodeId) -> bool {
-        to == self.shared.node
-            || self.shared.links.get(&to).is_some_and(|l| l.health.load(Ordering::Acquire) != LINK_DOWN)
+        to == self.shared.node || self.shared.links.get(&to).is_some_and(|l| !l.health.known_down())
     }
 
     fn request(&self, _from: NodeId, to: NodeId, shard: ShardId, op: ShardOp) -> BoxFuture<'static, ShardResult> {
@@ -260,7 +289,7 @@ impl PeerTransport {
                 addr.send(ShardRequest(op)).await.unwrap_or_else(|_| Err(replica_stopped()))
             });
         }
-        let Some(link) = shared.links.get(&to).filter(|l| is_up(&l.health)) else {
+        let Some(link) = shared.links.get(&to).filter(|l| l.health.is_up()) else {
             // Unknown, or known to be down: never sent, so safe to retry
             // elsewhere at once.
             return Box::pin(async move { Err(StoreError::Unreachable { node: to }) });
@@ -288,7 +317,7 @@ impl PeerTransport {
             debug!(node = self.shared.node, to, "no link to unknown peer");
             return false;
         };
-        if !is_up(&link.health) {
+        if !link.health.is_up() {
             link.metrics.dropped_disconnected.inc();
             return false;
         }
@@ -352,7 +381,7 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, 
 struct LinkState {
     pending: PendingMap,
     m: Arc<LinkMetrics>,
-    health: Arc<AtomicU8>,
+    health: Arc<LinkHealth>,
 }
 
 async fn run_link(shared: Arc<Shared>, peer: NodeId, addr: String, mut rx: mpsc::Receiver<Outgoing>, st: LinkState) {
@@ -366,12 +395,12 @@ async fn run_link(shared: Arc<Shared>, peer: NodeId, addr: String, mut rx: mpsc:
             Ok(stream) => {
                 m.connect_ok.inc();
                 m.connected.set(1);
-                st.health.store(LINK_UP, Ordering::Release);
+                st.health.set_up();
                 info!(node, peer, %addr, "connected to peer");
                 backoff = BACKOFF_MIN;
                 last_error.clear();
                 let reason = serve_link(&shared, peer, stream, &mut rx, &st.pending, m, &mut transfer).await;
-                st.health.store(LINK_DOWN, Ordering::Release);
+                st.health.set_down();
                 m.connected.set(0);
                 fail_pending(&st.pending, peer);
                 match reason {
@@ -384,7 +413,7 @@ async fn run_link(shared: Arc<Shared>, peer: NodeId, addr: String, mut rx: mpsc:
                 }
             }
             Err(e) => {
-                st.health.store(LINK_DOWN, Ordering::Release);
+                st.health.set_down();
                 match &e {
                     ConnError::Refused { reason: RejectReason::ClusterMismatch, .. } => {
                         m.connect_refused.inc();
@@ -523,6 +552,7 @@ async fn serve_link(
         })
     };
     let mut buf = Vec::with_capacity(64 * 1024);
+    let mut last_tick = Instant::now();
     loop {
         buf.clear();
         let mut snapshots = Vec::new();
@@ -538,6 +568,14 @@ async fn serve_link(
                 return Some(r.unwrap_or_else(|e| ConnError::Io(std::io::Error::other(e))));
             }
             _ = ticker.tick() => {
+                // A tick far later than due means this process did not run
+                // (SIGSTOP, a stalled machine): the peer's pongs may be
+                // waiting unread. Give them a link timeout before judging.
+                if last_tick.elapsed() > ping_every * 3 {
+                    debug!(node, peer, late = ?last_tick.elapsed(), "link ticker ran late; not judging the peer this time");
+                    heard.touch();
+                }
+                last_tick = Instant::now();
                 if let Some(e) = silent() {
                     reader.abort();
                     return Some(e);
