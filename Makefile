@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: run test deps build lint fmt bench bench-cluster
+.PHONY: run test deps build lint fmt bench bench-cluster bench-partition
 
 # Builds the whole workspace so features unify as in `make test` (building a
 # subset can re-run RocksDB's build script).
@@ -31,3 +31,7 @@ bench: deps
 # Three `ringstore node` processes beside `ringstore dev`, and failover after kill -9.
 bench-cluster: deps
 	$(ENV) loadtest/bench-cluster.sh
+
+# Availability while the busiest leader is cut off (iptables: root) or paused.
+bench-partition: deps
+	$(ENV) loadtest/bench-partition.sh
