@@ -272,18 +272,21 @@ fn fence_check(state: &mut impl State, key: &[u8], fence: &Option<Fence>) -> Res
 /// Applies `proposal`, committed at Raft `index` in `term`, to `state`.
 /// Consumes the proposal so values move without copying.
 ///
-/// A proposal carrying a request id that this shard has seen already (a
-/// router retried a write whose first answer it lost, at a new leader)
-/// changes nothing and answers what the first did. A new one is applied
-/// and its outcome remembered beside its key, so it moves with the key's
-/// range and rides in snapshots.
+/// A retry carrying a request id that this shard has seen already (a
+/// router re-sent a write whose first answer it lost, at a new leader)
+/// changes nothing and answers what the first did. Every write with an id
+/// is applied otherwise and its outcome remembered beside its key, so it
+/// moves with the key's range and rides in snapshots. A first try cannot
+/// have been seen (ids are random), so only retries are looked up.
 pub fn decide(proposal: Proposal, index: u64, term: u64, state: &mut impl State) -> (Vec<Effect>, Outcome) {
-    let remembered =
-        proposal.request.zip(proposal.cmd.routing_key()).map(|(id, routing_key)| keys::request_key(routing_key, id));
-    let Some(key) = remembered else {
+    let remembered = proposal
+        .request
+        .zip(proposal.cmd.routing_key())
+        .map(|(r, routing_key)| (keys::request_key(routing_key, r.id), r.retry));
+    let Some((key, retry)) = remembered else {
         return decide_command(proposal, index, term, state);
     };
-    if let Some(first) = state.request(&key) {
+    if let Some(first) = retry.then(|| state.request(&key)).flatten() {
         return (Vec::new(), first.outcome);
     }
     let expires_at_ms = proposal.stamp_ms.saturating_add(REQUEST_RETENTION_MS);
@@ -397,6 +400,7 @@ fn decide_command(proposal: Proposal, index: u64, term: u64, state: &mut impl St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::Request;
     use std::collections::HashMap;
 
     fn put(key: &str, cond: Precondition, ttl: Option<u64>, stamp: u64) -> Proposal {
@@ -554,7 +558,7 @@ mod tests {
         let mut st = Sm::default();
         let cas = |id: u128, stamp: u64| Proposal {
             stamp_ms: stamp,
-            request: Some(id),
+            request: Some(Request { id, retry: stamp > 100 }),
             cmd: Command::Put {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
@@ -592,7 +596,7 @@ mod tests {
         let mut st = Sm::default();
         let acq = |session: u128| Proposal {
             stamp_ms: 10,
-            request: Some(42),
+            request: Some(Request { id: 42, retry: session != 1 }),
             cmd: Command::LockAcquire { name: "n".into(), owner: "o".into(), session, reentry: false, ttl_ms: 100 },
         };
         let first = st.run(acq(1), 3);

@@ -5,8 +5,9 @@
 //! preconditions with that stamp, never with their own clock, so every
 //! replica reaches the same state.
 //!
-//! Format: `[format=2][stamp_ms BE8][request present u8][request id BE16]?
-//! [command tag][fields...]` (format 1, still read, has no request id),
+//! Format: `[format=2][stamp_ms BE8][request: 0 none, 1 first try, 2 retry]
+//! [request id BE16]?[command tag][fields...]` (format 1, still read, has
+//! no request id),
 //! byte strings length-prefixed (u32 BE). Committed entries are decoded on every
 //! replica, so decoding returns errors instead of panicking.
 
@@ -20,6 +21,46 @@ const FORMAT_V2: u8 = 2;
 /// Names one client write across the router's retries (random, 128 bits),
 /// so the state machine applies it at most once.
 pub type RequestId = u128;
+
+/// A client write's identity as its entry carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub id: RequestId,
+    /// Sent again after an answer was lost. Only a retry can find an
+    /// earlier outcome, so only a retry costs a lookup at apply.
+    pub retry: bool,
+}
+
+impl Request {
+    pub fn first(id: RequestId) -> Self {
+        Request { id, retry: false }
+    }
+}
+
+const REQUEST_NONE: u8 = 0;
+const REQUEST_FIRST: u8 = 1;
+const REQUEST_RETRY: u8 = 2;
+
+/// Writes an optional request (proposals and the peer protocol).
+pub fn put_request(w: &mut Writer, r: Option<Request>) {
+    match r {
+        None => w.u8(REQUEST_NONE),
+        Some(r) => {
+            w.u8(if r.retry { REQUEST_RETRY } else { REQUEST_FIRST });
+            w.u128(r.id);
+        }
+    }
+}
+
+pub fn get_request(r: &mut Reader<'_>) -> Result<Option<Request>, CodecError> {
+    Ok(match r.u8("request")? {
+        REQUEST_NONE => None,
+        tag @ (REQUEST_FIRST | REQUEST_RETRY) => {
+            Some(Request { id: r.u128("request id")?, retry: tag == REQUEST_RETRY })
+        }
+        tag => return Err(CodecError::UnknownTag { what: "request", tag }),
+    })
+}
 
 /// When a write may happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +144,7 @@ pub enum Command {
 pub struct Proposal {
     pub stamp_ms: u64,
     /// The client write this is, if it may be retried (see `apply::decide`).
-    pub request: Option<RequestId>,
+    pub request: Option<Request>,
     pub cmd: Command,
 }
 
@@ -190,7 +231,7 @@ impl Proposal {
     }
 
     /// Encodes without building a `Proposal`, so the caller keeps `cmd`.
-    pub fn encode_parts(stamp_ms: u64, request: Option<RequestId>, cmd: &Command) -> Vec<u8> {
+    pub fn encode_parts(stamp_ms: u64, request: Option<Request>, cmd: &Command) -> Vec<u8> {
         let hint = match cmd {
             Command::Put { key, value, .. } => key.len() + value.len() + 64,
             Command::Delete { key, .. } => key.len() + 56,
@@ -204,13 +245,7 @@ impl Proposal {
         let mut w = Writer::with_capacity(hint);
         w.u8(FORMAT_V2);
         w.u64(stamp_ms);
-        match request {
-            None => w.u8(0),
-            Some(id) => {
-                w.u8(1);
-                w.u128(id);
-            }
-        }
+        put_request(&mut w, request);
         match cmd {
             Command::Put { key, value, ttl_ms, cond, fence } => {
                 w.u8(if fence.is_some() { TAG_PUT_FENCED } else { TAG_PUT });
@@ -285,11 +320,7 @@ impl Proposal {
         let stamp_ms = r.u64("proposal stamp")?;
         let request = match format {
             FORMAT_V1 => None,
-            _ => match r.u8("request present")? {
-                0 => None,
-                1 => Some(r.u128("request id")?),
-                tag => return Err(CodecError::UnknownTag { what: "request present", tag }),
-            },
+            _ => get_request(&mut r)?,
         };
         let cmd = match r.u8("command tag")? {
             tag @ (TAG_PUT | TAG_PUT_FENCED) => {
@@ -442,12 +473,12 @@ mod tests {
             Proposal { stamp_ms: 11, request: None, cmd: Command::SetMap { expected_epoch: 7, map: vec![1, 2, 3] } },
             Proposal {
                 stamp_ms: 12,
-                request: Some(u128::MAX - 5),
+                request: Some(Request { id: u128::MAX - 5, retry: true }),
                 cmd: Command::Delete { key: b"k".to_vec(), cond: Precondition::Always, fence: None },
             },
             Proposal {
                 stamp_ms: 13,
-                request: Some(1),
+                request: Some(Request::first(1)),
                 cmd: Command::ForgetRequests { keys: vec![b"q".to_vec(), vec![]] },
             },
         ]

@@ -6,7 +6,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ringstore_shared::apply::Outcome;
-use ringstore_shared::command::Command;
+use ringstore_shared::command::{Command, Request};
 use ringstore_shared::lock::{Holder, LockOutcome};
 use ringstore_storage::messages::new_request_id;
 use ringstore_storage::{ShardOp, ShardReply};
@@ -95,7 +95,7 @@ pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
         ttl_ms: b.ttl_ms,
         wait_ms: b.wait_ms,
         session,
-        request: new_request_id(),
+        request: Request::first(new_request_id()),
     };
     match route(&state, name.clone().into_bytes(), op, timeout).await? {
         ShardReply::Outcome(Outcome::Lock { outcome, now_ms }) => match outcome {

@@ -18,7 +18,7 @@
 use raft::eraftpb::Message as RaftMessage;
 use ringstore_shared::apply::Outcome;
 use ringstore_shared::codec::{CodecError, Reader, Writer};
-use ringstore_shared::command::Proposal;
+use ringstore_shared::command::{get_request, put_request, Proposal};
 use ringstore_shared::lock::LockRecord;
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
@@ -436,7 +436,7 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
         ShardOp::Status => w.u8(3),
         ShardOp::Acquire { name, owner, ttl_ms, wait_ms, session, request } => {
             w.u8(4);
-            w.u128(*request);
+            put_request(w, Some(*request));
             w.bytes(name.as_bytes());
             w.bytes(owner.as_bytes());
             w.u64(*ttl_ms);
@@ -481,7 +481,8 @@ fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
         2 => ShardOp::Read { key: r.bytes("key")?.to_vec(), stale: r.u8("stale")? != 0 },
         3 => ShardOp::Status,
         4 => ShardOp::Acquire {
-            request: r.u128("request id")?,
+            request: get_request(r)?
+                .ok_or(CodecError::Invalid { what: "forwarded acquire", detail: "no request id".into() })?,
             name: string(r, "lock name")?,
             owner: string(r, "owner")?,
             ttl_ms: r.u64("ttl")?,
@@ -767,7 +768,7 @@ mod tests {
     use std::sync::Arc;
 
     use raft::eraftpb::{Entry, MessageType, Snapshot};
-    use ringstore_shared::command::{Command, Precondition};
+    use ringstore_shared::command::{Command, Precondition, Request};
     use ringstore_shared::lock::{Holder, LockOutcome};
 
     use super::*;
@@ -907,18 +908,25 @@ mod tests {
                     cond: Precondition::IfVersion(9),
                     fence: None,
                 }),
-                request: 17,
+                request: Request { id: 17, retry: true },
             },
             ShardOp::Read { key: "ключ".as_bytes().to_vec(), stale: true },
             ShardOp::Status,
-            ShardOp::Acquire { name: "n".into(), owner: "o".into(), ttl_ms: 5, wait_ms: 6, session: None, request: 1 },
+            ShardOp::Acquire {
+                name: "n".into(),
+                owner: "o".into(),
+                ttl_ms: 5,
+                wait_ms: 6,
+                session: None,
+                request: Request::first(1),
+            },
             ShardOp::Acquire {
                 name: "n".into(),
                 owner: "o".into(),
                 ttl_ms: 5,
                 wait_ms: 6,
                 session: Some(u128::MAX),
-                request: u128::MAX,
+                request: Request { id: u128::MAX, retry: true },
             },
             ShardOp::LockStatus { name: "n".into() },
             ShardOp::Scan { prefix: b"p/".to_vec(), after: Some(b"p/a".to_vec()), limit: 10, keys_only: true },

@@ -205,7 +205,7 @@ pub async fn send_to_shard(
     table: &RoutingTable,
     transport: &Arc<dyn Transport>,
     shard: ShardId,
-    op: ShardOp,
+    mut op: ShardOp,
     deadline: Instant,
 ) -> ShardResult {
     let node = cell.node();
@@ -265,6 +265,10 @@ pub async fn send_to_shard(
             }
             Step::Retry { to, backoff, reason } => {
                 RETRIES.with_label_values(&[&node.to_string(), reason]).inc();
+                if matches!(result, Err(StoreError::OutcomeUnknown { .. })) {
+                    // The first try may have applied: the shard must look.
+                    op.mark_retry();
+                }
                 if to != target && !status {
                     leader.store(0, Ordering::Relaxed);
                 }

@@ -26,7 +26,7 @@ use raft::{RawNode, StateRole};
 use ringstore_shared::apply::{self, Effect, Outcome, RequestRecord};
 use ringstore_shared::cluster_map::META_SHARD;
 use ringstore_shared::codec::CodecError;
-use ringstore_shared::command::{Command, Proposal, RequestId};
+use ringstore_shared::command::{Command, Proposal, Request};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::keys::{self, data_key};
 use ringstore_shared::lock::{FenceRecord, LockOutcome, LockRecord, SessionId};
@@ -293,7 +293,7 @@ impl StorageActor {
         cmd: &Command,
         reply: Option<Reply>,
         wait: Option<WaitSpec>,
-        request: Option<RequestId>,
+        request: Option<Request>,
     ) -> Result<(), StoreError> {
         // Stamps never go back, even if this leader's clock is behind the
         // previous one's: TTL decisions stay monotonic.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use actix::Message;
 use raft::eraftpb::Message as RaftMessage;
 use ringstore_shared::apply::Outcome;
-use ringstore_shared::command::{Command, RequestId};
+use ringstore_shared::command::{Command, Request, RequestId};
 use ringstore_shared::lock::LockRecord;
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
@@ -20,7 +20,7 @@ pub enum ShardOp {
     /// machine applies it at most once (see `apply::decide`).
     Write {
         cmd: Arc<Command>,
-        request: RequestId,
+        request: Request,
     },
     /// `stale = false`: linearizable (ReadIndex on the leader).
     /// `stale = true`: this replica's applied state, no leader involved.
@@ -39,7 +39,7 @@ pub enum ShardOp {
         ttl_ms: u64,
         wait_ms: u64,
         session: Option<ringstore_shared::lock::SessionId>,
-        request: RequestId,
+        request: Request,
     },
     /// The lock's record and waiters, linearizable (leader, ReadIndex).
     LockStatus {
@@ -70,14 +70,22 @@ impl ShardOp {
 
     /// A write of `cmd` under a fresh request id.
     pub fn write(cmd: Command) -> ShardOp {
-        ShardOp::Write { cmd: Arc::new(cmd), request: new_request_id() }
+        ShardOp::Write { cmd: Arc::new(cmd), request: Request::first(new_request_id()) }
     }
 
-    /// The request id of a write or acquire, which a router may retry.
-    pub fn request(&self) -> Option<RequestId> {
+    /// The request of a write or acquire, which a router may retry.
+    pub fn request(&self) -> Option<Request> {
         match self {
             ShardOp::Write { request, .. } | ShardOp::Acquire { request, .. } => Some(*request),
             _ => None,
+        }
+    }
+
+    /// This write is sent again after its answer was lost: the state
+    /// machine looks for the first try's outcome.
+    pub fn mark_retry(&mut self) {
+        if let ShardOp::Write { request, .. } | ShardOp::Acquire { request, .. } = self {
+            request.retry = true;
         }
     }
 }
