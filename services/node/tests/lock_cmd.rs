@@ -52,17 +52,6 @@ async fn read_when_written(p: &Path, within: Duration) -> String {
     }
 }
 
-async fn wait_exit(c: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            return s;
-        }
-        assert!(start.elapsed() < within, "ringstore lock did not exit within {within:?}");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn alive(pid: &str) -> bool {
     // A reaped process has no /proc entry; a zombie would say "Z".
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
@@ -109,7 +98,7 @@ async fn ringstore_lock_passes_sigterm_and_sigint_to_its_command_then_releases_a
         assert!(token.starts_with(&format!("{name}:")), "the command gets its fencing token: {token}");
         assert_eq!(lock_json(&url, &name).await["held"], true);
         signal(lock.id(), sig);
-        let status = wait_exit(&mut lock, Duration::from_secs(10)).await;
+        let status = wait_child(&mut lock, Duration::from_secs(10)).await;
         if sig == "-HUP" {
             // sh's default for SIGHUP (not trapped here) is to die of it.
             assert_eq!(status.code(), Some(128 + 1), "{sig}: the command's status is passed through");
@@ -131,7 +120,7 @@ async fn ringstore_lock_kills_a_command_that_ignores_the_signal_after_the_grace(
     let pid = read_when_written(&dir.join("pid"), Duration::from_secs(20)).await;
     let sent = Instant::now();
     signal(lock.id(), "-TERM");
-    let status = wait_exit(&mut lock, Duration::from_secs(10)).await;
+    let status = wait_child(&mut lock, Duration::from_secs(10)).await;
     assert!(sent.elapsed() >= Duration::from_millis(900), "the command had its grace");
     assert_eq!(status.code(), Some(128 + 9), "SIGKILL ended it");
     assert!(!alive(&pid));
@@ -142,7 +131,7 @@ async fn ringstore_lock_kills_a_command_that_ignores_the_signal_after_the_grace(
     let mut lock = lock_cmd(&url, "orphan", "30s", "1s", &dir, true);
     let pid = read_when_written(&dir.join("pid"), Duration::from_secs(20)).await;
     signal(lock.id(), "-KILL");
-    wait_exit(&mut lock, Duration::from_secs(5)).await;
+    wait_child(&mut lock, Duration::from_secs(5)).await;
     eventually(Duration::from_secs(3), "the command dies with ringstore lock", || {
         let pid = pid.clone();
         async move { !alive(&pid) }
@@ -185,7 +174,7 @@ async fn ringstore_lock_stops_its_command_before_a_lease_it_cannot_renew_is_gran
     );
     assert!(!alive(&pid), "and is gone");
     f.c.resume(talks_to).unwrap();
-    let status = wait_exit(&mut lock, Duration::from_secs(15)).await;
+    let status = wait_child(&mut lock, Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(7));
     // The new holder was not disturbed by a late release.
     let s = client.status("lost").await.unwrap();

@@ -338,18 +338,6 @@ async fn bad_lock_requests_get_400_with_a_json_error() {
     assert_eq!(acquire(&url, "l", "o", 1000, 0).await.status, StatusCode::OK);
 }
 
-/// Waits for a child without blocking the runtime that serves the cluster.
-async fn wait_child(c: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            return s;
-        }
-        assert!(start.elapsed() < within, "child did not exit within {within:?}");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[actix_rt::test]
 async fn ringstore_lock_runs_overlapping_commands_one_after_the_other() {
     let tc = start(|_| {}).await;

@@ -211,6 +211,19 @@ pub async fn lost_writes(acks: &[Ack], urls: &[String]) -> Vec<String> {
     lost
 }
 
+/// Waits for a child process without blocking the runtime that serves the
+/// cluster (polls every 20 ms).
+pub async fn wait_child(c: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().expect("try_wait") {
+            return s;
+        }
+        assert!(start.elapsed() < within, "child did not exit within {within:?}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A GET that treats a node not (yet) listening, or any non-200, as "no
 /// answer" (a restarting process).
 pub async fn try_get(url: &str) -> Option<Vec<u8>> {
