@@ -103,9 +103,11 @@ impl LockClient {
         let deadline = wait + REQUEST_SLACK;
         let mut last = String::new();
         // Another endpoint is tried only when this one could not be
-        // connected to: then the request was never sent. After a 503 or a
-        // lost answer the outcome is unknown, and a second acquire by the
-        // same owner would add a hold, so the caller decides.
+        // connected to: then the request was never sent. The cluster
+        // already retried what it could (and applies each try once); after
+        // a 503 or a lost HTTP answer a new acquire is a new session, and
+        // the first may hold the lock until its lease ends, so the caller
+        // decides.
         for _ in 0..self.endpoints.len() {
             let i = self.next.load(Ordering::Relaxed) % self.endpoints.len();
             let url = format!("{}{path}", self.endpoints[i]);
