@@ -137,6 +137,16 @@ async fn ringstore_lock_kills_a_command_that_ignores_the_signal_after_the_grace(
         async move { !alive(&pid) }
     })
     .await;
+
+    // A command that cannot be started: the lock is released at once, 127.
+    let mut lock = Command::new(BIN)
+        .args(["lock", "nostart", "--ttl", "30s", "--endpoints", &url, "--", "/nonexistent/command"])
+        .env("RINGSTORE_LOG", "warn")
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_child(&mut lock, Duration::from_secs(10)).await.code(), Some(127));
+    let s = lock_json(&url, "nostart").await;
+    assert_eq!((s["held"].as_bool(), s["last_token"].as_u64().is_some_and(|t| t > 0)), (Some(false), true), "{s}");
 }
 
 #[actix_rt::test]
