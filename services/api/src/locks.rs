@@ -107,7 +107,7 @@ pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
             LockOutcome::Conflict { holder } => Ok(conflict(
                 StatusCode::CONFLICT,
                 "lock_held",
-                format!("lock {name:?} is held by another owner"),
+                format!("lock {name:?} is held by another session"),
                 holder,
                 now_ms,
             )),
