@@ -16,6 +16,7 @@
 //! - [`ring`]: which shard owns a ring point (`consistent_hash_ring`, vnodes per shard).
 //! - [`placement`]: which nodes hold each shard's replicas (pure, balanced).
 //! - [`cluster_map`]: epoch, nodes and shards; bootstrap and codec.
+//! - [`planner`]: the Rebalancer's replica and leader moves (pure; not wired yet).
 //! - [`error`]: [`StoreError`], the typed error every layer returns.
 //! - [`config`]: limits and timing, each with its unit in its name.
 
@@ -29,6 +30,7 @@ pub mod hash;
 pub mod keys;
 pub mod lock;
 pub mod placement;
+pub mod planner;
 pub mod ring;
 pub mod value;
 
