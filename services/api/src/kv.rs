@@ -45,15 +45,14 @@ async fn check_token_issued(state: &ApiState, fence: &Fence, timeout: Duration) 
     }
 }
 
-/// Checks `fence` (if any), then routes the write in what is left of `timeout`.
-async fn fenced_write(
-    state: &ApiState,
-    key: Vec<u8>,
-    fence: Option<&Fence>,
-    cmd: Command,
-    timeout: Duration,
-) -> Result<ShardReply, ApiError> {
+/// Checks the command's fence (if any), then routes the write in what is
+/// left of `timeout`.
+async fn fenced_write(state: &ApiState, key: Vec<u8>, cmd: Command, timeout: Duration) -> Result<ShardReply, ApiError> {
     let start = std::time::Instant::now();
+    let fence = match &cmd {
+        Command::Put { fence, .. } | Command::Delete { fence, .. } => fence.as_ref(),
+        _ => None,
+    };
     if let Some(f) = fence {
         check_token_issued(state, f, timeout).await?;
     }
@@ -114,9 +113,8 @@ pub async fn put(
     let fence = parse_fence(header(req.headers(), "fencing-token"), &state.limits)?;
     let timeout = deadline(&req, &state)?;
     let value = read_body(&req, payload, state.limits.value_bytes_max).await?;
-    let checked = fence.clone();
     let cmd = Command::Put { key: key.clone(), value, ttl_ms: q.ttl_ms, cond, fence };
-    match fenced_write(&state, key, checked.as_ref(), cmd, timeout).await? {
+    match fenced_write(&state, key, cmd, timeout).await? {
         ShardReply::Outcome(Outcome::Written { version }) => {
             Ok(HttpResponse::Ok().insert_header(etag(version)).json(json!({ "version": version })))
         }
@@ -157,9 +155,8 @@ pub async fn delete(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), false)?;
     let fence = parse_fence(header(req.headers(), "fencing-token"), &state.limits)?;
     let timeout = deadline(&req, &state)?;
-    let checked = fence.clone();
     let cmd = Command::Delete { key: key.clone(), cond, fence };
-    match fenced_write(&state, key, checked.as_ref(), cmd, timeout).await? {
+    match fenced_write(&state, key, cmd, timeout).await? {
         ShardReply::Outcome(Outcome::Deleted { version }) => {
             Ok(HttpResponse::Ok().json(json!({ "deleted": true, "version": version })))
         }

@@ -37,7 +37,7 @@ pub(crate) const RETRY_REASONS: [&str; 5] = ["not_leader", "dropped", "unreachab
 pub(crate) static FAST_FAILS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "ringstore_router_leaderless_fast_fails_total",
-        "Requests answered 503 at once because this node knows no leader for the shard and reaches no majority of it",
+        "Requests answered 503 at once: this node reaches no majority of the shard's replicas and no leader of it",
         &["node"]
     )
     .expect("registers once")
@@ -305,12 +305,14 @@ fn leaderless_here(
     if reachable * 2 > members.len() {
         return None; // the common case: nothing more to look at
     }
-    let local = match (hints.get(shard), hints.leaderless_for(shard, Instant::now().into_std())) {
-        (_, Some(d)) => retry::LocalLeader::None(d),
-        (Some(h), None) if h.leader.is_some_and(|l| l == node || !transport.reachable(node, l)) => {
-            retry::LocalLeader::CutOff
-        }
-        _ => retry::LocalLeader::Fine,
+    let local = match hints.get(shard) {
+        None => retry::LocalLeader::Fine,
+        Some(h) => match (h.leaderless_for(Instant::now().into_std()), h.leader) {
+            (Some(d), _) => retry::LocalLeader::None(d),
+            // A cut-off leader (this node) commits nothing either.
+            (None, Some(l)) if l == node || !transport.reachable(node, l) => retry::LocalLeader::CutOff,
+            _ => retry::LocalLeader::Fine,
+        },
     };
     retry::give_up_leaderless(local, grace, reachable, members.len()).then(|| StoreError::Unavailable {
         reason: format!(

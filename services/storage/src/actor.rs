@@ -673,7 +673,8 @@ impl StorageActor {
     /// usual. A replica that learns nothing for an election timeout after
     /// stepping down is cut off; its writes may or may not commit later, so
     /// they are answered "outcome unknown" now rather than at the client's
-    /// deadline. Never retried by the router (it cannot know).
+    /// deadline. The router retries them elsewhere under the same request
+    /// id, which the state machine applies at most once.
     fn fail_orphaned_writes(&mut self) {
         let Some(at) = self.stepped_down_at else { return };
         if self.writes.is_empty() || self.is_leader() {

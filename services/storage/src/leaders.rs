@@ -65,11 +65,12 @@ impl LeaderHints {
     pub fn get(&self, shard: ShardId) -> Option<Hint> {
         self.shards.read().unwrap_or_else(|e| e.into_inner()).get(&shard).copied()
     }
+}
 
-    /// How long the local replica of `shard` has known no leader (`None`:
-    /// no local replica, or it knows one).
-    pub fn leaderless_for(&self, shard: ShardId, now: Instant) -> Option<Duration> {
-        self.get(shard).filter(|h| h.leader.is_none()).map(|h| now.saturating_duration_since(h.since))
+impl Hint {
+    /// How long the replica has known no leader (`None`: it knows one).
+    pub fn leaderless_for(&self, now: Instant) -> Option<Duration> {
+        self.leader.is_none().then(|| now.saturating_duration_since(self.since))
     }
 }
 
@@ -97,9 +98,9 @@ mod tests {
         assert_eq!((none.leader, none.term), (None, 5));
         assert!(none.since >= first.since);
         let later = none.since + Duration::from_millis(700);
-        assert_eq!(h.leaderless_for(1, later), Some(Duration::from_millis(700)));
+        assert_eq!(none.leaderless_for(later), Some(Duration::from_millis(700)));
         h.observe(1, Some(3), 6);
-        assert_eq!(h.leaderless_for(1, later), None);
+        assert_eq!(h.get(1).unwrap().leaderless_for(later), None);
         h.forget(1);
         assert_eq!(h.get(1), None);
     }
