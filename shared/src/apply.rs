@@ -701,9 +701,7 @@ mod tests {
     #[test]
     fn the_map_changes_one_epoch_at_a_time_and_stale_proposers_lose() {
         use crate::cluster_map::{NodeInfo, NodeState};
-        let nodes = (1..=3)
-            .map(|id| (id, NodeInfo { http: String::new(), peer: format!("n{id}:1"), state: NodeState::Up }))
-            .collect();
+        let nodes = (1..=3).map(|id| (id, NodeInfo::new("", format!("n{id}:1"), NodeState::Up))).collect();
         let boot = ClusterMap::bootstrap(nodes, 4, 3).unwrap();
         let set = |expected_epoch: u64, map: &ClusterMap| Proposal {
             stamp_ms: 0,

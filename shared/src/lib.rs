@@ -16,7 +16,8 @@
 //! - [`ring`]: which shard owns a ring point (`consistent_hash_ring`, vnodes per shard).
 //! - [`placement`]: which nodes hold each shard's replicas (pure, balanced).
 //! - [`cluster_map`]: epoch, nodes and shards; bootstrap and codec.
-//! - [`planner`]: the Rebalancer's replica and leader moves (pure; not wired yet).
+//! - [`planner`]: the Rebalancer's replica and leader moves (pure).
+//! - [`rebalance`]: a move's next step, which moves start, node states, drain checks (pure).
 //! - [`error`]: [`StoreError`], the typed error every layer returns.
 //! - [`config`]: limits and timing, each with its unit in its name.
 
@@ -31,6 +32,7 @@ pub mod keys;
 pub mod lock;
 pub mod placement;
 pub mod planner;
+pub mod rebalance;
 pub mod ring;
 pub mod value;
 

@@ -1,4 +1,4 @@
-//! The Rebalancer's decisions, pure (not wired to an actor yet): from the
+//! The Rebalancer's decisions, pure: from the
 //! cluster map and what the nodes report, which replica and leader moves
 //! bring the cluster to its balanced shape. Every node would compute the
 //! same plan from the same inputs; the actor that carries the moves out
@@ -225,7 +225,7 @@ mod tests {
     use crate::cluster_map::NodeInfo;
 
     fn info(state: NodeState) -> NodeInfo {
-        NodeInfo { http: String::new(), peer: String::new(), state }
+        NodeInfo::new("", "", state)
     }
 
     /// A cluster bootstrapped on `boot` nodes with 16 data shards, then

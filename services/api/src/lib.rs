@@ -7,6 +7,7 @@
 //! - [`locks`]: `/v1/locks/{name}` acquire, release, refresh, status.
 //! - [`cluster`]: `GET /v1/cluster`, the map with per-shard leader and progress.
 //! - [`scan`]: `GET /v1/kv?prefix=`: scatter-gather over every shard, merged and paged.
+//! - [`rebalance`]: join, drain, and the Rebalancer's jobs API (`/v1/rebalance`).
 //! - [`request`]: pure parsing of keys, query and precondition headers.
 //! - [`error`]: [`ApiError`], the JSON error body and status mapping.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, fallbacks, request metrics.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod kv;
 pub mod locks;
 pub mod ops;
+pub mod rebalance;
 pub mod request;
 pub mod scan;
 
@@ -27,6 +29,7 @@ use actix_web::web;
 use ringstore_router::{MapCell, Router};
 use ringstore_shared::config::Limits;
 use ringstore_shared::{NodeId, ShardId};
+use ringstore_storage::Transport;
 
 pub use error::ApiError;
 
@@ -41,9 +44,16 @@ pub struct ApiState {
     /// Set when the node is shutting down: `/readyz` answers 503 so load
     /// balancers stop sending new requests while in-flight ones finish.
     pub draining: Arc<AtomicBool>,
-    /// Shards with a replica on this node (what `/readyz` checks).
-    pub local_shards: Arc<Vec<ShardId>>,
+    /// Shards with a replica on this node now (what `/readyz` checks).
+    pub local_shards: LocalShards,
+    /// How this node reaches shards directly (cluster-map edits).
+    pub transport: Arc<dyn Transport>,
+    /// The cluster this node belongs to (0 in a single-process cluster).
+    pub cluster_id: u64,
 }
+
+/// The node's replicas change as they move; asked on each `/readyz`.
+pub type LocalShards = Arc<dyn Fn() -> Vec<ShardId> + Send + Sync>;
 
 /// Registers every route. Use with `App::new().app_data(..).configure(api::routes)`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -60,6 +70,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(cluster::cluster))
             .default_service(web::to(ops::method_not_allowed)),
     )
+    .service(admin("/v1/cluster/nodes", web::post().to(rebalance::join)))
+    .service(admin("/v1/cluster/nodes/{id}/drain", web::post().to(rebalance::drain)))
+    .service(
+        web::resource("/v1/rebalance")
+            .route(web::get().to(rebalance::status))
+            .default_service(web::to(ops::method_not_allowed)),
+    )
+    .service(admin("/v1/rebalance/pause", web::post().to(rebalance::pause)))
+    .service(admin("/v1/rebalance/resume", web::post().to(rebalance::resume)))
+    .service(admin("/v1/rebalance/config", web::put().to(rebalance::config)))
     .service(lock_action("acquire", locks::acquire))
     .service(lock_action("release", locks::release))
     .service(lock_action("refresh", locks::refresh))
@@ -72,6 +92,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
     .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
     .default_service(web::to(ops::not_found));
+}
+
+/// An admin endpoint: one method, a small JSON body (413 beyond its limit).
+fn admin(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .app_data(web::PayloadConfig::new(rebalance::ADMIN_BODY_BYTES_MAX))
+        .route(route)
+        .default_service(web::to(ops::method_not_allowed))
 }
 
 fn lock_action<F, Args>(action: &str, handler: F) -> actix_web::Resource

@@ -74,8 +74,9 @@ pub async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "node is shutting down"));
     }
-    let mut shards = Vec::with_capacity(state.local_shards.len());
-    for &shard in state.local_shards.iter() {
+    let local = (state.local_shards)();
+    let mut shards = Vec::with_capacity(local.len());
+    for &shard in local.iter() {
         let route = Route { key: vec![], op: ShardOp::Status, timeout: Duration::from_secs(1), shard: Some(shard) };
         match state.router.send(route).await {
             Ok(Ok(ShardReply::Status(s))) if s.leader.is_some() => shards.push(s),

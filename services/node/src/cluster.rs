@@ -25,6 +25,7 @@ use tracing::info;
 
 pub use crate::replicas::STORAGE_THREADS_PER_NODE;
 use crate::replicas::{self, LocalReplicas};
+use ringstore_rebalancer::{Rebalancer, REPLICATION};
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -55,8 +56,10 @@ impl ClusterConfig {
 }
 
 struct RunningNode {
-    replicas: LocalReplicas,
+    replicas: Arc<LocalReplicas>,
     keeper: actix_rt::task::JoinHandle<()>,
+    follower: actix_rt::task::JoinHandle<()>,
+    rebalancer: Addr<Rebalancer>,
     engine: Weak<Engine>,
     router: Addr<Router>,
     server: ServerHandle,
@@ -98,11 +101,7 @@ const ENGINE_CLOSE_WAIT: Duration = Duration::from_secs(10);
 impl LocalCluster {
     /// Starts every node. Must run inside an actix system.
     pub async fn start(cfg: ClusterConfig) -> anyhow::Result<Self> {
-        let infos = cfg
-            .nodes
-            .iter()
-            .map(|id| (*id, NodeInfo { http: String::new(), peer: String::new(), state: NodeState::Up }))
-            .collect();
+        let infos = cfg.nodes.iter().map(|id| (*id, NodeInfo::new("", "", NodeState::Up))).collect();
         let shards = settle_shard_count(&cfg.data_dir, cfg.shards.max(1))?;
         let map = ClusterMap::bootstrap(infos, shards, 3)?;
         let mut c = LocalCluster { cfg, transport: LocalTransport::new(), nodes: BTreeMap::new(), map };
@@ -148,27 +147,38 @@ impl LocalCluster {
         let engine = Engine::open(&dir, &id.to_string())?;
         engine.check_or_set_identity(id).with_context(|| format!("data dir {}", dir.display()))?;
         let transport: Arc<dyn Transport> = Arc::new(self.transport.clone());
-        let local = &self.transport;
+        let local = self.transport.clone();
         let leaders = Arc::new(LeaderHints::new(Duration::from_millis(self.cfg.raft.election_timeout_ms())));
+        // A restarted node starts from the last map it followed.
+        let start_map = crate::follow::stored_map(&engine)?.unwrap_or_else(|| self.map.clone());
         let replicas = replicas::start(
             id,
-            &self.map,
+            &start_map,
             &engine,
             transport.clone(),
             &leaders,
             &self.cfg.raft,
             &self.cfg.limits,
-            |shard, addr| local.register(id, shard, addr),
+            Box::new(move |shard, addr| match addr {
+                Some(addr) => local.register(id, shard, addr),
+                None => local.unregister(id, shard),
+            }),
         )?;
-        let local_shards = replicas.shards();
+        let shards_here = replicas.clone();
         let weak = Arc::downgrade(&engine);
-        drop(engine);
         // Each node routes by its own copy of the map, kept in step with the
         // meta shard by its map keeper. The admin router (status, tests)
         // lives on the system arbiter; each HTTP worker starts its own below,
         // all reading this node's map.
-        let map = MapCell::new(id, RoutingTable::from_map(&self.map), leaders);
-        let keeper = actix_rt::spawn(routing_map::keep_in_sync(map.clone(), transport.clone(), self.map.clone()));
+        let map = MapCell::new(id, RoutingTable::from_map(&start_map), leaders);
+        let keeper = actix_rt::spawn(routing_map::keep_in_sync(map.clone(), transport.clone(), Some(self.map.clone())));
+        let follower = actix_rt::spawn(crate::follow::follow_map(
+            map.clone(),
+            replicas.clone(),
+            engine,
+            Box::new(|_: &ClusterMap| {}),
+        ));
+        let rebalancer = actix::Actor::start(Rebalancer::new(map.clone(), transport.clone(), REPLICATION));
         let router = actix::Actor::start(Router::new(id, map.clone(), transport.clone()));
         let mut addr = self.cfg.http;
         if addr.port() != 0 {
@@ -179,14 +189,16 @@ impl LocalCluster {
             addr,
             workers: self.cfg.http_workers,
             map,
-            local_shards,
+            local_shards: Arc::new(move || shards_here.shards()),
             transport,
+            cluster_id: 0,
             limits: self.cfg.limits.clone(),
             draining: Arc::default(),
             shutdown_timeout_s: 5,
         })?;
         info!(node = id, %http, data_dir = %dir.display(), "node started");
-        self.nodes.insert(id, RunningNode { replicas, engine: weak, router, server, http, keeper });
+        self.nodes
+            .insert(id, RunningNode { replicas, engine: weak, router, server, http, keeper, follower, rebalancer });
         Ok(())
     }
 
@@ -196,9 +208,13 @@ impl LocalCluster {
         let node = self.nodes.remove(&id).with_context(|| format!("node {id} is not running"))?;
         self.transport.unregister_node(id);
         node.keeper.abort();
+        node.follower.abort();
+        node.rebalancer.do_send(ringstore_rebalancer::actor::Stop);
         node.server.stop(false).await;
         node.replicas.stop().await?;
         drop(node.router);
+        drop(node.replicas);
+        let _ = node.follower.await;
         let start = Instant::now();
         while node.engine.strong_count() > 0 {
             if start.elapsed() > ENGINE_CLOSE_WAIT {

@@ -34,6 +34,18 @@ pub struct NodeArgs {
     /// and this, if given, must describe the same cluster.
     #[arg(long, env = "RINGSTORE_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// Join a running cluster through any member's HTTP address
+    /// (`http://host:port`): an empty data dir gets an id from the cluster
+    /// (or keeps `--id`), then replicas move here. Ignored, apart from a
+    /// check that the cluster still knows this node, on a restart.
+    #[arg(long, env = "RINGSTORE_JOIN")]
+    pub join: Option<String>,
+    /// The peer address other nodes dial [default: the peer listen address]
+    #[arg(long, env = "RINGSTORE_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    /// The HTTP address clients and other nodes use [default: the HTTP address]
+    #[arg(long, env = "RINGSTORE_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
     /// Mixed into the cluster id, so two clusters with the same member list
     /// stay apart [default: ringstore]
     #[arg(long, env = "RINGSTORE_CLUSTER_TOKEN")]
@@ -79,6 +91,9 @@ struct FileConfig {
     http: Option<SocketAddr>,
     peer_addr: Option<SocketAddr>,
     initial_cluster: Option<String>,
+    join: Option<String>,
+    advertise_peer: Option<String>,
+    advertise_http: Option<String>,
     cluster_token: Option<String>,
     shards: Option<u64>,
     http_workers: Option<usize>,
@@ -99,6 +114,9 @@ pub struct NodeOptions {
     pub http: SocketAddr,
     pub peer_addr: SocketAddr,
     pub initial_cluster: Option<String>,
+    pub join: Option<String>,
+    pub advertise_peer: String,
+    pub advertise_http: String,
     pub cluster_token: String,
     /// Data shards a new cluster is bootstrapped with; `None`: not given
     /// (the default for a new data dir, nothing to compare on a restart).
@@ -146,12 +164,21 @@ impl NodeArgs {
         if let Some(n) = shards {
             anyhow::ensure!((1..=SHARDS_MAX).contains(&n), "shards must be in 1..={SHARDS_MAX}");
         }
+        let http = self.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let peer_addr = self.peer_addr.or(file.peer_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7080)));
+        let join = self.join.or(file.join);
+        if let Some(j) = &join {
+            anyhow::ensure!(j.starts_with("http://"), "join must be an http:// URL of a member, not {j:?}");
+        }
         Ok(NodeOptions {
             id: self.id.or(file.id),
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./ringstore-node")),
-            http: self.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            peer_addr: self.peer_addr.or(file.peer_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7080))),
+            http,
+            peer_addr,
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
+            join,
+            advertise_peer: self.advertise_peer.or(file.advertise_peer).unwrap_or_else(|| peer_addr.to_string()),
+            advertise_http: self.advertise_http.or(file.advertise_http).unwrap_or_else(|| http.to_string()),
             cluster_token: self.cluster_token.or(file.cluster_token).unwrap_or_else(|| "ringstore".into()),
             shards,
             http_workers: self.http_workers.or(file.http_workers).unwrap_or(2).max(1),

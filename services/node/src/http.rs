@@ -10,10 +10,10 @@ use actix_web::dev::ServerHandle;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
-use ringstore_api::ApiState;
+use ringstore_api::{ApiState, LocalShards};
 use ringstore_router::{MapCell, Router};
 use ringstore_shared::config::Limits;
-use ringstore_shared::{NodeId, ShardId};
+use ringstore_shared::NodeId;
 use ringstore_storage::Transport;
 
 pub struct HttpOptions {
@@ -21,8 +21,9 @@ pub struct HttpOptions {
     pub addr: SocketAddr,
     pub workers: usize,
     pub map: Arc<MapCell>,
-    pub local_shards: Vec<ShardId>,
+    pub local_shards: LocalShards,
     pub transport: Arc<dyn Transport>,
+    pub cluster_id: u64,
     pub limits: Limits,
     pub draining: Arc<AtomicBool>,
     /// Seconds in-flight requests get to finish on a graceful stop.
@@ -31,8 +32,18 @@ pub struct HttpOptions {
 
 /// Binds and starts the server on the current actix system.
 pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
-    let HttpOptions { node, addr, workers, map, local_shards, transport, limits, draining, shutdown_timeout_s } = o;
-    let local_shards = Arc::new(local_shards);
+    let HttpOptions {
+        node,
+        addr,
+        workers,
+        map,
+        local_shards,
+        transport,
+        cluster_id,
+        limits,
+        draining,
+        shutdown_timeout_s,
+    } = o;
     let server = HttpServer::new(move || {
         // Runs once on each worker thread: that worker's own Router.
         let router = actix::Actor::start(Router::new(node, map.clone(), transport.clone()));
@@ -43,6 +54,8 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
             limits: limits.clone(),
             draining: draining.clone(),
             local_shards: local_shards.clone(),
+            transport: transport.clone(),
+            cluster_id,
         };
         App::new()
             .app_data(web::Data::new(state))

@@ -23,6 +23,9 @@ pub const IDENTITY_KEY: &[u8] = b"identity";
 const FORMAT_V1: u8 = 1;
 /// V2 adds the data-shard count; a v1 record means one shard.
 const FORMAT_V2: u8 = 2;
+/// V3 adds whether the node joined a running cluster (rather than
+/// bootstrapping it): such a node never writes a bootstrap map.
+const FORMAT_V3: u8 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -33,6 +36,9 @@ pub struct Identity {
     /// Data shards the cluster was bootstrapped with (fixed: the ring and so
     /// every key's shard depend on it).
     pub shards: u64,
+    /// Joined a running cluster (`--join`): `members` are the nodes it
+    /// learned of then, and its map comes from the meta shard.
+    pub joined: bool,
 }
 
 /// What the flags say a new cluster is.
@@ -138,7 +144,7 @@ pub fn resolve(
                 return Err(IdentityError::NotAMember { id, members: describe(&b.members) });
             }
             let cluster_id = cluster_id(b.token, &b.members, b.shards);
-            Ok((Identity { node: id, cluster_id, members: b.members, shards: b.shards }, true))
+            Ok((Identity { node: id, cluster_id, members: b.members, shards: b.shards, joined: false }, true))
         }
     }
 }
@@ -146,7 +152,7 @@ pub fn resolve(
 impl Identity {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(64);
-        w.u8(FORMAT_V2);
+        w.u8(FORMAT_V3);
         w.u64(self.node);
         w.u64(self.cluster_id);
         w.u32(self.members.len() as u32);
@@ -155,13 +161,14 @@ impl Identity {
             w.bytes(addr.as_bytes());
         }
         w.u64(self.shards);
+        w.u8(self.joined as u8);
         w.buf
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
         let mut r = Reader::new(b);
         let f = r.u8("identity format")?;
-        if f != FORMAT_V1 && f != FORMAT_V2 {
+        if f != FORMAT_V1 && f != FORMAT_V2 && f != FORMAT_V3 {
             return Err(CodecError::UnsupportedFormat(f));
         }
         let node = r.u64("node id")?;
@@ -178,8 +185,16 @@ impl Identity {
         if shards == 0 {
             return Err(CodecError::Invalid { what: "shard count", detail: "0".into() });
         }
+        let joined = match f {
+            FORMAT_V3 => match r.u8("joined")? {
+                0 => false,
+                1 => true,
+                tag => return Err(CodecError::UnknownTag { what: "joined", tag }),
+            },
+            _ => false,
+        };
         r.finish()?;
-        Ok(Identity { node, cluster_id, members, shards })
+        Ok(Identity { node, cluster_id, members, shards, joined })
     }
 
     /// The other members and their peer addresses.
@@ -251,9 +266,15 @@ mod tests {
         for cut in 0..b.len() {
             assert!(Identity::decode(&b[..cut]).is_err());
         }
-        // A v1 record (before shards) reads as one shard.
-        let mut v1 = b[..b.len() - 8].to_vec();
+        // A v2 record (before joins) reads as bootstrapped, a v1 record
+        // (before shards) as one shard.
+        let mut v2 = b[..b.len() - 1].to_vec();
+        v2[0] = FORMAT_V2;
+        assert_eq!(Identity::decode(&v2).unwrap(), id);
+        let mut v1 = b[..b.len() - 9].to_vec();
         v1[0] = FORMAT_V1;
-        assert_eq!(Identity::decode(&v1).unwrap(), Identity { shards: 1, ..id });
+        assert_eq!(Identity::decode(&v1).unwrap(), Identity { shards: 1, ..id.clone() });
+        let joined = Identity { joined: true, ..id };
+        assert_eq!(Identity::decode(&joined.encode()).unwrap(), joined);
     }
 }

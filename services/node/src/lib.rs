@@ -9,15 +9,20 @@
 //! - [`cluster`]: `LocalCluster`, N nodes in one process on the in-process
 //!   transport (`ringstore dev` and the in-process cluster tests).
 //! - [`replicas`]: a node's shard replicas on its storage threads: start
-//!   from the map, hand leadership over, stop.
+//!   from the map, add and destroy as replicas move, hand leadership over, stop.
+//! - [`follow`]: keeps replicas, peer links and the stored map in step with
+//!   the cluster map.
+//! - [`join`]: `--join`, asking a member to admit this node.
 //! - [`http`]: the HTTP server and its per-worker Router actors.
 //! - [`lock_cmd`]: `ringstore lock NAME -- COMMAND`.
 //! - [`status`]: `ringstore status`, the cluster map as a table.
 
 pub mod cluster;
 pub mod config;
+pub mod follow;
 pub mod http;
 pub mod identity;
+pub mod join;
 pub mod lock_cmd;
 pub mod process;
 pub mod replicas;

@@ -1,10 +1,12 @@
 //! `ringstore node`: one member of a cluster of processes.
 //!
 //! Startup: open RocksDB, settle the identity (bootstrap an empty data dir
-//! from `--initial-cluster`, or rejoin with the stored one, refusing a data
-//! dir of another node or cluster), derive the cluster map from the
-//! identity, start the peer transport on its own thread, this node's shard
-//! replicas on the storage threads, then the HTTP server.
+//! from `--initial-cluster`, join a running cluster with `--join`, or
+//! rejoin with the stored one, refusing a data dir of another node or
+//! cluster), take the last cluster map this node followed (or derive the
+//! bootstrap map from the identity), start the peer transport on its own
+//! thread, this node's shard replicas on the storage threads, the map
+//! keeper and follower, the Rebalancer, then the HTTP server.
 //!
 //! Shutdown on SIGTERM or Ctrl-C: report not-ready, hand the leadership of
 //! every shard it leads to the most up-to-date follower, let in-flight
@@ -17,28 +19,42 @@ use std::time::Duration;
 use actix::Arbiter;
 use anyhow::Context as _;
 use ringstore_peer::{PeerConfig, PeerTransport};
+use ringstore_rebalancer::{Rebalancer, REPLICATION};
 use ringstore_router::{map as routing_map, MapCell, RoutingTable};
 use ringstore_shared::cluster_map::{ClusterMap, NodeInfo, NodeState};
 use ringstore_shared::config::DEFAULT_SHARDS;
+use ringstore_shared::NodeId;
 use ringstore_storage::{Engine, LeaderHints};
 use tracing::{info, warn};
 
 use crate::config::NodeOptions;
 use crate::identity::{self, Bootstrap, Identity, IDENTITY_KEY};
-use crate::replicas;
+use crate::join::{self, JoinError};
+use crate::{follow, replicas};
 
-/// Replicas per data shard (fewer when the cluster has fewer nodes).
-const REPLICATION: usize = 3;
+/// How long a restarted node that was given `--join` tries to confirm
+/// that the cluster still knows it before starting anyway.
+const REJOIN_CHECK: Duration = Duration::from_secs(10);
+
+/// Every node of `map` but `node`, with its peer address.
+fn peers_of(map: &ClusterMap, node: NodeId) -> std::collections::BTreeMap<NodeId, String> {
+    map.nodes.iter().filter(|(id, _)| **id != node).map(|(id, n)| (*id, n.peer.clone())).collect()
+}
 
 pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&o.data_dir).with_context(|| format!("creating {}", o.data_dir.display()))?;
     let dir = o.data_dir.canonicalize().unwrap_or_else(|_| o.data_dir.clone());
-    let (engine, ident) = open_with_identity(&o)?;
+    let (engine, ident) = open_with_identity(&o).await?;
     let node = ident.node;
     if let Some(given) = o.shards.filter(|n| *n != ident.shards) {
         warn!(stored = ident.shards, given, "the data dir was bootstrapped with {} shards; keeping them", ident.shards);
     }
-    let map = bootstrap_map(&ident)?;
+    let bootstrap = (!ident.joined).then(|| bootstrap_map(&ident)).transpose()?;
+    let map = match (follow::stored_map(&engine)?, &bootstrap) {
+        (Some(stored), _) => stored,
+        (None, Some(boot)) => boot.clone(),
+        (None, None) => anyhow::bail!("node {node} joined a cluster but its data dir holds no cluster map"),
+    };
 
     let peer_thread = Arbiter::new();
     let (transport, peer_bound) = PeerTransport::start(
@@ -46,7 +62,7 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
             node,
             cluster_id: ident.cluster_id,
             listen: o.peer_addr,
-            peers: ident.peers(),
+            peers: peers_of(&map, node),
             // A peer silent for an election timeout is as good as gone to
             // Raft too: its shards elect elsewhere.
             link_timeout: Duration::from_millis(o.raft.election_timeout_ms()),
@@ -55,20 +71,44 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
     )?;
     let peers: Arc<dyn ringstore_storage::Transport> = Arc::new(transport.clone());
     let leaders = Arc::new(LeaderHints::new(Duration::from_millis(o.raft.election_timeout_ms())));
-    let replicas = replicas::start(node, &map, &engine, peers.clone(), &leaders, &o.raft, &o.limits, |s, a| {
-        transport.register(s, a)
-    })?;
+    let registry = transport.clone();
+    let replicas = replicas::start(
+        node,
+        &map,
+        &engine,
+        peers.clone(),
+        &leaders,
+        &o.raft,
+        &o.limits,
+        Box::new(move |s, a| match a {
+            Some(a) => registry.register(s, a),
+            None => registry.unregister(s),
+        }),
+    )?;
 
     let routing = MapCell::new(node, RoutingTable::from_map(&map), leaders);
-    let keeper = actix_rt::spawn(routing_map::keep_in_sync(routing.clone(), peers.clone(), map.clone()));
+    let keeper = actix_rt::spawn(routing_map::keep_in_sync(routing.clone(), peers.clone(), bootstrap));
+    let linker = transport.clone();
+    let follower = actix_rt::spawn(follow::follow_map(
+        routing.clone(),
+        replicas.clone(),
+        engine.clone(),
+        Box::new(move |m| {
+            linker.set_peers(&peers_of(m, node));
+            linker.set_snapshot_rate(m.rebalance.max_bytes_per_sec);
+        }),
+    ));
+    let rebalancer = actix::Actor::start(Rebalancer::new(routing.clone(), peers.clone(), REPLICATION));
     let draining = Arc::new(AtomicBool::new(false));
+    let shards_here = replicas.clone();
     let (server, http_bound) = crate::http::start(crate::http::HttpOptions {
         node,
         addr: o.http,
         workers: o.http_workers,
         map: routing,
-        local_shards: replicas.shards(),
+        local_shards: Arc::new(move || shards_here.shards()),
         transport: peers,
+        cluster_id: ident.cluster_id,
         limits: o.limits.clone(),
         draining: draining.clone(),
         shutdown_timeout_s: o.shutdown_timeout_s,
@@ -80,18 +120,20 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
         "ringstore node {node}: cluster {:016x}, {} shard(s) ({} here), http http://{http_bound}, peers on {peer_bound}, data in {}",
         ident.cluster_id,
         ident.shards,
-        replicas.replicas.len(),
+        replicas.shards().len(),
         dir.display()
     );
 
     crate::shutdown_signal().await;
     info!(node, "shutting down: draining");
     draining.store(true, Ordering::Relaxed);
-    replicas.hand_over_leadership(node, Duration::from_millis(o.raft.election_timeout_ms() * 3)).await;
+    rebalancer.do_send(ringstore_rebalancer::actor::Stop);
+    replicas.hand_over_leadership(Duration::from_millis(o.raft.election_timeout_ms() * 3)).await;
     // Waits for in-flight requests (up to the shutdown timeout); the peer
     // transport still runs, so forwarded work can complete.
     server.stop(true).await;
     keeper.abort();
+    follower.abort();
     replicas.stop().await?;
     engine.flush().context("flushing RocksDB")?;
     peer_thread.stop();
@@ -104,16 +146,12 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
 /// the shard count fix the placement and the ring, so nodes agree on it
 /// without talking (the meta shard will hold later versions).
 fn bootstrap_map(ident: &Identity) -> anyhow::Result<ClusterMap> {
-    let nodes = ident
-        .members
-        .iter()
-        .map(|(id, peer)| (*id, NodeInfo { http: String::new(), peer: peer.clone(), state: NodeState::Up }))
-        .collect();
+    let nodes = ident.members.iter().map(|(id, peer)| (*id, NodeInfo::new("", peer.clone(), NodeState::Up))).collect();
     ClusterMap::bootstrap(nodes, ident.shards, REPLICATION).context("placing the shards")
 }
 
 /// Opens RocksDB and settles who this data dir belongs to.
-fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Identity)> {
+async fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Identity)> {
     let label = o.id.map(|i| i.to_string()).unwrap_or_else(|| "0".into());
     let engine = Engine::open(&o.data_dir, &label)?;
     let stored = engine
@@ -121,6 +159,46 @@ fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Identity)
         .map(|b| Identity::decode(&b))
         .transpose()
         .with_context(|| format!("reading the identity in {}", o.data_dir.display()))?;
+    if let Some(url) = &o.join {
+        anyhow::ensure!(o.initial_cluster.is_none(), "--join and --initial-cluster exclude each other");
+        match &stored {
+            None => {
+                let a = join::join(url, &o.advertise_peer, &o.advertise_http, o.id, None, join::JOIN_TRYING).await?;
+                let ident = Identity {
+                    node: a.id,
+                    cluster_id: a.cluster_id,
+                    members: peers_of(&a.map, 0),
+                    shards: a.shards,
+                    joined: true,
+                };
+                // The map first: an identity without its map cannot start.
+                follow::store_map(&engine, &a.map)?;
+                engine.meta_put(IDENTITY_KEY, &ident.encode())?;
+                engine.check_or_set_identity(ident.node)?;
+                info!(node = ident.node, cluster = format!("{:016x}", ident.cluster_id), "joined as a new node");
+                drop(engine);
+                let engine = Engine::open(&o.data_dir, &ident.node.to_string())?;
+                return Ok((engine, ident));
+            }
+            Some(s) => {
+                // A restart: the cluster must not have removed this node or
+                // be another cluster; if it cannot answer, start anyway.
+                let check = join::join(
+                    url,
+                    &o.advertise_peer,
+                    &o.advertise_http,
+                    Some(s.node),
+                    Some(s.cluster_id),
+                    REJOIN_CHECK,
+                );
+                match check.await {
+                    Ok(_) => {}
+                    Err(e @ JoinError::Refused { .. }) => return Err(e.into()),
+                    Err(e) => warn!("{e}; starting with the stored identity"),
+                }
+            }
+        }
+    }
     let initial = o.initial_cluster.as_deref().map(identity::parse_initial_cluster).transpose()?.map(|members| {
         Bootstrap { token: o.cluster_token.as_str(), members, shards: o.shards.unwrap_or(DEFAULT_SHARDS) }
     });

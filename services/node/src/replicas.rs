@@ -1,17 +1,27 @@
-//! A node's shard replicas: started from the cluster map on a fixed number
-//! of storage threads, handed over on shutdown, stopped together. Shared by
-//! `ringstore node` and `LocalCluster`, so both run shards the same way.
+//! A node's shard replicas: started on a fixed number of storage threads,
+//! added and destroyed as the cluster map moves replicas, handed over on
+//! shutdown, stopped together. Shared by `ringstore node` and
+//! `LocalCluster`, so both run shards the same way.
+//!
+//! Which replicas a node runs is recorded in its `meta` column family
+//! (`replicas`), so a restart brings back exactly the replicas it held,
+//! whatever map it last saw. The map then says what to add (a replica
+//! moving here starts empty and waits for its leader's snapshot) and what
+//! to delete (a replica moved away, once the map no longer lists it).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::{Addr, Arbiter};
 use anyhow::Context as _;
 use ringstore_shared::cluster_map::{ClusterMap, META_SHARD};
+use ringstore_shared::codec::{Reader, Writer};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::{NodeId, ShardId};
 use ringstore_storage::clock::SystemClock;
-use ringstore_storage::messages::TransferLeadership;
+use ringstore_storage::messages::{DestroyReplica, TransferLeadership};
 use ringstore_storage::{
     Engine, LeaderHints, ReplicaConfig, ShardOp, ShardReply, ShardRequest, StorageActor, Transport,
 };
@@ -24,16 +34,32 @@ use tracing::{info, warn};
 /// is busy only while it computes and writes.
 pub const STORAGE_THREADS_PER_NODE: usize = 2;
 
+/// The `meta` family record listing this node's replicas.
+const REPLICAS_KEY: &[u8] = b"replicas";
+
+/// Makes a replica reachable through the node's transport (`Some`) or
+/// withdraws it (`None`).
+pub type Register = Box<dyn Fn(ShardId, Option<Addr<StorageActor>>) + Send + Sync>;
+
 pub struct LocalReplicas {
-    pub arbiters: Vec<Arbiter>,
-    /// This node's replicas (the meta shard's too, if it has one), by shard id.
-    pub replicas: Vec<(ShardId, Addr<StorageActor>)>,
+    node: NodeId,
+    engine: Arc<Engine>,
+    transport: Arc<dyn Transport>,
+    leaders: Arc<LeaderHints>,
+    raft: RaftConfig,
+    limits: Limits,
+    register: Register,
+    arbiters: Mutex<Vec<Arbiter>>,
+    next_thread: AtomicUsize,
+    /// This node's replicas (the meta shard's too, if it has one). A
+    /// `std` mutex: held for map edits only, never across an await.
+    running: Mutex<BTreeMap<ShardId, Addr<StorageActor>>>,
 }
 
-/// Starts a replica of every shard the map places on `node`: data shards
-/// owning their ring intervals, and the meta shard (which owns no keys, only
-/// the map), spread round robin over the storage threads. `register` makes
-/// each reachable (the transport's table); each publishes its view of its
+/// Starts the replicas this node holds: those its `meta` record lists, or
+/// on a node's first start, those `map` places on it (bootstrapping them
+/// with the map's voters). Data shards own their ring intervals; the meta
+/// shard owns no keys, only the map. Each publishes its view of its
 /// shard's leader in `leaders`, which the node's routers read.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
@@ -44,59 +70,152 @@ pub fn start(
     leaders: &Arc<LeaderHints>,
     raft: &RaftConfig,
     limits: &Limits,
-    mut register: impl FnMut(ShardId, Addr<StorageActor>),
-) -> anyhow::Result<LocalReplicas> {
+    register: Register,
+) -> anyhow::Result<Arc<LocalReplicas>> {
     let arbiters: Vec<Arbiter> = (0..STORAGE_THREADS_PER_NODE).map(|_| Arbiter::new()).collect();
-    let ring = map.ring();
-    let mut replicas = Vec::new();
-    for (i, shard) in map.shards_on(node).into_iter().enumerate() {
-        let addr = StorageActor::start(
-            ReplicaConfig {
-                node,
-                shard,
-                ranges: if shard == META_SHARD { Vec::new() } else { ring.ranges_of(shard) },
-                epoch: map.epoch,
-                initial_voters: map.shards[&shard].clone(),
-                raft: raft.clone(),
-                limits: limits.clone(),
-                leaders: leaders.clone(),
-            },
-            engine.clone(),
-            transport.clone(),
-            Arc::new(SystemClock),
-            &arbiters[i % arbiters.len()].handle(),
-        )
-        .with_context(|| format!("starting shard {shard} on node {node}"))?;
-        register(shard, addr.clone());
-        replicas.push((shard, addr));
+    let replicas = Arc::new(LocalReplicas {
+        node,
+        engine: engine.clone(),
+        transport,
+        leaders: leaders.clone(),
+        raft: raft.clone(),
+        limits: limits.clone(),
+        register,
+        arbiters: Mutex::new(arbiters),
+        next_thread: AtomicUsize::new(0),
+        running: Mutex::default(),
+    });
+    let stored = replicas.stored_list()?;
+    let shards = stored.clone().unwrap_or_else(|| map.hosted_on(node));
+    for shard in shards {
+        let voters = map.shards.get(&shard).cloned().unwrap_or_default();
+        replicas.start_one(map, shard, &voters)?;
     }
-    info!(node, replicas = replicas.len(), threads = arbiters.len(), "shard replicas started");
-    Ok(LocalReplicas { arbiters, replicas })
+    if stored.is_none() {
+        replicas.save_list()?;
+    }
+    info!(node, replicas = replicas.shards().len(), threads = STORAGE_THREADS_PER_NODE, "shard replicas started");
+    Ok(replicas)
 }
 
 impl LocalReplicas {
     pub fn shards(&self) -> Vec<ShardId> {
-        self.replicas.iter().map(|(s, _)| *s).collect()
+        self.lock().keys().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardId, Addr<StorageActor>>> {
+        // The map stays consistent across a panic elsewhere.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stored_list(&self) -> anyhow::Result<Option<Vec<ShardId>>> {
+        let Some(b) = self.engine.meta_get(REPLICAS_KEY)? else { return Ok(None) };
+        let mut r = Reader::new(&b);
+        let n = r.u32("replica count").context("the local replica list")?;
+        let mut v = Vec::with_capacity((n as usize).min(4096));
+        for _ in 0..n {
+            v.push(r.u64("shard").context("the local replica list")?);
+        }
+        r.finish().context("the local replica list")?;
+        Ok(Some(v))
+    }
+
+    fn save_list(&self) -> anyhow::Result<()> {
+        let shards = self.shards();
+        let mut w = Writer::with_capacity(4 + 8 * shards.len());
+        w.u32(shards.len() as u32);
+        for s in &shards {
+            w.u64(*s);
+        }
+        self.engine.meta_put(REPLICAS_KEY, &w.buf)?;
+        Ok(())
+    }
+
+    /// Starts a replica of `shard`, bootstrapped with `voters` if this node
+    /// has no state for it (empty: it waits for its leader's snapshot).
+    fn start_one(&self, map: &ClusterMap, shard: ShardId, voters: &[NodeId]) -> anyhow::Result<()> {
+        let i = self.next_thread.fetch_add(1, Ordering::Relaxed);
+        let arbiter = {
+            let arbiters = self.arbiters.lock().unwrap_or_else(|e| e.into_inner());
+            arbiters[i % arbiters.len()].handle()
+        };
+        let addr = StorageActor::start(
+            ReplicaConfig {
+                node: self.node,
+                shard,
+                ranges: if shard == META_SHARD { Vec::new() } else { map.ring().ranges_of(shard) },
+                epoch: map.epoch,
+                initial_voters: voters.to_vec(),
+                raft: self.raft.clone(),
+                limits: self.limits.clone(),
+                leaders: self.leaders.clone(),
+            },
+            self.engine.clone(),
+            self.transport.clone(),
+            Arc::new(SystemClock),
+            &arbiter,
+        )
+        .with_context(|| format!("starting shard {shard} on node {}", self.node))?;
+        (self.register)(shard, Some(addr.clone()));
+        self.lock().insert(shard, addr);
+        Ok(())
+    }
+
+    /// Brings the running replicas in line with `map`: starts (empty) the
+    /// replicas moving here, destroys those moved away. Returns what
+    /// changed.
+    pub async fn reconcile(&self, map: &ClusterMap) -> anyhow::Result<(Vec<ShardId>, Vec<ShardId>)> {
+        let wanted = map.hosted_on(self.node);
+        let running = self.shards();
+        let added: Vec<ShardId> = wanted.iter().copied().filter(|s| !running.contains(s)).collect();
+        // Only shards the map knows: a replica of a shard missing from the
+        // map is kept (a newer map may be on its way).
+        let gone: Vec<ShardId> =
+            running.iter().copied().filter(|s| !wanted.contains(s) && map.shards.contains_key(s)).collect();
+        for &shard in &added {
+            info!(node = self.node, shard, epoch = map.epoch, "starting a replica moving here");
+            self.start_one(map, shard, &[])?;
+        }
+        if !added.is_empty() {
+            self.save_list()?;
+        }
+        for &shard in &gone {
+            info!(node = self.node, shard, epoch = map.epoch, "destroying a replica moved away");
+            (self.register)(shard, None);
+            let addr = self.lock().remove(&shard);
+            // Off the list first: a crash in between leaves data nobody
+            // lists, never a listed replica without data.
+            self.save_list()?;
+            if let Some(addr) = addr {
+                match addr.send(DestroyReplica).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => anyhow::bail!(e),
+                    Err(_) => warn!(node = self.node, shard, "replica stopped before it could be destroyed"),
+                }
+            }
+        }
+        Ok((added, gone))
     }
 
     /// Hands over every shard this node leads, all at once, and waits
     /// (bounded by `within`) until each has moved, so clients see a
     /// handover, not an election timeout, when the node stops.
-    pub async fn hand_over_leadership(&self, node: NodeId, within: Duration) {
-        let handovers = self.replicas.iter().map(|(shard, addr)| hand_over(addr, node, *shard, within));
+    pub async fn hand_over_leadership(&self, within: Duration) {
+        let running: Vec<(ShardId, Addr<StorageActor>)> = self.lock().iter().map(|(s, a)| (*s, a.clone())).collect();
+        let handovers = running.iter().map(|(shard, addr)| hand_over(addr, self.node, *shard, within));
         futures::future::join_all(handovers).await;
     }
 
     /// Stops every storage thread and waits for them to end.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        for a in &self.arbiters {
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let arbiters = std::mem::take(&mut *self.arbiters.lock().unwrap_or_else(|e| e.into_inner()));
+        for a in &arbiters {
             a.stop();
         }
-        let arbiters = self.arbiters;
         actix_rt::task::spawn_blocking(move || arbiters.into_iter().for_each(|a| drop(a.join())))
             .await
             .context("joining the storage threads")?;
-        drop(self.replicas);
+        self.lock().clear();
         Ok(())
     }
 }

@@ -28,7 +28,7 @@
 //!
 //! All tasks run on one arbiter (thread) of their own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -150,8 +150,13 @@ impl LinkHealth {
 struct Shared {
     node: NodeId,
     cluster_id: u64,
-    members: Vec<NodeId>,
-    links: HashMap<NodeId, Link>,
+    /// Every node of the cluster map, this one included: who may connect.
+    members: RwLock<Vec<NodeId>>,
+    /// One link per peer; grows when nodes join (links of removed nodes
+    /// stay, idle, until the process ends).
+    links: RwLock<HashMap<NodeId, Arc<Link>>>,
+    /// Where link tasks of peers that join later are spawned.
+    arbiter: ArbiterHandle,
     /// The IP outbound connections leave from: the peer listener's, unless
     /// that is unspecified (so firewalls and peers see one address per node).
     source_ip: Option<std::net::IpAddr>,
@@ -160,11 +165,54 @@ struct Shared {
     /// read on every delivery: a map lookup under an uncontended RwLock.
     local: RwLock<HashMap<ShardId, Addr<StorageActor>>>,
     next_id: AtomicU64,
+    /// Snapshot bytes this node may send per second, over all links.
+    snapshots: SnapshotThrottle,
+}
+
+/// A token bucket over every link's snapshot chunks, so moving replicas
+/// leaves the network and disks to foreground traffic. Chunks go
+/// whole: the bucket may go negative by one chunk and then waits. Raft
+/// messages never wait behind it; they interleave with the chunks.
+struct SnapshotThrottle {
+    /// Bytes per second; 0 = unlimited.
+    rate: AtomicU64,
+    /// (when last refilled, tokens).
+    bucket: Mutex<(Instant, f64)>,
+}
+
+impl SnapshotThrottle {
+    fn new() -> Self {
+        SnapshotThrottle { rate: AtomicU64::new(0), bucket: Mutex::new((Instant::now(), 0.0)) }
+    }
+
+    /// Takes `n` bytes if any tokens are left; else how long until there are.
+    fn take(&self, n: usize) -> Result<(), Duration> {
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate == 0 {
+            return Ok(());
+        }
+        let mut b = lock(&self.bucket);
+        let now = Instant::now();
+        // At most one second of burst.
+        b.1 = (b.1 + now.duration_since(b.0).as_secs_f64() * rate as f64).min(rate as f64);
+        b.0 = now;
+        if b.1 > 0.0 {
+            b.1 -= n as f64;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((-b.1 + 1.0) / rate as f64))
+        }
+    }
 }
 
 impl Shared {
     fn local(&self, shard: ShardId) -> Option<Addr<StorageActor>> {
         self.local.read().unwrap_or_else(|e| e.into_inner()).get(&shard).cloned()
+    }
+    /// The link to `peer`. A read lock for one `Arc` clone: links change
+    /// only when a node joins.
+    fn link(&self, peer: NodeId) -> Option<Arc<Link>> {
+        self.links.read().unwrap_or_else(|e| e.into_inner()).get(&peer).cloned()
     }
 }
 
@@ -190,33 +238,17 @@ impl PeerTransport {
             std::net::TcpListener::bind(cfg.listen).map_err(|source| BindError { addr: cfg.listen, source })?;
         std_listener.set_nonblocking(true).map_err(|source| BindError { addr: cfg.listen, source })?;
         let bound = std_listener.local_addr().map_err(|source| BindError { addr: cfg.listen, source })?;
-        let mut links = HashMap::new();
-        let mut receivers = Vec::new();
-        for (&peer, addr) in &cfg.peers {
-            let (tx, rx) = mpsc::channel(SEND_QUEUE_CAPACITY);
-            let pending: PendingMap = Arc::default();
-            let metrics = Arc::new(LinkMetrics::new(cfg.node, peer));
-            let health = Arc::new(LinkHealth::new());
-            receivers.push((
-                peer,
-                addr.clone(),
-                rx,
-                LinkState { pending: pending.clone(), m: metrics.clone(), health: health.clone() },
-            ));
-            links.insert(peer, Link { tx, pending, metrics, health });
-        }
-        let mut members: Vec<NodeId> = cfg.peers.keys().copied().collect();
-        members.push(cfg.node);
-        members.sort_unstable();
         let shared = Arc::new(Shared {
             node: cfg.node,
             cluster_id: cfg.cluster_id,
-            members,
-            links,
+            members: RwLock::new(vec![cfg.node]),
+            links: RwLock::default(),
+            arbiter: arbiter.clone(),
             source_ip: Some(bound.ip()).filter(|ip| !ip.is_unspecified()),
             link_timeout: cfg.link_timeout,
             local: RwLock::default(),
             next_id: AtomicU64::new(1),
+            snapshots: SnapshotThrottle::new(),
         });
         let s = shared.clone();
         arbiter.spawn(async move {
@@ -225,13 +257,44 @@ impl PeerTransport {
                 Err(e) => error!("peer listener could not join the runtime: {e}"),
             }
         });
-        for (peer, addr, rx, state) in receivers {
-            arbiter.spawn(run_link(shared.clone(), peer, addr, rx, state));
-        }
+        let transport = PeerTransport { shared };
+        transport.set_peers(&cfg.peers);
         // Exported from the start, so rate() and alerts see 0, not absence.
         PEER.relayed.with_label_values(&[&cfg.node.to_string()]);
         info!(node = cfg.node, %bound, peers = ?cfg.peers, "peer transport started");
-        Ok((PeerTransport { shared }, bound))
+        Ok((transport, bound))
+    }
+
+    /// Snapshot bytes per second this node sends, over all links (0:
+    /// unlimited). Set from the cluster map's rebalance settings.
+    pub fn set_snapshot_rate(&self, bytes_per_sec: u64) {
+        self.shared.snapshots.rate.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
+    /// Admits and links every node in `peers` not known yet (nodes that
+    /// joined since). Addresses of known peers do not change: a node keeps
+    /// its address for life (a StatefulSet pod's stable name).
+    pub fn set_peers(&self, peers: &BTreeMap<NodeId, String>) {
+        let shared = &self.shared;
+        let mut links = shared.links.write().unwrap_or_else(|e| e.into_inner());
+        let mut members = shared.members.write().unwrap_or_else(|e| e.into_inner());
+        for (&peer, addr) in peers {
+            if peer == shared.node || links.contains_key(&peer) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(SEND_QUEUE_CAPACITY);
+            let pending: PendingMap = Arc::default();
+            let metrics = Arc::new(LinkMetrics::new(shared.node, peer));
+            let health = Arc::new(LinkHealth::new());
+            let state = LinkState { pending: pending.clone(), m: metrics.clone(), health: health.clone() };
+            links.insert(peer, Arc::new(Link { tx, pending, metrics, health }));
+            if !members.contains(&peer) {
+                members.push(peer);
+                members.sort_unstable();
+            }
+            info!(node = shared.node, peer, %addr, "linking to peer");
+            shared.arbiter.spawn(run_link(shared.clone(), peer, addr.clone(), rx, state));
+        }
     }
 
     /// Makes the local replica of `shard` reachable from peers.
@@ -270,7 +333,7 @@ impl Transport for PeerTransport {
     /// for a moment (reconnecting), counts as reachable, so a node starting
     /// beside its peers or waking from a pause does not think itself cut off.
     fn reachable(&self, _from: NodeId, to: NodeId) -> bool {
-        to == self.shared.node || self.shared.links.get(&to).is_some_and(|l| !l.health.known_down())
+        to == self.shared.node || self.shared.link(to).is_some_and(|l| !l.health.known_down())
     }
 
     fn request(&self, _from: NodeId, to: NodeId, shard: ShardId, op: ShardOp) -> BoxFuture<'static, ShardResult> {
@@ -289,7 +352,7 @@ impl PeerTransport {
                 addr.send(ShardRequest(op)).await.unwrap_or_else(|_| Err(replica_stopped()))
             });
         }
-        let Some(link) = shared.links.get(&to).filter(|l| l.health.is_up()) else {
+        let Some(link) = shared.link(to).filter(|l| l.health.is_up()) else {
             // Unknown, or known to be down: never sent, so safe to retry
             // elsewhere at once.
             return Box::pin(async move { Err(StoreError::Unreachable { node: to }) });
@@ -313,7 +376,7 @@ impl PeerTransport {
     }
 
     fn enqueue(&self, to: NodeId, o: Outgoing) -> bool {
-        let Some(link) = self.shared.links.get(&to) else {
+        let Some(link) = self.shared.link(to) else {
             debug!(node = self.shared.node, to, "no link to unknown peer");
             return false;
         };
@@ -553,17 +616,22 @@ async fn serve_link(
     };
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut last_tick = Instant::now();
+    // Snapshot chunk frames waiting for the throttle, in order.
+    let mut chunks: VecDeque<(ShardId, Vec<u8>)> = VecDeque::new();
+    let mut throttled = Duration::ZERO;
     loop {
         buf.clear();
         let mut snapshots = Vec::new();
         tokio::select! {
             item = rx.recv() => match item {
-                Some(o) => encode(shared, peer, o, &mut buf, &mut snapshots, m, transfer),
+                Some(o) => encode(shared, peer, o, &mut buf, &mut chunks, transfer),
                 None => {
                     reader.abort();
+                    report_lost_snapshots(shared, peer, &pending_snapshot_shards(&chunks));
                     return None;
                 }
             },
+            _ = tokio::time::sleep(throttled), if !chunks.is_empty() => {}
             r = &mut reader => {
                 return Some(r.unwrap_or_else(|e| ConnError::Io(std::io::Error::other(e))));
             }
@@ -578,6 +646,7 @@ async fn serve_link(
                 last_tick = Instant::now();
                 if let Some(e) = silent() {
                     reader.abort();
+                    report_lost_snapshots(shared, peer, &pending_snapshot_shards(&chunks));
                     return Some(e);
                 }
                 wire::encode_ping(&mut buf, heard.now_us());
@@ -585,9 +654,26 @@ async fn serve_link(
         }
         while buf.len() < WRITE_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(o) => encode(shared, peer, o, &mut buf, &mut snapshots, m, transfer),
+                Ok(o) => encode(shared, peer, o, &mut buf, &mut chunks, transfer),
                 Err(_) => break,
             }
+        }
+        // One snapshot chunk per write at most, so Raft messages queued
+        // meanwhile go out between chunks.
+        throttled = Duration::ZERO;
+        if let Some((shard, frame)) = chunks.front() {
+            match shared.snapshots.take(frame.len()) {
+                Ok(()) => {
+                    buf.extend_from_slice(frame);
+                    m.snapshot_chunks_sent.inc();
+                    snapshots.push(*shard);
+                    chunks.pop_front();
+                }
+                Err(wait) => throttled = wait,
+            }
+        }
+        if buf.is_empty() {
+            continue;
         }
         m.queue_depth.set(rx.len() as i64);
         // A peer that stops reading (paused, cut off) fills the socket
@@ -604,6 +690,7 @@ async fn serve_link(
             }
         };
         if let Err(e) = written {
+            snapshots.extend(pending_snapshot_shards(&chunks));
             report_lost_snapshots(shared, peer, &snapshots);
             reader.abort();
             return Some(e);
@@ -612,26 +699,40 @@ async fn serve_link(
     }
 }
 
+/// The shards whose snapshots have chunks not yet sent.
+fn pending_snapshot_shards(chunks: &VecDeque<(ShardId, Vec<u8>)>) -> Vec<ShardId> {
+    let mut shards: Vec<ShardId> = chunks.iter().map(|(s, _)| *s).collect();
+    shards.dedup();
+    shards
+}
+
+/// Encodes `o` into `buf`, except a snapshot, whose chunk frames queue in
+/// `chunks` for the throttle.
 fn encode(
     shared: &Shared,
     peer: NodeId,
     o: Outgoing,
     buf: &mut Vec<u8>,
-    snapshots: &mut Vec<ShardId>,
-    m: &LinkMetrics,
+    chunks: &mut VecDeque<(ShardId, Vec<u8>)>,
     transfer: &mut u64,
 ) {
     let res = match &o {
         Outgoing::Raft { shard, msgs } => wire::encode_raft(buf, *shard, msgs),
         Outgoing::Snapshot { shard, msg } => {
             *transfer += 1;
-            let before = buf.len();
-            let r = wire::encode_snapshot(buf, *shard, *transfer, msg);
+            let mut all = Vec::new();
+            let r = wire::encode_snapshot(&mut all, *shard, *transfer, msg);
             if r.is_ok() {
-                snapshots.push(*shard);
-                let chunks = (buf.len() - before).div_ceil(wire::SNAPSHOT_CHUNK_BYTES).max(1);
-                m.snapshot_chunks_sent.inc_by(chunks as u64);
-                info!(node = shared.node, peer, shard, bytes = buf.len() - before, "sending snapshot");
+                info!(node = shared.node, peer, shard, bytes = all.len(), "sending snapshot");
+                let mut rest = all.as_slice();
+                while rest.len() >= wire::FRAME_HEADER_BYTES {
+                    let mut h = [0u8; wire::FRAME_HEADER_BYTES];
+                    h.copy_from_slice(&rest[..wire::FRAME_HEADER_BYTES]);
+                    let n = wire::FRAME_HEADER_BYTES + u32::from_be_bytes(h) as usize;
+                    let (frame, tail) = rest.split_at(n.min(rest.len()));
+                    chunks.push_back((*shard, frame.to_vec()));
+                    rest = tail;
+                }
             }
             r
         }
@@ -731,11 +832,12 @@ async fn serve_inbound(shared: Arc<Shared>, stream: TcpStream, remote: SocketAdd
         let _ = wr.write_all(&buf).await;
         return;
     };
-    if let Err(reason) = wire::check_hello(&hello, shared.cluster_id, node, &shared.members) {
+    let members = shared.members.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Err(reason) = wire::check_hello(&hello, shared.cluster_id, node, &members) {
         refused(node, reason.label());
         let detail = format!(
             "node {node} is in cluster {:016x} with members {:?}; you are node {} of cluster {:016x} asking for node {}",
-            shared.cluster_id, shared.members, hello.from, hello.cluster_id, hello.to
+            shared.cluster_id, members, hello.from, hello.cluster_id, hello.to
         );
         warn!(node, %remote, reason = reason.label(), "refused peer: {detail}");
         let mut buf = Vec::new();

@@ -22,11 +22,12 @@ use ringstore_shared::command::{get_request, put_request, Proposal};
 use ringstore_shared::lock::LockRecord;
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
+use ringstore_storage::messages::PeerChange;
 use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult};
 
 pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
 /// 2: ping and pong frames (link liveness).
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Largest frame a peer may send: a value at the value limit plus room.
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -467,7 +468,46 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
             w.u8(*keys_only as u8);
         }
         ShardOp::ReadMap => w.u8(7),
+        ShardOp::ChangePeers(c) => {
+            w.u8(8);
+            match *c {
+                PeerChange::AddLearner(n) => {
+                    w.u8(1);
+                    w.u64(n);
+                }
+                PeerChange::Promote { add, remove } => {
+                    w.u8(2);
+                    w.u64(add);
+                    put_opt(w, remove);
+                }
+                PeerChange::Remove(n) => {
+                    w.u8(3);
+                    w.u64(n);
+                }
+                PeerChange::LeaveJoint => w.u8(4),
+            }
+        }
+        ShardOp::TransferLeader { to } => {
+            w.u8(9);
+            w.u64(*to);
+        }
     }
+}
+
+fn put_ids(w: &mut Writer, ids: &[u64]) {
+    w.u32(ids.len() as u32);
+    for v in ids {
+        w.u64(*v);
+    }
+}
+
+fn get_ids(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<u64>, CodecError> {
+    let n = r.u32(what)?;
+    let mut v = Vec::with_capacity((n as usize).min(64));
+    for _ in 0..n {
+        v.push(r.u64(what)?);
+    }
+    Ok(v)
 }
 
 fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
@@ -505,6 +545,14 @@ fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
             keys_only: r.u8("keys only")? != 0,
         },
         7 => ShardOp::ReadMap,
+        8 => ShardOp::ChangePeers(match r.u8("peer change")? {
+            1 => PeerChange::AddLearner(r.u64("node")?),
+            2 => PeerChange::Promote { add: r.u64("node")?, remove: get_opt(r, "removed node")? },
+            3 => PeerChange::Remove(r.u64("node")?),
+            4 => PeerChange::LeaveJoint,
+            tag => return Err(CodecError::UnknownTag { what: "peer change", tag }),
+        }),
+        9 => ShardOp::TransferLeader { to: r.u64("node")? },
         tag => return Err(CodecError::UnknownTag { what: "op", tag }),
     })
 }
@@ -539,12 +587,16 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
             w.u64(s.applied_index);
             w.u64(s.first_index);
             w.u64(s.last_index);
-            w.u32(s.voters.len() as u32);
-            for v in &s.voters {
-                w.u64(*v);
-            }
+            put_ids(w, &s.voters);
             w.u64(s.key_count);
             w.u64(s.bytes);
+            put_ids(w, &s.learners);
+            put_ids(w, &s.voters_outgoing);
+            w.u32(s.progress.len() as u32);
+            for (n, m) in &s.progress {
+                w.u64(*n);
+                w.u64(*m);
+            }
         }
         ShardReply::Items { items, more } => {
             w.u8(5);
@@ -605,13 +657,16 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
             let applied_index = r.u64("applied")?;
             let first_index = r.u64("first")?;
             let last_index = r.u64("last")?;
-            let n = r.u32("voter count")?;
-            let mut voters = Vec::with_capacity((n as usize).min(64));
-            for _ in 0..n {
-                voters.push(r.u64("voter")?);
-            }
+            let voters = get_ids(r, "voter")?;
             let key_count = r.u64("key count")?;
             let bytes = r.u64("bytes")?;
+            let learners = get_ids(r, "learner")?;
+            let voters_outgoing = get_ids(r, "outgoing voter")?;
+            let n = r.u32("progress count")?;
+            let mut progress = Vec::with_capacity((n as usize).min(64));
+            for _ in 0..n {
+                progress.push((r.u64("peer")?, r.u64("matched")?));
+            }
             ShardReply::Status(ReplicaStatus {
                 node,
                 shard,
@@ -623,6 +678,9 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
                 first_index,
                 last_index,
                 voters,
+                learners,
+                voters_outgoing,
+                progress,
                 key_count,
                 bytes,
             })
@@ -931,6 +989,12 @@ mod tests {
             ShardOp::LockStatus { name: "n".into() },
             ShardOp::Scan { prefix: b"p/".to_vec(), after: Some(b"p/a".to_vec()), limit: 10, keys_only: true },
             ShardOp::ReadMap,
+            ShardOp::ChangePeers(PeerChange::AddLearner(4)),
+            ShardOp::ChangePeers(PeerChange::Promote { add: 4, remove: Some(1) }),
+            ShardOp::ChangePeers(PeerChange::Promote { add: 4, remove: None }),
+            ShardOp::ChangePeers(PeerChange::Remove(2)),
+            ShardOp::ChangePeers(PeerChange::LeaveJoint),
+            ShardOp::TransferLeader { to: 3 },
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let mut buf = Vec::new();
@@ -963,6 +1027,9 @@ mod tests {
                 first_index: 1,
                 last_index: 6,
                 voters: vec![1, 2, 3],
+                learners: vec![4],
+                voters_outgoing: vec![1, 2, 5],
+                progress: vec![(1, 6), (4, 0)],
                 key_count: 7,
                 bytes: 8,
             })),

@@ -19,7 +19,7 @@ use ringstore_shared::command::Command;
 use ringstore_shared::{NodeId, StoreError};
 use ringstore_storage::{LeaderHints, ShardOp, ShardReply, Transport};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{send_to_shard, RoutingTable};
 
@@ -172,18 +172,19 @@ async fn sync_inner(
     }
 }
 
-/// How often a node's map keeper reads the meta shard once it has synced.
-pub const MAP_SYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a node's map keeper reads the meta shard once it has synced:
+/// a node learns within this that it should start (or drop) a replica.
+pub const MAP_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause between attempts while the meta shard cannot answer yet (startup,
 /// election).
 const MAP_SYNC_RETRY: Duration = Duration::from_millis(250);
 
 /// The node's map keeper: writes the bootstrap map into an empty meta shard
-/// and keeps `cell` following the meta shard's map, until the task is
-/// aborted with the node.
-pub async fn keep_in_sync(cell: Arc<MapCell>, transport: Arc<dyn Transport>, bootstrap: ClusterMap) {
+/// (a node that joined has none to write) and keeps `cell` following the
+/// meta shard's map, until the task is aborted with the node.
+pub async fn keep_in_sync(cell: Arc<MapCell>, transport: Arc<dyn Transport>, bootstrap: Option<ClusterMap>) {
     loop {
-        let pause = match sync_with_meta(&cell, &transport, Some(&bootstrap), MAP_SYNC_INTERVAL).await {
+        let pause = match sync_with_meta(&cell, &transport, bootstrap.as_ref(), MAP_SYNC_INTERVAL).await {
             Ok(_) => MAP_SYNC_INTERVAL,
             Err(e) => {
                 tracing::debug!(node = cell.node, "cluster map not read from the meta shard yet: {e}");
@@ -192,4 +193,64 @@ pub async fn keep_in_sync(cell: Arc<MapCell>, transport: Arc<dyn Transport>, boo
         };
         tokio::time::sleep(pause).await;
     }
+}
+
+/// Reads the cluster map from the meta shard (linearizable) and installs
+/// it if newer.
+pub async fn read_map(
+    cell: &MapCell,
+    transport: &Arc<dyn Transport>,
+    deadline: Instant,
+) -> Result<ClusterMap, StoreError> {
+    let table = cell.load();
+    match send_to_shard(cell, &table, transport, META_SHARD, ShardOp::ReadMap, deadline).await? {
+        ShardReply::Map(Some(bytes)) => {
+            let map = ClusterMap::decode(&bytes)
+                .map_err(|e| StoreError::Internal(format!("the meta shard's cluster map: {e}")))?;
+            cell.install(&map);
+            Ok(map)
+        }
+        ShardReply::Map(None) => {
+            Err(StoreError::Unavailable { reason: "the cluster map is not bootstrapped yet".into() })
+        }
+        other => Err(StoreError::Internal(format!("meta shard answered a map read with {other:?}"))),
+    }
+}
+
+/// Attempts of [`update_map`] when other edits keep winning the race.
+const MAP_UPDATE_ATTEMPTS: usize = 8;
+
+/// Changes the cluster map: reads it, lets `edit` make the next epoch
+/// from it (`Ok(None)`: nothing to change), and commits that with the
+/// epoch check, again from a fresh read if another edit won. Returns the
+/// map in force afterwards.
+pub async fn update_map<E>(
+    cell: &MapCell,
+    transport: &Arc<dyn Transport>,
+    deadline: Instant,
+    mut edit: impl FnMut(&ClusterMap) -> Result<Option<ClusterMap>, E>,
+) -> Result<Result<ClusterMap, E>, StoreError> {
+    for _ in 0..MAP_UPDATE_ATTEMPTS {
+        let current = read_map(cell, transport, deadline).await?;
+        let next = match edit(&current) {
+            Ok(Some(next)) => next,
+            Ok(None) => return Ok(Ok(current)),
+            Err(e) => return Ok(Err(e)),
+        };
+        debug_assert_eq!(next.epoch, current.epoch + 1, "an edit makes the next epoch");
+        let cmd = Command::SetMap { expected_epoch: current.epoch, map: next.encode() };
+        let table = cell.load();
+        match send_to_shard(cell, &table, transport, META_SHARD, ShardOp::write(cmd), deadline).await? {
+            ShardReply::Outcome(Outcome::MapSet { epoch }) => {
+                info!(node = cell.node, epoch, "cluster map changed");
+                cell.install(&next);
+                return Ok(Ok(next));
+            }
+            ShardReply::Outcome(Outcome::MapConflict { current }) => {
+                debug!(node = cell.node, current, "cluster map edit raced another; reading again");
+            }
+            other => return Err(StoreError::Internal(format!("meta shard answered SetMap with {other:?}"))),
+        }
+    }
+    Err(StoreError::Unavailable { reason: "the cluster map kept changing under this edit; try again".into() })
 }

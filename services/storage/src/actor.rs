@@ -42,12 +42,14 @@ use crate::leaders::LeaderHints;
 use crate::locks::{LockIndex, Waiter, Waiters};
 use crate::log_store::{ApplyState, LogStore};
 use crate::messages::{
-    PeerUnreachable, Persisted, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult,
-    TransferLeadership,
+    DestroyReplica, PeerUnreachable, Persisted, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest,
+    ShardResult, TransferLeadership,
 };
 use crate::metrics::ReplicaMetrics;
 use crate::snapshot::{data_bounds, PointRange};
 use crate::transport::{Transport, RAFT_MAILBOX_CAPACITY};
+
+mod membership;
 
 /// Reads that waited this long for a ReadIndex answer are re-issued.
 const READ_INDEX_RETRY: Duration = Duration::from_millis(300);
@@ -161,6 +163,9 @@ pub struct StorageActor {
     /// Ready rounds written but not yet fsynced, in order, with the
     /// messages that may leave only once they are durable.
     unpersisted: VecDeque<(u64, Vec<RaftMessage>)>,
+    /// Set by [`DestroyReplica`]: its data is gone, nothing more may be
+    /// written or answered.
+    destroyed: bool,
 }
 
 /// Runs one Ready round (and the flush of batched reads) on the actor.
@@ -223,6 +228,7 @@ impl StorageActor {
             waiters: Waiters::default(),
             freed: Vec::new(),
             unpersisted: VecDeque::new(),
+            destroyed: false,
         };
         let mut actor = actor;
         actor.rebuild_lock_index();
@@ -495,8 +501,7 @@ impl StorageActor {
                 EntryType::EntryNormal if entry.data.is_empty() => None, // new leader's no-op
                 EntryType::EntryNormal => Some(self.apply_normal(batch, &entry, apply, &mut overlay)),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(batch, &entry);
-                    None
+                    Some(self.apply_conf_change(batch, &entry))
                 }
             };
             apply.applied_index = index;
@@ -615,7 +620,9 @@ impl StorageActor {
         }
     }
 
-    fn apply_conf_change(&mut self, batch: &mut WriteBatch, entry: &Entry) {
+    /// Applies a membership change; the answer (to the leader that
+    /// proposed it) is the status with the new configuration.
+    fn apply_conf_change(&mut self, batch: &mut WriteBatch, entry: &Entry) -> ShardResult {
         let cs = if entry.get_entry_type() == EntryType::EntryConfChange {
             ConfChange::parse_from_bytes(&entry.data).map(|cc| self.raw.apply_conf_change(&cc))
         } else {
@@ -624,10 +631,33 @@ impl StorageActor {
         match cs {
             Ok(Ok(cs)) => {
                 self.raw.store().stage_conf_state(batch, &cs);
+                info!(
+                    node = self.node,
+                    shard = self.shard,
+                    index = entry.index,
+                    voters = ?cs.voters,
+                    learners = ?cs.learners,
+                    outgoing = ?cs.voters_outgoing,
+                    "membership changed"
+                );
+                let member = cs.voters.contains(&self.node)
+                    || cs.learners.contains(&self.node)
+                    || cs.voters_outgoing.contains(&self.node);
+                if !member {
+                    warn!(node = self.node, shard = self.shard, "this replica was removed from its shard");
+                }
                 self.raw.mut_store().commit_conf_state(cs);
+                self.metrics.conf_changes.inc();
+                Ok(ShardReply::Status(self.status()))
             }
-            Ok(Err(e)) => warn!(node = self.node, shard = self.shard, "conf change refused: {e}"),
-            Err(e) => error!(node = self.node, shard = self.shard, "undecodable conf change: {e}"),
+            Ok(Err(e)) => {
+                warn!(node = self.node, shard = self.shard, "conf change refused: {e}");
+                Err(StoreError::BadRequest(format!("membership change refused: {e}")))
+            }
+            Err(e) => {
+                error!(node = self.node, shard = self.shard, "undecodable conf change: {e}");
+                Err(StoreError::Internal(format!("undecodable conf change: {e}")))
+            }
         }
     }
 
@@ -1065,6 +1095,13 @@ impl StorageActor {
             first_index: s.apply_state().truncated_index + 1,
             last_index: s.last_index_cached(),
             voters: s.conf_state().voters.clone(),
+            learners: s.conf_state().learners.clone(),
+            voters_outgoing: s.conf_state().voters_outgoing.clone(),
+            progress: if self.is_leader() {
+                self.raw.raft.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect()
+            } else {
+                Vec::new()
+            },
             key_count: s.apply_state().keys,
             bytes: s.apply_state().bytes,
         }
@@ -1158,6 +1195,9 @@ impl Actor for StorageActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(RAFT_MAILBOX_CAPACITY);
         ctx.run_interval(Duration::from_millis(self.cfg.tick_interval_ms), |act, ctx| {
+            if act.destroyed {
+                return;
+            }
             act.raw.tick();
             act.fail_orphaned_writes();
             act.retry_stuck_reads();
@@ -1168,6 +1208,9 @@ impl Actor for StorageActor {
             act.schedule_flush(ctx);
         });
         ctx.run_interval(Duration::from_millis(self.cfg.ttl_sweep_interval_ms), |act, ctx| {
+            if act.destroyed {
+                return;
+            }
             act.sweep_expired();
             act.engine_gauges();
             act.schedule_flush(ctx);
@@ -1184,6 +1227,9 @@ impl Handler<Flush> for StorageActor {
     type Result = ();
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
+        if self.destroyed {
+            return;
+        }
         self.issue_reads();
         self.on_ready(ctx);
     }
@@ -1203,12 +1249,22 @@ impl Handler<Persisted> for StorageActor {
 impl Handler<RaftBatch> for StorageActor {
     type Result = ();
     fn handle(&mut self, RaftBatch(msgs): RaftBatch, ctx: &mut Context<Self>) {
+        if self.destroyed {
+            return;
+        }
         for m in msgs {
             if let Err(e) = self.raw.step(m) {
                 debug!(node = self.node, shard = self.shard, "step refused a message: {e}");
             }
         }
         self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<DestroyReplica> for StorageActor {
+    type Result = Result<(), String>;
+    fn handle(&mut self, _: DestroyReplica, ctx: &mut Context<Self>) -> Self::Result {
+        self.destroy(ctx)
     }
 }
 
@@ -1250,6 +1306,9 @@ impl Handler<ShardRequest> for StorageActor {
 
     fn handle(&mut self, ShardRequest(op): ShardRequest, ctx: &mut Context<Self>) -> Self::Result {
         let immediate = |r: ShardResult| -> ResponseFuture<ShardResult> { Box::pin(async move { r }) };
+        if self.destroyed {
+            return immediate(Err(StoreError::Unreachable { node: self.node }));
+        }
         if !matches!(op, ShardOp::Status) && self.pending() >= self.limits.pending_requests_max {
             self.metrics.proposals_overloaded.inc();
             return immediate(Err(StoreError::Overloaded {
@@ -1261,14 +1320,19 @@ impl Handler<ShardRequest> for StorageActor {
             ShardOp::Read { key, .. } => Some(key),
             ShardOp::Write { cmd, .. } => cmd.routing_key(),
             ShardOp::Acquire { name, .. } | ShardOp::LockStatus { name } => Some(name.as_bytes()),
-            ShardOp::Status | ShardOp::Scan { .. } | ShardOp::ReadMap => None,
+            ShardOp::Status
+            | ShardOp::Scan { .. }
+            | ShardOp::ReadMap
+            | ShardOp::ChangePeers(_)
+            | ShardOp::TransferLeader { .. } => None,
         };
         if key.is_some_and(|k| !self.owns(k)) {
             return immediate(Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch }));
         }
         let map_op = matches!(&op, ShardOp::ReadMap)
             || matches!(&op, ShardOp::Write { cmd, .. } if matches!(**cmd, Command::SetMap { .. }));
-        if map_op != (self.shard == META_SHARD) && !matches!(op, ShardOp::Status) {
+        let any_shard = matches!(op, ShardOp::Status | ShardOp::ChangePeers(_) | ShardOp::TransferLeader { .. });
+        if map_op != (self.shard == META_SHARD) && !any_shard {
             // The map lives in the meta shard only, and the meta shard holds
             // nothing else.
             return immediate(Err(StoreError::BadRequest(format!(
@@ -1278,6 +1342,8 @@ impl Handler<ShardRequest> for StorageActor {
         }
         match op {
             ShardOp::Status => immediate(Ok(ShardReply::Status(self.status()))),
+            ShardOp::ChangePeers(change) => self.change_peers(change, ctx),
+            ShardOp::TransferLeader { to } => immediate(self.transfer_to(to, ctx)),
             ShardOp::Read { key, stale: true } => {
                 let now = self.read_now_ms(true);
                 immediate(self.read_local(&key, now))

@@ -374,6 +374,21 @@ impl LogStore {
         }
     }
 
+    /// Deletes everything this replica stored: its ranges' data and its
+    /// whole `raft` family prefix (log, hard, apply and conf state, map).
+    /// A later replica of the shard on this node starts empty.
+    pub fn stage_destroy(&self, b: &mut WriteBatch) {
+        for r in self.ranges.iter() {
+            let (from, to) = crate::snapshot::data_bounds(r);
+            self.engine.delete_range(b, Cf::Data, &from, &to);
+        }
+        let from = self.shard.to_be_bytes();
+        match self.shard.checked_add(1) {
+            Some(next) => self.engine.delete_range(b, Cf::Raft, &from, &next.to_be_bytes()),
+            None => self.engine.delete_range(b, Cf::Raft, &from, &[0xff; 9]),
+        }
+    }
+
     /// Builds a snapshot of the applied state: every data key of the shard.
     fn build_snapshot(&self) -> Result<Snapshot, EngineError> {
         let mut kvs = Vec::new();

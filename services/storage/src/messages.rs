@@ -55,6 +55,29 @@ pub enum ShardOp {
     },
     /// Meta shard: the cluster map (encoded), linearizable (leader, ReadIndex).
     ReadMap,
+    /// Leader only: change the shard's Raft membership; answered with the
+    /// leader's status once the change is applied.
+    ChangePeers(PeerChange),
+    /// Leader only: hand leadership to voter `to` (answered at once; the
+    /// caller watches the status to see it move).
+    TransferLeader {
+        to: NodeId,
+    },
+}
+
+/// One step of a replica move, as a Raft membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerChange {
+    /// A learner on `0`: it gets a snapshot and the log but does not vote.
+    AddLearner(NodeId),
+    /// One joint change: learner `add` becomes a voter and `remove` (if
+    /// any) leaves; raft-rs leaves the joint configuration by itself.
+    Promote { add: NodeId, remove: Option<NodeId> },
+    /// Remove a voter or learner.
+    Remove(NodeId),
+    /// Leave a joint configuration (if the automatic leave was lost with
+    /// a leader change).
+    LeaveJoint,
 }
 
 impl ShardOp {
@@ -63,8 +86,8 @@ impl ShardOp {
     pub fn changes_nothing(&self) -> bool {
         match self {
             ShardOp::Read { .. } | ShardOp::Status | ShardOp::LockStatus { .. } | ShardOp::Scan { .. } => true,
-            ShardOp::ReadMap => true,
-            ShardOp::Write { .. } | ShardOp::Acquire { .. } => false,
+            ShardOp::ReadMap | ShardOp::TransferLeader { .. } => true,
+            ShardOp::Write { .. } | ShardOp::Acquire { .. } | ShardOp::ChangePeers(_) => false,
         }
     }
 
@@ -132,6 +155,11 @@ pub struct ReplicaStatus {
     pub first_index: u64,
     pub last_index: u64,
     pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// The previous voters while the shard is in a joint configuration.
+    pub voters_outgoing: Vec<NodeId>,
+    /// Leader only: each peer's matched log index.
+    pub progress: Vec<(NodeId, u64)>,
     /// User keys in the shard as of `applied_index` (exact, kept by apply).
     pub key_count: u64,
     /// Their key and value bytes.
@@ -164,6 +192,13 @@ pub struct PeerUnreachable {
 #[derive(Message)]
 #[rtype(result = "Option<NodeId>")]
 pub struct TransferLeadership;
+
+/// This replica was removed from its shard for good: it fails what it
+/// holds, deletes its log and its ranges' data, and stops. Sent by the
+/// node once the cluster map no longer places the shard here.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct DestroyReplica;
 
 /// The node's WAL syncer made this replica's Ready rounds up to `number`
 /// durable (or failed to: then nothing may be acknowledged any more).

@@ -31,6 +31,8 @@ pub struct RaftMetrics {
     pub pending_requests: IntGaugeVec,
     pub snapshots: IntCounterVec,
     pub log_compactions: IntCounterVec,
+    pub conf_changes: IntCounterVec,
+    pub replicas_destroyed: IntCounterVec,
     pub ttl_expired_keys: IntCounterVec,
     pub retries_deduplicated: IntCounterVec,
     pub messages_sent: IntCounterVec,
@@ -125,6 +127,18 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
         .expect("registers once"),
         log_compactions: register_int_counter_vec!("ringstore_raft_log_compactions_total", "Raft log compactions", ns)
             .expect("registers once"),
+        conf_changes: register_int_counter_vec!(
+            "ringstore_raft_conf_changes_total",
+            "Membership changes applied by this replica (learner added, promoted, removed, joint left)",
+            ns
+        )
+        .expect("registers once"),
+        replicas_destroyed: register_int_counter_vec!(
+            "ringstore_replicas_destroyed_total",
+            "Replicas removed from this node with their data (moved away or rolled back)",
+            &["node"]
+        )
+        .expect("registers once"),
         ttl_expired_keys: register_int_counter_vec!(
             "ringstore_ttl_expired_keys_total",
             "Expired keys removed by the replicated TTL sweep",
@@ -193,6 +207,8 @@ pub struct ReplicaMetrics {
     pub read_index: IntCounter,
     pub snapshots_applied: IntCounter,
     pub log_compactions: IntCounter,
+    pub conf_changes: IntCounter,
+    pub replicas_destroyed: IntCounter,
     pub ttl_expired_keys: IntCounter,
     pub retries_deduplicated: IntCounter,
     pub messages_sent: IntCounter,
@@ -229,6 +245,8 @@ impl ReplicaMetrics {
             read_index: r.read_index.with_label_values(&ns),
             snapshots_applied: r.snapshots.with_label_values(&[&n, &s, "applied"]),
             log_compactions: r.log_compactions.with_label_values(&ns),
+            conf_changes: r.conf_changes.with_label_values(&ns),
+            replicas_destroyed: r.replicas_destroyed.with_label_values(&[&n]),
             ttl_expired_keys: r.ttl_expired_keys.with_label_values(&ns),
             retries_deduplicated: r.retries_deduplicated.with_label_values(&ns),
             messages_sent: r.messages_sent.with_label_values(&ns),

@@ -88,6 +88,10 @@ impl LocalTransport {
         self.write().replicas.insert((node, shard), addr);
     }
 
+    pub fn unregister(&self, node: NodeId, shard: ShardId) {
+        self.write().replicas.remove(&(node, shard));
+    }
+
     pub fn unregister_node(&self, node: NodeId) {
         self.write().replicas.retain(|(n, _), _| *n != node);
     }

@@ -56,6 +56,8 @@ struct ProcNode {
     ip: Ipv4Addr,
     http: u16,
     peer: u16,
+    /// Joined through this member's URL instead of bootstrapping.
+    join: Option<String>,
 }
 
 pub struct ProcCluster {
@@ -101,7 +103,7 @@ impl ProcCluster {
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             let ip = ip(id);
-            nodes.insert(id, ProcNode { child: None, ip, http: free_port_on(ip), peer: free_port_on(ip) });
+            nodes.insert(id, ProcNode { child: None, ip, http: free_port_on(ip), peer: free_port_on(ip), join: None });
         }
         let initial_cluster =
             nodes.iter().map(|(id, p)| format!("{id}={}:{}", p.ip, p.peer)).collect::<Vec<_>>().join(",");
@@ -117,6 +119,22 @@ impl ProcCluster {
             c.spawn(id)?;
         }
         Ok(c)
+    }
+
+    /// Starts node `id` (not a member yet) with `--join` through member
+    /// `via`, on the loopback address its cluster uses.
+    pub fn join(&mut self, id: NodeId, via: NodeId) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.nodes.contains_key(&id), "node {id} exists");
+        let v = &self.nodes[&via];
+        let ip = if v.ip == Ipv4Addr::LOCALHOST {
+            v.ip
+        } else {
+            let o = v.ip.octets();
+            Ipv4Addr::new(o[0], o[1], o[2], id as u8)
+        };
+        let join = Some(self.url(via));
+        self.nodes.insert(id, ProcNode { child: None, ip, http: free_port_on(ip), peer: free_port_on(ip), join });
+        self.spawn(id)
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -169,9 +187,11 @@ impl ProcCluster {
             format!("{}:{}", n.ip, n.http),
             "--peer-addr".into(),
             format!("{}:{}", n.ip, n.peer),
-            "--initial-cluster".into(),
-            self.initial_cluster.clone(),
         ];
+        match &n.join {
+            Some(url) => a.extend(["--join".into(), url.clone()]),
+            None => a.extend(["--initial-cluster".into(), self.initial_cluster.clone()]),
+        }
         a.extend(self.extra.iter().cloned());
         a
     }

@@ -141,6 +141,8 @@ pub type Ack = (String, String, std::time::Instant);
 /// node, 503, timeout: not acknowledged). Bounded by `stop` and a count.
 pub struct Writers {
     acks: std::rc::Rc<std::cell::RefCell<Vec<Ack>>>,
+    /// Failed attempts by HTTP status (or "no_answer").
+    fails: std::rc::Rc<std::cell::RefCell<std::collections::BTreeMap<String, usize>>>,
     stop: std::rc::Rc<std::cell::Cell<bool>>,
     handles: Vec<actix_rt::task::JoinHandle<()>>,
 }
@@ -150,10 +152,12 @@ impl Writers {
         let urls = std::rc::Rc::new(urls);
         let acks: std::rc::Rc<std::cell::RefCell<Vec<Ack>>> = Default::default();
         let stop: std::rc::Rc<std::cell::Cell<bool>> = Default::default();
+        let fails: std::rc::Rc<std::cell::RefCell<std::collections::BTreeMap<String, usize>>> = Default::default();
         let client = awc::Client::builder().timeout(Duration::from_millis(timeout_ms + 1000)).finish();
         let handles = (0..n)
             .map(|w| {
                 let (urls, acks, stop, client) = (urls.clone(), acks.clone(), stop.clone(), client.clone());
+                let fails = fails.clone();
                 actix_rt::spawn(async move {
                     let mut target = w % urls.len();
                     for i in 0..100_000u64 {
@@ -170,7 +174,9 @@ impl Writers {
                             Ok(r) if r.status() == StatusCode::OK => {
                                 acks.borrow_mut().push((key, value, std::time::Instant::now()))
                             }
-                            _ => {
+                            other => {
+                                let label = other.map_or("no_answer".to_string(), |r| r.status().as_u16().to_string());
+                                *fails.borrow_mut().entry(label).or_default() += 1;
                                 target = (target + 1) % urls.len();
                                 actix_rt::time::sleep(Duration::from_millis(20)).await;
                             }
@@ -179,7 +185,7 @@ impl Writers {
                 })
             })
             .collect();
-        Writers { acks, stop, handles }
+        Writers { acks, fails, stop, handles }
     }
 
     pub fn acked(&self) -> usize {
@@ -188,11 +194,16 @@ impl Writers {
 
     /// Stops the writers and returns every acknowledged write, in order.
     pub async fn stop(self) -> Vec<Ack> {
+        self.stop_counting().await.0
+    }
+
+    /// Like [`Writers::stop`], with the failed attempts by HTTP status.
+    pub async fn stop_counting(self) -> (Vec<Ack>, std::collections::BTreeMap<String, usize>) {
         self.stop.set(true);
         for h in self.handles {
             h.await.expect("writer task");
         }
-        self.acks.take()
+        (self.acks.take(), self.fails.take())
     }
 }
 

@@ -1,0 +1,62 @@
+//! Keeps a node in step with the cluster map its map keeper installs:
+//! new peers get links, the snapshot rate follows the rebalance settings,
+//! replicas moving here start and replicas moved away are destroyed, and
+//! the map is stored so a restart starts from it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringstore_router::MapCell;
+use ringstore_shared::cluster_map::ClusterMap;
+use ringstore_storage::Engine;
+use tracing::{info, warn};
+
+use crate::replicas::LocalReplicas;
+
+/// How often the follower looks for a newer map (the keeper reads the meta
+/// shard every second; this only compares epochs).
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+/// The `meta` family record of the last map this node followed.
+pub const MAP_KEY: &[u8] = b"cluster_map";
+
+/// The map this node last followed, if any.
+pub fn stored_map(engine: &Engine) -> anyhow::Result<Option<ClusterMap>> {
+    use anyhow::Context as _;
+    engine.meta_get(MAP_KEY)?.map(|b| ClusterMap::decode(&b)).transpose().context("the stored cluster map")
+}
+
+pub fn store_map(engine: &Engine, map: &ClusterMap) -> anyhow::Result<()> {
+    engine.meta_put(MAP_KEY, &map.encode())?;
+    Ok(())
+}
+
+/// Runs until aborted with the node. `on_map` sees every new map first
+/// (links to new peers, settings).
+pub async fn follow_map(
+    cell: Arc<MapCell>,
+    replicas: Arc<LocalReplicas>,
+    engine: Arc<Engine>,
+    on_map: Box<dyn Fn(&ClusterMap) + Send>,
+) {
+    let node = cell.node();
+    let mut followed = 0;
+    loop {
+        let table = cell.load();
+        if table.epoch != followed {
+            on_map(&table.map);
+            match replicas.reconcile(&table.map).await {
+                Ok((added, gone)) => {
+                    if let Err(e) = store_map(&engine, &table.map) {
+                        warn!(node, "storing the cluster map: {e:#}");
+                    }
+                    if !added.is_empty() || !gone.is_empty() {
+                        info!(node, epoch = table.epoch, ?added, ?gone, "replicas follow the cluster map");
+                    }
+                    followed = table.epoch;
+                }
+                Err(e) => warn!(node, epoch = table.epoch, "following the cluster map: {e:#}; retrying"),
+            }
+        }
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
+    }
+}

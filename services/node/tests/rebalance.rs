@@ -1,0 +1,235 @@
+//! The Rebalancer on real `ringstore node` processes: a node joins under
+//! write load and takes its share of replicas and leaders; a drained node
+//! ends with nothing and can be killed losing nothing; a node kept down
+//! past `down_after_s` has its replicas re-created; bad requests move
+//! nothing. Every test checks that no acknowledged write is lost.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use common::*;
+use ringstore_testkit::ProcCluster;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringstore");
+/// 50 ms ticks: dozens of replicas in four processes share two cores.
+const FLAGS: [&str; 6] = ["--raft-tick-ms", "50", "--raft-election-ticks", "10", "--shards", "16"];
+const ALL_SHARDS: usize = 17;
+
+async fn json_of(url: &str, path: &str) -> Option<Value> {
+    let body = try_get(&format!("{url}{path}")).await?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// Replicas and actual leaders per node from `/v1/cluster`, if every shard
+/// has a leader.
+async fn shape(url: &str) -> Option<(BTreeMap<u64, usize>, BTreeMap<u64, usize>, Value)> {
+    let v = json_of(url, "/v1/cluster").await?;
+    let (mut replicas, mut leaders) = (BTreeMap::new(), BTreeMap::new());
+    let shards = v["shards"].as_array()?;
+    for s in shards {
+        for r in s["replicas"].as_array()? {
+            *replicas.entry(r.as_u64()?).or_insert(0) += 1;
+        }
+        *leaders.entry(s["leader"].as_u64()?).or_insert(0) += 1;
+    }
+    (shards.len() == ALL_SHARDS).then_some((replicas, leaders, v))
+}
+
+/// Nodes with their states, and each shard's replica set (the order, which
+/// names the preferred leader, may change as leaders even out).
+async fn membership(url: &str) -> (Value, Vec<Vec<u64>>) {
+    let v = json_of(url, "/v1/cluster").await.expect("cluster view");
+    let sets = v["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let mut r: Vec<u64> = s["replicas"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+            r.sort_unstable();
+            r
+        })
+        .collect();
+    (v["nodes"].clone(), sets)
+}
+
+fn spread(counts: &BTreeMap<u64, usize>, nodes: &[u64]) -> usize {
+    let c: Vec<usize> = nodes.iter().map(|n| counts.get(n).copied().unwrap_or(0)).collect();
+    c.iter().max().unwrap() - c.iter().min().unwrap()
+}
+
+async fn rebalance_idle(url: &str) -> bool {
+    json_of(url, "/v1/rebalance").await.is_some_and(|v| v["state"] == "idle" && v["moves"] == json!([]))
+}
+
+async fn put_config(url: &str, body: Value) -> Resp {
+    call("PUT", url, "/v1/rebalance/config", &[], body.to_string().into_bytes()).await
+}
+
+async fn started(n: u64) -> ProcCluster {
+    let c = ProcCluster::start(Path::new(BIN), n, &FLAGS, None).expect("processes start");
+    let (url, ids) = (c.url(1), c.ids());
+    eventually(Duration::from_secs(60), "every shard has a leader", || {
+        let url = url.clone();
+        async move { shape(&url).await.is_some() }
+    })
+    .await;
+    let _ = ids;
+    c
+}
+
+#[actix_rt::test]
+async fn a_fourth_node_joins_under_write_load_and_takes_its_share_of_replicas_and_leaders() {
+    let mut c = started(3).await;
+    let u1 = c.url(1);
+    assert_eq!(put_config(&u1, json!({ "max_concurrent_moves": 3 })).await.status, StatusCode::OK);
+    let writers = Writers::start(c.ids().iter().map(|i| c.url(*i)).collect(), 8, 10_000);
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+
+    // A dry run shows the moves and the balance after, and records nothing.
+    let before = json_of(&u1, "/v1/cluster").await.unwrap()["epoch"].clone();
+    let dry = call("POST", &u1, "/v1/cluster/nodes?dry_run=true", &[], br#"{"peer":"127.0.0.1:1"}"#.to_vec()).await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.text());
+    let p = &dry.json()["preview"];
+    let after: Vec<u64> = p["after"].as_array().unwrap().iter().map(|n| n["replicas"].as_u64().unwrap()).collect();
+    assert_eq!(after.len(), 4, "{p}");
+    assert!(after.iter().all(|r| (12..=13).contains(r)), "51 replicas over 4 nodes: {p}");
+    assert_eq!(json_of(&u1, "/v1/cluster").await.unwrap()["epoch"], before, "a dry run changes nothing");
+
+    c.join(4, 1).expect("node 4 starts with --join");
+    let nodes = [1, 2, 3, 4];
+    eventually(Duration::from_secs(240), "node 4 holds its share of replicas and leaders", || {
+        let u1 = u1.clone();
+        async move {
+            let Some((replicas, leaders, _)) = shape(&u1).await else { return false };
+            rebalance_idle(&u1).await && spread(&replicas, &nodes) <= 1 && spread(&leaders, &nodes) <= 1
+        }
+    })
+    .await;
+    let (acks, fails) = writers.stop_counting().await;
+    assert!(acks.len() > 100, "writes flowed throughout: {}", acks.len());
+    // A client sees only retryable 503s (and none of those in most runs).
+    assert!(fails.keys().all(|k| k == "503"), "client errors other than 503: {fails:?}");
+    let v = json_of(&u1, "/v1/rebalance").await.unwrap();
+    assert!(v["moves_done"].as_u64().unwrap() >= 12, "{v}");
+    assert_eq!(v["moves_rolled_back"], 0, "{v}");
+
+    let urls: Vec<String> = nodes.iter().map(|i| c.url(*i)).collect();
+    let lost = lost_writes(&acks, &urls).await;
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost: {:?}", lost.len(), acks.len(), lost);
+    // The new node serves reads of data written before it joined.
+    let (k, v, _) = acks.first().unwrap().clone();
+    assert_eq!(get(&c.url(4), &k).await.body, v.as_bytes());
+    // The map says node 4 is up; its metrics show the replicas it runs.
+    let cluster = json_of(&u1, "/v1/cluster").await.unwrap();
+    let n4 = cluster["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 4).cloned().unwrap();
+    assert_eq!(n4["state"], "up", "{cluster}");
+}
+
+#[actix_rt::test]
+async fn a_drained_node_ends_with_no_replicas_and_its_kill_loses_nothing() {
+    let mut c = started(4).await;
+    let u2 = c.url(2);
+    assert_eq!(put_config(&u2, json!({ "max_concurrent_moves": 3 })).await.status, StatusCode::OK);
+    let writers = Writers::start([2, 3, 4].iter().map(|i| c.url(*i)).collect(), 8, 10_000);
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    // Node 1 leads shards (the meta shard's preferred leader is node 1).
+    let (_, leaders, _) = shape(&u2).await.unwrap();
+    assert!(leaders.get(&1).copied().unwrap_or(0) > 0, "node 1 leads something: {leaders:?}");
+
+    let r = call("POST", &u2, "/v1/cluster/nodes/1/drain", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    eventually(Duration::from_secs(240), "node 1 is drained and removed", || {
+        let u2 = u2.clone();
+        async move {
+            let Some((replicas, leaders, v)) = shape(&u2).await else { return false };
+            let removed = v["nodes"].as_array().unwrap().iter().any(|n| n["id"] == 1 && n["state"] == "removed");
+            removed && !replicas.contains_key(&1) && !leaders.contains_key(&1) && rebalance_idle(&u2).await
+        }
+    })
+    .await;
+    c.kill9(1).unwrap();
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    let (acks, fails) = writers.stop_counting().await;
+    assert!(fails.keys().all(|k| k == "503"), "client errors other than 503: {fails:?}");
+    let urls: Vec<String> = [2, 3, 4].iter().map(|i| c.url(*i)).collect();
+    let lost = lost_writes(&acks, &urls).await;
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost: {:?}", lost.len(), acks.len(), lost);
+    let (replicas, _, _) = shape(&u2).await.expect("every shard still led");
+    assert_eq!(replicas.values().sum::<usize>(), ALL_SHARDS * 3, "three replicas each: {replicas:?}");
+}
+
+#[actix_rt::test]
+async fn a_node_down_past_down_after_s_has_its_replicas_recreated() {
+    let mut c = started(4).await;
+    let u1 = c.url(1);
+    let r = put_config(&u1, json!({ "down_after_s": 3, "max_concurrent_moves": 4 })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["down_after_s"], 3);
+    let writers = Writers::start([1, 2, 3].iter().map(|i| c.url(*i)).collect(), 4, 10_000);
+    c.kill9(4).unwrap();
+    eventually(Duration::from_secs(240), "every shard is back to three live replicas", || {
+        let u1 = u1.clone();
+        async move {
+            let Some((replicas, _, v)) = shape(&u1).await else { return false };
+            let down = v["nodes"].as_array().unwrap().iter().any(|n| n["id"] == 4 && n["state"] == "down");
+            down && !replicas.contains_key(&4) && replicas.values().sum::<usize>() == ALL_SHARDS * 3
+        }
+    })
+    .await;
+    let (acks, _) = writers.stop_counting().await;
+    let urls: Vec<String> = [1, 2, 3].iter().map(|i| c.url(*i)).collect();
+    let lost = lost_writes(&acks, &urls).await;
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost: {:?}", lost.len(), acks.len(), lost);
+}
+
+#[actix_rt::test]
+async fn bad_joins_drains_and_settings_are_refused_with_json_errors_and_move_nothing() {
+    let c = started(3).await;
+    let u1 = c.url(1);
+    let before = membership(&u1).await;
+    let post = |path: &'static str, body: &'static str| {
+        let u1 = u1.clone();
+        async move { call("POST", &u1, path, &[], body.as_bytes().to_vec()).await }
+    };
+
+    let r = post("/v1/cluster/nodes", r#"{"peer":"127.0.0.1:9","cluster_id":"00000000000000ff"}"#).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::CONFLICT, "cluster_mismatch"), "{}", r.text());
+    let r = post("/v1/cluster/nodes", r#"{"peer":"127.0.0.1:9","id":2}"#).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::CONFLICT, "id_taken"), "{}", r.text());
+    let r = post("/v1/cluster/nodes", r#"{"peer":"no-port"}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = post("/v1/cluster/nodes", r#"{"peer":"127.0.0.1:9","extra":1}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = post("/v1/cluster/nodes/9/drain", "").await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::NOT_FOUND, "unknown_node"), "{}", r.text());
+    let r = post("/v1/cluster/nodes/x/drain", "").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    // Three nodes, three replicas per shard: nowhere to move node 1's.
+    let r = post("/v1/cluster/nodes/1/drain", "").await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::CONFLICT, "no_room"), "{}", r.text());
+    assert!(r.text().contains("add a node first"), "{}", r.text());
+    let r = post("/v1/cluster/nodes/1/drain?dry_run=true", "").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    for bad in [json!({ "max_bytes_per_sec": 1 }), json!({ "max_concurrent_moves": 0 }), json!({ "down_after_s": 0 })]
+    {
+        let r = put_config(&u1, bad.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+    }
+    let r = call("PUT", &u1, "/v1/rebalance/config", &[], vec![b'{'; 5000]).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    let r = call("GET", &u1, "/v1/rebalance/pause", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(membership(&u1).await, before, "nothing was recorded");
+
+    // Pause and resume are recorded and shown.
+    assert_eq!(post("/v1/rebalance/pause", "").await.json()["paused"], true);
+    assert_eq!(json_of(&u1, "/v1/rebalance").await.unwrap()["state"], "paused");
+    assert_eq!(post("/v1/rebalance/resume", "").await.json()["paused"], false);
+    let v = json_of(&c.url(2), "/v1/rebalance").await.unwrap();
+    assert_eq!(v["state"], "idle", "every node tells the same: {v}");
+}

@@ -1,0 +1,343 @@
+//! The [`Rebalancer`] actor. Every tick it checks whether this node leads
+//! the meta shard; if so it notes which nodes it can reach and runs one
+//! round, unless the previous one is still running:
+//! 1. node states follow liveness (joining → up, up → down, down → up,
+//!    drained → removed); a round that changes them ends there;
+//! 2. each move in the map takes its next step ([`rebalance::next_step`]);
+//! 3. planned replica moves start, up to the configured number in flight;
+//! 4. once no replica moves remain: preferred leaders are evened out
+//!    (map), then actual leaders follow them (leader transfers).
+//!
+//! A round only reads the map and shard statuses and sends a handful of
+//! requests, so it is bounded by [`ROUND_TIMEOUT`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use ringstore_router::map::{read_map, update_map};
+use ringstore_router::MapCell;
+use ringstore_shared::cluster_map::{ClusterMap, JobProgress, NodeState, ReplicaMove, META_SHARD};
+use ringstore_shared::planner::{Load, Move};
+use ringstore_shared::rebalance::{self, Liveness, Step};
+use ringstore_shared::{NodeId, ShardId, StoreError};
+use ringstore_storage::messages::PeerChange;
+use ringstore_storage::Transport;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::metrics::METRICS;
+use crate::now_ms;
+use crate::shards::{change_peers, conf_view, leader_status, transfer_leader};
+
+/// How often the Rebalancer looks.
+pub const TICK: Duration = Duration::from_millis(500);
+/// The longest one round may take.
+pub const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Leader transfers per round: leadership moves a few shards at a time, so
+/// clients see a handful of retried requests, not a storm.
+const LEADER_TRANSFERS_PER_ROUND: usize = 4;
+
+pub struct Rebalancer {
+    cell: Arc<MapCell>,
+    transport: Arc<dyn Transport>,
+    replication: usize,
+    /// When this node first failed to reach each node it cannot reach now.
+    unreachable_since: HashMap<NodeId, Instant>,
+    busy: bool,
+}
+
+impl Rebalancer {
+    pub fn new(cell: Arc<MapCell>, transport: Arc<dyn Transport>, replication: usize) -> Self {
+        crate::metrics::init(cell.node());
+        Rebalancer { cell, transport, replication, unreachable_since: HashMap::new(), busy: false }
+    }
+
+    fn leads_meta(&self) -> bool {
+        let me = self.cell.node();
+        self.cell.leaders().get(META_SHARD).is_some_and(|h| h.leader == Some(me))
+    }
+
+    fn liveness(&mut self, map: &ClusterMap) -> BTreeMap<NodeId, Liveness> {
+        let me = self.cell.node();
+        let now = Instant::now();
+        map.nodes
+            .keys()
+            .map(|&id| {
+                let live = id == me || self.transport.reachable(me, id);
+                let unreachable_ms = if live {
+                    self.unreachable_since.remove(&id);
+                    0
+                } else {
+                    now.duration_since(*self.unreachable_since.entry(id).or_insert(now)).as_millis() as u64
+                };
+                (id, Liveness { live, unreachable_ms })
+            })
+            .collect()
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let node = self.cell.node().to_string();
+        let active = self.leads_meta();
+        METRICS.active.with_label_values(&[&node]).set(active as i64);
+        if !active {
+            self.unreachable_since.clear();
+            return;
+        }
+        let seen = self.liveness(&self.cell.load().map);
+        if self.busy {
+            return;
+        }
+        self.busy = true;
+        let round = Round { cell: self.cell.clone(), transport: self.transport.clone(), replication: self.replication };
+        let fut = async move { round.run(seen).await };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, _| {
+            act.busy = false;
+            let label = if result.is_ok() { "ok" } else { "failed" };
+            METRICS.rounds.with_label_values(&[&node, label]).inc();
+            if let Err(e) = result {
+                debug!(node = %node, "rebalance round ended early: {e}");
+            }
+        }));
+    }
+}
+
+impl Actor for Rebalancer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        info!(node = self.cell.node(), "rebalancer started (active only next to the meta leader)");
+        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+    }
+}
+
+/// One round's inputs; the round itself is async and runs off the actor.
+struct Round {
+    cell: Arc<MapCell>,
+    transport: Arc<dyn Transport>,
+    replication: usize,
+}
+
+impl Round {
+    async fn run(&self, seen: BTreeMap<NodeId, Liveness>) -> Result<(), StoreError> {
+        let deadline = Instant::now() + ROUND_TIMEOUT;
+        let map = read_map(&self.cell, &self.transport, deadline).await?;
+        self.export(&map);
+
+        // 1. Node states.
+        if !rebalance::node_transitions(&map, &seen).is_empty() {
+            let now = now_ms();
+            update_map(&self.cell, &self.transport, deadline, |m| {
+                let changes = rebalance::node_transitions(m, &seen);
+                if changes.is_empty() {
+                    return Ok::<_, Infallible>(None);
+                }
+                let mut next = m.next();
+                for (id, state) in changes {
+                    info!(node = id, from = m.nodes[&id].state.label(), to = state.label(), "node state changed");
+                    if let Some(n) = next.nodes.get_mut(&id) {
+                        n.state = state;
+                        n.since_ms = now;
+                    }
+                }
+                Ok(Some(next))
+            })
+            .await?
+            .ok();
+            return Ok(());
+        }
+        let live = |n: NodeId| seen.get(&n).is_some_and(|l| l.live);
+
+        // 2. Moves in progress.
+        for mv in &map.moves {
+            if let Err(e) = self.drive(mv, &live, deadline).await {
+                debug!(shard = mv.shard, to = mv.to, "move step failed, retrying next round: {e}");
+            }
+        }
+
+        // 3. New replica moves.
+        let now = now_ms();
+        let plan = rebalance::plan_now(&map, &Load::default(), self.replication, now);
+        if plan.iter().any(|m| matches!(m, Move::Replica { .. })) {
+            let starting = rebalance::moves_to_start(&map, &plan, now, &|_| 0);
+            if starting.is_empty() {
+                return Ok(());
+            }
+            let mut sizes = HashMap::new();
+            for mv in &starting {
+                if let Ok(s) = leader_status(&self.cell, &self.transport, mv.shard, deadline).await {
+                    sizes.insert(mv.shard, s.bytes);
+                }
+            }
+            update_map(&self.cell, &self.transport, deadline, |m| {
+                let starts = rebalance::moves_to_start(m, &plan, now, &|s| sizes.get(&s).copied().unwrap_or(0));
+                if starts.is_empty() {
+                    return Ok::<_, Infallible>(None);
+                }
+                let mut next = m.next();
+                if m.job.started_ms == 0 || m.job.finished_ms != 0 {
+                    next.job = JobProgress { started_ms: now, ..JobProgress::default() };
+                }
+                for s in &starts {
+                    info!(shard = s.shard, from = ?s.from, to = s.to, bytes = s.bytes, "replica move started");
+                }
+                next.moves.extend(starts);
+                Ok(Some(next))
+            })
+            .await?
+            .ok();
+            return Ok(());
+        }
+        if !map.moves.is_empty() {
+            return Ok(());
+        }
+
+        // 4. Leaders: first the preferred ones (map), then the actual ones.
+        let leader_moves: Vec<(ShardId, NodeId)> = plan
+            .iter()
+            .filter_map(|m| match *m {
+                Move::Leader { shard, to, .. } => Some((shard, to)),
+                Move::Replica { .. } => None,
+            })
+            .collect();
+        if !leader_moves.is_empty() || (map.job.started_ms != 0 && map.job.finished_ms == 0) {
+            update_map(&self.cell, &self.transport, deadline, |m| {
+                let mut next = m.next();
+                for (shard, to) in &leader_moves {
+                    rebalance::prefer_leader(&mut next, *shard, *to);
+                }
+                if next.job.started_ms != 0 && next.job.finished_ms == 0 {
+                    next.job.finished_ms = now;
+                    info!(moves = next.job.moves_done, bytes = next.job.bytes_done, "rebalance job finished");
+                }
+                Ok::<_, Infallible>((next.shards != m.shards || next.job != m.job).then_some(next))
+            })
+            .await?
+            .ok();
+            return Ok(());
+        }
+        self.follow_preferred_leaders(&map, &live, deadline).await;
+        Ok(())
+    }
+
+    /// Moves actual leadership to each shard's preferred (first) replica
+    /// where that node is up and reachable, a few shards per round.
+    async fn follow_preferred_leaders(&self, map: &ClusterMap, live: &dyn Fn(NodeId) -> bool, deadline: Instant) {
+        let node = self.cell.node().to_string();
+        let mut transfers = 0;
+        for (&shard, replicas) in &map.shards {
+            let Some(&preferred) = replicas.first() else { continue };
+            let up = map.nodes.get(&preferred).is_some_and(|n| n.state == NodeState::Up);
+            if !up || !live(preferred) {
+                continue;
+            }
+            let Ok(status) = leader_status(&self.cell, &self.transport, shard, deadline).await else { continue };
+            if status.node == preferred || !status.voters.contains(&preferred) {
+                continue;
+            }
+            info!(shard, from = status.node, to = preferred, "moving leadership to the preferred replica");
+            let result = transfer_leader(&self.cell, &self.transport, shard, preferred, deadline).await;
+            let label = if result.is_ok() { "done" } else { "failed" };
+            METRICS.moves.with_label_values(&[&node, "leader", label]).inc();
+            transfers += 1;
+            if transfers >= LEADER_TRANSFERS_PER_ROUND {
+                break;
+            }
+        }
+    }
+
+    /// Takes the next step of one move.
+    async fn drive(
+        &self,
+        mv: &ReplicaMove,
+        live: &dyn Fn(NodeId) -> bool,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
+        let (cell, transport) = (&self.cell, &self.transport);
+        let status = leader_status(cell, transport, mv.shard, deadline).await?;
+        let step = rebalance::next_step(mv, &conf_view(&status), live);
+        let shard = mv.shard;
+        match step {
+            Step::Wait(reason) => {
+                debug!(shard, to = mv.to, "move waits: {reason}");
+                Ok(())
+            }
+            Step::AddLearner => {
+                info!(shard, to = mv.to, "adding a learner");
+                change_peers(cell, transport, shard, PeerChange::AddLearner(mv.to), deadline).await.map(drop)
+            }
+            Step::TransferLeader { to } => {
+                info!(shard, from = status.node, to, "moving leadership off the replica being removed");
+                transfer_leader(cell, transport, shard, to, deadline).await
+            }
+            Step::Promote => {
+                info!(shard, add = mv.to, remove = ?mv.from, "promoting the learner");
+                let change = PeerChange::Promote { add: mv.to, remove: mv.from };
+                change_peers(cell, transport, shard, change, deadline).await.map(drop)
+            }
+            Step::LeaveJoint => change_peers(cell, transport, shard, PeerChange::LeaveJoint, deadline).await.map(drop),
+            Step::RemoveOld => match mv.from {
+                Some(from) => change_peers(cell, transport, shard, PeerChange::Remove(from), deadline).await.map(drop),
+                None => Ok(()),
+            },
+            Step::Abort { remove_learner: true } => {
+                warn!(shard, to = mv.to, "move target unreachable: removing its learner");
+                change_peers(cell, transport, shard, PeerChange::Remove(mv.to), deadline).await.map(drop)
+            }
+            Step::Finish | Step::Abort { remove_learner: false } => {
+                let done = step == Step::Finish;
+                let ended = update_map(cell, transport, deadline, |m| {
+                    if m.move_of(shard) != Some(mv) {
+                        return Ok::<_, Infallible>(None);
+                    }
+                    let mut next = m.next();
+                    if done {
+                        rebalance::finish(&mut next, shard);
+                        next.job.moves_done += 1;
+                        next.job.bytes_done += mv.bytes;
+                    } else {
+                        next.moves.retain(|x| x.shard != shard);
+                        next.job.moves_rolled_back += 1;
+                    }
+                    Ok(Some(next))
+                })
+                .await?;
+                if ended.is_ok() {
+                    let node = cell.node().to_string();
+                    let result = if done { "done" } else { "rolled_back" };
+                    let secs = now_ms().saturating_sub(mv.started_ms) as f64 / 1000.0;
+                    METRICS.moves.with_label_values(&[&node, "replica", result]).inc();
+                    METRICS.move_seconds.with_label_values(&[&node, result]).observe(secs);
+                    if done {
+                        METRICS.bytes_moved.with_label_values(&[&node]).inc_by(mv.bytes);
+                    }
+                    info!(shard, from = ?mv.from, to = mv.to, result, secs, "replica move ended");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn export(&self, map: &ClusterMap) {
+        let node = self.cell.node().to_string();
+        METRICS.moves_in_progress.with_label_values(&[&node]).set(map.moves.len() as i64);
+        for state in [NodeState::Joining, NodeState::Up, NodeState::Draining, NodeState::Down, NodeState::Removed] {
+            let n = map.nodes.values().filter(|n| n.state == state).count();
+            METRICS.nodes.with_label_values(&[&node, state.label()]).set(n as i64);
+        }
+    }
+}
+
+/// Stops the Rebalancer (node shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Rebalancer {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

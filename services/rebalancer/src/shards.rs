@@ -1,0 +1,89 @@
+//! Talking to a shard's leader on the Rebalancer's behalf: its status (the
+//! Raft configuration and progress the move rules read), membership
+//! changes and leader transfers. Requests go through the router's
+//! `send_to_shard`, then straight to the leader it names.
+
+use std::sync::Arc;
+
+use ringstore_router::{send_to_shard, MapCell};
+use ringstore_shared::rebalance::ConfView;
+use ringstore_shared::{ShardId, StoreError};
+use ringstore_storage::messages::PeerChange;
+use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult, Transport};
+use tokio::time::Instant;
+
+/// Sends `op` to the leader of `shard`: through the router, then, if a
+/// follower answered a status, to the leader it knows.
+async fn to_leader(
+    cell: &MapCell,
+    transport: &Arc<dyn Transport>,
+    shard: ShardId,
+    op: ShardOp,
+    deadline: Instant,
+) -> ShardResult {
+    let table = cell.load();
+    send_to_shard(cell, &table, transport, shard, op, deadline).await
+}
+
+/// The status of `shard` as its leader sees it (with every peer's progress).
+pub async fn leader_status(
+    cell: &MapCell,
+    transport: &Arc<dyn Transport>,
+    shard: ShardId,
+    deadline: Instant,
+) -> Result<ReplicaStatus, StoreError> {
+    let first = match to_leader(cell, transport, shard, ShardOp::Status, deadline).await? {
+        ShardReply::Status(s) => s,
+        other => return Err(StoreError::Internal(format!("status answered with {other:?}"))),
+    };
+    if first.role == "leader" {
+        return Ok(first);
+    }
+    let Some(leader) = first.leader else {
+        return Err(StoreError::Unavailable { reason: format!("shard {shard} has no leader") });
+    };
+    let ask = transport.request(cell.node(), leader, shard, ShardOp::Status);
+    match tokio::time::timeout_at(deadline, ask).await {
+        Ok(Ok(ShardReply::Status(s))) if s.role == "leader" => Ok(s),
+        Ok(Ok(_)) => Err(StoreError::Unavailable { reason: format!("shard {shard}: leader moved") }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(StoreError::Timeout { timeout_ms: 0 }),
+    }
+}
+
+/// The move rules' view of a leader's status.
+pub fn conf_view(s: &ReplicaStatus) -> ConfView {
+    ConfView {
+        leader: s.node,
+        voters: s.voters.clone(),
+        learners: s.learners.clone(),
+        voters_outgoing: s.voters_outgoing.clone(),
+        matched: s.progress.iter().copied().collect(),
+        last_index: s.last_index,
+    }
+}
+
+/// Proposes a membership change at the shard's leader; answers once applied.
+pub async fn change_peers(
+    cell: &MapCell,
+    transport: &Arc<dyn Transport>,
+    shard: ShardId,
+    change: PeerChange,
+    deadline: Instant,
+) -> Result<ReplicaStatus, StoreError> {
+    match to_leader(cell, transport, shard, ShardOp::ChangePeers(change), deadline).await? {
+        ShardReply::Status(s) => Ok(s),
+        other => Err(StoreError::Internal(format!("membership change answered with {other:?}"))),
+    }
+}
+
+/// Asks the shard's leader to hand leadership to `to`.
+pub async fn transfer_leader(
+    cell: &MapCell,
+    transport: &Arc<dyn Transport>,
+    shard: ShardId,
+    to: u64,
+    deadline: Instant,
+) -> Result<(), StoreError> {
+    to_leader(cell, transport, shard, ShardOp::TransferLeader { to }, deadline).await.map(|_| ())
+}
