@@ -79,6 +79,18 @@ PANELS = [
         ('sum by (event) (rate(ringstore_lock_events_total[1m]))', "{{event}}")]),
     ("TTL expirations per second", "ops", [
         ('sum (rate(ringstore_ttl_expired_keys_total[1m]))', "expired keys")]),
+    ("Rebalancer: nodes by state and moves in progress", "short", [
+        ('max by (state) (ringstore_cluster_nodes * on (node) group_left ringstore_rebalance_active)', "nodes {{state}}"),
+        ('max (ringstore_rebalance_moves_in_progress * on (node) group_left ringstore_rebalance_active)', "moves in progress"),
+        ('max by (node) (ringstore_rebalance_active)', "active on node {{node}}")]),
+    ("Rebalancer: moves by kind and result, bytes moved", "short", [
+        ('sum by (kind, result) (increase(ringstore_rebalance_moves_total[5m]))', "{{kind}} {{result}} /5m"),
+        ('sum (rate(ringstore_rebalance_bytes_moved_total[1m]))', "bytes moved/s"),
+        ('sum (increase(ringstore_raft_conf_changes_total[5m]))', "membership changes applied /5m"),
+        ('sum by (node) (increase(ringstore_replicas_destroyed_total[5m]))', "replicas deleted node {{node}} /5m")]),
+    ("Rebalancer: replica move duration p50 / p99", "s", [
+        ('histogram_quantile(0.50, sum by (le) (rate(ringstore_rebalance_move_seconds_bucket{result="done"}[10m])))', "p50"),
+        ('histogram_quantile(0.99, sum by (le) (rate(ringstore_rebalance_move_seconds_bucket{result="done"}[10m])))', "p99")]),
 ]
 
 

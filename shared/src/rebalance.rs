@@ -216,7 +216,7 @@ pub fn waiting_for_down_nodes(map: &ClusterMap, now_ms: u64) -> Vec<(NodeId, u64
         .filter(|(id, n)| n.state == NodeState::Down && !map.hosted_on(**id).is_empty())
         .filter_map(|(id, n)| {
             let down_ms = now_ms.saturating_sub(n.since_ms);
-            (down_ms < limit_ms).then_some((*id, limit_ms - down_ms))
+            (down_ms < limit_ms).then(|| (*id, limit_ms - down_ms))
         })
         .collect()
 }
@@ -436,6 +436,7 @@ mod tests {
         n2.since_ms = 1_000;
         m.rebalance.down_after_s = 60;
         assert_eq!(waiting_for_down_nodes(&m, 31_000), vec![(2, 30_000)]);
+        assert_eq!(waiting_for_down_nodes(&m, 61_000), vec![], "past the limit: no longer waited for");
         assert!(plan_now(&m, &Load::default(), 3, 31_000).is_empty());
         let plan = plan_now(&m, &Load::default(), 3, 61_000);
         let from_2 = plan.iter().filter(|mv| matches!(mv, Move::Replica { from: Some(2), .. })).count();

@@ -36,9 +36,25 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 /// Names passed to the `register_*!` macros in the services' sources.
 fn registered() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for dir in ["services/storage/src", "services/router/src", "services/api/src", "services/peer/src"] {
-        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
-            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    let mut files = Vec::new();
+    let mut dirs: Vec<PathBuf> =
+        ["services/storage/src", "services/router/src", "services/api/src", "services/peer/src", "services/rebalancer/src"]
+            .iter()
+            .map(|d| repo().join(d))
+            .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    {
+        for path in files {
+            let text = std::fs::read_to_string(path).unwrap();
             for part in text.split("register_").skip(1) {
                 if let Some(q) = part.find('"') {
                     let rest = &part[q + 1..];

@@ -233,3 +233,114 @@ async fn bad_joins_drains_and_settings_are_refused_with_json_errors_and_move_not
     let v = json_of(&c.url(2), "/v1/rebalance").await.unwrap();
     assert_eq!(v["state"], "idle", "every node tells the same: {v}");
 }
+
+/// The first move in progress whose data is still being copied.
+async fn copying_move(url: &str) -> Option<Value> {
+    let v = json_of(url, "/v1/rebalance").await?;
+    v["moves"].as_array()?.iter().find(|m| m["state"] == "snapshot" || m["state"] == "catching_up").cloned()
+}
+
+async fn meta_leader(url: &str) -> Option<u64> {
+    let v = json_of(url, "/v1/cluster").await?;
+    v["shards"].as_array()?.iter().find(|s| s["id"] == 0)?["leader"].as_u64()
+}
+
+/// Waits for a move that is copying data, seen from any of `urls`.
+async fn wait_copying(c: &ProcCluster, ids: &[u64]) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        for id in ids {
+            if let Some(m) = copying_move(&c.url(*id)).await {
+                return m;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no move copied data within 120 s");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn kill_9_of_the_target_the_source_and_the_meta_leader_mid_move_loses_no_acknowledged_write() {
+    let mut c = started(3).await;
+    let u1 = c.url(1);
+    // About 3 MB over 16 shards, copied at 64 KiB/s one move at a time:
+    // each move spends seconds sending its snapshot.
+    let value = vec![b'v'; 1000];
+    for batch in 0..60 {
+        let puts = (0..50).map(|i| {
+            let (url, value) = (c.url(1 + (i % 3) as u64), value.clone());
+            async move { put(&url, &format!("bulk-{batch}-{i}"), &value).await.status }
+        });
+        assert!(futures::future::join_all(puts).await.iter().all(|s| *s == StatusCode::OK));
+    }
+    let r = put_config(&u1, json!({ "max_bytes_per_sec": 65536, "max_concurrent_moves": 1 })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let writers = Writers::start([1, 2, 3].iter().map(|i| c.url(*i)).collect(), 4, 10_000);
+    c.join(4, 1).expect("node 4 joins");
+
+    // 1. The target dies while its snapshot streams: the move rolls back.
+    let m = wait_copying(&c, &[1, 2, 3]).await;
+    assert_eq!(m["to"], 4, "{m}");
+    c.kill9(4).unwrap();
+    eventually(Duration::from_secs(60), "the move to the dead node rolls back", || {
+        let u1 = u1.clone();
+        async move {
+            json_of(&u1, "/v1/rebalance").await.is_some_and(|v| v["moves_rolled_back"].as_u64() >= Some(1))
+        }
+    })
+    .await;
+    c.spawn(4).unwrap();
+
+    // 2. The source dies mid-move: the move completes from the others.
+    let m = wait_copying(&c, &[1, 2, 3]).await;
+    let source = m["from"].as_u64().expect("a move from a node");
+    c.kill9(source).unwrap();
+    let alive: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|n| *n != source).collect();
+    let shard = m["shard"].clone();
+    eventually(Duration::from_secs(90), "the move off the dead source finishes", || {
+        let url = c.url(alive[0]);
+        let shard = shard.clone();
+        async move {
+            json_of(&url, "/v1/rebalance")
+                .await
+                .is_some_and(|v| v["moves"].as_array().is_some_and(|ms| ms.iter().all(|m| m["shard"] != shard)))
+        }
+    })
+    .await;
+    c.spawn(source).unwrap();
+
+    // 3. The meta leader dies mid-move: its successor resumes the job.
+    let m = wait_copying(&c, &[1, 2, 3, 4]).await;
+    let leader = meta_leader(&c.url(4)).await.expect("the meta shard has a leader");
+    c.kill9(leader).unwrap();
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    c.spawn(leader).unwrap();
+    let _ = m;
+
+    // Faster now, adjusted while the job runs; then everything settles.
+    let all = [1, 2, 3, 4];
+    eventually(Duration::from_secs(30), "the settings change while moves run", || {
+        let url = c.url(4);
+        async move {
+            put_config(&url, json!({ "max_bytes_per_sec": 64 << 20, "max_concurrent_moves": 3 })).await.status
+                == StatusCode::OK
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(240), "the four nodes end balanced", || {
+        let url = c.url(2);
+        async move {
+            let Some((replicas, leaders, _)) = shape(&url).await else { return false };
+            rebalance_idle(&url).await && spread(&replicas, &all) <= 1 && spread(&leaders, &all) <= 1
+        }
+    })
+    .await;
+    let acks = writers.stop().await;
+    let urls: Vec<String> = all.iter().map(|i| c.url(*i)).collect();
+    let lost = lost_writes(&acks, &urls).await;
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost: {:?}", lost.len(), acks.len(), lost);
+    for batch in [0, 59] {
+        let r = get(&c.url(4), &format!("bulk-{batch}-7")).await;
+        assert_eq!(r.body, value, "bulk data survives every move");
+    }
+}
