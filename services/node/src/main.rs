@@ -75,6 +75,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Status { endpoint } => actix_rt::System::new().block_on(async move {
             let v = ringstore_client::get_json(&endpoint, "/v1/cluster").await.context("GET /v1/cluster")?;
             print!("{}", ringstore_node::status::render(&v));
+            let r = ringstore_client::get_json(&endpoint, "/v1/rebalance").await.context("GET /v1/rebalance")?;
+            print!("{}", ringstore_node::status::render_rebalance(&r));
             Ok(())
         }),
         Cmd::Lock(args) => {

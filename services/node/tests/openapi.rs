@@ -32,12 +32,18 @@ fn openapi_paths_match_the_routes() {
             "/metrics",
             "/readyz",
             "/v1/cluster",
+            "/v1/cluster/nodes",
+            "/v1/cluster/nodes/{id}/drain",
             "/v1/kv",
             "/v1/kv/{key}",
             "/v1/locks/{name}",
             "/v1/locks/{name}/acquire",
             "/v1/locks/{name}/refresh",
-            "/v1/locks/{name}/release"
+            "/v1/locks/{name}/release",
+            "/v1/rebalance",
+            "/v1/rebalance/config",
+            "/v1/rebalance/pause",
+            "/v1/rebalance/resume"
         ]
     );
     let kv = &spec["paths"]["/v1/kv/{key}"];
@@ -55,6 +61,12 @@ fn openapi_paths_match_the_routes() {
         "lock_action(\"acquire\"",
         "lock_action(\"release\"",
         "lock_action(\"refresh\"",
+        "\"/v1/cluster/nodes\"",
+        "\"/v1/cluster/nodes/{id}/drain\"",
+        "\"/v1/rebalance\"",
+        "\"/v1/rebalance/pause\"",
+        "\"/v1/rebalance/resume\"",
+        "\"/v1/rebalance/config\"",
         "\"/healthz\"",
         "\"/readyz\"",
         "\"/metrics\"",

@@ -72,13 +72,19 @@ async fn put_config(url: &str, body: Value) -> Resp {
 
 async fn started(n: u64) -> ProcCluster {
     let c = ProcCluster::start(Path::new(BIN), n, &FLAGS, None).expect("processes start");
-    let (url, ids) = (c.url(1), c.ids());
-    eventually(Duration::from_secs(60), "every shard has a leader", || {
-        let url = url.clone();
-        async move { shape(&url).await.is_some() }
+    let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
+    eventually(Duration::from_secs(60), "every node answers and every shard has a leader", || {
+        let urls = urls.clone();
+        async move {
+            for u in &urls {
+                if shape(u).await.is_none() {
+                    return false;
+                }
+            }
+            true
+        }
     })
     .await;
-    let _ = ids;
     c
 }
 

@@ -151,8 +151,14 @@ async fn sixteen_shards_take_twenty_thousand_keys_evenly_and_serve_them_from_any
     .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(table.starts_with("cluster epoch 1, 3 nodes, 16 data shards"), "{table}");
-    assert_eq!(table.lines().count(), 18, "{table}");
+    // The epoch moves on as the Rebalancer evens out preferred leaders.
+    assert!(table.starts_with("cluster epoch "), "{table}");
+    assert!(table.lines().next().unwrap().ends_with(", 3 nodes, 16 data shards (+ meta shard 0)"), "{table}");
+    let shard_rows = table.lines().skip(2).take_while(|l| !l.trim_start().starts_with("node")).count();
+    assert_eq!(shard_rows, 16, "{table}");
+    // Then the nodes (state, replicas, leaders) and the rebalancer.
+    assert!(table.contains("\n    1  up              17"), "{table}");
+    assert!(table.contains("rebalance: "), "{table}");
     let r = call("GET", &urls[1], "/v1/cluster?ranges=true", &[], vec![]).await;
     let ranges: usize =
         r.json()["shards"].as_array().unwrap().iter().map(|s| s["ranges"].as_array().unwrap().len()).sum();
@@ -192,7 +198,8 @@ async fn stale_router_is_corrected_by_the_meta_shard(tc: &TestCluster, urls: &[S
         let r = router.send(route(key, ShardOp::write(cmd), None)).await.unwrap();
         assert!(matches!(r, Ok(ShardReply::Outcome(Outcome::Written { .. }))), "stale-{i}: {r:?}");
     }
-    assert_eq!(cell.epoch(), 1, "the router now routes by the meta shard's map");
+    // (Epoch 1 or later: the Rebalancer may have evened out preferred leaders.)
+    assert!(cell.epoch() >= 1, "the router now routes by the meta shard's map");
     assert_eq!(cell.load().ring().shards(), 16);
     let wrong_after = metric_sum(&urls[0], "ringstore_router_retries_total", &["node=\"1\"", "wrong_shard"]).await;
     assert!(wrong_after > wrong_before, "the stale map was noticed through WrongShard");
@@ -201,7 +208,7 @@ async fn stale_router_is_corrected_by_the_meta_shard(tc: &TestCluster, urls: &[S
         assert_eq!(r.body, format!("stale-{i}").as_bytes(), "stale-{i} went to its shard");
     }
     let v = call("GET", &urls[0], "/v1/cluster", &[], vec![]).await.json();
-    assert_eq!(v["epoch"], 1);
+    assert!(v["epoch"].as_u64() >= Some(1), "{v}");
     assert!(v["shards"][0]["leader"].as_u64().is_some(), "the meta shard runs and has a leader: {v}");
 }
 
