@@ -4,6 +4,12 @@
 use std::fmt::Write as _;
 
 pub fn svg(title: &str, ops_per_sec: &[u64], p99_ms: &[f64]) -> String {
+    svg_marked(title, ops_per_sec, p99_ms, &[])
+}
+
+/// Like [`svg`], with vertical marks at bucket indexes (events: a node
+/// joins, moves end).
+pub fn svg_marked(title: &str, ops_per_sec: &[u64], p99_ms: &[f64], marks: &[(usize, &str)]) -> String {
     let (w, h, m) = (800.0, 360.0, 50.0);
     let n = ops_per_sec.len().max(2) as f64;
     let max_ops = ops_per_sec.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
@@ -28,7 +34,6 @@ pub fn svg(title: &str, ops_per_sec: &[u64], p99_ms: &[f64]) -> String {
 <text x="{rr}" y="{bt}">{secs} s</text>
 <polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{ops}"/>
 <polyline fill="none" stroke="#d62728" stroke-width="2" points="{lat}"/>
-</svg>
 "##,
         b = h - m,
         r = w - m,
@@ -41,6 +46,18 @@ pub fn svg(title: &str, ops_per_sec: &[u64], p99_ms: &[f64]) -> String {
         lat = line(lat_pts),
         title = title.replace('&', "&amp;").replace('<', "&lt;"),
     );
+    for (i, label) in marks {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{m}" x2="{x:.1}" y2="{b}" stroke="#2ca02c" stroke-dasharray="4 3"/><text x="{tx:.1}" y="{ty}" fill="#2ca02c">{label}</text>"##,
+            x = x(*i),
+            b = h - m,
+            tx = x(*i) + 3.0,
+            ty = m + 14.0,
+            label = label.replace('&', "&amp;").replace('<', "&lt;"),
+        );
+    }
+    s.push_str("</svg>\n");
     s
 }
 
@@ -52,5 +69,8 @@ mod tests {
         assert_eq!(s.matches("<polyline").count(), 2);
         assert!(s.contains("20 ops/s") || s.contains("22 ops/s"));
         assert!(s.starts_with("<svg"));
+        assert!(s.trim_end().ends_with("</svg>"));
+        let m = super::svg_marked("t", &[1, 2, 3], &[1.0, 1.0, 1.0], &[(1, "join")]);
+        assert!(m.contains(">join</text>") && m.trim_end().ends_with("</svg>"));
     }
 }

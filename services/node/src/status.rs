@@ -158,9 +158,15 @@ mod tests {
         });
         let t = render_rebalance(&v);
         assert!(t.contains("    4  joining          2       0"), "{t}");
-        assert!(t.contains("rebalance: running [#####---------------]  25% 1/4 moves, 4.0 KiB moved at 1.0 KiB/s, ETA 12s"), "{t}");
+        assert!(
+            t.contains("rebalance: running [#####---------------]  25% 1/4 moves, 4.0 KiB moved at 1.0 KiB/s, ETA 12s"),
+            "{t}"
+        );
         assert!(t.contains("shard   3    1 -> 4   snapshot        [--------------------]   0% of 2.0 KiB"), "{t}");
-        assert!(t.contains("shard   5    - -> 4   promoting       [####################] 100% of 1.0 KiB  waiting: only 1"), "{t}");
+        assert!(
+            t.contains("shard   5    - -> 4   promoting       [####################] 100% of 1.0 KiB  waiting: only 1"),
+            "{t}"
+        );
         assert!(t.contains("  blocked: node 2 is down"), "{t}");
     }
 }

@@ -37,11 +37,16 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 fn registered() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut files = Vec::new();
-    let mut dirs: Vec<PathBuf> =
-        ["services/storage/src", "services/router/src", "services/api/src", "services/peer/src", "services/rebalancer/src"]
-            .iter()
-            .map(|d| repo().join(d))
-            .collect();
+    let mut dirs: Vec<PathBuf> = [
+        "services/storage/src",
+        "services/router/src",
+        "services/api/src",
+        "services/peer/src",
+        "services/rebalancer/src",
+    ]
+    .iter()
+    .map(|d| repo().join(d))
+    .collect();
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();

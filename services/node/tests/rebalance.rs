@@ -221,8 +221,7 @@ async fn bad_joins_drains_and_settings_are_refused_with_json_errors_and_move_not
     assert!(r.text().contains("add a node first"), "{}", r.text());
     let r = post("/v1/cluster/nodes/1/drain?dry_run=true", "").await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
-    for bad in [json!({ "max_bytes_per_sec": 1 }), json!({ "max_concurrent_moves": 0 }), json!({ "down_after_s": 0 })]
-    {
+    for bad in [json!({ "max_bytes_per_sec": 1 }), json!({ "max_concurrent_moves": 0 }), json!({ "down_after_s": 0 })] {
         let r = put_config(&u1, bad.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
     }
@@ -290,9 +289,7 @@ async fn kill_9_of_the_target_the_source_and_the_meta_leader_mid_move_loses_no_a
     c.kill9(4).unwrap();
     eventually(Duration::from_secs(60), "the move to the dead node rolls back", || {
         let u1 = u1.clone();
-        async move {
-            json_of(&u1, "/v1/rebalance").await.is_some_and(|v| v["moves_rolled_back"].as_u64() >= Some(1))
-        }
+        async move { json_of(&u1, "/v1/rebalance").await.is_some_and(|v| v["moves_rolled_back"].as_u64() >= Some(1)) }
     })
     .await;
     c.spawn(4).unwrap();
