@@ -18,7 +18,9 @@
 //! Usage: ringstore-rebalance [--data-mb 1024] [--rate 400] [--bin PATH]
 //!        [--out rebalance.json] [--plot rebalance.svg] [-- NODE FLAGS...]
 
+// Shared with the other binaries, which use the unmarked `svg`.
 #[path = "../plot.rs"]
+#[allow(dead_code)]
 mod plot;
 
 use std::cell::RefCell;
