@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: run test deps build lint fmt bench bench-cluster bench-partition
+.PHONY: run test deps build lint fmt bench bench-cluster bench-partition bench-rebalance
 
 # Builds the whole workspace so features unify as in `make test` (building a
 # subset can re-run RocksDB's build script).
@@ -35,3 +35,7 @@ bench-cluster: deps
 # Availability while the busiest leader is cut off (iptables: root) or paused.
 bench-partition: deps
 	$(ENV) loadtest/bench-partition.sh
+
+# 3 -> 4 nodes with 1 GiB under load: the Rebalancer's figures.
+bench-rebalance: deps
+	$(ENV) loadtest/bench-rebalance.sh
