@@ -11,6 +11,8 @@
 
 mod keys;
 mod locks;
+// Each binary uses part of the plot helpers.
+#[allow(dead_code)]
 mod plot;
 mod report;
 mod ringstore;

@@ -3,6 +3,39 @@
 
 use std::fmt::Write as _;
 
+/// The `p` quantile of `sorted` (NaN when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Per bucket: successes scaled to per second (`per_sec`: buckets per
+/// second) and the p99 latency (0 when empty), from (bucket, latency ms).
+pub fn series(points: impl Iterator<Item = (usize, f64)>, buckets: usize, per_sec: u64) -> (Vec<u64>, Vec<f64>) {
+    let mut ops = vec![0u64; buckets];
+    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); buckets];
+    for (b, ms) in points {
+        if b < buckets {
+            ops[b] += per_sec;
+            lat[b].push(ms);
+        }
+    }
+    let p99 = lat
+        .iter_mut()
+        .map(|l| {
+            l.sort_by(f64::total_cmp);
+            if l.is_empty() {
+                0.0
+            } else {
+                percentile(l, 0.99)
+            }
+        })
+        .collect();
+    (ops, p99)
+}
+
 pub fn svg(title: &str, ops_per_sec: &[u64], p99_ms: &[f64]) -> String {
     svg_marked(title, ops_per_sec, p99_ms, &[])
 }
@@ -63,6 +96,14 @@ pub fn svg_marked(title: &str, ops_per_sec: &[u64], p99_ms: &[f64], marks: &[(us
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn series_counts_per_second_and_takes_p99() {
+        let (ops, p99) = super::series([(0, 1.0), (0, 3.0), (2, 5.0), (9, 1.0)].into_iter(), 3, 10);
+        assert_eq!(ops, vec![20, 0, 10]);
+        assert_eq!(p99, vec![3.0, 0.0, 5.0]);
+        assert!(super::percentile(&[], 0.5).is_nan());
+    }
+
     #[test]
     fn plots_both_series() {
         let s = super::svg("t <x>", &[10, 20, 15], &[1.0, 2.0, 1.5]);

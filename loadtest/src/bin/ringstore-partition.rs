@@ -18,6 +18,8 @@
 //! Needs root (iptables) for `isolate`.
 
 #[path = "../plot.rs"]
+// Each binary uses part of the plot helpers.
+#[allow(dead_code)]
 mod plot;
 
 use std::cell::RefCell;
@@ -230,13 +232,6 @@ async fn run(args: &Args, bin: &std::path::Path, fault: Fault) -> anyhow::Result
     summarize(args, fault, victim, &majority, &calls, t0, fault_at, heal_at)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[allow(clippy::too_many_arguments)]
 fn summarize(
     args: &Args,
@@ -303,40 +298,26 @@ fn summarize(
     println!(
         "  faulted node's 5xx answers: {}, p50 {:.0} ms, p99 {:.0} ms (of {} requests sent to it)",
         victim_err.len(),
-        percentile(&victim_err, 0.5),
-        percentile(&victim_err, 0.99),
+        plot::percentile(&victim_err, 0.5),
+        plot::percentile(&victim_err, 0.99),
         victim_answered
     );
     println!(
         "  of those sent from 2 s into the fault: {}, p50 {:.0} ms, p99 {:.0} ms",
         victim_err_late.len(),
-        percentile(&victim_err_late, 0.5),
-        percentile(&victim_err_late, 0.99)
+        plot::percentile(&victim_err_late, 0.5),
+        plot::percentile(&victim_err_late, 0.99)
     );
     println!("  requests to the majority nodes during the fault that failed: {majority_errors}");
     println!("  requests sent during the fault by status (0: no answer, 1: shed): {by_status:?}");
     if let Some(p) = &args.plot {
         let buckets = ((heal_at + Duration::from_secs(args.after_secs) - t0).as_millis() / 100) as usize + 1;
-        let mut ops = vec![0u64; buckets];
-        let mut lat: Vec<Vec<f64>> = vec![Vec::new(); buckets];
-        for c in calls.iter().filter(ok) {
-            let b = ((c.end - t0).as_millis() / 100) as usize;
-            if b < buckets {
-                ops[b] += 10; // per 100 ms bucket → per second
-                lat[b].push((c.end - c.sent).as_secs_f64() * 1000.0);
-            }
-        }
-        let p99: Vec<f64> = lat
-            .iter_mut()
-            .map(|l| {
-                l.sort_by(f64::total_cmp);
-                if l.is_empty() {
-                    0.0
-                } else {
-                    percentile(l, 0.99)
-                }
-            })
-            .collect();
+        let points = calls
+            .iter()
+            .filter(ok)
+            .map(|c| (((c.end - t0).as_millis() / 100) as usize, (c.end - c.sent).as_secs_f64() * 1000.0));
+        // 100 ms buckets: ten per second.
+        let (ops, p99) = plot::series(points, buckets, 10);
         let path = p.with_file_name(format!(
             "{}-{}.svg",
             p.file_stem().and_then(|s| s.to_str()).unwrap_or("partition"),
@@ -357,9 +338,9 @@ fn summarize(
         "majority_ratio": during / before.max(f64::MIN_POSITIVE),
         "majority_errors": majority_errors,
         "faulted_node_5xx": victim_err.len(),
-        "faulted_node_5xx_p50_ms": percentile(&victim_err, 0.5),
-        "faulted_node_5xx_p99_ms": percentile(&victim_err, 0.99),
-        "faulted_node_5xx_from_2s_p99_ms": percentile(&victim_err_late, 0.99),
+        "faulted_node_5xx_p50_ms": plot::percentile(&victim_err, 0.5),
+        "faulted_node_5xx_p99_ms": plot::percentile(&victim_err, 0.99),
+        "faulted_node_5xx_from_2s_p99_ms": plot::percentile(&victim_err_late, 0.99),
         "by_status": by_status,
     }))
 }

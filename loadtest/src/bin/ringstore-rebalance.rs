@@ -18,7 +18,7 @@
 //! Usage: ringstore-rebalance [--data-mb 1024] [--rate 400] [--bin PATH]
 //!        [--out rebalance.json] [--plot rebalance.svg] [-- NODE FLAGS...]
 
-// Shared with the other binaries, which use the unmarked `svg`.
+// Each binary uses part of the plot helpers.
 #[path = "../plot.rs"]
 #[allow(dead_code)]
 mod plot;
@@ -321,13 +321,6 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
     )
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// Latencies (ms) of successful calls sent in `[from, to)`, sorted, and the
 /// successful ops/s over the window.
 fn window(calls: &[Call], from: Instant, to: Instant) -> (Vec<f64>, f64) {
@@ -385,38 +378,23 @@ fn summarize(
     );
     println!(
         "  foreground p50 / p99 before:  {:>6.1} / {:>6.1} ms ({before_rate:.0} ok/s)",
-        percentile(&before, 0.5),
-        percentile(&before, 0.99)
+        plot::percentile(&before, 0.5),
+        plot::percentile(&before, 0.99)
     );
     println!(
         "  foreground p50 / p99 during:  {:>6.1} / {:>6.1} ms ({during_rate:.0} ok/s)",
-        percentile(&during, 0.5),
-        percentile(&during, 0.99)
+        plot::percentile(&during, 0.5),
+        plot::percentile(&during, 0.99)
     );
     println!("  failed requests: {errors} (by status, 0: no answer, 1: shed: {by_status:?})");
     if let Some(p) = &args.plot {
         let end = calls.iter().map(|c| c.end).max().unwrap_or(done_at);
         let secs = (end - t0).as_secs() as usize + 1;
-        let mut ops = vec![0u64; secs];
-        let mut lat: Vec<Vec<f64>> = vec![Vec::new(); secs];
-        for c in calls.iter().filter(|c| ok(c.status)) {
-            let b = (c.end - t0).as_secs() as usize;
-            if b < secs {
-                ops[b] += 1;
-                lat[b].push((c.end - c.sent).as_secs_f64() * 1000.0);
-            }
-        }
-        let p99: Vec<f64> = lat
-            .iter_mut()
-            .map(|l| {
-                l.sort_by(f64::total_cmp);
-                if l.is_empty() {
-                    0.0
-                } else {
-                    percentile(l, 0.99)
-                }
-            })
-            .collect();
+        let points = calls
+            .iter()
+            .filter(|c| ok(c.status))
+            .map(|c| ((c.end - t0).as_secs() as usize, (c.end - c.sent).as_secs_f64() * 1000.0));
+        let (ops, p99) = plot::series(points, secs, 1);
         let mut marks = vec![((join_at - t0).as_secs() as usize, "node 4 joins")];
         if let Some(b) = balanced_at {
             marks.push(((b - t0).as_secs() as usize, "within 10%"));
@@ -435,8 +413,8 @@ fn summarize(
         "data_bytes": data_bytes, "keys": keys, "preload_secs": preload_secs, "rate": args.rate,
         "balanced_within_10pct_secs": balanced_secs, "job_secs": move_secs, "moves_done": moves_done,
         "bytes_moved": bytes_moved, "bytes_per_sec": bytes_moved as f64 / move_secs.max(1e-9),
-        "before": { "p50_ms": percentile(&before, 0.5), "p99_ms": percentile(&before, 0.99), "ok_per_s": before_rate },
-        "during": { "p50_ms": percentile(&during, 0.5), "p99_ms": percentile(&during, 0.99), "ok_per_s": during_rate },
+        "before": { "p50_ms": plot::percentile(&before, 0.5), "p99_ms": plot::percentile(&before, 0.99), "ok_per_s": before_rate },
+        "during": { "p50_ms": plot::percentile(&during, 0.5), "p99_ms": plot::percentile(&during, 0.99), "ok_per_s": during_rate },
         "failed": errors, "failed_by_status": by_status,
     }))
 }

@@ -1,5 +1,6 @@
 //! `GET /v1/cluster`: the cluster map as this node routes by it (the meta
-//! shard's, as of the node's last refresh), with each
+//! shard's, as of the node's last refresh): nodes with their state, the
+//! replica moves in progress, and each
 //! shard's replicas, leader and applied index as one of its replicas sees
 //! them, and its share of the ring. `?ranges=true` lists every ring
 //! interval (thousands per shard: 1,024 virtual nodes each).
@@ -65,7 +66,16 @@ pub async fn cluster(req: HttpRequest, state: web::Data<ApiState>) -> Result<Htt
     let nodes: Vec<serde_json::Value> = map
         .nodes
         .iter()
-        .map(|(id, n)| json!({ "id": id, "peer": n.peer, "state": format!("{:?}", n.state).to_lowercase() }))
+        .map(|(id, n)| {
+            json!({ "id": id, "peer": n.peer, "http": n.http, "state": n.state.label(), "since_ms": n.since_ms })
+        })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "epoch": map.epoch, "nodes": nodes, "shards": shards })))
+    // The moves in progress as the map records them; `GET /v1/rebalance`
+    // adds each one's state, progress and blocker.
+    let moves: Vec<serde_json::Value> = map
+        .moves
+        .iter()
+        .map(|m| json!({ "shard": m.shard, "from": m.from, "to": m.to, "started_ms": m.started_ms, "bytes": m.bytes }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "epoch": map.epoch, "nodes": nodes, "shards": shards, "moves": moves })))
 }

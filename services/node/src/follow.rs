@@ -44,11 +44,16 @@ pub async fn follow_map(
         let table = cell.load();
         if table.epoch != followed {
             on_map(&table.map);
+            // The map is stored before the replica list changes, so the
+            // stored map is never older than the list: a restart then never
+            // deletes a replica the list has because its map is stale.
+            if let Err(e) = store_map(&engine, &table.map) {
+                warn!(node, "storing the cluster map: {e:#}; retrying");
+                tokio::time::sleep(FOLLOW_INTERVAL).await;
+                continue;
+            }
             match replicas.reconcile(&table.map).await {
                 Ok((added, gone)) => {
-                    if let Err(e) = store_map(&engine, &table.map) {
-                        warn!(node, "storing the cluster map: {e:#}");
-                    }
                     if !added.is_empty() || !gone.is_empty() {
                         info!(node, epoch = table.epoch, ?added, ?gone, "replicas follow the cluster map");
                     }

@@ -88,7 +88,10 @@ pub fn start(
     let stored = replicas.stored_list()?;
     let shards = stored.clone().unwrap_or_else(|| map.hosted_on(node));
     for shard in shards {
-        let voters = map.shards.get(&shard).cloned().unwrap_or_default();
+        // Bootstrap voters only for a shard this node is a voter of in the
+        // map; a move's target (crashed before its state was written)
+        // starts empty again and waits for the snapshot.
+        let voters = map.shards.get(&shard).filter(|v| v.contains(&node)).cloned().unwrap_or_default();
         replicas.start_one(map, shard, &voters)?;
     }
     if stored.is_none() {
