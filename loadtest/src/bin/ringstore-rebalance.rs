@@ -270,7 +270,7 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
                 pb.tick();
             }
         }
-        if joined && !polling && now >= next_poll && done_at.is_none() {
+        if joined && !polling && now >= next_poll && (done_at.is_none() || balanced_at.is_none()) {
             polling = true;
             next_poll = now + Duration::from_secs(1);
             let (admin, url, poll) = (admin.clone(), c.url(1), poll.clone());

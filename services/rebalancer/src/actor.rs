@@ -171,6 +171,12 @@ impl Round {
                     sizes.insert(mv.shard, s.bytes);
                 }
             }
+            // A move starts only once its shard's size is known: the job's
+            // bytes moved and left are counted from it.
+            let plan: Vec<Move> = plan
+                .into_iter()
+                .filter(|m| !matches!(m, Move::Replica { shard, .. } if !sizes.contains_key(shard)))
+                .collect();
             update_map(&self.cell, &self.transport, deadline, |m| {
                 let starts = rebalance::moves_to_start(m, &plan, now, &|s| sizes.get(&s).copied().unwrap_or(0));
                 if starts.is_empty() {

@@ -20,6 +20,46 @@ use thiserror::Error;
 
 use crate::metrics;
 
+/// See [`Engine::snapshot`].
+pub struct EngineSnapshot {
+    // Dropped before `engine`, whose RocksDB it reads.
+    snap: rocksdb::SnapshotWithThreadMode<'static, DB>,
+    engine: Arc<Engine>,
+}
+
+impl EngineSnapshot {
+    /// Like [`Engine::scan`], as of the snapshot.
+    pub fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), EngineError> {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(to.to_vec());
+        let mut it = self.snap.raw_iterator_cf_opt(self.engine.cf(cf), ro);
+        it.seek(from);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            if !f(k, v) {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.snap.get_cf(self.engine.cf(cf), key)?)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum EngineError {
     #[error("opening RocksDB at {path}: {source}")]
@@ -207,6 +247,22 @@ impl Engine {
         }
         it.status()?;
         Ok(())
+    }
+
+    /// A point-in-time view of the whole DB that may go to another thread
+    /// (a snapshot for a follower is built off the storage thread).
+    pub fn snapshot(self: &Arc<Self>) -> EngineSnapshot {
+        let snap = self.db.snapshot();
+        // SAFETY: `snap` borrows `self.db`, which lives in the `Arc`'s
+        // allocation (it never moves) and is kept alive by the `engine`
+        // field of `EngineSnapshot`, declared after `snap` and so dropped
+        // after it. The lifetime is only widened to carry both together.
+        let snap = unsafe {
+            std::mem::transmute::<rocksdb::SnapshotWithThreadMode<'_, DB>, rocksdb::SnapshotWithThreadMode<'static, DB>>(
+                snap,
+            )
+        };
+        EngineSnapshot { snap, engine: self.clone() }
     }
 
     /// The last key in `[from, to)` of `cf`, if any.

@@ -26,7 +26,7 @@ use ringstore_shared::apply::footprint;
 use ringstore_shared::keys::{is_user_key, split_data_key};
 use ringstore_shared::value::StoredValue;
 
-use crate::engine::{Cf, Engine, EngineError};
+use crate::engine::{Cf, Engine, EngineError, EngineSnapshot};
 use crate::snapshot::{PointRange, SnapshotData};
 
 const KIND_ENTRY: u8 = 0x01;
@@ -121,8 +121,22 @@ impl KeyStats {
     }
 }
 
+/// A snapshot for followers, built on a thread of its own: a 64 MiB shard
+/// takes a few hundred ms to read and encode, which the storage thread
+/// (shared by many replicas) must not spend.
+#[derive(Default)]
+enum SnapshotJob {
+    #[default]
+    Idle,
+    /// Being built as of this applied index.
+    Building(u64),
+    Ready(Snapshot),
+    Failed(String),
+}
+
 pub struct LogStore {
     engine: Arc<Engine>,
+    snapshot_job: Arc<std::sync::Mutex<SnapshotJob>>,
     shard: ShardId,
     /// The ring points whose data this shard owns (snapshots cover these).
     ranges: Arc<Vec<PointRange>>,
@@ -156,6 +170,7 @@ impl LogStore {
         let ap = engine.get(Cf::Raft, &shard_key(shard, KIND_APPLY_STATE))?;
         let mut store = LogStore {
             engine,
+            snapshot_job: Arc::default(),
             shard,
             ranges,
             hard_state: HardState::default(),
@@ -389,30 +404,56 @@ impl LogStore {
         }
     }
 
-    /// Builds a snapshot of the applied state: every data key of the shard.
-    fn build_snapshot(&self) -> Result<Snapshot, EngineError> {
-        let mut kvs = Vec::new();
-        for r in self.ranges.iter() {
-            let (from, to) = crate::snapshot::data_bounds(r);
-            self.engine.scan(Cf::Data, &from, &to, |k, v| {
-                kvs.push((k.to_vec(), v.to_vec()));
-                true
-            })?;
-        }
+    /// Starts building a snapshot of the applied state (every data key of
+    /// the shard, the stamp, the map) on a thread of its own, from a
+    /// RocksDB snapshot taken now: the storage thread writes the engine and
+    /// the in-memory apply state together, so now they agree.
+    fn start_snapshot(&self) -> Result<(), EngineError> {
         let index = self.apply.applied_index;
         let term =
             if index == self.apply.truncated_index { self.apply.truncated_term } else { self.read_entry(index)?.term };
-        let data = SnapshotData { applied_stamp_ms: self.apply.applied_stamp_ms, kvs, map: self.read_map()? };
         let mut meta = SnapshotMetadata { index, term, ..Default::default() };
         meta.set_conf_state(self.conf_state.clone());
-        let mut snap = Snapshot { data: data.encode().into(), ..Default::default() };
-        snap.set_metadata(meta);
-        crate::metrics::RAFT
-            .snapshots
-            .with_label_values(&[self.engine.node_label(), &self.shard.to_string(), "built"])
-            .inc();
-        Ok(snap)
+        let (stamp, shard, ranges) = (self.apply.applied_stamp_ms, self.shard, self.ranges.clone());
+        let view = self.engine.snapshot();
+        let job = self.snapshot_job.clone();
+        *job.lock().unwrap_or_else(|e| e.into_inner()) = SnapshotJob::Building(index);
+        let spawned = std::thread::Builder::new().name(format!("snapshot-{shard}")).spawn(move || {
+            let built = build_snapshot(&view, shard, &ranges, stamp, meta);
+            *job.lock().unwrap_or_else(|e| e.into_inner()) = match built {
+                Ok(s) => SnapshotJob::Ready(s),
+                Err(e) => SnapshotJob::Failed(e.to_string()),
+            };
+        });
+        if let Err(e) = spawned {
+            *self.snapshot_job.lock().unwrap_or_else(|e| e.into_inner()) = SnapshotJob::Failed(e.to_string());
+        }
+        Ok(())
     }
+}
+
+/// Every data key of `ranges` and the map, as of `view`.
+fn build_snapshot(
+    view: &EngineSnapshot,
+    shard: ShardId,
+    ranges: &[PointRange],
+    applied_stamp_ms: u64,
+    meta: SnapshotMetadata,
+) -> Result<Snapshot, EngineError> {
+    let mut kvs = Vec::new();
+    for r in ranges {
+        let (from, to) = crate::snapshot::data_bounds(r);
+        view.scan(Cf::Data, &from, &to, |k, v| {
+            kvs.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+    }
+    let map = view.get(Cf::Raft, &shard_key(shard, KIND_MAP))?;
+    let data = SnapshotData { applied_stamp_ms, kvs, map };
+    let mut snap = Snapshot { data: data.encode().into(), ..Default::default() };
+    snap.set_metadata(meta);
+    crate::metrics::RAFT.snapshots.with_label_values(&[view.engine().node_label(), &shard.to_string(), "built"]).inc();
+    Ok(snap)
 }
 
 impl Storage for LogStore {
@@ -491,10 +532,27 @@ impl Storage for LogStore {
         Ok(self.last_index)
     }
 
+    /// A snapshot built off the storage thread: the first call starts it
+    /// and says "temporarily unavailable"; raft-rs asks again at the next
+    /// heartbeat response and gets it once built. Each one is handed out
+    /// once (held no longer than needed: it is the shard's whole data).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
         if self.apply.applied_index < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            return Err(unavailable());
         }
-        self.build_snapshot().map_err(to_raft)
+        let mut job = self.snapshot_job.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::take(&mut *job) {
+            SnapshotJob::Ready(s) if s.get_metadata().index >= request_index => return Ok(s),
+            SnapshotJob::Building(at) => {
+                *job = SnapshotJob::Building(at);
+                return Err(unavailable());
+            }
+            SnapshotJob::Failed(e) => tracing::warn!(shard = self.shard, "building a snapshot failed: {e}; again"),
+            SnapshotJob::Ready(_) | SnapshotJob::Idle => {}
+        }
+        drop(job);
+        self.start_snapshot().map_err(to_raft)?;
+        Err(unavailable())
     }
 }

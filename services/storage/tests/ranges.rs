@@ -91,7 +91,18 @@ async fn each_shard_serves_and_snapshots_only_its_ranges() {
     assert!(mine[1] > 50 && mine[2] > 50, "{mine:?}");
     for shard in [1u64, 2] {
         let (store, _) = LogStore::open(engine.clone(), shard, &[1], Arc::new(ranges(shard))).unwrap();
-        let snap = store.snapshot(0, 2).unwrap();
+        // Built off the storage thread: the first ask starts it.
+        let start = Instant::now();
+        let snap = loop {
+            match store.snapshot(0, 2) {
+                Ok(s) => break s,
+                Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)) => {
+                    assert!(start.elapsed() < Duration::from_secs(10), "snapshot not built");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let data = SnapshotData::decode(&snap.data).unwrap();
         let users = data.kvs.iter().filter(|(k, _)| split_data_key(k).is_some_and(|(_, u)| is_user_key(u))).count();
         assert_eq!(users, mine[shard as usize], "shard {shard} snapshot holds exactly its keys");
