@@ -123,17 +123,21 @@ async fn get_json(client: &awc::Client, url: &str) -> Option<serde_json::Value> 
     r.json().limit(64 << 20).await.ok()
 }
 
-/// Replicas per node, if every shard has a leader.
+/// Replicas per node, as the map places them.
 async fn replica_counts(client: &awc::Client, url: &str) -> Option<BTreeMap<u64, usize>> {
     let v = get_json(client, &format!("{url}/v1/cluster")).await?;
     let mut per = BTreeMap::new();
     for s in v["shards"].as_array()? {
-        s["leader"].as_u64()?;
         for r in s["replicas"].as_array()? {
             *per.entry(r.as_u64()?).or_insert(0usize) += 1;
         }
     }
     Some(per)
+}
+
+async fn every_shard_led(client: &awc::Client, url: &str) -> bool {
+    let Some(v) = get_json(client, &format!("{url}/v1/cluster")).await else { return false };
+    v["shards"].as_array().is_some_and(|s| s.iter().all(|s| s["leader"].as_u64().is_some()))
 }
 
 /// Every node within 10% of the mean replica count.
@@ -210,7 +214,7 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
     let mut c = ProcCluster::start(bin, 3, &flags, None)?;
     let admin = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
     let start = Instant::now();
-    while replica_counts(&admin, &c.url(1)).await.is_none() {
+    while !every_shard_led(&admin, &c.url(1)).await {
         anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "no leader for every shard within 60 s");
         actix_rt::time::sleep(Duration::from_millis(200)).await;
     }
