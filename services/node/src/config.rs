@@ -20,6 +20,11 @@ pub struct NodeArgs {
     /// This node's id; needed to bootstrap a new data dir.
     #[arg(long, env = "RINGSTORE_ID")]
     pub id: Option<NodeId>,
+    /// Take the node id from the host name's trailing ordinal plus one
+    /// (`ringstore-0` is node 1): one setting for every pod of a
+    /// StatefulSet.
+    #[arg(long, env = "RINGSTORE_ID_FROM_HOSTNAME")]
+    pub id_from_hostname: bool,
     /// Where this node keeps its RocksDB [default: ./ringstore-node]
     #[arg(long, env = "RINGSTORE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -87,6 +92,7 @@ pub struct NodeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     id: Option<NodeId>,
+    id_from_hostname: Option<bool>,
     data_dir: Option<PathBuf>,
     http: Option<SocketAddr>,
     peer_addr: Option<SocketAddr>,
@@ -170,8 +176,13 @@ impl NodeArgs {
         if let Some(j) = &join {
             anyhow::ensure!(j.starts_with("http://"), "join must be an http:// URL of a member, not {j:?}");
         }
+        let id = match (self.id.or(file.id), self.id_from_hostname || file.id_from_hostname.unwrap_or(false)) {
+            (Some(id), _) => Some(id),
+            (None, true) => Some(id_from_hostname(&hostname()?)?),
+            (None, false) => None,
+        };
         Ok(NodeOptions {
-            id: self.id.or(file.id),
+            id,
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./ringstore-node")),
             http,
             peer_addr,
@@ -189,6 +200,27 @@ impl NodeArgs {
     }
 }
 
+/// This machine's (pod's, container's) host name.
+fn hostname() -> anyhow::Result<String> {
+    if let Ok(h) = std::env::var("HOSTNAME") {
+        if !h.is_empty() {
+            return Ok(h);
+        }
+    }
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name")?;
+    Ok(h.trim().to_string())
+}
+
+/// `ringstore-3` (a StatefulSet pod) -> node 4: ids start at 1, ordinals at 0.
+pub fn id_from_hostname(host: &str) -> anyhow::Result<NodeId> {
+    let short = host.split('.').next().unwrap_or(host);
+    let ordinal = short
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<NodeId>().ok())
+        .with_context(|| format!("host name {host:?} does not end in -ORDINAL (a StatefulSet pod's does)"))?;
+    ordinal.checked_add(1).context("ordinal too large")
+}
+
 fn read_file(p: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", p.display()))
@@ -197,6 +229,16 @@ fn read_file(p: &Path) -> anyhow::Result<FileConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statefulset_host_names_give_ids_from_one() {
+        assert_eq!(id_from_hostname("ringstore-0").unwrap(), 1);
+        assert_eq!(id_from_hostname("ringstore-12.ringstore-peers.default.svc").unwrap(), 13);
+        assert_eq!(id_from_hostname("my-ring-store-4").unwrap(), 5);
+        for bad in ["ringstore", "ringstore-", "ringstore-x", "", "-"] {
+            assert!(id_from_hostname(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn flags_win_over_file_and_file_over_defaults() {

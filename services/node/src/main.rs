@@ -55,6 +55,15 @@ enum Cmd {
     /// Run COMMAND while holding a lock: `ringstore lock NAME -- COMMAND...`
     /// (the fencing token is in RINGSTORE_LOCK_TOKEN).
     Lock(ringstore_node::lock_cmd::LockArgs),
+    /// Exit 0 if URL answers 200 within the timeout, 1 otherwise: a
+    /// container health check that needs no shell or curl in the image.
+    Probe {
+        /// e.g. http://127.0.0.1:8080/readyz
+        #[arg(default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Print the cluster map as a table: shards, replicas, leaders, progress.
     Status {
         /// Any node's HTTP URL.
@@ -66,6 +75,8 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        // No colour codes in files and container logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log filter")?)
         .init();
     match cli.cmd {
@@ -79,6 +90,13 @@ fn main() -> anyhow::Result<()> {
             print!("{}", ringstore_node::status::render_rebalance(&r));
             Ok(())
         }),
+        Cmd::Probe { url, timeout_ms } => {
+            let ok = actix_rt::System::new().block_on(async move {
+                let client = awc::Client::builder().timeout(std::time::Duration::from_millis(timeout_ms)).finish();
+                client.get(&url).send().await.is_ok_and(|r| r.status().is_success())
+            });
+            std::process::exit(if ok { 0 } else { 1 })
+        }
         Cmd::Lock(args) => {
             let code = actix_rt::System::new().block_on(ringstore_node::lock_cmd::run(args))?;
             std::process::exit(code)

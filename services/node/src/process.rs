@@ -159,8 +159,13 @@ async fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Ide
         .map(|b| Identity::decode(&b))
         .transpose()
         .with_context(|| format!("reading the identity in {}", o.data_dir.display()))?;
-    if let Some(url) = &o.join {
-        anyhow::ensure!(o.initial_cluster.is_none(), "--join and --initial-cluster exclude each other");
+    // With both flags (one setting for every pod of a StatefulSet), the
+    // initial members bootstrap and every other node joins.
+    let initial_member = match (&o.initial_cluster, o.id) {
+        (Some(ic), Some(id)) => identity::parse_initial_cluster(ic)?.contains_key(&id),
+        _ => false,
+    };
+    if let Some(url) = o.join.as_ref().filter(|_| !initial_member) {
         match &stored {
             None => {
                 let a = join::join(url, &o.advertise_peer, &o.advertise_http, o.id, None, join::JOIN_TRYING).await?;
@@ -180,7 +185,7 @@ async fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Ide
                 let engine = Engine::open(&o.data_dir, &ident.node.to_string())?;
                 return Ok((engine, ident));
             }
-            Some(s) => {
+            Some(s) if s.joined => {
                 // A restart: the cluster must not have removed this node or
                 // be another cluster; if it cannot answer, start anyway.
                 let check = join::join(
@@ -197,6 +202,8 @@ async fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Ide
                     Err(e) => warn!("{e}; starting with the stored identity"),
                 }
             }
+            // Bootstrapped with the cluster: it never joined.
+            Some(_) => {}
         }
     }
     let initial = o.initial_cluster.as_deref().map(identity::parse_initial_cluster).transpose()?.map(|members| {
