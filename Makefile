@@ -13,6 +13,7 @@ test: deps
 	$(ENV) cargo fmt --all -- --check
 	$(ENV) cargo clippy --workspace --all-targets -- -D warnings
 	promtool check config deploy/prometheus/prometheus.yml
+	scripts/check-manifests.sh
 	$(ENV) cargo test --workspace
 
 deps:

