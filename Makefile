@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: run test deps build lint fmt bench bench-cluster bench-partition bench-rebalance
+.PHONY: run test deps build lint fmt bench bench-cluster bench-partition bench-rebalance bench-containers
 
 # Builds the whole workspace so features unify as in `make test` (building a
 # subset can re-run RocksDB's build script).
@@ -36,6 +36,10 @@ bench-cluster: deps
 # Availability while the busiest leader is cut off (iptables: root) or paused.
 bench-partition: deps
 	$(ENV) loadtest/bench-partition.sh
+
+# Image size, pod start to ready, 3 -> 5 pods in Docker (BIG=1: with 1 GiB).
+bench-containers: deps
+	$(ENV) loadtest/bench-containers.sh
 
 # 3 -> 4 nodes with 1 GiB under load: the Rebalancer's figures.
 bench-rebalance: deps
