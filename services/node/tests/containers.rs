@@ -78,7 +78,8 @@ impl Sandbox {
 
     /// The pod's HTTP URL on the private network (reachable from here).
     fn url(&self, pod: u64) -> anyhow::Result<String> {
-        let ip = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &self.name(pod)])?;
+        let ip =
+            docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &self.name(pod)])?;
         anyhow::ensure!(!ip.is_empty(), "pod {pod} has no address");
         Ok(format!("http://{ip}:8080"))
     }
@@ -188,7 +189,8 @@ async fn a_statefulset_of_containers_scales_3_to_5_survives_a_kill_and_drains_lo
         let u0 = u0.clone();
         async move {
             let Some(v) = json_of(&u0, "/v1/cluster").await else { return false };
-            let removed = v["nodes"].as_array().is_some_and(|n| n.iter().any(|n| n["id"] == 5 && n["state"] == "removed"));
+            let removed =
+                v["nodes"].as_array().is_some_and(|n| n.iter().any(|n| n["id"] == 5 && n["state"] == "removed"));
             removed && replicas(&u0).await.is_some_and(|per| !per.contains_key(&5))
         }
     })
