@@ -62,6 +62,48 @@ fn spread(counts: &BTreeMap<u64, usize>, nodes: &[u64]) -> usize {
     c.iter().max().unwrap() - c.iter().min().unwrap()
 }
 
+/// Waits until the nodes `all` hold replicas and leaders within one of
+/// each other with the Rebalancer idle; on timeout, fails with what the
+/// Rebalancer and the map said last and the tail of every node's log.
+async fn wait_balanced(c: &ProcCluster, via: u64, all: &[u64], within: Duration) {
+    let url = c.url(via);
+    let start = std::time::Instant::now();
+    loop {
+        if let Some((replicas, leaders, _)) = shape(&url).await {
+            if rebalance_idle(&url).await && spread(&replicas, all) <= 1 && spread(&leaders, all) <= 1 {
+                return;
+            }
+        }
+        if start.elapsed() > within {
+            let job = json_of(&url, "/v1/rebalance").await;
+            let map = json_of(&url, "/v1/cluster").await;
+            let logs: Vec<String> = c
+                .ids()
+                .iter()
+                .map(|id| {
+                    let log = c.log(*id);
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    format!("--- node {id} ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                })
+                .collect();
+            // The whole logs outlive the cluster's temp dir, for a post-mortem.
+            let keep = std::env::temp_dir().join(format!("ringstore-rebalance-failure-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            for id in c.ids() {
+                let _ = std::fs::copy(c.log_path(id), keep.join(format!("node-{id}.log")));
+            }
+            panic!(
+                "not balanced within {within:?} (logs in {})\nrebalance: {}\ncluster: {}\n{}",
+                keep.display(),
+                job.map_or("-".into(), |v| v.to_string()),
+                map.map_or("-".into(), |v| v.to_string()),
+                logs.join("\n")
+            );
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn rebalance_idle(url: &str) -> bool {
     json_of(url, "/v1/rebalance").await.is_some_and(|v| v["state"] == "idle" && v["moves"] == json!([]))
 }
@@ -108,14 +150,7 @@ async fn a_fourth_node_joins_under_write_load_and_takes_its_share_of_replicas_an
 
     c.join(4, 1).expect("node 4 starts with --join");
     let nodes = [1, 2, 3, 4];
-    eventually(Duration::from_secs(240), "node 4 holds its share of replicas and leaders", || {
-        let u1 = u1.clone();
-        async move {
-            let Some((replicas, leaders, _)) = shape(&u1).await else { return false };
-            rebalance_idle(&u1).await && spread(&replicas, &nodes) <= 1 && spread(&leaders, &nodes) <= 1
-        }
-    })
-    .await;
+    wait_balanced(&c, 1, &nodes, Duration::from_secs(240)).await;
     let (acks, fails) = writers.stop_counting().await;
     assert!(acks.len() > 100, "writes flowed throughout: {}", acks.len());
     // A client sees only retryable 503s (and none of those in most runs).
@@ -322,22 +357,24 @@ async fn kill_9_of_the_target_the_source_and_the_meta_leader_mid_move_loses_no_a
 
     // Faster now, adjusted while the job runs; then everything settles.
     let all = [1, 2, 3, 4];
+    // Through whichever node answers (the restarted one may still start).
+    let urls: Vec<String> = all.iter().map(|i| c.url(*i)).collect();
     eventually(Duration::from_secs(30), "the settings change while moves run", || {
-        let url = c.url(4);
+        let urls = urls.clone();
         async move {
-            put_config(&url, json!({ "max_bytes_per_sec": 64 << 20, "max_concurrent_moves": 3 })).await.status
-                == StatusCode::OK
+            let body = json!({ "max_bytes_per_sec": 64 << 20, "max_concurrent_moves": 3 }).to_string();
+            for u in &urls {
+                let client = awc::Client::builder().timeout(Duration::from_secs(5)).finish();
+                let sent = client.put(format!("{u}/v1/rebalance/config")).send_body(body.clone()).await;
+                if sent.is_ok_and(|r| r.status() == StatusCode::OK) {
+                    return true;
+                }
+            }
+            false
         }
     })
     .await;
-    eventually(Duration::from_secs(240), "the four nodes end balanced", || {
-        let url = c.url(2);
-        async move {
-            let Some((replicas, leaders, _)) = shape(&url).await else { return false };
-            rebalance_idle(&url).await && spread(&replicas, &all) <= 1 && spread(&leaders, &all) <= 1
-        }
-    })
-    .await;
+    wait_balanced(&c, 2, &all, Duration::from_secs(240)).await;
     let acks = writers.stop().await;
     let urls: Vec<String> = all.iter().map(|i| c.url(*i)).collect();
     let lost = lost_writes(&acks, &urls).await;

@@ -166,6 +166,8 @@ pub struct StorageActor {
     /// Set by [`DestroyReplica`]: its data is gone, nothing more may be
     /// written or answered.
     destroyed: bool,
+    /// A learner was added: compact a log that still starts at index 1.
+    compact_for_learner: bool,
 }
 
 /// Runs one Ready round (and the flush of batched reads) on the actor.
@@ -229,6 +231,7 @@ impl StorageActor {
             freed: Vec::new(),
             unpersisted: VecDeque::new(),
             destroyed: false,
+            compact_for_learner: false,
         };
         let mut actor = actor;
         actor.rebuild_lock_index();
@@ -460,6 +463,9 @@ impl StorageActor {
         //    their first waiter.
         self.serve_confirmed_reads();
         self.serve_waiters();
+        if std::mem::take(&mut self.compact_for_learner) {
+            self.compact_for_new_replica();
+        }
         self.maybe_compact_log();
         self.update_gauges();
     }
@@ -640,6 +646,12 @@ impl StorageActor {
                     outgoing = ?cs.voters_outgoing,
                     "membership changed"
                 );
+                if cs.learners.len() > self.raw.store().conf_state().learners.len() {
+                    // Every replica, not only the leader of the moment, makes
+                    // sure the learner gets a snapshot (data dirs bootstrapped
+                    // before INIT_LOG_INDEX still have a log from index 1).
+                    self.compact_for_learner = true;
+                }
                 let member = cs.voters.contains(&self.node)
                     || cs.learners.contains(&self.node)
                     || cs.voters_outgoing.contains(&self.node);

@@ -35,6 +35,10 @@ const KIND_APPLY_STATE: u8 = 0x03;
 const KIND_CONF_STATE: u8 = 0x04;
 const KIND_MAP: u8 = 0x05;
 
+/// Where a bootstrapped replica's log starts (exclusive), and its term.
+pub const INIT_LOG_INDEX: u64 = 5;
+pub const INIT_LOG_TERM: u64 = 5;
+
 fn shard_key(shard: ShardId, kind: u8) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[..8].copy_from_slice(&shard.to_be_bytes());
@@ -182,9 +186,24 @@ impl LogStore {
         let fresh = cs.is_none();
         if fresh {
             store.conf_state.set_voters(voters.to_vec());
+            if !voters.is_empty() {
+                // A bootstrapped replica's log starts after INIT_LOG_INDEX
+                // (as TiKV's does): its configuration is in no entry, so a
+                // replica added later must get a snapshot, never the log
+                // from index 1, and with this no leader has index 1 to send.
+                store.apply.applied_index = INIT_LOG_INDEX;
+                store.apply.truncated_index = INIT_LOG_INDEX;
+                store.apply.truncated_term = INIT_LOG_TERM;
+                store.hard_state.term = INIT_LOG_TERM;
+                store.hard_state.commit = INIT_LOG_INDEX;
+                store.last_index = INIT_LOG_INDEX;
+                store.last_term = INIT_LOG_TERM;
+            }
             let mut b = store.engine.batch();
             store.stage_conf_state(&mut b, &store.conf_state.clone());
             store.stage_apply_state(&mut b, &store.apply);
+            let hs = store.hard_state.clone();
+            store.stage_hard_state(&mut b, &hs);
             store.engine.write(b, true)?;
             return Ok((store, true));
         }

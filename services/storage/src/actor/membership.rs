@@ -86,7 +86,7 @@ impl StorageActor {
     /// (which carries the configuration), never the log from index 1 (whose
     /// bootstrap configuration is not in any entry). A log compacted past 0
     /// guarantees that.
-    fn compact_for_new_replica(&mut self) {
+    pub(super) fn compact_for_new_replica(&mut self) {
         let a = *self.raw.store().apply_state();
         if a.truncated_index > 0 || a.applied_index == 0 {
             return;
