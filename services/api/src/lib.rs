@@ -50,7 +50,13 @@ pub struct ApiState {
     pub transport: Arc<dyn Transport>,
     /// The cluster this node belongs to (0 in a single-process cluster).
     pub cluster_id: u64,
+    /// Hands every leadership this node holds to another replica (the
+    /// `preStop` of a pod, before SIGTERM).
+    pub handover: Handover,
 }
+
+/// Moves the node's leaderships away; resolves once they moved (bounded).
+pub type Handover = Arc<dyn Fn() -> futures::future::LocalBoxFuture<'static, ()> + Send + Sync>;
 
 /// The node's replicas change as they move; asked on each `/readyz`.
 pub type LocalShards = Arc<dyn Fn() -> Vec<ShardId> + Send + Sync>;
@@ -77,6 +83,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(rebalance::status))
             .default_service(web::to(ops::method_not_allowed)),
     )
+    .service(admin("/v1/node/handover", web::post().to(ops::handover)))
     .service(admin("/v1/rebalance/pause", web::post().to(rebalance::pause)))
     .service(admin("/v1/rebalance/resume", web::post().to(rebalance::resume)))
     .service(admin("/v1/rebalance/config", web::put().to(rebalance::config)))

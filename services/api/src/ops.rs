@@ -70,6 +70,17 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// Ready when every local replica knows a leader for its shard.
+/// `POST /v1/node/handover`: this node stops taking new requests
+/// (`/readyz` answers 503, so it leaves its Service's endpoints) and hands
+/// every shard it leads to another replica, answering once they moved. A
+/// pod's `preStop` calls it (`ringstore handover`) before SIGTERM.
+pub async fn handover(state: web::Data<ApiState>) -> HttpResponse {
+    state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(node = state.node, "handing over leadership before a stop");
+    (state.handover)().await;
+    HttpResponse::Ok().json(json!({ "node": state.node, "draining": true }))
+}
+
 pub async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "node is shutting down"));

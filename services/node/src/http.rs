@@ -10,7 +10,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
-use ringstore_api::{ApiState, LocalShards};
+use ringstore_api::{ApiState, Handover, LocalShards};
 use ringstore_router::{MapCell, Router};
 use ringstore_shared::config::Limits;
 use ringstore_shared::NodeId;
@@ -24,6 +24,7 @@ pub struct HttpOptions {
     pub local_shards: LocalShards,
     pub transport: Arc<dyn Transport>,
     pub cluster_id: u64,
+    pub handover: Handover,
     pub limits: Limits,
     pub draining: Arc<AtomicBool>,
     /// Seconds in-flight requests get to finish on a graceful stop.
@@ -40,6 +41,7 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
         local_shards,
         transport,
         cluster_id,
+        handover,
         limits,
         draining,
         shutdown_timeout_s,
@@ -56,6 +58,7 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
             local_shards: local_shards.clone(),
             transport: transport.clone(),
             cluster_id,
+            handover: handover.clone(),
         };
         App::new()
             .app_data(web::Data::new(state))

@@ -64,6 +64,14 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Ask a node to stop taking requests and hand its leaderships over
+    /// (`POST /v1/node/handover`): a pod's preStop hook.
+    Handover {
+        #[arg(default_value = "http://127.0.0.1:8080")]
+        endpoint: String,
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
     /// Print the cluster map as a table: shards, replicas, leaders, progress.
     Status {
         /// Any node's HTTP URL.
@@ -94,6 +102,14 @@ fn main() -> anyhow::Result<()> {
             let ok = actix_rt::System::new().block_on(async move {
                 let client = awc::Client::builder().timeout(std::time::Duration::from_millis(timeout_ms)).finish();
                 client.get(&url).send().await.is_ok_and(|r| r.status().is_success())
+            });
+            std::process::exit(if ok { 0 } else { 1 })
+        }
+        Cmd::Handover { endpoint, timeout_ms } => {
+            let ok = actix_rt::System::new().block_on(async move {
+                let client = awc::Client::builder().timeout(std::time::Duration::from_millis(timeout_ms)).finish();
+                let url = format!("{}/v1/node/handover", endpoint.trim_end_matches('/'));
+                client.post(&url).send().await.is_ok_and(|r| r.status().is_success())
             });
             std::process::exit(if ok { 0 } else { 1 })
         }

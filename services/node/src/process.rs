@@ -101,6 +101,11 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
     let rebalancer = actix::Actor::start(Rebalancer::new(routing.clone(), peers.clone(), REPLICATION));
     let draining = Arc::new(AtomicBool::new(false));
     let shards_here = replicas.clone();
+    let (handing, within) = (replicas.clone(), Duration::from_millis(o.raft.election_timeout_ms() * 3));
+    let handover: ringstore_api::Handover = Arc::new(move || {
+        let r = handing.clone();
+        Box::pin(async move { r.hand_over_leadership(within).await })
+    });
     let (server, http_bound) = crate::http::start(crate::http::HttpOptions {
         node,
         addr: o.http,
@@ -109,6 +114,7 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
         local_shards: Arc::new(move || shards_here.shards()),
         transport: peers,
         cluster_id: ident.cluster_id,
+        handover,
         limits: o.limits.clone(),
         draining: draining.clone(),
         shutdown_timeout_s: o.shutdown_timeout_s,

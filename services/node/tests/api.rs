@@ -232,3 +232,39 @@ async fn a_full_replica_queue_answers_503_overloaded_and_recovers() {
     assert_eq!(put(&url, "after", b"y").await.status, StatusCode::OK);
     tc.cluster.shutdown().await.unwrap();
 }
+
+/// `POST /v1/node/handover` (a pod's preStop): the node reports not ready
+/// and leads nothing afterwards, while the cluster keeps serving.
+#[actix_rt::test]
+async fn handover_takes_the_node_out_of_service_and_moves_its_leaderships() {
+    let tc = start(|c| c.shards = 4).await;
+    let c = &tc.cluster;
+    let leads = |n: u64| async move {
+        let mut count = 0;
+        for shard in 0..=4 {
+            if c.shard_status(n, shard).await.is_ok_and(|s| s.role == "leader") {
+                count += 1;
+            }
+        }
+        count
+    };
+    let mut node = 0;
+    for n in c.node_ids() {
+        if leads(n).await > 0 {
+            node = n;
+            break;
+        }
+    }
+    assert!(node != 0, "some node leads a shard");
+    let url = c.url(node).unwrap();
+    let r = call("POST", &url, "/v1/node/handover", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["draining"], true);
+    assert_eq!(leads(node).await, 0, "node {node} handed every leadership over");
+    let r = call("GET", &url, "/readyz", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "out of the Service's endpoints");
+    let other = c.url(c.node_ids().into_iter().find(|n| *n != node).unwrap()).unwrap();
+    assert_eq!(put(&other, "after-handover", b"v").await.status, StatusCode::OK);
+    let r = call("GET", &url, "/v1/node/handover", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}

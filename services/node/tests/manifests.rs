@@ -62,6 +62,9 @@ fn probes_ports_and_dashboard_match_the_binary() {
         assert!(sts.contains(&format!("path: {path}")), "the StatefulSet probes {path}");
         assert!(spec["paths"][path].is_object(), "{path} is a route");
     }
+    // preStop hands leadership over through the binary's own subcommand.
+    assert!(sts.contains(r#"command: ["/ringstore", "handover", "http://127.0.0.1:8080"]"#));
+    assert!(spec["paths"]["/v1/node/handover"]["post"].is_object());
     // The ports the pods declare are the ones the node binds.
     assert!(sts.contains("containerPort: 8080") && sts.contains("value: 0.0.0.0:8080"));
     assert!(sts.contains("containerPort: 7080") && sts.contains("value: 0.0.0.0:7080"));
