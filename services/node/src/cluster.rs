@@ -165,11 +165,7 @@ impl LocalCluster {
             }),
         )?;
         let shards_here = replicas.clone();
-        let (handing, within) = (replicas.clone(), Duration::from_millis(self.cfg.raft.election_timeout_ms() * 3));
-        let handover: ringstore_api::Handover = Arc::new(move || {
-            let r = handing.clone();
-            Box::pin(async move { r.hand_over_leadership(within).await })
-        });
+        let handover = replicas.handover(Duration::from_millis(self.cfg.raft.election_timeout_ms() * 3));
         let weak = Arc::downgrade(&engine);
         // Each node routes by its own copy of the map, kept in step with the
         // meta shard by its map keeper. The admin router (status, tests)

@@ -101,11 +101,7 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
     let rebalancer = actix::Actor::start(Rebalancer::new(routing.clone(), peers.clone(), REPLICATION));
     let draining = Arc::new(AtomicBool::new(false));
     let shards_here = replicas.clone();
-    let (handing, within) = (replicas.clone(), Duration::from_millis(o.raft.election_timeout_ms() * 3));
-    let handover: ringstore_api::Handover = Arc::new(move || {
-        let r = handing.clone();
-        Box::pin(async move { r.hand_over_leadership(within).await })
-    });
+    let handover = replicas.handover(Duration::from_millis(o.raft.election_timeout_ms() * 3));
     let (server, http_bound) = crate::http::start(crate::http::HttpOptions {
         node,
         addr: o.http,

@@ -209,6 +209,16 @@ impl LocalReplicas {
         futures::future::join_all(handovers).await;
     }
 
+    /// [`Self::hand_over_leadership`] as the API's `POST /v1/node/handover`
+    /// calls it.
+    pub fn handover(self: &Arc<Self>, within: Duration) -> ringstore_api::Handover {
+        let replicas = self.clone();
+        Arc::new(move || {
+            let r = replicas.clone();
+            Box::pin(async move { r.hand_over_leadership(within).await })
+        })
+    }
+
     /// Stops every storage thread and waits for them to end.
     pub async fn stop(&self) -> anyhow::Result<()> {
         let arbiters = std::mem::take(&mut *self.arbiters.lock().unwrap_or_else(|e| e.into_inner()));

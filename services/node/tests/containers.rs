@@ -85,10 +85,6 @@ impl Sandbox {
     }
 }
 
-async fn json_of(url: &str, path: &str) -> Option<serde_json::Value> {
-    serde_json::from_slice(&try_get(&format!("{url}{path}")).await?).ok()
-}
-
 /// Replicas per node id from `/v1/cluster`, once every shard has a leader.
 async fn replicas(url: &str) -> Option<BTreeMap<u64, usize>> {
     let v = json_of(url, "/v1/cluster").await?;

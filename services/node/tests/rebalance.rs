@@ -20,11 +20,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_ringstore");
 const FLAGS: [&str; 6] = ["--raft-tick-ms", "50", "--raft-election-ticks", "10", "--shards", "16"];
 const ALL_SHARDS: usize = 17;
 
-async fn json_of(url: &str, path: &str) -> Option<Value> {
-    let body = try_get(&format!("{url}{path}")).await?;
-    serde_json::from_slice(&body).ok()
-}
-
 /// Replicas and actual leaders per node from `/v1/cluster`, if every shard
 /// has a leader.
 async fn shape(url: &str) -> Option<(BTreeMap<u64, usize>, BTreeMap<u64, usize>, Value)> {
@@ -86,12 +81,7 @@ async fn wait_balanced(c: &ProcCluster, via: u64, all: &[u64], within: Duration)
                     format!("--- node {id} ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
                 })
                 .collect();
-            // The whole logs outlive the cluster's temp dir, for a post-mortem.
-            let keep = std::env::temp_dir().join(format!("ringstore-rebalance-failure-{}", std::process::id()));
-            let _ = std::fs::create_dir_all(&keep);
-            for id in c.ids() {
-                let _ = std::fs::copy(c.log_path(id), keep.join(format!("node-{id}.log")));
-            }
+            let keep = keep_logs(c);
             panic!(
                 "not balanced within {within:?} (logs in {})\nrebalance: {}\ncluster: {}\n{}",
                 keep.display(),
@@ -285,7 +275,8 @@ async fn meta_leader(url: &str) -> Option<u64> {
     v["shards"].as_array()?.iter().find(|s| s["id"] == 0)?["leader"].as_u64()
 }
 
-/// Waits for a move that is copying data, seen from any of `urls`.
+/// Waits for a move that is copying data, seen from any of `urls`; on
+/// timeout, fails keeping the nodes' logs and the last job view.
 async fn wait_copying(c: &ProcCluster, ids: &[u64]) -> Value {
     let start = std::time::Instant::now();
     loop {
@@ -294,9 +285,27 @@ async fn wait_copying(c: &ProcCluster, ids: &[u64]) -> Value {
                 return m;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "no move copied data within 120 s");
+        if start.elapsed() > Duration::from_secs(120) {
+            let keep = keep_logs(c);
+            let job = json_of(&c.url(ids[0]), "/v1/rebalance").await;
+            panic!(
+                "no move copied data within 120 s (logs in {})\nrebalance: {}",
+                keep.display(),
+                job.map_or("-".into(), |v| v.to_string())
+            );
+        }
         actix_rt::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Copies every node's log out of the cluster's temp dir, for a post-mortem.
+fn keep_logs(c: &ProcCluster) -> std::path::PathBuf {
+    let keep = std::env::temp_dir().join(format!("ringstore-rebalance-failure-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&keep);
+    for id in c.ids() {
+        let _ = std::fs::copy(c.log_path(id), keep.join(format!("node-{id}.log")));
+    }
+    keep
 }
 
 #[actix_rt::test]

@@ -20,6 +20,25 @@ use thiserror::Error;
 
 use crate::metrics;
 
+/// Calls `f` for each pair from `from` until the iterator's upper bound or
+/// until `f` returns `false`: the one loop behind both scans.
+fn walk<D: rocksdb::DBAccess>(
+    mut it: rocksdb::DBRawIteratorWithThreadMode<'_, D>,
+    from: &[u8],
+    mut f: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), EngineError> {
+    it.seek(from);
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+        if !f(k, v) {
+            return Ok(());
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(())
+}
+
 /// See [`Engine::snapshot`].
 pub struct EngineSnapshot {
     // Dropped before `engine`, whose RocksDB it reads.
@@ -29,26 +48,10 @@ pub struct EngineSnapshot {
 
 impl EngineSnapshot {
     /// Like [`Engine::scan`], as of the snapshot.
-    pub fn scan(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), EngineError> {
+    pub fn scan(&self, cf: Cf, from: &[u8], to: &[u8], f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<(), EngineError> {
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_upper_bound(to.to_vec());
-        let mut it = self.snap.raw_iterator_cf_opt(self.engine.cf(cf), ro);
-        it.seek(from);
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-            if !f(k, v) {
-                return Ok(());
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(())
+        walk(self.snap.raw_iterator_cf_opt(self.engine.cf(cf), ro), from, f)
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
@@ -227,26 +230,10 @@ impl Engine {
 
     /// Calls `f` for each `(key, value)` of `cf` in `[from, to)`, in key
     /// order, until it returns `false`.
-    pub fn scan(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), EngineError> {
+    pub fn scan(&self, cf: Cf, from: &[u8], to: &[u8], f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<(), EngineError> {
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_upper_bound(to.to_vec());
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
-        it.seek(from);
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-            if !f(k, v) {
-                return Ok(());
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(())
+        walk(self.db.raw_iterator_cf_opt(self.cf(cf), ro), from, f)
     }
 
     /// A point-in-time view of the whole DB that may go to another thread

@@ -246,6 +246,11 @@ pub async fn try_get(url: &str) -> Option<Vec<u8>> {
     r.body().limit(8 * 1024 * 1024).await.ok().map(|b| b.to_vec())
 }
 
+/// The JSON a GET of `url` + `path` answers, through [`try_get`].
+pub async fn json_of(url: &str, path: &str) -> Option<serde_json::Value> {
+    serde_json::from_slice(&try_get(&format!("{url}{path}")).await?).ok()
+}
+
 /// A stale read through [`try_get`].
 pub async fn stale_body(url: &str, key: &str) -> Option<Vec<u8>> {
     try_get(&format!("{url}/v1/kv/{key}?consistency=stale")).await
