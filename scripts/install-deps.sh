@@ -42,9 +42,10 @@ if ! command -v kubectl >/dev/null 2>&1 || ! command -v kubernetes-validate >/de
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
   hash -r
 fi
+# `make run` needs no Docker; the container tests do and fail (never skip)
+# without it, so say why up front.
 if ! docker info >/dev/null 2>&1; then
-  echo "install-deps: the Docker Engine is not running (the container tests need it): start dockerd" >&2
-  exit 1
+  echo "install-deps: warning: the Docker Engine is not running; the container tests will fail: start dockerd" >&2
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install Rust (rustup) first" >&2
