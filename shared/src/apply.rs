@@ -11,6 +11,7 @@ use crate::command::{Command, Fence, Precondition, Proposal};
 use crate::keys;
 use crate::lock::{self, FenceRecord, LockOutcome, LockRecord};
 use crate::value::StoredValue;
+use std::ops::RangeInclusive;
 
 /// How long (by entry stamps, leader clock) a shard remembers what a
 /// request id's write did: longer than any client deadline (60 s at most)
@@ -120,6 +121,44 @@ pub enum Outcome {
     MapConflict {
         current: u64,
     },
+    /// The shard's ranges are at `epoch`: the split asked for is done.
+    Split {
+        epoch: u64,
+    },
+}
+
+/// What a replica does with a `Split` (see [`decide_split`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitDecision {
+    /// Keep `left`; the new shard starts with the ranges in the command.
+    Apply { left: Vec<RangeInclusive<u64>> },
+    /// The ranges are already at this split's epoch or a later one.
+    Done,
+    /// The command does not fit this shard's ranges: change nothing.
+    Refused(String),
+}
+
+/// Whether a shard whose ranges are `ranges` (at `epoch`) splits off
+/// `give` at `split_epoch`. Decided from replicated state alone, so every
+/// replica decides the same at the same entry; a repeat (a Rebalancer that
+/// proposed again after a crash) is `Done`.
+pub fn decide_split(
+    ranges: &[RangeInclusive<u64>],
+    epoch: u64,
+    give: &[RangeInclusive<u64>],
+    split_epoch: u64,
+) -> SplitDecision {
+    if epoch >= split_epoch {
+        return SplitDecision::Done;
+    }
+    if give.is_empty() {
+        return SplitDecision::Refused("a split must give some ranges away".into());
+    }
+    match crate::ring::subtract(ranges, give) {
+        None => SplitDecision::Refused("the ranges to give away are not all this shard's".into()),
+        Some(left) if left.is_empty() => SplitDecision::Refused("a split must leave the source some ranges".into()),
+        Some(left) => SplitDecision::Apply { left },
+    }
 }
 
 /// The bytes a stored user key accounts for in shard statistics: its key
@@ -212,6 +251,10 @@ impl Outcome {
                 w.u8(9);
                 w.u64(*current);
             }
+            Outcome::Split { epoch } => {
+                w.u8(10);
+                w.u64(*epoch);
+            }
         }
     }
 
@@ -236,6 +279,7 @@ impl Outcome {
             },
             8 => Outcome::MapSet { epoch: r.u64("epoch")? },
             9 => Outcome::MapConflict { current: r.u64("epoch")? },
+            10 => Outcome::Split { epoch: r.u64("epoch")? },
             tag => return Err(CodecError::UnknownTag { what: "outcome", tag }),
         })
     }
@@ -394,6 +438,9 @@ fn decide_command(proposal: Proposal, index: u64, term: u64, state: &mut impl St
                 _ => (vec![], Outcome::MapConflict { current }),
             }
         }
+        // Changes the shard's ranges, not its data: the storage actor
+        // applies it with `decide_split` before it gets here.
+        Command::Split { epoch, .. } => (vec![], Outcome::Split { epoch }),
     }
 }
 
@@ -607,6 +654,20 @@ mod tests {
     }
 
     #[test]
+    fn a_split_applies_once_and_only_inside_the_shard() {
+        let ranges = vec![0..=99, 200..=299];
+        assert_eq!(
+            decide_split(&ranges, 3, &[50..=99, 250..=260], 4),
+            SplitDecision::Apply { left: vec![0..=49, 200..=249, 261..=299] }
+        );
+        assert_eq!(decide_split(&ranges, 4, &[50..=99], 4), SplitDecision::Done, "a repeat changes nothing");
+        assert_eq!(decide_split(&ranges, 5, &[50..=99], 4), SplitDecision::Done, "an older split changes nothing");
+        assert!(matches!(decide_split(&ranges, 3, &[90..=210], 4), SplitDecision::Refused(_)));
+        assert!(matches!(decide_split(&ranges, 3, &[], 4), SplitDecision::Refused(_)));
+        assert!(matches!(decide_split(&ranges, 3, &ranges, 4), SplitDecision::Refused(_)), "nothing left");
+    }
+
+    #[test]
     fn outcomes_round_trip() {
         for o in [
             Outcome::Written { version: 1 },
@@ -619,6 +680,7 @@ mod tests {
             Outcome::Fenced { lock: "l".into(), highest: 6 },
             Outcome::MapSet { epoch: 7 },
             Outcome::MapConflict { current: 8 },
+            Outcome::Split { epoch: 9 },
         ] {
             let mut w = Writer::with_capacity(16);
             o.put(&mut w);

@@ -1,5 +1,6 @@
-//! The cluster map: epoch, nodes, shards and their replicas, the replica
-//! moves in progress and the Rebalancer's settings. The meta shard (shard
+//! The cluster map: epoch, nodes, shards and their replicas, which ring
+//! points each shard owns, the replica moves and splits in progress and
+//! the Rebalancer's settings. The meta shard (shard
 //! 0) replicates it; routers cache it and build the ring from its data
 //! shards; the Rebalancer changes it one epoch at a time. Pure: bootstrap,
 //! lookup, edits and the binary codec.
@@ -8,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::codec::{CodecError, Reader, Writer};
 use crate::placement::{self, PlacementError};
-use crate::ring::Ring;
+use crate::ring::{Ring, ShardRange};
 use crate::{NodeId, ShardId};
 
 /// The shard that stores the cluster map.
@@ -17,6 +18,8 @@ const FORMAT_V1: u8 = 1;
 /// V2 adds when each node entered its state, the moves in progress and the
 /// Rebalancer's settings.
 const FORMAT_V2: u8 = 2;
+/// V3 adds each shard's ring window and the splits in progress.
+const FORMAT_V3: u8 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeState {
@@ -94,6 +97,22 @@ pub struct ReplicaMove {
     pub bytes: u64,
 }
 
+/// Shard `source` giving the points of its window from `at` up to a new
+/// shard `target`, in place: the new shard starts on the source's nodes
+/// with the data already there. Recorded at `epoch` before the source is
+/// asked to split; the source's ranges say whether it has (they carry the
+/// epoch of the split that last changed them); the map then lists
+/// `target` and drops this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSplit {
+    pub source: ShardId,
+    pub target: ShardId,
+    pub at: u64,
+    /// The map epoch that recorded this split.
+    pub epoch: u64,
+    pub started_ms: u64,
+}
+
 /// The current rebalance job: from the first move started after the map
 /// was balanced to the last one done. What `GET /v1/rebalance` derives
 /// progress, rate and ETA from.
@@ -121,6 +140,12 @@ pub struct RebalanceConfig {
     pub max_concurrent_moves: u32,
     /// A node down this long has its replicas re-created elsewhere.
     pub down_after_s: u64,
+    /// Data shards the ring should have at least (`POST /v1/cluster/shards`
+    /// raises it); 0: no such target.
+    pub target_shards: u64,
+    /// Data shards per up node the ring should have at least, so it grows
+    /// as nodes join; 0: off.
+    pub shards_per_node: u32,
 }
 
 impl Default for RebalanceConfig {
@@ -130,6 +155,8 @@ impl Default for RebalanceConfig {
             max_bytes_per_sec: 64 * 1024 * 1024,
             max_concurrent_moves: 2,
             down_after_s: 300,
+            target_shards: 0,
+            shards_per_node: 0,
         }
     }
 }
@@ -143,6 +170,10 @@ pub struct ClusterMap {
     pub shards: BTreeMap<ShardId, Vec<NodeId>>,
     /// Replica moves in progress, at most one per shard.
     pub moves: Vec<ReplicaMove>,
+    /// Which points each data shard owns (see [`crate::ring`]).
+    pub ring: BTreeMap<ShardId, ShardRange>,
+    /// Splits recorded and not yet finished, at most one per source.
+    pub splits: Vec<ShardSplit>,
     pub rebalance: RebalanceConfig,
     pub job: JobProgress,
 }
@@ -164,6 +195,8 @@ impl ClusterMap {
             nodes,
             shards,
             moves: Vec::new(),
+            ring: data.iter().map(|s| (*s, ShardRange::whole(*s))).collect(),
+            splits: Vec::new(),
             rebalance: RebalanceConfig::default(),
             job: JobProgress::default(),
         })
@@ -199,7 +232,23 @@ impl ClusterMap {
 
     /// The ring over the data shards (the meta shard owns no keys).
     pub fn ring(&self) -> Ring {
-        Ring::new(self.shards.keys().copied().filter(|s| *s != META_SHARD))
+        Ring::with_layout(&self.ring)
+    }
+
+    /// The id a new shard gets: one above every shard id in use or planned.
+    pub fn next_shard_id(&self) -> ShardId {
+        let planned = self.splits.iter().map(|s| s.target).max().unwrap_or(0);
+        self.shards.keys().next_back().copied().unwrap_or(0).max(planned) + 1
+    }
+
+    /// The split `shard` is the source or target of, if any.
+    pub fn split_of(&self, shard: ShardId) -> Option<&ShardSplit> {
+        self.splits.iter().find(|s| s.source == shard || s.target == shard)
+    }
+
+    /// The data shards (every shard but the meta shard).
+    pub fn data_shards(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.shards.keys().copied().filter(|s| *s != META_SHARD)
     }
 
     /// Shards with a replica on `node`.
@@ -209,7 +258,7 @@ impl ClusterMap {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(64 + self.nodes.len() * 48 + self.shards.len() * 40);
-        w.u8(FORMAT_V2);
+        w.u8(FORMAT_V3);
         w.u64(self.epoch);
         w.u32(self.nodes.len() as u32);
         for (id, n) in &self.nodes {
@@ -246,16 +295,33 @@ impl ClusterMap {
         w.u64(j.moves_done);
         w.u64(j.moves_rolled_back);
         w.u64(j.bytes_done);
+        w.u32(self.ring.len() as u32);
+        for (shard, r) in &self.ring {
+            w.u64(*shard);
+            w.u64(r.origin);
+            w.u64(r.lo);
+            w.u64(r.hi);
+        }
+        w.u32(self.splits.len() as u32);
+        for sp in &self.splits {
+            w.u64(sp.source);
+            w.u64(sp.target);
+            w.u64(sp.at);
+            w.u64(sp.epoch);
+            w.u64(sp.started_ms);
+        }
+        w.u64(c.target_shards);
+        w.u32(c.shards_per_node);
         w.buf
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, CodecError> {
         let mut r = Reader::new(b);
         let f = r.u8("map format")?;
-        if f != FORMAT_V1 && f != FORMAT_V2 {
+        if !(FORMAT_V1..=FORMAT_V3).contains(&f) {
             return Err(CodecError::UnsupportedFormat(f));
         }
-        let v2 = f == FORMAT_V2;
+        let v2 = f >= FORMAT_V2;
         let epoch = r.u64("epoch")?;
         let string = |r: &mut Reader<'_>, what| {
             String::from_utf8(r.bytes(what)?.to_vec()).map_err(|e| CodecError::Invalid { what, detail: e.to_string() })
@@ -305,8 +371,32 @@ impl ClusterMap {
             job.moves_rolled_back = r.u64("moves rolled back")?;
             job.bytes_done = r.u64("bytes done")?;
         }
+        let mut ring = BTreeMap::new();
+        let mut splits = Vec::new();
+        if f >= FORMAT_V3 {
+            for _ in 0..r.u32("ring count")? {
+                let shard = r.u64("ring shard")?;
+                let range =
+                    ShardRange { origin: r.u64("ring origin")?, lo: r.u64("ring low")?, hi: r.u64("ring high")? };
+                ring.insert(shard, range);
+            }
+            for _ in 0..r.u32("split count")? {
+                splits.push(ShardSplit {
+                    source: r.u64("split source")?,
+                    target: r.u64("split target")?,
+                    at: r.u64("split point")?,
+                    epoch: r.u64("split epoch")?,
+                    started_ms: r.u64("split start")?,
+                });
+            }
+            rebalance.target_shards = r.u64("target shards")?;
+            rebalance.shards_per_node = r.u32("shards per node")?;
+        } else {
+            // Before splits every data shard was an origin owning its all.
+            ring = shards.keys().filter(|s| **s != META_SHARD).map(|s| (*s, ShardRange::whole(*s))).collect();
+        }
         r.finish()?;
-        Ok(ClusterMap { epoch, nodes, shards, moves, rebalance, job })
+        Ok(ClusterMap { epoch, nodes, shards, moves, ring, splits, rebalance, job })
     }
 }
 
@@ -341,8 +431,19 @@ mod tests {
         m.nodes.get_mut(&2).unwrap().since_ms = 1234;
         m.moves.push(ReplicaMove { shard: 3, from: Some(1), to: 4, started_ms: 99, bytes: 1 << 20 });
         m.moves.push(ReplicaMove { shard: 4, from: None, to: 2, started_ms: 98, bytes: 0 });
-        m.rebalance = RebalanceConfig { paused: true, max_bytes_per_sec: 5, max_concurrent_moves: 3, down_after_s: 7 };
+        m.rebalance = RebalanceConfig {
+            paused: true,
+            max_bytes_per_sec: 5,
+            max_concurrent_moves: 3,
+            down_after_s: 7,
+            target_shards: 20,
+            shards_per_node: 4,
+        };
         m.job = JobProgress { started_ms: 1, finished_ms: 5, moves_done: 2, moves_rolled_back: 3, bytes_done: 4 };
+        let (a, b) = m.ring[&3].split_at(77).unwrap();
+        m.ring.insert(3, a);
+        m.ring.insert(5, b);
+        m.splits.push(ShardSplit { source: 1, target: 6, at: 1 << 60, epoch: 4, started_ms: 3 });
         let b = m.encode();
         assert_eq!(ClusterMap::decode(&b).unwrap(), m);
         for cut in 0..b.len() {
@@ -354,7 +455,7 @@ mod tests {
     }
 
     #[test]
-    fn a_v1_map_reads_with_no_moves_and_default_settings() {
+    fn a_v1_map_reads_with_no_moves_default_settings_and_whole_shards() {
         let m = ClusterMap::bootstrap(nodes(3), 2, 3).unwrap();
         let mut w = Writer::with_capacity(256);
         w.u8(FORMAT_V1);
@@ -388,5 +489,17 @@ mod tests {
         assert!(m.hosts(4, 2) && m.hosts(1, 2), "source and target both run it while it moves");
         assert_eq!(m.hosted_on(4), vec![2]);
         assert_eq!(m.next().epoch, m.epoch + 1);
+    }
+
+    #[test]
+    fn new_shard_ids_follow_every_shard_and_planned_split() {
+        let mut m = ClusterMap::bootstrap(nodes(3), 4, 3).unwrap();
+        assert_eq!(m.next_shard_id(), 5);
+        m.splits.push(ShardSplit { source: 2, target: 5, at: 9, epoch: 2, started_ms: 0 });
+        assert_eq!(m.next_shard_id(), 6);
+        assert_eq!(m.split_of(2).map(|s| s.target), Some(5));
+        assert_eq!(m.split_of(5).map(|s| s.source), Some(2));
+        assert!(m.split_of(3).is_none());
+        assert_eq!(m.data_shards().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
     }
 }

@@ -138,6 +138,17 @@ pub enum Command {
     ForgetRequests {
         keys: Vec<Vec<u8>>,
     },
+    /// From the Rebalancer: hand `ranges` (sorted ring-point intervals, each
+    /// inside one of this shard's) to the new shard `target`, which starts
+    /// on this shard's nodes with the data in place. `epoch` is the map
+    /// epoch that recorded the split; it becomes the epoch of both shards'
+    /// ranges. Applied once: a shard whose ranges are already at `epoch` or
+    /// later ignores it (see `apply::decide_split`).
+    Split {
+        target: u64,
+        ranges: Vec<std::ops::RangeInclusive<u64>>,
+        epoch: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +175,7 @@ const TAG_LOCK_ACQUIRE_SESSION: u8 = 11;
 const TAG_LOCK_RELEASE_SESSION: u8 = 12;
 const TAG_LOCK_REFRESH_SESSION: u8 = 13;
 const TAG_FORGET_REQUESTS: u8 = 14;
+const TAG_SPLIT: u8 = 15;
 
 const COND_ALWAYS: u8 = 0;
 const COND_IF_VERSION: u8 = 1;
@@ -220,7 +232,10 @@ impl Command {
             | Command::LockRelease { name, .. }
             | Command::LockRefresh { name, .. }
             | Command::LockExpire { name, .. } => Some(name.as_bytes()),
-            Command::Expire { .. } | Command::SetMap { .. } | Command::ForgetRequests { .. } => None,
+            Command::Expire { .. }
+            | Command::SetMap { .. }
+            | Command::ForgetRequests { .. }
+            | Command::Split { .. } => None,
         }
     }
 }
@@ -241,6 +256,7 @@ impl Proposal {
             Command::Expire { keys } => keys.iter().map(|(k, _)| k.len() + 12).sum::<usize>() + 24,
             Command::SetMap { map, .. } => map.len() + 32,
             Command::ForgetRequests { keys } => keys.iter().map(|k| k.len() + 4).sum::<usize>() + 24,
+            Command::Split { ranges, .. } => ranges.len() * 16 + 24,
         } + 17;
         let mut w = Writer::with_capacity(hint);
         w.u8(FORMAT_V2);
@@ -305,6 +321,16 @@ impl Proposal {
                 w.u32(keys.len() as u32);
                 for k in keys {
                     w.bytes(k);
+                }
+            }
+            Command::Split { target, ranges, epoch } => {
+                w.u8(TAG_SPLIT);
+                w.u64(*target);
+                w.u64(*epoch);
+                w.u32(ranges.len() as u32);
+                for r in ranges {
+                    w.u64(*r.start());
+                    w.u64(*r.end());
                 }
             }
         }
@@ -400,6 +426,20 @@ impl Proposal {
                 }
                 Command::ForgetRequests { keys }
             }
+            TAG_SPLIT => {
+                let target = r.u64("split target")?;
+                let epoch = r.u64("split epoch")?;
+                let n = r.u32("split range count")?;
+                let mut ranges = Vec::with_capacity((n as usize).min(bytes.len() / 16));
+                for _ in 0..n {
+                    let (lo, hi) = (r.u64("split range start")?, r.u64("split range end")?);
+                    if lo > hi {
+                        return Err(CodecError::Invalid { what: "split range", detail: format!("{lo} > {hi}") });
+                    }
+                    ranges.push(lo..=hi);
+                }
+                Command::Split { target, ranges, epoch }
+            }
             tag => return Err(CodecError::UnknownTag { what: "command", tag }),
         };
         r.finish()?;
@@ -480,6 +520,11 @@ mod tests {
                 stamp_ms: 13,
                 request: Some(Request::first(1)),
                 cmd: Command::ForgetRequests { keys: vec![b"q".to_vec(), vec![]] },
+            },
+            Proposal {
+                stamp_ms: 14,
+                request: None,
+                cmd: Command::Split { target: 17, ranges: vec![0..=5, 9..=u64::MAX], epoch: 12 },
             },
         ]
     }

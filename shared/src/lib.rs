@@ -18,6 +18,7 @@
 //! - [`cluster_map`]: epoch, nodes and shards; bootstrap and codec.
 //! - [`planner`]: the Rebalancer's replica and leader moves (pure).
 //! - [`rebalance`]: a move's next step, which moves start, node states, drain checks (pure).
+//! - [`split`]: how many shards the ring wants, which splits next and where (pure).
 //! - [`error`]: [`StoreError`], the typed error every layer returns.
 //! - [`config`]: limits and timing, each with its unit in its name.
 
@@ -34,6 +35,7 @@ pub mod placement;
 pub mod planner;
 pub mod rebalance;
 pub mod ring;
+pub mod split;
 pub mod value;
 
 pub use error::StoreError;

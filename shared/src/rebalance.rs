@@ -166,7 +166,9 @@ pub fn moves_to_start(
             break;
         }
         if let Move::Replica { shard, from, to } = *m {
-            if map.move_of(shard).is_some() || out.iter().any(|o| o.shard == shard) {
+            // A shard being split keeps its replicas until the split ends:
+            // the new shard starts on exactly the source's voters.
+            if map.move_of(shard).is_some() || map.split_of(shard).is_some() || out.iter().any(|o| o.shard == shard) {
                 continue;
             }
             out.push(ReplicaMove { shard, from, to, started_ms: now_ms, bytes: bytes_of(shard) });

@@ -16,7 +16,17 @@
 //!   goes through the splitmix64 finalizer, placing the next one.
 //!
 //! Positions are pinned by a test: changing them would move data.
+//!
+//! The ring can grow without moving a virtual node. Its *origins* (the
+//! shards a cluster was bootstrapped with) place the vnodes, forever;
+//! each shard owns the intervals of one origin clipped to a window of
+//! points, its [`ShardRange`]. A bootstrapped shard is its own origin with
+//! the whole window. A split cuts one shard's window in two: the new shard
+//! takes the upper part, and because both halves stay on the nodes where
+//! the data already is, a split copies nothing (see `docs/ARCHITECTURE.md`,
+//! "Range moves").
 
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::RangeInclusive;
 
@@ -79,46 +89,161 @@ impl BuildHasher for RingHasherBuilder {
     }
 }
 
+/// What a shard owns: the intervals of `origin`'s virtual nodes whose
+/// points lie in `lo..=hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardRange {
+    pub origin: ShardId,
+    pub lo: u64,
+    pub hi: u64,
+}
+
+impl ShardRange {
+    /// A bootstrapped shard: all of its own intervals.
+    pub fn whole(origin: ShardId) -> Self {
+        ShardRange { origin, lo: 0, hi: u64::MAX }
+    }
+
+    /// The two halves of a split at `at`: the source keeps `lo..at`, the
+    /// new shard takes `at..=hi`. `None` unless both halves are non-empty.
+    pub fn split_at(&self, at: u64) -> Option<(ShardRange, ShardRange)> {
+        (at > self.lo && at <= self.hi).then(|| (ShardRange { hi: at - 1, ..*self }, ShardRange { lo: at, ..*self }))
+    }
+
+    fn contains(&self, point: u64) -> bool {
+        (self.lo..=self.hi).contains(&point)
+    }
+}
+
 /// The ring of a cluster map: shards and their point intervals.
 #[derive(Clone)]
 pub struct Ring {
     inner: CrateRing<ShardNode, RingHasherBuilder>,
+    /// Per origin, the shards carved out of it, by window (sorted by `lo`).
+    windows: BTreeMap<ShardId, Vec<(u64, u64, ShardId)>>,
 }
 
 impl Ring {
+    /// A ring whose shards are all origins, each owning all of its intervals.
     pub fn new(shards: impl IntoIterator<Item = ShardId>) -> Self {
-        let inner = RingBuilder::new(RingHasherBuilder)
-            .vnodes(VNODES_PER_SHARD)
-            .nodes_iter(shards.into_iter().map(ShardNode))
-            .build();
-        Ring { inner }
+        let layout: BTreeMap<ShardId, ShardRange> = shards.into_iter().map(|s| (s, ShardRange::whole(s))).collect();
+        Ring::with_layout(&layout)
     }
 
-    /// The shard owning `point`; `None` only for an empty ring.
+    /// A ring from each shard's [`ShardRange`]. Windows of one origin are
+    /// expected not to overlap (the map's edits keep them so); where they
+    /// would, the lower shard id wins.
+    pub fn with_layout(layout: &BTreeMap<ShardId, ShardRange>) -> Self {
+        let mut origins: Vec<ShardId> = layout.values().map(|r| r.origin).collect();
+        origins.sort_unstable();
+        origins.dedup();
+        let inner = RingBuilder::new(RingHasherBuilder)
+            .vnodes(VNODES_PER_SHARD)
+            .nodes_iter(origins.iter().copied().map(ShardNode))
+            .build();
+        let mut windows: BTreeMap<ShardId, Vec<(u64, u64, ShardId)>> = BTreeMap::new();
+        for (shard, r) in layout {
+            windows.entry(r.origin).or_default().push((r.lo, r.hi, *shard));
+        }
+        for w in windows.values_mut() {
+            w.sort_unstable();
+        }
+        Ring { inner, windows }
+    }
+
+    /// The shard owning `point`; `None` for an empty ring, or for a point
+    /// no window covers (a layout with a gap, which edits never make).
     pub fn owner(&self, point: u64) -> Option<ShardId> {
-        self.inner.try_get(RingPoint(point)).map(|s| s.0)
+        let origin = self.inner.try_get(RingPoint(point))?.0;
+        self.window_owner(origin, point)
+    }
+
+    fn window_owner(&self, origin: ShardId, point: u64) -> Option<ShardId> {
+        let w = self.windows.get(&origin)?;
+        let i = w.partition_point(|(lo, _, _)| *lo <= point);
+        let (lo, hi, shard) = w.get(i.checked_sub(1)?)?;
+        ShardRange { origin, lo: *lo, hi: *hi }.contains(point).then_some(*shard)
     }
 
     pub fn owner_of_key(&self, key: &[u8]) -> Option<ShardId> {
         self.owner(hash64(key))
     }
 
+    /// How many shards own points.
     pub fn shards(&self) -> usize {
-        self.inner.len()
+        self.windows.values().map(Vec::len).sum()
     }
 
     /// Every interval of points in order, with its owner; together they
-    /// cover `0..=u64::MAX` exactly once.
+    /// cover `0..=u64::MAX` exactly once. Intervals of one origin are cut
+    /// where its windows meet.
     pub fn ranges(&self) -> Vec<(RangeInclusive<u64>, ShardId)> {
-        self.inner.resident_ranges().map(|r| (r.keys().clone(), r.node().0)).collect()
+        let mut out = Vec::new();
+        for r in self.inner.resident_ranges() {
+            let origin = r.node().0;
+            let Some(w) = self.windows.get(&origin) else { continue };
+            for (lo, hi, shard) in w {
+                if let Some(c) = clip(r.keys(), *lo, *hi) {
+                    out.push((c, *shard));
+                }
+            }
+        }
+        out
     }
 
     /// The intervals one shard owns. Walks the ring without collecting
     /// it: every replica asks at start, and a copy of the whole ring per
     /// replica made startup memory grow with shards squared.
     pub fn ranges_of(&self, shard: ShardId) -> Vec<RangeInclusive<u64>> {
-        self.inner.resident_ranges().filter(|r| r.node().0 == shard).map(|r| r.keys().clone()).collect()
+        let Some((origin, lo, hi)) =
+            self.windows.iter().find_map(|(o, w)| w.iter().find(|x| x.2 == shard).map(|x| (*o, x.0, x.1)))
+        else {
+            return Vec::new();
+        };
+        self.inner.resident_ranges().filter(|r| r.node().0 == origin).filter_map(|r| clip(r.keys(), lo, hi)).collect()
     }
+}
+
+fn clip(r: &RangeInclusive<u64>, lo: u64, hi: u64) -> Option<RangeInclusive<u64>> {
+    let (s, e) = ((*r.start()).max(lo), (*r.end()).min(hi));
+    (s <= e).then_some(s..=e)
+}
+
+/// `ranges` without `remove`, or `None` unless every interval of `remove`
+/// lies inside one of `ranges`. Both sorted, neither overlapping itself.
+/// A split takes the new shard's intervals out of its source with this, on
+/// every replica alike, so it must refuse rather than guess.
+pub fn subtract(ranges: &[RangeInclusive<u64>], remove: &[RangeInclusive<u64>]) -> Option<Vec<RangeInclusive<u64>>> {
+    let mut out = Vec::with_capacity(ranges.len() + remove.len());
+    let mut rm = remove.iter().peekable();
+    for r in ranges {
+        let mut start = *r.start();
+        let mut open = true;
+        while let Some(x) = rm.peek() {
+            if *x.start() > *r.end() {
+                break;
+            }
+            if *x.start() < start || *x.end() > *r.end() {
+                return None; // straddles or falls outside this interval
+            }
+            if *x.start() > start {
+                out.push(start..=*x.start() - 1);
+            }
+            let next = x.end().checked_add(1);
+            rm.next();
+            match next {
+                Some(n) if n <= *r.end() => start = n,
+                _ => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if open {
+            out.push(start..=*r.end());
+        }
+    }
+    rm.next().is_none().then_some(out)
 }
 
 #[cfg(test)]
@@ -178,4 +303,72 @@ mod tests {
     }
 
     const PINNED: [ShardId; 5] = [9, 9, 7, 9, 1];
+
+    fn split_layout() -> BTreeMap<ShardId, ShardRange> {
+        let mut layout: BTreeMap<ShardId, ShardRange> = (1..=4).map(|s| (s, ShardRange::whole(s))).collect();
+        let (a, b) = layout[&2].split_at(1 << 63).unwrap();
+        layout.insert(2, a);
+        layout.insert(5, b);
+        layout
+    }
+
+    #[test]
+    fn a_split_gives_the_new_shard_part_of_one_source_and_nothing_else_moves() {
+        let before = Ring::new(1..=4);
+        let after = Ring::with_layout(&split_layout());
+        assert_eq!(after.shards(), 5);
+        let mut moved = 0;
+        for i in 0..20_000u32 {
+            let k = format!("k{i}");
+            let (a, b) = (before.owner_of_key(k.as_bytes()), after.owner_of_key(k.as_bytes()));
+            if a != b {
+                assert_eq!((a, b), (Some(2), Some(5)), "only shard 2's keys move, only to shard 5");
+                moved += 1;
+            }
+        }
+        assert!((1_500..3_500).contains(&moved), "about half of a quarter: {moved}");
+        // The intervals still tile the ring, and each shard's own listing agrees.
+        let ranges = after.ranges();
+        assert_eq!(*ranges[0].0.start(), 0);
+        assert_eq!(*ranges.last().unwrap().0.end(), u64::MAX);
+        for w in ranges.windows(2) {
+            assert_eq!(w[0].0.end().wrapping_add(1), *w[1].0.start());
+        }
+        for s in 1..=5 {
+            let own: Vec<_> = ranges.iter().filter(|(_, o)| *o == s).map(|(r, _)| r.clone()).collect();
+            assert_eq!(after.ranges_of(s), own, "shard {s}");
+            for r in own.iter().step_by(7) {
+                assert_eq!(after.owner(*r.start()), Some(s));
+                assert_eq!(after.owner(*r.end()), Some(s));
+            }
+        }
+        // The source keeps exactly what it had minus what the new shard took.
+        let left = subtract(&before.ranges_of(2), &after.ranges_of(5)).unwrap();
+        assert_eq!(left, after.ranges_of(2));
+    }
+
+    #[test]
+    fn a_single_shard_ring_can_split() {
+        let mut layout = BTreeMap::from([(1, ShardRange::whole(1))]);
+        let (a, b) = layout[&1].split_at(1 << 62).unwrap();
+        layout.insert(1, a);
+        layout.insert(2, b);
+        let ring = Ring::with_layout(&layout);
+        assert_eq!(ring.ranges_of(1), vec![0..=(1 << 62) - 1]);
+        assert_eq!(ring.ranges_of(2), vec![(1 << 62)..=u64::MAX]);
+        assert!(ShardRange::whole(1).split_at(0).is_none(), "an empty half is no split");
+        assert!(ShardRange { origin: 1, lo: 5, hi: 5 }.split_at(5).is_none());
+    }
+
+    #[test]
+    fn subtract_takes_out_inner_intervals_and_refuses_straddlers() {
+        let rs = vec![0..=9, 20..=29, 40..=u64::MAX];
+        assert_eq!(subtract(&rs, &[]), Some(rs.clone()));
+        assert_eq!(subtract(&rs, &[0..=9]), Some(vec![20..=29, 40..=u64::MAX]));
+        assert_eq!(subtract(&rs, &[3..=4, 6..=9, 20..=20]), Some(vec![0..=2, 5..=5, 21..=29, 40..=u64::MAX]));
+        assert_eq!(subtract(&rs, &[50..=u64::MAX]), Some(vec![0..=9, 20..=29, 40..=49]));
+        assert_eq!(subtract(&rs, &[8..=21]), None, "straddles two intervals");
+        assert_eq!(subtract(&rs, &[10..=12]), None, "outside every interval");
+        assert_eq!(subtract(&rs, &[45..=50, 41..=42]), None, "unsorted");
+    }
 }

@@ -78,6 +78,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(admin("/v1/cluster/nodes", web::post().to(rebalance::join)))
     .service(admin("/v1/cluster/nodes/{id}/drain", web::post().to(rebalance::drain)))
+    .service(admin("/v1/cluster/shards", web::post().to(rebalance::add_shards)))
     .service(
         web::resource("/v1/rebalance")
             .route(web::get().to(rebalance::status))

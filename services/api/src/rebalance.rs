@@ -5,6 +5,8 @@
 //!   which then becomes `removed` (`?dry_run=true` as above);
 //! - `GET /v1/rebalance`: moves with their state and blockers, the plan,
 //!   bytes moved and left, rate, ETA;
+//! - `POST /v1/cluster/shards`: the ring grows by N shards, split off the
+//!   largest ones (`?dry_run=true`: the splits it would make);
 //! - `POST /v1/rebalance/pause|resume`, `PUT /v1/rebalance/config`.
 //!
 //! Every change is one edit of the cluster map in the meta shard, which
@@ -19,6 +21,7 @@ use ringstore_rebalancer::REPLICATION;
 use ringstore_router::map::{read_map, update_map};
 use ringstore_shared::cluster_map::{ClusterMap, NodeInfo, NodeState};
 use ringstore_shared::rebalance::{check_drain, ChangeError};
+use ringstore_shared::split;
 use ringstore_shared::NodeId;
 use serde::Deserialize;
 use serde_json::json;
@@ -38,6 +41,13 @@ const RATE_MIN: u64 = 64 * 1024;
 const RATE_MAX: u64 = 10 * 1024 * 1024 * 1024;
 const CONCURRENT_MAX: u32 = 64;
 const DOWN_AFTER_MAX_S: u64 = 7 * 24 * 3600;
+/// Data shards a cluster may grow to: the map lists each, and every node
+/// runs a replica of a third of them (with three nodes, all of them).
+pub const SHARDS_MAX: u64 = 4096;
+/// Shards one request may add.
+pub const SHARDS_ADD_MAX: u64 = 1024;
+/// Shards per up node the ring may be asked to keep.
+const SHARDS_PER_NODE_MAX: u32 = 256;
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize, Default)]
@@ -253,10 +263,79 @@ pub async fn resume(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AddShardsBody {
+    /// Shards to add.
+    add: u64,
+}
+
+fn splits_json(splits: &[ringstore_shared::cluster_map::ShardSplit]) -> Vec<serde_json::Value> {
+    splits.iter().map(|s| json!({ "source": s.source, "target": s.target, "at": format!("{:016x}", s.at) })).collect()
+}
+
+/// `POST /v1/cluster/shards {"add": N}`: raises the map's shard target by
+/// N; the Rebalancer splits the largest shards (in place, no data copied)
+/// until it is met, and the planner then spreads the new shards' replicas.
+/// 202: the growth is recorded, not done; `GET /v1/rebalance` follows it.
+/// Not idempotent: sent twice, it adds twice.
+pub async fn add_shards(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let dry = dry_run(&req)?;
+    let b: AddShardsBody = parse(&body)?;
+    if !(1..=SHARDS_ADD_MAX).contains(&b.add) {
+        return Err(ApiError::bad_request(format!("add must be in 1..={SHARDS_ADD_MAX}, not {}", b.add)));
+    }
+    let grow = |m: &ClusterMap| -> Result<ClusterMap, ApiError> {
+        let target = m.rebalance.target_shards.max(split::planned_shards(m)) + b.add;
+        if target > SHARDS_MAX {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_shards",
+                format!("{target} shards asked for; a cluster may have at most {SHARDS_MAX}"),
+            ));
+        }
+        let mut next = m.next();
+        next.rebalance.target_shards = target;
+        Ok(next)
+    };
+    let now = ringstore_rebalancer::now_ms();
+    if dry {
+        let map = read_map(&state.map, &state.transport, deadline()).await?;
+        let next = grow(&map)?;
+        let plan = split::plan_splits(&next, &Default::default(), now);
+        return Ok(HttpResponse::Ok().json(json!({
+            "dry_run": true,
+            "shards": map.data_shards().count(),
+            "target_shards": next.rebalance.target_shards,
+            "splits": splits_json(&plan),
+        })));
+    }
+    let map = update_map(&state.map, &state.transport, deadline(), |m| grow(m).map(Some)).await??;
+    let plan = split::plan_splits(&map, &Default::default(), now);
+    tracing::info!(
+        node = state.node,
+        add = b.add,
+        target = map.rebalance.target_shards,
+        epoch = map.epoch,
+        "shards to add recorded"
+    );
+    Ok(HttpResponse::Accepted().json(json!({
+        "epoch": map.epoch,
+        "shards": map.data_shards().count(),
+        "target_shards": map.rebalance.target_shards,
+        "splits": splits_json(&plan),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ConfigBody {
     max_bytes_per_sec: Option<u64>,
     max_concurrent_moves: Option<u32>,
     down_after_s: Option<u64>,
+    shards_per_node: Option<u32>,
 }
 
 /// `PUT /v1/rebalance/config`.
@@ -271,12 +350,16 @@ pub async fn config(body: web::Bytes, state: web::Data<ApiState>) -> Result<Http
     if let Some(d) = b.down_after_s.filter(|d| !(1..=DOWN_AFTER_MAX_S).contains(d)) {
         return Err(ApiError::bad_request(format!("down_after_s must be in 1..={DOWN_AFTER_MAX_S}, not {d}")));
     }
+    if let Some(n) = b.shards_per_node.filter(|n| *n > SHARDS_PER_NODE_MAX) {
+        return Err(ApiError::bad_request(format!("shards_per_node must be in 0..={SHARDS_PER_NODE_MAX}, not {n}")));
+    }
     let map = update_map(&state.map, &state.transport, deadline(), |m| {
         let mut next = m.next();
         let c = &mut next.rebalance;
         c.max_bytes_per_sec = b.max_bytes_per_sec.unwrap_or(c.max_bytes_per_sec);
         c.max_concurrent_moves = b.max_concurrent_moves.unwrap_or(c.max_concurrent_moves);
         c.down_after_s = b.down_after_s.unwrap_or(c.down_after_s);
+        c.shards_per_node = b.shards_per_node.unwrap_or(c.shards_per_node);
         Ok::<_, std::convert::Infallible>((next.rebalance != m.rebalance).then_some(next))
     })
     .await?
@@ -289,6 +372,8 @@ pub async fn config(body: web::Bytes, state: web::Data<ApiState>) -> Result<Http
         "max_bytes_per_sec": c.max_bytes_per_sec,
         "max_concurrent_moves": c.max_concurrent_moves,
         "down_after_s": c.down_after_s,
+        "shards_per_node": c.shards_per_node,
+        "target_shards": c.target_shards,
     })))
 }
 

@@ -71,25 +71,54 @@ pub async fn scan(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
         None => None,
     };
     let timeout = deadline(&req, &state)?;
-    let data_shards = state.map.load().data_shards();
-    let pages = data_shards.iter().map(|&shard| {
-        let op = ShardOp::Scan {
-            prefix: q.prefix.clone().into_bytes(),
-            after: after.clone(),
-            limit,
-            keys_only: q.keys_only,
-        };
-        state.router.send(Route { key: vec![], op, timeout, shard: Some(shard) })
-    });
+    let until = tokio::time::Instant::now() + timeout;
     let mut items = Vec::new();
     let mut more = false;
-    for page in futures::future::join_all(pages).await {
-        match page.map_err(|_| ApiError::from(StoreError::Unavailable { reason: "router stopped".into() }))?? {
-            ShardReply::Items { items: i, more: m } => {
-                items.extend(i);
-                more |= m;
+    // A page from a shard that split after this node's map was read may
+    // lack the keys it gave away, which the map does not yet send anyone
+    // to: learn the newer map and ask again, until the pages and the map
+    // agree (bounded by the request's deadline).
+    for attempt in 0u32.. {
+        let table = state.map.load();
+        let shards = table.data_shards();
+        let pages = shards.iter().map(|&shard| {
+            let op = ShardOp::Scan {
+                prefix: q.prefix.clone().into_bytes(),
+                after: after.clone(),
+                limit,
+                keys_only: q.keys_only,
+            };
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            state.router.send(Route { key: vec![], op, timeout: left, shard: Some(shard) })
+        });
+        items.clear();
+        more = false;
+        let mut ahead = None;
+        for (page, shard) in futures::future::join_all(pages).await.into_iter().zip(shards) {
+            match page.map_err(|_| ApiError::from(StoreError::Unavailable { reason: "router stopped".into() }))?? {
+                ShardReply::Items { items: i, more: m, epoch } => {
+                    items.extend(i);
+                    more |= m;
+                    if !table.reflects(shard, epoch) {
+                        ahead = Some(epoch);
+                    }
+                }
+                other => return Err(unexpected(other)),
             }
-            other => return Err(unexpected(other)),
+        }
+        let Some(newest) = ahead else { break };
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(ApiError::from(StoreError::Unavailable {
+                reason: format!(
+                    "a shard split at map epoch {newest}, and this node's map (epoch {}) has not caught up",
+                    table.epoch
+                ),
+            }));
+        }
+        let _ = ringstore_router::map::sync_with_meta(&state.map, &state.transport, None, left).await;
+        if state.map.epoch() <= table.epoch {
+            tokio::time::sleep(std::time::Duration::from_millis(10u64 << attempt.min(4))).await;
         }
     }
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));

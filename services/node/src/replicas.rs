@@ -8,10 +8,15 @@
 //! whatever map it last saw. The map then says what to add (a replica
 //! moving here starts empty and waits for its leader's snapshot) and what
 //! to delete (a replica moved away, once the map no longer lists it).
+//!
+//! A split starts the new shard's replica here when the source replica has
+//! applied it ([`ringstore_storage::actor::SplitHook`]); the map only adds
+//! an empty replica of a shard when no replica of this node still owns any
+//! of its points (else that replica's split will create it, with data).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use actix::{Addr, Arbiter};
@@ -19,11 +24,14 @@ use anyhow::Context as _;
 use ringstore_shared::cluster_map::{ClusterMap, META_SHARD};
 use ringstore_shared::codec::{Reader, Writer};
 use ringstore_shared::config::{Limits, RaftConfig};
+use ringstore_shared::ring::Ring;
 use ringstore_shared::{NodeId, ShardId};
+use ringstore_storage::actor::{Campaign, SplitHook};
 use ringstore_storage::clock::SystemClock;
 use ringstore_storage::messages::{DestroyReplica, TransferLeadership};
+use ringstore_storage::snapshot::PointRange;
 use ringstore_storage::{
-    Engine, LeaderHints, ReplicaConfig, ShardOp, ShardReply, ShardRequest, StorageActor, Transport,
+    Engine, LeaderHints, RangeRegistry, ReplicaConfig, ShardOp, ShardReply, ShardRequest, StorageActor, Transport,
 };
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -54,6 +62,10 @@ pub struct LocalReplicas {
     /// This node's replicas (the meta shard's too, if it has one). A
     /// `std` mutex: held for map edits only, never across an await.
     running: Mutex<BTreeMap<ShardId, Addr<StorageActor>>>,
+    /// Which points each of them owns.
+    registry: Arc<RangeRegistry>,
+    /// Itself, for the split hook its replicas call.
+    me: Weak<LocalReplicas>,
 }
 
 /// Starts the replicas this node holds: those its `meta` record lists, or
@@ -73,7 +85,7 @@ pub fn start(
     register: Register,
 ) -> anyhow::Result<Arc<LocalReplicas>> {
     let arbiters: Vec<Arbiter> = (0..STORAGE_THREADS_PER_NODE).map(|_| Arbiter::new()).collect();
-    let replicas = Arc::new(LocalReplicas {
+    let replicas = Arc::new_cyclic(|me| LocalReplicas {
         node,
         engine: engine.clone(),
         transport,
@@ -84,15 +96,18 @@ pub fn start(
         arbiters: Mutex::new(arbiters),
         next_thread: AtomicUsize::new(0),
         running: Mutex::default(),
+        registry: Arc::default(),
+        me: me.clone(),
     });
     let stored = replicas.stored_list()?;
     let shards = stored.clone().unwrap_or_else(|| map.hosted_on(node));
+    let ring = map.ring();
     for shard in shards {
         // Bootstrap voters only for a shard this node is a voter of in the
         // map; a move's target (crashed before its state was written)
         // starts empty again and waits for the snapshot.
         let voters = map.shards.get(&shard).filter(|v| v.contains(&node)).cloned().unwrap_or_default();
-        replicas.start_one(map, shard, &voters)?;
+        replicas.start_one(shard, map_ranges(&ring, shard), map.epoch, &voters)?;
     }
     if stored.is_none() {
         replicas.save_list()?;
@@ -134,9 +149,10 @@ impl LocalReplicas {
         Ok(())
     }
 
-    /// Starts a replica of `shard`, bootstrapped with `voters` if this node
-    /// has no state for it (empty: it waits for its leader's snapshot).
-    fn start_one(&self, map: &ClusterMap, shard: ShardId, voters: &[NodeId]) -> anyhow::Result<()> {
+    /// Starts a replica of `shard`, bootstrapped with `voters` and `ranges`
+    /// if this node has no state for it (no voters: it waits for its
+    /// leader's snapshot).
+    fn start_one(&self, shard: ShardId, ranges: Vec<PointRange>, epoch: u64, voters: &[NodeId]) -> anyhow::Result<()> {
         let i = self.next_thread.fetch_add(1, Ordering::Relaxed);
         let arbiter = {
             let arbiters = self.arbiters.lock().unwrap_or_else(|e| e.into_inner());
@@ -146,12 +162,14 @@ impl LocalReplicas {
             ReplicaConfig {
                 node: self.node,
                 shard,
-                ranges: if shard == META_SHARD { Vec::new() } else { map.ring().ranges_of(shard) },
-                epoch: map.epoch,
+                ranges,
+                epoch,
                 initial_voters: voters.to_vec(),
                 raft: self.raft.clone(),
                 limits: self.limits.clone(),
                 leaders: self.leaders.clone(),
+                registry: self.registry.clone(),
+                on_split: self.split_hook(),
             },
             self.engine.clone(),
             self.transport.clone(),
@@ -164,20 +182,63 @@ impl LocalReplicas {
         Ok(())
     }
 
+    fn split_hook(&self) -> SplitHook {
+        let me = self.me.clone();
+        Arc::new(move |target, campaign| {
+            if let Some(replicas) = me.upgrade() {
+                replicas.start_split_off(target, campaign);
+            }
+        })
+    }
+
+    /// A replica of this node applied a split: start the new shard's
+    /// replica from the state the split wrote.
+    fn start_split_off(&self, shard: ShardId, campaign: bool) {
+        if self.lock().contains_key(&shard) {
+            warn!(node = self.node, shard, "a split's new shard already runs here");
+            return;
+        }
+        info!(node = self.node, shard, campaign, "starting a shard split off here");
+        let started = self.start_one(shard, Vec::new(), 0, &[]).and_then(|()| self.save_list());
+        match started {
+            Ok(()) if campaign => {
+                if let Some(addr) = self.lock().get(&shard) {
+                    addr.do_send(Campaign);
+                }
+            }
+            Ok(()) => {}
+            // The state is on disk: the map brings the replica back.
+            Err(e) => warn!(node = self.node, shard, "starting a split's new shard: {e:#}"),
+        }
+    }
+
     /// Brings the running replicas in line with `map`: starts (empty) the
     /// replicas moving here, destroys those moved away. Returns what
     /// changed.
     pub async fn reconcile(&self, map: &ClusterMap) -> anyhow::Result<(Vec<ShardId>, Vec<ShardId>)> {
         let wanted = map.hosted_on(self.node);
         let running = self.shards();
-        let added: Vec<ShardId> = wanted.iter().copied().filter(|s| !running.contains(s)).collect();
+        let ring = map.ring();
+        let added: Vec<ShardId> = wanted
+            .iter()
+            .copied()
+            .filter(|s| !running.contains(s))
+            .filter(|s| match self.registry.owner_of_any(&ring.ranges_of(*s)) {
+                // That replica has yet to apply the split that creates this one.
+                Some(owner) => {
+                    info!(node = self.node, shard = *s, owner, "waiting for a local split before starting a replica");
+                    false
+                }
+                None => true,
+            })
+            .collect();
         // Only shards the map knows: a replica of a shard missing from the
         // map is kept (a newer map may be on its way).
         let gone: Vec<ShardId> =
             running.iter().copied().filter(|s| !wanted.contains(s) && map.shards.contains_key(s)).collect();
         for &shard in &added {
             info!(node = self.node, shard, epoch = map.epoch, "starting a replica moving here");
-            self.start_one(map, shard, &[])?;
+            self.start_one(shard, map_ranges(&ring, shard), map.epoch, &[])?;
         }
         if !added.is_empty() {
             self.save_list()?;
@@ -230,6 +291,15 @@ impl LocalReplicas {
             .context("joining the storage threads")?;
         self.lock().clear();
         Ok(())
+    }
+}
+
+/// The points the map's ring gives `shard` (none for the meta shard).
+fn map_ranges(ring: &Ring, shard: ShardId) -> Vec<PointRange> {
+    if shard == META_SHARD {
+        Vec::new()
+    } else {
+        ring.ranges_of(shard)
     }
 }
 

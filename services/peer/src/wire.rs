@@ -26,8 +26,9 @@ use ringstore_storage::messages::PeerChange;
 use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult};
 
 pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
-/// 2: ping and pong frames (link liveness).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// 2: ping and pong frames (link liveness). 4: status carries the shard's
+/// ranges epoch and count, scan pages their epoch (splits).
+pub const PROTOCOL_VERSION: u8 = 4;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Largest frame a peer may send: a value at the value limit plus room.
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -597,8 +598,10 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
                 w.u64(*n);
                 w.u64(*m);
             }
+            w.u64(s.ranges_epoch);
+            w.u64(s.range_count);
         }
-        ShardReply::Items { items, more } => {
+        ShardReply::Items { items, more, epoch } => {
             w.u8(5);
             w.u32(items.len() as u32);
             for (k, v) in items {
@@ -606,6 +609,7 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
                 w.bytes(&v.encode());
             }
             w.u8(*more as u8);
+            w.u64(*epoch);
         }
         ShardReply::Lock { record, waiters, now_ms } => {
             w.u8(4);
@@ -667,6 +671,8 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
             for _ in 0..n {
                 progress.push((r.u64("peer")?, r.u64("matched")?));
             }
+            let ranges_epoch = r.u64("ranges epoch")?;
+            let range_count = r.u64("range count")?;
             ShardReply::Status(ReplicaStatus {
                 node,
                 shard,
@@ -683,6 +689,8 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
                 progress,
                 key_count,
                 bytes,
+                ranges_epoch,
+                range_count,
             })
         }
         4 => {
@@ -705,7 +713,8 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
                 let k = r.bytes("item key")?.to_vec();
                 items.push((k, StoredValue::decode(r.bytes("item value")?)?));
             }
-            ShardReply::Items { items, more: r.u8("more")? != 0 }
+            let more = r.u8("more")? != 0;
+            ShardReply::Items { items, more, epoch: r.u64("scan epoch")? }
         }
         6 => ShardReply::Map(match r.u8("map present")? {
             0 => None,
@@ -1032,6 +1041,8 @@ mod tests {
                 progress: vec![(1, 6), (4, 0)],
                 key_count: 7,
                 bytes: 8,
+                ranges_epoch: 9,
+                range_count: 10,
             })),
             Err(StoreError::NotLeader { shard: 1, hint: Some(3) }),
             Err(StoreError::Dropped { reason: "entry replaced by a new leader" }),
@@ -1068,7 +1079,9 @@ mod tests {
             Ok(ShardReply::Items {
                 items: vec![(b"k".to_vec(), StoredValue { version: 1, expires_at_ms: None, data: b"v".to_vec() })],
                 more: true,
+                epoch: 11,
             }),
+            Ok(ShardReply::Outcome(Outcome::Split { epoch: 12 })),
             Ok(ShardReply::Lock {
                 record: Some(LockRecord { holder: None, last_token: 7 }),
                 waiters: vec!["w1".into()],

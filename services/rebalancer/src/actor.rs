@@ -3,9 +3,12 @@
 //! round, unless the previous one is still running:
 //! 1. node states follow liveness (joining → up, up → down, down → up,
 //!    drained → removed); a round that changes them ends there;
-//! 2. each move in the map takes its next step ([`rebalance::next_step`]);
-//! 3. planned replica moves start, up to the configured number in flight;
-//! 4. once no replica moves remain: preferred leaders are evened out
+//! 2. splits in progress end, and when the map wants more shards than it
+//!    has ([`split::wanted_shards`]) the next one is recorded, applied by
+//!    its source and ended, in the same round ([`split`]);
+//! 3. each move in the map takes its next step ([`rebalance::next_step`]);
+//! 4. planned replica moves start, up to the configured number in flight;
+//! 5. once no replica moves remain: preferred leaders are evened out
 //!    (map), then actual leaders follow them (leader transfers).
 //!
 //! A round only reads the map and shard statuses and sends a handful of
@@ -19,18 +22,21 @@ use std::time::Duration;
 use actix::prelude::*;
 use ringstore_router::map::{read_map, update_map};
 use ringstore_router::MapCell;
-use ringstore_shared::cluster_map::{ClusterMap, JobProgress, NodeState, ReplicaMove, META_SHARD};
+use ringstore_shared::apply::Outcome;
+use ringstore_shared::cluster_map::{ClusterMap, JobProgress, NodeState, ReplicaMove, ShardSplit, META_SHARD};
+use ringstore_shared::command::Command;
 use ringstore_shared::planner::{Load, Move};
 use ringstore_shared::rebalance::{self, Liveness, Step};
+use ringstore_shared::split;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::messages::PeerChange;
-use ringstore_storage::Transport;
+use ringstore_storage::{ShardOp, ShardReply, Transport};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::metrics::METRICS;
 use crate::now_ms;
-use crate::shards::{change_peers, conf_view, leader_status, transfer_leader};
+use crate::shards::{change_peers, conf_view, leader_status, to_leader, transfer_leader};
 
 /// How often the Rebalancer looks.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -150,14 +156,25 @@ impl Round {
         }
         let live = |n: NodeId| seen.get(&n).is_some_and(|l| l.live);
 
-        // 2. Moves in progress.
+        // 2. Splits: end those recorded, then record and carry out the next.
+        for sp in &map.splits {
+            if let Err(e) = self.drive_split(&map, sp, deadline).await {
+                debug!(source = sp.source, target = sp.target, "split step failed, retrying next round: {e}");
+            }
+        }
+        if map.splits.is_empty() && split::planned_shards(&map) < split::wanted_shards(&map) {
+            self.start_split(&map, deadline).await?;
+            return Ok(());
+        }
+
+        // 3. Moves in progress.
         for mv in &map.moves {
             if let Err(e) = self.drive(mv, &live, deadline).await {
                 debug!(shard = mv.shard, to = mv.to, "move step failed, retrying next round: {e}");
             }
         }
 
-        // 3. New replica moves.
+        // 4. New replica moves.
         let now = now_ms();
         let plan = rebalance::plan_now(&map, &Load::default(), self.replication, now);
         if plan.iter().any(|m| matches!(m, Move::Replica { .. })) {
@@ -200,7 +217,7 @@ impl Round {
             return Ok(());
         }
 
-        // 4. Leaders: first the preferred ones (map), then the actual ones.
+        // 5. Leaders: first the preferred ones (map), then the actual ones.
         let leader_moves: Vec<(ShardId, NodeId)> = plan
             .iter()
             .filter_map(|m| match *m {
@@ -324,6 +341,97 @@ impl Round {
                 Ok(())
             }
         }
+    }
+
+    /// Records the next split (the largest shard free of moves) and
+    /// carries it out at once: the keys it gives away are refused from the
+    /// source's apply until the map lists the new shard, so the steps
+    /// follow each other without waiting for the next round.
+    async fn start_split(&self, map: &ClusterMap, deadline: Instant) -> Result<(), StoreError> {
+        let mut sizes = BTreeMap::new();
+        for shard in map.data_shards() {
+            if let Ok(s) = leader_status(&self.cell, &self.transport, shard, deadline).await {
+                sizes.insert(shard, s.bytes);
+            }
+        }
+        let now = now_ms();
+        let recorded = update_map(&self.cell, &self.transport, deadline, |m| {
+            if !m.splits.is_empty() {
+                return Ok::<_, Infallible>(None);
+            }
+            let Some(sp) = split::next_split(m, &sizes, now) else { return Ok(None) };
+            let mut next = m.next();
+            if m.job.started_ms == 0 || m.job.finished_ms != 0 {
+                next.job = JobProgress { started_ms: now, ..JobProgress::default() };
+            }
+            next.splits.push(sp);
+            Ok(Some(next))
+        })
+        .await?;
+        let Ok(map) = recorded;
+        for sp in map.splits.clone() {
+            info!(
+                source = sp.source,
+                target = sp.target,
+                at = sp.at,
+                epoch = sp.epoch,
+                bytes = sizes.get(&sp.source).copied().unwrap_or(0),
+                "split recorded"
+            );
+            self.drive_split(&map, &sp, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes a split as far as it can go: asks the source to apply it
+    /// unless its ranges say it has, then lists the new shard in the map.
+    /// Every step may repeat: the source applies a split once (its ranges'
+    /// epoch), and the map edit checks the split is still recorded.
+    async fn drive_split(&self, map: &ClusterMap, sp: &ShardSplit, deadline: Instant) -> Result<(), StoreError> {
+        let (cell, transport) = (&self.cell, &self.transport);
+        let mut status = leader_status(cell, transport, sp.source, deadline).await?;
+        if status.ranges_epoch < sp.epoch {
+            let ranges = split::given_ranges(map, sp);
+            let cmd = Command::Split { target: sp.target, ranges, epoch: sp.epoch };
+            match to_leader(cell, transport, sp.source, ShardOp::write(cmd), deadline).await? {
+                ShardReply::Outcome(Outcome::Split { epoch }) if epoch >= sp.epoch => {}
+                other => return Err(StoreError::Internal(format!("split answered with {other:?}"))),
+            }
+            status = leader_status(cell, transport, sp.source, deadline).await?;
+            if status.ranges_epoch < sp.epoch {
+                return Err(StoreError::Unavailable {
+                    reason: format!("shard {} leader changed mid-split", sp.source),
+                });
+            }
+        }
+        let voters = status.voters.clone();
+        let mut ended_here = false;
+        let ended = update_map(cell, transport, deadline, |m| {
+            if !m.splits.contains(sp) {
+                return Ok::<_, Infallible>(None);
+            }
+            let mut next = m.next();
+            split::finish_split(&mut next, sp, &voters);
+            ended_here = true;
+            Ok(Some(next))
+        })
+        .await?;
+        let Ok(m) = ended;
+        if ended_here {
+            let node = cell.node().to_string();
+            let secs = now_ms().saturating_sub(sp.started_ms) as f64 / 1000.0;
+            METRICS.moves.with_label_values(&[&node, "split", "done"]).inc();
+            METRICS.move_seconds.with_label_values(&[&node, "split"]).observe(secs);
+            info!(
+                source = sp.source,
+                target = sp.target,
+                epoch = m.epoch,
+                shards = m.data_shards().count(),
+                secs,
+                "split done: the new shard is routed"
+            );
+        }
+        Ok(())
     }
 
     fn export(&self, map: &ClusterMap) {

@@ -12,9 +12,9 @@ use ringstore_storage::messages::PeerChange;
 use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult, Transport};
 use tokio::time::Instant;
 
-/// Sends `op` to the leader of `shard`: through the router, then, if a
-/// follower answered a status, to the leader it knows.
-async fn to_leader(
+/// Sends `op` to the leader of `shard` through the router, which follows
+/// leader hints and retries within `deadline`.
+pub async fn to_leader(
     cell: &MapCell,
     transport: &Arc<dyn Transport>,
     shard: ShardId,

@@ -44,6 +44,19 @@ pub struct PlannedMove {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct SplitView {
+    pub source: ShardId,
+    pub target: ShardId,
+    /// The first ring point the new shard owns, in hex.
+    pub at: String,
+    /// recorded (the source has not applied it yet) | routing (applied,
+    /// the map lists the new shard next) | unknown
+    pub state: &'static str,
+    pub started_ms: u64,
+    pub elapsed_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct NodeBalance {
     pub id: NodeId,
     pub state: &'static str,
@@ -60,6 +73,13 @@ pub struct JobView {
     pub down_after_s: u64,
     /// running | idle | paused | waiting
     pub state: &'static str,
+    /// Data shards now, and how many the map wants (target, or per node).
+    pub shards: u64,
+    pub wanted_shards: u64,
+    pub shards_per_node: u32,
+    pub splits: Vec<SplitView>,
+    /// Splits still to come after those in progress.
+    pub planned_splits: Vec<SplitView>,
     pub moves: Vec<MoveView>,
     /// Moves the plan still calls for, not started yet.
     pub planned: Vec<PlannedMove>,
@@ -145,6 +165,19 @@ pub async fn job_view(
             elapsed_s: now.saturating_sub(mv.started_ms) as f64 / 1000.0,
         });
     }
+    let mut splits = Vec::new();
+    for sp in &map.splits {
+        let state = match leader_status(cell, transport, sp.source, deadline).await {
+            Ok(s) if s.ranges_epoch >= sp.epoch => "routing",
+            Ok(_) => "recorded",
+            Err(_) => "unknown",
+        };
+        splits.push(split_view(sp, state, now));
+    }
+    let planned_splits: Vec<SplitView> = ringstore_shared::split::plan_splits(&map, &BTreeMap::new(), now)
+        .iter()
+        .map(|sp| split_view(sp, "planned", now))
+        .collect();
     let plan = rebalance::plan_now(&map, &Load::default(), replication, now);
     let started: Vec<(ShardId, NodeId)> = map.moves.iter().map(|m| (m.shard, m.to)).collect();
     let planned: Vec<PlannedMove> =
@@ -169,7 +202,11 @@ pub async fn job_view(
         .then(|| left_moves * elapsed_s / job.moves_done as f64);
     let state = if map.rebalance.paused {
         "paused"
-    } else if !moves.is_empty() || planned.iter().any(|p| p.kind == "replica") {
+    } else if !moves.is_empty()
+        || planned.iter().any(|p| p.kind == "replica")
+        || !splits.is_empty()
+        || !planned_splits.is_empty()
+    {
         "running"
     } else if !blockers.is_empty() {
         "waiting"
@@ -183,6 +220,11 @@ pub async fn job_view(
         max_concurrent_moves: map.rebalance.max_concurrent_moves,
         down_after_s: map.rebalance.down_after_s,
         state,
+        shards: map.data_shards().count() as u64,
+        wanted_shards: ringstore_shared::split::wanted_shards(&map),
+        shards_per_node: map.rebalance.shards_per_node,
+        splits,
+        planned_splits,
         moves,
         planned,
         job_started_ms: job.started_ms,
@@ -196,6 +238,17 @@ pub async fn job_view(
         blockers,
         nodes: balance(&rebalance::projected(&map)),
     })
+}
+
+fn split_view(sp: &ringstore_shared::cluster_map::ShardSplit, state: &'static str, now: u64) -> SplitView {
+    SplitView {
+        source: sp.source,
+        target: sp.target,
+        at: format!("{:016x}", sp.at),
+        state,
+        started_ms: sp.started_ms,
+        elapsed_s: now.saturating_sub(sp.started_ms) as f64 / 1000.0,
+    }
 }
 
 /// A dry run: the moves a changed map calls for and the balance after them.

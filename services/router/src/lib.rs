@@ -91,6 +91,14 @@ impl RoutingTable {
         &self.ring
     }
 
+    /// Whether this table routes `shard`'s keys as the shard itself does
+    /// when its ranges are at `ranges_epoch` (of the split that last
+    /// changed them): not when the table is older, nor while the table
+    /// still shows that split in progress (the new shard not yet routed).
+    pub fn reflects(&self, shard: ShardId, ranges_epoch: u64) -> bool {
+        ranges_epoch <= self.epoch && !self.map.splits.iter().any(|s| s.source == shard && s.epoch <= ranges_epoch)
+    }
+
     /// Every shard that owns keys (all but the meta shard), in id order.
     pub fn data_shards(&self) -> Vec<ShardId> {
         let mut v: Vec<ShardId> =
@@ -136,10 +144,12 @@ impl Actor for Router {
     type Context = Context<Self>;
 }
 
-/// Map refreshes one request may trigger: a replica saying `WrongShard`
-/// twice after a refresh means the maps disagree for longer than a request
-/// should wait.
-pub const WRONG_SHARD_REFRESHES_MAX: u32 = 2;
+/// Map refreshes one request may trigger. A shard that has split answers
+/// `WrongShard` for the keys it gave away until the map routes them to
+/// the new shard (one meta-shard commit after the split), so the router
+/// polls the map with a growing pause, within the request's deadline.
+pub const WRONG_SHARD_REFRESHES_MAX: u32 = 64;
+const WRONG_SHARD_PAUSE_MAX: Duration = Duration::from_millis(50);
 
 impl Handler<Route> for Router {
     type Result = ResponseFuture<ShardResult>;
@@ -160,12 +170,23 @@ impl Handler<Route> for Router {
                     // The replica's map says the key is elsewhere: nothing
                     // was applied. Learn the current map and route again.
                     Err(StoreError::WrongShard { shard, epoch })
-                        if msg.shard.is_none() && refresh < WRONG_SHARD_REFRESHES_MAX =>
+                        if msg.shard.is_none() && refresh < WRONG_SHARD_REFRESHES_MAX && Instant::now() < deadline =>
                     {
                         RETRIES.with_label_values(&[&node.to_string(), "wrong_shard"]).inc();
                         let left = deadline.saturating_duration_since(Instant::now());
                         let r = map::sync_with_meta(&cell, &transport, None, left).await;
                         tracing::debug!(node, shard, epoch, routed_by = table.epoch, ?r, "wrong shard: map refreshed");
+                        if cell.load().shard_for(&msg.key) == Some(shard) {
+                            // The shard is ahead of the map: a split whose
+                            // new shard the map lists in a moment.
+                            let pause = Duration::from_millis(2u64 << refresh.min(5)).min(WRONG_SHARD_PAUSE_MAX);
+                            if Instant::now() + pause >= deadline {
+                                return Err(StoreError::Unavailable {
+                                    reason: format!("shard {shard} gave the key away at map epoch {epoch} and the map has not caught up"),
+                                });
+                            }
+                            tokio::time::sleep(pause).await;
+                        }
                     }
                     Err(StoreError::WrongShard { shard, epoch }) => {
                         return Err(StoreError::Unavailable {

@@ -46,21 +46,34 @@ use crate::messages::{
     ShardResult, TransferLeadership,
 };
 use crate::metrics::ReplicaMetrics;
+use crate::registry::RangeRegistry;
 use crate::snapshot::{data_bounds, PointRange};
 use crate::transport::{Transport, RAFT_MAILBOX_CAPACITY};
 
 mod membership;
+mod split;
+
+pub use split::Campaign;
 
 /// Reads that waited this long for a ReadIndex answer are re-issued.
 const READ_INDEX_RETRY: Duration = Duration::from_millis(300);
 
+/// Called on the storage thread once a split is durable: the new shard's
+/// state is on this node's disk and its replica should start; `true` if
+/// this replica led the source (the new replica campaigns at once, so the
+/// new shard has a leader within a round trip, not an election timeout).
+pub type SplitHook = Arc<dyn Fn(ShardId, bool) + Send + Sync>;
+
 pub struct ReplicaConfig {
     pub node: NodeId,
     pub shard: ShardId,
-    /// The ring points this shard owns; keys elsewhere get `WrongShard`.
+    /// The ring points the node's map says this shard owns: used at its
+    /// bootstrap (and for data dirs from before shards kept their own).
+    /// After that the shard's replicated ranges record decides; keys
+    /// elsewhere get `WrongShard`.
     pub ranges: Vec<PointRange>,
-    /// The cluster-map epoch `ranges` come from, told to a router that sent
-    /// a key elsewhere (so it knows whose map is stale).
+    /// The node's map epoch at start, told to a router that sent a key
+    /// elsewhere when no split has changed the ranges yet.
     pub epoch: u64,
     /// Voters to bootstrap with if this node has no state for the shard.
     pub initial_voters: Vec<NodeId>,
@@ -68,6 +81,9 @@ pub struct ReplicaConfig {
     pub limits: Limits,
     /// Where this replica publishes who leads its shard, for the node's routers.
     pub leaders: Arc<LeaderHints>,
+    /// Which points each replica of the node owns.
+    pub registry: Arc<RangeRegistry>,
+    pub on_split: SplitHook,
 }
 
 type Reply = oneshot::Sender<ShardResult>;
@@ -145,9 +161,19 @@ pub struct StorageActor {
     sweep_cursor: Vec<u8>,
     /// Which of `ranges` the TTL sweep is in.
     sweep_range: usize,
+    /// What the shard owns now (the store's applied ranges record).
     ranges: Arc<Vec<PointRange>>,
-    /// Map epoch of `ranges`.
+    /// The epoch a `WrongShard` names: the split that last changed
+    /// `ranges`, or the map's at start if none has.
     epoch: u64,
+    registry: Arc<RangeRegistry>,
+    on_split: SplitHook,
+    /// Splits applied in the round being written: new shards to start
+    /// once the write is done.
+    splits_done: Vec<ShardId>,
+    /// Campaigning for a shard just split off (see [`SplitHook`]) until
+    /// this instant, or until it leads.
+    campaign_until: Option<Instant>,
     /// Epoch of the cluster map this shard's state machine holds (meta
     /// shard; 0 elsewhere), which `SetMap` must name to replace it.
     map_epoch: u64,
@@ -188,8 +214,13 @@ impl StorageActor {
         // Sorted, so `owns` is a binary search; they must not overlap.
         ranges.sort_unstable_by_key(|r| *r.start());
         assert!(ranges.windows(2).all(|w| w[0].end() < w[1].start()), "shard {} ranges overlap", cfg.shard);
-        let ranges = Arc::new(ranges);
-        let (store, fresh) = LogStore::open(engine.clone(), cfg.shard, &cfg.initial_voters, ranges.clone())?;
+        let (store, fresh) = LogStore::open(engine.clone(), cfg.shard, &cfg.initial_voters, Arc::new(ranges))?;
+        let ranges = store.ranges().clone();
+        let epoch = match store.ranges_epoch() {
+            0 => cfg.epoch,
+            e => e,
+        };
+        cfg.registry.set(cfg.shard, ranges.clone());
         let applied = store.apply_state().applied_index;
         let rc = raft::Config {
             id: cfg.node,
@@ -220,7 +251,11 @@ impl StorageActor {
             sweep_cursor: Vec::new(),
             sweep_range: 0,
             ranges,
-            epoch: cfg.epoch,
+            epoch,
+            registry: cfg.registry,
+            on_split: cfg.on_split,
+            splits_done: Vec::new(),
+            campaign_until: None,
             map_epoch: 0,
             metrics: ReplicaMetrics::new(cfg.node, cfg.shard),
             leaders: cfg.leaders,
@@ -249,11 +284,19 @@ impl StorageActor {
     }
 
     /// Whether `key` (a user key or lock name) is in this shard's ranges
-    /// (sorted at start: a binary search over ~1,024 intervals).
+    /// (sorted: a binary search over ~1,024 intervals).
     fn owns(&self, key: &[u8]) -> bool {
-        let p = ringstore_shared::hash::hash64(key);
+        self.owns_point(ringstore_shared::hash::hash64(key))
+    }
+
+    fn owns_point(&self, p: u64) -> bool {
         let i = self.ranges.partition_point(|r| *r.end() < p);
         self.ranges.get(i).is_some_and(|r| r.contains(&p))
+    }
+
+    /// A `data` family key (ring point first) in this shard's ranges.
+    fn owns_data_key(&self, k: &[u8]) -> bool {
+        k.get(..8).and_then(|p| <[u8; 8]>::try_from(p).ok()).is_some_and(|p| self.owns_point(u64::from_be_bytes(p)))
     }
 
     fn pending(&self) -> usize {
@@ -352,12 +395,12 @@ impl StorageActor {
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot();
             match self.raw.store().stage_snapshot(&mut batch, snap) {
-                Ok(a) => snapshot = Some((a, snap.get_metadata().get_conf_state().clone())),
+                Ok((a, owned)) => snapshot = Some((a, snap.get_metadata().get_conf_state().clone(), owned)),
                 Err(e) => self.fatal("staging a snapshot", e),
             }
         }
         let mut apply = match &snapshot {
-            Some((a, _)) => *a,
+            Some((a, _, _)) => *a,
             None => *self.raw.store().apply_state(),
         };
         let mut replies = Vec::new();
@@ -392,8 +435,9 @@ impl StorageActor {
         //    durable; it counts them only once told they are). Replies are
         //    for committed entries, which were durable before this round.
         let store = self.raw.mut_store();
-        if let Some((a, cs)) = snapshot {
-            store.commit_snapshot(a, cs);
+        if let Some((a, cs, owned)) = snapshot {
+            store.commit_snapshot(a, cs, owned);
+            self.adopt_ranges();
             self.metrics.snapshots_applied.inc();
             self.rebuild_lock_index();
             self.reload_map_epoch();
@@ -409,6 +453,7 @@ impl StorageActor {
         }
         store.commit_apply_state(apply);
         self.answer(replies);
+        self.start_split_shards();
 
         // 6. Leadership confirmations for batched reads.
         self.on_read_states(ready.take_read_states());
@@ -454,6 +499,7 @@ impl StorageActor {
                 }
                 store.commit_apply_state(apply);
                 self.answer(replies);
+                self.start_split_shards();
             }
         }
         let applied = self.raw.store().apply_state().applied_index;
@@ -562,6 +608,22 @@ impl StorageActor {
             }
         };
         apply.applied_stamp_ms = apply.applied_stamp_ms.max(proposal.stamp_ms);
+        // Ownership is checked again at apply: a command accepted before a
+        // split but ordered after it in the log must not touch points the
+        // new shard owns now. Every replica decides the same here.
+        if proposal.cmd.routing_key().is_some_and(|k| !self.owns(k)) {
+            return Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch });
+        }
+        let mut proposal = proposal;
+        match &mut proposal.cmd {
+            Command::Split { target, ranges, epoch } => {
+                let (target, epoch, give) = (*target, *epoch, std::mem::take(ranges));
+                return self.apply_split(batch, entry.index, apply, overlay, target, give, epoch);
+            }
+            Command::Expire { keys } => keys.retain(|(k, _)| self.owns(k)),
+            Command::ForgetRequests { keys } => keys.retain(|k| self.owns_data_key(k)),
+            _ => {}
+        }
         let mut view =
             ApplyView { engine: &self.engine, overlay, map_epoch: self.map_epoch, err: None, retries_found: 0 };
         let (effects, outcome) = apply::decide(proposal, entry.index, entry.term, &mut view);
@@ -787,6 +849,10 @@ impl StorageActor {
             let Some((_, reads)) = self.reads.confirmed.pop_front() else { break };
             for r in reads {
                 let answer = match &r.kind {
+                    // A split applied since the read arrived gave the key away.
+                    ReadKind::Value | ReadKind::Lock if !self.owns(&r.key) => {
+                        Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch })
+                    }
                     ReadKind::Value => self.read_local(&r.key, now),
                     ReadKind::Lock => self.read_lock(&r.key, now),
                     ReadKind::Map => {
@@ -955,7 +1021,7 @@ impl StorageActor {
         items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let more = items.len() > limit;
         items.truncate(limit);
-        Ok(ShardReply::Items { items, more })
+        Ok(ShardReply::Items { items, more, epoch: self.raw.store().ranges_epoch() })
     }
 
     fn read_lock(&self, name: &[u8], now_ms: u64) -> ShardResult {
@@ -1116,6 +1182,8 @@ impl StorageActor {
             },
             key_count: s.apply_state().keys,
             bytes: s.apply_state().bytes,
+            ranges_epoch: s.ranges_epoch(),
+            range_count: s.ranges().len() as u64,
         }
     }
 }
@@ -1211,6 +1279,7 @@ impl Actor for StorageActor {
                 return;
             }
             act.raw.tick();
+            act.campaign_tick();
             act.fail_orphaned_writes();
             act.retry_stuck_reads();
             act.expire_waiters();
@@ -1265,6 +1334,16 @@ impl Handler<RaftBatch> for StorageActor {
             return;
         }
         for m in msgs {
+            if let Some(owner) = self.snapshot_conflict(&m) {
+                warn!(
+                    node = self.node,
+                    shard = self.shard,
+                    owner,
+                    "snapshot refused: shard {owner} on this node still owns its ranges (a split it has not applied)"
+                );
+                self.metrics.snapshots_refused.inc();
+                continue;
+            }
             if let Err(e) = self.raw.step(m) {
                 debug!(node = self.node, shard = self.shard, "step refused a message: {e}");
             }

@@ -22,6 +22,7 @@ pub mod log_store;
 pub mod messages;
 pub mod metrics;
 pub mod raft_log;
+pub mod registry;
 pub mod snapshot;
 pub mod transport;
 
@@ -29,4 +30,5 @@ pub use actor::{ReplicaConfig, StorageActor};
 pub use engine::Engine;
 pub use leaders::LeaderHints;
 pub use messages::{ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult};
+pub use registry::RangeRegistry;
 pub use transport::{LocalTransport, NetFilter, Transport};

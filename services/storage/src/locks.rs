@@ -61,6 +61,13 @@ impl LockIndex {
         out
     }
 
+    /// Keeps only the locks `keep` says are still this shard's (after a
+    /// split gave some names' ranges away).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.held.retain(|n, _| keep(n));
+        self.proposed.retain(|(n, _)| keep(n));
+    }
+
     /// A new leader re-decides every lease.
     pub fn forget_proposals(&mut self) {
         self.proposed.clear();
@@ -149,6 +156,12 @@ impl<T> Waiters<T> {
         out
     }
 
+    /// Removes and returns the waiters of every lock `leave` picks.
+    pub fn drain_where(&mut self, leave: impl Fn(&str) -> bool) -> Vec<Waiter<T>> {
+        let names: Vec<String> = self.queues.keys().filter(|n| leave(n)).cloned().collect();
+        names.into_iter().filter_map(|n| self.queues.remove(&n)).flatten().collect()
+    }
+
     pub fn drain_all(&mut self) -> Vec<Waiter<T>> {
         self.queues.drain().flat_map(|(_, q)| q).collect()
     }
@@ -188,6 +201,25 @@ mod tests {
         assert_eq!(ix.due(150, 3, 50, 10), vec![("a".to_string(), 1)]);
         ix.on_record("a", &LockRecord { holder: None, last_token: 1 });
         assert_eq!(ix.held(), 1);
+    }
+
+    #[test]
+    fn a_split_keeps_only_the_locks_and_waiters_left_here() {
+        let mut ix = LockIndex::default();
+        ix.on_record("stay", &holder(1, 100, 2));
+        ix.on_record("go", &holder(2, 100, 2));
+        ix.retain(|n| n == "stay");
+        assert_eq!(ix.held(), 1);
+        assert_eq!(ix.due(1_000, 2, 0, 10), vec![("stay".to_string(), 1)], "the given-away lease is not swept here");
+        let later = Instant::now() + Duration::from_secs(10);
+        let mut w: Waiters<u32> = Waiters::default();
+        for (name, reply) in [("stay", 1), ("go", 2), ("go", 3)] {
+            w.push_back(name, Waiter { owner: "o".into(), session: 0, ttl_ms: 1, deadline: later, reply });
+        }
+        let gone: Vec<u32> = w.drain_where(|n| n == "go").into_iter().map(|w| w.reply).collect();
+        assert_eq!(gone, vec![2, 3], "in queue order");
+        assert_eq!(w.len(), 1);
+        assert!(w.has_waiters("stay"));
     }
 
     #[test]

@@ -8,12 +8,15 @@
 //! - `shard ++ 0x03`: the apply state ([`ApplyState`]);
 //! - `shard ++ 0x04`: the conf state (protobuf `ConfState`);
 //! - `shard ++ 0x05`: the cluster map (meta shard only; its state machine,
-//!   kept here because the meta shard owns no ring points in `data`).
+//!   kept here because the meta shard owns no ring points in `data`);
+//! - `shard ++ 0x06`: the ring points the shard owns ([`OwnedRanges`]),
+//!   replicated state that a split changes and a snapshot carries.
 //!
 //! Raft reads through `&self`; the storage actor stages every change into
 //! a RocksDB `WriteBatch` with the `stage_*` methods, writes it, and only
 //! then calls `commit_*` so the in-memory view never runs ahead of disk.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use protobuf::Message as PbMessage;
@@ -27,13 +30,14 @@ use ringstore_shared::keys::{is_user_key, split_data_key};
 use ringstore_shared::value::StoredValue;
 
 use crate::engine::{Cf, Engine, EngineError, EngineSnapshot};
-use crate::snapshot::{PointRange, SnapshotData};
+use crate::snapshot::{OwnedRanges, PointRange, SnapshotData};
 
 const KIND_ENTRY: u8 = 0x01;
 const KIND_HARD_STATE: u8 = 0x02;
 const KIND_APPLY_STATE: u8 = 0x03;
 const KIND_CONF_STATE: u8 = 0x04;
 const KIND_MAP: u8 = 0x05;
+const KIND_RANGES: u8 = 0x06;
 
 /// Where a bootstrapped replica's log starts (exclusive), and its term.
 pub const INIT_LOG_INDEX: u64 = 5;
@@ -106,10 +110,10 @@ impl ApplyState {
 }
 
 /// Counts the user keys (and their footprint) among `data` family pairs.
-#[derive(Default)]
-struct KeyStats {
-    keys: u64,
-    bytes: u64,
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyStats {
+    pub keys: u64,
+    pub bytes: u64,
 }
 
 impl KeyStats {
@@ -144,6 +148,11 @@ pub struct LogStore {
     shard: ShardId,
     /// The ring points whose data this shard owns (snapshots cover these).
     ranges: Arc<Vec<PointRange>>,
+    /// The map epoch of the split that last changed `ranges` (0: none).
+    ranges_epoch: u64,
+    /// The ranges the node's map gave at start: used when a snapshot
+    /// carries none (sent by a node from before format 3).
+    fallback: Arc<Vec<PointRange>>,
     hard_state: HardState,
     conf_state: ConfState,
     apply: ApplyState,
@@ -162,7 +171,9 @@ fn to_raft(e: EngineError) -> raft::Error {
 impl LogStore {
     /// Loads the shard's Raft state, or bootstraps it with `voters` if the
     /// shard has never been created on this node. Returns whether it was
-    /// newly bootstrapped.
+    /// newly bootstrapped. `ranges` (from the node's map) are what the
+    /// shard owns unless its own record says otherwise; a replica started
+    /// without voters owns nothing until its first snapshot says what.
     pub fn open(
         engine: Arc<Engine>,
         shard: ShardId,
@@ -172,11 +183,14 @@ impl LogStore {
         let hs = engine.get(Cf::Raft, &shard_key(shard, KIND_HARD_STATE))?;
         let cs = engine.get(Cf::Raft, &shard_key(shard, KIND_CONF_STATE))?;
         let ap = engine.get(Cf::Raft, &shard_key(shard, KIND_APPLY_STATE))?;
+        let rg = engine.get(Cf::Raft, &shard_key(shard, KIND_RANGES))?;
         let mut store = LogStore {
             engine,
             snapshot_job: Arc::default(),
             shard,
-            ranges,
+            ranges: Arc::default(),
+            ranges_epoch: 0,
+            fallback: ranges,
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             apply: ApplyState::default(),
@@ -187,6 +201,7 @@ impl LogStore {
         if fresh {
             store.conf_state.set_voters(voters.to_vec());
             if !voters.is_empty() {
+                store.ranges = store.fallback.clone();
                 // A bootstrapped replica's log starts after INIT_LOG_INDEX
                 // (as TiKV's does): its configuration is in no entry, so a
                 // replica added later must get a snapshot, never the log
@@ -204,8 +219,27 @@ impl LogStore {
             store.stage_apply_state(&mut b, &store.apply);
             let hs = store.hard_state.clone();
             store.stage_hard_state(&mut b, &hs);
+            if !voters.is_empty() {
+                store.stage_ranges(&mut b, &store.owned());
+            }
             store.engine.write(b, true)?;
             return Ok((store, true));
+        }
+        match rg {
+            Some(b) => {
+                let owned = OwnedRanges::decode(&b).map_err(|e| corrupt("ranges", e))?;
+                store.ranges = Arc::new(owned.ranges);
+                store.ranges_epoch = owned.epoch;
+            }
+            // Written before shards kept their ranges: as the map says,
+            // unless the replica never got its first snapshot.
+            None if ap.as_ref().is_some_and(|a| ApplyState::decode(a).is_some_and(|(a, _)| a.applied_index > 0)) => {
+                store.ranges = store.fallback.clone();
+                let mut b = store.engine.batch();
+                store.stage_ranges(&mut b, &store.owned());
+                store.engine.write(b, true)?;
+            }
+            None => {}
         }
         if let Some(hs) = hs {
             store.hard_state = HardState::parse_from_bytes(&hs).map_err(|e| corrupt("hard state", e))?;
@@ -246,6 +280,15 @@ impl LogStore {
 
     pub fn apply_state(&self) -> &ApplyState {
         &self.apply
+    }
+    pub fn ranges(&self) -> &Arc<Vec<PointRange>> {
+        &self.ranges
+    }
+    pub fn ranges_epoch(&self) -> u64 {
+        self.ranges_epoch
+    }
+    pub fn owned(&self) -> OwnedRanges {
+        OwnedRanges { epoch: self.ranges_epoch, ranges: self.ranges.to_vec() }
     }
     pub fn hard_state(&self) -> &HardState {
         &self.hard_state
@@ -313,19 +356,16 @@ impl LogStore {
     /// Counts the user keys in this shard's ranges (a data dir written before
     /// the counts were kept).
     fn count_keys(&self) -> Result<KeyStats, EngineError> {
-        let mut stats = KeyStats::default();
-        let mut err = None;
-        for r in self.ranges.iter() {
-            let (from, to) = crate::snapshot::data_bounds(r);
-            self.engine.scan(Cf::Data, &from, &to, |k, v| match stats.add(k, v) {
-                Ok(()) => true,
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            })?;
-        }
-        err.map_or(Ok(stats), Err)
+        count_keys(&self.engine, &self.ranges, &HashMap::new())
+    }
+
+    pub fn stage_ranges(&self, b: &mut WriteBatch, owned: &OwnedRanges) {
+        self.engine.put(b, Cf::Raft, &shard_key(self.shard, KIND_RANGES), &owned.encode());
+    }
+
+    pub fn commit_ranges(&mut self, owned: OwnedRanges) {
+        self.ranges = Arc::new(owned.ranges);
+        self.ranges_epoch = owned.epoch;
     }
 
     /// The cluster map this shard's state machine holds (meta shard).
@@ -366,11 +406,23 @@ impl LogStore {
     }
 
     /// Replaces the shard's data and log with a snapshot from the leader.
-    /// Returns the apply state to commit after the write.
-    pub fn stage_snapshot(&self, b: &mut WriteBatch, snap: &Snapshot) -> Result<ApplyState, EngineError> {
+    /// Returns the apply state and ranges to commit after the write. The
+    /// data of the ranges it had and of those it gets is replaced: what it
+    /// had and no longer owns (a split it missed) belongs to no replica of
+    /// this node, since a snapshot overlapping another replica's ranges is
+    /// refused before it gets here.
+    pub fn stage_snapshot(
+        &self,
+        b: &mut WriteBatch,
+        snap: &Snapshot,
+    ) -> Result<(ApplyState, OwnedRanges), EngineError> {
         let meta = snap.get_metadata();
         let data = SnapshotData::decode(&snap.data).map_err(|e| corrupt("snapshot", e))?;
-        for r in self.ranges.iter() {
+        let owned = data.ranges.clone().unwrap_or_else(|| match self.ranges.is_empty() {
+            true => OwnedRanges { epoch: 0, ranges: self.fallback.to_vec() },
+            false => self.owned(),
+        });
+        for r in self.ranges.iter().chain(owned.ranges.iter()) {
             let (from, to) = crate::snapshot::data_bounds(r);
             self.engine.delete_range(b, Cf::Data, &from, &to);
         }
@@ -386,6 +438,7 @@ impl LogStore {
         // Every entry the snapshot covers, and any tail after it, is obsolete.
         self.engine.delete_range(b, Cf::Raft, &entry_key(self.shard, 0), &entry_key(self.shard, u64::MAX));
         self.stage_conf_state(b, meta.get_conf_state());
+        self.stage_ranges(b, &owned);
         let apply = ApplyState {
             applied_index: meta.index,
             truncated_index: meta.index,
@@ -395,10 +448,11 @@ impl LogStore {
             bytes: stats.bytes,
         };
         self.stage_apply_state(b, &apply);
-        Ok(apply)
+        Ok((apply, owned))
     }
 
-    pub fn commit_snapshot(&mut self, apply: ApplyState, cs: ConfState) {
+    pub fn commit_snapshot(&mut self, apply: ApplyState, cs: ConfState, owned: OwnedRanges) {
+        self.commit_ranges(owned);
         self.apply = apply;
         self.last_index = apply.truncated_index;
         self.last_term = apply.truncated_term;
@@ -433,12 +487,12 @@ impl LogStore {
             if index == self.apply.truncated_index { self.apply.truncated_term } else { self.read_entry(index)?.term };
         let mut meta = SnapshotMetadata { index, term, ..Default::default() };
         meta.set_conf_state(self.conf_state.clone());
-        let (stamp, shard, ranges) = (self.apply.applied_stamp_ms, self.shard, self.ranges.clone());
+        let (stamp, shard, owned) = (self.apply.applied_stamp_ms, self.shard, self.owned());
         let view = self.engine.snapshot();
         let job = self.snapshot_job.clone();
         *job.lock().unwrap_or_else(|e| e.into_inner()) = SnapshotJob::Building(index);
         let spawned = std::thread::Builder::new().name(format!("snapshot-{shard}")).spawn(move || {
-            let built = build_snapshot(&view, shard, &ranges, stamp, meta);
+            let built = build_snapshot(&view, shard, owned, stamp, meta);
             *job.lock().unwrap_or_else(|e| e.into_inner()) = match built {
                 Ok(s) => SnapshotJob::Ready(s),
                 Err(e) => SnapshotJob::Failed(e.to_string()),
@@ -451,16 +505,16 @@ impl LogStore {
     }
 }
 
-/// Every data key of `ranges` and the map, as of `view`.
+/// Every data key of the shard's ranges, the ranges and the map, as of `view`.
 fn build_snapshot(
     view: &EngineSnapshot,
     shard: ShardId,
-    ranges: &[PointRange],
+    owned: OwnedRanges,
     applied_stamp_ms: u64,
     meta: SnapshotMetadata,
 ) -> Result<Snapshot, EngineError> {
     let mut kvs = Vec::new();
-    for r in ranges {
+    for r in &owned.ranges {
         let (from, to) = crate::snapshot::data_bounds(r);
         view.scan(Cf::Data, &from, &to, |k, v| {
             kvs.push((k.to_vec(), v.to_vec()));
@@ -468,11 +522,100 @@ fn build_snapshot(
         })?;
     }
     let map = view.get(Cf::Raft, &shard_key(shard, KIND_MAP))?;
-    let data = SnapshotData { applied_stamp_ms, kvs, map };
+    let data = SnapshotData { applied_stamp_ms, kvs, map, ranges: Some(owned) };
     let mut snap = Snapshot { data: data.encode().into(), ..Default::default() };
     snap.set_metadata(meta);
     crate::metrics::RAFT.snapshots.with_label_values(&[view.engine().node_label(), &shard.to_string(), "built"]).inc();
     Ok(snap)
+}
+
+/// Counts the user keys of `ranges` as a batch being staged sees them:
+/// `overlay` (data key -> value, `None` for a delete) holds what earlier
+/// entries of the batch wrote and wins over what RocksDB has.
+pub fn count_keys(
+    engine: &Engine,
+    ranges: &[PointRange],
+    overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
+) -> Result<KeyStats, EngineError> {
+    let mut stats = KeyStats::default();
+    let mut err = None;
+    for r in ranges {
+        let (from, to) = crate::snapshot::data_bounds(r);
+        engine.scan(Cf::Data, &from, &to, |k, v| {
+            if overlay.contains_key(k) {
+                return true; // counted below, as the batch left it
+            }
+            match stats.add(k, v) {
+                Ok(()) => true,
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        })?;
+    }
+    if let Some(e) = err {
+        return Err(e);
+    }
+    for (k, v) in overlay {
+        let Some(v) = v else { continue };
+        let in_ranges = k.len() >= 8 && {
+            let p = u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
+            let i = ranges.partition_point(|r| *r.end() < p);
+            ranges.get(i).is_some_and(|r| r.contains(&p))
+        };
+        if in_ranges {
+            stats.add(k, v)?;
+        }
+    }
+    Ok(stats)
+}
+
+/// Whether `shard` has applied state on this node (bootstrapped, split
+/// off, or restored from a snapshot), as opposed to none or an empty
+/// replica still waiting for its first snapshot.
+pub fn is_initialized(engine: &Engine, shard: ShardId) -> Result<bool, EngineError> {
+    Ok(engine
+        .get(Cf::Raft, &shard_key(shard, KIND_APPLY_STATE))?
+        .is_some_and(|a| ApplyState::decode(&a).is_some_and(|(a, _)| a.applied_index > 0)))
+}
+
+/// Stages, in a split's batch, the state of the new shard `shard` on this
+/// node: its voters, a log that starts after [`INIT_LOG_INDEX`] as a
+/// bootstrapped one does, its ranges, and its key statistics; any earlier
+/// state of it here is removed first (none is expected: a replica of the
+/// new shard is started only after the split, see `LocalReplicas`).
+#[allow(clippy::too_many_arguments)]
+pub fn stage_split_bootstrap(
+    engine: &Engine,
+    b: &mut WriteBatch,
+    shard: ShardId,
+    voters: &[u64],
+    owned: &OwnedRanges,
+    stats: KeyStats,
+    applied_stamp_ms: u64,
+) {
+    let from = shard.to_be_bytes();
+    match shard.checked_add(1) {
+        Some(next) => engine.delete_range(b, Cf::Raft, &from, &next.to_be_bytes()),
+        None => engine.delete_range(b, Cf::Raft, &from, &[0xff; 9]),
+    }
+    let mut cs = ConfState::default();
+    cs.set_voters(voters.to_vec());
+    let hs = HardState { term: INIT_LOG_TERM, commit: INIT_LOG_INDEX, ..Default::default() };
+    let apply = ApplyState {
+        applied_index: INIT_LOG_INDEX,
+        truncated_index: INIT_LOG_INDEX,
+        truncated_term: INIT_LOG_TERM,
+        applied_stamp_ms,
+        keys: stats.keys,
+        bytes: stats.bytes,
+    };
+    let put = |b: &mut WriteBatch, kind, v: &[u8]| engine.put(b, Cf::Raft, &shard_key(shard, kind), v);
+    put(b, KIND_CONF_STATE, &cs.write_to_bytes().expect("protobuf encode of a ConfState"));
+    put(b, KIND_HARD_STATE, &hs.write_to_bytes().expect("protobuf encode of a HardState"));
+    put(b, KIND_APPLY_STATE, &apply.encode());
+    put(b, KIND_RANGES, &owned.encode());
 }
 
 impl Storage for LogStore {

@@ -128,9 +128,12 @@ pub enum ShardReply {
     },
     Status(ReplicaStatus),
     /// A scan's page; `more`: the shard has further matching keys.
+    /// `epoch`: of the split that last changed the ranges scanned, so a
+    /// caller whose map is older knows its pages may miss keys.
     Items {
         items: Vec<(Vec<u8>, StoredValue)>,
         more: bool,
+        epoch: u64,
     },
     Lock {
         record: Option<LockRecord>,
@@ -164,6 +167,11 @@ pub struct ReplicaStatus {
     pub key_count: u64,
     /// Their key and value bytes.
     pub bytes: u64,
+    /// The map epoch of the split that last changed the shard's ranges
+    /// (0: none has): how the Rebalancer sees a split applied.
+    pub ranges_epoch: u64,
+    /// Ring intervals the shard owns.
+    pub range_count: u64,
 }
 
 pub type ShardResult = Result<ShardReply, StoreError>;

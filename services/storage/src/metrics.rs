@@ -33,6 +33,8 @@ pub struct RaftMetrics {
     pub log_compactions: IntCounterVec,
     pub conf_changes: IntCounterVec,
     pub replicas_destroyed: IntCounterVec,
+    pub splits: IntCounterVec,
+    pub split_count_seconds: HistogramVec,
     pub ttl_expired_keys: IntCounterVec,
     pub retries_deduplicated: IntCounterVec,
     pub messages_sent: IntCounterVec,
@@ -121,7 +123,7 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
         .expect("registers once"),
         snapshots: register_int_counter_vec!(
             "ringstore_raft_snapshots_total",
-            "Snapshots built for followers (kind=built) or applied from a leader (kind=applied)",
+            "Snapshots built for followers (kind=built), applied from a leader (kind=applied), or refused because another replica of this node still owns their ranges (kind=refused_overlap)",
             &["node", "shard", "kind"]
         )
         .expect("registers once"),
@@ -137,6 +139,19 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
             "ringstore_replicas_destroyed_total",
             "Replicas removed from this node with their data (moved away or rolled back)",
             &["node"]
+        )
+        .expect("registers once"),
+        splits: register_int_counter_vec!(
+            "ringstore_shard_splits_total",
+            "Splits applied by this replica, by its shard's side (source: gave ranges away; target: started with them)",
+            &["node", "side"]
+        )
+        .expect("registers once"),
+        split_count_seconds: register_histogram_vec!(
+            "ringstore_shard_split_apply_seconds",
+            "Time a replica's apply spent on a split (counting the keys it gives away); the source's writes wait for it",
+            &["node"],
+            vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
         )
         .expect("registers once"),
         ttl_expired_keys: register_int_counter_vec!(
@@ -206,6 +221,9 @@ pub struct ReplicaMetrics {
     pub applied_entries: IntCounter,
     pub read_index: IntCounter,
     pub snapshots_applied: IntCounter,
+    pub snapshots_refused: IntCounter,
+    pub splits_applied: IntCounter,
+    pub split_apply_seconds: Histogram,
     pub log_compactions: IntCounter,
     pub conf_changes: IntCounter,
     pub replicas_destroyed: IntCounter,
@@ -244,6 +262,9 @@ impl ReplicaMetrics {
             applied_entries: r.applied_entries.with_label_values(&ns),
             read_index: r.read_index.with_label_values(&ns),
             snapshots_applied: r.snapshots.with_label_values(&[&n, &s, "applied"]),
+            snapshots_refused: r.snapshots.with_label_values(&[&n, &s, "refused_overlap"]),
+            splits_applied: r.splits.with_label_values(&[&n, "source"]),
+            split_apply_seconds: r.split_count_seconds.with_label_values(&[&n]),
             log_compactions: r.log_compactions.with_label_values(&ns),
             conf_changes: r.conf_changes.with_label_values(&ns),
             replicas_destroyed: r.replicas_destroyed.with_label_values(&[&n]),

@@ -32,6 +32,8 @@ fn start(node: NodeId, voters: &[NodeId], engine: &Arc<Engine>, t: &LocalTranspo
         raft: RaftConfig { tick_interval_ms: 20, ..Default::default() },
         limits: Default::default(),
         leaders: Default::default(),
+        registry: Default::default(),
+        on_split: Arc::new(|_, _| {}),
     };
     let a = StorageActor::start(
         cfg,

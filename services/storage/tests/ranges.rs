@@ -42,6 +42,8 @@ async fn each_shard_serves_and_snapshots_only_its_ranges() {
             raft: ringstore_shared::config::RaftConfig { tick_interval_ms: 20, ..Default::default() },
             limits: Default::default(),
             leaders: Default::default(),
+            registry: Default::default(),
+            on_split: Arc::new(|_, _| {}),
         };
         let a = StorageActor::start(
             cfg,

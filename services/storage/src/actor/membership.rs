@@ -143,6 +143,7 @@ impl StorageActor {
         self.raw.store().stage_destroy(&mut batch);
         self.engine.write(batch, true).map_err(|e| format!("deleting replica of shard {}: {e}", self.shard))?;
         self.destroyed = true;
+        self.registry.remove(self.shard);
         self.metrics.replicas_destroyed.inc();
         info!(node = self.node, shard = self.shard, "replica destroyed: its data and log are deleted");
         ctx.stop();

@@ -1,0 +1,183 @@
+//! The ring grows on real `ringstore node` processes: `POST
+//! /v1/cluster/shards` splits shards in place while clients write; every
+//! acknowledged write stays readable, a scan returns every key exactly
+//! once, no client request fails (retries stay within its deadline), key
+//! counts stay exact, and locks keep their holders and token order.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use common::*;
+use ringstore_testkit::ProcCluster;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringstore");
+const FLAGS: [&str; 6] = ["--raft-tick-ms", "50", "--raft-election-ticks", "10", "--shards", "4"];
+
+async fn started(n: u64, data_shards: usize) -> ProcCluster {
+    let c = ProcCluster::start(Path::new(BIN), n, &FLAGS, None).expect("processes start");
+    let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
+    eventually(Duration::from_secs(60), "every node answers and every shard has a leader", || {
+        let urls = urls.clone();
+        async move {
+            for u in &urls {
+                if !all_led(u, data_shards).await {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    c
+}
+
+/// The map this node routes by lists `data_shards` data shards (and the
+/// meta shard), each with a leader.
+async fn all_led(url: &str, data_shards: usize) -> bool {
+    let Some(v) = json_of(url, "/v1/cluster").await else { return false };
+    let Some(shards) = v["shards"].as_array() else { return false };
+    shards.len() == data_shards + 1 && shards.iter().all(|s| s["leader"].as_u64().is_some())
+}
+
+async fn post_json(url: &str, path: &str, body: Value) -> Resp {
+    let h = [("content-type", "application/json"), ("x-request-timeout", "10000")];
+    call("POST", url, path, &h, body.to_string().into_bytes()).await
+}
+
+/// Every key under `prefix`, page by page, in the order the scan returns them.
+async fn scan_all(url: &str, prefix: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10_000 {
+        let path = match &cursor {
+            None => format!("/v1/kv?prefix={prefix}&limit=1000&keys_only=true"),
+            Some(c) => format!("/v1/kv?prefix={prefix}&limit=1000&keys_only=true&cursor={c}"),
+        };
+        let r = call("GET", url, &path, &[("x-request-timeout", "20000")], vec![]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let v = r.json();
+        keys.extend(v["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap().to_string()));
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return keys,
+        }
+    }
+    panic!("the scan did not end");
+}
+
+fn keep_logs(c: &ProcCluster) -> std::path::PathBuf {
+    let keep = std::env::temp_dir().join(format!("ringstore-splits-failure-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&keep);
+    for id in c.ids() {
+        let _ = std::fs::copy(c.log_path(id), keep.join(format!("node-{id}.log")));
+    }
+    keep
+}
+
+#[actix_rt::test]
+async fn four_shards_grow_to_eight_under_write_load_losing_nothing() {
+    let c = started(3, 4).await;
+    let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
+    let u1 = c.url(1);
+
+    // Locks held across the splits, on names spread over every shard.
+    let mut locks = Vec::new();
+    for i in 0..24 {
+        let name = format!("lock-{i}");
+        let r = post_json(&u1, &format!("/v1/locks/{name}/acquire"), json!({"owner": "a", "ttl_ms": 120_000})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let v = r.json();
+        locks.push((name, v["session"].as_str().unwrap().to_string(), v["token"].as_u64().unwrap()));
+    }
+
+    let writers = Writers::start(urls.clone(), 8, 10_000);
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+
+    // A dry run names the four splits and records nothing.
+    let epoch = json_of(&u1, "/v1/cluster").await.unwrap()["epoch"].clone();
+    let dry = post_json(&u1, "/v1/cluster/shards?dry_run=true", json!({"add": 4})).await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.text());
+    let sources: BTreeSet<u64> =
+        dry.json()["splits"].as_array().unwrap().iter().map(|s| s["source"].as_u64().unwrap()).collect();
+    assert_eq!(sources, BTreeSet::from([1, 2, 3, 4]), "{}", dry.text());
+    assert_eq!(json_of(&u1, "/v1/cluster").await.unwrap()["epoch"], epoch, "a dry run changes nothing");
+    // Bad requests are refused with JSON errors.
+    for bad in [json!({"add": 0}), json!({"add": 100_000}), json!({"more": 1}), json!("x")] {
+        let r = post_json(&u1, "/v1/cluster/shards", bad.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "bad_request", "{}", r.text());
+    }
+
+    let r = post_json(&u1, "/v1/cluster/shards", json!({"add": 4})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(r.json()["target_shards"], 8);
+
+    let start = std::time::Instant::now();
+    loop {
+        let mut done = true;
+        for u in &urls {
+            done &= all_led(u, 8).await;
+        }
+        let idle = json_of(&u1, "/v1/rebalance").await.is_some_and(|v| v["state"] == "idle");
+        if done && idle {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let keep = keep_logs(&c);
+            panic!(
+                "not grown to 8 shards within 120 s (logs in {}): {:?} {:?}",
+                keep.display(),
+                json_of(&u1, "/v1/cluster").await,
+                json_of(&u1, "/v1/rebalance").await
+            );
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    let (acks, fails) = writers.stop_counting().await;
+    assert!(acks.len() > 500, "writers made progress: {}", acks.len());
+    assert!(fails.is_empty(), "no client request failed (retries stay within the deadline): {fails:?}");
+    let lost = lost_writes(&acks, &urls).await;
+    assert!(lost.is_empty(), "{} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+
+    // Every key once, and the shards' exact counts add up to them.
+    let scanned = scan_all(&u1, "w").await;
+    let distinct: BTreeSet<&String> = scanned.iter().collect();
+    assert_eq!(distinct.len(), scanned.len(), "a scan returns every key exactly once");
+    for (k, _, _) in &acks {
+        assert!(distinct.contains(k), "acknowledged {k} missing from the scan");
+    }
+    let cluster = json_of(&u1, "/v1/cluster").await.unwrap();
+    let shards = cluster["shards"].as_array().unwrap();
+    let counted: u64 = shards.iter().filter_map(|s| s["key_count"].as_u64()).sum();
+    assert_eq!(counted, scanned.len() as u64, "key counts stay exact across splits: {cluster}");
+    for s in shards.iter().filter(|s| s["id"].as_u64().unwrap() > 4) {
+        assert!(s["key_count"].as_u64().unwrap() > 0, "a new shard took keys: {s}");
+    }
+
+    // Locks kept their holders; the next holder's token is larger.
+    for (name, session, token) in &locks {
+        let st = json_of(&u1, &format!("/v1/locks/{name}")).await.expect("lock status");
+        assert_eq!(st["token"].as_u64(), Some(*token), "{name}: {st}");
+        let other =
+            post_json(&urls[1], &format!("/v1/locks/{name}/acquire"), json!({"owner": "b", "ttl_ms": 5000})).await;
+        assert_eq!(other.status, StatusCode::CONFLICT, "{name} is still held: {}", other.text());
+        let rel =
+            post_json(&urls[2], &format!("/v1/locks/{name}/release"), json!({"session": session, "token": token}))
+                .await;
+        assert_eq!(rel.status, StatusCode::OK, "{name}: {}", rel.text());
+        let next =
+            post_json(&urls[1], &format!("/v1/locks/{name}/acquire"), json!({"owner": "b", "ttl_ms": 5000})).await;
+        assert_eq!(next.status, StatusCode::OK, "{name}: {}", next.text());
+        assert!(next.json()["token"].as_u64().unwrap() > *token, "{name}: tokens keep growing");
+    }
+
+    // The splits are visible in metrics.
+    let metrics = call("GET", &u1, "/metrics", &[], vec![]).await.text();
+    assert!(metrics.contains("ringstore_shard_splits_total"), "split metric exported");
+}

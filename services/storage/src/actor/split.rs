@@ -1,0 +1,180 @@
+//! Splits: a shard gives some of its ring points to a new shard on the same
+//! nodes, in place. The Rebalancer proposes `Command::Split`; every replica
+//! applies it at the same log index: it keeps the rest of its ranges,
+//! writes the new shard's initial state (voters, a log after
+//! `INIT_LOG_INDEX`, ranges, key counts) in the same batch, and once that
+//! is written asks the node to start the new replica, which on the source
+//! leader's node campaigns at once. No data is copied: the `data` family is
+//! shared by the node's replicas and keyed by ring point. Moving the new
+//! shard's replicas elsewhere is then an ordinary replica move.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use raft::eraftpb::{Message as RaftMessage, MessageType};
+use raft::StateRole;
+use ringstore_shared::apply::{self, Outcome, SplitDecision};
+use ringstore_shared::{ShardId, StoreError};
+use rocksdb::WriteBatch;
+use tracing::{info, warn};
+
+use super::StorageActor;
+use crate::log_store::{self, ApplyState};
+use crate::messages::{ShardReply, ShardResult};
+use crate::snapshot::{OwnedRanges, PointRange, SnapshotData};
+
+/// Starts a shard split off just now campaigning: its leader is elected in
+/// a round trip instead of an election timeout.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Campaign;
+
+fn owns_in(ranges: &[PointRange], key: &[u8]) -> bool {
+    let p = ringstore_shared::hash::hash64(key);
+    let i = ranges.partition_point(|r| *r.end() < p);
+    ranges.get(i).is_some_and(|r| r.contains(&p))
+}
+
+impl StorageActor {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn apply_split(
+        &mut self,
+        batch: &mut WriteBatch,
+        index: u64,
+        apply: &mut ApplyState,
+        overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
+        target: ShardId,
+        give: Vec<PointRange>,
+        epoch: u64,
+    ) -> ShardResult {
+        let current = self.raw.store().ranges_epoch();
+        let left = match apply::decide_split(&self.ranges, current, &give, epoch) {
+            SplitDecision::Done => return Ok(ShardReply::Outcome(Outcome::Split { epoch: current })),
+            SplitDecision::Refused(why) => {
+                warn!(node = self.node, shard = self.shard, target, index, "split refused: {why}");
+                return Err(StoreError::BadRequest(format!("split of shard {} refused: {why}", self.shard)));
+            }
+            SplitDecision::Apply { left } => left,
+        };
+        let started = Instant::now();
+        let stats = match log_store::count_keys(&self.engine, &give, overlay) {
+            Ok(s) => s,
+            Err(e) => self.fatal("counting the keys a split gives away", e),
+        };
+        apply.keys = apply.keys.saturating_sub(stats.keys);
+        apply.bytes = apply.bytes.saturating_sub(stats.bytes);
+        let given = OwnedRanges { epoch, ranges: give };
+        match log_store::is_initialized(&self.engine, target) {
+            Ok(false) => {
+                let voters = self.raw.store().conf_state().voters.clone();
+                let stamp = apply.applied_stamp_ms;
+                log_store::stage_split_bootstrap(&self.engine, batch, target, &voters, &given, stats, stamp);
+            }
+            // Never expected: a replica of the new shard gets state here
+            // only from this split. Keep what is there rather than wipe it.
+            Ok(true) => warn!(node = self.node, shard = self.shard, target, "the new shard already has state here"),
+            Err(e) => self.fatal("reading the new shard's state", e),
+        }
+        let kept = OwnedRanges { epoch, ranges: left };
+        self.raw.store().stage_ranges(batch, &kept);
+        // Ownership changes at this entry, for the entries after it in this
+        // batch too; the registry learns both sides at once, so the node
+        // never sees the given points unowned (and never starts an empty
+        // replica of the new shard beside this one).
+        self.raw.mut_store().commit_ranges(kept);
+        self.adopt_ranges();
+        self.registry.split(self.shard, self.ranges.clone(), target, Arc::new(given.ranges));
+        self.splits_done.push(target);
+        self.metrics.splits_applied.inc();
+        self.metrics.split_apply_seconds.observe(started.elapsed().as_secs_f64());
+        info!(
+            node = self.node,
+            shard = self.shard,
+            target,
+            index,
+            epoch,
+            keys = stats.keys,
+            bytes = stats.bytes,
+            ranges_left = self.ranges.len(),
+            "split: ranges given to a new shard"
+        );
+        Ok(ShardReply::Outcome(Outcome::Split { epoch }))
+    }
+
+    /// Takes the store's ranges as the ones this replica serves (after a
+    /// split or a snapshot): locks and waiters outside them are no longer
+    /// this shard's; the waiters retry where the map sends them.
+    pub(super) fn adopt_ranges(&mut self) {
+        let store = self.raw.store();
+        self.ranges = store.ranges().clone();
+        if store.ranges_epoch() > 0 {
+            self.epoch = store.ranges_epoch();
+        }
+        self.registry.set(self.shard, self.ranges.clone());
+        self.sweep_range = 0;
+        self.sweep_cursor.clear();
+        let ranges = self.ranges.clone();
+        self.locks.retain(|n| owns_in(&ranges, n.as_bytes()));
+        let wrong = StoreError::WrongShard { shard: self.shard, epoch: self.epoch };
+        for w in self.waiters.drain_where(|n| !owns_in(&ranges, n.as_bytes())) {
+            let _ = w.reply.send(Err(wrong.clone()));
+        }
+    }
+
+    /// After the round's write: the new shards split off in it start.
+    pub(super) fn start_split_shards(&mut self) {
+        let lead = self.is_leader();
+        for target in std::mem::take(&mut self.splits_done) {
+            (self.on_split)(target, lead);
+        }
+    }
+
+    /// A snapshot whose ranges another replica of this node still owns
+    /// (its source has not applied the split that gave them away) must
+    /// wait: installing it would let that replica's later applies write
+    /// over the new shard's data.
+    pub(super) fn snapshot_conflict(&self, m: &RaftMessage) -> Option<ShardId> {
+        if m.get_msg_type() != MessageType::MsgSnapshot {
+            return None;
+        }
+        let ranges = match SnapshotData::peek_ranges(&m.get_snapshot().data) {
+            Ok(Some(r)) => r.ranges,
+            // Older senders: what this replica owns or will own by the map.
+            Ok(None) => return None,
+            Err(_) => return None, // refused by the install, with its reason
+        };
+        self.registry.conflict(self.shard, &ranges)
+    }
+
+    /// One campaign now and, until `until`, again each tick while no
+    /// leader is known: a vote request sent before the other replicas
+    /// started the new shard is lost.
+    pub(super) fn campaign(&mut self, until: Instant) {
+        self.campaign_until = Some(until);
+        self.campaign_tick();
+    }
+
+    pub(super) fn campaign_tick(&mut self) {
+        let Some(until) = self.campaign_until else { return };
+        if self.raw.raft.state == StateRole::Leader || Instant::now() >= until {
+            self.campaign_until = None;
+            return;
+        }
+        if self.raw.raft.leader_id == 0 {
+            if let Err(e) = self.raw.campaign() {
+                warn!(node = self.node, shard = self.shard, "campaign refused: {e}");
+            }
+        }
+    }
+}
+
+impl Handler<Campaign> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, _: Campaign, ctx: &mut Context<Self>) {
+        let window = Duration::from_millis(self.cfg.election_timeout_ms());
+        self.campaign(Instant::now() + window);
+        self.schedule_flush(ctx);
+    }
+}
