@@ -87,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log filter")?)
         .init();
+    ringstore_storage::arm_failpoints();
     match cli.cmd {
         Cmd::Dev { data_dir, http, http_workers, shards, unsafe_no_fsync } => {
             actix_rt::System::new().block_on(dev(data_dir, http, http_workers, shards, unsafe_no_fsync))

@@ -70,6 +70,32 @@ async fn scan_all(url: &str, prefix: &str) -> Vec<String> {
     panic!("the scan did not end");
 }
 
+/// Waits until every node routes by `data_shards` led shards and the
+/// Rebalancer is idle; on timeout fails with the map, the job and where
+/// the nodes' logs were kept.
+async fn grown(c: &ProcCluster, urls: &[String], data_shards: usize, within: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let mut done = true;
+        for u in urls {
+            done &= all_led(u, data_shards).await;
+        }
+        if done && json_of(&urls[0], "/v1/rebalance").await.is_some_and(|v| v["state"] == "idle") {
+            return;
+        }
+        if start.elapsed() > within {
+            let keep = keep_logs(c);
+            panic!(
+                "not {data_shards} shards and idle within {within:?} (logs in {}): {:?} {:?}",
+                keep.display(),
+                json_of(&urls[0], "/v1/cluster").await,
+                json_of(&urls[0], "/v1/rebalance").await
+            );
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn keep_logs(c: &ProcCluster) -> std::path::PathBuf {
     let keep = std::env::temp_dir().join(format!("ringstore-splits-failure-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&keep);
@@ -117,27 +143,7 @@ async fn four_shards_grow_to_eight_under_write_load_losing_nothing() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
     assert_eq!(r.json()["target_shards"], 8);
 
-    let start = std::time::Instant::now();
-    loop {
-        let mut done = true;
-        for u in &urls {
-            done &= all_led(u, 8).await;
-        }
-        let idle = json_of(&u1, "/v1/rebalance").await.is_some_and(|v| v["state"] == "idle");
-        if done && idle {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let keep = keep_logs(&c);
-            panic!(
-                "not grown to 8 shards within 120 s (logs in {}): {:?} {:?}",
-                keep.display(),
-                json_of(&u1, "/v1/cluster").await,
-                json_of(&u1, "/v1/rebalance").await
-            );
-        }
-        actix_rt::time::sleep(Duration::from_millis(200)).await;
-    }
+    grown(&c, &urls, 8, Duration::from_secs(120)).await;
     actix_rt::time::sleep(Duration::from_secs(2)).await;
     let (acks, fails) = writers.stop_counting().await;
     assert!(acks.len() > 500, "writers made progress: {}", acks.len());
@@ -180,4 +186,107 @@ async fn four_shards_grow_to_eight_under_write_load_losing_nothing() {
     // The splits are visible in metrics.
     let metrics = call("GET", &u1, "/metrics", &[], vec![]).await.text();
     assert!(metrics.contains("ringstore_shard_splits_total"), "split metric exported");
+}
+
+#[actix_rt::test]
+async fn the_ring_keeps_its_shards_per_node_as_a_node_joins() {
+    let mut c = started(3, 4).await;
+    let u1 = c.url(1);
+    let writers = Writers::start(c.ids().iter().map(|i| c.url(*i)).collect(), 4, 10_000);
+    // Two shards per up node: six for three nodes.
+    let h = [("content-type", "application/json")];
+    let r = call("PUT", &u1, "/v1/rebalance/config", &h, br#"{"shards_per_node": 2}"#.to_vec()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["shards_per_node"], 2);
+    let bad = call("PUT", &u1, "/v1/rebalance/config", &h, br#"{"shards_per_node": 100000}"#.to_vec()).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
+    let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
+    grown(&c, &urls, 6, Duration::from_secs(120)).await;
+
+    // A fourth node: eight shards, and the new node holds its share.
+    c.join(4, 1).expect("node 4 joins");
+    let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
+    grown(&c, &urls, 8, Duration::from_secs(240)).await;
+    let v = json_of(&u1, "/v1/rebalance").await.unwrap();
+    assert_eq!((v["shards"].as_u64(), v["wanted_shards"].as_u64()), (Some(8), Some(8)), "{v}");
+    let n4 = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 4).cloned().unwrap();
+    // 9 shards (8 data and meta) of 3 replicas (meta: 3) over 4 nodes.
+    assert!(n4["replicas"].as_u64().unwrap() >= 6, "node 4 holds its share: {v}");
+
+    let (acks, fails) = writers.stop_counting().await;
+    assert!(fails.keys().all(|k| k == "503"), "client errors other than retryable 503s: {fails:?}");
+    let lost = lost_writes(&acks, &urls).await;
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost: {:?}", lost.len(), acks.len(), lost);
+}
+
+/// `kill -9` (an abort at a failpoint) at each step of a split: the split
+/// carries on when the nodes come back, and nothing is lost or doubled.
+/// `split_recorded` and `split_before_finish` stop the meta leader's node;
+/// `split_applied` stops every node, each right after its replica of the
+/// source wrote the split and before it started the new shard's replica.
+#[actix_rt::test]
+async fn a_split_carries_on_after_a_crash_at_each_of_its_steps() {
+    for fp in ["split_recorded", "split_applied", "split_before_finish"] {
+        let armed = format!("{fp}=1*return");
+        let mut c =
+            ProcCluster::start_env(Path::new(BIN), 3, &FLAGS, &[("FAILPOINTS", &armed)]).expect("processes start");
+        let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
+        eventually(Duration::from_secs(60), "every shard has a leader", || {
+            let urls = urls.clone();
+            async move {
+                for u in &urls {
+                    if !all_led(u, 4).await {
+                        return false;
+                    }
+                }
+                true
+            }
+        })
+        .await;
+        // Restarted nodes run without the failpoint.
+        c.set_env(&[]);
+        let writers = Writers::start(urls.clone(), 4, 10_000);
+        actix_rt::time::sleep(Duration::from_secs(1)).await;
+        let r = post_json(&urls[0], "/v1/cluster/shards", json!({"add": 1})).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{fp}: {}", r.text());
+
+        let start = std::time::Instant::now();
+        let mut crashed = Vec::new();
+        loop {
+            for id in c.reap_exited() {
+                crashed.push(id);
+                c.spawn(id).expect("restart");
+            }
+            let mut done = !crashed.is_empty();
+            for u in &urls {
+                done = done && all_led(u, 5).await;
+            }
+            if done && json_of(&urls[0], "/v1/rebalance").await.is_some_and(|v| v["state"] == "idle") {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                let keep = keep_logs(&c);
+                panic!(
+                    "{fp}: not 5 shards within 120 s (crashed {crashed:?}; logs in {}): {:?} {:?}",
+                    keep.display(),
+                    json_of(&urls[0], "/v1/cluster").await,
+                    json_of(&urls[0], "/v1/rebalance").await
+                );
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        if fp == "split_applied" {
+            assert_eq!(crashed.len(), 3, "every replica of the source stopped at the failpoint");
+        }
+        let acks = writers.stop().await;
+        let lost = lost_writes(&acks, &urls).await;
+        assert!(lost.is_empty(), "{fp}: {} of {} acknowledged writes lost: {:?}", lost.len(), acks.len(), lost);
+        let scanned = scan_all(&urls[0], "w").await;
+        let distinct: BTreeSet<&String> = scanned.iter().collect();
+        assert_eq!(distinct.len(), scanned.len(), "{fp}: a scan returns every key exactly once");
+        assert!(acks.iter().all(|(k, _, _)| distinct.contains(k)), "{fp}: every acknowledged key is scanned");
+        let cluster = json_of(&urls[0], "/v1/cluster").await.unwrap();
+        let counted: u64 = cluster["shards"].as_array().unwrap().iter().filter_map(|s| s["key_count"].as_u64()).sum();
+        assert_eq!(counted, scanned.len() as u64, "{fp}: key counts stay exact: {cluster}");
+    }
 }

@@ -369,6 +369,10 @@ impl Round {
         })
         .await?;
         let Ok(map) = recorded;
+        if !map.splits.is_empty() {
+            // Recorded; the source has not been asked.
+            fail::fail_point!("split_recorded", |_| -> Result<(), StoreError> { std::process::abort() });
+        }
         for sp in map.splits.clone() {
             info!(
                 source = sp.source,
@@ -404,6 +408,8 @@ impl Round {
                 });
             }
         }
+        // Applied by the source; the map does not list the new shard yet.
+        fail::fail_point!("split_before_finish", |_| -> Result<(), StoreError> { std::process::abort() });
         let voters = status.voters.clone();
         let mut ended_here = false;
         let ended = update_map(cell, transport, deadline, |m| {

@@ -27,6 +27,15 @@ pub mod snapshot;
 pub mod transport;
 
 pub use actor::{ReplicaConfig, StorageActor};
+
+/// Arms the failpoints named in the `FAILPOINTS` environment variable
+/// (`name=1*return;...`, the `fail` crate's syntax). Only builds with the
+/// `failpoints` feature (the tests') have any; elsewhere this does nothing.
+/// Every failpoint of ringstore's aborts the process where it sits: a
+/// `kill -9` at a chosen step.
+pub fn arm_failpoints() {
+    std::mem::forget(fail::FailScenario::setup());
+}
 pub use engine::Engine;
 pub use leaders::LeaderHints;
 pub use messages::{ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult};

@@ -67,13 +67,21 @@ pub struct ProcCluster {
     nodes: BTreeMap<NodeId, ProcNode>,
     initial_cluster: String,
     extra: Vec<String>,
+    /// Environment variables the next spawns get (failpoints).
+    env: Vec<(String, String)>,
 }
 
 impl ProcCluster {
     /// Starts `n` nodes (ids 1..=n) of the `ringstore` binary `bin`, each
     /// with `extra` flags, data under a new temp dir (or `dir`).
     pub fn start(bin: &Path, n: u64, extra: &[&str], dir: Option<&Path>) -> anyhow::Result<Self> {
-        Self::start_on(bin, n, extra, dir, |_| Ipv4Addr::LOCALHOST)
+        Self::start_on(bin, n, extra, dir, &[], |_| Ipv4Addr::LOCALHOST)
+    }
+
+    /// Like [`ProcCluster::start`], every process with `env` set (see
+    /// [`ProcCluster::set_env`]).
+    pub fn start_env(bin: &Path, n: u64, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_on(bin, n, extra, None, env, |_| Ipv4Addr::LOCALHOST)
     }
 
     /// Like [`ProcCluster::start`], but node `id` listens (HTTP and peer)
@@ -81,7 +89,7 @@ impl ProcCluster {
     /// a [`netfilter::Partition`] can cut any pair of nodes.
     pub fn start_partitionable(bin: &Path, n: u64, extra: &[&str]) -> anyhow::Result<Self> {
         let [a, b] = private_loopback_block();
-        Self::start_on(bin, n, extra, None, |id| Ipv4Addr::new(127, a, b, id as u8))
+        Self::start_on(bin, n, extra, None, &[], |id| Ipv4Addr::new(127, a, b, id as u8))
     }
 
     fn start_on(
@@ -89,6 +97,7 @@ impl ProcCluster {
         n: u64,
         extra: &[&str],
         dir: Option<&Path>,
+        env: &[(&str, &str)],
         ip: impl Fn(NodeId) -> Ipv4Addr,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(n < 255, "at most 254 nodes");
@@ -114,7 +123,9 @@ impl ProcCluster {
             nodes,
             initial_cluster,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         };
+        c.set_env(env);
         for id in 1..=n {
             c.spawn(id)?;
         }
@@ -196,10 +207,32 @@ impl ProcCluster {
         a
     }
 
+    /// Environment variables for the processes spawned from now on (as
+    /// `FAILPOINTS` to arm failpoints); an empty list for none.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
+    /// The nodes whose process has exited (a failpoint aborted it), now
+    /// reaped so they can be spawned again.
+    pub fn reap_exited(&mut self) -> Vec<NodeId> {
+        let mut gone = Vec::new();
+        for (id, n) in self.nodes.iter_mut() {
+            if let Some(c) = n.child.as_mut() {
+                if matches!(c.0.try_wait(), Ok(Some(_))) {
+                    n.child = None;
+                    gone.push(*id);
+                }
+            }
+        }
+        gone
+    }
+
     /// A `ringstore` command with stdout and stderr appended to `log`.
     pub fn command(&self, args: &[String], log: &Path) -> anyhow::Result<Command> {
         let out = OpenOptions::new().create(true).append(true).open(log)?;
         let mut cmd = Command::new(&self.bin);
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.args(args)
             .env("RINGSTORE_LOG", std::env::var("RINGSTORE_LOG").unwrap_or_else(|_| "info,raft=warn".into()))
             .stdin(Stdio::null())

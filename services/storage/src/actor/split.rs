@@ -125,6 +125,11 @@ impl StorageActor {
 
     /// After the round's write: the new shards split off in it start.
     pub(super) fn start_split_shards(&mut self) {
+        if self.splits_done.is_empty() {
+            return;
+        }
+        // The split is on disk; the new replica has not started.
+        fail::fail_point!("split_applied", |_| std::process::abort());
         let lead = self.is_leader();
         for target in std::mem::take(&mut self.splits_done) {
             (self.on_split)(target, lead);
