@@ -146,6 +146,12 @@ pub struct RebalanceConfig {
     /// Data shards per up node the ring should have at least, so it grows
     /// as nodes join; 0: off.
     pub shards_per_node: u32,
+    /// A shard larger than this (key and value bytes) is split; 0: off.
+    /// Below the 1 GiB a snapshot may carry, so every shard stays movable.
+    pub split_max_bytes: u64,
+    /// A shard whose leader serves more requests per second than this,
+    /// round after round, is split where its load halves; 0: off.
+    pub split_load_qps: u64,
 }
 
 impl Default for RebalanceConfig {
@@ -157,6 +163,8 @@ impl Default for RebalanceConfig {
             down_after_s: 300,
             target_shards: 0,
             shards_per_node: 0,
+            split_max_bytes: 512 * 1024 * 1024,
+            split_load_qps: 0,
         }
     }
 }
@@ -312,6 +320,8 @@ impl ClusterMap {
         }
         w.u64(c.target_shards);
         w.u32(c.shards_per_node);
+        w.u64(c.split_max_bytes);
+        w.u64(c.split_load_qps);
         w.buf
     }
 
@@ -391,6 +401,8 @@ impl ClusterMap {
             }
             rebalance.target_shards = r.u64("target shards")?;
             rebalance.shards_per_node = r.u32("shards per node")?;
+            rebalance.split_max_bytes = r.u64("split max bytes")?;
+            rebalance.split_load_qps = r.u64("split load qps")?;
         } else {
             // Before splits every data shard was an origin owning its all.
             ring = shards.keys().filter(|s| **s != META_SHARD).map(|s| (*s, ShardRange::whole(*s))).collect();
@@ -438,6 +450,8 @@ mod tests {
             down_after_s: 7,
             target_shards: 20,
             shards_per_node: 4,
+            split_max_bytes: 1 << 30,
+            split_load_qps: 2000,
         };
         m.job = JobProgress { started_ms: 1, finished_ms: 5, moves_done: 2, moves_rolled_back: 3, bytes_done: 4 };
         let (a, b) = m.ring[&3].split_at(77).unwrap();

@@ -16,6 +16,77 @@ use std::ops::RangeInclusive;
 use crate::cluster_map::{ClusterMap, NodeState, ShardSplit};
 use crate::{NodeId, ShardId};
 
+/// Data shards a cluster may grow to: the map lists each, and splits by
+/// size or load stop here.
+pub const SHARDS_MAX: u64 = 4096;
+
+/// Why a split is made (a metric label and a log field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitReason {
+    /// The map wants more shards (`target_shards`, `shards_per_node`).
+    Count,
+    /// The shard is larger than `split_max_bytes`.
+    Size,
+    /// The shard's leader has served more than `split_load_qps`.
+    Load,
+}
+
+impl SplitReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            SplitReason::Count => "count",
+            SplitReason::Size => "size",
+            SplitReason::Load => "load",
+        }
+    }
+}
+
+fn free(map: &ClusterMap, shard: ShardId) -> bool {
+    map.split_of(shard).is_none() && map.move_of(shard).is_none()
+}
+
+/// The next split, if any, and why: more shards wanted first (see
+/// [`next_split`]), then the largest shard over `split_max_bytes` (cut in
+/// the middle of its window), then a shard `hot` names (sustained load
+/// over `split_load_qps`, with the point that halves it). Never while
+/// paused, and never beyond [`SHARDS_MAX`].
+pub fn choose_split(
+    map: &ClusterMap,
+    sizes: &BTreeMap<ShardId, u64>,
+    hot: &BTreeMap<ShardId, u64>,
+    now_ms: u64,
+) -> Option<(ShardSplit, SplitReason)> {
+    if map.rebalance.paused || planned_shards(map) >= SHARDS_MAX {
+        return None;
+    }
+    if let Some(s) = next_split(map, sizes, now_ms) {
+        return Some((s, SplitReason::Count));
+    }
+    let record = |source: ShardId, at: u64| ShardSplit {
+        source,
+        target: map.next_shard_id(),
+        at,
+        epoch: map.epoch + 1,
+        started_ms: now_ms,
+    };
+    let max = map.rebalance.split_max_bytes;
+    let too_big = sizes
+        .iter()
+        .filter(|(s, b)| max > 0 && **b > max && free(map, **s))
+        .filter_map(|(s, b)| map.ring.get(s).filter(|r| r.hi > r.lo).map(|r| (*b, *s, r.lo + (r.hi - r.lo) / 2 + 1)))
+        .max();
+    if let Some((_, source, at)) = too_big {
+        return Some((record(source, at), SplitReason::Size));
+    }
+    if map.rebalance.split_load_qps == 0 {
+        return None;
+    }
+    hot.iter()
+        .filter(|(s, at)| free(map, **s) && map.ring.get(s).is_some_and(|r| r.split_at(**at).is_some()))
+        .map(|(s, at)| (record(*s, *at), SplitReason::Load))
+        .next()
+}
+
 /// How many data shards the map asks for: the explicit target, or enough
 /// for `shards_per_node` on every up node, whichever is more.
 pub fn wanted_shards(map: &ClusterMap) -> u64 {
@@ -165,6 +236,30 @@ mod tests {
         m.rebalance.target_shards = 8;
         let blind: Vec<ShardId> = plan_splits(&m, &BTreeMap::new(), 0).iter().map(|s| s.source).collect();
         assert_eq!(blind, vec![1, 2, 3, 4], "sizes unknown: the widest windows split first");
+    }
+
+    #[test]
+    fn size_then_load_split_a_shard_once_no_more_are_wanted_by_count() {
+        let mut m = map(3, 4);
+        let none = BTreeMap::new();
+        m.rebalance.split_max_bytes = 1000;
+        let sizes = BTreeMap::from([(1, 10), (2, 5000), (3, 3000), (4, 10)]);
+        let (s, why) = choose_split(&m, &sizes, &none, 1).unwrap();
+        assert_eq!((s.source, s.target, why), (2, 5, SplitReason::Size), "the largest one over the limit");
+        assert_eq!(s.at, u64::MAX / 2 + 1);
+        m.splits.push(s);
+        assert_eq!(choose_split(&m, &sizes, &none, 1).map(|(s, _)| s.source), Some(3), "2 is splitting");
+        m.splits.clear();
+        m.rebalance.split_max_bytes = 0;
+        let hot = BTreeMap::from([(4, 12_345)]);
+        assert_eq!(choose_split(&m, &sizes, &hot, 1), None, "load splits are off");
+        m.rebalance.split_load_qps = 100;
+        let (s, why) = choose_split(&m, &sizes, &hot, 1).unwrap();
+        assert_eq!((s.source, s.at, why), (4, 12_345, SplitReason::Load));
+        let outside = BTreeMap::from([(4, 0)]);
+        assert_eq!(choose_split(&m, &sizes, &outside, 1), None, "a cut outside the window is no split");
+        m.rebalance.target_shards = 5;
+        assert_eq!(choose_split(&m, &sizes, &hot, 1).map(|(_, w)| w), Some(SplitReason::Count), "count first");
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub const SHARDS_MAX: u64 = 4096;
 pub const SHARDS_ADD_MAX: u64 = 1024;
 /// Shards per up node the ring may be asked to keep.
 const SHARDS_PER_NODE_MAX: u32 = 256;
+/// Split sizes: small enough to test with, never above what one snapshot
+/// may carry (a larger shard could not move).
+const SPLIT_BYTES_MIN: u64 = 64 * 1024;
+const SPLIT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+const SPLIT_QPS_MAX: u64 = 10_000_000;
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize, Default)]
@@ -336,6 +341,8 @@ struct ConfigBody {
     max_concurrent_moves: Option<u32>,
     down_after_s: Option<u64>,
     shards_per_node: Option<u32>,
+    split_max_bytes: Option<u64>,
+    split_load_qps: Option<u64>,
 }
 
 /// `PUT /v1/rebalance/config`.
@@ -353,6 +360,14 @@ pub async fn config(body: web::Bytes, state: web::Data<ApiState>) -> Result<Http
     if let Some(n) = b.shards_per_node.filter(|n| *n > SHARDS_PER_NODE_MAX) {
         return Err(ApiError::bad_request(format!("shards_per_node must be in 0..={SHARDS_PER_NODE_MAX}, not {n}")));
     }
+    if let Some(n) = b.split_max_bytes.filter(|n| *n != 0 && !(SPLIT_BYTES_MIN..=SPLIT_BYTES_MAX).contains(n)) {
+        return Err(ApiError::bad_request(format!(
+            "split_max_bytes must be 0 (off) or in {SPLIT_BYTES_MIN}..={SPLIT_BYTES_MAX}, not {n}"
+        )));
+    }
+    if let Some(n) = b.split_load_qps.filter(|n| *n > SPLIT_QPS_MAX) {
+        return Err(ApiError::bad_request(format!("split_load_qps must be in 0..={SPLIT_QPS_MAX}, not {n}")));
+    }
     let map = update_map(&state.map, &state.transport, deadline(), |m| {
         let mut next = m.next();
         let c = &mut next.rebalance;
@@ -360,6 +375,8 @@ pub async fn config(body: web::Bytes, state: web::Data<ApiState>) -> Result<Http
         c.max_concurrent_moves = b.max_concurrent_moves.unwrap_or(c.max_concurrent_moves);
         c.down_after_s = b.down_after_s.unwrap_or(c.down_after_s);
         c.shards_per_node = b.shards_per_node.unwrap_or(c.shards_per_node);
+        c.split_max_bytes = b.split_max_bytes.unwrap_or(c.split_max_bytes);
+        c.split_load_qps = b.split_load_qps.unwrap_or(c.split_load_qps);
         Ok::<_, std::convert::Infallible>((next.rebalance != m.rebalance).then_some(next))
     })
     .await?
@@ -374,6 +391,8 @@ pub async fn config(body: web::Bytes, state: web::Data<ApiState>) -> Result<Http
         "down_after_s": c.down_after_s,
         "shards_per_node": c.shards_per_node,
         "target_shards": c.target_shards,
+        "split_max_bytes": c.split_max_bytes,
+        "split_load_qps": c.split_load_qps,
     })))
 }
 

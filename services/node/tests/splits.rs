@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use awc::http::StatusCode;
 use common::*;
+use ringstore_shared::hash::hash64;
 use ringstore_testkit::ProcCluster;
 use serde_json::{json, Value};
 
@@ -19,7 +20,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_ringstore");
 const FLAGS: [&str; 6] = ["--raft-tick-ms", "50", "--raft-election-ticks", "10", "--shards", "4"];
 
 async fn started(n: u64, data_shards: usize) -> ProcCluster {
-    let c = ProcCluster::start(Path::new(BIN), n, &FLAGS, None).expect("processes start");
+    let count = data_shards.to_string();
+    let mut flags = FLAGS.to_vec();
+    flags[5] = &count;
+    let c = ProcCluster::start(Path::new(BIN), n, &flags, None).expect("processes start");
     let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
     eventually(Duration::from_secs(60), "every node answers and every shard has a leader", || {
         let urls = urls.clone();
@@ -289,4 +293,153 @@ async fn a_split_carries_on_after_a_crash_at_each_of_its_steps() {
         let counted: u64 = cluster["shards"].as_array().unwrap().iter().filter_map(|s| s["key_count"].as_u64()).sum();
         assert_eq!(counted, scanned.len() as u64, "{fp}: key counts stay exact: {cluster}");
     }
+}
+
+async fn put_config(url: &str, body: Value) {
+    let h = [("content-type", "application/json")];
+    let r = call("PUT", url, "/v1/rebalance/config", &h, body.to_string().into_bytes()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+#[actix_rt::test]
+async fn a_shard_over_the_size_limit_splits_until_none_is() {
+    let c = started(3, 2).await;
+    let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
+    // About 100 KiB per shard against a 64 KiB limit: each splits once.
+    let value = vec![b'v'; 1000];
+    for chunk in (0..200).collect::<Vec<u32>>().chunks(20) {
+        let keys: Vec<(usize, String)> = chunk.iter().map(|i| (*i as usize % 3, format!("big-{i}"))).collect();
+        let puts = keys.iter().map(|(n, k)| put(&urls[*n], k, &value));
+        for r in futures::future::join_all(puts).await {
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        }
+    }
+    put_config(&urls[0], json!({"split_max_bytes": 64 * 1024})).await;
+    grown(&c, &urls, 4, Duration::from_secs(120)).await;
+    let cluster = json_of(&urls[0], "/v1/cluster").await.unwrap();
+    for s in cluster["shards"].as_array().unwrap().iter().filter(|s| s["id"] != 0) {
+        assert!(s["bytes"].as_u64().unwrap() <= 64 * 1024, "every shard under the limit: {cluster}");
+    }
+    let counted: u64 = cluster["shards"].as_array().unwrap().iter().filter_map(|s| s["key_count"].as_u64()).sum();
+    assert_eq!(counted, 200, "{cluster}");
+    for i in 0..200 {
+        assert_eq!(get(&urls[i % 3], &format!("big-{i}")).await.body, value, "big-{i}");
+    }
+    let v = json_of(&urls[0], "/v1/rebalance").await.unwrap();
+    assert_eq!(v["split_max_bytes"], 64 * 1024, "{v}");
+}
+
+/// The shard owning `key` in the map `cluster` (its `?ranges=true` view).
+fn owner(cluster: &Value, key: &str) -> u64 {
+    let p = hash64(key.as_bytes());
+    for s in cluster["shards"].as_array().unwrap() {
+        for r in s["ranges"].as_array().into_iter().flatten() {
+            let (lo, hi) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
+            if (lo..=hi).contains(&p) {
+                return s["id"].as_u64().unwrap();
+            }
+        }
+    }
+    panic!("no shard owns {key}: {cluster}");
+}
+
+/// Keeps `clients` loops reading and writing `keys` until `stop`.
+fn hammer(
+    urls: Vec<String>,
+    keys: Vec<String>,
+    clients: usize,
+    stop: std::rc::Rc<std::cell::Cell<bool>>,
+) -> Vec<actix_rt::task::JoinHandle<u64>> {
+    (0..clients)
+        .map(|c| {
+            let (urls, keys, stop) = (urls.clone(), keys.clone(), stop.clone());
+            actix_rt::spawn(async move {
+                let mut ok = 0;
+                for i in 0..1_000_000usize {
+                    if stop.get() {
+                        break;
+                    }
+                    let (url, key) = (&urls[(c + i) % urls.len()], &keys[(c * 7 + i) % keys.len()]);
+                    let r = if i % 4 == 0 { put(url, key, b"x").await } else { get(url, key).await };
+                    ok += (r.status == StatusCode::OK) as u64;
+                }
+                ok
+            })
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_hot_key_range_is_split_and_its_load_lands_on_two_shards() {
+    let c = started(3, 2).await;
+    let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
+    let before = json_of(&urls[0], "/v1/cluster?ranges=true").await.unwrap();
+    // Twenty hot keys, all in shard 1.
+    let hot: Vec<String> =
+        (0..10_000).map(|i| format!("hot-{i}")).filter(|k| owner(&before, k) == 1).take(20).collect();
+    for k in &hot {
+        assert_eq!(put(&urls[0], k, b"x").await.status, StatusCode::OK);
+    }
+    put_config(&urls[0], json!({"split_load_qps": 50})).await;
+    let stop = std::rc::Rc::new(std::cell::Cell::new(false));
+    let loops = hammer(urls.clone(), hot.clone(), 8, stop.clone());
+    let start = std::time::Instant::now();
+    let after = loop {
+        let v = json_of(&urls[0], "/v1/cluster?ranges=true").await.unwrap();
+        if v["shards"].as_array().unwrap().len() >= 4 {
+            break v;
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            let keep = keep_logs(&c);
+            panic!(
+                "no split by load within 90 s (logs in {}): {v} {:?}",
+                keep.display(),
+                json_of(&urls[0], "/v1/rebalance").await
+            );
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    };
+    stop.set(true);
+    let served: u64 = futures::future::join_all(loops).await.into_iter().map(|r| r.unwrap()).sum();
+    assert!(served > 500, "the load ran: {served}");
+    let mut by_shard = std::collections::BTreeMap::new();
+    for k in &hot {
+        *by_shard.entry(owner(&after, k)).or_insert(0) += 1;
+    }
+    assert_eq!(by_shard.len(), 2, "the hot keys now live on two shards: {by_shard:?}");
+    assert!(by_shard.values().all(|n| *n >= 5), "each side took a fair part of them: {by_shard:?}");
+    assert!(by_shard.contains_key(&1) && by_shard.keys().any(|s| *s > 2), "{by_shard:?}");
+    for k in &hot {
+        assert_eq!(get(&urls[1], k).await.status, StatusCode::OK, "{k}");
+    }
+}
+
+#[actix_rt::test]
+async fn one_hot_key_is_reported_and_not_split() {
+    let c = started(3, 2).await;
+    let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
+    assert_eq!(put(&urls[0], "solo", b"x").await.status, StatusCode::OK);
+    put_config(&urls[0], json!({"split_load_qps": 50})).await;
+    let stop = std::rc::Rc::new(std::cell::Cell::new(false));
+    let loops = hammer(urls.clone(), vec!["solo".to_string()], 8, stop.clone());
+    let mut reported = None;
+    for _ in 0..100 {
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+        let v = json_of(&urls[0], "/v1/rebalance").await.unwrap();
+        if let Some(h) = v["hot_keys"].as_array().and_then(|h| h.first()) {
+            reported = Some(h.clone());
+            break;
+        }
+    }
+    let h = reported.expect("the hot key is reported within 20 s");
+    assert_eq!(h["key"], "solo", "{h}");
+    assert!(h["share_pct"].as_u64().unwrap() >= 80, "{h}");
+    // Longer than a load split waits: still two shards.
+    actix_rt::time::sleep(Duration::from_secs(8)).await;
+    let metrics = call("GET", &urls[0], "/metrics", &[], vec![]).await.text();
+    stop.set(true);
+    futures::future::join_all(loops).await;
+    let v = json_of(&urls[0], "/v1/cluster").await.unwrap();
+    assert_eq!(v["shards"].as_array().unwrap().len(), 3, "no split for one key: {v}");
+    assert!(metrics.contains("ringstore_shard_hot_key"), "hot key gauge exported");
 }

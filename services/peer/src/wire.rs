@@ -600,6 +600,16 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
             }
             w.u64(s.ranges_epoch);
             w.u64(s.range_count);
+            w.u64(s.load.qps);
+            put_opt(w, s.load.split_at);
+            match &s.load.hot_key {
+                None => w.u8(0),
+                Some((k, share)) => {
+                    w.u8(1);
+                    w.bytes(k);
+                    w.u8(*share);
+                }
+            }
         }
         ShardReply::Items { items, more, epoch } => {
             w.u8(5);
@@ -673,6 +683,20 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
             }
             let ranges_epoch = r.u64("ranges epoch")?;
             let range_count = r.u64("range count")?;
+            let qps = r.u64("qps")?;
+            let split_at = get_opt(r, "load split point")?;
+            let hot_key = match r.u8("hot key present")? {
+                0 => None,
+                1 => {
+                    let k = r.bytes("hot key")?;
+                    if k.len() > ringstore_storage::load::SAMPLE_KEY_BYTES {
+                        return Err(CodecError::Invalid { what: "hot key", detail: "too long".into() });
+                    }
+                    Some((k.to_vec(), r.u8("hot key share")?))
+                }
+                tag => return Err(CodecError::UnknownTag { what: "hot key present", tag }),
+            };
+            let load = ringstore_storage::load::LoadReport { qps, split_at, hot_key };
             ShardReply::Status(ReplicaStatus {
                 node,
                 shard,
@@ -691,6 +715,7 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
                 bytes,
                 ranges_epoch,
                 range_count,
+                load,
             })
         }
         4 => {
@@ -1043,6 +1068,11 @@ mod tests {
                 bytes: 8,
                 ranges_epoch: 9,
                 range_count: 10,
+                load: ringstore_storage::load::LoadReport {
+                    qps: 11,
+                    split_at: Some(12),
+                    hot_key: Some((b"hot".to_vec(), 95)),
+                },
             })),
             Err(StoreError::NotLeader { shard: 1, hint: Some(3) }),
             Err(StoreError::Dropped { reason: "entry replaced by a new leader" }),

@@ -30,7 +30,7 @@ use ringstore_shared::rebalance::{self, Liveness, Step};
 use ringstore_shared::split;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::messages::PeerChange;
-use ringstore_storage::{ShardOp, ShardReply, Transport};
+use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, Transport};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -45,6 +45,9 @@ pub const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Leader transfers per round: leadership moves a few shards at a time, so
 /// clients see a handful of retried requests, not a storm.
 const LEADER_TRANSFERS_PER_ROUND: usize = 4;
+/// Rounds in a row a shard's load must stay over `split_load_qps` before
+/// it splits (at [`TICK`]: 5 s), so a burst does not split anything.
+pub const LOAD_SPLIT_ROUNDS: u32 = 10;
 
 pub struct Rebalancer {
     cell: Arc<MapCell>,
@@ -52,13 +55,22 @@ pub struct Rebalancer {
     replication: usize,
     /// When this node first failed to reach each node it cannot reach now.
     unreachable_since: HashMap<NodeId, Instant>,
+    /// Rounds in a row each shard's load was over the split threshold.
+    hot_rounds: Arc<std::sync::Mutex<HashMap<ShardId, u32>>>,
     busy: bool,
 }
 
 impl Rebalancer {
     pub fn new(cell: Arc<MapCell>, transport: Arc<dyn Transport>, replication: usize) -> Self {
         crate::metrics::init(cell.node());
-        Rebalancer { cell, transport, replication, unreachable_since: HashMap::new(), busy: false }
+        Rebalancer {
+            cell,
+            transport,
+            replication,
+            unreachable_since: HashMap::new(),
+            hot_rounds: Arc::default(),
+            busy: false,
+        }
     }
 
     fn leads_meta(&self) -> bool {
@@ -97,7 +109,12 @@ impl Rebalancer {
             return;
         }
         self.busy = true;
-        let round = Round { cell: self.cell.clone(), transport: self.transport.clone(), replication: self.replication };
+        let round = Round {
+            cell: self.cell.clone(),
+            transport: self.transport.clone(),
+            replication: self.replication,
+            hot_rounds: self.hot_rounds.clone(),
+        };
         let fut = async move { round.run(seen).await };
         ctx.spawn(fut.into_actor(self).map(move |result, act, _| {
             act.busy = false;
@@ -124,6 +141,7 @@ struct Round {
     cell: Arc<MapCell>,
     transport: Arc<dyn Transport>,
     replication: usize,
+    hot_rounds: Arc<std::sync::Mutex<HashMap<ShardId, u32>>>,
 }
 
 impl Round {
@@ -162,9 +180,16 @@ impl Round {
                 debug!(source = sp.source, target = sp.target, "split step failed, retrying next round: {e}");
             }
         }
-        if map.splits.is_empty() && split::planned_shards(&map) < split::wanted_shards(&map) {
-            self.start_split(&map, deadline).await?;
-            return Ok(());
+        let c = &map.rebalance;
+        let by_count = split::planned_shards(&map) < split::wanted_shards(&map);
+        if map.splits.is_empty() && (by_count || c.split_max_bytes > 0 || c.split_load_qps > 0) {
+            let statuses = self.data_statuses(&map, deadline).await;
+            let sizes: BTreeMap<ShardId, u64> = statuses.iter().map(|(s, st)| (*s, st.bytes)).collect();
+            let hot = self.sustained_load(&map, &statuses);
+            if split::choose_split(&map, &sizes, &hot, now_ms()).is_some() {
+                self.start_split(&sizes, &hot, deadline).await?;
+                return Ok(());
+            }
         }
 
         // 3. Moves in progress.
@@ -343,28 +368,74 @@ impl Round {
         }
     }
 
-    /// Records the next split (the largest shard free of moves) and
-    /// carries it out at once: the keys it gives away are refused from the
-    /// source's apply until the map lists the new shard, so the steps
-    /// follow each other without waiting for the next round.
-    async fn start_split(&self, map: &ClusterMap, deadline: Instant) -> Result<(), StoreError> {
-        let mut sizes = BTreeMap::new();
-        for shard in map.data_shards() {
-            if let Ok(s) = leader_status(&self.cell, &self.transport, shard, deadline).await {
-                sizes.insert(shard, s.bytes);
+    /// Every data shard's leader status, asked all at once; shards that do
+    /// not answer are left out.
+    async fn data_statuses(&self, map: &ClusterMap, deadline: Instant) -> BTreeMap<ShardId, ReplicaStatus> {
+        let asks = map
+            .data_shards()
+            .map(|s| async move { (s, leader_status(&self.cell, &self.transport, s, deadline).await) });
+        futures::future::join_all(asks).await.into_iter().filter_map(|(s, r)| r.ok().map(|st| (s, st))).collect()
+    }
+
+    /// Shards whose load stayed over `split_load_qps` for
+    /// [`LOAD_SPLIT_ROUNDS`] rounds, with the point that halves it. A
+    /// shard whose load one key carries is logged, not split.
+    fn sustained_load(&self, map: &ClusterMap, statuses: &BTreeMap<ShardId, ReplicaStatus>) -> BTreeMap<ShardId, u64> {
+        let limit = map.rebalance.split_load_qps;
+        let mut rounds = self.hot_rounds.lock().unwrap_or_else(|e| e.into_inner());
+        if limit == 0 {
+            rounds.clear();
+            return BTreeMap::new();
+        }
+        let mut hot = BTreeMap::new();
+        for (shard, st) in statuses {
+            if st.load.qps < limit {
+                rounds.remove(shard);
+                continue;
+            }
+            let n = rounds.entry(*shard).or_insert(0);
+            *n += 1;
+            match (&st.load.split_at, &st.load.hot_key) {
+                (Some(at), _) if *n >= LOAD_SPLIT_ROUNDS => {
+                    hot.insert(*shard, *at);
+                }
+                (None, Some((key, share))) if *n == LOAD_SPLIT_ROUNDS => warn!(
+                    shard,
+                    qps = st.load.qps,
+                    share,
+                    key = %String::from_utf8_lossy(key),
+                    "a hot key carries most of this shard's load: no split can spread it"
+                ),
+                _ => {}
             }
         }
+        rounds.retain(|s, _| statuses.contains_key(s));
+        hot
+    }
+
+    /// Records the next split ([`split::choose_split`]) and carries it out
+    /// at once: the keys it gives away are refused from the source's apply
+    /// until the map lists the new shard, so the steps follow each other
+    /// without waiting for the next round.
+    async fn start_split(
+        &self,
+        sizes: &BTreeMap<ShardId, u64>,
+        hot: &BTreeMap<ShardId, u64>,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
+        let mut reason = None;
         let recorded = update_map(&self.cell, &self.transport, deadline, |m| {
             if !m.splits.is_empty() {
                 return Ok::<_, Infallible>(None);
             }
-            let Some(sp) = split::next_split(m, &sizes, now) else { return Ok(None) };
+            let Some((sp, why)) = split::choose_split(m, sizes, hot, now) else { return Ok(None) };
             let mut next = m.next();
             if m.job.started_ms == 0 || m.job.finished_ms != 0 {
                 next.job = JobProgress { started_ms: now, ..JobProgress::default() };
             }
             next.splits.push(sp);
+            reason = Some(why);
             Ok(Some(next))
         })
         .await?;
@@ -374,14 +445,20 @@ impl Round {
             fail::fail_point!("split_recorded", |_| -> Result<(), StoreError> { std::process::abort() });
         }
         for sp in map.splits.clone() {
-            info!(
-                source = sp.source,
-                target = sp.target,
-                at = sp.at,
-                epoch = sp.epoch,
-                bytes = sizes.get(&sp.source).copied().unwrap_or(0),
-                "split recorded"
-            );
+            if let Some(why) = reason {
+                self.hot_rounds.lock().unwrap_or_else(|e| e.into_inner()).remove(&sp.source);
+                let node = self.cell.node().to_string();
+                METRICS.splits.with_label_values(&[&node, why.label()]).inc();
+                info!(
+                    source = sp.source,
+                    target = sp.target,
+                    at = sp.at,
+                    epoch = sp.epoch,
+                    reason = why.label(),
+                    bytes = sizes.get(&sp.source).copied().unwrap_or(0),
+                    "split recorded"
+                );
+            }
             self.drive_split(&map, &sp, deadline).await?;
         }
         Ok(())
@@ -426,8 +503,7 @@ impl Round {
         if ended_here {
             let node = cell.node().to_string();
             let secs = now_ms().saturating_sub(sp.started_ms) as f64 / 1000.0;
-            METRICS.moves.with_label_values(&[&node, "split", "done"]).inc();
-            METRICS.move_seconds.with_label_values(&[&node, "split"]).observe(secs);
+            METRICS.split_seconds.with_label_values(&[&node]).observe(secs);
             info!(
                 source = sp.source,
                 target = sp.target,

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub active: IntGaugeVec,
     pub nodes: IntGaugeVec,
     pub rounds: IntCounterVec,
+    pub splits: IntCounterVec,
+    pub split_seconds: HistogramVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -61,6 +63,19 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         &["node", "result"]
     )
     .expect("registers once"),
+    splits: register_int_counter_vec!(
+        "ringstore_rebalance_splits_total",
+        "Splits recorded by this node's Rebalancer (reason=count|size|load)",
+        &["node", "reason"]
+    )
+    .expect("registers once"),
+    split_seconds: register_histogram_vec!(
+        "ringstore_rebalance_split_seconds",
+        "Time from recording a split to the map listing the new shard: the most a key it gives away waits",
+        &["node"],
+        vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    )
+    .expect("registers once"),
 });
 
 /// Creates every labelled series of `node` at 0.
@@ -73,6 +88,10 @@ pub fn init(node: u64) {
         }
     }
     m.bytes_moved.with_label_values(&[&n]);
+    for reason in ["count", "size", "load"] {
+        m.splits.with_label_values(&[&n, reason]);
+    }
+    m.split_seconds.with_label_values(&[&n]);
     m.moves_in_progress.with_label_values(&[&n]);
     m.active.with_label_values(&[&n]);
     for state in ["joining", "up", "draining", "down", "removed"] {

@@ -56,6 +56,17 @@ pub struct SplitView {
     pub elapsed_s: f64,
 }
 
+/// A shard whose load one key carries (so no split can spread it).
+#[derive(Debug, Clone, Serialize)]
+pub struct HotKey {
+    pub shard: ShardId,
+    /// The key (the first 128 bytes), lossily as UTF-8.
+    pub key: String,
+    /// Its share of the leader's sampled requests, in percent.
+    pub share_pct: u8,
+    pub qps: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeBalance {
     pub id: NodeId,
@@ -80,6 +91,10 @@ pub struct JobView {
     pub splits: Vec<SplitView>,
     /// Splits still to come after those in progress.
     pub planned_splits: Vec<SplitView>,
+    pub split_max_bytes: u64,
+    pub split_load_qps: u64,
+    /// Shards with a hot key: reported, never split.
+    pub hot_keys: Vec<HotKey>,
     pub moves: Vec<MoveView>,
     /// Moves the plan still calls for, not started yet.
     pub planned: Vec<PlannedMove>,
@@ -174,6 +189,16 @@ pub async fn job_view(
         };
         splits.push(split_view(sp, state, now));
     }
+    let statuses = map.data_shards().map(|s| async move { (s, leader_status(cell, transport, s, deadline).await) });
+    let hot_keys: Vec<HotKey> = futures::future::join_all(statuses)
+        .await
+        .into_iter()
+        .filter_map(|(shard, st)| {
+            let st = st.ok()?;
+            let (key, share_pct) = st.load.hot_key?;
+            Some(HotKey { shard, key: String::from_utf8_lossy(&key).into_owned(), share_pct, qps: st.load.qps })
+        })
+        .collect();
     let planned_splits: Vec<SplitView> = ringstore_shared::split::plan_splits(&map, &BTreeMap::new(), now)
         .iter()
         .map(|sp| split_view(sp, "planned", now))
@@ -225,6 +250,9 @@ pub async fn job_view(
         shards_per_node: map.rebalance.shards_per_node,
         splits,
         planned_splits,
+        split_max_bytes: map.rebalance.split_max_bytes,
+        split_load_qps: map.rebalance.split_load_qps,
+        hot_keys,
         moves,
         planned,
         job_started_ms: job.started_ms,

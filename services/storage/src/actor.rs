@@ -39,6 +39,7 @@ use tracing::{debug, error, info, warn};
 use crate::clock::Clock;
 use crate::engine::{Cf, Engine, EngineError};
 use crate::leaders::LeaderHints;
+use crate::load::LoadSampler;
 use crate::locks::{LockIndex, Waiter, Waiters};
 use crate::log_store::{ApplyState, LogStore};
 use crate::messages::{
@@ -174,6 +175,8 @@ pub struct StorageActor {
     /// Campaigning for a shard just split off (see [`SplitHook`]) until
     /// this instant, or until it leads.
     campaign_until: Option<Instant>,
+    /// Leader only: the requests it serves, for splits by load.
+    load: LoadSampler,
     /// Epoch of the cluster map this shard's state machine holds (meta
     /// shard; 0 elsewhere), which `SetMap` must name to replace it.
     map_epoch: u64,
@@ -256,6 +259,7 @@ impl StorageActor {
             on_split: cfg.on_split,
             splits_done: Vec::new(),
             campaign_until: None,
+            load: LoadSampler::default(),
             map_epoch: 0,
             metrics: ReplicaMetrics::new(cfg.node, cfg.shard),
             leaders: cfg.leaders,
@@ -752,6 +756,7 @@ impl StorageActor {
             self.stepped_down_at = None;
         }
         if role != StateRole::Leader {
+            self.load.reset();
             if !self.writes.is_empty() && self.stepped_down_at.is_none() {
                 self.stepped_down_at = Some(Instant::now());
             }
@@ -1151,6 +1156,9 @@ impl StorageActor {
     }
 
     fn engine_gauges(&self) {
+        let load = if self.is_leader() { self.load.report(Instant::now()) } else { Default::default() };
+        self.metrics.requests_per_second.set(load.qps as i64);
+        self.metrics.hot_key.set(load.hot_key.is_some() as i64);
         self.metrics.sst_bytes.set(self.engine.sst_bytes() as i64);
         self.metrics.pending_compaction_bytes.set(self.engine.pending_compaction_bytes() as i64);
     }
@@ -1184,6 +1192,7 @@ impl StorageActor {
             bytes: s.apply_state().bytes,
             ranges_epoch: s.ranges_epoch(),
             range_count: s.ranges().len() as u64,
+            load: if self.is_leader() { self.load.report(Instant::now()) } else { Default::default() },
         }
     }
 }
@@ -1417,8 +1426,14 @@ impl Handler<ShardRequest> for StorageActor {
             | ShardOp::ChangePeers(_)
             | ShardOp::TransferLeader { .. } => None,
         };
-        if key.is_some_and(|k| !self.owns(k)) {
-            return immediate(Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch }));
+        if let Some(k) = key {
+            let point = ringstore_shared::hash::hash64(k);
+            if !self.owns_point(point) {
+                return immediate(Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch }));
+            }
+            if self.is_leader() {
+                self.load.record(point, k, Instant::now());
+            }
         }
         let map_op = matches!(&op, ShardOp::ReadMap)
             || matches!(&op, ShardOp::Write { cmd, .. } if matches!(**cmd, Command::SetMap { .. }));

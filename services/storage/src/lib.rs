@@ -17,6 +17,7 @@ pub mod actor;
 pub mod clock;
 pub mod engine;
 pub mod leaders;
+pub mod load;
 pub mod locks;
 pub mod log_store;
 pub mod messages;

@@ -172,6 +172,11 @@ pub struct ReplicaStatus {
     pub ranges_epoch: u64,
     /// Ring intervals the shard owns.
     pub range_count: u64,
+    /// Leader only: requests per second, where to cut the shard to halve
+    /// its load, or the key that carries most of it (see `load`). Not in
+    /// the JSON of a status: `GET /v1/rebalance` shows hot keys.
+    #[serde(skip)]
+    pub load: crate::load::LoadReport,
 }
 
 pub type ShardResult = Result<ShardReply, StoreError>;

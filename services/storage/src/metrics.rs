@@ -35,6 +35,8 @@ pub struct RaftMetrics {
     pub replicas_destroyed: IntCounterVec,
     pub splits: IntCounterVec,
     pub split_count_seconds: HistogramVec,
+    pub requests_per_second: IntGaugeVec,
+    pub hot_key: IntGaugeVec,
     pub ttl_expired_keys: IntCounterVec,
     pub retries_deduplicated: IntCounterVec,
     pub messages_sent: IntCounterVec,
@@ -147,6 +149,18 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
             &["node", "side"]
         )
         .expect("registers once"),
+        requests_per_second: register_int_gauge_vec!(
+            "ringstore_shard_requests_per_second",
+            "Leader only: requests with a key this replica served in the last full second (what splits by load read)",
+            ns
+        )
+        .expect("registers once"),
+        hot_key: register_int_gauge_vec!(
+            "ringstore_shard_hot_key",
+            "Leader only: 1 when one key carries most of the shard's load, so no split can spread it (GET /v1/rebalance names it)",
+            ns
+        )
+        .expect("registers once"),
         split_count_seconds: register_histogram_vec!(
             "ringstore_shard_split_apply_seconds",
             "Time a replica's apply spent on a split (counting the keys it gives away); the source's writes wait for it",
@@ -222,6 +236,8 @@ pub struct ReplicaMetrics {
     pub read_index: IntCounter,
     pub snapshots_applied: IntCounter,
     pub snapshots_refused: IntCounter,
+    pub requests_per_second: IntGauge,
+    pub hot_key: IntGauge,
     pub splits_applied: IntCounter,
     pub split_apply_seconds: Histogram,
     pub log_compactions: IntCounter,
@@ -263,6 +279,8 @@ impl ReplicaMetrics {
             read_index: r.read_index.with_label_values(&ns),
             snapshots_applied: r.snapshots.with_label_values(&[&n, &s, "applied"]),
             snapshots_refused: r.snapshots.with_label_values(&[&n, &s, "refused_overlap"]),
+            requests_per_second: r.requests_per_second.with_label_values(&ns),
+            hot_key: r.hot_key.with_label_values(&ns),
             splits_applied: r.splits.with_label_values(&[&n, "source"]),
             split_apply_seconds: r.split_count_seconds.with_label_values(&[&n]),
             log_compactions: r.log_compactions.with_label_values(&ns),

@@ -113,6 +113,7 @@ impl StorageActor {
             self.epoch = store.ranges_epoch();
         }
         self.registry.set(self.shard, self.ranges.clone());
+        self.load.reset();
         self.sweep_range = 0;
         self.sweep_cursor.clear();
         let ranges = self.ranges.clone();
