@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: run test deps build lint fmt bench bench-cluster bench-partition bench-rebalance bench-containers
+.PHONY: run test deps build lint fmt bench bench-cluster bench-partition bench-rebalance bench-grow bench-containers
 
 # Builds the whole workspace so features unify as in `make test` (building a
 # subset can re-run RocksDB's build script).
@@ -44,3 +44,7 @@ bench-containers: deps
 # 3 -> 4 nodes with 1 GiB under load: the Rebalancer's figures.
 bench-rebalance: deps
 	$(ENV) loadtest/bench-rebalance.sh
+
+# 4 nodes x 4 shards + 4 shards with 1 GiB under load: splits' fences and moves.
+bench-grow: deps
+	$(ENV) loadtest/bench-grow.sh

@@ -11,12 +11,18 @@
 //!    `/v1/cluster` and `/v1/rebalance` until the job is done, then keeps the
 //!    load `--after-secs` more.
 //!
-//! The summary says: the time until replicas are balanced within 10% and
-//! until the job is done, foreground p50/p99 before vs during the moves,
-//! bytes moved and bytes/s, and every failed request by status.
+//! With `--grow N` no node joins: `POST /v1/cluster/shards {"add": N}`
+//! grows the ring instead (splits in place, then replica moves to even
+//! out), and the summary adds each split's fence (how long the keys it
+//! gave away were refused, from the nodes' logs).
 //!
-//! Usage: ringstore-rebalance [--data-mb 1024] [--rate 400] [--bin PATH]
-//!        [--out rebalance.json] [--plot rebalance.svg] [-- NODE FLAGS...]
+//! The summary says: the time until replicas are balanced within 10% and
+//! until the job is done, foreground p50/p99/max before vs during the
+//! moves, bytes moved and bytes/s, and every failed request by status.
+//!
+//! Usage: ringstore-rebalance [--data-mb 1024] [--rate 400] [--nodes 3]
+//!        [--grow 0] [--bin PATH] [--out rebalance.json]
+//!        [--plot rebalance.svg] [-- NODE FLAGS...]
 
 // Each binary uses part of the plot helpers.
 #[path = "../plot.rs"]
@@ -44,6 +50,12 @@ struct Args {
     /// Foreground requests per second, all nodes together.
     #[arg(long, default_value_t = 400)]
     rate: u64,
+    /// Nodes the cluster starts with.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Instead of a node joining, add this many shards.
+    #[arg(long, default_value_t = 0)]
+    grow: u64,
     /// Steady load before node 4 joins.
     #[arg(long, default_value_t = 20)]
     before_secs: u64,
@@ -100,6 +112,8 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!((1..=600).contains(&args.after_secs), "--after-secs must be 1..=600");
     anyhow::ensure!((60..=7200).contains(&args.max_secs), "--max-secs must be 60..=7200");
     anyhow::ensure!((1..=1024).contains(&args.preload_concurrency), "--preload-concurrency must be 1..=1024");
+    anyhow::ensure!((3..=8).contains(&args.nodes), "--nodes must be 3..=8");
+    anyhow::ensure!(args.grow <= 1024, "--grow must be 0..=1024");
     let bin = match &args.bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("ringstore"),
@@ -138,6 +152,21 @@ async fn replica_counts(client: &awc::Client, url: &str) -> Option<BTreeMap<u64,
 async fn every_shard_led(client: &awc::Client, url: &str) -> bool {
     let Some(v) = get_json(client, &format!("{url}/v1/cluster")).await else { return false };
     v["shards"].as_array().is_some_and(|s| s.iter().all(|s| s["leader"].as_u64().is_some()))
+}
+
+/// Each split's fence as the Rebalancer logged it: `(fence, upper bound)`
+/// in ms (the fence runs from the source's apply to the map listing the
+/// new shard; the bound from the proposal).
+fn split_fences(c: &ProcCluster) -> Vec<(f64, f64)> {
+    let field = |line: &str, name: &str| -> Option<f64> {
+        let at = line.find(&format!("{name}="))? + name.len() + 1;
+        line[at..].split(|ch: char| !(ch.is_ascii_digit() || ch == '.')).next()?.parse().ok()
+    };
+    c.ids()
+        .iter()
+        .flat_map(|id| c.log(*id).lines().filter(|l| l.contains("split done")).map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|l| Some((field(&l, "fence_ms")?, field(&l, "fence_upper_ms")?)))
+        .collect()
 }
 
 /// Every node within 10% of the mean replica count.
@@ -211,7 +240,7 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
     let default_flags = vec!["--shards".to_string(), "16".to_string()];
     let flags = if args.node_flags.is_empty() { &default_flags } else { &args.node_flags };
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut c = ProcCluster::start(bin, 3, &flags, None)?;
+    let mut c = ProcCluster::start(bin, args.nodes, &flags, None)?;
     let admin = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
     let start = Instant::now();
     while !every_shard_led(&admin, &c.url(1)).await {
@@ -224,8 +253,13 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
         .finish();
     let (keys, data_bytes, preload_secs) = preload(args, &c, &client).await?;
 
+    let shards_before = get_json(&admin, &format!("{}/v1/rebalance", c.url(1)))
+        .await
+        .and_then(|v| v["shards"].as_u64())
+        .context("GET /v1/rebalance")?;
+    let all_nodes: Vec<u64> = (1..=args.nodes + u64::from(args.grow == 0)).collect();
     let calls: Rc<RefCell<Vec<Call>>> = Rc::default();
-    let in_flight: Rc<RefCell<Vec<usize>>> = Rc::new(RefCell::new(vec![0; 4]));
+    let in_flight: Rc<RefCell<Vec<usize>>> = Rc::new(RefCell::new(vec![0; args.nodes as usize + 1]));
     let every = Duration::from_secs_f64(1.0 / args.rate as f64);
     let t0 = Instant::now();
     let join_at = t0 + Duration::from_secs(args.before_secs);
@@ -247,20 +281,31 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
         let now = Instant::now();
         if !joined && now >= join_at {
             joined = true;
-            c.join(4, 1)?;
+            if args.grow > 0 {
+                let url = format!("{}/v1/cluster/shards", c.url(1));
+                let body = serde_json::json!({ "add": args.grow }).to_string();
+                let r = admin.post(&url).insert_header(("content-type", "application/json")).send_body(body).await;
+                anyhow::ensure!(r.is_ok_and(|r| r.status().as_u16() == 202), "POST /v1/cluster/shards failed");
+            } else {
+                c.join(args.nodes + 1, 1)?;
+            }
         }
         // Watch the job once a second, off the request schedule.
         if let Some((at, counts, job)) = poll.borrow_mut().take() {
             polling = false;
             if let Some(per) = counts {
-                if balanced_at.is_none() && within_10_percent(&per, &[1, 2, 3, 4]) {
+                if balanced_at.is_none() && within_10_percent(&per, &all_nodes) {
                     balanced_at = Some(at);
                 }
             }
             if let Some(v) = job {
                 bytes_moved = v["bytes_done"].as_u64().unwrap_or(bytes_moved);
                 moves_done = v["moves_done"].as_u64().unwrap_or(moves_done);
-                let idle = v["state"] == "idle" && v["moves_done"].as_u64().unwrap_or(0) > 0;
+                let progressed = match args.grow {
+                    0 => v["moves_done"].as_u64().unwrap_or(0) > 0,
+                    _ => v["shards"].as_u64().is_some_and(|s| s >= shards_before + args.grow),
+                };
+                let idle = v["state"] == "idle" && progressed;
                 if done_at.is_none() && idle {
                     done_at = Some(at);
                 }
@@ -284,7 +329,7 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
                 *poll.borrow_mut() = Some((Instant::now(), counts, job));
             });
         }
-        let node = (i % 3) + 1;
+        let node = (i % args.nodes) + 1;
         if in_flight.borrow()[node as usize] >= IN_FLIGHT_MAX_PER_NODE {
             calls.borrow_mut().push(Call { sent: now, end: now, status: 1 });
             continue;
@@ -312,9 +357,11 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
     pb.finish_and_clear();
     let done_at = done_at.context("the rebalance job did not finish within --max-secs")?;
     let calls = calls.take();
+    let fences = split_fences(&c);
     summarize(
         args,
         &calls,
+        &fences,
         t0,
         join_at,
         balanced_at,
@@ -348,6 +395,7 @@ fn ok(status: u16) -> bool {
 fn summarize(
     args: &Args,
     calls: &[Call],
+    fences: &[(f64, f64)],
     t0: Instant,
     join_at: Instant,
     balanced_at: Option<Instant>,
@@ -365,8 +413,12 @@ fn summarize(
     let errors: usize = by_status.values().sum();
     let move_secs = (done_at - join_at).as_secs_f64();
     let balanced_secs = balanced_at.map(|b| (b - join_at).as_secs_f64());
+    let what = match args.grow {
+        0 => format!("{} -> {} nodes", args.nodes, args.nodes + 1),
+        n => format!("{} nodes, +{n} shards", args.nodes),
+    };
     println!(
-        "3 -> 4 nodes with {:.0} MiB ({keys} keys, {VALUE_MIN}-{VALUE_MAX} B values), YCSB-A at {} req/s throughout:",
+        "{what} with {:.0} MiB ({keys} keys, {VALUE_MIN}-{VALUE_MAX} B values), YCSB-A at {} req/s throughout:",
         data_bytes as f64 / 1048576.0,
         args.rate
     );
@@ -374,21 +426,37 @@ fn summarize(
         Some(s) => println!("  replicas balanced within 10%:        {s:>8.1} s after the join"),
         None => println!("  replicas balanced within 10%:        never seen"),
     }
-    println!("  job done ({moves_done} moves, leaders even): {move_secs:>8.1} s after the join");
+    println!("  job done ({moves_done} moves, leaders even): {move_secs:>8.1} s after the start");
+    let mut fence: Vec<f64> = fences.iter().map(|f| f.0).collect();
+    let mut upper: Vec<f64> = fences.iter().map(|f| f.1).collect();
+    fence.sort_by(f64::total_cmp);
+    upper.sort_by(f64::total_cmp);
+    if !fence.is_empty() {
+        println!(
+            "  split fence p50 / p99 / max:  {:>6.1} / {:>6.1} / {:>6.1} ms over {} splits (bound from the proposal: max {:.1} ms)",
+            plot::percentile(&fence, 0.5),
+            plot::percentile(&fence, 0.99),
+            fence.last().copied().unwrap_or(0.0),
+            fence.len(),
+            upper.last().copied().unwrap_or(0.0)
+        );
+    }
     println!(
         "  bytes moved: {:.0} MiB, {:.1} MiB/s over the job",
         bytes_moved as f64 / 1048576.0,
         bytes_moved as f64 / 1048576.0 / move_secs.max(1e-9)
     );
     println!(
-        "  foreground p50 / p99 before:  {:>6.1} / {:>6.1} ms ({before_rate:.0} ok/s)",
+        "  foreground p50 / p99 / max before:  {:>6.1} / {:>6.1} / {:>6.1} ms ({before_rate:.0} ok/s)",
         plot::percentile(&before, 0.5),
-        plot::percentile(&before, 0.99)
+        plot::percentile(&before, 0.99),
+        before.last().copied().unwrap_or(0.0)
     );
     println!(
-        "  foreground p50 / p99 during:  {:>6.1} / {:>6.1} ms ({during_rate:.0} ok/s)",
+        "  foreground p50 / p99 / max during:  {:>6.1} / {:>6.1} / {:>6.1} ms ({during_rate:.0} ok/s)",
         plot::percentile(&during, 0.5),
-        plot::percentile(&during, 0.99)
+        plot::percentile(&during, 0.99),
+        during.last().copied().unwrap_or(0.0)
     );
     println!("  failed requests: {errors} (by status, 0: no answer, 1: shed: {by_status:?})");
     if let Some(p) = &args.plot {
@@ -399,13 +467,14 @@ fn summarize(
             .filter(|c| ok(c.status))
             .map(|c| ((c.end - t0).as_secs() as usize, (c.end - c.sent).as_secs_f64() * 1000.0));
         let (ops, p99) = plot::series(points, secs, 1);
-        let mut marks = vec![((join_at - t0).as_secs() as usize, "node 4 joins")];
+        let start_label = if args.grow > 0 { "shards added" } else { "a node joins" };
+        let mut marks = vec![((join_at - t0).as_secs() as usize, start_label)];
         if let Some(b) = balanced_at {
             marks.push(((b - t0).as_secs() as usize, "within 10%"));
         }
         marks.push(((done_at - t0).as_secs() as usize, "done"));
         let title = format!(
-            "3 -> 4 nodes, {:.0} MiB, YCSB-A {} req/s: successful ops/s and p99 ms per second",
+            "{what}, {:.0} MiB, YCSB-A {} req/s: successful ops/s and p99 ms per second",
             data_bytes as f64 / 1048576.0,
             args.rate
         );
@@ -417,8 +486,13 @@ fn summarize(
         "data_bytes": data_bytes, "keys": keys, "preload_secs": preload_secs, "rate": args.rate,
         "balanced_within_10pct_secs": balanced_secs, "job_secs": move_secs, "moves_done": moves_done,
         "bytes_moved": bytes_moved, "bytes_per_sec": bytes_moved as f64 / move_secs.max(1e-9),
-        "before": { "p50_ms": plot::percentile(&before, 0.5), "p99_ms": plot::percentile(&before, 0.99), "ok_per_s": before_rate },
-        "during": { "p50_ms": plot::percentile(&during, 0.5), "p99_ms": plot::percentile(&during, 0.99), "ok_per_s": during_rate },
+        "nodes": args.nodes, "grow": args.grow,
+        "split_fence_ms": { "p50": plot::percentile(&fence, 0.5), "p99": plot::percentile(&fence, 0.99),
+            "max": fence.last(), "upper_max": upper.last(), "splits": fence.len() },
+        "before": { "p50_ms": plot::percentile(&before, 0.5), "p99_ms": plot::percentile(&before, 0.99),
+            "max_ms": before.last(), "ok_per_s": before_rate },
+        "during": { "p50_ms": plot::percentile(&during, 0.5), "p99_ms": plot::percentile(&during, 0.99),
+            "max_ms": during.last(), "ok_per_s": during_rate },
         "failed": errors, "failed_by_status": by_status,
     }))
 }

@@ -81,7 +81,7 @@ async fn wait_balanced(c: &ProcCluster, via: u64, all: &[u64], within: Duration)
                     format!("--- node {id} ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
                 })
                 .collect();
-            let keep = keep_logs(c);
+            let keep = keep_logs(c, "rebalance");
             panic!(
                 "not balanced within {within:?} (logs in {})\nrebalance: {}\ncluster: {}\n{}",
                 keep.display(),
@@ -286,7 +286,7 @@ async fn wait_copying(c: &ProcCluster, ids: &[u64]) -> Value {
             }
         }
         if start.elapsed() > Duration::from_secs(120) {
-            let keep = keep_logs(c);
+            let keep = keep_logs(c, "rebalance");
             let job = json_of(&c.url(ids[0]), "/v1/rebalance").await;
             panic!(
                 "no move copied data within 120 s (logs in {})\nrebalance: {}",
@@ -299,14 +299,6 @@ async fn wait_copying(c: &ProcCluster, ids: &[u64]) -> Value {
 }
 
 /// Copies every node's log out of the cluster's temp dir, for a post-mortem.
-fn keep_logs(c: &ProcCluster) -> std::path::PathBuf {
-    let keep = std::env::temp_dir().join(format!("ringstore-rebalance-failure-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&keep);
-    for id in c.ids() {
-        let _ = std::fs::copy(c.log_path(id), keep.join(format!("node-{id}.log")));
-    }
-    keep
-}
 
 #[actix_rt::test]
 async fn kill_9_of_the_target_the_source_and_the_meta_leader_mid_move_loses_no_acknowledged_write() {

@@ -24,6 +24,12 @@ async fn started(n: u64, data_shards: usize) -> ProcCluster {
     let mut flags = FLAGS.to_vec();
     flags[5] = &count;
     let c = ProcCluster::start(Path::new(BIN), n, &flags, None).expect("processes start");
+    every_node_routes(&c, data_shards).await;
+    c
+}
+
+/// Waits (60 s at most) until every node routes by `data_shards` led shards.
+async fn every_node_routes(c: &ProcCluster, data_shards: usize) {
     let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
     eventually(Duration::from_secs(60), "every node answers and every shard has a leader", || {
         let urls = urls.clone();
@@ -37,7 +43,6 @@ async fn started(n: u64, data_shards: usize) -> ProcCluster {
         }
     })
     .await;
-    c
 }
 
 /// The map this node routes by lists `data_shards` data shards (and the
@@ -88,7 +93,7 @@ async fn grown(c: &ProcCluster, urls: &[String], data_shards: usize, within: Dur
             return;
         }
         if start.elapsed() > within {
-            let keep = keep_logs(c);
+            let keep = keep_logs(c, "splits");
             panic!(
                 "not {data_shards} shards and idle within {within:?} (logs in {}): {:?} {:?}",
                 keep.display(),
@@ -98,15 +103,6 @@ async fn grown(c: &ProcCluster, urls: &[String], data_shards: usize, within: Dur
         }
         actix_rt::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn keep_logs(c: &ProcCluster) -> std::path::PathBuf {
-    let keep = std::env::temp_dir().join(format!("ringstore-splits-failure-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&keep);
-    for id in c.ids() {
-        let _ = std::fs::copy(c.log_path(id), keep.join(format!("node-{id}.log")));
-    }
-    keep
 }
 
 #[actix_rt::test]
@@ -235,18 +231,7 @@ async fn a_split_carries_on_after_a_crash_at_each_of_its_steps() {
         let mut c =
             ProcCluster::start_env(Path::new(BIN), 3, &FLAGS, &[("FAILPOINTS", &armed)]).expect("processes start");
         let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
-        eventually(Duration::from_secs(60), "every shard has a leader", || {
-            let urls = urls.clone();
-            async move {
-                for u in &urls {
-                    if !all_led(u, 4).await {
-                        return false;
-                    }
-                }
-                true
-            }
-        })
-        .await;
+        every_node_routes(&c, 4).await;
         // Restarted nodes run without the failpoint.
         c.set_env(&[]);
         let writers = Writers::start(urls.clone(), 4, 10_000);
@@ -269,7 +254,7 @@ async fn a_split_carries_on_after_a_crash_at_each_of_its_steps() {
                 break;
             }
             if start.elapsed() > Duration::from_secs(120) {
-                let keep = keep_logs(&c);
+                let keep = keep_logs(&c, "splits");
                 panic!(
                     "{fp}: not 5 shards within 120 s (crashed {crashed:?}; logs in {}): {:?} {:?}",
                     keep.display(),
@@ -295,10 +280,20 @@ async fn a_split_carries_on_after_a_crash_at_each_of_its_steps() {
     }
 }
 
+/// `PUT /v1/rebalance/config`, retried on 503 as its documentation says
+/// (the meta shard could not commit: 18 processes share two cores here).
 async fn put_config(url: &str, body: Value) {
     let h = [("content-type", "application/json")];
-    let r = call("PUT", url, "/v1/rebalance/config", &h, body.to_string().into_bytes()).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for _ in 0..5 {
+        let r = call("PUT", url, "/v1/rebalance/config", &h, body.to_string().into_bytes()).await;
+        if r.status == StatusCode::OK {
+            return;
+        }
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+        eprintln!("PUT /v1/rebalance/config: {}; again", r.text());
+        actix_rt::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("PUT /v1/rebalance/config kept failing");
 }
 
 #[actix_rt::test]
@@ -390,7 +385,7 @@ async fn a_hot_key_range_is_split_and_its_load_lands_on_two_shards() {
             break v;
         }
         if start.elapsed() > Duration::from_secs(90) {
-            let keep = keep_logs(&c);
+            let keep = keep_logs(&c, "splits");
             panic!(
                 "no split by load within 90 s (logs in {}): {v} {:?}",
                 keep.display(),

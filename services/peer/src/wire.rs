@@ -488,6 +488,11 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
                 PeerChange::LeaveJoint => w.u8(4),
             }
         }
+        ShardOp::WatchMap { after, wait_ms } => {
+            w.u8(10);
+            w.u64(*after);
+            w.u64(*wait_ms);
+        }
         ShardOp::TransferLeader { to } => {
             w.u8(9);
             w.u64(*to);
@@ -554,6 +559,7 @@ fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
             tag => return Err(CodecError::UnknownTag { what: "peer change", tag }),
         }),
         9 => ShardOp::TransferLeader { to: r.u64("node")? },
+        10 => ShardOp::WatchMap { after: r.u64("map epoch")?, wait_ms: r.u64("wait")? },
         tag => return Err(CodecError::UnknownTag { what: "op", tag }),
     })
 }
@@ -1023,6 +1029,7 @@ mod tests {
             ShardOp::LockStatus { name: "n".into() },
             ShardOp::Scan { prefix: b"p/".to_vec(), after: Some(b"p/a".to_vec()), limit: 10, keys_only: true },
             ShardOp::ReadMap,
+            ShardOp::WatchMap { after: 3, wait_ms: 5000 },
             ShardOp::ChangePeers(PeerChange::AddLearner(4)),
             ShardOp::ChangePeers(PeerChange::Promote { add: 4, remove: Some(1) }),
             ShardOp::ChangePeers(PeerChange::Promote { add: 4, remove: None }),

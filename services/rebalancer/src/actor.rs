@@ -470,23 +470,24 @@ impl Round {
     /// epoch), and the map edit checks the split is still recorded.
     async fn drive_split(&self, map: &ClusterMap, sp: &ShardSplit, deadline: Instant) -> Result<(), StoreError> {
         let (cell, transport) = (&self.cell, &self.transport);
-        let mut status = leader_status(cell, transport, sp.source, deadline).await?;
+        let status = leader_status(cell, transport, sp.source, deadline).await?;
+        // From the source's apply (just before its answer) to the map
+        // listing the new shard, the keys given away are refused: the fence.
+        let mut applied_at = None;
         if status.ranges_epoch < sp.epoch {
             let ranges = split::given_ranges(map, sp);
             let cmd = Command::Split { target: sp.target, ranges, epoch: sp.epoch };
+            let proposed = Instant::now();
             match to_leader(cell, transport, sp.source, ShardOp::write(cmd), deadline).await? {
                 ShardReply::Outcome(Outcome::Split { epoch }) if epoch >= sp.epoch => {}
                 other => return Err(StoreError::Internal(format!("split answered with {other:?}"))),
             }
-            status = leader_status(cell, transport, sp.source, deadline).await?;
-            if status.ranges_epoch < sp.epoch {
-                return Err(StoreError::Unavailable {
-                    reason: format!("shard {} leader changed mid-split", sp.source),
-                });
-            }
+            applied_at = Some((proposed, Instant::now()));
         }
         // Applied by the source; the map does not list the new shard yet.
         fail::fail_point!("split_before_finish", |_| -> Result<(), StoreError> { std::process::abort() });
+        // No membership change runs on a shard being split: these are the
+        // voters the split copied.
         let voters = status.voters.clone();
         let mut ended_here = false;
         let ended = update_map(cell, transport, deadline, |m| {
@@ -504,12 +505,20 @@ impl Round {
             let node = cell.node().to_string();
             let secs = now_ms().saturating_sub(sp.started_ms) as f64 / 1000.0;
             METRICS.split_seconds.with_label_values(&[&node]).observe(secs);
+            let listed = Instant::now();
+            let fence_ms = applied_at.map(|(_, a)| listed.duration_since(a).as_secs_f64() * 1000.0);
+            let upper_ms = applied_at.map(|(p, _)| listed.duration_since(p).as_secs_f64() * 1000.0);
+            if let Some(f) = upper_ms {
+                METRICS.split_fence_seconds.with_label_values(&[&node]).observe(f / 1000.0);
+            }
             info!(
                 source = sp.source,
                 target = sp.target,
                 epoch = m.epoch,
                 shards = m.data_shards().count(),
                 secs,
+                fence_ms = fence_ms.map(|f| format!("{f:.1}")).unwrap_or_else(|| "-".into()),
+                fence_upper_ms = upper_ms.map(|f| format!("{f:.1}")).unwrap_or_else(|| "-".into()),
                 "split done: the new shard is routed"
             );
         }

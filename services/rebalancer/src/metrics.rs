@@ -17,6 +17,7 @@ pub struct Metrics {
     pub rounds: IntCounterVec,
     pub splits: IntCounterVec,
     pub split_seconds: HistogramVec,
+    pub split_fence_seconds: HistogramVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -76,6 +77,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
     )
     .expect("registers once"),
+    split_fence_seconds: register_histogram_vec!(
+        "ringstore_rebalance_split_fence_seconds",
+        "From proposing a split to the map listing the new shard: an upper bound of how long its keys are refused",
+        &["node"],
+        vec![0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+    )
+    .expect("registers once"),
 });
 
 /// Creates every labelled series of `node` at 0.
@@ -92,6 +100,7 @@ pub fn init(node: u64) {
         m.splits.with_label_values(&[&n, reason]);
     }
     m.split_seconds.with_label_values(&[&n]);
+    m.split_fence_seconds.with_label_values(&[&n]);
     m.moves_in_progress.with_label_values(&[&n]);
     m.active.with_label_values(&[&n]);
     for state in ["joining", "up", "draining", "down", "removed"] {

@@ -31,7 +31,7 @@ static MAP_EPOCH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 static MAP_REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "ringstore_router_map_refreshes_total",
-        "Reads of the cluster map from the meta shard (result=updated, unchanged, bootstrapped, failed)",
+        "Reads of the cluster map from the meta shard (result=updated, unchanged, bootstrapped, failed), and watches answered (result=watched)",
         &["node", "result"]
     )
     .expect("registers once")
@@ -54,7 +54,7 @@ impl MapCell {
             crate::RETRIES.with_label_values(&[&n, reason]);
         }
         crate::FAST_FAILS.with_label_values(&[&n]);
-        for result in ["updated", "unchanged", "bootstrapped", "failed"] {
+        for result in ["updated", "unchanged", "bootstrapped", "failed", "watched"] {
             MAP_REFRESHES.with_label_values(&[&n, result]);
         }
         Arc::new(MapCell { node, table: RwLock::new(Arc::new(table)), leaders })
@@ -179,19 +179,49 @@ pub const MAP_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// election).
 const MAP_SYNC_RETRY: Duration = Duration::from_millis(250);
 
+/// How long a keeper's watch of the meta shard waits for a newer map
+/// before it reads the map again anyway.
+pub const MAP_WATCH_WAIT: Duration = Duration::from_secs(5);
+
 /// The node's map keeper: writes the bootstrap map into an empty meta shard
 /// (a node that joined has none to write) and keeps `cell` following the
-/// meta shard's map, until the task is aborted with the node.
+/// meta shard's map, until the task is aborted with the node. After each
+/// read it watches the meta leader (a long poll answered when a newer map
+/// applies), so a change reaches every node in about one round trip, not
+/// at its next read.
 pub async fn keep_in_sync(cell: Arc<MapCell>, transport: Arc<dyn Transport>, bootstrap: Option<ClusterMap>) {
     loop {
-        let pause = match sync_with_meta(&cell, &transport, bootstrap.as_ref(), MAP_SYNC_INTERVAL).await {
-            Ok(_) => MAP_SYNC_INTERVAL,
+        match sync_with_meta(&cell, &transport, bootstrap.as_ref(), MAP_SYNC_INTERVAL).await {
+            Ok(_) => {
+                if let Err(e) = watch_map(&cell, &transport, MAP_WATCH_WAIT).await {
+                    tracing::debug!(node = cell.node, "watching the cluster map: {e}");
+                    tokio::time::sleep(MAP_SYNC_INTERVAL).await;
+                }
+            }
             Err(e) => {
                 tracing::debug!(node = cell.node, "cluster map not read from the meta shard yet: {e}");
-                MAP_SYNC_RETRY
+                tokio::time::sleep(MAP_SYNC_RETRY).await;
             }
-        };
-        tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Waits (up to `wait`) for the meta leader to apply a map newer than the
+/// one `cell` routes by, and installs it.
+pub async fn watch_map(cell: &MapCell, transport: &Arc<dyn Transport>, wait: Duration) -> Result<Refresh, StoreError> {
+    let deadline = Instant::now() + wait + MAP_SYNC_INTERVAL;
+    let op = ShardOp::WatchMap { after: cell.epoch(), wait_ms: wait.as_millis() as u64 };
+    let table = cell.load();
+    match send_to_shard(cell, &table, transport, META_SHARD, op, deadline).await? {
+        ShardReply::Map(Some(bytes)) => {
+            let map = ClusterMap::decode(&bytes)
+                .map_err(|e| StoreError::Internal(format!("the meta shard's cluster map: {e}")))?;
+            let refresh = if cell.install(&map) { Refresh::Updated } else { Refresh::Unchanged };
+            MAP_REFRESHES.with_label_values(&[&cell.node.to_string(), "watched"]).inc();
+            Ok(refresh)
+        }
+        ShardReply::Map(None) => Ok(Refresh::Unchanged),
+        other => Err(StoreError::Internal(format!("meta shard answered a map watch with {other:?}"))),
     }
 }
 

@@ -44,7 +44,7 @@ use crate::locks::{LockIndex, Waiter, Waiters};
 use crate::log_store::{ApplyState, LogStore};
 use crate::messages::{
     DestroyReplica, PeerUnreachable, Persisted, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest,
-    ShardResult, TransferLeadership,
+    ShardResult, TransferLeadership, MAP_WATCHERS_MAX, MAP_WATCH_WAIT_MAX_MS,
 };
 use crate::metrics::ReplicaMetrics;
 use crate::registry::RangeRegistry;
@@ -177,6 +177,8 @@ pub struct StorageActor {
     campaign_until: Option<Instant>,
     /// Leader only: the requests it serves, for splits by load.
     load: LoadSampler,
+    /// Meta shard leader: map keepers waiting for an epoch above theirs.
+    map_watchers: Vec<(u64, Instant, Reply)>,
     /// Epoch of the cluster map this shard's state machine holds (meta
     /// shard; 0 elsewhere), which `SetMap` must name to replace it.
     map_epoch: u64,
@@ -260,6 +262,7 @@ impl StorageActor {
             splits_done: Vec::new(),
             campaign_until: None,
             load: LoadSampler::default(),
+            map_watchers: Vec::new(),
             map_epoch: 0,
             metrics: ReplicaMetrics::new(cfg.node, cfg.shard),
             leaders: cfg.leaders,
@@ -513,6 +516,7 @@ impl StorageActor {
         //    their first waiter.
         self.serve_confirmed_reads();
         self.serve_waiters();
+        self.serve_map_watchers();
         if std::mem::take(&mut self.compact_for_learner) {
             self.compact_for_new_replica();
         }
@@ -1052,6 +1056,28 @@ impl StorageActor {
         Ok(ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms }))
     }
 
+    fn current_map(&self) -> ShardResult {
+        self.raw.store().read_map().map(ShardReply::Map).map_err(|e| StoreError::Engine(e.to_string()))
+    }
+
+    /// Answers the map watches the applied map satisfies, those whose wait
+    /// ended (with the map as it is), and all of them when this replica
+    /// no longer leads.
+    fn serve_map_watchers(&mut self) {
+        if self.map_watchers.is_empty() {
+            return;
+        }
+        let (now, epoch, leader) = (Instant::now(), self.map_epoch, self.is_leader());
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.map_watchers)
+            .into_iter()
+            .partition(|(after, until, tx)| !leader || epoch > *after || *until <= now || tx.is_closed());
+        self.map_watchers = waiting;
+        let answer = if leader { self.current_map() } else { Err(self.not_leader()) };
+        for (_, _, tx) in done {
+            let _ = tx.send(answer.clone());
+        }
+    }
+
     fn reload_map_epoch(&mut self) {
         self.map_epoch = match self.raw.store().read_map() {
             Ok(None) => 0,
@@ -1292,6 +1318,7 @@ impl Actor for StorageActor {
             act.fail_orphaned_writes();
             act.retry_stuck_reads();
             act.expire_waiters();
+            act.serve_map_watchers();
             act.sweep_leases();
             // Drop waiters whose client gave up, so the map stays bounded.
             act.writes.retain(|_, p| !p.tx.is_closed());
@@ -1423,6 +1450,7 @@ impl Handler<ShardRequest> for StorageActor {
             ShardOp::Status
             | ShardOp::Scan { .. }
             | ShardOp::ReadMap
+            | ShardOp::WatchMap { .. }
             | ShardOp::ChangePeers(_)
             | ShardOp::TransferLeader { .. } => None,
         };
@@ -1435,7 +1463,7 @@ impl Handler<ShardRequest> for StorageActor {
                 self.load.record(point, k, Instant::now());
             }
         }
-        let map_op = matches!(&op, ShardOp::ReadMap)
+        let map_op = matches!(&op, ShardOp::ReadMap | ShardOp::WatchMap { .. })
             || matches!(&op, ShardOp::Write { cmd, .. } if matches!(**cmd, Command::SetMap { .. }));
         let any_shard = matches!(op, ShardOp::Status | ShardOp::ChangePeers(_) | ShardOp::TransferLeader { .. });
         if map_op != (self.shard == META_SHARD) && !any_shard {
@@ -1474,6 +1502,18 @@ impl Handler<ShardRequest> for StorageActor {
                     tx,
                 });
                 self.schedule_flush(ctx);
+                Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
+            }
+            ShardOp::WatchMap { after, wait_ms } => {
+                if !self.is_leader() {
+                    return immediate(Err(self.not_leader()));
+                }
+                if self.map_epoch > after || wait_ms == 0 || self.map_watchers.len() >= MAP_WATCHERS_MAX {
+                    return immediate(self.current_map());
+                }
+                let (tx, rx) = oneshot::channel();
+                let wait = Duration::from_millis(wait_ms.min(MAP_WATCH_WAIT_MAX_MS));
+                self.map_watchers.push((after, Instant::now() + wait, tx));
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
             ShardOp::ReadMap => {

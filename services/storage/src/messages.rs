@@ -55,6 +55,16 @@ pub enum ShardOp {
     },
     /// Meta shard: the cluster map (encoded), linearizable (leader, ReadIndex).
     ReadMap,
+    /// Meta shard, leader: the cluster map once its epoch is above
+    /// `after`, or as it is after `wait_ms` (at most
+    /// [`MAP_WATCH_WAIT_MAX_MS`]): a long poll, so map keepers learn a
+    /// change when it applies. Served from the leader's applied map, not
+    /// a ReadIndex: a keeper only ever installs a newer map, and a node
+    /// routing by an old one is corrected by `WrongShard`.
+    WatchMap {
+        after: u64,
+        wait_ms: u64,
+    },
     /// Leader only: change the shard's Raft membership; answered with the
     /// leader's status once the change is applied.
     ChangePeers(PeerChange),
@@ -86,7 +96,7 @@ impl ShardOp {
     pub fn changes_nothing(&self) -> bool {
         match self {
             ShardOp::Read { .. } | ShardOp::Status | ShardOp::LockStatus { .. } | ShardOp::Scan { .. } => true,
-            ShardOp::ReadMap | ShardOp::TransferLeader { .. } => true,
+            ShardOp::ReadMap | ShardOp::WatchMap { .. } | ShardOp::TransferLeader { .. } => true,
             ShardOp::Write { .. } | ShardOp::Acquire { .. } | ShardOp::ChangePeers(_) => false,
         }
     }
@@ -180,6 +190,11 @@ pub struct ReplicaStatus {
 }
 
 pub type ShardResult = Result<ShardReply, StoreError>;
+
+/// The longest a `WatchMap` waits.
+pub const MAP_WATCH_WAIT_MAX_MS: u64 = 30_000;
+/// Watches one meta replica holds at once; more are answered at once.
+pub const MAP_WATCHERS_MAX: usize = 1024;
 
 #[derive(Message)]
 #[rtype(result = "ShardResult")]

@@ -255,3 +255,14 @@ pub async fn json_of(url: &str, path: &str) -> Option<serde_json::Value> {
 pub async fn stale_body(url: &str, key: &str) -> Option<Vec<u8>> {
     try_get(&format!("{url}/v1/kv/{key}?consistency=stale")).await
 }
+
+/// Copies every node's log to `<tmp>/ringstore-<what>-failure-<pid>/`, so
+/// a failed process test leaves its evidence behind; returns the folder.
+pub fn keep_logs(c: &ringstore_testkit::ProcCluster, what: &str) -> std::path::PathBuf {
+    let keep = std::env::temp_dir().join(format!("ringstore-{what}-failure-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&keep);
+    for id in c.ids() {
+        let _ = std::fs::copy(c.log_path(id), keep.join(format!("node-{id}.log")));
+    }
+    keep
+}
