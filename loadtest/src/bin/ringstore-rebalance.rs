@@ -160,13 +160,24 @@ async fn every_shard_led(client: &awc::Client, url: &str) -> bool {
 fn split_fences(c: &ProcCluster) -> Vec<(f64, f64)> {
     let field = |line: &str, name: &str| -> Option<f64> {
         let at = line.find(&format!("{name}="))? + name.len() + 1;
-        line[at..].split(|ch: char| !(ch.is_ascii_digit() || ch == '.')).next()?.parse().ok()
+        line[at..].trim_start_matches('"').split(|ch: char| !(ch.is_ascii_digit() || ch == '.')).next()?.parse().ok()
     };
-    c.ids()
+    let mut lines: Vec<String> = c
+        .ids()
         .iter()
-        .flat_map(|id| c.log(*id).lines().filter(|l| l.contains("split done")).map(str::to_string).collect::<Vec<_>>())
-        .filter_map(|l| Some((field(&l, "fence_ms")?, field(&l, "fence_upper_ms")?)))
-        .collect()
+        .flat_map(|id| {
+            let log = c.log(*id);
+            log.lines()
+                .filter(|l| l.contains("split done") || l.contains("split:") || l.contains("split recorded"))
+                .map(|l| format!("node {id}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort_by(|a, b| a.split_once(": ").map(|x| x.1).cmp(&b.split_once(": ").map(|x| x.1)));
+    for l in &lines {
+        println!("  {l}");
+    }
+    lines.iter().filter(|l| l.contains("split done")).filter_map(|l| Some((field(l, "fence_ms")?, field(l, "fence_upper_ms")?))).collect()
 }
 
 /// Every node within 10% of the mean replica count.
@@ -358,6 +369,17 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
     let done_at = done_at.context("the rebalance job did not finish within --max-secs")?;
     let calls = calls.take();
     let fences = split_fences(&c);
+    // Where a split's apply spends its time, per node (the source's writes
+    // wait for it): the count of the keys given away and the new replica's start.
+    for id in c.ids() {
+        let Ok(mut r) = admin.get(format!("{}/metrics", c.url(id))).send().await else { continue };
+        let Ok(body) = r.body().limit(16 << 20).await else { continue };
+        for l in String::from_utf8_lossy(&body).lines() {
+            if l.starts_with("ringstore_shard_split_apply_seconds_sum") || l.starts_with("ringstore_shard_split_apply_seconds_count") {
+                println!("  node {id}: {l}");
+            }
+        }
+    }
     summarize(
         args,
         &calls,
