@@ -177,7 +177,11 @@ fn split_fences(c: &ProcCluster) -> Vec<(f64, f64)> {
     for l in &lines {
         println!("  {l}");
     }
-    lines.iter().filter(|l| l.contains("split done")).filter_map(|l| Some((field(l, "fence_ms")?, field(l, "fence_upper_ms")?))).collect()
+    lines
+        .iter()
+        .filter(|l| l.contains("split done"))
+        .filter_map(|l| Some((field(l, "fence_ms")?, field(l, "fence_upper_ms")?)))
+        .collect()
 }
 
 /// Every node within 10% of the mean replica count.
@@ -375,7 +379,9 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
         let Ok(mut r) = admin.get(format!("{}/metrics", c.url(id))).send().await else { continue };
         let Ok(body) = r.body().limit(16 << 20).await else { continue };
         for l in String::from_utf8_lossy(&body).lines() {
-            if l.starts_with("ringstore_shard_split_apply_seconds_sum") || l.starts_with("ringstore_shard_split_apply_seconds_count") {
+            if l.starts_with("ringstore_shard_split_apply_seconds_sum")
+                || l.starts_with("ringstore_shard_split_apply_seconds_count")
+            {
                 println!("  node {id}: {l}");
             }
         }
