@@ -28,21 +28,33 @@ async fn started(n: u64, data_shards: usize) -> ProcCluster {
     c
 }
 
-/// Waits (60 s at most) until every node routes by `data_shards` led shards.
+/// Waits (60 s at most) until every node routes by `data_shards` led
+/// shards and the meta shard holds the map (`GET /v1/rebalance` reads it
+/// there; until the keepers have written the bootstrap map, map edits
+/// answer 503).
 async fn every_node_routes(c: &ProcCluster, data_shards: usize) {
     let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
-    eventually(Duration::from_secs(60), "every node answers and every shard has a leader", || {
-        let urls = urls.clone();
-        async move {
-            for u in &urls {
-                if !all_led(u, data_shards).await {
-                    return false;
+    let start = std::time::Instant::now();
+    'wait: loop {
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        for u in &urls {
+            if !all_led(u, data_shards).await || json_of(u, "/v1/rebalance").await.is_none() {
+                if start.elapsed() > Duration::from_secs(60) {
+                    let r = call("GET", u, "/v1/rebalance", &[], vec![]).await;
+                    let keep = keep_logs(c, "splits");
+                    panic!(
+                        "{u}: not every shard led and the map stored within 60 s (logs in {}): {:?} {} {}",
+                        keep.display(),
+                        json_of(u, "/v1/cluster").await,
+                        r.status,
+                        r.text()
+                    );
                 }
+                continue 'wait;
             }
-            true
         }
-    })
-    .await;
+        return;
+    }
 }
 
 /// The map this node routes by lists `data_shards` data shards (and the

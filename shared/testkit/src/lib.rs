@@ -34,8 +34,27 @@ pub fn free_port() -> u16 {
     free_port_on(Ipv4Addr::LOCALHOST)
 }
 
-/// A port that was free a moment ago on `ip`.
+/// Ports handed out lie below Linux's ephemeral range (32768 up): a port
+/// from `bind(0)` is an ephemeral one, which the kernel may give the next
+/// moment to another test's listener or outgoing connection, and a node
+/// then fails to bind it (or a client meets another node's peer port).
+const PORT_FIRST: u32 = 10_000;
+const PORT_SPAN: u32 = 22_000;
+
+/// A port that was free a moment ago on `ip`: the next one of this
+/// process's sequence (which never repeats a port within a run; its start
+/// depends on the process id, so concurrent test processes rarely meet)
+/// that binds.
 pub fn free_port_on(ip: Ipv4Addr) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let offset = (std::process::id() % 110) * 200;
+    for _ in 0..PORT_SPAN {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (PORT_FIRST + (offset + n) % PORT_SPAN) as u16;
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
