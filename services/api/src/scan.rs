@@ -107,18 +107,14 @@ pub async fn scan(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
             }
         }
         let Some(newest) = ahead else { break };
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
+        let behind = |t: &ringstore_router::RoutingTable| t.epoch <= table.epoch;
+        if !ringstore_router::map::catch_up(&state.map, &state.transport, attempt, until, behind).await {
             return Err(ApiError::from(StoreError::Unavailable {
                 reason: format!(
                     "a shard split at map epoch {newest}, and this node's map (epoch {}) has not caught up",
                     table.epoch
                 ),
             }));
-        }
-        let _ = ringstore_router::map::sync_with_meta(&state.map, &state.transport, None, left).await;
-        if state.map.epoch() <= table.epoch {
-            tokio::time::sleep(std::time::Duration::from_millis(10u64 << attempt.min(4))).await;
         }
     }
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));

@@ -92,34 +92,42 @@ async fn scan_all(url: &str, prefix: &str) -> Vec<String> {
 }
 
 /// Waits until every node routes by `data_shards` led shards and the
-/// Rebalancer is idle; on timeout fails with the map, the job and where
-/// the nodes' logs were kept.
-async fn grown(c: &ProcCluster, urls: &[String], data_shards: usize, within: Duration) {
+/// Rebalancer is idle, restarting (without their environment) the nodes
+/// whose process exited, and at least `restarts` of them; returns those it
+/// restarted. On timeout fails with the map, the job and where the nodes'
+/// logs were kept.
+async fn grown(c: &mut ProcCluster, data_shards: usize, restarts: usize, within: Duration) -> Vec<u64> {
+    let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
     let start = std::time::Instant::now();
+    let mut restarted = Vec::new();
     loop {
-        let mut done = true;
-        for u in urls {
-            done &= all_led(u, data_shards).await;
+        for id in c.reap_exited() {
+            restarted.push(id);
+            c.spawn(id).expect("restart");
+        }
+        let mut done = restarted.len() >= restarts;
+        for u in &urls {
+            done = done && all_led(u, data_shards).await;
         }
         if done && json_of(&urls[0], "/v1/rebalance").await.is_some_and(|v| v["state"] == "idle") {
-            return;
+            return restarted;
         }
         if start.elapsed() > within {
             let keep = keep_logs(c, "splits");
             panic!(
-                "not {data_shards} shards and idle within {within:?} (logs in {}): {:?} {:?}",
+                "not {data_shards} shards and idle within {within:?} (restarted {restarted:?}; logs in {}): {:?} {:?}",
                 keep.display(),
                 json_of(&urls[0], "/v1/cluster").await,
                 json_of(&urls[0], "/v1/rebalance").await
             );
         }
-        actix_rt::time::sleep(Duration::from_millis(200)).await;
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 #[actix_rt::test]
 async fn four_shards_grow_to_eight_under_write_load_losing_nothing() {
-    let c = started(3, 4).await;
+    let mut c = started(3, 4).await;
     let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
     let u1 = c.url(1);
 
@@ -155,7 +163,7 @@ async fn four_shards_grow_to_eight_under_write_load_losing_nothing() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
     assert_eq!(r.json()["target_shards"], 8);
 
-    grown(&c, &urls, 8, Duration::from_secs(120)).await;
+    grown(&mut c, 8, 0, Duration::from_secs(120)).await;
     actix_rt::time::sleep(Duration::from_secs(2)).await;
     let (acks, fails) = writers.stop_counting().await;
     assert!(acks.len() > 500, "writers made progress: {}", acks.len());
@@ -212,13 +220,12 @@ async fn the_ring_keeps_its_shards_per_node_as_a_node_joins() {
     assert_eq!(r.json()["shards_per_node"], 2);
     let bad = call("PUT", &u1, "/v1/rebalance/config", &h, br#"{"shards_per_node": 100000}"#.to_vec()).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
-    let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
-    grown(&c, &urls, 6, Duration::from_secs(120)).await;
+    grown(&mut c, 6, 0, Duration::from_secs(120)).await;
 
     // A fourth node: eight shards, and the new node holds its share.
     c.join(4, 1).expect("node 4 joins");
     let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
-    grown(&c, &urls, 8, Duration::from_secs(240)).await;
+    grown(&mut c, 8, 0, Duration::from_secs(240)).await;
     let v = json_of(&u1, "/v1/rebalance").await.unwrap();
     assert_eq!((v["shards"].as_u64(), v["wanted_shards"].as_u64()), (Some(8), Some(8)), "{v}");
     let n4 = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 4).cloned().unwrap();
@@ -251,31 +258,7 @@ async fn a_split_carries_on_after_a_crash_at_each_of_its_steps() {
         let r = post_json(&urls[0], "/v1/cluster/shards", json!({"add": 1})).await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{fp}: {}", r.text());
 
-        let start = std::time::Instant::now();
-        let mut crashed = Vec::new();
-        loop {
-            for id in c.reap_exited() {
-                crashed.push(id);
-                c.spawn(id).expect("restart");
-            }
-            let mut done = !crashed.is_empty();
-            for u in &urls {
-                done = done && all_led(u, 5).await;
-            }
-            if done && json_of(&urls[0], "/v1/rebalance").await.is_some_and(|v| v["state"] == "idle") {
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(120) {
-                let keep = keep_logs(&c, "splits");
-                panic!(
-                    "{fp}: not 5 shards within 120 s (crashed {crashed:?}; logs in {}): {:?} {:?}",
-                    keep.display(),
-                    json_of(&urls[0], "/v1/cluster").await,
-                    json_of(&urls[0], "/v1/rebalance").await
-                );
-            }
-            actix_rt::time::sleep(Duration::from_millis(100)).await;
-        }
+        let crashed = grown(&mut c, 5, 1, Duration::from_secs(120)).await;
         if fp == "split_applied" {
             assert_eq!(crashed.len(), 3, "every replica of the source stopped at the failpoint");
         }
@@ -310,7 +293,7 @@ async fn put_config(url: &str, body: Value) {
 
 #[actix_rt::test]
 async fn a_shard_over_the_size_limit_splits_until_none_is() {
-    let c = started(3, 2).await;
+    let mut c = started(3, 2).await;
     let urls: Vec<String> = c.ids().iter().map(|i| c.url(*i)).collect();
     // About 100 KiB per shard against a 64 KiB limit: each splits once.
     let value = vec![b'v'; 1000];
@@ -322,7 +305,7 @@ async fn a_shard_over_the_size_limit_splits_until_none_is() {
         }
     }
     put_config(&urls[0], json!({"split_max_bytes": 64 * 1024})).await;
-    grown(&c, &urls, 4, Duration::from_secs(120)).await;
+    grown(&mut c, 4, 0, Duration::from_secs(120)).await;
     let cluster = json_of(&urls[0], "/v1/cluster").await.unwrap();
     for s in cluster["shards"].as_array().unwrap().iter().filter(|s| s["id"] != 0) {
         assert!(s["bytes"].as_u64().unwrap() <= 64 * 1024, "every shard under the limit: {cluster}");

@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::METRICS;
 use crate::now_ms;
-use crate::shards::{change_peers, conf_view, leader_status, to_leader, transfer_leader};
+use crate::shards::{change_peers, conf_view, leader_status, leader_statuses, to_leader, transfer_leader};
 
 /// How often the Rebalancer looks.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -368,13 +368,11 @@ impl Round {
         }
     }
 
-    /// Every data shard's leader status, asked all at once; shards that do
-    /// not answer are left out.
+    /// Every data shard's leader status; shards that do not answer are
+    /// left out.
     async fn data_statuses(&self, map: &ClusterMap, deadline: Instant) -> BTreeMap<ShardId, ReplicaStatus> {
-        let asks = map
-            .data_shards()
-            .map(|s| async move { (s, leader_status(&self.cell, &self.transport, s, deadline).await) });
-        futures::future::join_all(asks).await.into_iter().filter_map(|(s, r)| r.ok().map(|st| (s, st))).collect()
+        let all = leader_statuses(&self.cell, &self.transport, map.data_shards(), deadline).await;
+        all.into_iter().filter_map(|(s, r)| r.ok().map(|st| (s, st))).collect()
     }
 
     /// Shards whose load stayed over `split_load_qps` for

@@ -51,6 +51,17 @@ pub async fn leader_status(
     }
 }
 
+/// The leader status of each of `shards`, asked all at once.
+pub async fn leader_statuses(
+    cell: &MapCell,
+    transport: &Arc<dyn Transport>,
+    shards: impl Iterator<Item = ShardId>,
+    deadline: Instant,
+) -> std::collections::BTreeMap<ShardId, Result<ReplicaStatus, StoreError>> {
+    let asks = shards.map(|s| async move { (s, leader_status(cell, transport, s, deadline).await) });
+    futures::future::join_all(asks).await.into_iter().collect()
+}
+
 /// The move rules' view of a leader's status.
 pub fn conf_view(s: &ReplicaStatus) -> ConfView {
     ConfView {

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::now_ms;
-use crate::shards::{conf_view, leader_status};
+use crate::shards::{conf_view, leader_statuses};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MoveView {
@@ -147,12 +147,16 @@ pub async fn job_view(
     let now = now_ms();
     let me = cell.node();
     let live = |n: NodeId| n == me || transport.reachable(me, n);
+    // One status per shard serves the moves, the splits and the hot keys.
+    let statuses = leader_statuses(cell, transport, map.shards.keys().copied(), deadline).await;
+    let unknown = Err(StoreError::Unavailable { reason: "not in the map read".into() });
+    let status_of = |s: ShardId| statuses.get(&s).unwrap_or(&unknown);
     let mut moves = Vec::new();
     for mv in &map.moves {
-        let (state, blocker, moved) = match leader_status(cell, transport, mv.shard, deadline).await {
+        let (state, blocker, moved) = match status_of(mv.shard) {
             Err(e) => ("unknown", Some(format!("shard {} status: {e}", mv.shard)), 0),
             Ok(s) => {
-                let conf = conf_view(&s);
+                let conf = conf_view(s);
                 let copied = conf.voters.contains(&mv.to) || conf.matched.get(&mv.to).is_some_and(|m| *m > 0);
                 let moved = if copied { mv.bytes } else { 0 };
                 match rebalance::next_step(mv, &conf, &live) {
@@ -182,21 +186,20 @@ pub async fn job_view(
     }
     let mut splits = Vec::new();
     for sp in &map.splits {
-        let state = match leader_status(cell, transport, sp.source, deadline).await {
+        let state = match status_of(sp.source) {
             Ok(s) if s.ranges_epoch >= sp.epoch => "routing",
             Ok(_) => "recorded",
             Err(_) => "unknown",
         };
         splits.push(split_view(sp, state, now));
     }
-    let statuses = map.data_shards().map(|s| async move { (s, leader_status(cell, transport, s, deadline).await) });
-    let hot_keys: Vec<HotKey> = futures::future::join_all(statuses)
-        .await
-        .into_iter()
+    let hot_keys: Vec<HotKey> = statuses
+        .iter()
         .filter_map(|(shard, st)| {
-            let st = st.ok()?;
-            let (key, share_pct) = st.load.hot_key?;
-            Some(HotKey { shard, key: String::from_utf8_lossy(&key).into_owned(), share_pct, qps: st.load.qps })
+            let st = st.as_ref().ok()?;
+            let (key, share_pct) = st.load.hot_key.as_ref()?;
+            let key = String::from_utf8_lossy(key).into_owned();
+            Some(HotKey { shard: *shard, key, share_pct: *share_pct, qps: st.load.qps })
         })
         .collect();
     let planned_splits: Vec<SplitView> = ringstore_shared::split::plan_splits(&map, &BTreeMap::new(), now)

@@ -147,9 +147,9 @@ impl Actor for Router {
 /// Map refreshes one request may trigger. A shard that has split answers
 /// `WrongShard` for the keys it gave away until the map routes them to
 /// the new shard (one meta-shard commit after the split), so the router
-/// polls the map with a growing pause, within the request's deadline.
+/// polls the map with a growing pause ([`map::catch_up`]), within the
+/// request's deadline.
 pub const WRONG_SHARD_REFRESHES_MAX: u32 = 64;
-const WRONG_SHARD_PAUSE_MAX: Duration = Duration::from_millis(50);
 
 impl Handler<Route> for Router {
     type Result = ResponseFuture<ShardResult>;
@@ -173,19 +173,15 @@ impl Handler<Route> for Router {
                         if msg.shard.is_none() && refresh < WRONG_SHARD_REFRESHES_MAX && Instant::now() < deadline =>
                     {
                         RETRIES.with_label_values(&[&node.to_string(), "wrong_shard"]).inc();
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        let r = map::sync_with_meta(&cell, &transport, None, left).await;
-                        tracing::debug!(node, shard, epoch, routed_by = table.epoch, ?r, "wrong shard: map refreshed");
-                        if cell.load().shard_for(&msg.key) == Some(shard) {
-                            // The shard is ahead of the map: a split whose
-                            // new shard the map lists in a moment.
-                            let pause = Duration::from_millis(2u64 << refresh.min(5)).min(WRONG_SHARD_PAUSE_MAX);
-                            if Instant::now() + pause >= deadline {
-                                return Err(StoreError::Unavailable {
-                                    reason: format!("shard {shard} gave the key away at map epoch {epoch} and the map has not caught up"),
-                                });
-                            }
-                            tokio::time::sleep(pause).await;
+                        tracing::debug!(node, shard, epoch, routed_by = table.epoch, "wrong shard: reading the map");
+                        // Behind while the map still sends the key to the shard that refused it.
+                        let behind = |t: &RoutingTable| t.shard_for(&msg.key) == Some(shard);
+                        if !map::catch_up(&cell, &transport, refresh, deadline, behind).await {
+                            return Err(StoreError::Unavailable {
+                                reason: format!(
+                                    "shard {shard} gave the key away at map epoch {epoch} and the map has not caught up"
+                                ),
+                            });
                         }
                     }
                     Err(StoreError::WrongShard { shard, epoch }) => {

@@ -172,6 +172,37 @@ async fn sync_inner(
     }
 }
 
+/// Longest pause of [`catch_up`] between two map reads.
+const CATCH_UP_PAUSE_MAX: Duration = Duration::from_millis(50);
+
+/// For a caller that saw a shard act on a newer map than this node routes
+/// by (a split whose new shard the map lists one meta commit later): reads
+/// the map from the meta shard and, while `behind` still holds for the
+/// node's table, pauses before the caller asks again (2 ms, doubling with
+/// `attempt`, at most 50 ms). `false` when `deadline` leaves no room for
+/// the pause: the caller gives up.
+pub async fn catch_up(
+    cell: &MapCell,
+    transport: &Arc<dyn Transport>,
+    attempt: u32,
+    deadline: Instant,
+    behind: impl Fn(&crate::RoutingTable) -> bool,
+) -> bool {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let r = sync_with_meta(cell, transport, None, left).await;
+    let table = cell.load();
+    if !behind(&table) {
+        return true;
+    }
+    debug!(node = cell.node, epoch = table.epoch, ?r, attempt, "the map is behind a shard; waiting for it");
+    let pause = Duration::from_millis(2u64 << attempt.min(5)).min(CATCH_UP_PAUSE_MAX);
+    if Instant::now() + pause >= deadline {
+        return false;
+    }
+    tokio::time::sleep(pause).await;
+    true
+}
+
 /// How often a node's map keeper reads the meta shard once it has synced:
 /// a node learns within this that it should start (or drop) a replica.
 pub const MAP_SYNC_INTERVAL: Duration = Duration::from_secs(1);

@@ -48,7 +48,7 @@ use crate::messages::{
 };
 use crate::metrics::ReplicaMetrics;
 use crate::registry::RangeRegistry;
-use crate::snapshot::{data_bounds, PointRange};
+use crate::snapshot::{contains_point, data_bounds, PointRange};
 use crate::transport::{Transport, RAFT_MAILBOX_CAPACITY};
 
 mod membership;
@@ -297,13 +297,12 @@ impl StorageActor {
     }
 
     fn owns_point(&self, p: u64) -> bool {
-        let i = self.ranges.partition_point(|r| *r.end() < p);
-        self.ranges.get(i).is_some_and(|r| r.contains(&p))
+        contains_point(&self.ranges, p)
     }
 
     /// A `data` family key (ring point first) in this shard's ranges.
     fn owns_data_key(&self, k: &[u8]) -> bool {
-        k.get(..8).and_then(|p| <[u8; 8]>::try_from(p).ok()).is_some_and(|p| self.owns_point(u64::from_be_bytes(p)))
+        keys::split_data_key(k).is_some_and(|(p, _)| self.owns_point(p))
     }
 
     fn pending(&self) -> usize {

@@ -84,6 +84,28 @@ impl ApplyState {
         b
     }
 
+    /// A bootstrapped replica's: its log starts after [`INIT_LOG_INDEX`]
+    /// (as TiKV's does). Its configuration is in no entry, so a replica
+    /// added later must get a snapshot, never the log from index 1, and
+    /// with this no leader has index 1 to send.
+    fn bootstrapped(applied_stamp_ms: u64, stats: KeyStats) -> Self {
+        ApplyState {
+            applied_index: INIT_LOG_INDEX,
+            truncated_index: INIT_LOG_INDEX,
+            truncated_term: INIT_LOG_TERM,
+            applied_stamp_ms,
+            keys: stats.keys,
+            bytes: stats.bytes,
+        }
+    }
+
+    /// Whether an encoded apply state shows anything applied (a replica
+    /// bootstrapped, split off or restored, not one awaiting its first
+    /// snapshot).
+    fn applied_any(b: Option<&[u8]>) -> bool {
+        b.and_then(ApplyState::decode).is_some_and(|(a, _)| a.applied_index > 0)
+    }
+
     /// The state and whether it carries key statistics: the 32-byte form
     /// written before they existed does not, and they are counted again.
     fn decode(b: &[u8]) -> Option<(Self, bool)> {
@@ -202,15 +224,8 @@ impl LogStore {
             store.conf_state.set_voters(voters.to_vec());
             if !voters.is_empty() {
                 store.ranges = store.fallback.clone();
-                // A bootstrapped replica's log starts after INIT_LOG_INDEX
-                // (as TiKV's does): its configuration is in no entry, so a
-                // replica added later must get a snapshot, never the log
-                // from index 1, and with this no leader has index 1 to send.
-                store.apply.applied_index = INIT_LOG_INDEX;
-                store.apply.truncated_index = INIT_LOG_INDEX;
-                store.apply.truncated_term = INIT_LOG_TERM;
-                store.hard_state.term = INIT_LOG_TERM;
-                store.hard_state.commit = INIT_LOG_INDEX;
+                store.apply = ApplyState::bootstrapped(0, KeyStats::default());
+                store.hard_state = bootstrap_hard_state();
                 store.last_index = INIT_LOG_INDEX;
                 store.last_term = INIT_LOG_TERM;
             }
@@ -233,7 +248,7 @@ impl LogStore {
             }
             // Written before shards kept their ranges: as the map says,
             // unless the replica never got its first snapshot.
-            None if ap.as_ref().is_some_and(|a| ApplyState::decode(a).is_some_and(|(a, _)| a.applied_index > 0)) => {
+            None if ApplyState::applied_any(ap.as_deref()) => {
                 store.ranges = store.fallback.clone();
                 let mut b = store.engine.batch();
                 store.stage_ranges(&mut b, &store.owned());
@@ -470,11 +485,7 @@ impl LogStore {
             let (from, to) = crate::snapshot::data_bounds(r);
             self.engine.delete_range(b, Cf::Data, &from, &to);
         }
-        let from = self.shard.to_be_bytes();
-        match self.shard.checked_add(1) {
-            Some(next) => self.engine.delete_range(b, Cf::Raft, &from, &next.to_be_bytes()),
-            None => self.engine.delete_range(b, Cf::Raft, &from, &[0xff; 9]),
-        }
+        stage_delete_raft_state(&self.engine, b, self.shard);
     }
 
     /// Starts building a snapshot of the applied state (every data key of
@@ -559,12 +570,7 @@ pub fn count_keys(
     }
     for (k, v) in overlay {
         let Some(v) = v else { continue };
-        let in_ranges = k.len() >= 8 && {
-            let p = u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
-            let i = ranges.partition_point(|r| *r.end() < p);
-            ranges.get(i).is_some_and(|r| r.contains(&p))
-        };
-        if in_ranges {
+        if split_data_key(k).is_some_and(|(p, _)| crate::snapshot::contains_point(ranges, p)) {
             stats.add(k, v)?;
         }
     }
@@ -575,9 +581,23 @@ pub fn count_keys(
 /// off, or restored from a snapshot), as opposed to none or an empty
 /// replica still waiting for its first snapshot.
 pub fn is_initialized(engine: &Engine, shard: ShardId) -> Result<bool, EngineError> {
-    Ok(engine
-        .get(Cf::Raft, &shard_key(shard, KIND_APPLY_STATE))?
-        .is_some_and(|a| ApplyState::decode(&a).is_some_and(|(a, _)| a.applied_index > 0)))
+    Ok(ApplyState::applied_any(engine.get(Cf::Raft, &shard_key(shard, KIND_APPLY_STATE))?.as_deref()))
+}
+
+/// Deletes `shard`'s whole `raft` family prefix (log, hard, apply, conf
+/// state, ranges, map).
+fn stage_delete_raft_state(engine: &Engine, b: &mut WriteBatch, shard: ShardId) {
+    let from = shard.to_be_bytes();
+    match shard.checked_add(1) {
+        Some(next) => engine.delete_range(b, Cf::Raft, &from, &next.to_be_bytes()),
+        None => engine.delete_range(b, Cf::Raft, &from, &[0xff; 9]),
+    }
+}
+
+/// A bootstrapped replica's hard state: at the term and commit of the
+/// index its log starts after.
+fn bootstrap_hard_state() -> HardState {
+    HardState { term: INIT_LOG_TERM, commit: INIT_LOG_INDEX, ..Default::default() }
 }
 
 /// Stages, in a split's batch, the state of the new shard `shard` on this
@@ -595,22 +615,11 @@ pub fn stage_split_bootstrap(
     stats: KeyStats,
     applied_stamp_ms: u64,
 ) {
-    let from = shard.to_be_bytes();
-    match shard.checked_add(1) {
-        Some(next) => engine.delete_range(b, Cf::Raft, &from, &next.to_be_bytes()),
-        None => engine.delete_range(b, Cf::Raft, &from, &[0xff; 9]),
-    }
+    stage_delete_raft_state(engine, b, shard);
     let mut cs = ConfState::default();
     cs.set_voters(voters.to_vec());
-    let hs = HardState { term: INIT_LOG_TERM, commit: INIT_LOG_INDEX, ..Default::default() };
-    let apply = ApplyState {
-        applied_index: INIT_LOG_INDEX,
-        truncated_index: INIT_LOG_INDEX,
-        truncated_term: INIT_LOG_TERM,
-        applied_stamp_ms,
-        keys: stats.keys,
-        bytes: stats.bytes,
-    };
+    let hs = bootstrap_hard_state();
+    let apply = ApplyState::bootstrapped(applied_stamp_ms, stats);
     let put = |b: &mut WriteBatch, kind, v: &[u8]| engine.put(b, Cf::Raft, &shard_key(shard, kind), v);
     put(b, KIND_CONF_STATE, &cs.write_to_bytes().expect("protobuf encode of a ConfState"));
     put(b, KIND_HARD_STATE, &hs.write_to_bytes().expect("protobuf encode of a HardState"));

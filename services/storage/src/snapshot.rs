@@ -99,6 +99,12 @@ fn u32_of(s: &[u8]) -> usize {
 /// An interval of ring points a shard owns.
 pub type PointRange = std::ops::RangeInclusive<u64>;
 
+/// Whether `point` lies in `ranges` (sorted, disjoint): a binary search.
+pub fn contains_point(ranges: &[PointRange], point: u64) -> bool {
+    let i = ranges.partition_point(|r| *r.end() < point);
+    ranges.get(i).is_some_and(|r| r.contains(&point))
+}
+
 /// The whole ring, owned by one shard until the ring is split.
 pub fn whole_ring() -> Vec<PointRange> {
     vec![0..=u64::MAX]

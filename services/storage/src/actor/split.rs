@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::StorageActor;
 use crate::log_store::{self, ApplyState};
 use crate::messages::{ShardReply, ShardResult};
-use crate::snapshot::{OwnedRanges, PointRange, SnapshotData};
+use crate::snapshot::{contains_point, OwnedRanges, PointRange, SnapshotData};
 
 /// Starts a shard split off just now campaigning: its leader is elected in
 /// a round trip instead of an election timeout.
@@ -32,9 +32,7 @@ use crate::snapshot::{OwnedRanges, PointRange, SnapshotData};
 pub struct Campaign;
 
 fn owns_in(ranges: &[PointRange], key: &[u8]) -> bool {
-    let p = ringstore_shared::hash::hash64(key);
-    let i = ranges.partition_point(|r| *r.end() < p);
-    ranges.get(i).is_some_and(|r| r.contains(&p))
+    contains_point(ranges, ringstore_shared::hash::hash64(key))
 }
 
 impl StorageActor {
@@ -80,12 +78,13 @@ impl StorageActor {
         let kept = OwnedRanges { epoch, ranges: left };
         self.raw.store().stage_ranges(batch, &kept);
         // Ownership changes at this entry, for the entries after it in this
-        // batch too; the registry learns both sides at once, so the node
-        // never sees the given points unowned (and never starts an empty
-        // replica of the new shard beside this one).
+        // batch too. The registry learns both sides at once, before this
+        // replica adopts its part, so the node never sees the given points
+        // unowned (and never starts an empty replica of the new shard
+        // beside this one).
         self.raw.mut_store().commit_ranges(kept);
+        self.registry.split(self.shard, self.raw.store().ranges().clone(), target, Arc::new(given.ranges));
         self.adopt_ranges();
-        self.registry.split(self.shard, self.ranges.clone(), target, Arc::new(given.ranges));
         self.splits_done.push(target);
         self.metrics.splits_applied.inc();
         self.metrics.split_apply_seconds.observe(started.elapsed().as_secs_f64());
