@@ -53,8 +53,8 @@ pub async fn cluster(req: HttpRequest, state: web::Data<ApiState>) -> Result<Htt
             "leader": st.as_ref().and_then(|s| s.leader),
             "applied_index": st.as_ref().map(|s| s.applied_index),
             "term": st.as_ref().map(|s| s.term),
-            "key_count": st.as_ref().map(|s| s.key_count),
-            "bytes": st.as_ref().map(|s| s.bytes),
+            "key_count": st.as_ref().and_then(|s| s.key_count),
+            "bytes": st.as_ref().and_then(|s| s.bytes),
             "range_count": owned.len(),
             "ring_share": share,
         });

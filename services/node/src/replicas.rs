@@ -28,6 +28,7 @@ use ringstore_shared::ring::Ring;
 use ringstore_shared::{NodeId, ShardId};
 use ringstore_storage::actor::{Campaign, SplitHook};
 use ringstore_storage::clock::SystemClock;
+use ringstore_storage::locks::LockIndex;
 use ringstore_storage::messages::{DestroyReplica, TransferLeadership};
 use ringstore_storage::snapshot::PointRange;
 use ringstore_storage::{
@@ -107,7 +108,7 @@ pub fn start(
         // map; a move's target (crashed before its state was written)
         // starts empty again and waits for the snapshot.
         let voters = map.shards.get(&shard).filter(|v| v.contains(&node)).cloned().unwrap_or_default();
-        replicas.start_one(shard, map_ranges(&ring, shard), map.epoch, &voters)?;
+        replicas.start_one(shard, map_ranges(&ring, shard), map.epoch, &voters, None)?;
     }
     if stored.is_none() {
         replicas.save_list()?;
@@ -152,7 +153,14 @@ impl LocalReplicas {
     /// Starts a replica of `shard`, bootstrapped with `voters` and `ranges`
     /// if this node has no state for it (no voters: it waits for its
     /// leader's snapshot).
-    fn start_one(&self, shard: ShardId, ranges: Vec<PointRange>, epoch: u64, voters: &[NodeId]) -> anyhow::Result<()> {
+    fn start_one(
+        &self,
+        shard: ShardId,
+        ranges: Vec<PointRange>,
+        epoch: u64,
+        voters: &[NodeId],
+        locks: Option<LockIndex>,
+    ) -> anyhow::Result<()> {
         let i = self.next_thread.fetch_add(1, Ordering::Relaxed);
         let arbiter = {
             let arbiters = self.arbiters.lock().unwrap_or_else(|e| e.into_inner());
@@ -170,6 +178,7 @@ impl LocalReplicas {
                 leaders: self.leaders.clone(),
                 registry: self.registry.clone(),
                 on_split: self.split_hook(),
+                locks,
             },
             self.engine.clone(),
             self.transport.clone(),
@@ -184,22 +193,23 @@ impl LocalReplicas {
 
     fn split_hook(&self) -> SplitHook {
         let me = self.me.clone();
-        Arc::new(move |target, campaign| {
+        Arc::new(move |target, campaign, locks| {
             if let Some(replicas) = me.upgrade() {
-                replicas.start_split_off(target, campaign);
+                replicas.start_split_off(target, campaign, locks);
             }
         })
     }
 
     /// A replica of this node applied a split: start the new shard's
-    /// replica from the state the split wrote.
-    fn start_split_off(&self, shard: ShardId, campaign: bool) {
+    /// replica from the state the split wrote, with the held locks the
+    /// source handed over.
+    fn start_split_off(&self, shard: ShardId, campaign: bool, locks: LockIndex) {
         if self.lock().contains_key(&shard) {
             warn!(node = self.node, shard, "a split's new shard already runs here");
             return;
         }
         info!(node = self.node, shard, campaign, "starting a shard split off here");
-        let started = self.start_one(shard, Vec::new(), 0, &[]).and_then(|()| self.save_list());
+        let started = self.start_one(shard, Vec::new(), 0, &[], Some(locks)).and_then(|()| self.save_list());
         match started {
             Ok(()) if campaign => {
                 if let Some(addr) = self.lock().get(&shard) {
@@ -238,7 +248,7 @@ impl LocalReplicas {
             running.iter().copied().filter(|s| !wanted.contains(s) && map.shards.contains_key(s)).collect();
         for &shard in &added {
             info!(node = self.node, shard, epoch = map.epoch, "starting a replica moving here");
-            self.start_one(shard, map_ranges(&ring, shard), map.epoch, &[])?;
+            self.start_one(shard, map_ranges(&ring, shard), map.epoch, &[], None)?;
         }
         if !added.is_empty() {
             self.save_list()?;

@@ -125,6 +125,28 @@ async fn grown(c: &mut ProcCluster, data_shards: usize, restarts: usize, within:
     }
 }
 
+/// `/v1/cluster` once no data shard's keys are being counted (for a moment
+/// after a split they are `null`).
+async fn counted_cluster(url: &str) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let v = json_of(url, "/v1/cluster").await.expect("cluster view");
+        let shards = v["shards"].as_array().expect("shards");
+        if shards.iter().filter(|s| s["id"] != 0).all(|s| s["key_count"].is_u64() && s["bytes"].is_u64()) {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "keys still being counted after 30 s: {v}");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The count of a histogram on a node's `/metrics`.
+async fn histogram_count(url: &str, name: &str) -> u64 {
+    let r = call("GET", url, "/metrics", &[], vec![]).await;
+    let prefix = format!("{name}_count");
+    r.text().lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+}
+
 #[actix_rt::test]
 async fn four_shards_grow_to_eight_under_write_load_losing_nothing() {
     let mut c = started(3, 4).await;
@@ -178,13 +200,35 @@ async fn four_shards_grow_to_eight_under_write_load_losing_nothing() {
     for (k, _, _) in &acks {
         assert!(distinct.contains(k), "acknowledged {k} missing from the scan");
     }
-    let cluster = json_of(&u1, "/v1/cluster").await.unwrap();
+    let cluster = counted_cluster(&u1).await;
     let shards = cluster["shards"].as_array().unwrap();
     let counted: u64 = shards.iter().filter_map(|s| s["key_count"].as_u64()).sum();
     assert_eq!(counted, scanned.len() as u64, "key counts stay exact across splits: {cluster}");
+    // Each split's two sides counted their keys off the storage thread, on
+    // every replica (three nodes hold each of the four sources).
+    let counts: u64 =
+        futures::future::join_all(urls.iter().map(|u| histogram_count(u, "ringstore_shard_stats_count_seconds")))
+            .await
+            .into_iter()
+            .sum();
+    assert!(counts >= 4 * 2 * 3, "every replica counted both sides of every split: {counts}");
     for s in shards.iter().filter(|s| s["id"].as_u64().unwrap() > 4) {
         assert!(s["key_count"].as_u64().unwrap() > 0, "a new shard took keys: {s}");
     }
+
+    // The new shards took their held locks into their lock index (which
+    // sweeps the leases) from the sources: none lost, none on both sides.
+    let metrics = call("GET", &u1, "/metrics", &[], vec![]).await.text();
+    let held: Vec<(u64, i64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with("ringstore_locks_held{"))
+        .filter_map(|l| {
+            let shard = l.split("shard=\"").nth(1)?.split('"').next()?.parse().ok()?;
+            Some((shard, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(held.iter().map(|(_, n)| n).sum::<i64>(), 24, "node 1 indexes each held lock once: {held:?}");
+    assert!(held.iter().any(|(s, n)| *s > 4 && *n > 0), "new shards index the locks they took: {held:?}");
 
     // Locks kept their holders; the next holder's token is larger.
     for (name, session, token) in &locks {
@@ -269,7 +313,7 @@ async fn a_split_carries_on_after_a_crash_at_each_of_its_steps() {
         let distinct: BTreeSet<&String> = scanned.iter().collect();
         assert_eq!(distinct.len(), scanned.len(), "{fp}: a scan returns every key exactly once");
         assert!(acks.iter().all(|(k, _, _)| distinct.contains(k)), "{fp}: every acknowledged key is scanned");
-        let cluster = json_of(&urls[0], "/v1/cluster").await.unwrap();
+        let cluster = counted_cluster(&urls[0]).await;
         let counted: u64 = cluster["shards"].as_array().unwrap().iter().filter_map(|s| s["key_count"].as_u64()).sum();
         assert_eq!(counted, scanned.len() as u64, "{fp}: key counts stay exact: {cluster}");
     }
@@ -306,7 +350,7 @@ async fn a_shard_over_the_size_limit_splits_until_none_is() {
     }
     put_config(&urls[0], json!({"split_max_bytes": 64 * 1024})).await;
     grown(&mut c, 4, 0, Duration::from_secs(120)).await;
-    let cluster = json_of(&urls[0], "/v1/cluster").await.unwrap();
+    let cluster = counted_cluster(&urls[0]).await;
     for s in cluster["shards"].as_array().unwrap().iter().filter(|s| s["id"] != 0) {
         assert!(s["bytes"].as_u64().unwrap() <= 64 * 1024, "every shard under the limit: {cluster}");
     }

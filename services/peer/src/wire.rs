@@ -27,8 +27,9 @@ use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult};
 
 pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
 /// 2: ping and pong frames (link liveness). 4: status carries the shard's
-/// ranges epoch and count, scan pages their epoch (splits).
-pub const PROTOCOL_VERSION: u8 = 4;
+/// ranges epoch and count, scan pages their epoch (splits). 5: a status's
+/// key count and bytes are optional (being counted after a split).
+pub const PROTOCOL_VERSION: u8 = 5;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Largest frame a peer may send: a value at the value limit plus room.
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -595,8 +596,8 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
             w.u64(s.first_index);
             w.u64(s.last_index);
             put_ids(w, &s.voters);
-            w.u64(s.key_count);
-            w.u64(s.bytes);
+            put_opt(w, s.key_count);
+            put_opt(w, s.bytes);
             put_ids(w, &s.learners);
             put_ids(w, &s.voters_outgoing);
             w.u32(s.progress.len() as u32);
@@ -678,8 +679,8 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
             let first_index = r.u64("first")?;
             let last_index = r.u64("last")?;
             let voters = get_ids(r, "voter")?;
-            let key_count = r.u64("key count")?;
-            let bytes = r.u64("bytes")?;
+            let key_count = get_opt(r, "key count")?;
+            let bytes = get_opt(r, "bytes")?;
             let learners = get_ids(r, "learner")?;
             let voters_outgoing = get_ids(r, "outgoing voter")?;
             let n = r.u32("progress count")?;
@@ -1071,8 +1072,8 @@ mod tests {
                 learners: vec![4],
                 voters_outgoing: vec![1, 2, 5],
                 progress: vec![(1, 6), (4, 0)],
-                key_count: 7,
-                bytes: 8,
+                key_count: Some(7),
+                bytes: None,
                 ranges_epoch: 9,
                 range_count: 10,
                 load: ringstore_storage::load::LoadReport {

@@ -184,9 +184,13 @@ impl Round {
         let by_count = split::planned_shards(&map) < split::wanted_shards(&map);
         if map.splits.is_empty() && (by_count || c.split_max_bytes > 0 || c.split_load_qps > 0) {
             let statuses = self.data_statuses(&map, deadline).await;
-            let sizes: BTreeMap<ShardId, u64> = statuses.iter().map(|(s, st)| (*s, st.bytes)).collect();
+            let sizes: BTreeMap<ShardId, u64> = statuses.iter().filter_map(|(s, st)| Some((*s, st.bytes?))).collect();
             let hot = self.sustained_load(&map, &statuses);
-            if split::choose_split(&map, &sizes, &hot, now_ms()).is_some() {
+            // A shard just split counts its keys for a moment; the next
+            // choice waits for every size, or it might cut the same data
+            // again, or a smaller shard than the largest.
+            let counting = sizes.len() < statuses.len();
+            if !counting && split::choose_split(&map, &sizes, &hot, now_ms()).is_some() {
                 self.start_split(&sizes, &hot, deadline).await?;
                 return Ok(());
             }
@@ -209,8 +213,10 @@ impl Round {
             }
             let mut sizes = HashMap::new();
             for mv in &starting {
-                if let Ok(s) = leader_status(&self.cell, &self.transport, mv.shard, deadline).await {
-                    sizes.insert(mv.shard, s.bytes);
+                if let Some(bytes) =
+                    leader_status(&self.cell, &self.transport, mv.shard, deadline).await.ok().and_then(|s| s.bytes)
+                {
+                    sizes.insert(mv.shard, bytes);
                 }
             }
             // A move starts only once its shard's size is known: the job's

@@ -25,6 +25,12 @@ pub async fn to_leader(
     send_to_shard(cell, &table, transport, shard, op, deadline).await
 }
 
+/// Replicas a status request follows leader hints through: a replica
+/// removed from its shard (the source of a finished move, still in the
+/// map until the move is recorded) hears from no leader again and names
+/// an old one, which may itself name the current one.
+const STATUS_HOPS: usize = 4;
+
 /// The status of `shard` as its leader sees it (with every peer's progress).
 pub async fn leader_status(
     cell: &MapCell,
@@ -32,22 +38,28 @@ pub async fn leader_status(
     shard: ShardId,
     deadline: Instant,
 ) -> Result<ReplicaStatus, StoreError> {
-    let first = match to_leader(cell, transport, shard, ShardOp::Status, deadline).await? {
+    let mut status = match to_leader(cell, transport, shard, ShardOp::Status, deadline).await? {
         ShardReply::Status(s) => s,
         other => return Err(StoreError::Internal(format!("status answered with {other:?}"))),
     };
-    if first.role == "leader" {
-        return Ok(first);
+    let mut asked = vec![status.node];
+    for _ in 0..STATUS_HOPS {
+        if status.role == "leader" {
+            return Ok(status);
+        }
+        let Some(leader) = status.leader.filter(|l| !asked.contains(l)) else { break };
+        asked.push(leader);
+        let ask = transport.request(cell.node(), leader, shard, ShardOp::Status);
+        status = match tokio::time::timeout_at(deadline, ask).await {
+            Ok(Ok(ShardReply::Status(s))) => s,
+            Ok(Ok(other)) => return Err(StoreError::Internal(format!("status answered with {other:?}"))),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(StoreError::Timeout { timeout_ms: 0 }),
+        };
     }
-    let Some(leader) = first.leader else {
-        return Err(StoreError::Unavailable { reason: format!("shard {shard} has no leader") });
-    };
-    let ask = transport.request(cell.node(), leader, shard, ShardOp::Status);
-    match tokio::time::timeout_at(deadline, ask).await {
-        Ok(Ok(ShardReply::Status(s))) if s.role == "leader" => Ok(s),
-        Ok(Ok(_)) => Err(StoreError::Unavailable { reason: format!("shard {shard}: leader moved") }),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(StoreError::Timeout { timeout_ms: 0 }),
+    match status.role {
+        "leader" => Ok(status),
+        _ => Err(StoreError::Unavailable { reason: format!("shard {shard}: no leader found (asked {asked:?})") }),
     }
 }
 

@@ -63,7 +63,7 @@ const READ_INDEX_RETRY: Duration = Duration::from_millis(300);
 /// state is on this node's disk and its replica should start; `true` if
 /// this replica led the source (the new replica campaigns at once, so the
 /// new shard has a leader within a round trip, not an election timeout).
-pub type SplitHook = Arc<dyn Fn(ShardId, bool) + Send + Sync>;
+pub type SplitHook = Arc<dyn Fn(ShardId, bool, LockIndex) + Send + Sync>;
 
 pub struct ReplicaConfig {
     pub node: NodeId,
@@ -85,6 +85,9 @@ pub struct ReplicaConfig {
     /// Which points each replica of the node owns.
     pub registry: Arc<RangeRegistry>,
     pub on_split: SplitHook,
+    /// The held locks of a shard just split off, from its source's index:
+    /// taken instead of scanning the data for lock records.
+    pub locks: Option<LockIndex>,
 }
 
 type Reply = oneshot::Sender<ShardResult>;
@@ -171,7 +174,7 @@ pub struct StorageActor {
     on_split: SplitHook,
     /// Splits applied in the round being written: new shards to start
     /// once the write is done.
-    splits_done: Vec<ShardId>,
+    splits_done: Vec<(ShardId, LockIndex)>,
     /// Campaigning for a shard just split off (see [`SplitHook`]) until
     /// this instant, or until it leads.
     campaign_until: Option<Instant>,
@@ -276,7 +279,13 @@ impl StorageActor {
             compact_for_learner: false,
         };
         let mut actor = actor;
-        actor.rebuild_lock_index();
+        match cfg.locks {
+            Some(locks) => {
+                actor.locks = locks;
+                actor.metrics.locks_held.set(actor.locks.held() as i64);
+            }
+            None => actor.rebuild_lock_index(),
+        }
         actor.reload_map_epoch();
         Ok(StorageActor::start_in_arbiter(arbiter, move |_| actor))
     }
@@ -459,7 +468,7 @@ impl StorageActor {
         }
         store.commit_apply_state(apply);
         self.answer(replies);
-        self.start_split_shards();
+        self.start_split_shards(ctx);
 
         // 6. Leadership confirmations for batched reads.
         self.on_read_states(ready.take_read_states());
@@ -505,7 +514,7 @@ impl StorageActor {
                 }
                 store.commit_apply_state(apply);
                 self.answer(replies);
-                self.start_split_shards();
+                self.start_split_shards(ctx);
             }
         }
         let applied = self.raw.store().apply_state().applied_index;
@@ -625,7 +634,7 @@ impl StorageActor {
         match &mut proposal.cmd {
             Command::Split { target, ranges, epoch } => {
                 let (target, epoch, give) = (*target, *epoch, std::mem::take(ranges));
-                return self.apply_split(batch, entry.index, apply, overlay, target, give, epoch);
+                return self.apply_split(batch, entry.index, apply, target, give, epoch);
             }
             Command::Expire { keys } => keys.retain(|(k, _)| self.owns(k)),
             Command::ForgetRequests { keys } => keys.retain(|k| self.owns_data_key(k)),
@@ -660,14 +669,11 @@ impl StorageActor {
                     continue;
                 }
                 Effect::Put { key, value, replaced } => {
-                    let added = apply::footprint(&key, &value);
-                    apply.keys += replaced.is_none() as u64;
-                    apply.bytes = apply.bytes.saturating_sub(replaced.unwrap_or(0)).saturating_add(added);
+                    apply.on_put(replaced, apply::footprint(&key, &value));
                     (data_key(&key), Some(value.encode()))
                 }
                 Effect::Delete { key, removed } => {
-                    apply.keys = apply.keys.saturating_sub(1);
-                    apply.bytes = apply.bytes.saturating_sub(removed);
+                    apply.on_delete(removed);
                     (data_key(&key), None)
                 }
                 Effect::PutLock { name, record } => {
@@ -1213,8 +1219,8 @@ impl StorageActor {
             } else {
                 Vec::new()
             },
-            key_count: s.apply_state().keys,
-            bytes: s.apply_state().bytes,
+            key_count: s.apply_state().stats().map(|k| k.keys),
+            bytes: s.apply_state().stats().map(|k| k.bytes),
             ranges_epoch: s.ranges_epoch(),
             range_count: s.ranges().len() as u64,
             load: if self.is_leader() { self.load.report(Instant::now()) } else { Default::default() },
@@ -1308,6 +1314,11 @@ impl Actor for StorageActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(RAFT_MAILBOX_CAPACITY);
+        // Nothing is applied yet, so the engine holds exactly the applied
+        // state the count starts from.
+        if self.raw.store().apply_state().stats_pending {
+            self.recount_stats(ctx);
+        }
         ctx.run_interval(Duration::from_millis(self.cfg.tick_interval_ms), |act, ctx| {
             if act.destroyed {
                 return;

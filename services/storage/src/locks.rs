@@ -68,6 +68,17 @@ impl LockIndex {
         self.proposed.retain(|(n, _)| keep(n));
     }
 
+    /// Takes out the locks `give` names (those a split hands to a new
+    /// shard), as the new shard's index; expiries proposed here for them
+    /// are forgotten (the new shard's leader decides its own).
+    pub fn split_off(&mut self, give: impl Fn(&str) -> bool) -> LockIndex {
+        let (gone, kept): (HashMap<_, _>, HashMap<_, _>) =
+            std::mem::take(&mut self.held).into_iter().partition(|(n, _)| give(n));
+        self.held = kept;
+        self.proposed.retain(|(n, _)| !give(n));
+        LockIndex { held: gone, proposed: HashSet::new() }
+    }
+
     /// A new leader re-decides every lease.
     pub fn forget_proposals(&mut self) {
         self.proposed.clear();
@@ -220,6 +231,18 @@ mod tests {
         assert_eq!(gone, vec![2, 3], "in queue order");
         assert_eq!(w.len(), 1);
         assert!(w.has_waiters("stay"));
+    }
+
+    #[test]
+    fn a_split_hands_its_given_locks_to_the_new_shard() {
+        let mut ix = LockIndex::default();
+        ix.on_record("stay", &holder(1, 100, 2));
+        ix.on_record("go", &holder(2, 100, 2));
+        assert_eq!(ix.due(1_000, 2, 0, 10).len(), 2, "both proposed here");
+        let mut given = ix.split_off(|n| n == "go");
+        assert_eq!((ix.held(), given.held()), (1, 1));
+        assert_eq!(given.due(1_000, 2, 0, 10), vec![("go".to_string(), 2)], "the new shard decides its own expiry");
+        assert_eq!(ix.due(1_000, 2, 0, 10), vec![], "stay's expiry is still proposed here");
     }
 
     #[test]

@@ -16,7 +16,6 @@
 //! a RocksDB `WriteBatch` with the `stage_*` methods, writes it, and only
 //! then calls `commit_*` so the in-memory view never runs ahead of disk.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use protobuf::Message as PbMessage;
@@ -70,32 +69,72 @@ pub struct ApplyState {
     pub keys: u64,
     /// Their footprint (`apply::footprint`: key and value bytes).
     pub bytes: u64,
+    /// The statistics are being counted again (after a split, or at the
+    /// start of a replica whose stored state has none): `keys` and `bytes`
+    /// hold only what applies changed since the count's RocksDB snapshot,
+    /// wrapping, and the count is added when it lands. Stored as the
+    /// 32-byte form without statistics, so a crash meanwhile counts again.
+    pub stats_pending: bool,
 }
 
 impl ApplyState {
-    fn encode(&self) -> [u8; 48] {
-        let mut b = [0u8; 48];
-        b[..8].copy_from_slice(&self.applied_index.to_be_bytes());
-        b[8..16].copy_from_slice(&self.truncated_index.to_be_bytes());
-        b[16..24].copy_from_slice(&self.truncated_term.to_be_bytes());
-        b[24..32].copy_from_slice(&self.applied_stamp_ms.to_be_bytes());
-        b[32..40].copy_from_slice(&self.keys.to_be_bytes());
-        b[40..].copy_from_slice(&self.bytes.to_be_bytes());
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(48);
+        b.extend_from_slice(&self.applied_index.to_be_bytes());
+        b.extend_from_slice(&self.truncated_index.to_be_bytes());
+        b.extend_from_slice(&self.truncated_term.to_be_bytes());
+        b.extend_from_slice(&self.applied_stamp_ms.to_be_bytes());
+        if !self.stats_pending {
+            b.extend_from_slice(&self.keys.to_be_bytes());
+            b.extend_from_slice(&self.bytes.to_be_bytes());
+        }
         b
+    }
+
+    /// An applied put of a user key: `replaced` is the footprint of the
+    /// record it overwrites, if any.
+    pub fn on_put(&mut self, replaced: Option<u64>, added: u64) {
+        if self.stats_pending {
+            // Deltas against an unknown base: they may go below zero
+            // until the count is added.
+            self.keys = self.keys.wrapping_add(replaced.is_none() as u64);
+            self.bytes = self.bytes.wrapping_sub(replaced.unwrap_or(0)).wrapping_add(added);
+        } else {
+            self.keys += replaced.is_none() as u64;
+            self.bytes = self.bytes.saturating_sub(replaced.unwrap_or(0)).saturating_add(added);
+        }
+    }
+
+    /// An applied delete of a user key whose footprint was `removed`.
+    pub fn on_delete(&mut self, removed: u64) {
+        if self.stats_pending {
+            self.keys = self.keys.wrapping_sub(1);
+            self.bytes = self.bytes.wrapping_sub(removed);
+        } else {
+            self.keys = self.keys.saturating_sub(1);
+            self.bytes = self.bytes.saturating_sub(removed);
+        }
+    }
+
+    /// The statistics, unless they are being counted.
+    pub fn stats(&self) -> Option<KeyStats> {
+        (!self.stats_pending).then_some(KeyStats { keys: self.keys, bytes: self.bytes })
     }
 
     /// A bootstrapped replica's: its log starts after [`INIT_LOG_INDEX`]
     /// (as TiKV's does). Its configuration is in no entry, so a replica
     /// added later must get a snapshot, never the log from index 1, and
     /// with this no leader has index 1 to send.
-    fn bootstrapped(applied_stamp_ms: u64, stats: KeyStats) -> Self {
+    fn bootstrapped(applied_stamp_ms: u64, stats: Option<KeyStats>) -> Self {
+        let known = stats.unwrap_or_default();
         ApplyState {
             applied_index: INIT_LOG_INDEX,
             truncated_index: INIT_LOG_INDEX,
             truncated_term: INIT_LOG_TERM,
             applied_stamp_ms,
-            keys: stats.keys,
-            bytes: stats.bytes,
+            keys: known.keys,
+            bytes: known.bytes,
+            stats_pending: stats.is_none(),
         }
     }
 
@@ -103,12 +142,12 @@ impl ApplyState {
     /// bootstrapped, split off or restored, not one awaiting its first
     /// snapshot).
     fn applied_any(b: Option<&[u8]>) -> bool {
-        b.and_then(ApplyState::decode).is_some_and(|(a, _)| a.applied_index > 0)
+        b.and_then(ApplyState::decode).is_some_and(|a| a.applied_index > 0)
     }
 
-    /// The state and whether it carries key statistics: the 32-byte form
-    /// written before they existed does not, and they are counted again.
-    fn decode(b: &[u8]) -> Option<(Self, bool)> {
+    /// The 32-byte form carries no key statistics (written while they are
+    /// counted, or before they existed): they are counted again.
+    fn decode(b: &[u8]) -> Option<Self> {
         if b.len() != 32 && b.len() != 48 {
             return None;
         }
@@ -119,15 +158,15 @@ impl ApplyState {
         };
         let with_stats = b.len() == 48;
         let (keys, bytes) = if with_stats { (u(32), u(40)) } else { (0, 0) };
-        let a = ApplyState {
+        Some(ApplyState {
             applied_index: u(0),
             truncated_index: u(8),
             truncated_term: u(16),
             applied_stamp_ms: u(24),
             keys,
             bytes,
-        };
-        Some((a, with_stats))
+            stats_pending: !with_stats,
+        })
     }
 }
 
@@ -139,7 +178,7 @@ pub struct KeyStats {
 }
 
 impl KeyStats {
-    fn add(&mut self, k: &[u8], v: &[u8]) -> Result<(), EngineError> {
+    pub fn add(&mut self, k: &[u8], v: &[u8]) -> Result<(), EngineError> {
         let Some((_, user)) = split_data_key(k) else { return Ok(()) };
         if !is_user_key(user) {
             return Ok(());
@@ -180,6 +219,9 @@ pub struct LogStore {
     apply: ApplyState,
     last_index: u64,
     last_term: u64,
+    /// Which statistics count is current: one started earlier and landing
+    /// after a newer one began is ignored.
+    recount_generation: u64,
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -218,13 +260,14 @@ impl LogStore {
             apply: ApplyState::default(),
             last_index: 0,
             last_term: 0,
+            recount_generation: 0,
         };
         let fresh = cs.is_none();
         if fresh {
             store.conf_state.set_voters(voters.to_vec());
             if !voters.is_empty() {
                 store.ranges = store.fallback.clone();
-                store.apply = ApplyState::bootstrapped(0, KeyStats::default());
+                store.apply = ApplyState::bootstrapped(0, Some(KeyStats::default()));
                 store.hard_state = bootstrap_hard_state();
                 store.last_index = INIT_LOG_INDEX;
                 store.last_term = INIT_LOG_TERM;
@@ -263,13 +306,9 @@ impl LogStore {
             store.conf_state = ConfState::parse_from_bytes(&cs).map_err(|e| corrupt("conf state", e))?;
         }
         if let Some(ap) = ap {
-            let (apply, with_stats) = ApplyState::decode(&ap).ok_or_else(|| corrupt("apply state", "bad length"))?;
-            store.apply = apply;
-            if !with_stats {
-                let stats = store.count_keys()?;
-                store.apply.keys = stats.keys;
-                store.apply.bytes = stats.bytes;
-            }
+            // Statistics still to count are counted off the storage thread
+            // once the replica runs (`begin_recount`).
+            store.apply = ApplyState::decode(&ap).ok_or_else(|| corrupt("apply state", "bad length"))?;
         }
         // The commit index is persisted lazily (without fsync); anything
         // applied was committed, so the commit index is at least that.
@@ -368,12 +407,6 @@ impl LogStore {
         self.conf_state = cs;
     }
 
-    /// Counts the user keys in this shard's ranges (a data dir written before
-    /// the counts were kept).
-    fn count_keys(&self) -> Result<KeyStats, EngineError> {
-        count_keys(&self.engine, &self.ranges, &HashMap::new())
-    }
-
     pub fn stage_ranges(&self, b: &mut WriteBatch, owned: &OwnedRanges) {
         self.engine.put(b, Cf::Raft, &shard_key(self.shard, KIND_RANGES), &owned.encode());
     }
@@ -399,6 +432,38 @@ impl LogStore {
     pub fn commit_apply_state(&mut self, a: ApplyState) {
         assert!(a.applied_index >= self.apply.applied_index, "applied index went backwards");
         self.apply = a;
+    }
+
+    /// Starts counting the replica's key statistics again, as of a RocksDB
+    /// snapshot taken now (the storage thread writes the engine and the
+    /// in-memory apply state together, so now they agree). From here the
+    /// apply state gathers only the changes applied after the snapshot;
+    /// [`LogStore::finish_recount`] adds the count. Returns the count to
+    /// run off the storage thread: a split's half of a 1 GiB shard takes
+    /// most of a second to scan.
+    pub fn begin_recount(&mut self) -> StatsCount {
+        self.recount_generation += 1;
+        self.apply.stats_pending = true;
+        self.apply.keys = 0;
+        self.apply.bytes = 0;
+        StatsCount { generation: self.recount_generation, view: self.engine.snapshot(), ranges: self.ranges.clone() }
+    }
+
+    /// Adds the count `generation` found, unless a newer count began or a
+    /// snapshot replaced the statistics meanwhile; then writes the apply
+    /// state with them (unsynced: if lost, the next start counts again).
+    /// Returns whether the count was taken.
+    pub fn finish_recount(&mut self, generation: u64, counted: KeyStats) -> Result<bool, EngineError> {
+        if generation != self.recount_generation || !self.apply.stats_pending {
+            return Ok(false);
+        }
+        self.apply.keys = self.apply.keys.wrapping_add(counted.keys);
+        self.apply.bytes = self.apply.bytes.wrapping_add(counted.bytes);
+        self.apply.stats_pending = false;
+        let mut b = self.engine.batch();
+        self.stage_apply_state(&mut b, &self.apply);
+        self.engine.write(b, false)?;
+        Ok(true)
     }
 
     /// Removes log entries up to and including `index` (which must be
@@ -461,6 +526,7 @@ impl LogStore {
             applied_stamp_ms: data.applied_stamp_ms,
             keys: stats.keys,
             bytes: stats.bytes,
+            stats_pending: false,
         };
         self.stage_apply_state(b, &apply);
         Ok((apply, owned))
@@ -540,41 +606,35 @@ fn build_snapshot(
     Ok(snap)
 }
 
-/// Counts the user keys of `ranges` as a batch being staged sees them:
-/// `overlay` (data key -> value, `None` for a delete) holds what earlier
-/// entries of the batch wrote and wins over what RocksDB has.
-pub fn count_keys(
-    engine: &Engine,
-    ranges: &[PointRange],
-    overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
-) -> Result<KeyStats, EngineError> {
-    let mut stats = KeyStats::default();
-    let mut err = None;
-    for r in ranges {
-        let (from, to) = crate::snapshot::data_bounds(r);
-        engine.scan(Cf::Data, &from, &to, |k, v| {
-            if overlay.contains_key(k) {
-                return true; // counted below, as the batch left it
-            }
-            match stats.add(k, v) {
+/// A count of a replica's key statistics, run off the storage thread on a
+/// RocksDB snapshot (see [`LogStore::begin_recount`]).
+pub struct StatsCount {
+    generation: u64,
+    view: EngineSnapshot,
+    ranges: Arc<Vec<PointRange>>,
+}
+
+impl StatsCount {
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Counts the user keys of the ranges as of the snapshot.
+    pub fn run(&self) -> Result<KeyStats, EngineError> {
+        let mut stats = KeyStats::default();
+        let mut err = None;
+        for r in self.ranges.iter() {
+            let (from, to) = crate::snapshot::data_bounds(r);
+            self.view.scan(Cf::Data, &from, &to, |k, v| match stats.add(k, v) {
                 Ok(()) => true,
                 Err(e) => {
                     err = Some(e);
                     false
                 }
-            }
-        })?;
-    }
-    if let Some(e) = err {
-        return Err(e);
-    }
-    for (k, v) in overlay {
-        let Some(v) = v else { continue };
-        if split_data_key(k).is_some_and(|(p, _)| crate::snapshot::contains_point(ranges, p)) {
-            stats.add(k, v)?;
+            })?;
         }
+        err.map_or(Ok(stats), Err)
     }
-    Ok(stats)
 }
 
 /// Whether `shard` has applied state on this node (bootstrapped, split
@@ -602,24 +662,24 @@ fn bootstrap_hard_state() -> HardState {
 
 /// Stages, in a split's batch, the state of the new shard `shard` on this
 /// node: its voters, a log that starts after [`INIT_LOG_INDEX`] as a
-/// bootstrapped one does, its ranges, and its key statistics; any earlier
+/// bootstrapped one does, and its ranges (its key statistics are counted
+/// once it runs); any earlier
 /// state of it here is removed first (none is expected: a replica of the
 /// new shard is started only after the split, see `LocalReplicas`).
-#[allow(clippy::too_many_arguments)]
 pub fn stage_split_bootstrap(
     engine: &Engine,
     b: &mut WriteBatch,
     shard: ShardId,
     voters: &[u64],
     owned: &OwnedRanges,
-    stats: KeyStats,
     applied_stamp_ms: u64,
 ) {
     stage_delete_raft_state(engine, b, shard);
     let mut cs = ConfState::default();
     cs.set_voters(voters.to_vec());
     let hs = bootstrap_hard_state();
-    let apply = ApplyState::bootstrapped(applied_stamp_ms, stats);
+    // Counted off the storage thread once the replica starts.
+    let apply = ApplyState::bootstrapped(applied_stamp_ms, None);
     let put = |b: &mut WriteBatch, kind, v: &[u8]| engine.put(b, Cf::Raft, &shard_key(shard, kind), v);
     put(b, KIND_CONF_STATE, &cs.write_to_bytes().expect("protobuf encode of a ConfState"));
     put(b, KIND_HARD_STATE, &hs.write_to_bytes().expect("protobuf encode of a HardState"));
@@ -725,5 +785,52 @@ impl Storage for LogStore {
         drop(job);
         self.start_snapshot().map_err(to_raft)?;
         Err(unavailable())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(keys: u64, bytes: u64, stats_pending: bool) -> ApplyState {
+        ApplyState {
+            applied_index: 9,
+            truncated_index: 5,
+            truncated_term: 5,
+            applied_stamp_ms: 7,
+            keys,
+            bytes,
+            stats_pending,
+        }
+    }
+
+    #[test]
+    fn statistics_being_counted_are_stored_without_them_and_read_back_as_pending() {
+        let known = state(3, 30, false);
+        assert_eq!(known.encode().len(), 48);
+        assert_eq!(ApplyState::decode(&known.encode()), Some(known));
+        let pending = state(3, 30, true);
+        assert_eq!(pending.encode().len(), 32, "a crash while counting counts again at start");
+        assert_eq!(ApplyState::decode(&pending.encode()), Some(state(0, 0, true)));
+        assert_eq!(pending.stats(), None);
+        assert_eq!(ApplyState::decode(&[0; 40]), None);
+    }
+
+    #[test]
+    fn changes_applied_while_counting_wrap_below_zero_and_the_count_makes_them_exact() {
+        // The count's snapshot holds 10 keys of 100 bytes; after it, two
+        // deletes and a put of a new key apply before the count lands.
+        let mut a = state(0, 0, true);
+        a.on_delete(10);
+        a.on_delete(10);
+        a.on_put(None, 25);
+        a.on_put(Some(10), 4);
+        let counted = KeyStats { keys: 10, bytes: 100 };
+        let exact = KeyStats { keys: a.keys.wrapping_add(counted.keys), bytes: a.bytes.wrapping_add(counted.bytes) };
+        assert_eq!(exact, KeyStats { keys: 9, bytes: 100 - 20 + 25 - 10 + 4 });
+        // Known statistics never wrap.
+        let mut b = state(0, 0, false);
+        b.on_delete(5);
+        assert_eq!(b.stats(), Some(KeyStats::default()));
     }
 }

@@ -173,10 +173,11 @@ pub struct ReplicaStatus {
     pub voters_outgoing: Vec<NodeId>,
     /// Leader only: each peer's matched log index.
     pub progress: Vec<(NodeId, u64)>,
-    /// User keys in the shard as of `applied_index` (exact, kept by apply).
-    pub key_count: u64,
-    /// Their key and value bytes.
-    pub bytes: u64,
+    /// User keys in the shard as of `applied_index` (exact, kept by apply);
+    /// `None` while they are being counted (just after a split).
+    pub key_count: Option<u64>,
+    /// Their key and value bytes (`None` likewise).
+    pub bytes: Option<u64>,
     /// The map epoch of the split that last changed the shard's ranges
     /// (0: none has): how the Rebalancer sees a split applied.
     pub ranges_epoch: u64,

@@ -35,6 +35,7 @@ pub struct RaftMetrics {
     pub replicas_destroyed: IntCounterVec,
     pub splits: IntCounterVec,
     pub split_count_seconds: HistogramVec,
+    pub stats_count_seconds: HistogramVec,
     pub requests_per_second: IntGaugeVec,
     pub hot_key: IntGaugeVec,
     pub ttl_expired_keys: IntCounterVec,
@@ -163,9 +164,16 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
         .expect("registers once"),
         split_count_seconds: register_histogram_vec!(
             "ringstore_shard_split_apply_seconds",
-            "Time a replica's apply spent on a split (counting the keys it gives away); the source's writes wait for it",
+            "Time a replica's apply spent on a split; the source's writes wait for it (no keys are counted in it)",
             &["node"],
-            vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+            vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+        )
+        .expect("registers once"),
+        stats_count_seconds: register_histogram_vec!(
+            "ringstore_shard_stats_count_seconds",
+            "Time a replica took to count its keys off the storage thread (after a split, or at a start that found no counts); key_count is unknown meanwhile",
+            &["node"],
+            vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
         )
         .expect("registers once"),
         ttl_expired_keys: register_int_counter_vec!(
@@ -240,6 +248,7 @@ pub struct ReplicaMetrics {
     pub hot_key: IntGauge,
     pub splits_applied: IntCounter,
     pub split_apply_seconds: Histogram,
+    pub stats_count_seconds: Histogram,
     pub log_compactions: IntCounter,
     pub conf_changes: IntCounter,
     pub replicas_destroyed: IntCounter,
@@ -283,6 +292,7 @@ impl ReplicaMetrics {
             hot_key: r.hot_key.with_label_values(&ns),
             splits_applied: r.splits.with_label_values(&[&n, "source"]),
             split_apply_seconds: r.split_count_seconds.with_label_values(&[&n]),
+            stats_count_seconds: r.stats_count_seconds.with_label_values(&[&n]),
             log_compactions: r.log_compactions.with_label_values(&ns),
             conf_changes: r.conf_changes.with_label_values(&ns),
             replicas_destroyed: r.replicas_destroyed.with_label_values(&[&n]),

@@ -43,7 +43,8 @@ async fn each_shard_serves_and_snapshots_only_its_ranges() {
             limits: Default::default(),
             leaders: Default::default(),
             registry: Default::default(),
-            on_split: Arc::new(|_, _| {}),
+            on_split: Arc::new(|_, _, _| {}),
+            locks: None,
         };
         let a = StorageActor::start(
             cfg,

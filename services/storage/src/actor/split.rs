@@ -7,8 +7,12 @@
 //! leader's node campaigns at once. No data is copied: the `data` family is
 //! shared by the node's replicas and keyed by ring point. Moving the new
 //! shard's replicas elsewhere is then an ordinary replica move.
+//!
+//! Nothing is scanned on the storage thread, which every replica on it
+//! shares: both sides count their keys off it, from a RocksDB snapshot
+//! taken once the split is written (`LogStore::begin_recount`), and the new
+//! replica takes its held locks from the source's index in memory.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +25,8 @@ use rocksdb::WriteBatch;
 use tracing::{info, warn};
 
 use super::StorageActor;
-use crate::log_store::{self, ApplyState};
+use crate::engine::EngineError;
+use crate::log_store::{self, ApplyState, KeyStats};
 use crate::messages::{ShardReply, ShardResult};
 use crate::snapshot::{contains_point, OwnedRanges, PointRange, SnapshotData};
 
@@ -42,7 +47,6 @@ impl StorageActor {
         batch: &mut WriteBatch,
         index: u64,
         apply: &mut ApplyState,
-        overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
         target: ShardId,
         give: Vec<PointRange>,
         epoch: u64,
@@ -57,18 +61,16 @@ impl StorageActor {
             SplitDecision::Apply { left } => left,
         };
         let started = Instant::now();
-        let stats = match log_store::count_keys(&self.engine, &give, overlay) {
-            Ok(s) => s,
-            Err(e) => self.fatal("counting the keys a split gives away", e),
-        };
-        apply.keys = apply.keys.saturating_sub(stats.keys);
-        apply.bytes = apply.bytes.saturating_sub(stats.bytes);
+        // Both sides count their keys again once this batch is written
+        // (`start_split_shards`); until then the apply state is stored
+        // without statistics, so a crash counts them at the next start.
+        apply.stats_pending = true;
         let given = OwnedRanges { epoch, ranges: give };
         match log_store::is_initialized(&self.engine, target) {
             Ok(false) => {
                 let voters = self.raw.store().conf_state().voters.clone();
                 let stamp = apply.applied_stamp_ms;
-                log_store::stage_split_bootstrap(&self.engine, batch, target, &voters, &given, stats, stamp);
+                log_store::stage_split_bootstrap(&self.engine, batch, target, &voters, &given, stamp);
             }
             // Never expected: a replica of the new shard gets state here
             // only from this split. Keep what is there rather than wipe it.
@@ -83,9 +85,10 @@ impl StorageActor {
         // unowned (and never starts an empty replica of the new shard
         // beside this one).
         self.raw.mut_store().commit_ranges(kept);
+        let locks = self.locks.split_off(|name| owns_in(&given.ranges, name.as_bytes()));
         self.registry.split(self.shard, self.raw.store().ranges().clone(), target, Arc::new(given.ranges));
         self.adopt_ranges();
-        self.splits_done.push(target);
+        self.splits_done.push((target, locks));
         self.metrics.splits_applied.inc();
         self.metrics.split_apply_seconds.observe(started.elapsed().as_secs_f64());
         info!(
@@ -94,8 +97,6 @@ impl StorageActor {
             target,
             index,
             epoch,
-            keys = stats.keys,
-            bytes = stats.bytes,
             ranges_left = self.ranges.len(),
             "split: ranges given to a new shard"
         );
@@ -123,16 +124,39 @@ impl StorageActor {
         }
     }
 
-    /// After the round's write: the new shards split off in it start.
-    pub(super) fn start_split_shards(&mut self) {
+    /// After the round's write: the source counts its keys again, and the
+    /// new shards split off in it start (and count theirs).
+    pub(super) fn start_split_shards(&mut self, ctx: &mut Context<Self>) {
         if self.splits_done.is_empty() {
             return;
         }
         // The split is on disk; the new replica has not started.
         fail::fail_point!("split_applied", |_| std::process::abort());
+        self.recount_stats(ctx);
         let lead = self.is_leader();
-        for target in std::mem::take(&mut self.splits_done) {
-            (self.on_split)(target, lead);
+        for (target, locks) in std::mem::take(&mut self.splits_done) {
+            (self.on_split)(target, lead, locks);
+        }
+    }
+
+    /// Counts this replica's keys again off the storage thread, from a
+    /// RocksDB snapshot taken now (see `LogStore::begin_recount`).
+    pub(super) fn recount_stats(&mut self, ctx: &mut Context<Self>) {
+        let count = self.raw.mut_store().begin_recount();
+        let addr = ctx.address();
+        let (node, shard) = (self.node, self.shard);
+        let spawned = std::thread::Builder::new().name(format!("count-{shard}")).spawn(move || {
+            let started = Instant::now();
+            let result = count.run();
+            addr.do_send(StatsCounted {
+                generation: count.generation(),
+                result,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        });
+        if let Err(e) = spawned {
+            // Left pending: the next start of the replica counts again.
+            warn!(node, shard, "could not start counting the shard's keys: {e}");
         }
     }
 
@@ -171,6 +195,44 @@ impl StorageActor {
             if let Err(e) = self.raw.campaign() {
                 warn!(node = self.node, shard = self.shard, "campaign refused: {e}");
             }
+        }
+    }
+}
+
+/// A key count begun by `recount_stats` ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StatsCounted {
+    generation: u64,
+    result: Result<KeyStats, EngineError>,
+    seconds: f64,
+}
+
+impl Handler<StatsCounted> for StorageActor {
+    type Result = ();
+    fn handle(&mut self, m: StatsCounted, _: &mut Context<Self>) {
+        if self.destroyed {
+            return;
+        }
+        let counted = match m.result {
+            Ok(c) => c,
+            Err(e) => self.fatal("counting the shard's keys", e),
+        };
+        match self.raw.mut_store().finish_recount(m.generation, counted) {
+            Ok(true) => {
+                self.metrics.stats_count_seconds.observe(m.seconds);
+                let now = self.raw.store().apply_state().stats().unwrap_or_default();
+                info!(
+                    node = self.node,
+                    shard = self.shard,
+                    keys = now.keys,
+                    bytes = now.bytes,
+                    secs = m.seconds,
+                    "key statistics counted"
+                );
+            }
+            Ok(false) => {}
+            Err(e) => self.fatal("writing the counted key statistics", e),
         }
     }
 }
