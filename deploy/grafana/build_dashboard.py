@@ -95,9 +95,10 @@ PANELS = [
         ('sum by (reason) (increase(ringstore_rebalance_splits_total[10m]))', "splits {{reason}} /10m"),
         ('count (max by (shard) (ringstore_raft_is_leader == 1))', "shards led"),
         ('sum (ringstore_shard_hot_key)', "shards with a hot key")]),
-    ("Split fence (keys refused) and split apply time p99", "s", [
+    ("Split fence (keys refused), split apply and key count time p99", "s", [
         ('histogram_quantile(0.99, sum by (le) (rate(ringstore_rebalance_split_fence_seconds_bucket[10m])))', "fence p99 (upper bound)"),
-        ('histogram_quantile(0.99, sum by (le) (rate(ringstore_shard_split_apply_seconds_bucket[10m])))', "apply p99 (counting the keys given away)")]),
+        ('histogram_quantile(0.99, sum by (le) (rate(ringstore_shard_split_apply_seconds_bucket[10m])))', "apply p99"),
+        ('histogram_quantile(0.99, sum by (le) (rate(ringstore_shard_stats_count_seconds_bucket[10m])))', "key count p99 (off the storage thread)")]),
     ("Requests per second at each shard's leader", "ops", [
         ('max by (shard) (ringstore_shard_requests_per_second)', "shard {{shard}}")]),
 ]
