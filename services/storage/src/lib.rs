@@ -14,6 +14,7 @@
 //! - [`clock`], [`raft_log`], [`metrics`]: time, raft's logger, Prometheus.
 
 pub mod actor;
+pub mod background;
 pub mod clock;
 pub mod engine;
 pub mod leaders;

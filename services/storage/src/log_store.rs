@@ -568,7 +568,7 @@ impl LogStore {
         let view = self.engine.snapshot();
         let job = self.snapshot_job.clone();
         *job.lock().unwrap_or_else(|e| e.into_inner()) = SnapshotJob::Building(index);
-        let spawned = std::thread::Builder::new().name(format!("snapshot-{shard}")).spawn(move || {
+        let spawned = crate::background::spawn(format!("snapshot-{shard}"), move || {
             let built = build_snapshot(&view, shard, owned, stamp, meta);
             *job.lock().unwrap_or_else(|e| e.into_inner()) = match built {
                 Ok(s) => SnapshotJob::Ready(s),
