@@ -434,6 +434,15 @@ fn summarize(
 ) -> anyhow::Result<serde_json::Value> {
     let (before, before_rate) = window(calls, t0 + Duration::from_secs(2), join_at);
     let (during, during_rate) = window(calls, join_at, done_at);
+    // When the slowest requests of the job were sent (s after its start):
+    // set against the split and count log lines, they say what they met.
+    let mut slow: Vec<(f64, f64)> = calls
+        .iter()
+        .filter(|c| ok(c.status) && c.sent >= join_at && c.sent < done_at)
+        .map(|c| ((c.sent - join_at).as_secs_f64(), (c.end - c.sent).as_secs_f64() * 1000.0))
+        .collect();
+    slow.sort_by(|a, b| b.1.total_cmp(&a.1));
+    slow.truncate(20);
     let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
     for c in calls.iter().filter(|c| !ok(c.status)) {
         *by_status.entry(c.status).or_default() += 1;
@@ -487,6 +496,8 @@ fn summarize(
         during.last().copied().unwrap_or(0.0)
     );
     println!("  failed requests: {errors} (by status, 0: no answer, 1: shed: {by_status:?})");
+    let shown: Vec<String> = slow.iter().take(8).map(|(t, ms)| format!("{ms:.0} ms at {t:.2} s")).collect();
+    println!("  slowest during the job (sent after its start): {}", shown.join(", "));
     if let Some(p) = &args.plot {
         let end = calls.iter().map(|c| c.end).max().unwrap_or(done_at);
         let secs = (end - t0).as_secs() as usize + 1;
@@ -522,5 +533,6 @@ fn summarize(
         "during": { "p50_ms": plot::percentile(&during, 0.5), "p99_ms": plot::percentile(&during, 0.99),
             "max_ms": during.last(), "ok_per_s": during_rate },
         "failed": errors, "failed_by_status": by_status,
+        "slowest_during": slow.iter().map(|(t, ms)| serde_json::json!({ "sent_s": t, "ms": ms })).collect::<Vec<_>>(),
     }))
 }

@@ -92,6 +92,22 @@ pub struct ReplicaConfig {
 
 type Reply = oneshot::Sender<ShardResult>;
 
+/// Client writes that arrive while this leader hands its leadership over
+/// wait here rather than being dropped (raft-rs refuses proposals then):
+/// once the new leader is known they are sent there at once, and if the
+/// transfer is abandoned they are proposed here. Dropped, the router would
+/// retry them with a backoff that outlasts the transfer several times.
+struct ParkedWrite {
+    cmd: Command,
+    reply: Reply,
+    wait: Option<WaitSpec>,
+    request: Option<Request>,
+    since: Instant,
+}
+
+/// Writes parked during one leader transfer, at most.
+const PARKED_MAX: usize = 4096;
+
 struct PendingWrite {
     term: u64,
     tx: Reply,
@@ -197,6 +213,7 @@ pub struct StorageActor {
     /// Ready rounds written but not yet fsynced, in order, with the
     /// messages that may leave only once they are durable.
     unpersisted: VecDeque<(u64, Vec<RaftMessage>)>,
+    parked: Vec<ParkedWrite>,
     /// Set by [`DestroyReplica`]: its data is gone, nothing more may be
     /// written or answered.
     destroyed: bool,
@@ -275,6 +292,7 @@ impl StorageActor {
             waiters: Waiters::default(),
             freed: Vec::new(),
             unpersisted: VecDeque::new(),
+            parked: Vec::new(),
             destroyed: false,
             compact_for_learner: false,
         };
@@ -362,6 +380,21 @@ impl StorageActor {
         wait: Option<WaitSpec>,
         request: Option<Request>,
     ) -> Result<(), StoreError> {
+        if let Some(reply) = reply {
+            if self.raw.raft.lead_transferee.is_some() && self.parked.len() < PARKED_MAX {
+                self.metrics.proposals_parked.inc();
+                self.parked.push(ParkedWrite { cmd: cmd.clone(), reply, wait, request, since: Instant::now() });
+                return Ok(());
+            }
+            let index = self.append_proposal(cmd, request)?;
+            self.writes.insert(index, PendingWrite { term: self.raw.raft.term, tx: reply, wait });
+            return Ok(());
+        }
+        self.append_proposal(cmd, request).map(drop)
+    }
+
+    /// Appends `cmd` to the leader's log; returns its index.
+    fn append_proposal(&mut self, cmd: &Command, request: Option<Request>) -> Result<u64, StoreError> {
         // Stamps never go back, even if this leader's clock is behind the
         // previous one's: TTL decisions stay monotonic.
         let stamp_ms = self.clock.now_ms().max(self.raw.store().apply_state().applied_stamp_ms);
@@ -375,10 +408,7 @@ impl StorageActor {
         // A leader appends a proposal at once; anything else is a raft bug.
         assert_eq!(index, before + 1, "proposal was not appended at last_index + 1");
         self.metrics.proposals_accepted.inc();
-        if let Some(tx) = reply {
-            self.writes.insert(index, PendingWrite { term: self.raw.raft.term, tx, wait });
-        }
-        Ok(())
+        Ok(index)
     }
 
     // ---------------------------------------------------------------
@@ -781,6 +811,41 @@ impl StorageActor {
                 for r in rs {
                     let _ = r.tx.send(Err(err.clone()));
                 }
+            }
+        }
+        self.release_parked();
+    }
+
+    /// Writes parked during a leader transfer go on once it has ended: to
+    /// the new leader (the router follows the hint at once), or into this
+    /// leader's log if the transfer was abandoned. Past an election
+    /// timeout with no leader known they are dropped (the router retries).
+    fn release_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let leading = self.is_leader();
+        if leading && self.raw.raft.lead_transferee.is_some() {
+            return;
+        }
+        let known = self.raw.raft.leader_id;
+        let timeout = Duration::from_millis(self.cfg.election_timeout_ms());
+        for p in std::mem::take(&mut self.parked) {
+            if leading {
+                match self.append_proposal(&p.cmd, p.request) {
+                    Ok(index) => {
+                        self.writes.insert(index, PendingWrite { term: self.raw.raft.term, tx: p.reply, wait: p.wait });
+                    }
+                    Err(e) => {
+                        let _ = p.reply.send(Err(e));
+                    }
+                }
+            } else if known != 0 && known != self.node {
+                let _ = p.reply.send(Err(StoreError::NotLeader { shard: self.shard, hint: Some(known) }));
+            } else if p.since.elapsed() >= timeout {
+                let _ = p.reply.send(Err(StoreError::Dropped { reason: "leader transfer ended with no leader known" }));
+            } else {
+                self.parked.push(p);
             }
         }
     }
@@ -1326,6 +1391,7 @@ impl Actor for StorageActor {
             act.raw.tick();
             act.campaign_tick();
             act.fail_orphaned_writes();
+            act.release_parked();
             act.retry_stuck_reads();
             act.expire_waiters();
             act.serve_map_watchers();

@@ -568,13 +568,14 @@ impl LogStore {
         let view = self.engine.snapshot();
         let job = self.snapshot_job.clone();
         *job.lock().unwrap_or_else(|e| e.into_inner()) = SnapshotJob::Building(index);
-        let spawned = crate::background::spawn(format!("snapshot-{shard}"), move || {
-            let built = build_snapshot(&view, shard, owned, stamp, meta);
-            *job.lock().unwrap_or_else(|e| e.into_inner()) = match built {
-                Ok(s) => SnapshotJob::Ready(s),
-                Err(e) => SnapshotJob::Failed(e.to_string()),
-            };
-        });
+        let spawned =
+            crate::background::spawn(format!("snapshot-{shard}"), crate::background::SNAPSHOT_NICE, move || {
+                let built = build_snapshot(&view, shard, owned, stamp, meta);
+                *job.lock().unwrap_or_else(|e| e.into_inner()) = match built {
+                    Ok(s) => SnapshotJob::Ready(s),
+                    Err(e) => SnapshotJob::Failed(e.to_string()),
+                };
+            });
         if let Err(e) = spawned {
             *self.snapshot_job.lock().unwrap_or_else(|e| e.into_inner()) = SnapshotJob::Failed(e.to_string());
         }

@@ -97,7 +97,7 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
             .expect("registers once"),
         proposals: register_int_counter_vec!(
             "ringstore_raft_proposals_total",
-            "Client proposals by result (accepted, not_leader, dropped, overloaded)",
+            "Client proposals by result (accepted, not_leader, dropped, overloaded, parked_for_transfer: held while the leader hands over, then sent on)",
             &["node", "shard", "result"]
         )
         .expect("registers once"),
@@ -238,6 +238,7 @@ pub struct ReplicaMetrics {
     pub proposals_dropped: IntCounter,
     pub proposals_not_leader: IntCounter,
     pub proposals_overloaded: IntCounter,
+    pub proposals_parked: IntCounter,
     pub ready_rounds: IntCounter,
     pub ready_entries: Histogram,
     pub applied_entries: IntCounter,
@@ -282,6 +283,7 @@ impl ReplicaMetrics {
             proposals_dropped: proposals("dropped"),
             proposals_not_leader: proposals("not_leader"),
             proposals_overloaded: proposals("overloaded"),
+            proposals_parked: proposals("parked_for_transfer"),
             ready_rounds: r.ready_rounds.with_label_values(&ns),
             ready_entries: r.ready_entries.with_label_values(&ns),
             applied_entries: r.applied_entries.with_label_values(&ns),

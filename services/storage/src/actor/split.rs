@@ -145,7 +145,7 @@ impl StorageActor {
         let count = self.raw.mut_store().begin_recount();
         let addr = ctx.address();
         let (node, shard) = (self.node, self.shard);
-        let spawned = crate::background::spawn(format!("count-{shard}"), move || {
+        let spawned = crate::background::spawn(format!("count-{shard}"), crate::background::COUNT_NICE, move || {
             let started = Instant::now();
             let result = count.run();
             addr.do_send(StatsCounted {
