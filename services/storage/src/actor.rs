@@ -214,6 +214,11 @@ pub struct StorageActor {
     /// messages that may leave only once they are durable.
     unpersisted: VecDeque<(u64, Vec<RaftMessage>)>,
     parked: Vec<ParkedWrite>,
+    /// Reads this replica could not confirm before it handed leadership
+    /// over: answered with the new leader's hint once it is known.
+    parked_reads: Vec<(Reply, Instant)>,
+    /// When this leader last began a leadership transfer.
+    transfer_started: Option<Instant>,
     /// Set by [`DestroyReplica`]: its data is gone, nothing more may be
     /// written or answered.
     destroyed: bool,
@@ -293,6 +298,8 @@ impl StorageActor {
             freed: Vec::new(),
             unpersisted: VecDeque::new(),
             parked: Vec::new(),
+            parked_reads: Vec::new(),
+            transfer_started: None,
             destroyed: false,
             compact_for_learner: false,
         };
@@ -793,7 +800,13 @@ impl StorageActor {
         if role == StateRole::Leader {
             self.locks.forget_proposals();
             self.stepped_down_at = None;
+            self.transfer_started = None;
         }
+        // Stepping down to a transfer this leader began, before it knows
+        // the new leader: its reads wait for the hint rather than go into
+        // the router's backoff.
+        let window = Duration::from_millis(self.cfg.election_timeout_ms());
+        let handing_over = leader == 0 && self.transfer_started.is_some_and(|t| t.elapsed() < window);
         if role != StateRole::Leader {
             self.load.reset();
             if !self.writes.is_empty() && self.stepped_down_at.is_none() {
@@ -804,11 +817,13 @@ impl StorageActor {
                 let _ = w.reply.send(Err(StoreError::Dropped { reason: "lock waiter moved to a new leader" }));
             }
             let err = self.not_leader();
-            for r in self.reads.unsent.drain(..) {
-                let _ = r.tx.send(Err(err.clone()));
-            }
-            for (_, (_, rs)) in self.reads.in_flight.drain() {
-                for r in rs {
+            let unsent = self.reads.unsent.drain(..);
+            let in_flight = self.reads.in_flight.drain().flat_map(|(_, (_, rs))| rs);
+            let now = Instant::now();
+            for r in unsent.chain(in_flight) {
+                if handing_over && self.parked_reads.len() < PARKED_MAX {
+                    self.parked_reads.push((r.tx, now));
+                } else {
                     let _ = r.tx.send(Err(err.clone()));
                 }
             }
@@ -821,15 +836,31 @@ impl StorageActor {
     /// leader's log if the transfer was abandoned. Past an election
     /// timeout with no leader known they are dropped (the router retries).
     fn release_parked(&mut self) {
-        if self.parked.is_empty() {
+        if self.parked.is_empty() && self.parked_reads.is_empty() {
             return;
         }
         let leading = self.is_leader();
+        let known = self.raw.raft.leader_id;
+        let timeout = Duration::from_millis(self.cfg.election_timeout_ms());
+        if !self.parked_reads.is_empty() && (leading || known != 0) {
+            let err = match known {
+                0 => StoreError::Dropped { reason: "leader transfer ended with no leader known" },
+                _ => self.not_leader(),
+            };
+            for (tx, _) in self.parked_reads.drain(..) {
+                let _ = tx.send(Err(err.clone()));
+            }
+        }
+        let expired = |since: &Instant| since.elapsed() >= timeout;
+        if self.parked_reads.iter().any(|(_, since)| expired(since)) {
+            let err = StoreError::Dropped { reason: "leader transfer ended with no leader known" };
+            for (tx, _) in self.parked_reads.drain(..) {
+                let _ = tx.send(Err(err.clone()));
+            }
+        }
         if leading && self.raw.raft.lead_transferee.is_some() {
             return;
         }
-        let known = self.raw.raft.leader_id;
-        let timeout = Duration::from_millis(self.cfg.election_timeout_ms());
         for p in std::mem::take(&mut self.parked) {
             if leading {
                 match self.append_proposal(&p.cmd, p.request) {

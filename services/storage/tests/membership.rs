@@ -116,14 +116,16 @@ async fn a_replica_moves_from_node_1_to_node_2_and_the_source_leaves_nothing_beh
     let r = send(&a1, ShardOp::ChangePeers(PeerChange::Promote { add: 2, remove: None })).await;
     assert!(matches!(r, Ok(ShardReply::Status(ref s)) if s.voters == vec![1, 2]), "{r:?}");
     until("node 2 applied its promotion", async || status(&a2).await.voters == vec![1, 2]).await;
-    // A write that reaches node 1 right behind the transfer (the mailbox
-    // keeps their order) is held while leadership moves, then sent on to
-    // the new leader: never dropped into the router's backoff.
+    // A write and a read that reach node 1 right behind the transfer (the
+    // mailbox keeps their order) wait while leadership moves, then are sent
+    // on to the new leader: never dropped into the router's backoff.
     let transfer = a1.send(ShardRequest(ShardOp::TransferLeader { to: 2 }));
-    let during = a1.send(ShardRequest(put(KEYS + 1)));
+    let write = a1.send(ShardRequest(put(KEYS + 1)));
+    let read = a1.send(ShardRequest(ShardOp::Read { key: b"k7".to_vec(), stale: false }));
     assert!(transfer.await.unwrap().is_ok());
-    let r = during.await.unwrap();
-    assert!(matches!(r, Err(StoreError::NotLeader { hint: Some(2), .. })), "{r:?}");
+    for r in [write.await.unwrap(), read.await.unwrap()] {
+        assert!(matches!(r, Err(StoreError::NotLeader { hint: Some(2), .. })), "{r:?}");
+    }
     until("node 2 leads", async || status(&a2).await.role == "leader").await;
     let r = send(&a2, ShardOp::ChangePeers(PeerChange::Remove(1))).await;
     assert!(matches!(r, Ok(ShardReply::Status(ref s)) if s.voters == vec![2]), "{r:?}");

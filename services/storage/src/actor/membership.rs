@@ -3,6 +3,8 @@
 //! end of a replica that was moved away. The Rebalancer decides the steps
 //! (`ringstore_shared::rebalance`); this only proposes them through raft-rs.
 
+use std::time::Instant;
+
 use actix::prelude::*;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 use ringstore_shared::{NodeId, StoreError};
@@ -116,6 +118,7 @@ impl StorageActor {
             return Err(StoreError::BadRequest(format!("node {to} is not a voter of shard {}", self.shard)));
         }
         info!(node = self.node, shard = self.shard, to, "transferring leadership");
+        self.transfer_started = Some(Instant::now());
         self.raw.transfer_leader(to);
         self.schedule_flush(ctx);
         Ok(ShardReply::Status(self.status()))
