@@ -944,6 +944,13 @@ impl StorageActor {
             }
             return;
         }
+        // raft-rs ignores a ReadIndex until the leader has committed an
+        // entry of its term (its no-op, one round trip after the election):
+        // hold the reads until then rather than lose them to the 300 ms
+        // retry. A new shard's leader meets its first reads just so.
+        if !self.raw.raft.commit_to_current_term() {
+            return;
+        }
         let ctx = self.reads.next_ctx;
         self.reads.next_ctx += 1;
         let reads = std::mem::take(&mut self.reads.unsent);
