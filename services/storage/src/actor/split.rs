@@ -237,11 +237,38 @@ impl Handler<StatsCounted> for StorageActor {
     }
 }
 
+/// How soon a split-off shard's leader asks again for (pre-)votes that
+/// found no replica: the other nodes start theirs a few ms after this
+/// one, and a tick (100 ms) is what the new shard's first requests wait.
+const CAMPAIGN_RETRY: Duration = Duration::from_millis(10);
+
+impl StorageActor {
+    /// Campaigns again every [`CAMPAIGN_RETRY`] within the window while
+    /// no leader is known and no vote is under way (a candidate that
+    /// started over would raise its term each time).
+    fn campaign_soon(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_later(CAMPAIGN_RETRY, |act, ctx| {
+            let Some(until) = act.campaign_until else { return };
+            if act.destroyed || act.raw.raft.state == StateRole::Leader || Instant::now() >= until {
+                return;
+            }
+            if act.raw.raft.leader_id == 0 && act.raw.raft.state != StateRole::Candidate {
+                if let Err(e) = act.raw.campaign() {
+                    warn!(node = act.node, shard = act.shard, "campaign refused: {e}");
+                }
+                act.schedule_flush(ctx);
+            }
+            act.campaign_soon(ctx);
+        });
+    }
+}
+
 impl Handler<Campaign> for StorageActor {
     type Result = ();
     fn handle(&mut self, _: Campaign, ctx: &mut Context<Self>) {
         let window = Duration::from_millis(self.cfg.election_timeout_ms());
         self.campaign(Instant::now() + window);
         self.schedule_flush(ctx);
+        self.campaign_soon(ctx);
     }
 }
