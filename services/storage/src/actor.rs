@@ -802,12 +802,12 @@ impl StorageActor {
             self.stepped_down_at = None;
             self.transfer_started = None;
         }
-        // Stepping down to a transfer this leader began, before it knows
-        // the new leader: its reads wait for the hint rather than go into
-        // the router's backoff.
-        let window = Duration::from_millis(self.cfg.election_timeout_ms());
-        let handing_over = leader == 0 && self.transfer_started.is_some_and(|t| t.elapsed() < window);
         if role != StateRole::Leader {
+            // Stepping down to a transfer this leader began, before it
+            // knows the new leader: its reads wait for the hint rather
+            // than go into the router's backoff.
+            let window = Duration::from_millis(self.cfg.election_timeout_ms());
+            let handing_over = leader == 0 && self.transfer_started.is_some_and(|t| t.elapsed() < window);
             self.load.reset();
             if !self.writes.is_empty() && self.stepped_down_at.is_none() {
                 self.stepped_down_at = Some(Instant::now());
@@ -831,10 +831,11 @@ impl StorageActor {
         self.release_parked();
     }
 
-    /// Writes parked during a leader transfer go on once it has ended: to
-    /// the new leader (the router follows the hint at once), or into this
-    /// leader's log if the transfer was abandoned. Past an election
-    /// timeout with no leader known they are dropped (the router retries).
+    /// Writes and reads parked during a leader transfer go on once it has
+    /// ended: to the new leader (the router follows the hint at once), or,
+    /// writes, into this leader's log if the transfer was abandoned. Past
+    /// an election timeout with no leader known they are dropped (the
+    /// router retries).
     fn release_parked(&mut self) {
         if self.parked.is_empty() && self.parked_reads.is_empty() {
             return;
@@ -842,18 +843,12 @@ impl StorageActor {
         let leading = self.is_leader();
         let known = self.raw.raft.leader_id;
         let timeout = Duration::from_millis(self.cfg.election_timeout_ms());
-        if !self.parked_reads.is_empty() && (leading || known != 0) {
+        let expired = self.parked_reads.iter().any(|(_, since)| since.elapsed() >= timeout);
+        if leading || known != 0 || expired {
             let err = match known {
                 0 => StoreError::Dropped { reason: "leader transfer ended with no leader known" },
                 _ => self.not_leader(),
             };
-            for (tx, _) in self.parked_reads.drain(..) {
-                let _ = tx.send(Err(err.clone()));
-            }
-        }
-        let expired = |since: &Instant| since.elapsed() >= timeout;
-        if self.parked_reads.iter().any(|(_, since)| expired(since)) {
-            let err = StoreError::Dropped { reason: "leader transfer ended with no leader known" };
             for (tx, _) in self.parked_reads.drain(..) {
                 let _ = tx.send(Err(err.clone()));
             }

@@ -178,7 +178,7 @@ pub struct KeyStats {
 }
 
 impl KeyStats {
-    pub fn add(&mut self, k: &[u8], v: &[u8]) -> Result<(), EngineError> {
+    fn add(&mut self, k: &[u8], v: &[u8]) -> Result<(), EngineError> {
         let Some((_, user)) = split_data_key(k) else { return Ok(()) };
         if !is_user_key(user) {
             return Ok(());
@@ -664,9 +664,9 @@ fn bootstrap_hard_state() -> HardState {
 /// Stages, in a split's batch, the state of the new shard `shard` on this
 /// node: its voters, a log that starts after [`INIT_LOG_INDEX`] as a
 /// bootstrapped one does, and its ranges (its key statistics are counted
-/// once it runs); any earlier
-/// state of it here is removed first (none is expected: a replica of the
-/// new shard is started only after the split, see `LocalReplicas`).
+/// once it runs); any earlier state of it here is removed first (none is
+/// expected: a replica of the new shard is started only after the split,
+/// see `LocalReplicas`).
 pub fn stage_split_bootstrap(
     engine: &Engine,
     b: &mut WriteBatch,

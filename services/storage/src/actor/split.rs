@@ -243,19 +243,16 @@ impl Handler<StatsCounted> for StorageActor {
 const CAMPAIGN_RETRY: Duration = Duration::from_millis(10);
 
 impl StorageActor {
-    /// Campaigns again every [`CAMPAIGN_RETRY`] within the window while
-    /// no leader is known and no vote is under way (a candidate that
-    /// started over would raise its term each time).
+    /// Takes [`StorageActor::campaign_tick`] every [`CAMPAIGN_RETRY`]
+    /// until the campaign window closes, except while a vote is under way
+    /// (a candidate that started over would raise its term each time).
     fn campaign_soon(&mut self, ctx: &mut Context<Self>) {
         ctx.run_later(CAMPAIGN_RETRY, |act, ctx| {
-            let Some(until) = act.campaign_until else { return };
-            if act.destroyed || act.raw.raft.state == StateRole::Leader || Instant::now() >= until {
+            if act.destroyed || act.campaign_until.is_none() {
                 return;
             }
             if act.raw.raft.leader_id == 0 && act.raw.raft.state != StateRole::Candidate {
-                if let Err(e) = act.raw.campaign() {
-                    warn!(node = act.node, shard = act.shard, "campaign refused: {e}");
-                }
+                act.campaign_tick();
                 act.schedule_flush(ctx);
             }
             act.campaign_soon(ctx);
