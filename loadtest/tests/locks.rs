@@ -39,7 +39,7 @@ fn check(report: &serde_json::Value, what: &str) {
 #[actix_rt::test]
 async fn the_locks_workload_runs_against_ringstore_and_redis() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(ClusterConfig::new(dir.path().join("cluster"))).await.unwrap();
+    let mut cluster = LocalCluster::start(ClusterConfig::new(dir.path().join("cluster"))).await.unwrap();
     cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
     let endpoints = cluster.node_ids().iter().map(|id| cluster.url(*id).unwrap()).collect::<Vec<_>>().join(",");
     for mode in ["uncontended", "contended"] {

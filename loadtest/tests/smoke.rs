@@ -9,7 +9,7 @@ use ringstore_node::cluster::{ClusterConfig, LocalCluster};
 #[actix_rt::test]
 async fn a_three_second_workload_reports_sane_numbers() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(ClusterConfig::new(dir.path().join("cluster"))).await.unwrap();
+    let mut cluster = LocalCluster::start(ClusterConfig::new(dir.path().join("cluster"))).await.unwrap();
     cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
     let endpoints = cluster.node_ids().iter().map(|id| cluster.url(*id).unwrap()).collect::<Vec<_>>().join(",");
     let out = dir.path().join("report.json");

@@ -228,7 +228,11 @@ impl LocalCluster {
         Ok(())
     }
 
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    /// Stops every running node and waits until each one's RocksDB is
+    /// closed. Call it before the process exits: a RocksDB still closing
+    /// on a storage thread while the process tears down its statics can
+    /// crash the exit.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
         for id in self.nodes.keys().copied().collect::<Vec<_>>() {
             self.stop_node(id).await?;
         }

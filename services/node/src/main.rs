@@ -141,7 +141,7 @@ async fn dev(
         warn!("--unsafe-no-fsync: the Raft log is not fsynced; a crash can lose acknowledged writes");
         cfg.raft.sync_wal = false;
     }
-    let cluster = LocalCluster::start(cfg).await?;
+    let mut cluster = LocalCluster::start(cfg).await?;
     cluster.wait_leader(std::time::Duration::from_secs(10)).await?;
     let shards = cluster.map().ring().shards();
     println!("ringstore dev: 3 nodes, {shards} shard(s), data in {}", data_dir.display());

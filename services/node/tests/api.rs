@@ -53,7 +53,7 @@ async fn etag_if_match_and_if_none_match() {
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
     let r = call("PUT", &url, "/v1/kv/doc", &[("if-none-match", "*")], b"again".to_vec()).await;
     assert_eq!(r.status, StatusCode::OK);
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -86,7 +86,7 @@ async fn ttl_expires_values_on_every_replica() {
     // An expired key counts as absent for create-only.
     let r = call("PUT", &url, "/v1/kv/session", &[("if-none-match", "*")], b"new".to_vec()).await;
     assert_eq!(r.status, StatusCode::OK);
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -112,7 +112,7 @@ async fn keys_with_slashes_unicode_and_empty_values() {
     assert_eq!(get(&url, "a%2Fb%2Fc").await.body, b"slashes");
     // A prefix of a key is another key.
     assert_eq!(get(&url, "a/b").await.status, StatusCode::NOT_FOUND);
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -162,7 +162,7 @@ async fn bad_input_gets_a_json_error_and_the_node_keeps_serving() {
     assert_eq!(call("GET", &url, "/healthz", &[], vec![]).await.status, StatusCode::OK);
     // Ready again, if a busy machine made an election happen meanwhile.
     tc.wait_ready(Duration::from_secs(10)).await;
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -185,7 +185,7 @@ async fn metrics_endpoint_counts_requests() {
     // The route label is the pattern, never the key.
     assert!(text.contains("route=\"/v1/kv/{key:.*}\""));
     assert!(!text.contains("route=\"/v1/kv/m\""));
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -207,7 +207,7 @@ async fn concurrent_create_only_writes_in_one_batch_have_exactly_one_winner() {
     let winner_version = won[0].json()["version"].as_u64().unwrap();
     let r = get(&url, "race").await;
     assert_eq!(r.header("etag").unwrap(), format!("\"{winner_version}\""));
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -230,7 +230,7 @@ async fn a_full_replica_queue_answers_503_overloaded_and_recovers() {
     }
     // Afterwards the node serves normally.
     assert_eq!(put(&url, "after", b"y").await.status, StatusCode::OK);
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }
 
 /// `POST /v1/node/handover` (a pod's preStop): the node reports not ready
@@ -267,4 +267,5 @@ async fn handover_takes_the_node_out_of_service_and_moves_its_leaderships() {
     assert_eq!(put(&other, "after-handover", b"v").await.status, StatusCode::OK);
     let r = call("GET", &url, "/v1/node/handover", &[], vec![]).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    tc.shutdown().await;
 }

@@ -105,6 +105,7 @@ async fn twenty_clients_fifty_acquisitions_never_overlap_and_tokens_increase() {
     for pair in log.chunks(2) {
         assert_eq!((pair[0].0, pair[0].1, pair[1].1), (pair[1].0, true, false));
     }
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -132,6 +133,7 @@ async fn a_holder_that_stops_refreshing_loses_the_lock_to_a_waiter() {
     let s = call("GET", &url, "/v1/locks/lease", &[], vec![]).await;
     assert_eq!(s.json()["holder"], "b");
     assert_eq!(s.json()["token"].as_u64(), Some(t2));
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -155,6 +157,7 @@ async fn a_lock_survives_a_leader_crash_and_later_tokens_are_larger() {
     let t2 = token(&acquire(&url, "crash", "b", 3_000, 0).await);
     assert!(t2 > t1);
     tc.cluster.start_node(leader).await.unwrap();
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -204,6 +207,7 @@ async fn reentrancy_wrong_session_fifo_waiters_and_wait_timeout() {
     assert_eq!(r.json()["holder"], "x");
     assert!(r.json()["lease_remaining_ms"].as_u64().unwrap() > 5_000);
     assert_eq!(release(&url, "r", &sx, t).await.status, StatusCode::OK);
+    tc.shutdown().await;
 }
 
 /// Issue 18, hole 1: a token the lock never issued was accepted and moved
@@ -246,6 +250,7 @@ async fn forged_future_and_unknown_lock_tokens_are_refused_and_do_not_move_the_f
     let m = call("GET", &url, "/metrics", &[], vec![]).await.text();
     assert!(m.contains("ringstore_fencing_unknown_tokens_total"), "the refusals are counted");
     tc.cluster.start_node(leader).await.unwrap();
+    tc.shutdown().await;
 }
 
 /// Issue 18, hole 3: reentrancy rested on clients picking unique owner
@@ -276,6 +281,7 @@ async fn two_clients_with_one_owner_label_but_no_shared_session_exclude_each_oth
     assert_eq!(release(&url, "same", &s1, t1).await.json()["free"], true);
     let (s2, t2) = waiting.await.unwrap();
     assert!(s2 != s1 && t2 > t1);
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -299,6 +305,7 @@ async fn a_paused_holder_cannot_overwrite_its_successors_fenced_write() {
         let r = call("PUT", &url, "/v1/kv/guarded", &[("fencing-token", bad)], b"v".to_vec()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -336,6 +343,7 @@ async fn bad_lock_requests_get_400_with_a_json_error() {
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     // The node still serves.
     assert_eq!(acquire(&url, "l", "o", 1000, 0).await.status, StatusCode::OK);
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -394,4 +402,5 @@ async fn ringstore_lock_runs_overlapping_commands_one_after_the_other() {
         .unwrap();
     assert_eq!(wait_child(&mut c, Duration::from_secs(10)).await.code(), Some(75));
     assert_eq!(release(&endpoints[0], "cli", &so, t).await.status, StatusCode::OK);
+    tc.shutdown().await;
 }

@@ -119,5 +119,5 @@ async fn a_real_prometheus_sees_request_counters_and_latency_histograms_move() {
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
     );
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }

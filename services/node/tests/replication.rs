@@ -25,7 +25,7 @@ async fn a_leader_is_elected_and_a_write_reaches_every_replica() {
         })
         .await;
     }
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -67,7 +67,7 @@ async fn leader_crash_elects_a_new_leader_and_keeps_every_acknowledged_write() {
         async move { get_stale(&u, "after-29").await.status == StatusCode::OK }
     })
     .await;
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -106,7 +106,7 @@ async fn whole_group_restart_recovers_every_write_even_after_log_compaction() {
         assert_eq!(r.text(), want);
     }
     assert_eq!(get(&url, "k119").await.status, StatusCode::NOT_FOUND);
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -150,7 +150,7 @@ async fn a_partitioned_minority_cannot_commit_and_catches_up_after_healing() {
     // The write that got 503 was never committed anywhere.
     assert_eq!(get(&maj_url, "lost-write").await.status, StatusCode::NOT_FOUND);
     assert_eq!(get_stale(&minority_url, "lost-write").await.status, StatusCode::NOT_FOUND);
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }
 
 #[actix_rt::test]
@@ -182,5 +182,5 @@ async fn writes_commit_and_replicas_converge_over_a_lossy_slow_network() {
             assert_eq!(get_stale(&u, &format!("lossy-{i}")).await.status, StatusCode::OK);
         }
     }
-    tc.cluster.shutdown().await.unwrap();
+    tc.shutdown().await;
 }

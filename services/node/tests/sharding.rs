@@ -165,6 +165,7 @@ async fn sixteen_shards_take_twenty_thousand_keys_evenly_and_serve_them_from_any
     assert!(ranges > 1000, "{ranges}");
 
     stale_router_is_corrected_by_the_meta_shard(&tc, &urls).await;
+    tc.shutdown().await;
 }
 
 /// A Router whose map is behind (epoch 0, a 4-shard ring) sends most keys
@@ -273,4 +274,5 @@ async fn losing_a_node_keeps_every_shard_serving_and_loses_nothing() {
         }
     }
     tc.cluster.start_node(1).await.unwrap();
+    tc.shutdown().await;
 }

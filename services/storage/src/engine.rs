@@ -76,6 +76,8 @@ pub enum EngineError {
     Identity { expected: u64, found: String },
     #[error("corrupt record in column family {cf}: {detail}")]
     Corrupt { cf: &'static str, detail: String },
+    #[error("background scan abandoned: its replica stopped")]
+    Abandoned,
 }
 
 /// Memtable size of the `raft` and `data` families.

@@ -570,7 +570,9 @@ impl LogStore {
         *job.lock().unwrap_or_else(|e| e.into_inner()) = SnapshotJob::Building(index);
         let spawned =
             crate::background::spawn(format!("snapshot-{shard}"), crate::background::SNAPSHOT_NICE, move || {
-                let built = build_snapshot(&view, shard, owned, stamp, meta);
+                // Wanted while the store that started it holds the job.
+                let wanted = || Arc::strong_count(&job) > 1;
+                let built = build_snapshot(&view, shard, owned, stamp, meta, wanted);
                 *job.lock().unwrap_or_else(|e| e.into_inner()) = match built {
                     Ok(s) => SnapshotJob::Ready(s),
                     Err(e) => SnapshotJob::Failed(e.to_string()),
@@ -590,14 +592,23 @@ fn build_snapshot(
     owned: OwnedRanges,
     applied_stamp_ms: u64,
     meta: SnapshotMetadata,
+    wanted: impl Fn() -> bool,
 ) -> Result<Snapshot, EngineError> {
     let mut kvs = Vec::new();
+    let mut abandoned = false;
     for r in &owned.ranges {
         let (from, to) = crate::snapshot::data_bounds(r);
         view.scan(Cf::Data, &from, &to, |k, v| {
+            if (kvs.len() as u64 + 1) % BACKGROUND_CHECK_EVERY == 0 && !wanted() {
+                abandoned = true;
+                return false;
+            }
             kvs.push((k.to_vec(), v.to_vec()));
             true
         })?;
+        if abandoned {
+            return Err(EngineError::Abandoned);
+        }
     }
     let map = view.get(Cf::Raft, &shard_key(shard, KIND_MAP))?;
     let data = SnapshotData { applied_stamp_ms, kvs, map, ranges: Some(owned) };
@@ -606,6 +617,10 @@ fn build_snapshot(
     crate::metrics::RAFT.snapshots.with_label_values(&[view.engine().node_label(), &shard.to_string(), "built"]).inc();
     Ok(snap)
 }
+
+/// How many keys a background scan reads between checks that it is still
+/// wanted.
+const BACKGROUND_CHECK_EVERY: u64 = 1024;
 
 /// A count of a replica's key statistics, run off the storage thread on a
 /// RocksDB snapshot (see [`LogStore::begin_recount`]).
@@ -620,21 +635,35 @@ impl StatsCount {
         self.generation
     }
 
-    /// Counts the user keys of the ranges as of the snapshot.
-    pub fn run(&self) -> Result<KeyStats, EngineError> {
+    /// Counts the user keys of the ranges as of the snapshot; `None` once
+    /// `wanted` says the count is no longer wanted (its replica stopped:
+    /// a count of a large shard must not hold its node's RocksDB open).
+    pub fn run(&self, wanted: impl Fn() -> bool) -> Result<Option<KeyStats>, EngineError> {
         let mut stats = KeyStats::default();
         let mut err = None;
+        let mut seen = 0u64;
+        let mut abandoned = false;
         for r in self.ranges.iter() {
             let (from, to) = crate::snapshot::data_bounds(r);
-            self.view.scan(Cf::Data, &from, &to, |k, v| match stats.add(k, v) {
-                Ok(()) => true,
-                Err(e) => {
-                    err = Some(e);
-                    false
+            self.view.scan(Cf::Data, &from, &to, |k, v| {
+                seen += 1;
+                if seen % BACKGROUND_CHECK_EVERY == 0 && !wanted() {
+                    abandoned = true;
+                    return false;
+                }
+                match stats.add(k, v) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
                 }
             })?;
+            if abandoned {
+                return Ok(None);
+            }
         }
-        err.map_or(Ok(stats), Err)
+        err.map_or(Ok(Some(stats)), Err)
     }
 }
 
@@ -833,5 +862,31 @@ mod tests {
         let mut b = state(0, 0, false);
         b.on_delete(5);
         assert_eq!(b.stats(), Some(KeyStats::default()));
+    }
+    #[test]
+    fn a_background_scan_stops_once_its_replica_no_longer_wants_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::open(dir.path(), "1").expect("open");
+        let keys = 3 * BACKGROUND_CHECK_EVERY;
+        let mut b = engine.batch();
+        for i in 0..keys {
+            let value = StoredValue { version: 1, expires_at_ms: None, data: b"v".to_vec() };
+            engine.put(
+                &mut b,
+                Cf::Data,
+                &ringstore_shared::keys::data_key(format!("k{i}").as_bytes()),
+                &value.encode(),
+            );
+        }
+        engine.write(b, false).expect("write");
+        let count = StatsCount { generation: 1, view: engine.snapshot(), ranges: Arc::new(vec![0..=u64::MAX]) };
+        let all = count.run(|| true).expect("count").expect("wanted");
+        assert_eq!(all.keys, keys);
+        assert_eq!(count.run(|| false).expect("count"), None, "stopped at the first check");
+        let owned = OwnedRanges { ranges: vec![0..=u64::MAX], ..Default::default() };
+        let snap = build_snapshot(&engine.snapshot(), 1, owned.clone(), 0, SnapshotMetadata::default(), || true);
+        assert!(snap.is_ok());
+        let abandoned = build_snapshot(&engine.snapshot(), 1, owned, 0, SnapshotMetadata::default(), || false);
+        assert!(matches!(abandoned, Err(EngineError::Abandoned)), "{abandoned:?}");
     }
 }

@@ -47,7 +47,24 @@ pub async fn start(tune: impl FnOnce(&mut ClusterConfig)) -> TestCluster {
     tc
 }
 
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // A test that returns with nodes running leaves their RocksDBs
+        // closing on storage threads while the test binary exits, which
+        // can crash the exit after every test has passed.
+        let running: Vec<_> = self.cluster.node_ids().into_iter().filter(|i| self.cluster.is_running(*i)).collect();
+        if !std::thread::panicking() && !running.is_empty() {
+            panic!("a test ended with nodes {running:?} running: end it with `tc.shutdown().await`");
+        }
+    }
+}
+
 impl TestCluster {
+    /// Stops every node and waits until their RocksDBs are closed.
+    pub async fn shutdown(mut self) {
+        self.cluster.shutdown().await.expect("cluster shuts down");
+    }
+
     /// Waits until every running node answers `/readyz` with 200: each of
     /// its replicas knows its shard's leader.
     pub async fn wait_ready(&self, within: Duration) {

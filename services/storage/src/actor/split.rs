@@ -147,7 +147,13 @@ impl StorageActor {
         let (node, shard) = (self.node, self.shard);
         let spawned = crate::background::spawn(format!("count-{shard}"), crate::background::COUNT_NICE, move || {
             let started = Instant::now();
-            let result = count.run();
+            // A stopped replica's count is left pending: its next start
+            // counts again.
+            let result = match count.run(|| addr.connected()) {
+                Ok(Some(stats)) => Ok(stats),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
             addr.do_send(StatsCounted {
                 generation: count.generation(),
                 result,
