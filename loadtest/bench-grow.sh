@@ -7,7 +7,10 @@
 # foreground p50/p99/max before vs during, time to finish, bytes moved per
 # second and failed requests. JSON report and SVG plot in loadtest/out/grow/.
 #
-# Usage: [DATA_MB=1024] [RATE=400] [NODES=4] [SHARDS=4] [GROW=4] [TRIALS=1] loadtest/bench-grow.sh
+# KEEP_LOGS=1 keeps the nodes' logs in $OUT/logs-N (with RINGSTORE_LOG for
+# more, e.g. "info,ringstore_router=debug").
+#
+# Usage: [DATA_MB=1024] [RATE=400] [NODES=4] [SHARDS=4] [GROW=4] [TRIALS=1] [KEEP_LOGS=1] loadtest/bench-grow.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=loadtest/out/grow
@@ -16,5 +19,6 @@ bench_setup grow
 for t in $(seq 1 "${TRIALS:-1}"); do
   TMPDIR="$DATA" "$BIN/ringstore-rebalance" --data-mb "${DATA_MB:-1024}" --rate "${RATE:-400}" \
     --nodes "${NODES:-4}" --grow "${GROW:-4}" --bin "$BIN/ringstore" \
-    --out "$OUT/trial-$t.json" --plot "$OUT/trial-$t.svg" -- --shards "${SHARDS:-4}"
+    --out "$OUT/trial-$t.json" --plot "$OUT/trial-$t.svg" ${KEEP_LOGS:+--keep-logs "$OUT/logs-$t"} \
+    -- --shards "${SHARDS:-4}"
 done

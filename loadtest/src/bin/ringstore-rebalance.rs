@@ -76,6 +76,9 @@ struct Args {
     /// SVG timeline of successful ops/s and p99 latency, join and end marked.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Copy the nodes' logs here at the end (set `RINGSTORE_LOG` for more).
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
     /// Extra flags for every `ringstore node` (default: `--shards 16`).
     #[arg(last = true)]
     node_flags: Vec<String>,
@@ -97,6 +100,11 @@ struct Call {
     end: Instant,
     /// 0: no HTTP answer; 1: shed by the generator.
     status: u16,
+    /// The key's number, the node asked, and whether it was an update:
+    /// what the slowest requests are listed with.
+    key: u64,
+    node: u64,
+    write: bool,
 }
 
 /// The value size of key `i`, the same in every run.
@@ -346,7 +354,7 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
         }
         let node = (i % args.nodes) + 1;
         if in_flight.borrow()[node as usize] >= IN_FLIGHT_MAX_PER_NODE {
-            calls.borrow_mut().push(Call { sent: now, end: now, status: 1 });
+            calls.borrow_mut().push(Call { sent: now, end: now, status: 1, key: 0, node, write: false });
             continue;
         }
         in_flight.borrow_mut()[node as usize] += 1;
@@ -360,7 +368,7 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
             let res = if write { req.send_body(vec![b'u'; value_len(k)]).await } else { req.send().await };
             let status = res.map_or(0, |r| r.status().as_u16());
             in_flight.borrow_mut()[node as usize] -= 1;
-            calls.borrow_mut().push(Call { sent: now, end: Instant::now(), status });
+            calls.borrow_mut().push(Call { sent: now, end: Instant::now(), status, key: k, node, write });
         });
     }
     let drain = Instant::now();
@@ -373,6 +381,14 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
     let done_at = done_at.context("the rebalance job did not finish within --max-secs")?;
     let calls = calls.take();
     let fences = split_fences(&c);
+    if let Some(dir) = &args.keep_logs {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for id in c.ids() {
+            let to = dir.join(format!("node-{id}.log"));
+            std::fs::copy(c.log_path(id), &to).with_context(|| format!("copying node {id}'s log"))?;
+        }
+        println!("  node logs kept in {}", dir.display());
+    }
     // Where a split's apply spends its time, per node (the source's writes
     // wait for it): the count of the keys given away and the new replica's start.
     for id in c.ids() {
@@ -433,13 +449,17 @@ fn summarize(
     (keys, data_bytes, preload_secs): (u64, u64, f64),
 ) -> anyhow::Result<serde_json::Value> {
     let (before, before_rate) = window(calls, t0 + Duration::from_secs(2), join_at);
+    // Wall-clock time of the start, to set the slowest requests against
+    // the nodes' logs.
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let join_unix_ms = since_epoch.saturating_sub(join_at.elapsed()).as_millis() as u64;
     let (during, during_rate) = window(calls, join_at, done_at);
     // When the slowest requests of the job were sent (s after its start):
     // set against the split and count log lines, they say what they met.
-    let mut slow: Vec<(f64, f64)> = calls
+    let mut slow: Vec<(f64, f64, &Call)> = calls
         .iter()
         .filter(|c| ok(c.status) && c.sent >= join_at && c.sent < done_at)
-        .map(|c| ((c.sent - join_at).as_secs_f64(), (c.end - c.sent).as_secs_f64() * 1000.0))
+        .map(|c| ((c.sent - join_at).as_secs_f64(), (c.end - c.sent).as_secs_f64() * 1000.0, c))
         .collect();
     slow.sort_by(|a, b| b.1.total_cmp(&a.1));
     slow.truncate(20);
@@ -496,7 +516,7 @@ fn summarize(
         during.last().copied().unwrap_or(0.0)
     );
     println!("  failed requests: {errors} (by status, 0: no answer, 1: shed: {by_status:?})");
-    let shown: Vec<String> = slow.iter().take(8).map(|(t, ms)| format!("{ms:.0} ms at {t:.2} s")).collect();
+    let shown: Vec<String> = slow.iter().take(8).map(|(t, ms, _)| format!("{ms:.0} ms at {t:.2} s")).collect();
     println!("  slowest during the job (sent after its start): {}", shown.join(", "));
     if let Some(p) = &args.plot {
         let end = calls.iter().map(|c| c.end).max().unwrap_or(done_at);
@@ -533,6 +553,13 @@ fn summarize(
         "during": { "p50_ms": plot::percentile(&during, 0.5), "p99_ms": plot::percentile(&during, 0.99),
             "max_ms": during.last(), "ok_per_s": during_rate },
         "failed": errors, "failed_by_status": by_status,
-        "slowest_during": slow.iter().map(|(t, ms)| serde_json::json!({ "sent_s": t, "ms": ms })).collect::<Vec<_>>(),
+        "slowest_during": slow.iter().map(|(t, ms, c)| serde_json::json!({
+            "sent_s": t,
+            "sent_unix_ms": join_unix_ms + (t * 1000.0) as u64,
+            "ms": ms,
+            "key": format!("k{}", c.key),
+            "op": if c.write { "PUT" } else { "GET" },
+            "node": c.node,
+        })).collect::<Vec<_>>(),
     }))
 }

@@ -25,8 +25,14 @@ pub fn stored_map(engine: &Engine) -> anyhow::Result<Option<ClusterMap>> {
     engine.meta_get(MAP_KEY)?.map(|b| ClusterMap::decode(&b)).transpose().context("the stored cluster map")
 }
 
+/// Not synced: a synced write holds every other RocksDB write of the node
+/// (its replicas' Raft rounds) behind its fsync, and a split changes the
+/// map twice. Nothing needs it durable on its own: the replica list and
+/// the identity that must not be older than it are written (synced) after
+/// it, and the WAL keeps order; a lost map is read again from the meta
+/// shard.
 pub fn store_map(engine: &Engine, map: &ClusterMap) -> anyhow::Result<()> {
-    engine.meta_put(MAP_KEY, &map.encode())?;
+    engine.meta_put_unsynced(MAP_KEY, &map.encode())?;
     Ok(())
 }
 

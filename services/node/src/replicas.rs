@@ -139,15 +139,24 @@ impl LocalReplicas {
         Ok(Some(v))
     }
 
-    fn save_list(&self) -> anyhow::Result<()> {
+    /// `sync: false` where losing the write in a crash is harmless: the
+    /// replica's own state is on disk and the map brings it back.
+    fn save_list_with(&self, sync: bool) -> anyhow::Result<()> {
         let shards = self.shards();
         let mut w = Writer::with_capacity(4 + 8 * shards.len());
         w.u32(shards.len() as u32);
         for s in &shards {
             w.u64(*s);
         }
-        self.engine.meta_put(REPLICAS_KEY, &w.buf)?;
+        match sync {
+            true => self.engine.meta_put(REPLICAS_KEY, &w.buf)?,
+            false => self.engine.meta_put_unsynced(REPLICAS_KEY, &w.buf)?,
+        }
         Ok(())
+    }
+
+    fn save_list(&self) -> anyhow::Result<()> {
+        self.save_list_with(true)
     }
 
     /// Starts a replica of `shard`, bootstrapped with `voters` and `ranges`
@@ -209,16 +218,18 @@ impl LocalReplicas {
             return;
         }
         info!(node = self.node, shard, campaign, "starting a shard split off here");
-        let started = self.start_one(shard, Vec::new(), 0, &[], Some(locks)).and_then(|()| self.save_list());
-        match started {
-            Ok(()) if campaign => {
-                if let Some(addr) = self.lock().get(&shard) {
-                    addr.do_send(Campaign);
-                }
+        // This runs on the storage thread that applied the split: no fsync
+        // here (every replica of the thread would wait for it), and the
+        // vote starts before the list is written.
+        let started = self.start_one(shard, Vec::new(), 0, &[], Some(locks));
+        if started.is_ok() && campaign {
+            if let Some(addr) = self.lock().get(&shard) {
+                addr.do_send(Campaign);
             }
-            Ok(()) => {}
-            // The state is on disk: the map brings the replica back.
-            Err(e) => warn!(node = self.node, shard, "starting a split's new shard: {e:#}"),
+        }
+        // The state is on disk: if this is lost, the map brings the replica back.
+        if let Err(e) = started.and_then(|()| self.save_list_with(false)) {
+            warn!(node = self.node, shard, "starting a split's new shard: {e:#}");
         }
     }
 

@@ -259,6 +259,9 @@ pub async fn send_to_shard(
                 return Err(e);
             }
         }
+        // What this node's replica knew when the attempt went out: news
+        // after it ends a wait for a leader early.
+        let seen = hints.get(shard);
         let sent = transport.request(node, target, shard, op.clone());
         // A long poll waits by design; only other reads are cut short.
         let long_poll = matches!(op, ShardOp::WatchMap { .. });
@@ -284,6 +287,7 @@ pub async fn send_to_shard(
             }
             Step::Retry { to, backoff, reason } => {
                 RETRIES.with_label_values(&[&node.to_string(), reason]).inc();
+                tracing::debug!(node, shard, target, to, attempt, ?backoff, reason, "retrying");
                 if matches!(result, Err(StoreError::OutcomeUnknown { .. })) {
                     // The first try may have applied: the shard must look.
                     op.mark_retry();
@@ -302,7 +306,16 @@ pub async fn send_to_shard(
                         Ok(_) => unreachable!("a success is never retried"),
                     };
                 }
-                tokio::time::sleep(backoff).await;
+                if backoff.is_zero() {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                // No leader known: wait out the backoff, unless this node's
+                // replica learns a new leader first (an election ending).
+                if let Some(l) = hints.changed_within(shard, seen, backoff).await {
+                    tracing::debug!(node, shard, leader = l, "a leader appeared while backing off");
+                    target = l;
+                }
             }
         }
     }

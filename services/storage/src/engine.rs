@@ -304,6 +304,15 @@ impl Engine {
         self.write(b, true)
     }
 
+    /// `meta_put` without waiting for the fsync: for records a crash may
+    /// lose because they are rebuilt from replicated state (the WAL keeps
+    /// order, so the next synced write makes it durable too).
+    pub fn meta_put_unsynced(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(Cf::Meta), key, value);
+        self.write(b, false)
+    }
+
     /// Flushes memtables to SST files, so the next open replays no WAL
     /// (graceful shutdown).
     pub fn flush(&self) -> Result<(), EngineError> {

@@ -32,12 +32,15 @@ pub struct Hint {
 pub struct LeaderHints {
     election_timeout: Duration,
     shards: RwLock<HashMap<ShardId, Hint>>,
+    /// Woken on every change of a leader: requests waiting out an
+    /// election ([`LeaderHints::changed_within`]) go the moment it ends.
+    changed: tokio::sync::Notify,
 }
 
 impl LeaderHints {
     /// `election_timeout` is the replicas' (minimum) election timeout.
     pub fn new(election_timeout: Duration) -> Self {
-        LeaderHints { election_timeout, shards: RwLock::default() }
+        LeaderHints { election_timeout, shards: RwLock::default(), changed: tokio::sync::Notify::new() }
     }
 
     pub fn election_timeout(&self) -> Duration {
@@ -48,12 +51,41 @@ impl LeaderHints {
     pub fn observe(&self, shard: ShardId, leader: Option<NodeId>, term: u64) {
         let mut shards = self.shards.write().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let hint = shards.entry(shard).or_insert(Hint { leader, term, since: now });
-        if hint.leader != leader {
+        let hint = shards.entry(shard).or_insert(Hint { leader: None, term, since: now });
+        let changed = hint.leader != leader;
+        if changed {
             hint.since = now;
         }
         hint.leader = leader;
         hint.term = hint.term.max(term);
+        drop(shards);
+        if changed && leader.is_some() {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Waits up to `wait` for this node's replica of `shard` to know a
+    /// leader other than `before` (the view a failed attempt was made
+    /// with), and returns it; `None` when `wait` passes first. A request
+    /// that found no leader waits here rather than a fixed backoff, so it
+    /// goes on the moment an election (after a split, a crash) ends.
+    pub async fn changed_within(&self, shard: ShardId, before: Option<Hint>, wait: Duration) -> Option<NodeId> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a change in between wakes it.
+            notified.as_mut().enable();
+            if let Some(h) = self.get(shard) {
+                if h.leader.is_some() && Some(h) != before {
+                    return h.leader;
+                }
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => return None,
+            }
+        }
     }
 
     /// The replica of `shard` on this node stopped.
@@ -103,5 +135,27 @@ mod tests {
         assert_eq!(h.get(1).unwrap().leaderless_for(later), None);
         h.forget(1);
         assert_eq!(h.get(1), None);
+    }
+
+    #[test]
+    fn a_waiter_goes_on_when_a_leader_appears_and_not_before() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        rt.block_on(async {
+            let h = std::sync::Arc::new(LeaderHints::new(Duration::from_secs(1)));
+            h.observe(1, None, 3);
+            let before = h.get(1);
+            // Nothing changes: the wait runs out.
+            assert_eq!(h.changed_within(1, before, Duration::from_millis(20)).await, None);
+            let h2 = h.clone();
+            let waiter = tokio::spawn(async move { h2.changed_within(1, before, Duration::from_secs(10)).await });
+            tokio::task::yield_now().await;
+            let start = Instant::now();
+            h.observe(1, Some(2), 4);
+            assert_eq!(waiter.await.expect("joined"), Some(2));
+            assert!(start.elapsed() < Duration::from_secs(5), "woken by the change, not by the wait");
+            // A view the failed attempt already had does not count as news.
+            let seen = h.get(1);
+            assert_eq!(h.changed_within(1, seen, Duration::from_millis(20)).await, None);
+        });
     }
 }

@@ -638,16 +638,18 @@ impl StatsCount {
     /// Counts the user keys of the ranges as of the snapshot; `None` once
     /// `wanted` says the count is no longer wanted (its replica stopped:
     /// a count of a large shard must not hold its node's RocksDB open).
-    pub fn run(&self, wanted: impl Fn() -> bool) -> Result<Option<KeyStats>, EngineError> {
+    /// `wanted` is told the bytes read so far, so it can also pace the scan.
+    pub fn run(&self, mut wanted: impl FnMut(u64) -> bool) -> Result<Option<KeyStats>, EngineError> {
         let mut stats = KeyStats::default();
         let mut err = None;
-        let mut seen = 0u64;
+        let (mut seen, mut read) = (0u64, 0u64);
         let mut abandoned = false;
         for r in self.ranges.iter() {
             let (from, to) = crate::snapshot::data_bounds(r);
             self.view.scan(Cf::Data, &from, &to, |k, v| {
                 seen += 1;
-                if seen % BACKGROUND_CHECK_EVERY == 0 && !wanted() {
+                read += (k.len() + v.len()) as u64;
+                if seen % BACKGROUND_CHECK_EVERY == 0 && !wanted(read) {
                     abandoned = true;
                     return false;
                 }
@@ -880,9 +882,9 @@ mod tests {
         }
         engine.write(b, false).expect("write");
         let count = StatsCount { generation: 1, view: engine.snapshot(), ranges: Arc::new(vec![0..=u64::MAX]) };
-        let all = count.run(|| true).expect("count").expect("wanted");
+        let all = count.run(|_| true).expect("count").expect("wanted");
         assert_eq!(all.keys, keys);
-        assert_eq!(count.run(|| false).expect("count"), None, "stopped at the first check");
+        assert_eq!(count.run(|_| false).expect("count"), None, "stopped at the first check");
         let owned = OwnedRanges { ranges: vec![0..=u64::MAX], ..Default::default() };
         let snap = build_snapshot(&engine.snapshot(), 1, owned.clone(), 0, SnapshotMetadata::default(), || true);
         assert!(snap.is_ok());

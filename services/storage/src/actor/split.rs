@@ -148,8 +148,16 @@ impl StorageActor {
         let spawned = crate::background::spawn(format!("count-{shard}"), crate::background::COUNT_NICE, move || {
             let started = Instant::now();
             // A stopped replica's count is left pending: its next start
-            // counts again.
-            let result = match count.run(|| addr.connected()) {
+            // counts again. Paced: see `COUNT_BYTES_PER_SEC`.
+            let pace = |read: u64| {
+                std::thread::sleep(crate::background::pause(
+                    read,
+                    crate::background::COUNT_BYTES_PER_SEC,
+                    started.elapsed(),
+                ));
+                addr.connected()
+            };
+            let result = match count.run(pace) {
                 Ok(Some(stats)) => Ok(stats),
                 Ok(None) => return,
                 Err(e) => Err(e),
