@@ -97,7 +97,7 @@ async fn twenty_clients_fifty_acquisitions_never_overlap_and_tokens_increase() {
     for t in tasks {
         t.await.unwrap();
     }
-    let log = log.borrow();
+    let log = log.take();
     assert_eq!(log.len(), 2000);
     let entries: Vec<u64> = log.iter().filter(|(_, e)| *e).map(|(t, _)| *t).collect();
     assert!(entries.windows(2).all(|w| w[0] < w[1]), "fencing tokens strictly increase");

@@ -599,7 +599,7 @@ fn build_snapshot(
     for r in &owned.ranges {
         let (from, to) = crate::snapshot::data_bounds(r);
         view.scan(Cf::Data, &from, &to, |k, v| {
-            if (kvs.len() as u64 + 1) % BACKGROUND_CHECK_EVERY == 0 && !wanted() {
+            if (kvs.len() as u64 + 1).is_multiple_of(BACKGROUND_CHECK_EVERY) && !wanted() {
                 abandoned = true;
                 return false;
             }
@@ -649,7 +649,7 @@ impl StatsCount {
             self.view.scan(Cf::Data, &from, &to, |k, v| {
                 seen += 1;
                 read += (k.len() + v.len()) as u64;
-                if seen % BACKGROUND_CHECK_EVERY == 0 && !wanted(read) {
+                if seen.is_multiple_of(BACKGROUND_CHECK_EVERY) && !wanted(read) {
                     abandoned = true;
                     return false;
                 }
