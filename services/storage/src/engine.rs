@@ -299,18 +299,20 @@ impl Engine {
 
     /// Writes a node-level record, synced: it is written rarely and must survive.
     pub fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
-        let mut b = WriteBatch::default();
-        b.put_cf(self.cf(Cf::Meta), key, value);
-        self.write(b, true)
+        self.meta_write(key, value, true)
     }
 
     /// `meta_put` without waiting for the fsync: for records a crash may
     /// lose because they are rebuilt from replicated state (the WAL keeps
     /// order, so the next synced write makes it durable too).
     pub fn meta_put_unsynced(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+        self.meta_write(key, value, false)
+    }
+
+    fn meta_write(&self, key: &[u8], value: &[u8], sync: bool) -> Result<(), EngineError> {
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(Cf::Meta), key, value);
-        self.write(b, false)
+        self.write(b, sync)
     }
 
     /// Flushes memtables to SST files, so the next open replays no WAL

@@ -595,20 +595,17 @@ fn build_snapshot(
     wanted: impl Fn() -> bool,
 ) -> Result<Snapshot, EngineError> {
     let mut kvs = Vec::new();
-    let mut abandoned = false;
-    for r in &owned.ranges {
-        let (from, to) = crate::snapshot::data_bounds(r);
-        view.scan(Cf::Data, &from, &to, |k, v| {
-            if (kvs.len() as u64 + 1).is_multiple_of(BACKGROUND_CHECK_EVERY) && !wanted() {
-                abandoned = true;
-                return false;
-            }
+    let finished = scan_while_wanted(
+        view,
+        &owned.ranges,
+        |_| wanted(),
+        |k, v| {
             kvs.push((k.to_vec(), v.to_vec()));
             true
-        })?;
-        if abandoned {
-            return Err(EngineError::Abandoned);
-        }
+        },
+    )?;
+    if !finished {
+        return Err(EngineError::Abandoned);
     }
     let map = view.get(Cf::Raft, &shard_key(shard, KIND_MAP))?;
     let data = SnapshotData { applied_stamp_ms, kvs, map, ranges: Some(owned) };
@@ -621,6 +618,40 @@ fn build_snapshot(
 /// How many keys a background scan reads between checks that it is still
 /// wanted.
 const BACKGROUND_CHECK_EVERY: u64 = 1024;
+
+/// Hands each data record of `ranges` as of `view` to `f` (false stops the
+/// scan), asking `wanted` every [`BACKGROUND_CHECK_EVERY`] keys, with the
+/// bytes read so far, whether the scan is still wanted (it may also pace
+/// it). `Ok(false)` when it was abandoned.
+fn scan_while_wanted(
+    view: &EngineSnapshot,
+    ranges: &[PointRange],
+    mut wanted: impl FnMut(u64) -> bool,
+    mut f: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Result<bool, EngineError> {
+    let (mut seen, mut read) = (0u64, 0u64);
+    let (mut abandoned, mut stopped) = (false, false);
+    for r in ranges {
+        let (from, to) = crate::snapshot::data_bounds(r);
+        view.scan(Cf::Data, &from, &to, |k, v| {
+            seen += 1;
+            read += (k.len() + v.len()) as u64;
+            if seen.is_multiple_of(BACKGROUND_CHECK_EVERY) && !wanted(read) {
+                abandoned = true;
+                return false;
+            }
+            stopped = !f(k, v);
+            !stopped
+        })?;
+        if abandoned {
+            return Ok(false);
+        }
+        if stopped {
+            break;
+        }
+    }
+    Ok(true)
+}
 
 /// A count of a replica's key statistics, run off the storage thread on a
 /// RocksDB snapshot (see [`LogStore::begin_recount`]).
@@ -639,33 +670,20 @@ impl StatsCount {
     /// `wanted` says the count is no longer wanted (its replica stopped:
     /// a count of a large shard must not hold its node's RocksDB open).
     /// `wanted` is told the bytes read so far, so it can also pace the scan.
-    pub fn run(&self, mut wanted: impl FnMut(u64) -> bool) -> Result<Option<KeyStats>, EngineError> {
+    pub fn run(&self, wanted: impl FnMut(u64) -> bool) -> Result<Option<KeyStats>, EngineError> {
         let mut stats = KeyStats::default();
         let mut err = None;
-        let (mut seen, mut read) = (0u64, 0u64);
-        let mut abandoned = false;
-        for r in self.ranges.iter() {
-            let (from, to) = crate::snapshot::data_bounds(r);
-            self.view.scan(Cf::Data, &from, &to, |k, v| {
-                seen += 1;
-                read += (k.len() + v.len()) as u64;
-                if seen.is_multiple_of(BACKGROUND_CHECK_EVERY) && !wanted(read) {
-                    abandoned = true;
-                    return false;
-                }
-                match stats.add(k, v) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        err = Some(e);
-                        false
-                    }
-                }
-            })?;
-            if abandoned {
-                return Ok(None);
+        let finished = scan_while_wanted(&self.view, &self.ranges, wanted, |k, v| match stats.add(k, v) {
+            Ok(()) => true,
+            Err(e) => {
+                err = Some(e);
+                false
             }
+        })?;
+        match err {
+            Some(e) => Err(e),
+            None => Ok(finished.then_some(stats)),
         }
-        err.map_or(Ok(Some(stats)), Err)
     }
 }
 
