@@ -2,11 +2,12 @@
 # setting OUT): a release build, a temp data dir cleaned up on exit with
 # every started process, and the three-member clusters they compare.
 
-# bench_setup NAME: builds, sets BIN and DATA, arranges the cleanup.
+# bench_setup NAME: builds (unless SKIP_BUILD=1), sets BIN and DATA, arranges the cleanup.
 bench_setup() {
   source scripts/env.sh
   mkdir -p "$OUT"
-  cargo build --release --workspace --bins >/dev/null
+  # SKIP_BUILD=1: measure the binaries already built (a before/after pair).
+  [ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --bins >/dev/null
   BIN="$CARGO_TARGET_DIR/release"
   DATA="$(mktemp -d "${TMPDIR:-/tmp}/ringstore-$1.XXXXXX")"
   PIDS=()

@@ -162,6 +162,15 @@ pub fn release(rec: Option<LockRecord>, session: SessionId, token: u64) -> (Opti
     (Some(rec), LockOutcome::Released { hold_count: left })
 }
 
+/// Whether a release by `session` with `token` would free the lock as
+/// `rec` stands: the holder's last hold. The leader asks before the release
+/// applies, to propose the first waiter's acquire right behind it (a
+/// handoff in one Raft round); a wrong guess costs that acquire a
+/// conflict, never safety, since apply decides again.
+pub fn release_frees(rec: Option<&LockRecord>, session: SessionId, token: u64) -> bool {
+    rec.is_some_and(|r| is_holder(r, session, token) && r.holder.as_ref().is_some_and(|h| h.hold_count <= 1))
+}
+
 pub fn refresh(
     rec: Option<LockRecord>,
     session: SessionId,
@@ -416,6 +425,22 @@ mod tests {
 
     fn again(owner: &str, session: SessionId, ttl_ms: u64) -> AcquireBy<'_> {
         AcquireBy { owner, session, reentry: true, ttl_ms }
+    }
+
+    #[test]
+    fn a_release_frees_the_lock_only_on_the_holders_last_hold() {
+        let (r, o) = acquire(None, by("a", 1, 1000), 0, 5, 1);
+        let t = granted(&o);
+        assert!(release_frees(r.as_ref(), 1, t));
+        assert!(!release_frees(r.as_ref(), 2, t), "another session frees nothing");
+        assert!(!release_frees(r.as_ref(), 1, t + 1), "a stale token frees nothing");
+        assert!(!release_frees(None, 1, t));
+        let (r2, _) = acquire(r, again("a", 1, 1000), 0, 6, 1);
+        assert!(!release_frees(r2.as_ref(), 1, t), "a re-entered lock is still held after one release");
+        let (r3, _) = release(r2, 1, t);
+        assert!(release_frees(r3.as_ref(), 1, t));
+        let (r4, _) = release(r3, 1, t);
+        assert!(!release_frees(r4.as_ref(), 1, t), "a free lock has nobody to release it");
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //! gave away were refused, from the nodes' logs).
 //!
 //! The summary says: the time until replicas are balanced within 10% and
-//! until the job is done, foreground p50/p99/max before vs during the
-//! moves, bytes moved and bytes/s, and every failed request by status.
+//! until the job is done, foreground p50/p99/max before, during and after
+//! the moves, bytes moved and bytes/s, and every failed request by status.
+//! Measuring starts once the preload's compactions are done.
 //!
 //! Usage: ringstore-rebalance [--data-mb 1024] [--rate 400] [--nodes 3]
 //!        [--grow 0] [--bin PATH] [--out rebalance.json]
@@ -87,6 +88,8 @@ struct Args {
 const VALUE_MIN: usize = 256;
 const VALUE_MAX: usize = 4096;
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// The longest wait for the preload's compactions before measuring.
+const SETTLE_MAX: Duration = Duration::from_secs(180);
 /// Foreground requests one node may have outstanding; more are counted as
 /// shed by the generator, so a stalled node cannot grow memory unbounded.
 const IN_FLIGHT_MAX_PER_NODE: usize = 2_000;
@@ -160,6 +163,45 @@ async fn replica_counts(client: &awc::Client, url: &str) -> Option<BTreeMap<u64,
 async fn every_shard_led(client: &awc::Client, url: &str) -> bool {
     let Some(v) = get_json(client, &format!("{url}/v1/cluster")).await else { return false };
     v["shards"].as_array().is_some_and(|s| s.iter().all(|s| s["leader"].as_u64().is_some()))
+}
+
+/// Bytes RocksDB still has to compact on every node together
+/// (`ringstore_rocksdb_pending_compaction_bytes`), or `None` if a node
+/// did not answer.
+async fn pending_compaction(c: &ProcCluster, admin: &awc::Client) -> Option<u64> {
+    let mut total = 0u64;
+    for id in c.ids() {
+        let mut r = admin.get(format!("{}/metrics", c.url(id))).send().await.ok()?;
+        let body = r.body().limit(16 << 20).await.ok()?;
+        for l in String::from_utf8_lossy(&body).lines() {
+            if l.starts_with("ringstore_rocksdb_pending_compaction_bytes") {
+                total += l.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
+            }
+        }
+    }
+    Some(total)
+}
+
+/// Waits (at most [`SETTLE_MAX`]) until the preload's compactions are
+/// done: they would otherwise land in whichever window they happen to
+/// fall, and the before/during comparison would measure them instead of
+/// the job. Returns the seconds waited.
+async fn settle(c: &ProcCluster, admin: &awc::Client) -> f64 {
+    let start = Instant::now();
+    let mut quiet = 0;
+    let mut last = None;
+    while start.elapsed() < SETTLE_MAX && quiet < 3 {
+        last = pending_compaction(c, admin).await;
+        quiet = if last == Some(0) { quiet + 1 } else { 0 };
+        actix_rt::time::sleep(Duration::from_secs(1)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    match last {
+        Some(0) => println!("compactions settled {secs:.0} s after the preload"),
+        Some(b) => println!("compactions still pending after {secs:.0} s ({} MiB): measuring anyway", b >> 20),
+        None => println!("could not read the nodes' pending compactions: measuring anyway"),
+    }
+    secs
 }
 
 /// Each split's fence as the Rebalancer logged it: `(fence, upper bound)`
@@ -275,6 +317,7 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
         .connector(awc::Connector::new().limit(0))
         .finish();
     let (keys, data_bytes, preload_secs) = preload(args, &c, &client).await?;
+    let settle_secs = settle(&c, &admin).await;
 
     let shards_before = get_json(&admin, &format!("{}/v1/rebalance", c.url(1)))
         .await
@@ -412,7 +455,7 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
         done_at,
         bytes_moved,
         moves_done,
-        (keys, data_bytes, preload_secs),
+        (keys, data_bytes, preload_secs, settle_secs),
     )
 }
 
@@ -446,7 +489,7 @@ fn summarize(
     done_at: Instant,
     bytes_moved: u64,
     moves_done: u64,
-    (keys, data_bytes, preload_secs): (u64, u64, f64),
+    (keys, data_bytes, preload_secs, settle_secs): (u64, u64, f64, f64),
 ) -> anyhow::Result<serde_json::Value> {
     let (before, before_rate) = window(calls, t0 + Duration::from_secs(2), join_at);
     // Wall-clock time of the start, to set the slowest requests against
@@ -454,6 +497,9 @@ fn summarize(
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let join_unix_ms = since_epoch.saturating_sub(join_at.elapsed()).as_millis() as u64;
     let (during, during_rate) = window(calls, join_at, done_at);
+    // The new configuration in steady state (more shards, replicas moved):
+    // what of "during" is the job and what the cluster it leaves behind.
+    let (after, after_rate) = window(calls, done_at, done_at + Duration::from_secs(args.after_secs));
     // When the slowest requests of the job were sent (s after its start):
     // set against the split and count log lines, they say what they met.
     let mut slow: Vec<(f64, f64, &Call)> = calls
@@ -515,6 +561,12 @@ fn summarize(
         plot::percentile(&during, 0.99),
         during.last().copied().unwrap_or(0.0)
     );
+    println!(
+        "  foreground p50 / p99 / max after:   {:>6.1} / {:>6.1} / {:>6.1} ms ({after_rate:.0} ok/s)",
+        plot::percentile(&after, 0.5),
+        plot::percentile(&after, 0.99),
+        after.last().copied().unwrap_or(0.0)
+    );
     println!("  failed requests: {errors} (by status, 0: no answer, 1: shed: {by_status:?})");
     let shown: Vec<String> = slow.iter().take(8).map(|(t, ms, _)| format!("{ms:.0} ms at {t:.2} s")).collect();
     println!("  slowest during the job (sent after its start): {}", shown.join(", "));
@@ -542,7 +594,7 @@ fn summarize(
         println!("  plot written to {}", p.display());
     }
     Ok(serde_json::json!({
-        "data_bytes": data_bytes, "keys": keys, "preload_secs": preload_secs, "rate": args.rate,
+        "data_bytes": data_bytes, "keys": keys, "preload_secs": preload_secs, "settle_secs": settle_secs, "rate": args.rate,
         "balanced_within_10pct_secs": balanced_secs, "job_secs": move_secs, "moves_done": moves_done,
         "bytes_moved": bytes_moved, "bytes_per_sec": bytes_moved as f64 / move_secs.max(1e-9),
         "nodes": args.nodes, "grow": args.grow,
@@ -552,6 +604,8 @@ fn summarize(
             "max_ms": before.last(), "ok_per_s": before_rate },
         "during": { "p50_ms": plot::percentile(&during, 0.5), "p99_ms": plot::percentile(&during, 0.99),
             "max_ms": during.last(), "ok_per_s": during_rate },
+        "after": { "p50_ms": plot::percentile(&after, 0.5), "p99_ms": plot::percentile(&after, 0.99),
+            "max_ms": after.last(), "ok_per_s": after_rate },
         "failed": errors, "failed_by_status": by_status,
         "slowest_during": slow.iter().map(|(t, ms, c)| serde_json::json!({
             "sent_s": t,

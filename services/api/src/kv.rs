@@ -9,18 +9,27 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use ringstore_router::Route;
 use ringstore_shared::apply::Outcome;
-use ringstore_shared::command::{Command, Fence};
+use ringstore_shared::command::{Command, Fence, Request};
 use ringstore_shared::lock;
 use ringstore_shared::StoreError;
+use ringstore_storage::messages::new_request_id;
 use ringstore_storage::{ShardOp, ShardReply};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::request::{parse_fence, parse_key, parse_precondition, parse_query, parse_timeout, Consistency};
+use crate::request::{
+    parse_fence, parse_idempotency_key, parse_key, parse_precondition, parse_query, parse_timeout, Consistency,
+};
 use crate::ApiState;
 
 pub(crate) fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
     h.get(name).map(|v| v.to_str().map_err(|_| ()))
+}
+
+/// The write's request id: the client's `Idempotency-Key`, or a fresh one.
+pub(crate) fn request_id(req: &HttpRequest) -> Result<Request, ApiError> {
+    Ok(parse_idempotency_key(header(req.headers(), "idempotency-key"))?
+        .unwrap_or_else(|| Request::first(new_request_id())))
 }
 
 /// The request deadline; parsed with the other headers, before any body is read.
@@ -47,7 +56,13 @@ async fn check_token_issued(state: &ApiState, fence: &Fence, timeout: Duration) 
 
 /// Checks the command's fence (if any), then routes the write in what is
 /// left of `timeout`.
-async fn fenced_write(state: &ApiState, key: Vec<u8>, cmd: Command, timeout: Duration) -> Result<ShardReply, ApiError> {
+async fn fenced_write(
+    state: &ApiState,
+    key: Vec<u8>,
+    cmd: Command,
+    request: Request,
+    timeout: Duration,
+) -> Result<ShardReply, ApiError> {
     let start = std::time::Instant::now();
     let fence = match &cmd {
         Command::Put { fence, .. } | Command::Delete { fence, .. } => fence.as_ref(),
@@ -57,7 +72,7 @@ async fn fenced_write(state: &ApiState, key: Vec<u8>, cmd: Command, timeout: Dur
         check_token_issued(state, f, timeout).await?;
     }
     let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
-    route(state, key, ShardOp::write(cmd), left).await
+    route(state, key, ShardOp::Write { cmd: std::sync::Arc::new(cmd), request }, left).await
 }
 
 pub(crate) async fn route(
@@ -111,10 +126,11 @@ pub async fn put(
     }
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), true)?;
     let fence = parse_fence(header(req.headers(), "fencing-token"), &state.limits)?;
+    let request = request_id(&req)?;
     let timeout = deadline(&req, &state)?;
     let value = read_body(&req, payload, state.limits.value_bytes_max).await?;
     let cmd = Command::Put { key: key.clone(), value, ttl_ms: q.ttl_ms, cond, fence };
-    match fenced_write(&state, key, cmd, timeout).await? {
+    match fenced_write(&state, key, cmd, request, timeout).await? {
         ShardReply::Outcome(Outcome::Written { version }) => {
             Ok(HttpResponse::Ok().insert_header(etag(version)).json(json!({ "version": version })))
         }
@@ -154,9 +170,10 @@ pub async fn delete(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
     }
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), false)?;
     let fence = parse_fence(header(req.headers(), "fencing-token"), &state.limits)?;
+    let request = request_id(&req)?;
     let timeout = deadline(&req, &state)?;
     let cmd = Command::Delete { key: key.clone(), cond, fence };
-    match fenced_write(&state, key, cmd, timeout).await? {
+    match fenced_write(&state, key, cmd, request, timeout).await? {
         ShardReply::Outcome(Outcome::Deleted { version }) => {
             Ok(HttpResponse::Ok().json(json!({ "deleted": true, "version": version })))
         }

@@ -6,15 +6,14 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ringstore_shared::apply::Outcome;
-use ringstore_shared::command::{Command, Request};
+use ringstore_shared::command::Command;
 use ringstore_shared::lock::{Holder, LockOutcome};
-use ringstore_storage::messages::new_request_id;
 use ringstore_storage::{ShardOp, ShardReply};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::kv::{deadline, route, unexpected};
+use crate::kv::{deadline, request_id, route, unexpected};
 use crate::request::{
     check_lock_ttl, check_owner, check_wait, format_session, parse_lock_name, parse_session, AcquireBody, HolderBody,
 };
@@ -89,14 +88,9 @@ pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
     let timeout = deadline(&req, &state)?;
     check_wait(b.wait_ms, timeout)?;
     let session = b.session.as_deref().map(parse_session).transpose()?;
-    let op = ShardOp::Acquire {
-        name: name.clone(),
-        owner: b.owner,
-        ttl_ms: b.ttl_ms,
-        wait_ms: b.wait_ms,
-        session,
-        request: Request::first(new_request_id()),
-    };
+    let request = request_id(&req)?;
+    let op =
+        ShardOp::Acquire { name: name.clone(), owner: b.owner, ttl_ms: b.ttl_ms, wait_ms: b.wait_ms, session, request };
     match route(&state, name.clone().into_bytes(), op, timeout).await? {
         ShardReply::Outcome(Outcome::Lock { outcome, now_ms }) => match outcome {
             LockOutcome::Granted { token, hold_count, expires_at_ms, session } => {
@@ -126,7 +120,8 @@ pub async fn release(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
     }
     let timeout = deadline(&req, &state)?;
     let cmd = Command::LockRelease { name: name.clone(), session, token: b.token };
-    match route(&state, name.clone().into_bytes(), ShardOp::write(cmd), timeout).await? {
+    let op = ShardOp::Write { cmd: std::sync::Arc::new(cmd), request: request_id(&req)? };
+    match route(&state, name.clone().into_bytes(), op, timeout).await? {
         ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Released { hold_count }, .. }) => {
             Ok(HttpResponse::Ok().json(json!({ "released": true, "hold_count": hold_count, "free": hold_count == 0 })))
         }
@@ -145,7 +140,8 @@ pub async fn refresh(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
     check_lock_ttl(ttl_ms, &state.limits)?;
     let timeout = deadline(&req, &state)?;
     let cmd = Command::LockRefresh { name: name.clone(), session, token: b.token, ttl_ms };
-    match route(&state, name.clone().into_bytes(), ShardOp::write(cmd), timeout).await? {
+    let op = ShardOp::Write { cmd: std::sync::Arc::new(cmd), request: request_id(&req)? };
+    match route(&state, name.clone().into_bytes(), op, timeout).await? {
         ShardReply::Outcome(Outcome::Lock {
             outcome: LockOutcome::Refreshed { token, hold_count, expires_at_ms },
             now_ms,

@@ -1,11 +1,12 @@
 //! Pure parsing of what a client sends: the key from the raw path, the
-//! query string, precondition headers and the request deadline. Each
+//! query string, precondition headers, the idempotency key and the
+//! request deadline. Each
 //! function returns an [`ApiError`] that says exactly what was wrong.
 
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
-use ringstore_shared::command::{Fence, Precondition};
+use ringstore_shared::command::{Fence, Precondition, Request};
 use ringstore_shared::config::Limits;
 use ringstore_shared::lock::SessionId;
 use serde::Deserialize;
@@ -204,6 +205,28 @@ pub fn parse_precondition(
     }
 }
 
+/// The request id of a write or lock command from `Idempotency-Key`: 32
+/// hex digits (a UUID's dashes allowed), not all zero. A client that sends
+/// the same key again (its answer was lost, a node died) gets the first
+/// try's outcome instead of a second apply, for as long as the shard keeps
+/// the record (`REQUEST_RETENTION_MS`). Every try carrying a key looks its
+/// record up at apply (`retry`): the server cannot tell which try is first.
+/// `None` without the header: the API draws an id of its own. A key is as
+/// private as a lock session (a retried acquire answers the first try's
+/// session), so it must be random and never shared.
+pub fn parse_idempotency_key(h: Option<Result<&str, ()>>) -> Result<Option<Request>, ApiError> {
+    let Some(v) = h else { return Ok(None) };
+    let bad = || ApiError::bad_request("Idempotency-Key must be 32 hex digits (a UUID), not all zero");
+    let hex: String = v.map_err(|_| bad())?.trim().chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    match u128::from_str_radix(&hex, 16) {
+        Ok(0) | Err(_) => Err(bad()),
+        Ok(id) => Ok(Some(Request { id, retry: true })),
+    }
+}
+
 /// Deadline from `X-Request-Timeout` (milliseconds), bounded by the limits.
 pub fn parse_timeout(h: Option<Result<&str, ()>>, limits: &Limits) -> Result<Duration, ApiError> {
     let Some(v) = h else {
@@ -270,6 +293,20 @@ mod tests {
         assert!(parse_precondition(None, Some(Ok("\"1\"")), true).is_err());
         assert!(parse_precondition(None, Some(Ok("*")), false).is_err());
         assert!(parse_precondition(Some(Err(())), None, true).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert_eq!(parse_idempotency_key(None).unwrap(), None);
+        let k = "0123456789abcdef0123456789ABCDEF";
+        let want = Some(Request { id: 0x0123456789abcdef0123456789abcdef, retry: true });
+        assert_eq!(parse_idempotency_key(Some(Ok(k))).unwrap(), want);
+        assert_eq!(parse_idempotency_key(Some(Ok("01234567-89ab-cdef-0123-456789abcdef"))).unwrap(), want);
+        for bad in ["", "0", "00000000000000000000000000000000", "0123456789abcdef0123456789abcdeg", &format!("{k}0")] {
+            let e = parse_idempotency_key(Some(Ok(bad))).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        assert!(parse_idempotency_key(Some(Err(()))).is_err());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! and the load generator.
 //!
 //! [`LockClient`] talks HTTP to any node (the cluster forwards to the
-//! leader) and rotates over its endpoints when one does not answer.
+//! leader) and rotates over its endpoints when one does not answer. Every
+//! command carries an `Idempotency-Key`, so a try whose outcome is unknown
+//! is sent again, to another node, and still applies once.
 //! A granted [`Lease`] carries the lock session (what re-enters, refreshes
 //! and releases the lock; the owner string is only a label), the fencing
 //! token and a local deadline
@@ -83,6 +85,10 @@ pub struct LockClient {
 
 /// Extra time the HTTP request gets beyond the server-side wait.
 const REQUEST_SLACK: Duration = Duration::from_secs(5);
+/// Tries of one lock command (each to the next endpoint), within its deadline.
+const TRIES_MAX: usize = 6;
+/// Pause between tries, so a cluster electing a leader is not hammered.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 impl LockClient {
     /// `endpoints`: node base URLs, e.g. `http://127.0.0.1:8080`.
@@ -92,6 +98,13 @@ impl LockClient {
         LockClient { http, endpoints: Arc::new(endpoints), next: Arc::default() }
     }
 
+    /// Sends one lock command and returns the answer. The command carries
+    /// an `Idempotency-Key` drawn here, kept across tries: a try whose
+    /// outcome is unknown (the answer was lost, the node died, a 503) is
+    /// sent again, to the next endpoint, and the shard applies the command
+    /// once and answers every try with the first outcome. So a retried
+    /// acquire never adds a second hold, and a retried release never drops
+    /// two. Tries stop at the deadline or after [`TRIES_MAX`].
     async fn post(
         &self,
         name: &str,
@@ -100,38 +113,44 @@ impl LockClient {
         wait: Duration,
     ) -> Result<(u16, Vec<u8>), LockError> {
         let path = format!("/v1/locks/{}/{action}", utf8_percent_encode(name, PATH));
-        let deadline = wait + REQUEST_SLACK;
-        let mut last = String::new();
-        // Another endpoint is tried only when this one could not be
-        // connected to: then the request was never sent. The cluster
-        // already retried what it could (and applies each try once); after
-        // a 503 or a lost HTTP answer a new acquire is a new session, and
-        // the first may hold the lock until its lease ends, so the caller
-        // decides.
-        for _ in 0..self.endpoints.len() {
+        let until = Instant::now() + wait + REQUEST_SLACK;
+        let key = format!("{:032x}", rand::random::<u128>().max(1));
+        let mut last = String::from("no try was made");
+        for tried in 0..TRIES_MAX {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if tried > 0 {
+                self.next.fetch_add(1, Ordering::Relaxed);
+            }
             let i = self.next.load(Ordering::Relaxed) % self.endpoints.len();
             let url = format!("{}{path}", self.endpoints[i]);
             let res = self
                 .http
                 .post(url)
-                .timeout(deadline)
-                .insert_header(("x-request-timeout", deadline.as_millis().min(60_000).to_string()))
+                .timeout(left)
+                .insert_header(("x-request-timeout", left.as_millis().clamp(1, 60_000).to_string()))
+                .insert_header(("idempotency-key", key.as_str()))
                 .send_json(&body)
                 .await;
             match res {
                 Ok(mut r) => {
                     let status = r.status().as_u16();
-                    let bytes = r.body().limit(1 << 20).await.map_err(|e| LockError::Transport(e.to_string()))?;
-                    return Ok((status, bytes.to_vec()));
+                    let bytes = r.body().limit(1 << 20).await;
+                    match bytes {
+                        // Unavailable (no leader, outcome unknown): the
+                        // same key elsewhere is safe.
+                        Ok(b) if status == 503 => last = format!("503: {}", String::from_utf8_lossy(&b)),
+                        Ok(b) => return Ok((status, b.to_vec())),
+                        Err(e) => last = format!("answer lost: {e}"),
+                    }
                 }
-                Err(awc::error::SendRequestError::Connect(e)) => {
-                    last = e.to_string();
-                    self.next.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => return Err(LockError::Transport(format!("outcome unknown: {e}"))),
+                Err(e) => last = e.to_string(),
             }
+            tokio::time::sleep(RETRY_PAUSE.min(until.saturating_duration_since(Instant::now()))).await;
         }
-        Err(LockError::Transport(last))
+        Err(LockError::Transport(format!("outcome unknown after retries with one idempotency key: {last}")))
     }
 
     /// Acquires `name` in a new session labelled `owner`, waiting up to

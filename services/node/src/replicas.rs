@@ -26,9 +26,8 @@ use ringstore_shared::codec::{Reader, Writer};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::ring::Ring;
 use ringstore_shared::{NodeId, ShardId};
-use ringstore_storage::actor::{Campaign, SplitHook};
+use ringstore_storage::actor::{Campaign, SplitHook, SplitOff};
 use ringstore_storage::clock::SystemClock;
-use ringstore_storage::locks::LockIndex;
 use ringstore_storage::messages::{DestroyReplica, TransferLeadership};
 use ringstore_storage::snapshot::PointRange;
 use ringstore_storage::{
@@ -168,7 +167,7 @@ impl LocalReplicas {
         ranges: Vec<PointRange>,
         epoch: u64,
         voters: &[NodeId],
-        locks: Option<LockIndex>,
+        split_off: Option<SplitOff>,
     ) -> anyhow::Result<()> {
         let i = self.next_thread.fetch_add(1, Ordering::Relaxed);
         let arbiter = {
@@ -187,7 +186,7 @@ impl LocalReplicas {
                 leaders: self.leaders.clone(),
                 registry: self.registry.clone(),
                 on_split: self.split_hook(),
-                locks,
+                split_off,
             },
             self.engine.clone(),
             self.transport.clone(),
@@ -202,17 +201,17 @@ impl LocalReplicas {
 
     fn split_hook(&self) -> SplitHook {
         let me = self.me.clone();
-        Arc::new(move |target, campaign, locks| {
+        Arc::new(move |target, campaign, split_off| {
             if let Some(replicas) = me.upgrade() {
-                replicas.start_split_off(target, campaign, locks);
+                replicas.start_split_off(target, campaign, split_off);
             }
         })
     }
 
     /// A replica of this node applied a split: start the new shard's
-    /// replica from the state the split wrote, with the held locks the
-    /// source handed over.
-    fn start_split_off(&self, shard: ShardId, campaign: bool, locks: LockIndex) {
+    /// replica from the state the split wrote, with the held locks and
+    /// the count of its keys the source hands over.
+    fn start_split_off(&self, shard: ShardId, campaign: bool, split_off: SplitOff) {
         if self.lock().contains_key(&shard) {
             warn!(node = self.node, shard, "a split's new shard already runs here");
             return;
@@ -221,7 +220,7 @@ impl LocalReplicas {
         // This runs on the storage thread that applied the split: no fsync
         // here (every replica of the thread would wait for it), and the
         // vote starts before the list is written.
-        let started = self.start_one(shard, Vec::new(), 0, &[], Some(locks));
+        let started = self.start_one(shard, Vec::new(), 0, &[], Some(split_off));
         if started.is_ok() && campaign {
             if let Some(addr) = self.lock().get(&shard) {
                 addr.do_send(Campaign);

@@ -196,6 +196,15 @@ async fn reentrancy_wrong_session_fifo_waiters_and_wait_timeout() {
         w.await.unwrap();
     }
     assert_eq!(*order.borrow(), vec!["w1", "w2", "w3"], "FIFO");
+    // Each of the three releases that freed the lock carried the next
+    // waiter's acquire in the same Raft round (the first only dropped a hold).
+    let m = call("GET", &url, "/metrics", &[], vec![]).await.text();
+    let pipelined: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("ringstore_lock_events_total") && l.contains("event=\"handoff_pipelined\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(pipelined >= 3.0, "handoffs proposed behind their releases: {pipelined}");
 
     // A wait that ends without the lock: 409 with the holder and its lease.
     let (sx, t) = held(&acquire(&url, "r", "x", 10_000, 0).await);
@@ -207,6 +216,60 @@ async fn reentrancy_wrong_session_fifo_waiters_and_wait_timeout() {
     assert_eq!(r.json()["holder"], "x");
     assert!(r.json()["lease_remaining_ms"].as_u64().unwrap() > 5_000);
     assert_eq!(release(&url, "r", &sx, t).await.status, StatusCode::OK);
+    tc.shutdown().await;
+}
+
+/// A command sent again with the same `Idempotency-Key` (its answer was
+/// lost) applies once: a re-entry does not add a second hold, a release
+/// does not drop two, and a write keeps its first version.
+#[actix_rt::test]
+async fn an_idempotency_key_applies_each_command_once_however_often_it_is_sent() {
+    let tc = start(|_| {}).await;
+    let urls: Vec<String> = tc.cluster.node_ids().iter().map(|i| tc.cluster.url(*i).unwrap()).collect();
+    let keyed = |url: &str, path: &str, body: Value, key: &str| {
+        let (url, path, key) = (url.to_string(), path.to_string(), key.to_string());
+        async move {
+            let headers = [("content-type", "application/json"), ("idempotency-key", key.as_str())];
+            call("POST", &url, &path, &headers, body.to_string().into()).await
+        }
+    };
+    let k1 = "11111111-2222-3333-4444-555555555555";
+    let first = keyed(&urls[0], "/v1/locks/idem/acquire", json!({"owner": "a", "ttl_ms": 10_000}), k1).await;
+    let (session, t) = held(&first);
+    // The same acquire again, at another node: the first grant, not a
+    // conflict and not a second session.
+    let again = keyed(&urls[1], "/v1/locks/idem/acquire", json!({"owner": "a", "ttl_ms": 10_000}), k1).await;
+    assert_eq!(held(&again), (session.clone(), t));
+    let reenter = json!({"owner": "a", "session": session, "ttl_ms": 10_000});
+    let k2 = "0123456789abcdef0123456789abcde2";
+    for url in &urls {
+        let r = keyed(url, "/v1/locks/idem/acquire", reenter.clone(), k2).await;
+        assert_eq!(r.json()["hold_count"], 2, "a re-entry sent three times holds twice: {}", r.text());
+    }
+    let k3 = "0123456789abcdef0123456789abcde3";
+    for url in &urls {
+        let r = keyed(url, "/v1/locks/idem/release", json!({"session": session, "token": t}), k3).await;
+        assert_eq!(r.json()["hold_count"], 1, "a release sent three times drops one hold: {}", r.text());
+    }
+    let s = call("GET", &urls[2], "/v1/locks/idem", &[], vec![]).await;
+    assert_eq!(s.json()["hold_count"], 1);
+    // Writes too: the retry answers the first version, and a later write
+    // under another key still applies.
+    let put_keyed = |url: &str, value: &'static str, key: &'static str| {
+        let url = url.to_string();
+        async move { call("PUT", &url, "/v1/kv/idem-key", &[("idempotency-key", key)], value.into()).await }
+    };
+    let v1 = put_keyed(&urls[0], "one", "0123456789abcdef0123456789abcde4").await.json()["version"].clone();
+    let v1_again = put_keyed(&urls[1], "two", "0123456789abcdef0123456789abcde4").await.json()["version"].clone();
+    assert_eq!(v1, v1_again);
+    let got = call("GET", &urls[2], "/v1/kv/idem-key", &[], vec![]).await;
+    assert_eq!(got.body, b"one".to_vec(), "the retry applied nothing");
+    let v2 = put_keyed(&urls[0], "three", "0123456789abcdef0123456789abcde5").await.json()["version"].clone();
+    assert!(v2.as_u64() > v1.as_u64());
+    // A malformed key is refused before anything is proposed.
+    let bad = call("PUT", &urls[0], "/v1/kv/idem-key", &[("idempotency-key", "not-hex")], b"x".to_vec()).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json()["error"]["code"], "bad_request");
     tc.shutdown().await;
 }
 

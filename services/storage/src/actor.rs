@@ -41,7 +41,7 @@ use crate::engine::{Cf, Engine, EngineError};
 use crate::leaders::LeaderHints;
 use crate::load::LoadSampler;
 use crate::locks::{LockIndex, Waiter, Waiters};
-use crate::log_store::{ApplyState, LogStore};
+use crate::log_store::{ApplyState, KeyStats, LogStore};
 use crate::messages::{
     DestroyReplica, PeerUnreachable, Persisted, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest,
     ShardResult, TransferLeadership, MAP_WATCHERS_MAX, MAP_WATCH_WAIT_MAX_MS,
@@ -63,7 +63,18 @@ const READ_INDEX_RETRY: Duration = Duration::from_millis(300);
 /// state is on this node's disk and its replica should start; `true` if
 /// this replica led the source (the new replica campaigns at once, so the
 /// new shard has a leader within a round trip, not an election timeout).
-pub type SplitHook = Arc<dyn Fn(ShardId, bool, LockIndex) + Send + Sync>;
+pub type SplitHook = Arc<dyn Fn(ShardId, bool, SplitOff) + Send + Sync>;
+
+/// What a split's source hands the replica of the new shard on its node.
+pub struct SplitOff {
+    /// The held locks of the given ranges, from the source's index: taken
+    /// instead of scanning the data for lock records.
+    pub locks: LockIndex,
+    /// The key statistics of the given ranges, which the source counts
+    /// (and subtracts from its own, so each key is read once); `None`, or
+    /// a count that stops, and the new replica counts them itself.
+    pub stats: Option<oneshot::Receiver<KeyStats>>,
+}
 
 pub struct ReplicaConfig {
     pub node: NodeId,
@@ -85,9 +96,8 @@ pub struct ReplicaConfig {
     /// Which points each replica of the node owns.
     pub registry: Arc<RangeRegistry>,
     pub on_split: SplitHook,
-    /// The held locks of a shard just split off, from its source's index:
-    /// taken instead of scanning the data for lock records.
-    pub locks: Option<LockIndex>,
+    /// A shard just split off: what its source handed over.
+    pub split_off: Option<SplitOff>,
 }
 
 type Reply = oneshot::Sender<ShardResult>;
@@ -190,7 +200,12 @@ pub struct StorageActor {
     on_split: SplitHook,
     /// Splits applied in the round being written: new shards to start
     /// once the write is done.
-    splits_done: Vec<(ShardId, LockIndex)>,
+    splits_done: Vec<(ShardId, LockIndex, Arc<Vec<PointRange>>)>,
+    /// Whether this round's split found the key statistics counted (then
+    /// its source counts only the given side and derives its own).
+    split_stats_known: Option<bool>,
+    /// A split's count of this replica's keys, run by the source.
+    stats_from: Option<oneshot::Receiver<KeyStats>>,
     /// Campaigning for a shard just split off (see [`SplitHook`]) until
     /// this instant, or until it leads.
     campaign_until: Option<Instant>,
@@ -210,6 +225,10 @@ pub struct StorageActor {
     waiters: Waiters<Reply>,
     /// Locks freed by this round's applies, to hand to their first waiter.
     freed: Vec<String>,
+    /// Locks whose first waiter's acquire was proposed right behind a
+    /// release ([`StorageActor::pipeline_handoff`]), by that acquire's
+    /// index: the release's apply must not hand the lock over again.
+    handoffs: HashMap<String, u64>,
     /// Ready rounds written but not yet fsynced, in order, with the
     /// messages that may leave only once they are durable.
     unpersisted: VecDeque<(u64, Vec<RaftMessage>)>,
@@ -285,6 +304,8 @@ impl StorageActor {
             registry: cfg.registry,
             on_split: cfg.on_split,
             splits_done: Vec::new(),
+            split_stats_known: None,
+            stats_from: None,
             campaign_until: None,
             load: LoadSampler::default(),
             map_watchers: Vec::new(),
@@ -296,6 +317,7 @@ impl StorageActor {
             locks: LockIndex::default(),
             waiters: Waiters::default(),
             freed: Vec::new(),
+            handoffs: HashMap::new(),
             unpersisted: VecDeque::new(),
             parked: Vec::new(),
             parked_reads: Vec::new(),
@@ -304,8 +326,9 @@ impl StorageActor {
             compact_for_learner: false,
         };
         let mut actor = actor;
-        match cfg.locks {
-            Some(locks) => {
+        match cfg.split_off {
+            Some(SplitOff { locks, stats }) => {
+                actor.stats_from = stats;
                 actor.locks = locks;
                 actor.metrics.locks_held.set(actor.locks.held() as i64);
             }
@@ -797,6 +820,9 @@ impl StorageActor {
             self.leader = leader;
         }
         self.leaders.observe(self.shard, (leader != 0).then_some(leader), self.raw.raft.term);
+        // A handoff proposed under another leadership is applied or dropped
+        // by the log; either way its marker no longer says anything.
+        self.handoffs.clear();
         if role == StateRole::Leader {
             self.locks.forget_proposals();
             self.stepped_down_at = None;
@@ -1216,7 +1242,8 @@ impl StorageActor {
         self.metrics.locks_held.set(self.locks.held() as i64);
     }
 
-    /// Hands each freed lock to its first live waiter (leader only).
+    /// Hands each freed lock to its first live waiter (leader only), unless
+    /// a handoff proposed behind the release already did or is on its way.
     fn serve_waiters(&mut self) {
         if self.freed.is_empty() {
             return;
@@ -1225,28 +1252,74 @@ impl StorageActor {
         if !self.is_leader() {
             return;
         }
+        let applied = self.raw.store().apply_state().applied_index;
         let now = Instant::now();
         for name in freed {
+            if let Some(&at) = self.handoffs.get(&name) {
+                if at > applied {
+                    continue; // the handoff is in the log behind the release
+                }
+                self.handoffs.remove(&name);
+                // Applied this round: it holds the lock, unless its acquire
+                // met a holder after all (then its waiter is first again).
+                if !matches!(self.lock_record(name.as_bytes()), Ok(Some(LockRecord { holder: None, .. }))) {
+                    continue;
+                }
+            }
             let Some(w) = self.waiters.pop_front(&name, now, |tx| !tx.is_closed()) else { continue };
-            let cmd = Command::LockAcquire {
-                name: name.clone(),
-                owner: w.owner.clone(),
-                session: w.session,
-                reentry: false,
-                ttl_ms: w.ttl_ms,
-            };
-            let spec = WaitSpec {
-                name,
-                owner: w.owner,
-                session: w.session,
-                ttl_ms: w.ttl_ms,
-                deadline: w.deadline,
-                handoff: true,
-            };
-            if let Err(e) = self.propose_waiting(&cmd, Some(w.reply), Some(spec), None) {
+            if let Err(e) = self.propose_handoff(name, w) {
                 warn!(node = self.node, shard = self.shard, "lock handoff not proposed: {e}");
             }
         }
+    }
+
+    /// A release that frees a lock others wait for hands it over in the
+    /// same Raft round: the first waiter's acquire is proposed right behind
+    /// it, so both commit and apply together instead of the acquire waiting
+    /// for the release's apply. Log order makes it safe (nothing comes
+    /// between the two entries); if the release does not free the lock
+    /// after all, the acquire conflicts and its waiter is first again.
+    fn pipeline_handoff(&mut self, name: &str, session: SessionId, token: u64) {
+        if !self.is_leader()
+            || self.raw.raft.lead_transferee.is_some()
+            || self.handoffs.contains_key(name)
+            || !self.waiters.has_waiters(name)
+        {
+            return;
+        }
+        let Ok(rec) = self.lock_record(name.as_bytes()) else { return };
+        if !ringstore_shared::lock::release_frees(rec.as_ref(), session, token) {
+            return;
+        }
+        let Some(w) = self.waiters.pop_front(name, Instant::now(), |tx| !tx.is_closed()) else { return };
+        match self.propose_handoff(name.to_string(), w) {
+            Ok(()) => {
+                self.handoffs.insert(name.to_string(), self.raw.raft.raft_log.last_index());
+                self.metrics.lock_handoffs_pipelined.inc();
+            }
+            Err(e) => warn!(node = self.node, shard = self.shard, "lock handoff not proposed: {e}"),
+        }
+    }
+
+    /// Proposes waiter `w`'s acquire of `name` (the leader's own proposal:
+    /// if it meets a holder, the waiter goes back to the front).
+    fn propose_handoff(&mut self, name: String, w: Waiter<Reply>) -> Result<(), StoreError> {
+        let cmd = Command::LockAcquire {
+            name: name.clone(),
+            owner: w.owner.clone(),
+            session: w.session,
+            reentry: false,
+            ttl_ms: w.ttl_ms,
+        };
+        let spec = WaitSpec {
+            name,
+            owner: w.owner,
+            session: w.session,
+            ttl_ms: w.ttl_ms,
+            deadline: w.deadline,
+            handoff: true,
+        };
+        self.propose_waiting(&cmd, Some(w.reply), Some(spec), None)
     }
 
     /// Answers waiters whose wait ended with the holder they waited on.
@@ -1415,7 +1488,10 @@ impl Actor for StorageActor {
         // Nothing is applied yet, so the engine holds exactly the applied
         // state the count starts from.
         if self.raw.store().apply_state().stats_pending {
-            self.recount_stats(ctx);
+            match self.stats_from.take() {
+                Some(counted) => self.await_split_count(counted, ctx),
+                None => self.recount_stats(ctx),
+            }
         }
         ctx.run_interval(Duration::from_millis(self.cfg.tick_interval_ms), |act, ctx| {
             if act.destroyed {
@@ -1431,6 +1507,9 @@ impl Actor for StorageActor {
             act.sweep_leases();
             // Drop waiters whose client gave up, so the map stays bounded.
             act.writes.retain(|_, p| !p.tx.is_closed());
+            // A release that did not free its lock leaves its marker behind.
+            let applied = act.raw.store().apply_state().applied_index;
+            act.handoffs.retain(|_, at| *at > applied);
             act.schedule_flush(ctx);
         });
         ctx.run_interval(Duration::from_millis(self.cfg.ttl_sweep_interval_ms), |act, ctx| {
@@ -1693,6 +1772,9 @@ impl Handler<ShardRequest> for StorageActor {
                 let (tx, rx) = oneshot::channel();
                 if let Err(e) = self.propose_waiting(&cmd, Some(tx), None, Some(request)) {
                     return immediate(Err(e));
+                }
+                if let Command::LockRelease { name, session, token } = &*cmd {
+                    self.pipeline_handoff(name, *session, *token);
                 }
                 self.schedule_flush(ctx);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })

@@ -118,7 +118,13 @@ impl ApplyState {
 
     /// The statistics, unless they are being counted.
     pub fn stats(&self) -> Option<KeyStats> {
-        (!self.stats_pending).then_some(KeyStats { keys: self.keys, bytes: self.bytes })
+        (!self.stats_pending).then_some(self.tally())
+    }
+
+    /// The statistics as they stand, counted or not: while a count runs,
+    /// the changes applied since it began (wrapping below zero).
+    pub fn tally(&self) -> KeyStats {
+        KeyStats { keys: self.keys, bytes: self.bytes }
     }
 
     /// A bootstrapped replica's: its log starts after [`INIT_LOG_INDEX`]
@@ -178,6 +184,12 @@ pub struct KeyStats {
 }
 
 impl KeyStats {
+    /// What is left of `self` without `part` (a split's given side).
+    /// Wrapping, like the deltas gathered while a count runs.
+    pub fn without(self, part: KeyStats) -> KeyStats {
+        KeyStats { keys: self.keys.wrapping_sub(part.keys), bytes: self.bytes.wrapping_sub(part.bytes) }
+    }
+
     fn add(&mut self, k: &[u8], v: &[u8]) -> Result<(), EngineError> {
         let Some((_, user)) = split_data_key(k) else { return Ok(()) };
         if !is_user_key(user) {
@@ -442,11 +454,20 @@ impl LogStore {
     /// run off the storage thread: a split's half of a 1 GiB shard takes
     /// most of a second to scan.
     pub fn begin_recount(&mut self) -> StatsCount {
+        let generation = self.expect_count();
+        StatsCount { generation, view: self.engine.snapshot(), ranges: self.ranges.clone() }
+    }
+
+    /// Like [`LogStore::begin_recount`] for a count that runs elsewhere,
+    /// as of a snapshot taken before anything was applied here: a split's
+    /// source counts the keys it gave a new shard. Returns the generation
+    /// to finish.
+    pub fn expect_count(&mut self) -> u64 {
         self.recount_generation += 1;
         self.apply.stats_pending = true;
         self.apply.keys = 0;
         self.apply.bytes = 0;
-        StatsCount { generation: self.recount_generation, view: self.engine.snapshot(), ranges: self.ranges.clone() }
+        self.recount_generation
     }
 
     /// Adds the count `generation` found, unless a newer count began or a
@@ -671,9 +692,19 @@ impl StatsCount {
     /// a count of a large shard must not hold its node's RocksDB open).
     /// `wanted` is told the bytes read so far, so it can also pace the scan.
     pub fn run(&self, wanted: impl FnMut(u64) -> bool) -> Result<Option<KeyStats>, EngineError> {
+        self.run_on(&self.ranges, wanted)
+    }
+
+    /// Like [`StatsCount::run`], over `ranges` instead of the replica's
+    /// own, as of the same snapshot.
+    pub fn run_on(
+        &self,
+        ranges: &[PointRange],
+        wanted: impl FnMut(u64) -> bool,
+    ) -> Result<Option<KeyStats>, EngineError> {
         let mut stats = KeyStats::default();
         let mut err = None;
-        let finished = scan_while_wanted(&self.view, &self.ranges, wanted, |k, v| match stats.add(k, v) {
+        let finished = scan_while_wanted(&self.view, ranges, wanted, |k, v| match stats.add(k, v) {
             Ok(()) => true,
             Err(e) => {
                 err = Some(e);
@@ -883,6 +914,24 @@ mod tests {
         b.on_delete(5);
         assert_eq!(b.stats(), Some(KeyStats::default()));
     }
+    #[test]
+    fn a_split_source_keeps_what_it_had_less_the_side_it_gave_away() {
+        // 10 keys of 100 bytes known before the split; the given side
+        // holds 4 keys of 30 bytes; a put of a kept key applies in the
+        // split's round (before the snapshot): the round's tally has it.
+        let mut a = state(10, 100, false);
+        a.stats_pending = true; // the split's apply
+        a.on_put(None, 7);
+        let before = a.tally();
+        assert_eq!(before, KeyStats { keys: 11, bytes: 107 });
+        let given = KeyStats { keys: 4, bytes: 30 };
+        assert_eq!(before.without(given), KeyStats { keys: 7, bytes: 77 });
+        // A given side larger than the tally (impossible unless counts
+        // drifted) wraps like the deltas do, never panics.
+        let odd = KeyStats { keys: 1, bytes: 1 }.without(given);
+        assert_eq!(odd.keys.wrapping_add(given.keys), 1);
+    }
+
     #[test]
     fn a_background_scan_stops_once_its_replica_no_longer_wants_it() {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -209,7 +209,8 @@ pub struct LockMetrics {
     pub events: IntCounterVec,
 }
 
-pub static LOCKS: LazyLock<LockMetrics> = LazyLock::new(|| LockMetrics {
+pub static LOCKS: LazyLock<LockMetrics> = LazyLock::new(|| {
+    LockMetrics {
     held: register_int_gauge_vec!("ringstore_locks_held", "Locks held in this shard replica", &["node", "shard"])
         .expect("registers once"),
     waiters: register_int_gauge_vec!(
@@ -220,10 +221,11 @@ pub static LOCKS: LazyLock<LockMetrics> = LazyLock::new(|| LockMetrics {
     .expect("registers once"),
     events: register_int_counter_vec!(
         "ringstore_lock_events_total",
-        "Lock events on the leader: granted, conflict, released, expired (lease ran out), wait_timeout",
+        "Lock events on the leader: granted, conflict, released, expired (lease ran out), wait_timeout, handoff_pipelined (a waiter's acquire proposed behind the release that frees the lock: one Raft round)",
         &["node", "shard", "event"]
     )
     .expect("registers once"),
+}
 });
 
 /// One replica's series, resolved once when the replica starts so the Ready
@@ -265,6 +267,7 @@ pub struct ReplicaMetrics {
     pub lock_released: IntCounter,
     pub lock_expiries: IntCounter,
     pub lock_wait_timeouts: IntCounter,
+    pub lock_handoffs_pipelined: IntCounter,
 }
 
 impl ReplicaMetrics {
@@ -310,6 +313,7 @@ impl ReplicaMetrics {
             lock_released: LOCKS.events.with_label_values(&[&n, &s, "released"]),
             lock_expiries: LOCKS.events.with_label_values(&[&n, &s, "expired"]),
             lock_wait_timeouts: LOCKS.events.with_label_values(&[&n, &s, "wait_timeout"]),
+            lock_handoffs_pipelined: LOCKS.events.with_label_values(&[&n, &s, "handoff_pipelined"]),
         }
     }
 }

@@ -35,7 +35,7 @@ fn start(node: NodeId, voters: &[NodeId], engine: &Arc<Engine>, t: &LocalTranspo
         leaders: Default::default(),
         registry: Default::default(),
         on_split: Arc::new(|_, _, _| {}),
-        locks: None,
+        split_off: None,
     };
     let a = StorageActor::start(
         cfg,

@@ -44,7 +44,7 @@ async fn each_shard_serves_and_snapshots_only_its_ranges() {
             leaders: Default::default(),
             registry: Default::default(),
             on_split: Arc::new(|_, _, _| {}),
-            locks: None,
+            split_off: None,
         };
         let a = StorageActor::start(
             cfg,

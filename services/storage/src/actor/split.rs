@@ -9,9 +9,12 @@
 //! shard's replicas elsewhere is then an ordinary replica move.
 //!
 //! Nothing is scanned on the storage thread, which every replica on it
-//! shares: both sides count their keys off it, from a RocksDB snapshot
-//! taken once the split is written (`LogStore::begin_recount`), and the new
-//! replica takes its held locks from the source's index in memory.
+//! shares: the source counts the keys it gave away off it, from a RocksDB
+//! snapshot taken once the split is written, hands that count to the new
+//! replica and keeps the rest of its statistics from before the split, so
+//! each key is read once (if they were not known, both sides count their
+//! own). The new replica takes its held locks from the source's index in
+//! memory.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,10 +25,12 @@ use raft::StateRole;
 use ringstore_shared::apply::{self, Outcome, SplitDecision};
 use ringstore_shared::{ShardId, StoreError};
 use rocksdb::WriteBatch;
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::StorageActor;
+use super::{SplitOff, StorageActor};
 use crate::engine::EngineError;
+use crate::locks::LockIndex;
 use crate::log_store::{self, ApplyState, KeyStats};
 use crate::messages::{ShardReply, ShardResult};
 use crate::snapshot::{contains_point, OwnedRanges, PointRange, SnapshotData};
@@ -61,9 +66,12 @@ impl StorageActor {
             SplitDecision::Apply { left } => left,
         };
         let started = Instant::now();
-        // Both sides count their keys again once this batch is written
+        // The key statistics are counted again once this batch is written
         // (`start_split_shards`); until then the apply state is stored
-        // without statistics, so a crash counts them at the next start.
+        // without them, so a crash counts them at the next start. Known
+        // before the split, only the given side needs reading.
+        let known = !apply.stats_pending;
+        self.split_stats_known = Some(self.split_stats_known.unwrap_or(true) && known);
         apply.stats_pending = true;
         let given = OwnedRanges { epoch, ranges: give };
         match log_store::is_initialized(&self.engine, target) {
@@ -86,9 +94,10 @@ impl StorageActor {
         // beside this one).
         self.raw.mut_store().commit_ranges(kept);
         let locks = self.locks.split_off(|name| owns_in(&given.ranges, name.as_bytes()));
-        self.registry.split(self.shard, self.raw.store().ranges().clone(), target, Arc::new(given.ranges));
+        let given = Arc::new(given.ranges);
+        self.registry.split(self.shard, self.raw.store().ranges().clone(), target, given.clone());
         self.adopt_ranges();
-        self.splits_done.push((target, locks));
+        self.splits_done.push((target, locks, given));
         self.metrics.splits_applied.inc();
         self.metrics.split_apply_seconds.observe(started.elapsed().as_secs_f64());
         info!(
@@ -132,11 +141,96 @@ impl StorageActor {
         }
         // The split is on disk; the new replica has not started.
         fail::fail_point!("split_applied", |_| std::process::abort());
-        self.recount_stats(ctx);
         let lead = self.is_leader();
-        for (target, locks) in std::mem::take(&mut self.splits_done) {
-            (self.on_split)(target, lead, locks);
+        let done = std::mem::take(&mut self.splits_done);
+        let known = self.split_stats_known.take() == Some(true);
+        match <[_; 1]>::try_from(done) {
+            Ok([(target, locks, given)]) if known => {
+                // Exact as of this write: the statistics before the split,
+                // plus this round's changes to the ranges kept.
+                let before = self.raw.store().apply_state().tally();
+                let (tx, rx) = oneshot::channel();
+                self.count_given(before, given, tx, ctx);
+                (self.on_split)(target, lead, SplitOff { locks, stats: Some(rx) });
+            }
+            Ok(done) => self.split_and_count_each(done.into(), lead, ctx),
+            Err(done) => self.split_and_count_each(done, lead, ctx),
         }
+    }
+
+    /// Statistics unknown before the split (or several splits in one
+    /// round): every side counts its own keys.
+    fn split_and_count_each(
+        &mut self,
+        done: Vec<(ShardId, LockIndex, Arc<Vec<PointRange>>)>,
+        lead: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        self.recount_stats(ctx);
+        for (target, locks, _) in done {
+            (self.on_split)(target, lead, SplitOff { locks, stats: None });
+        }
+    }
+
+    /// Counts the keys given to a new shard, off the storage thread, from
+    /// a RocksDB snapshot taken now (before the new replica applies
+    /// anything): the new replica gets that count (`tx`), and this replica
+    /// the rest of `before`. Each key is read once, not once per side.
+    fn count_given(
+        &mut self,
+        before: KeyStats,
+        given: Arc<Vec<PointRange>>,
+        tx: oneshot::Sender<KeyStats>,
+        ctx: &mut Context<Self>,
+    ) {
+        let count = self.raw.mut_store().begin_recount();
+        let addr = ctx.address();
+        let (node, shard) = (self.node, self.shard);
+        let spawned = crate::background::spawn(format!("count-{shard}"), crate::background::COUNT_NICE, move || {
+            let started = Instant::now();
+            let pace = |read: u64| {
+                std::thread::sleep(crate::background::pause(
+                    read,
+                    crate::background::COUNT_BYTES_PER_SEC,
+                    started.elapsed(),
+                ));
+                addr.connected()
+            };
+            // Stopped: both stay pending (`tx` dropped: the new replica
+            // counts its own; this one counts at its next start).
+            let result = match count.run_on(&given, pace) {
+                Ok(Some(given)) => {
+                    let _ = tx.send(given);
+                    Ok(before.without(given))
+                }
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            addr.do_send(StatsCounted {
+                generation: count.generation(),
+                result,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        });
+        if let Err(e) = spawned {
+            warn!(node, shard, "could not start counting the keys a split gave away: {e}");
+        }
+    }
+
+    /// A replica split off waits for its source's count of its keys (see
+    /// [`StorageActor::count_given`]); if that count stops, it counts them.
+    pub(super) fn await_split_count(&mut self, counted: oneshot::Receiver<KeyStats>, ctx: &mut Context<Self>) {
+        let generation = self.raw.mut_store().expect_count();
+        let started = Instant::now();
+        ctx.spawn(counted.into_actor(self).map(move |res, act, ctx| {
+            if act.destroyed {
+                return;
+            }
+            match res {
+                Ok(stats) => act.on_counted(generation, Ok(stats), started.elapsed().as_secs_f64()),
+                Err(_) => act.recount_stats(ctx),
+            }
+        }));
     }
 
     /// Counts this replica's keys again off the storage thread, from a
@@ -228,20 +322,26 @@ impl Handler<StatsCounted> for StorageActor {
         if self.destroyed {
             return;
         }
-        let counted = match m.result {
+        self.on_counted(m.generation, m.result, m.seconds);
+    }
+}
+
+impl StorageActor {
+    fn on_counted(&mut self, generation: u64, result: Result<KeyStats, EngineError>, seconds: f64) {
+        let counted = match result {
             Ok(c) => c,
             Err(e) => self.fatal("counting the shard's keys", e),
         };
-        match self.raw.mut_store().finish_recount(m.generation, counted) {
+        match self.raw.mut_store().finish_recount(generation, counted) {
             Ok(true) => {
-                self.metrics.stats_count_seconds.observe(m.seconds);
+                self.metrics.stats_count_seconds.observe(seconds);
                 let now = self.raw.store().apply_state().stats().unwrap_or_default();
                 info!(
                     node = self.node,
                     shard = self.shard,
                     keys = now.keys,
                     bytes = now.bytes,
-                    secs = m.seconds,
+                    secs = seconds,
                     "key statistics counted"
                 );
             }
