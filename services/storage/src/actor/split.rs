@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use super::{SplitOff, StorageActor};
 use crate::engine::EngineError;
 use crate::locks::LockIndex;
-use crate::log_store::{self, ApplyState, KeyStats};
+use crate::log_store::{self, ApplyState, KeyStats, StatsCount};
 use crate::messages::{ShardReply, ShardResult};
 use crate::snapshot::{contains_point, OwnedRanges, PointRange, SnapshotData};
 
@@ -175,7 +175,8 @@ impl StorageActor {
     /// Counts the keys given to a new shard, off the storage thread, from
     /// a RocksDB snapshot taken now (before the new replica applies
     /// anything): the new replica gets that count (`tx`), and this replica
-    /// the rest of `before`. Each key is read once, not once per side.
+    /// the rest of `before`. Each key is read once, not once per side. A
+    /// count that stops drops `tx`: the new replica counts its own.
     fn count_given(
         &mut self,
         before: KeyStats,
@@ -183,38 +184,12 @@ impl StorageActor {
         tx: oneshot::Sender<KeyStats>,
         ctx: &mut Context<Self>,
     ) {
-        let count = self.raw.mut_store().begin_recount();
-        let addr = ctx.address();
-        let (node, shard) = (self.node, self.shard);
-        let spawned = crate::background::spawn(format!("count-{shard}"), crate::background::COUNT_NICE, move || {
-            let started = Instant::now();
-            let pace = |read: u64| {
-                std::thread::sleep(crate::background::pause(
-                    read,
-                    crate::background::COUNT_BYTES_PER_SEC,
-                    started.elapsed(),
-                ));
-                addr.connected()
-            };
-            // Stopped: both stay pending (`tx` dropped: the new replica
-            // counts its own; this one counts at its next start).
-            let result = match count.run_on(&given, pace) {
-                Ok(Some(given)) => {
-                    let _ = tx.send(given);
-                    Ok(before.without(given))
-                }
-                Ok(None) => return,
-                Err(e) => Err(e),
-            };
-            addr.do_send(StatsCounted {
-                generation: count.generation(),
-                result,
-                seconds: started.elapsed().as_secs_f64(),
-            });
+        self.spawn_count(ctx, "the keys a split gave away", move |count, pace| {
+            Ok(count.run_on(&given, pace)?.map(|given| {
+                let _ = tx.send(given);
+                before.without(given)
+            }))
         });
-        if let Err(e) = spawned {
-            warn!(node, shard, "could not start counting the keys a split gave away: {e}");
-        }
     }
 
     /// A replica split off waits for its source's count of its keys (see
@@ -236,14 +211,23 @@ impl StorageActor {
     /// Counts this replica's keys again off the storage thread, from a
     /// RocksDB snapshot taken now (see `LogStore::begin_recount`).
     pub(super) fn recount_stats(&mut self, ctx: &mut Context<Self>) {
+        self.spawn_count(ctx, "the shard's keys", |count, pace| count.run(pace));
+    }
+
+    /// Begins a count (`LogStore::begin_recount`) and runs `work` on it on a
+    /// thread of its own (nice 19, paced at `COUNT_BYTES_PER_SEC`); its
+    /// result comes back as [`StatsCounted`]. A count stops once its replica
+    /// is gone and stays pending: the next start counts again.
+    fn spawn_count<W>(&mut self, ctx: &mut Context<Self>, what: &'static str, work: W)
+    where
+        W: FnOnce(&StatsCount, &mut dyn FnMut(u64) -> bool) -> Result<Option<KeyStats>, EngineError> + Send + 'static,
+    {
         let count = self.raw.mut_store().begin_recount();
         let addr = ctx.address();
         let (node, shard) = (self.node, self.shard);
         let spawned = crate::background::spawn(format!("count-{shard}"), crate::background::COUNT_NICE, move || {
             let started = Instant::now();
-            // A stopped replica's count is left pending: its next start
-            // counts again. Paced: see `COUNT_BYTES_PER_SEC`.
-            let pace = |read: u64| {
+            let mut pace = |read: u64| {
                 std::thread::sleep(crate::background::pause(
                     read,
                     crate::background::COUNT_BYTES_PER_SEC,
@@ -251,7 +235,7 @@ impl StorageActor {
                 ));
                 addr.connected()
             };
-            let result = match count.run(pace) {
+            let result = match work(&count, &mut pace) {
                 Ok(Some(stats)) => Ok(stats),
                 Ok(None) => return,
                 Err(e) => Err(e),
@@ -263,8 +247,7 @@ impl StorageActor {
             });
         });
         if let Err(e) = spawned {
-            // Left pending: the next start of the replica counts again.
-            warn!(node, shard, "could not start counting the shard's keys: {e}");
+            warn!(node, shard, "could not start counting {what}: {e}");
         }
     }
 
