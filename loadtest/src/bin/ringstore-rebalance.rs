@@ -165,15 +165,20 @@ async fn every_shard_led(client: &awc::Client, url: &str) -> bool {
     v["shards"].as_array().is_some_and(|s| s.iter().all(|s| s["leader"].as_u64().is_some()))
 }
 
+/// A node's `/metrics` text, or `None` if it did not answer.
+async fn metrics_text(admin: &awc::Client, url: &str) -> Option<String> {
+    let mut r = admin.get(format!("{url}/metrics")).send().await.ok()?;
+    let body = r.body().limit(16 << 20).await.ok()?;
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Bytes RocksDB still has to compact on every node together
 /// (`ringstore_rocksdb_pending_compaction_bytes`), or `None` if a node
 /// did not answer.
 async fn pending_compaction(c: &ProcCluster, admin: &awc::Client) -> Option<u64> {
     let mut total = 0u64;
     for id in c.ids() {
-        let mut r = admin.get(format!("{}/metrics", c.url(id))).send().await.ok()?;
-        let body = r.body().limit(16 << 20).await.ok()?;
-        for l in String::from_utf8_lossy(&body).lines() {
+        for l in metrics_text(admin, &c.url(id)).await?.lines() {
             if l.starts_with("ringstore_rocksdb_pending_compaction_bytes") {
                 total += l.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
             }
@@ -435,9 +440,8 @@ async fn run(args: &Args, bin: &std::path::Path) -> anyhow::Result<serde_json::V
     // Where a split's apply spends its time, per node (the source's writes
     // wait for it): the count of the keys given away and the new replica's start.
     for id in c.ids() {
-        let Ok(mut r) = admin.get(format!("{}/metrics", c.url(id))).send().await else { continue };
-        let Ok(body) = r.body().limit(16 << 20).await else { continue };
-        for l in String::from_utf8_lossy(&body).lines() {
+        let Some(text) = metrics_text(&admin, &c.url(id)).await else { continue };
+        for l in text.lines() {
             if l.starts_with("ringstore_shard_split_apply_seconds_sum")
                 || l.starts_with("ringstore_shard_split_apply_seconds_count")
             {

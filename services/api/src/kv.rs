@@ -72,7 +72,7 @@ async fn fenced_write(
         check_token_issued(state, f, timeout).await?;
     }
     let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
-    route(state, key, ShardOp::Write { cmd: std::sync::Arc::new(cmd), request }, left).await
+    route(state, key, ShardOp::write_as(cmd, request), left).await
 }
 
 pub(crate) async fn route(

@@ -120,7 +120,7 @@ pub async fn release(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
     }
     let timeout = deadline(&req, &state)?;
     let cmd = Command::LockRelease { name: name.clone(), session, token: b.token };
-    let op = ShardOp::Write { cmd: std::sync::Arc::new(cmd), request: request_id(&req)? };
+    let op = ShardOp::write_as(cmd, request_id(&req)?);
     match route(&state, name.clone().into_bytes(), op, timeout).await? {
         ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Released { hold_count }, .. }) => {
             Ok(HttpResponse::Ok().json(json!({ "released": true, "hold_count": hold_count, "free": hold_count == 0 })))
@@ -140,7 +140,7 @@ pub async fn refresh(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
     check_lock_ttl(ttl_ms, &state.limits)?;
     let timeout = deadline(&req, &state)?;
     let cmd = Command::LockRefresh { name: name.clone(), session, token: b.token, ttl_ms };
-    let op = ShardOp::Write { cmd: std::sync::Arc::new(cmd), request: request_id(&req)? };
+    let op = ShardOp::write_as(cmd, request_id(&req)?);
     match route(&state, name.clone().into_bytes(), op, timeout).await? {
         ShardReply::Outcome(Outcome::Lock {
             outcome: LockOutcome::Refreshed { token, hold_count, expires_at_ms },

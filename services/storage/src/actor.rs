@@ -202,8 +202,9 @@ pub struct StorageActor {
     /// once the write is done.
     splits_done: Vec<(ShardId, LockIndex, Arc<Vec<PointRange>>)>,
     /// Whether this round's split found the key statistics counted (then
-    /// its source counts only the given side and derives its own).
-    split_stats_known: Option<bool>,
+    /// its source counts only the given side and derives its own). A second
+    /// split in the same round finds them pending (the first's doing).
+    split_stats_known: bool,
     /// A split's count of this replica's keys, run by the source.
     stats_from: Option<oneshot::Receiver<KeyStats>>,
     /// Campaigning for a shard just split off (see [`SplitHook`]) until
@@ -304,7 +305,7 @@ impl StorageActor {
             registry: cfg.registry,
             on_split: cfg.on_split,
             splits_done: Vec::new(),
-            split_stats_known: None,
+            split_stats_known: false,
             stats_from: None,
             campaign_until: None,
             load: LoadSampler::default(),

@@ -103,7 +103,12 @@ impl ShardOp {
 
     /// A write of `cmd` under a fresh request id.
     pub fn write(cmd: Command) -> ShardOp {
-        ShardOp::Write { cmd: Arc::new(cmd), request: Request::first(new_request_id()) }
+        ShardOp::write_as(cmd, Request::first(new_request_id()))
+    }
+
+    /// A write of `cmd` under `request` (a client's idempotency key).
+    pub fn write_as(cmd: Command, request: Request) -> ShardOp {
+        ShardOp::Write { cmd: Arc::new(cmd), request }
     }
 
     /// The request of a write or acquire, which a router may retry.

@@ -70,8 +70,7 @@ impl StorageActor {
         // (`start_split_shards`); until then the apply state is stored
         // without them, so a crash counts them at the next start. Known
         // before the split, only the given side needs reading.
-        let known = !apply.stats_pending;
-        self.split_stats_known = Some(self.split_stats_known.unwrap_or(true) && known);
+        self.split_stats_known = !apply.stats_pending;
         apply.stats_pending = true;
         let given = OwnedRanges { epoch, ranges: give };
         match log_store::is_initialized(&self.engine, target) {
@@ -143,7 +142,7 @@ impl StorageActor {
         fail::fail_point!("split_applied", |_| std::process::abort());
         let lead = self.is_leader();
         let done = std::mem::take(&mut self.splits_done);
-        let known = self.split_stats_known.take() == Some(true);
+        let known = std::mem::take(&mut self.split_stats_known);
         match <[_; 1]>::try_from(done) {
             Ok([(target, locks, given)]) if known => {
                 // Exact as of this write: the statistics before the split,
