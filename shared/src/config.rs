@@ -60,6 +60,16 @@ pub struct RaftConfig {
     pub ttl_sweep_keys_max: usize,
     pub max_size_per_msg_bytes: u64,
     pub max_inflight_msgs: usize,
+    /// Leaders answer linearizable reads from a lease when they hold one
+    /// ([`crate::lease`]); `false`: every read takes a ReadIndex round.
+    pub lease_reads: bool,
+    /// How much faster than real time any node's clock may run over one
+    /// election timeout; subtracted from the lease.
+    pub max_clock_drift_ms: u64,
+    /// A follower whose link to its leader is down campaigns once this many
+    /// ticks have passed since it last heard from the leader, instead of a
+    /// whole election timeout; 0: off ([`crate::lease::failover_wait`]).
+    pub fast_failover_ticks: usize,
 }
 
 impl Default for RaftConfig {
@@ -75,6 +85,9 @@ impl Default for RaftConfig {
             ttl_sweep_keys_max: 1_024,
             max_size_per_msg_bytes: 1024 * 1024,
             max_inflight_msgs: 256,
+            lease_reads: true,
+            max_clock_drift_ms: 100,
+            fast_failover_ticks: 5,
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod hash;
 pub mod keys;
+pub mod lease;
 pub mod lock;
 pub mod placement;
 pub mod planner;

@@ -63,10 +63,18 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
     );
     let mut results_ms = Vec::new();
     let mut trials = Vec::new();
-    for trial in 0..args.trials {
+    let mut trial = 0;
+    let mut moved = 0;
+    while trial < args.trials {
         let leader = c.wait_leader(Duration::from_secs(30)).await?;
         let survivors: Vec<String> = c.ids().into_iter().filter(|i| *i != leader).map(|i| c.url(i)).collect();
-        let (ms, acked_before) = one_trial(&mut c, leader, &survivors, args.writers, trial).await?;
+        let Some((ms, acked_before)) = one_trial(&mut c, leader, &survivors, args.writers, trial).await? else {
+            // Leadership moved while the writers warmed up: killing a
+            // follower measures nothing. Pick the leader again.
+            moved += 1;
+            anyhow::ensure!(moved <= args.trials, "leadership kept moving before the kill");
+            continue;
+        };
         results_ms.push(ms);
         trials.push(
             serde_json::json!({ "trial": trial, "killed": leader, "failover_ms": ms, "acked_before": acked_before }),
@@ -76,6 +84,7 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
         // Bring the node back and let it catch up before the next kill.
         c.spawn(leader)?;
         wait_caught_up(&c, leader).await?;
+        trial += 1;
     }
     pb.finish_and_clear();
     let mut sorted = results_ms.clone();
@@ -86,10 +95,13 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
         println!("  trial {:>2}: {:>7.0} ms", i + 1, ms);
     }
     println!("  min {min:.0} ms, median {med:.0} ms, max {max:.0} ms");
+    if moved > 0 {
+        println!("  ({moved} picks not killed: leadership moved while the writers warmed up)");
+    }
     if let Some(out) = &args.out {
         let report = serde_json::json!({
             "trials": trials,
-            "min_ms": min, "median_ms": med, "max_ms": max,
+            "min_ms": min, "median_ms": med, "max_ms": max, "leader_moved_before_kill": moved,
             "writers": args.writers, "node_flags": args.node_flags,
         });
         std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
@@ -98,27 +110,30 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Kills `leader` while writers run; returns the failover time in ms.
+/// Kills `leader` while writers run; returns the failover time in ms and
+/// the writes acknowledged before, or `None` if `leader` no longer led
+/// when the kill was due (nothing killed).
 async fn one_trial(
     c: &mut ProcCluster,
     leader: u64,
     survivors: &[String],
     writers: usize,
     trial: usize,
-) -> anyhow::Result<(f64, usize)> {
+) -> anyhow::Result<Option<(f64, usize)>> {
     let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
     let killed_at: Rc<RefCell<Option<Instant>>> = Rc::default();
     let first_ack: Rc<RefCell<Option<Instant>>> = Rc::default();
     let acked = Rc::new(RefCell::new(0usize));
+    let abandoned: Rc<RefCell<bool>> = Rc::default();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (client, killed_at, first_ack, acked) =
-            (client.clone(), killed_at.clone(), first_ack.clone(), acked.clone());
+        let (client, killed_at, first_ack, acked, abandoned) =
+            (client.clone(), killed_at.clone(), first_ack.clone(), acked.clone(), abandoned.clone());
         let url = survivors[w % survivors.len()].clone();
         tasks.push(actix_rt::spawn(async move {
             let start = Instant::now();
             let mut n = 0u64;
-            while first_ack.borrow().is_none() && start.elapsed() < TRIAL_LIMIT * 2 {
+            while first_ack.borrow().is_none() && !*abandoned.borrow() && start.elapsed() < TRIAL_LIMIT * 2 {
                 let sent = Instant::now();
                 let res = client
                     .put(format!("{url}/v1/kv/failover-{trial}-{w}-{n}"))
@@ -148,6 +163,13 @@ async fn one_trial(
     actix_rt::time::sleep(Duration::from_millis(500)).await;
     let before = *acked.borrow();
     anyhow::ensure!(before > 0, "no writes succeeded before the kill");
+    if c.wait_leader(Duration::from_secs(5)).await? != leader {
+        *abandoned.borrow_mut() = true;
+        for t in tasks {
+            t.await.context("writer task")?;
+        }
+        return Ok(None);
+    }
     *killed_at.borrow_mut() = Some(Instant::now());
     c.kill9(leader)?;
     for t in tasks {
@@ -155,7 +177,7 @@ async fn one_trial(
     }
     let k = killed_at.borrow().context("kill time")?;
     let f = first_ack.borrow().context("no acknowledged write after the kill within the trial limit")?;
-    Ok((f.duration_since(k).as_secs_f64() * 1000.0, before))
+    Ok(Some((f.duration_since(k).as_secs_f64() * 1000.0, before)))
 }
 
 async fn wait_caught_up(c: &ProcCluster, id: u64) -> anyhow::Result<()> {

@@ -72,6 +72,17 @@ pub struct NodeArgs {
     /// Election timeout in ticks [default: 10]
     #[arg(long, env = "RINGSTORE_RAFT_ELECTION_TICKS")]
     pub raft_election_ticks: Option<usize>,
+    /// Largest drift of any node's clock over one election timeout, taken
+    /// off leader read leases [default: 100]
+    #[arg(long, env = "RINGSTORE_RAFT_MAX_CLOCK_DRIFT_MS")]
+    pub raft_max_clock_drift_ms: Option<u64>,
+    /// A follower cut off from its leader's node campaigns after this many
+    /// ticks without word from it; 0: after an election timeout [default: 5]
+    #[arg(long, env = "RINGSTORE_RAFT_FAST_FAILOVER_TICKS")]
+    pub raft_fast_failover_ticks: Option<usize>,
+    /// Every linearizable read takes a ReadIndex round (no leader leases)
+    #[arg(long, env = "RINGSTORE_NO_LEASE_READS")]
+    pub no_lease_reads: bool,
     /// Compact the Raft log after this many applied entries [default: 10000]
     #[arg(long, env = "RINGSTORE_RAFT_LOG_GC_THRESHOLD")]
     pub raft_log_gc_threshold: Option<u64>,
@@ -106,6 +117,9 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     raft_tick_ms: Option<u64>,
     raft_election_ticks: Option<usize>,
+    raft_max_clock_drift_ms: Option<u64>,
+    raft_fast_failover_ticks: Option<usize>,
+    no_lease_reads: Option<bool>,
     raft_log_gc_threshold: Option<u64>,
     raft_log_gc_keep: Option<u64>,
     shutdown_timeout_s: Option<u64>,
@@ -148,6 +162,15 @@ impl NodeArgs {
         if let Some(v) = self.raft_election_ticks.or(file.raft_election_ticks) {
             anyhow::ensure!(v > raft.heartbeat_ticks, "raft_election_ticks must exceed the heartbeat ticks");
             raft.election_ticks = v;
+        }
+        if let Some(v) = self.raft_max_clock_drift_ms.or(file.raft_max_clock_drift_ms) {
+            raft.max_clock_drift_ms = v;
+        }
+        if let Some(v) = self.raft_fast_failover_ticks.or(file.raft_fast_failover_ticks) {
+            raft.fast_failover_ticks = v;
+        }
+        if self.no_lease_reads || file.no_lease_reads.unwrap_or(false) {
+            raft.lease_reads = false;
         }
         if let Some(v) = self.raft_log_gc_threshold.or(file.raft_log_gc_threshold) {
             raft.log_gc_threshold_entries = v.max(1);

@@ -184,3 +184,52 @@ async fn writes_commit_and_replicas_converge_over_a_lossy_slow_network() {
     }
     tc.shutdown().await;
 }
+
+/// Sum of a counter's series for one node in `/metrics` text.
+async fn node_counter(url: &str, name: &str, node: u64) -> f64 {
+    let text = call("GET", url, "/metrics", &[], Vec::new()).await.text();
+    let label = format!("node=\"{node}\"");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[actix_rt::test]
+async fn a_cut_off_leader_stops_serving_reads_from_its_lease_before_a_new_leader_acknowledges_a_write() {
+    let tc = start(|cfg| cfg.shards = 1).await;
+    let c = &tc.cluster;
+    let old = c.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let old_url = c.url(old).unwrap();
+    let all = c.node_ids();
+    let majority: Vec<u64> = all.iter().copied().filter(|n| *n != old).collect();
+    assert_eq!(put(&old_url, "k", b"v1").await.status, StatusCode::OK);
+    // Reads on the leader run under its lease (or the test proves nothing).
+    for _ in 0..20 {
+        assert_eq!(get(&old_url, "k").await.text(), "v1");
+    }
+    assert!(node_counter(&old_url, "ringstore_raft_lease_reads_total", old).await > 0.0, "no lease read was served");
+
+    c.transport().isolate(old, &all);
+    // The majority elects a leader and acknowledges v2 ...
+    let maj_url = c.url(majority[0]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call("PUT", &maj_url, "/v1/kv/k", &[("x-request-timeout", "1000")], b"v2".to_vec()).await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the majority never acknowledged v2: {}", r.text());
+    }
+    // ... after which the cut-off leader must never answer a linearizable
+    // read with v1: its lease ran out before any follower gave it up.
+    for _ in 0..20 {
+        let r = call("GET", &old_url, "/v1/kv/k", &[("x-request-timeout", "100")], Vec::new()).await;
+        assert!(
+            !(r.status == StatusCode::OK && r.text() == "v1"),
+            "a stale read: the cut-off leader answered v1 after v2 was acknowledged"
+        );
+    }
+    c.transport().heal();
+    tc.shutdown().await;
+}

@@ -1,7 +1,9 @@
 //! `StorageActor`: one replica of one shard. It owns the shard's
 //! `raft::RawNode` and drives it: ticks on an interval, steps incoming
 //! messages, batches the proposals and reads that arrive between two Ready
-//! rounds, and handles each Ready with one RocksDB write.
+//! rounds, and stages each Ready into its storage thread's round, which
+//! writes the Readys of every replica of the thread in one RocksDB write
+//! ([`crate::round`]).
 //!
 //! A client write is answered only after its entry is committed by a
 //! majority, durable (WAL fsync) and applied. A linearizable read is
@@ -9,8 +11,8 @@
 //! applied up to the read index.
 //!
 //! A node's replicas share a few storage threads (arbiters), never an HTTP
-//! worker's. A Ready round writes without fsync and hands durability to the
-//! node's WAL syncer ([`Engine::sync_wal_async`]): one fsync covers the
+//! worker's. A thread's round writes without fsync and hands durability to
+//! the node's WAL syncer ([`Engine::sync_wal_async`]): one fsync covers the
 //! rounds of every shard written meanwhile, and the thread goes on driving
 //! other shards while the disk syncs (raft-rs's async Ready:
 //! `advance_append_async`, then `on_persist_ready`).
@@ -21,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMessage};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message as RaftMessage, MessageType,
+};
 use raft::{RawNode, StateRole};
 use ringstore_shared::apply::{self, Effect, Outcome, RequestRecord};
 use ringstore_shared::cluster_map::META_SHARD;
@@ -29,6 +33,7 @@ use ringstore_shared::codec::CodecError;
 use ringstore_shared::command::{Command, Proposal, Request};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::keys::{self, data_key};
+use ringstore_shared::lease::{failover_wait, lease_span, presume_leader_down, Lease};
 use ringstore_shared::lock::{FenceRecord, LockOutcome, LockRecord, SessionId};
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
@@ -48,7 +53,8 @@ use crate::messages::{
 };
 use crate::metrics::ReplicaMetrics;
 use crate::registry::RangeRegistry;
-use crate::snapshot::{contains_point, data_bounds, PointRange};
+use crate::round;
+use crate::snapshot::{contains_point, data_bounds, OwnedRanges, PointRange};
 use crate::transport::{Transport, RAFT_MAILBOX_CAPACITY};
 
 mod membership;
@@ -244,6 +250,36 @@ pub struct StorageActor {
     destroyed: bool,
     /// A learner was added: compact a log that still starts at index 1.
     compact_for_learner: bool,
+    /// This replica's Ready, staged into the thread's round until that is
+    /// written.
+    staged: Option<StagedReady>,
+    /// Leader only: the read lease its confirmed ReadIndexes bought.
+    lease: Lease,
+    /// What one confirmed ReadIndex buys; `None`: leases are off.
+    lease_span: Option<Duration>,
+    /// A replica restarted with state refuses (pre-)votes until then: it
+    /// may have confirmed a leader's lease before the crash, which its
+    /// fresh election timer no longer honours.
+    votes_from: Option<Instant>,
+    /// Follower: when a message from its leader last arrived.
+    last_heard: Instant,
+    /// See [`ringstore_shared::lease::failover_wait`].
+    failover_wait: Option<Duration>,
+}
+
+/// A Ready whose changes are staged into the thread's round and wait for
+/// its write (phase 1 done, phase 2 to come: see [`crate::round`]).
+struct StagedReady {
+    ready: raft::Ready,
+    snapshot: Option<(ApplyState, ConfState, OwnedRanges)>,
+    apply: ApplyState,
+    replies: Vec<(Reply, ShardResult)>,
+    appended: Option<(u64, u64)>,
+    hs: Option<HardState>,
+    /// Written with an fsync of its own (a snapshot).
+    synced: bool,
+    /// Raft may count it only once the WAL syncer has synced it.
+    durable_later: bool,
 }
 
 /// Runs one Ready round (and the flush of batched reads) on the actor.
@@ -281,6 +317,13 @@ impl StorageActor {
             max_inflight_msgs: cfg.raft.max_inflight_msgs,
             check_quorum: true,
             pre_vote: true,
+            // Followers learn a new commit index from the next append or
+            // heartbeat instead of an empty append of its own: two messages
+            // and two follower rounds fewer per write. Clients are answered
+            // by the leader; followers apply a little later.
+            skip_bcast_commit: true,
+            // Appends to one follower queued in one Ready go as one message.
+            batch_append: true,
             ..Default::default()
         };
         rc.validate()?;
@@ -314,6 +357,8 @@ impl StorageActor {
             metrics: ReplicaMetrics::new(cfg.node, cfg.shard),
             leaders: cfg.leaders,
             stepped_down_at: None,
+            lease_span: lease_span(&cfg.raft),
+            failover_wait: failover_wait(&cfg.raft),
             cfg: cfg.raft,
             locks: LockIndex::default(),
             waiters: Waiters::default(),
@@ -325,8 +370,17 @@ impl StorageActor {
             transfer_started: None,
             destroyed: false,
             compact_for_learner: false,
+            staged: None,
+            lease: Lease::default(),
+            votes_from: None,
+            last_heard: Instant::now(),
         };
         let mut actor = actor;
+        // A replica new to this node (bootstrapped now, or started by a
+        // split on this node) confirmed no one's lease.
+        if !fresh && cfg.split_off.is_none() && actor.lease_span.is_some() {
+            actor.votes_from = Some(Instant::now() + Duration::from_millis(actor.cfg.election_timeout_ms()));
+        }
         match cfg.split_off {
             Some(SplitOff { locks, stats }) => {
                 actor.stats_from = stats;
@@ -443,10 +497,13 @@ impl StorageActor {
     }
 
     // ---------------------------------------------------------------
-    // The Ready round. Order matters; each step says why it is where it is.
+    // The Ready round, in two phases around the thread's one write (see
+    // [`crate::round`]). Order matters; each step says why it is where it is.
     // ---------------------------------------------------------------
     fn on_ready(&mut self, ctx: &mut Context<Self>) {
-        if !self.raw.has_ready() {
+        // raft-rs hands out one Ready at a time: the next waits until this
+        // one's write is done and it is advanced.
+        if self.staged.is_some() || !self.raw.has_ready() {
             return;
         }
         let mut ready = self.raw.ready();
@@ -466,11 +523,49 @@ impl StorageActor {
         // 3. Everything this round changes goes into one WriteBatch: a
         //    snapshot from the leader, committed entries (raft-rs hands out
         //    only entries already durable here), new entries, hard state.
-        let mut batch = self.engine.batch();
+        //    A snapshot is written and synced on its own, at once: raft-rs
+        //    applies it at once (applied jumps to its index), which it
+        //    allows only once it is persisted. That fsync covers every
+        //    earlier round of this replica as well, all written by now.
+        if !ready.snapshot().is_empty() {
+            let mut batch = self.engine.batch();
+            let staged = self.stage_ready(&mut batch, ready);
+            if let Err(e) = self.engine.write(batch, self.cfg.sync_wal) {
+                self.fatal("persisting a snapshot", e);
+            }
+            return self.finish_ready(staged, ctx);
+        }
+
+        // 4. Otherwise the round joins the thread's shared batch: one write
+        //    for every replica of this thread with a Ready now. What Raft
+        //    needs durable (entries, vote, term) is made so by the node's WAL
+        //    syncer, asked once for the whole batch; a round behind an
+        //    unsynced one waits too, since rounds persist in order.
+        let engine = self.engine.clone();
+        let staged = round::stage(&engine, |batch| self.stage_ready(batch, ready));
+        let persist = staged.durable_later.then(|| (ctx.address(), staged.ready.number()));
+        let (done, written) = oneshot::channel();
+        round::join(&engine, done, persist);
+        self.staged = Some(staged);
+        // The mailbox and timers pause until the round is written.
+        ctx.wait(async move { written.await.is_ok() }.into_actor(self).map(|written, act, ctx| {
+            let Some(staged) = act.staged.take() else { return };
+            if !written || act.destroyed {
+                return; // the thread is stopping
+            }
+            act.finish_ready(staged, ctx);
+            if act.raw.has_ready() || !act.reads.unsent.is_empty() {
+                act.schedule_flush(ctx);
+            }
+        }));
+    }
+
+    /// Phase 1: everything the round changes, staged into `batch`.
+    fn stage_ready(&mut self, batch: &mut WriteBatch, mut ready: raft::Ready) -> StagedReady {
         let mut snapshot = None;
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot();
-            match self.raw.store().stage_snapshot(&mut batch, snap) {
+            match self.raw.store().stage_snapshot(batch, snap) {
                 Ok((a, owned)) => snapshot = Some((a, snap.get_metadata().get_conf_state().clone(), owned)),
                 Err(e) => self.fatal("staging a snapshot", e),
             }
@@ -480,27 +575,23 @@ impl StorageActor {
             None => *self.raw.store().apply_state(),
         };
         let mut replies = Vec::new();
-        self.stage_apply(&mut batch, ready.take_committed_entries(), &mut apply, &mut replies);
-        let appended = self.raw.store().stage_append(&mut batch, ready.entries());
+        self.stage_apply(batch, ready.take_committed_entries(), &mut apply, &mut replies);
+        let appended = self.raw.store().stage_append(batch, ready.entries());
         self.metrics.ready_entries.observe(ready.entries().len() as f64);
         let hs = ready.hs().cloned();
         if let Some(hs) = &hs {
-            self.raw.store().stage_hard_state(&mut batch, hs);
+            self.raw.store().stage_hard_state(batch, hs);
         }
+        let synced = snapshot.is_some() && self.cfg.sync_wal;
+        let durable_later = !synced && ((ready.must_sync() && self.cfg.sync_wal) || !self.unpersisted.is_empty());
+        StagedReady { ready, snapshot, apply, replies, appended, hs, synced, durable_later }
+    }
 
-        // 4. One write. What Raft needs durable (entries, vote, term) is
-        //    made so by the node's WAL syncer, one fsync for every shard's
-        //    round written meanwhile (step 7); a round behind an unsynced one
-        //    waits too, since rounds persist in order. A snapshot is synced
-        //    here: raft-rs applies it at once (applied jumps to its index),
-        //    which it allows only once it is persisted. That fsync covers
-        //    every earlier round of this replica as well.
-        let sync_now = snapshot.is_some() && self.cfg.sync_wal;
-        let durable_later = !sync_now && ((ready.must_sync() && self.cfg.sync_wal) || !self.unpersisted.is_empty());
-        if let Err(e) = self.engine.write(batch, sync_now) {
-            self.fatal("persisting a Ready", e);
-        }
-        if sync_now {
+    /// Phase 2, once the round's batch is written: in-memory views,
+    /// replies, advance.
+    fn finish_ready(&mut self, staged: StagedReady, ctx: &mut Context<Self>) {
+        let StagedReady { mut ready, snapshot, apply, replies, appended, hs, synced, durable_later } = staged;
+        if synced {
             for (_, msgs) in std::mem::take(&mut self.unpersisted) {
                 self.send(msgs);
             }
@@ -535,14 +626,13 @@ impl StorageActor {
         self.on_read_states(ready.take_read_states());
 
         // 7. Messages that must follow persistence (votes, append acks) wait
-        //    for the fsync; raft-rs learns of it in `on_persisted`, and the
-        //    entries it then commits come in a later round.
+        //    for the fsync (asked for by the round); raft-rs learns of it in
+        //    `on_persisted`, and the entries it then commits come in a later
+        //    round.
         if durable_later {
             let number = ready.number();
             self.unpersisted.push_back((number, ready.take_persisted_messages()));
             self.raw.advance_append_async(ready);
-            let addr = ctx.address();
-            self.engine.sync_wal_async(Box::new(move |result| addr.do_send(Persisted { number, result })));
         } else {
             // 8. Nothing to make durable: advance at once. The light ready
             //    carries what this round made committed.
@@ -821,6 +911,8 @@ impl StorageActor {
             self.leader = leader;
         }
         self.leaders.observe(self.shard, (leader != 0).then_some(leader), self.raw.raft.term);
+        // A lease belongs to one leadership; a new one earns its own.
+        self.lease.revoke();
         // A handoff proposed under another leadership is applied or dropped
         // by the log; either way its marker no longer says anything.
         self.handoffs.clear();
@@ -949,10 +1041,54 @@ impl StorageActor {
     fn on_read_states(&mut self, states: Vec<raft::ReadState>) {
         for rs in states {
             let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else { continue };
-            if let Some((_, reads)) = self.reads.in_flight.remove(&u64::from_be_bytes(ctx)) {
+            if let Some((issued, reads)) = self.reads.in_flight.remove(&u64::from_be_bytes(ctx)) {
+                if let Some(span) = self.lease_span {
+                    self.lease.confirmed(issued, span);
+                }
                 self.reads.confirmed.push_back((rs.index, reads));
             }
         }
+    }
+
+    /// A follower whose leader's node looks down (the transport's link to
+    /// it is) gives the leader up once any lease it confirmed has run out
+    /// (see [`ringstore_shared::lease`]), rather than waiting out a whole
+    /// election timeout, and campaigns after a random pause of up to two
+    /// ticks so that two such followers rarely split the vote.
+    fn fast_failover(&mut self, ctx: &mut Context<Self>) {
+        let leader = self.raw.raft.leader_id;
+        if self.raw.raft.state != StateRole::Follower || leader == 0 || leader == self.node {
+            return;
+        }
+        let down = !self.transport.reachable(self.node, leader);
+        if !presume_leader_down(down, self.last_heard.elapsed(), self.failover_wait) {
+            return;
+        }
+        warn!(node = self.node, shard = self.shard, leader, "leader's node is unreachable: campaigning early");
+        self.metrics.fast_failovers.inc();
+        let term = self.raw.raft.term;
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
+        let pause = Duration::from_millis(rand::random::<u64>() % (2 * self.cfg.tick_interval_ms).max(1));
+        ctx.run_later(pause, |act, ctx| {
+            if !act.destroyed && act.raw.raft.leader_id == 0 && act.raw.raft.state == StateRole::Follower {
+                if let Err(e) = act.raw.campaign() {
+                    debug!(node = act.node, shard = act.shard, "early campaign refused: {e}");
+                }
+                act.schedule_flush(ctx);
+            }
+        });
+        self.schedule_flush(ctx);
+    }
+
+    /// Hands leadership to `target`. The transferee campaigns past the
+    /// followers' refusal, so this leader's lease means nothing from here
+    /// until the transfer has surely ended (two election timeouts).
+    fn begin_transfer(&mut self, target: NodeId) {
+        info!(node = self.node, shard = self.shard, target, "transferring leadership");
+        let now = Instant::now();
+        self.transfer_started = Some(now);
+        self.lease.suspend(now, Duration::from_millis(2 * self.cfg.election_timeout_ms()));
+        self.raw.transfer_leader(target);
     }
 
     fn issue_reads(&mut self) {
@@ -973,9 +1109,28 @@ impl StorageActor {
         if !self.raw.raft.commit_to_current_term() {
             return;
         }
+        // Under a lease this leader's commit index is the newest: reads are
+        // served once it is applied, with no round to the followers. A
+        // ReadIndex (with no reads of its own) renews the lease before it
+        // runs out, so steady traffic keeps it.
+        let now = Instant::now();
+        if self.raw.raft.lead_transferee.is_none() && self.lease.valid(now) {
+            let reads = std::mem::take(&mut self.reads.unsent);
+            self.metrics.lease_reads.inc_by(reads.len() as u64);
+            self.reads.confirmed.push_back((self.raw.raft.raft_log.committed, reads));
+            let margin = self.lease_span.unwrap_or_default() / 4;
+            if self.lease.expiring(now, margin) && self.reads.in_flight.is_empty() {
+                self.issue_read_index(Vec::new());
+            }
+            return;
+        }
+        let reads = std::mem::take(&mut self.reads.unsent);
+        self.issue_read_index(reads);
+    }
+
+    fn issue_read_index(&mut self, reads: Vec<PendingRead>) {
         let ctx = self.reads.next_ctx;
         self.reads.next_ctx += 1;
-        let reads = std::mem::take(&mut self.reads.unsent);
         self.raw.read_index(ctx.to_be_bytes().to_vec());
         self.metrics.read_index.inc();
         self.reads.in_flight.insert(ctx, (Instant::now(), reads));
@@ -1500,6 +1655,7 @@ impl Actor for StorageActor {
             }
             act.raw.tick();
             act.campaign_tick();
+            act.fast_failover(ctx);
             act.fail_orphaned_writes();
             act.release_parked();
             act.retry_stuck_reads();
@@ -1538,6 +1694,10 @@ impl Handler<Flush> for StorageActor {
         }
         self.issue_reads();
         self.on_ready(ctx);
+        if self.staged.is_none() {
+            // Lease reads of an applied index need no Ready.
+            self.serve_confirmed_reads();
+        }
     }
 }
 
@@ -1558,7 +1718,13 @@ impl Handler<RaftBatch> for StorageActor {
         if self.destroyed {
             return;
         }
+        let refuse_votes = self.votes_from.is_some_and(|t| Instant::now() < t);
         for m in msgs {
+            if refuse_votes && matches!(m.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote)
+            {
+                self.metrics.votes_refused_after_restart.inc();
+                continue;
+            }
             if let Some(owner) = self.snapshot_conflict(&m) {
                 warn!(
                     node = self.node,
@@ -1569,8 +1735,12 @@ impl Handler<RaftBatch> for StorageActor {
                 self.metrics.snapshots_refused.inc();
                 continue;
             }
+            let from = m.from;
             if let Err(e) = self.raw.step(m) {
                 debug!(node = self.node, shard = self.shard, "step refused a message: {e}");
+            }
+            if from == self.raw.raft.leader_id {
+                self.last_heard = Instant::now();
             }
         }
         self.schedule_flush(ctx);
@@ -1610,8 +1780,7 @@ impl Handler<TransferLeadership> for StorageActor {
             .filter(|(id, _)| **id != self.node && self.raw.store().conf_state().voters.contains(id))
             .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
             .map(|(id, _)| *id)?;
-        info!(node = self.node, shard = self.shard, target, "transferring leadership");
-        self.raw.transfer_leader(target);
+        self.begin_transfer(target);
         self.schedule_flush(ctx);
         Some(target)
     }

@@ -206,6 +206,10 @@ impl Engine {
         Ok(())
     }
 
+    pub(crate) fn write_metrics(&self) -> &metrics::EngineWriteMetrics {
+        &self.write_metrics
+    }
+
     pub fn node_label(&self) -> &str {
         &self.node_label
     }

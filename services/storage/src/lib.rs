@@ -7,6 +7,8 @@
 //! - [`log_store`]: raft-rs's `Storage` trait on the `raft` column family.
 //! - [`snapshot`]: the snapshot payload codec.
 //! - [`actor`]: `StorageActor`, one shard replica: tick, step, Ready, apply, reads.
+//! - [`round`]: a storage thread's shared write round: one RocksDB write for
+//!   every replica with a Ready in the same turn of the thread's loop.
 //! - [`locks`]: the replica's lease index and the leader's lock wait queues.
 //! - [`leaders`]: what the node's replicas know of their shards' leaders, for routers.
 //! - [`messages`]: what the actor receives and answers.
@@ -25,6 +27,7 @@ pub mod messages;
 pub mod metrics;
 pub mod raft_log;
 pub mod registry;
+mod round;
 pub mod snapshot;
 pub mod transport;
 

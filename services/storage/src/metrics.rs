@@ -16,6 +16,7 @@ pub struct EngineMetrics {
     pub pending_compaction_bytes: IntGaugeVec,
     pub wal_sync_seconds: HistogramVec,
     pub wal_sync_readies: HistogramVec,
+    pub round_replicas: HistogramVec,
 }
 
 pub struct RaftMetrics {
@@ -28,6 +29,9 @@ pub struct RaftMetrics {
     pub ready_entries: HistogramVec,
     pub applied_entries: IntCounterVec,
     pub read_index: IntCounterVec,
+    pub lease_reads: IntCounterVec,
+    pub votes_refused: IntCounterVec,
+    pub fast_failovers: IntCounterVec,
     pub pending_requests: IntGaugeVec,
     pub snapshots: IntCounterVec,
     pub log_compactions: IntCounterVec,
@@ -83,6 +87,13 @@ pub static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
         vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
     )
     .expect("metric registers once"),
+    round_replicas: register_histogram_vec!(
+        "ringstore_storage_round_replicas",
+        "Replicas whose Ready rounds one storage-thread write carried (one RocksDB write, one sync request)",
+        &["node"],
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
+    )
+    .expect("metric registers once"),
 });
 
 pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
@@ -114,7 +125,25 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
             .expect("registers once"),
         read_index: register_int_counter_vec!(
             "ringstore_raft_read_index_total",
-            "ReadIndex rounds issued (each serves a batch of reads)",
+            "ReadIndex rounds issued (each serves a batch of reads, or renews the leader's read lease)",
+            ns
+        )
+        .expect("registers once"),
+        lease_reads: register_int_counter_vec!(
+            "ringstore_raft_lease_reads_total",
+            "Linearizable reads a leader served under its read lease, without a ReadIndex round",
+            ns
+        )
+        .expect("registers once"),
+        fast_failovers: register_int_counter_vec!(
+            "ringstore_raft_fast_failovers_total",
+            "Times a follower gave up a leader whose node's link was down and campaigned early",
+            ns
+        )
+        .expect("registers once"),
+        votes_refused: register_int_counter_vec!(
+            "ringstore_raft_votes_refused_after_restart_total",
+            "(Pre-)vote requests a restarted replica refused during its first election timeout (it may have confirmed a lease before the crash)",
             ns
         )
         .expect("registers once"),
@@ -245,6 +274,9 @@ pub struct ReplicaMetrics {
     pub ready_entries: Histogram,
     pub applied_entries: IntCounter,
     pub read_index: IntCounter,
+    pub lease_reads: IntCounter,
+    pub votes_refused_after_restart: IntCounter,
+    pub fast_failovers: IntCounter,
     pub snapshots_applied: IntCounter,
     pub snapshots_refused: IntCounter,
     pub requests_per_second: IntGauge,
@@ -291,6 +323,9 @@ impl ReplicaMetrics {
             ready_entries: r.ready_entries.with_label_values(&ns),
             applied_entries: r.applied_entries.with_label_values(&ns),
             read_index: r.read_index.with_label_values(&ns),
+            lease_reads: r.lease_reads.with_label_values(&ns),
+            votes_refused_after_restart: r.votes_refused.with_label_values(&ns),
+            fast_failovers: r.fast_failovers.with_label_values(&ns),
             snapshots_applied: r.snapshots.with_label_values(&[&n, &s, "applied"]),
             snapshots_refused: r.snapshots.with_label_values(&[&n, &s, "refused_overlap"]),
             requests_per_second: r.requests_per_second.with_label_values(&ns),
@@ -325,6 +360,7 @@ pub struct EngineWriteMetrics {
     pub bytes: IntCounter,
     pub wal_sync_seconds: Histogram,
     pub wal_sync_readies: Histogram,
+    pub round_replicas: Histogram,
 }
 
 impl EngineWriteMetrics {
@@ -336,6 +372,7 @@ impl EngineWriteMetrics {
             bytes: e.write_bytes.with_label_values(&[node_label]),
             wal_sync_seconds: e.wal_sync_seconds.with_label_values(&[node_label]),
             wal_sync_readies: e.wal_sync_readies.with_label_values(&[node_label]),
+            round_replicas: e.round_replicas.with_label_values(&[node_label]),
         }
     }
 }

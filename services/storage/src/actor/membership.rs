@@ -3,8 +3,6 @@
 //! end of a replica that was moved away. The Rebalancer decides the steps
 //! (`ringstore_shared::rebalance`); this only proposes them through raft-rs.
 
-use std::time::Instant;
-
 use actix::prelude::*;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 use ringstore_shared::{NodeId, StoreError};
@@ -117,9 +115,7 @@ impl StorageActor {
         if !self.raw.store().conf_state().voters.contains(&to) {
             return Err(StoreError::BadRequest(format!("node {to} is not a voter of shard {}", self.shard)));
         }
-        info!(node = self.node, shard = self.shard, to, "transferring leadership");
-        self.transfer_started = Some(Instant::now());
-        self.raw.transfer_leader(to);
+        self.begin_transfer(to);
         self.schedule_flush(ctx);
         Ok(ShardReply::Status(self.status()))
     }

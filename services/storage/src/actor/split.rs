@@ -65,6 +65,12 @@ impl StorageActor {
             }
             SplitDecision::Apply { left } => left,
         };
+        // Followers learn of this commit at once rather than with the next
+        // heartbeat (`skip_bcast_commit`): the new shard's replicas start
+        // when they apply it.
+        if self.is_leader() {
+            self.raw.raft.bcast_append();
+        }
         let started = Instant::now();
         // The key statistics are counted again once this batch is written
         // (`start_split_shards`); until then the apply state is stored
