@@ -62,11 +62,12 @@ pub fn failover_wait(cfg: &RaftConfig) -> Option<Duration> {
     Some(Duration::from_millis(ticks.saturating_mul(cfg.tick_interval_ms)))
 }
 
-/// Whether a follower should give its leader up now: the transport knows
-/// the link to it is down, and the follower last heard from it at least
-/// `wait` ago (the leader's lease, if any, has run out by then).
-pub fn presume_leader_down(link_down: bool, since_heard: Duration, wait: Option<Duration>) -> bool {
-    link_down && wait.is_some_and(|w| since_heard >= w)
+/// Whether a follower should give its leader up now: it last heard from
+/// it at least `wait` ago (the leader's lease, if any, has run out by
+/// then), and the transport knows the link to it is down. `link_down` is
+/// asked only then: every replica asks every tick.
+pub fn presume_leader_down(since_heard: Duration, wait: Option<Duration>, link_down: impl FnOnce() -> bool) -> bool {
+    wait.is_some_and(|w| since_heard >= w) && link_down()
 }
 
 /// One leader's read lease.
@@ -139,10 +140,12 @@ mod tests {
     #[test]
     fn a_follower_gives_its_leader_up_only_when_the_link_is_down_and_the_wait_is_over() {
         let wait = Some(Duration::from_millis(500));
-        assert!(presume_leader_down(true, Duration::from_millis(500), wait));
-        assert!(!presume_leader_down(true, Duration::from_millis(499), wait));
-        assert!(!presume_leader_down(false, Duration::from_secs(5), wait));
-        assert!(!presume_leader_down(true, Duration::from_secs(5), None));
+        assert!(presume_leader_down(Duration::from_millis(500), wait, || true));
+        assert!(!presume_leader_down(Duration::from_millis(499), wait, || true));
+        assert!(!presume_leader_down(Duration::from_secs(5), wait, || false));
+        assert!(!presume_leader_down(Duration::from_secs(5), None, || true));
+        // The link is not asked about while the leader was heard lately.
+        assert!(!presume_leader_down(Duration::from_millis(10), wait, || unreachable!()));
     }
 
     #[test]

@@ -1060,8 +1060,8 @@ impl StorageActor {
         if self.raw.raft.state != StateRole::Follower || leader == 0 || leader == self.node {
             return;
         }
-        let down = !self.transport.reachable(self.node, leader);
-        if !presume_leader_down(down, self.last_heard.elapsed(), self.failover_wait) {
+        let (transport, node) = (&self.transport, self.node);
+        if !presume_leader_down(self.last_heard.elapsed(), self.failover_wait, || !transport.reachable(node, leader)) {
             return;
         }
         warn!(node = self.node, shard = self.shard, leader, "leader's node is unreachable: campaigning early");
@@ -1718,7 +1718,9 @@ impl Handler<RaftBatch> for StorageActor {
         if self.destroyed {
             return;
         }
-        let refuse_votes = self.votes_from.is_some_and(|t| Instant::now() < t);
+        let now = Instant::now();
+        let refuse_votes = self.votes_from.is_some_and(|t| now < t);
+        let mut heard_leader = false;
         for m in msgs {
             if refuse_votes && matches!(m.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote)
             {
@@ -1739,9 +1741,10 @@ impl Handler<RaftBatch> for StorageActor {
             if let Err(e) = self.raw.step(m) {
                 debug!(node = self.node, shard = self.shard, "step refused a message: {e}");
             }
-            if from == self.raw.raft.leader_id {
-                self.last_heard = Instant::now();
-            }
+            heard_leader |= from == self.raw.raft.leader_id;
+        }
+        if heard_leader {
+            self.last_heard = now;
         }
         self.schedule_flush(ctx);
     }
