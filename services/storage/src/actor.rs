@@ -1057,7 +1057,11 @@ impl StorageActor {
     /// ticks so that two such followers rarely split the vote.
     fn fast_failover(&mut self, ctx: &mut Context<Self>) {
         let leader = self.raw.raft.leader_id;
-        if self.raw.raft.state != StateRole::Follower || leader == 0 || leader == self.node {
+        // Only a voter may stand. raft-rs checks that on its own timer but
+        // not in `campaign()`: a replica still waiting for its first
+        // snapshot (no configuration) would elect itself and panic.
+        let voter = self.raw.raft.promotable();
+        if !voter || self.raw.raft.state != StateRole::Follower || leader == 0 || leader == self.node {
             return;
         }
         let (transport, node) = (&self.transport, self.node);
@@ -1070,7 +1074,8 @@ impl StorageActor {
         self.raw.raft.become_follower(term, raft::INVALID_ID);
         let pause = Duration::from_millis(rand::random::<u64>() % (2 * self.cfg.tick_interval_ms).max(1));
         ctx.run_later(pause, |act, ctx| {
-            if !act.destroyed && act.raw.raft.leader_id == 0 && act.raw.raft.state == StateRole::Follower {
+            let r = &act.raw.raft;
+            if !act.destroyed && r.promotable() && r.leader_id == 0 && r.state == StateRole::Follower {
                 if let Err(e) = act.raw.campaign() {
                     debug!(node = act.node, shard = act.shard, "early campaign refused: {e}");
                 }
