@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: run test deps build lint fmt bench bench-cluster bench-partition bench-rebalance bench-grow bench-containers
+.PHONY: run test deps build lint fmt bench bench-cluster bench-partition bench-rebalance bench-grow bench-containers bench-idle
 
 # Builds the whole workspace so features unify as in `make test` (building a
 # subset can re-run RocksDB's build script).
@@ -48,3 +48,7 @@ bench-rebalance: deps
 # 4 nodes x 4 shards + 4 shards with 1 GiB under load: splits' fences and moves.
 bench-grow: deps
 	$(ENV) loadtest/bench-grow.sh
+
+# 16, 256 and 1,000 idle shards on three nodes: RSS and CPU per replica.
+bench-idle: deps
+	$(ENV) loadtest/bench-idle.sh

@@ -20,9 +20,9 @@ bench_cleanup() {
   rm -rf "$DATA"
 }
 
-# wait_ready URL: until URL/readyz answers 200 (20 s at most).
+# wait_ready URL [SECONDS]: until URL/readyz answers 200 (20 s by default).
 wait_ready() {
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 $(( ${2:-20} * 10 ))); do
     curl -sf "$1/readyz" >/dev/null && return 0
     sleep 0.1
   done
@@ -46,7 +46,7 @@ start_ringstore3() {
     RS_PIDS+=($!)
     RS="${RS:+$RS,}http://127.0.0.1:1818$i"
   done
-  for i in 1 2 3; do wait_ready "http://127.0.0.1:1818$i"; done
+  for i in 1 2 3; do wait_ready "http://127.0.0.1:1818$i" "${READY_WAIT_S:-20}"; done
 }
 
 # stop_ringstore3: SIGTERM to the three nodes, and wait for them.

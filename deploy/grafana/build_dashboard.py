@@ -70,6 +70,9 @@ PANELS = [
         ('sum by (reason) (rate(ringstore_router_retries_total[1m]))', "retry {{reason}}"),
         ('sum by (kind) (increase(ringstore_raft_snapshots_total[5m]))', "snapshots {{kind}} /5m"),
         ('sum (increase(ringstore_raft_log_compactions_total[5m]))', "log compactions /5m")]),
+    ("Hibernation: sleeping replicas and wakes", "short", [
+        ('max by (node) (ringstore_raft_hibernating_replicas)', "sleeping node {{node}}"),
+        ('sum by (reason) (increase(ringstore_raft_hibernation_wakes_total[5m]))', "wakes {{reason}} /5m")]),
     ("Pending requests per replica", "short", [
         ('max by (node, shard) (ringstore_raft_pending_requests)', "node {{node}} shard {{shard}}")]),
     ("Locks held and waiters", "short", [

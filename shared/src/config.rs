@@ -3,10 +3,11 @@
 
 /// Data shards a new cluster gets unless told otherwise.
 pub const DEFAULT_SHARDS: u64 = 16;
-/// Most data shards a cluster may be bootstrapped with: every node runs a
-/// replica of up to all of them, and each costs a Raft group's memory and
-/// heartbeats.
-pub const SHARDS_MAX: u64 = 256;
+/// Most data shards a cluster may be bootstrapped with: every node may run
+/// a replica of all of them. A quiet one hibernates (no heartbeats) and
+/// costs little memory, but the ring holds 1,024 points per shard and a
+/// node starts every replica at once (`loadtest/bench-idle.sh`).
+pub const SHARDS_MAX: u64 = 1024;
 
 /// Request limits enforced at the edge (API) and again at the storage actor.
 #[derive(Debug, Clone)]
@@ -70,6 +71,11 @@ pub struct RaftConfig {
     /// ticks have passed since it last heard from the leader, instead of a
     /// whole election timeout; 0: off ([`crate::lease::failover_wait`]).
     pub fast_failover_ticks: usize,
+    /// A leader whose group has had nothing to do for this many ticks puts
+    /// it to sleep: no ticks, no heartbeats until a request, a message or a
+    /// dead leader's link wakes it; 0: never (see
+    /// `ringstore_storage::hibernate`).
+    pub hibernate_after_ticks: usize,
 }
 
 impl Default for RaftConfig {
@@ -88,6 +94,7 @@ impl Default for RaftConfig {
             lease_reads: true,
             max_clock_drift_ms: 100,
             fast_failover_ticks: 5,
+            hibernate_after_ticks: 10,
         }
     }
 }

@@ -17,6 +17,16 @@
 //!
 //! Positions are pinned by a test: changing them would move data.
 //!
+//! The crate builds a ring by inserting each virtual node into a sorted
+//! `Vec`, which is quadratic: a million virtual nodes (1,000 shards) took
+//! minutes. [`Ring::with_layout`] therefore places the virtual nodes
+//! itself, exactly as the crate would (same chain, same collision rule),
+//! and hands them to the crate one per [`VNode`], in ascending order, so
+//! every insert is an append. That ring hashes through [`VNodeHasher`]:
+//! positions as they are, and the crate's step to a node's next position
+//! (which it clears) one point up, where an ascending build has nothing
+//! yet. A test checks the result against the crate's own build.
+//!
 //! The ring can grow without moving a virtual node. Its *origins* (the
 //! shards a cluster was bootstrapped with) place the vnodes, forever;
 //! each shard owns the intervals of one origin clipped to a window of
@@ -26,7 +36,7 @@
 //! the data already is, a split copies nothing (see `docs/ARCHITECTURE.md`,
 //! "Range moves").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::RangeInclusive;
 
@@ -56,6 +66,75 @@ pub struct ShardNode(pub ShardId);
 impl Hash for ShardNode {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write(&self.0.to_be_bytes());
+    }
+}
+
+/// One virtual node handed to the crate: hashed as its position, so the
+/// crate puts it exactly there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VNode {
+    origin: ShardId,
+    point: u64,
+}
+
+impl Hash for VNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        RingPoint(self.point).hash(state);
+    }
+}
+
+/// The positions of every origin's virtual nodes, as the crate's
+/// `insert_weight` chain puts them when the origins are inserted in
+/// ascending order: a later origin's vnode replaces an earlier one at the
+/// same position, and each chain's next position after its last removes
+/// whatever sits there.
+fn place_vnodes(origins: &[ShardId]) -> BTreeMap<u64, ShardId> {
+    let h = RingHasherBuilder;
+    let mut out = BTreeMap::new();
+    for &o in origins {
+        let mut point = h.hash_one(ShardNode(o));
+        for _ in 0..VNODES_PER_SHARD {
+            out.insert(point, o);
+            point = h.hash_one(point);
+        }
+        while out.remove(&point).is_some() {
+            point = h.hash_one(point);
+        }
+    }
+    out
+}
+
+/// The hasher of the ring of [`VNode`]s: a position (`u128`) is itself;
+/// the crate's next-position step (`u64`) is one point up. After inserting
+/// a vnode the crate removes whatever sits at its next position; built in
+/// ascending order nothing does (no vnode sits at `u64::MAX`, whose next
+/// position would wrap to 0: a test checks every origin a cluster can be
+/// bootstrapped with).
+#[derive(Default, Clone, Copy)]
+pub struct VNodeHasher(u64);
+
+impl Hasher for VNodeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = hash64(bytes);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_add(1);
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+pub struct VNodeHasherBuilder;
+
+impl BuildHasher for VNodeHasherBuilder {
+    type Hasher = VNodeHasher;
+    fn build_hasher(&self) -> VNodeHasher {
+        VNodeHasher::default()
     }
 }
 
@@ -118,7 +197,7 @@ impl ShardRange {
 /// The ring of a cluster map: shards and their point intervals.
 #[derive(Clone)]
 pub struct Ring {
-    inner: CrateRing<ShardNode, RingHasherBuilder>,
+    inner: CrateRing<VNode, VNodeHasherBuilder>,
     /// Per origin, the shards carved out of it, by window (sorted by `lo`).
     windows: BTreeMap<ShardId, Vec<(u64, u64, ShardId)>>,
 }
@@ -137,10 +216,10 @@ impl Ring {
         let mut origins: Vec<ShardId> = layout.values().map(|r| r.origin).collect();
         origins.sort_unstable();
         origins.dedup();
-        let inner = RingBuilder::new(RingHasherBuilder)
-            .vnodes(VNODES_PER_SHARD)
-            .nodes_iter(origins.iter().copied().map(ShardNode))
-            .build();
+        let mut inner = RingBuilder::new(VNodeHasherBuilder).vnodes(1).build();
+        for (point, origin) in place_vnodes(&origins) {
+            inner.insert(VNode { origin, point });
+        }
         let mut windows: BTreeMap<ShardId, Vec<(u64, u64, ShardId)>> = BTreeMap::new();
         for (shard, r) in layout {
             windows.entry(r.origin).or_default().push((r.lo, r.hi, *shard));
@@ -154,7 +233,7 @@ impl Ring {
     /// The shard owning `point`; `None` for an empty ring, or for a point
     /// no window covers (a layout with a gap, which edits never make).
     pub fn owner(&self, point: u64) -> Option<ShardId> {
-        let origin = self.inner.try_get(RingPoint(point))?.0;
+        let origin = self.inner.try_get(RingPoint(point))?.origin;
         self.window_owner(origin, point)
     }
 
@@ -169,6 +248,20 @@ impl Ring {
         self.owner(hash64(key))
     }
 
+    /// Each origin's intervals in ring order: the crate's resident ranges
+    /// (one per virtual node, as each is its own crate node) with runs of
+    /// one origin joined, as the crate joins runs of one node.
+    fn origin_ranges(&self) -> impl Iterator<Item = (RangeInclusive<u64>, ShardId)> + '_ {
+        let mut raw = self.inner.resident_ranges().map(|r| (r.keys().clone(), r.node().origin)).peekable();
+        std::iter::from_fn(move || {
+            let (mut keys, origin) = raw.next()?;
+            while let Some((next, _)) = raw.next_if(|(_, o)| *o == origin) {
+                keys = *keys.start()..=*next.end();
+            }
+            Some((keys, origin))
+        })
+    }
+
     /// How many shards own points.
     pub fn shards(&self) -> usize {
         self.windows.values().map(Vec::len).sum()
@@ -179,12 +272,28 @@ impl Ring {
     /// where its windows meet.
     pub fn ranges(&self) -> Vec<(RangeInclusive<u64>, ShardId)> {
         let mut out = Vec::new();
-        for r in self.inner.resident_ranges() {
-            let origin = r.node().0;
+        for (keys, origin) in self.origin_ranges() {
             let Some(w) = self.windows.get(&origin) else { continue };
             for (lo, hi, shard) in w {
-                if let Some(c) = clip(r.keys(), *lo, *hi) {
+                if let Some(c) = clip(&keys, *lo, *hi) {
                     out.push((c, *shard));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every shard's intervals, in order, from one walk of the ring: a
+    /// node starting or following a map with many shards asks for all of
+    /// them, and [`Self::ranges_of`] per shard walks the whole ring once
+    /// per shard (262,144 intervals per walk at 256 shards).
+    pub fn ranges_by_shard(&self) -> HashMap<ShardId, Vec<RangeInclusive<u64>>> {
+        let mut out: HashMap<ShardId, Vec<RangeInclusive<u64>>> = HashMap::new();
+        for (keys, origin) in self.origin_ranges() {
+            let Some(w) = self.windows.get(&origin) else { continue };
+            for (lo, hi, shard) in w {
+                if let Some(c) = clip(&keys, *lo, *hi) {
+                    out.entry(*shard).or_default().push(c);
                 }
             }
         }
@@ -200,7 +309,7 @@ impl Ring {
         else {
             return Vec::new();
         };
-        self.inner.resident_ranges().filter(|r| r.node().0 == origin).filter_map(|r| clip(r.keys(), lo, hi)).collect()
+        self.origin_ranges().filter(|(_, o)| *o == origin).filter_map(|(keys, _)| clip(&keys, lo, hi)).collect()
     }
 }
 
@@ -293,6 +402,39 @@ mod tests {
         assert!((2_500..5_500).contains(&moved), "about a fifth moves: {moved}");
     }
 
+    /// The crate's own (quadratic) build of the same origins, as rings were
+    /// built before [`place_vnodes`].
+    fn crate_built(origins: impl Iterator<Item = ShardId>) -> CrateRing<ShardNode, RingHasherBuilder> {
+        RingBuilder::new(RingHasherBuilder).vnodes(VNODES_PER_SHARD).nodes_iter(origins.map(ShardNode)).build()
+    }
+
+    #[test]
+    fn placing_vnodes_ourselves_gives_the_crates_own_ring() {
+        for n in [1u64, 2, 16, 64] {
+            let ours = Ring::new(1..=n);
+            let theirs = crate_built(1..=n);
+            let ranges: Vec<_> = theirs.resident_ranges().map(|r| (r.keys().clone(), r.node().0)).collect();
+            assert_eq!(ours.ranges(), ranges, "{n} shards");
+            let mut p = 0x9e37_79b9_7f4a_7c15u64;
+            for _ in 0..5_000 {
+                p = splitmix64(p);
+                assert_eq!(ours.owner(p), theirs.try_get(RingPoint(p)).map(|s| s.0), "{n} shards, point {p}");
+            }
+            for edge in [0, u64::MAX, *ranges[0].0.end(), *ranges[0].0.end() + 1] {
+                assert_eq!(ours.owner(edge), theirs.try_get(RingPoint(edge)).map(|s| s.0));
+            }
+        }
+    }
+
+    #[test]
+    fn no_virtual_node_of_a_bootstrappable_origin_sits_at_the_end_of_the_ring() {
+        let max = crate::config::SHARDS_MAX;
+        let placed = place_vnodes(&(1..=max).collect::<Vec<_>>());
+        assert!(!placed.contains_key(&u64::MAX), "the ascending build would clear the vnode at 0");
+        let ring = Ring::new(1..=max);
+        assert_eq!(ring.ranges_by_shard().len(), max as usize, "every origin owns points");
+    }
+
     /// Placement is part of the on-disk format: it must never change.
     #[test]
     fn pinned_owners() {
@@ -334,9 +476,12 @@ mod tests {
         for w in ranges.windows(2) {
             assert_eq!(w[0].0.end().wrapping_add(1), *w[1].0.start());
         }
+        let by_shard = after.ranges_by_shard();
+        assert_eq!(by_shard.len(), 5);
         for s in 1..=5 {
             let own: Vec<_> = ranges.iter().filter(|(_, o)| *o == s).map(|(r, _)| r.clone()).collect();
             assert_eq!(after.ranges_of(s), own, "shard {s}");
+            assert_eq!(by_shard[&s], own, "shard {s}, all at once");
             for r in own.iter().step_by(7) {
                 assert_eq!(after.owner(*r.start()), Some(s));
                 assert_eq!(after.owner(*r.end()), Some(s));

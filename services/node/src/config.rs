@@ -80,6 +80,11 @@ pub struct NodeArgs {
     /// ticks without word from it; 0: after an election timeout [default: 5]
     #[arg(long, env = "RINGSTORE_RAFT_FAST_FAILOVER_TICKS")]
     pub raft_fast_failover_ticks: Option<usize>,
+    /// A shard's group quiet for this many ticks stops ticking and
+    /// heartbeating until a request or message wakes it; 0: never
+    /// [default: 10]
+    #[arg(long, env = "RINGSTORE_RAFT_HIBERNATE_AFTER_TICKS")]
+    pub raft_hibernate_after_ticks: Option<usize>,
     /// Every linearizable read takes a ReadIndex round (no leader leases)
     #[arg(long, env = "RINGSTORE_NO_LEASE_READS")]
     pub no_lease_reads: bool,
@@ -119,6 +124,7 @@ struct FileConfig {
     raft_election_ticks: Option<usize>,
     raft_max_clock_drift_ms: Option<u64>,
     raft_fast_failover_ticks: Option<usize>,
+    raft_hibernate_after_ticks: Option<usize>,
     no_lease_reads: Option<bool>,
     raft_log_gc_threshold: Option<u64>,
     raft_log_gc_keep: Option<u64>,
@@ -168,6 +174,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.raft_fast_failover_ticks.or(file.raft_fast_failover_ticks) {
             raft.fast_failover_ticks = v;
+        }
+        if let Some(v) = self.raft_hibernate_after_ticks.or(file.raft_hibernate_after_ticks) {
+            raft.hibernate_after_ticks = v;
         }
         if self.no_lease_reads || file.no_lease_reads.unwrap_or(false) {
             raft.lease_reads = false;

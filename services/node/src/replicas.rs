@@ -14,7 +14,7 @@
 //! an empty replica of a shard when no replica of this node still owns any
 //! of its points (else that replica's split will create it, with data).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use ringstore_shared::cluster_map::{ClusterMap, META_SHARD};
 use ringstore_shared::codec::{Reader, Writer};
 use ringstore_shared::config::{Limits, RaftConfig};
-use ringstore_shared::ring::Ring;
+
 use ringstore_shared::{NodeId, ShardId};
 use ringstore_storage::actor::{Campaign, SplitHook, SplitOff};
 use ringstore_storage::clock::SystemClock;
@@ -101,13 +101,13 @@ pub fn start(
     });
     let stored = replicas.stored_list()?;
     let shards = stored.clone().unwrap_or_else(|| map.hosted_on(node));
-    let ring = map.ring();
+    let ranges = map.ring().ranges_by_shard();
     for shard in shards {
         // Bootstrap voters only for a shard this node is a voter of in the
         // map; a move's target (crashed before its state was written)
         // starts empty again and waits for the snapshot.
         let voters = map.shards.get(&shard).filter(|v| v.contains(&node)).cloned().unwrap_or_default();
-        replicas.start_one(shard, map_ranges(&ring, shard), map.epoch, &voters, None)?;
+        replicas.start_one(shard, map_ranges(&ranges, shard), map.epoch, &voters, None)?;
     }
     if stored.is_none() {
         replicas.save_list()?;
@@ -238,12 +238,12 @@ impl LocalReplicas {
     pub async fn reconcile(&self, map: &ClusterMap) -> anyhow::Result<(Vec<ShardId>, Vec<ShardId>)> {
         let wanted = map.hosted_on(self.node);
         let running = self.shards();
-        let ring = map.ring();
-        let added: Vec<ShardId> = wanted
-            .iter()
-            .copied()
-            .filter(|s| !running.contains(s))
-            .filter(|s| match self.registry.owner_of_any(&ring.ranges_of(*s)) {
+        let new: Vec<ShardId> = wanted.iter().copied().filter(|s| !running.contains(s)).collect();
+        // Most maps start nothing here: the ring is walked only when one does.
+        let ranges = if new.is_empty() { HashMap::new() } else { map.ring().ranges_by_shard() };
+        let added: Vec<ShardId> = new
+            .into_iter()
+            .filter(|s| match self.registry.owner_of_any(&map_ranges(&ranges, *s)) {
                 // That replica has yet to apply the split that creates this one.
                 Some(owner) => {
                     info!(node = self.node, shard = *s, owner, "waiting for a local split before starting a replica");
@@ -258,7 +258,7 @@ impl LocalReplicas {
             running.iter().copied().filter(|s| !wanted.contains(s) && map.shards.contains_key(s)).collect();
         for &shard in &added {
             info!(node = self.node, shard, epoch = map.epoch, "starting a replica moving here");
-            self.start_one(shard, map_ranges(&ring, shard), map.epoch, &[], None)?;
+            self.start_one(shard, map_ranges(&ranges, shard), map.epoch, &[], None)?;
         }
         if !added.is_empty() {
             self.save_list()?;
@@ -314,12 +314,13 @@ impl LocalReplicas {
     }
 }
 
-/// The points the map's ring gives `shard` (none for the meta shard).
-fn map_ranges(ring: &Ring, shard: ShardId) -> Vec<PointRange> {
+/// The points the map's ring gives `shard` (none for the meta shard),
+/// from [`ringstore_shared::ring::Ring::ranges_by_shard`].
+fn map_ranges(ranges: &HashMap<ShardId, Vec<PointRange>>, shard: ShardId) -> Vec<PointRange> {
     if shard == META_SHARD {
         Vec::new()
     } else {
-        ring.ranges_of(shard)
+        ranges.get(&shard).cloned().unwrap_or_default()
     }
 }
 

@@ -233,3 +233,78 @@ async fn a_cut_off_leader_stops_serving_reads_from_its_lease_before_a_new_leader
     c.transport().heal();
     tc.shutdown().await;
 }
+
+/// The sum of a metric's series that carry every one of `labels`
+/// (`name="value"` each).
+async fn labelled(url: &str, name: &str, labels: &[String]) -> f64 {
+    let text = call("GET", url, "/metrics", &[], Vec::new()).await.text();
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[actix_rt::test]
+async fn a_quiet_group_hibernates_wakes_for_a_write_and_fails_over_while_asleep() {
+    let mut tc = start(|cfg| cfg.shards = 1).await;
+    let leader = tc.cluster.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let all = tc.cluster.node_ids();
+    let survivor = all.iter().copied().find(|n| *n != leader).unwrap();
+    let url = tc.cluster.url(survivor).unwrap();
+    assert_eq!(put(&url, "k", b"v1").await.status, StatusCode::OK);
+
+    // Quiet now: every replica of the data shard falls asleep (the meta
+    // shard's map keepers keep it awake).
+    let asleep = |urls: Vec<(u64, String)>| async move {
+        let mut n = 0.0;
+        for (id, u) in &urls {
+            n += node_counter(u, "ringstore_raft_hibernating_replicas", *id).await;
+        }
+        n
+    };
+    let urls: Vec<(u64, String)> = all.iter().map(|id| (*id, tc.cluster.url(*id).unwrap())).collect();
+    eventually(Duration::from_secs(10), "the data shard's three replicas hibernate", || {
+        let urls = urls.clone();
+        async move { asleep(urls).await >= 3.0 }
+    })
+    .await;
+    // Asleep, the leader sends nothing: no heartbeats.
+    let leader_url = tc.cluster.url(leader).unwrap();
+    let data_shard = [format!("node=\"{leader}\""), "shard=\"1\"".to_string()];
+    let sent = labelled(&leader_url, "ringstore_raft_messages_sent_total", &data_shard).await;
+    actix_rt::time::sleep(election_timeout() * 2).await;
+    assert_eq!(
+        labelled(&leader_url, "ringstore_raft_messages_sent_total", &data_shard).await,
+        sent,
+        "a hibernating leader sent Raft messages"
+    );
+
+    // A write wakes the group and is acknowledged; a read sees it.
+    assert_eq!(put(&url, "k", b"v2").await.status, StatusCode::OK);
+    assert_eq!(get(&url, "k").await.text(), "v2");
+    assert!(node_counter(&leader_url, "ringstore_raft_hibernation_wakes_total", leader).await > 0.0);
+
+    // Asleep again, the leader's node dies: its followers learn it from
+    // the transport, wake, and elect a leader that takes writes.
+    eventually(Duration::from_secs(10), "the group hibernates again", || {
+        let urls = urls.clone();
+        async move { asleep(urls).await >= 3.0 }
+    })
+    .await;
+    tc.cluster.stop_node(leader).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call("PUT", &url, "/v1/kv/k", &[("x-request-timeout", "1000")], b"v3".to_vec()).await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no write acknowledged after the sleeping leader died: {}", r.text());
+    }
+    let woke = [format!("node=\"{survivor}\""), "reason=\"leader_unreachable\"".to_string()];
+    assert!(
+        labelled(&url, "ringstore_raft_hibernation_wakes_total", &woke).await > 0.0,
+        "the survivor woke because its leader's node was gone"
+    );
+    assert_eq!(get(&url, "k").await.text(), "v3");
+    tc.shutdown().await;
+}

@@ -43,6 +43,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
 use crate::engine::{Cf, Engine, EngineError};
+use crate::hibernate::{self as hib, Hibernation, Wake};
 use crate::leaders::LeaderHints;
 use crate::load::LoadSampler;
 use crate::locks::{LockIndex, Waiter, Waiters};
@@ -57,6 +58,7 @@ use crate::round;
 use crate::snapshot::{contains_point, data_bounds, OwnedRanges, PointRange};
 use crate::transport::{Transport, RAFT_MAILBOX_CAPACITY};
 
+mod hibernate;
 mod membership;
 mod split;
 
@@ -265,6 +267,8 @@ pub struct StorageActor {
     last_heard: Instant,
     /// See [`ringstore_shared::lease::failover_wait`].
     failover_wait: Option<Duration>,
+    /// Whether the group sleeps (see [`crate::hibernate`]).
+    hibernation: Hibernation,
 }
 
 /// A Ready whose changes are staged into the thread's round and wait for
@@ -374,6 +378,7 @@ impl StorageActor {
             lease: Lease::default(),
             votes_from: None,
             last_heard: Instant::now(),
+            hibernation: Hibernation::default(),
         };
         let mut actor = actor;
         // A replica new to this node (bootstrapped now, or started by a
@@ -465,6 +470,7 @@ impl StorageActor {
         wait: Option<WaitSpec>,
         request: Option<Request>,
     ) -> Result<(), StoreError> {
+        self.wake(Wake::Request);
         if let Some(reply) = reply {
             if self.raw.raft.lead_transferee.is_some() && self.parked.len() < PARKED_MAX {
                 self.metrics.proposals_parked.inc();
@@ -906,6 +912,8 @@ impl StorageActor {
     }
 
     fn on_role_change(&mut self, leader: u64, role: StateRole) {
+        // Messages woke a sleeper before its role could change.
+        self.hibernation.touch();
         if leader != self.leader {
             info!(node = self.node, shard = self.shard, leader, ?role, term = self.raw.raft.term, "leader changed");
             self.leader = leader;
@@ -1090,6 +1098,7 @@ impl StorageActor {
     /// until the transfer has surely ended (two election timeouts).
     fn begin_transfer(&mut self, target: NodeId) {
         info!(node = self.node, shard = self.shard, target, "transferring leadership");
+        self.wake(Wake::Request);
         let now = Instant::now();
         self.transfer_started = Some(now);
         self.lease.suspend(now, Duration::from_millis(2 * self.cfg.election_timeout_ms()));
@@ -1658,6 +1667,14 @@ impl Actor for StorageActor {
             if act.destroyed {
                 return;
             }
+            if act.sleeps_through_tick() {
+                // Leases still run out on the leader's clock.
+                act.sweep_leases();
+                if !act.hibernation.asleep() {
+                    act.schedule_flush(ctx);
+                }
+                return;
+            }
             act.raw.tick();
             act.campaign_tick();
             act.fast_failover(ctx);
@@ -1672,6 +1689,7 @@ impl Actor for StorageActor {
             // A release that did not free its lock leaves its marker behind.
             let applied = act.raw.store().apply_state().applied_index;
             act.handoffs.retain(|_, at| *at > applied);
+            act.maybe_sleep();
             act.schedule_flush(ctx);
         });
         ctx.run_interval(Duration::from_millis(self.cfg.ttl_sweep_interval_ms), |act, ctx| {
@@ -1685,6 +1703,7 @@ impl Actor for StorageActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.leave_hibernation();
         self.leaders.forget(self.shard);
         info!(node = self.node, shard = self.shard, "shard replica stopped");
     }
@@ -1743,10 +1762,19 @@ impl Handler<RaftBatch> for StorageActor {
                 continue;
             }
             let from = m.from;
+            let quiesce = hib::is_quiesce(&m).then(|| m.clone());
+            // Heartbeats and their answers are no activity: only a sleeper
+            // wakes for a message (a leader's quiet count runs through them).
+            if self.hibernation.asleep() && hib::wakes(&m) {
+                self.wake(Wake::Message);
+            }
             if let Err(e) = self.raw.step(m) {
                 debug!(node = self.node, shard = self.shard, "step refused a message: {e}");
             }
             heard_leader |= from == self.raw.raft.leader_id;
+            if let Some(q) = quiesce {
+                self.on_quiesce(&q);
+            }
         }
         if heard_leader {
             self.last_heard = now;
@@ -1801,6 +1829,11 @@ impl Handler<ShardRequest> for StorageActor {
         let immediate = |r: ShardResult| -> ResponseFuture<ShardResult> { Box::pin(async move { r }) };
         if self.destroyed {
             return immediate(Err(StoreError::Unreachable { node: self.node }));
+        }
+        // A follower's requests need nothing of its group (a write it
+        // forwards wakes the leader); a sleeping follower stays asleep.
+        if self.is_leader() && !matches!(op, ShardOp::Status) {
+            self.wake(Wake::Request);
         }
         if !matches!(op, ShardOp::Status) && self.pending() >= self.limits.pending_requests_max {
             self.metrics.proposals_overloaded.inc();

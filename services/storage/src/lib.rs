@@ -9,6 +9,8 @@
 //! - [`actor`]: `StorageActor`, one shard replica: tick, step, Ready, apply, reads.
 //! - [`round`]: a storage thread's shared write round: one RocksDB write for
 //!   every replica with a Ready in the same turn of the thread's loop.
+//! - [`hibernate`]: when a quiet shard's group stops ticking and heartbeating,
+//!   and what wakes it.
 //! - [`locks`]: the replica's lease index and the leader's lock wait queues.
 //! - [`leaders`]: what the node's replicas know of their shards' leaders, for routers.
 //! - [`messages`]: what the actor receives and answers.
@@ -19,6 +21,7 @@ pub mod actor;
 pub mod background;
 pub mod clock;
 pub mod engine;
+pub mod hibernate;
 pub mod leaders;
 pub mod load;
 pub mod locks;

@@ -32,6 +32,8 @@ pub struct RaftMetrics {
     pub lease_reads: IntCounterVec,
     pub votes_refused: IntCounterVec,
     pub fast_failovers: IntCounterVec,
+    pub hibernating: IntGaugeVec,
+    pub hibernation_wakes: IntCounterVec,
     pub pending_requests: IntGaugeVec,
     pub snapshots: IntCounterVec,
     pub log_compactions: IntCounterVec,
@@ -139,6 +141,18 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
             "ringstore_raft_fast_failovers_total",
             "Times a follower gave up a leader whose node's link was down and campaigned early",
             ns
+        )
+        .expect("registers once"),
+        hibernating: register_int_gauge_vec!(
+            "ringstore_raft_hibernating_replicas",
+            "Shard replicas of this node whose quiet group sleeps: no ticks, no heartbeats",
+            &["node"]
+        )
+        .expect("registers once"),
+        hibernation_wakes: register_int_counter_vec!(
+            "ringstore_raft_hibernation_wakes_total",
+            "Sleeping replicas woken, by reason: request (a client or the leader's own proposal), message (Raft traffic), leader_unreachable (the leader's node's link is down)",
+            &["node", "reason"]
         )
         .expect("registers once"),
         votes_refused: register_int_counter_vec!(
@@ -277,6 +291,10 @@ pub struct ReplicaMetrics {
     pub lease_reads: IntCounter,
     pub votes_refused_after_restart: IntCounter,
     pub fast_failovers: IntCounter,
+    pub hibernating: IntGauge,
+    pub wakes_request: IntCounter,
+    pub wakes_message: IntCounter,
+    pub wakes_leader_unreachable: IntCounter,
     pub snapshots_applied: IntCounter,
     pub snapshots_refused: IntCounter,
     pub requests_per_second: IntGauge,
@@ -326,6 +344,10 @@ impl ReplicaMetrics {
             lease_reads: r.lease_reads.with_label_values(&ns),
             votes_refused_after_restart: r.votes_refused.with_label_values(&ns),
             fast_failovers: r.fast_failovers.with_label_values(&ns),
+            hibernating: r.hibernating.with_label_values(&[&n]),
+            wakes_request: r.hibernation_wakes.with_label_values(&[&n, "request"]),
+            wakes_message: r.hibernation_wakes.with_label_values(&[&n, "message"]),
+            wakes_leader_unreachable: r.hibernation_wakes.with_label_values(&[&n, "leader_unreachable"]),
             snapshots_applied: r.snapshots.with_label_values(&[&n, &s, "applied"]),
             snapshots_refused: r.snapshots.with_label_values(&[&n, &s, "refused_overlap"]),
             requests_per_second: r.requests_per_second.with_label_values(&ns),

@@ -69,6 +69,8 @@ pub const RAFT_MAILBOX_CAPACITY: usize = 4096;
 #[derive(Default)]
 struct Inner {
     replicas: HashMap<(NodeId, ShardId), Addr<StorageActor>>,
+    /// Replicas registered per node.
+    live: HashMap<NodeId, usize>,
     filter: NetFilter,
 }
 
@@ -85,15 +87,28 @@ impl LocalTransport {
     }
 
     pub fn register(&self, node: NodeId, shard: ShardId, addr: Addr<StorageActor>) {
-        self.write().replicas.insert((node, shard), addr);
+        let mut g = self.write();
+        if g.replicas.insert((node, shard), addr).is_none() {
+            *g.live.entry(node).or_default() += 1;
+        }
     }
 
     pub fn unregister(&self, node: NodeId, shard: ShardId) {
-        self.write().replicas.remove(&(node, shard));
+        let mut g = self.write();
+        if g.replicas.remove(&(node, shard)).is_some() {
+            if let Some(n) = g.live.get_mut(&node) {
+                *n -= 1;
+                if *n == 0 {
+                    g.live.remove(&node);
+                }
+            }
+        }
     }
 
     pub fn unregister_node(&self, node: NodeId) {
-        self.write().replicas.retain(|(n, _), _| *n != node);
+        let mut g = self.write();
+        g.replicas.retain(|(n, _), _| *n != node);
+        g.live.remove(&node);
     }
 
     /// Cuts every link between `node` and every other node, both ways.
@@ -202,8 +217,10 @@ impl Transport for LocalTransport {
         })
     }
 
+    /// A node with no replica registered (stopped, or not started) is as
+    /// unreachable as a cut-off one.
     fn reachable(&self, from: NodeId, to: NodeId) -> bool {
         let g = self.read();
-        g.filter.allows(from, to) && g.filter.allows(to, from)
+        g.filter.allows(from, to) && g.filter.allows(to, from) && (from == to || g.live.contains_key(&to))
     }
 }

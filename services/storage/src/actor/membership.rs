@@ -127,6 +127,7 @@ impl StorageActor {
         if self.destroyed {
             return Ok(());
         }
+        self.leave_hibernation();
         let members = self.raw.store().conf_state();
         if members.voters.contains(&self.node) && self.is_leader() {
             warn!(node = self.node, shard = self.shard, "destroying a replica that still leads its shard");

@@ -366,6 +366,7 @@ impl Handler<Campaign> for StorageActor {
     type Result = ();
     fn handle(&mut self, _: Campaign, ctx: &mut Context<Self>) {
         let window = Duration::from_millis(self.cfg.election_timeout_ms());
+        self.wake(crate::hibernate::Wake::Request);
         self.campaign(Instant::now() + window);
         self.schedule_flush(ctx);
         self.campaign_soon(ctx);
