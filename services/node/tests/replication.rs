@@ -244,54 +244,64 @@ async fn labelled(url: &str, name: &str, labels: &[String]) -> f64 {
         .sum()
 }
 
+/// Waits until shard 1's group falls silent: the same leader before and
+/// after two election timeouts in which it sent no Raft message (the
+/// Rebalancer may move leadership first, to spread leaders). Returns it.
+async fn silent_leader(tc: &TestCluster) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leader = tc.cluster.wait_leader(Duration::from_secs(5)).await.unwrap();
+        let url = tc.cluster.url(leader).unwrap();
+        let labels = [format!("node=\"{leader}\""), "shard=\"1\"".to_string()];
+        let sent = labelled(&url, "ringstore_raft_messages_sent_total", &labels).await;
+        actix_rt::time::sleep(election_timeout() * 2).await;
+        let still = tc.cluster.wait_leader(Duration::from_secs(5)).await.unwrap() == leader;
+        if still && labelled(&url, "ringstore_raft_messages_sent_total", &labels).await == sent {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "shard 1's group never fell silent");
+    }
+}
+
 #[actix_rt::test]
 async fn a_quiet_group_hibernates_wakes_for_a_write_and_fails_over_while_asleep() {
     let mut tc = start(|cfg| cfg.shards = 1).await;
-    let leader = tc.cluster.wait_leader(Duration::from_secs(5)).await.unwrap();
     let all = tc.cluster.node_ids();
-    let survivor = all.iter().copied().find(|n| *n != leader).unwrap();
-    let url = tc.cluster.url(survivor).unwrap();
+    let url = tc.cluster.url(all[0]).unwrap();
     assert_eq!(put(&url, "k", b"v1").await.status, StatusCode::OK);
 
-    // Quiet now: every replica of the data shard falls asleep (the meta
-    // shard's map keepers keep it awake).
-    let asleep = |urls: Vec<(u64, String)>| async move {
-        let mut n = 0.0;
-        for (id, u) in &urls {
-            n += node_counter(u, "ringstore_raft_hibernating_replicas", *id).await;
-        }
-        n
-    };
-    let urls: Vec<(u64, String)> = all.iter().map(|id| (*id, tc.cluster.url(*id).unwrap())).collect();
-    eventually(Duration::from_secs(10), "the data shard's three replicas hibernate", || {
-        let urls = urls.clone();
-        async move { asleep(urls).await >= 3.0 }
-    })
-    .await;
-    // Asleep, the leader sends nothing: no heartbeats.
-    let leader_url = tc.cluster.url(leader).unwrap();
-    let data_shard = [format!("node=\"{leader}\""), "shard=\"1\"".to_string()];
-    let sent = labelled(&leader_url, "ringstore_raft_messages_sent_total", &data_shard).await;
-    actix_rt::time::sleep(election_timeout() * 2).await;
-    assert_eq!(
-        labelled(&leader_url, "ringstore_raft_messages_sent_total", &data_shard).await,
-        sent,
-        "a hibernating leader sent Raft messages"
-    );
+    // Quiet now, the data shard's group falls asleep: its leader sends
+    // nothing, not even heartbeats.
+    let leader = silent_leader(&tc).await;
+    let mut asleep = 0.0;
+    for id in &all {
+        asleep += node_counter(&tc.cluster.url(*id).unwrap(), "ringstore_raft_hibernating_replicas", *id).await;
+    }
+    assert!(asleep >= 3.0, "the three replicas of the silent group count as hibernating: {asleep}");
 
     // A write wakes the group and is acknowledged; a read sees it.
     assert_eq!(put(&url, "k", b"v2").await.status, StatusCode::OK);
     assert_eq!(get(&url, "k").await.text(), "v2");
+    let leader_url = tc.cluster.url(leader).unwrap();
     assert!(node_counter(&leader_url, "ringstore_raft_hibernation_wakes_total", leader).await > 0.0);
 
-    // Asleep again, the leader's node dies: its followers learn it from
-    // the transport, wake, and elect a leader that takes writes.
-    eventually(Duration::from_secs(10), "the group hibernates again", || {
-        let urls = urls.clone();
-        async move { asleep(urls).await >= 3.0 }
-    })
-    .await;
+    // Asleep again, the leader's node dies. No request comes (status reads
+    // wake no one): the sleepers must see it on their own, from the
+    // transport, wake, and elect a leader that takes writes.
+    let leader = silent_leader(&tc).await;
+    let survivor = all.iter().copied().find(|n| *n != leader).unwrap();
+    let url = tc.cluster.url(survivor).unwrap();
     tc.cluster.stop_node(leader).await.unwrap();
+    let new = tc.cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
+    assert_ne!(new, leader);
+    // The first survivor to see it wakes for that reason; its vote request
+    // may wake the other first.
+    let mut woke = 0.0;
+    for id in all.iter().filter(|n| **n != leader) {
+        let labels = [format!("node=\"{id}\""), "reason=\"leader_unreachable\"".to_string()];
+        woke += labelled(&url, "ringstore_raft_hibernation_wakes_total", &labels).await;
+    }
+    assert!(woke > 0.0, "no survivor woke because its leader's node was gone");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = call("PUT", &url, "/v1/kv/k", &[("x-request-timeout", "1000")], b"v3".to_vec()).await;
@@ -300,11 +310,6 @@ async fn a_quiet_group_hibernates_wakes_for_a_write_and_fails_over_while_asleep(
         }
         assert!(Instant::now() < deadline, "no write acknowledged after the sleeping leader died: {}", r.text());
     }
-    let woke = [format!("node=\"{survivor}\""), "reason=\"leader_unreachable\"".to_string()];
-    assert!(
-        labelled(&url, "ringstore_raft_hibernation_wakes_total", &woke).await > 0.0,
-        "the survivor woke because its leader's node was gone"
-    );
     assert_eq!(get(&url, "k").await.text(), "v3");
     tc.shutdown().await;
 }
