@@ -420,7 +420,7 @@ mod tests {
                 p = splitmix64(p);
                 assert_eq!(ours.owner(p), theirs.try_get(RingPoint(p)).map(|s| s.0), "{n} shards, point {p}");
             }
-            for edge in [0, u64::MAX, *ranges[0].0.end(), *ranges[0].0.end() + 1] {
+            for edge in [0, u64::MAX, *ranges[0].0.end(), ranges[0].0.end().wrapping_add(1)] {
                 assert_eq!(ours.owner(edge), theirs.try_get(RingPoint(edge)).map(|s| s.0));
             }
         }
