@@ -271,16 +271,16 @@ impl Ring {
     /// cover `0..=u64::MAX` exactly once. Intervals of one origin are cut
     /// where its windows meet.
     pub fn ranges(&self) -> Vec<(RangeInclusive<u64>, ShardId)> {
-        let mut out = Vec::new();
-        for (keys, origin) in self.origin_ranges() {
-            let Some(w) = self.windows.get(&origin) else { continue };
-            for (lo, hi, shard) in w {
-                if let Some(c) = clip(&keys, *lo, *hi) {
-                    out.push((c, *shard));
-                }
-            }
-        }
-        out
+        self.shard_ranges().collect()
+    }
+
+    /// [`Self::ranges`] as it walks the ring: each origin's intervals cut
+    /// by that origin's windows.
+    fn shard_ranges(&self) -> impl Iterator<Item = (RangeInclusive<u64>, ShardId)> + '_ {
+        self.origin_ranges().flat_map(move |(keys, origin)| {
+            let windows = self.windows.get(&origin).map(Vec::as_slice).unwrap_or_default();
+            windows.iter().filter_map(move |(lo, hi, shard)| clip(&keys, *lo, *hi).map(|c| (c, *shard)))
+        })
     }
 
     /// Every shard's intervals, in order, from one walk of the ring: a
@@ -289,13 +289,8 @@ impl Ring {
     /// per shard (262,144 intervals per walk at 256 shards).
     pub fn ranges_by_shard(&self) -> HashMap<ShardId, Vec<RangeInclusive<u64>>> {
         let mut out: HashMap<ShardId, Vec<RangeInclusive<u64>>> = HashMap::new();
-        for (keys, origin) in self.origin_ranges() {
-            let Some(w) = self.windows.get(&origin) else { continue };
-            for (lo, hi, shard) in w {
-                if let Some(c) = clip(&keys, *lo, *hi) {
-                    out.entry(*shard).or_default().push(c);
-                }
-            }
+        for (c, shard) in self.shard_ranges() {
+            out.entry(shard).or_default().push(c);
         }
         out
     }

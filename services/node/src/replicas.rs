@@ -24,7 +24,6 @@ use anyhow::Context as _;
 use ringstore_shared::cluster_map::{ClusterMap, META_SHARD};
 use ringstore_shared::codec::{Reader, Writer};
 use ringstore_shared::config::{Limits, RaftConfig};
-
 use ringstore_shared::{NodeId, ShardId};
 use ringstore_storage::actor::{Campaign, SplitHook, SplitOff};
 use ringstore_storage::clock::SystemClock;

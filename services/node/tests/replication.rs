@@ -185,6 +185,19 @@ async fn writes_commit_and_replicas_converge_over_a_lossy_slow_network() {
     tc.shutdown().await;
 }
 
+/// PUTs `value` to key `k` through `url` (1 s per try) until one is
+/// acknowledged; fails with `what` once `within` has passed.
+async fn put_within(url: &str, value: &[u8], within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = call("PUT", url, "/v1/kv/k", &[("x-request-timeout", "1000")], value.to_vec()).await;
+        if r.status == StatusCode::OK {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {}", r.text());
+    }
+}
+
 /// Sum of a counter's series for one node in `/metrics` text.
 async fn node_counter(url: &str, name: &str, node: u64) -> f64 {
     let text = call("GET", url, "/metrics", &[], Vec::new()).await.text();
@@ -213,14 +226,7 @@ async fn a_cut_off_leader_stops_serving_reads_from_its_lease_before_a_new_leader
     c.transport().isolate(old, &all);
     // The majority elects a leader and acknowledges v2 ...
     let maj_url = c.url(majority[0]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = call("PUT", &maj_url, "/v1/kv/k", &[("x-request-timeout", "1000")], b"v2".to_vec()).await;
-        if r.status == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the majority never acknowledged v2: {}", r.text());
-    }
+    put_within(&maj_url, b"v2", Duration::from_secs(10), "the majority never acknowledged v2").await;
     // ... after which the cut-off leader must never answer a linearizable
     // read with v1: its lease ran out before any follower gave it up.
     for _ in 0..20 {
@@ -302,14 +308,7 @@ async fn a_quiet_group_hibernates_wakes_for_a_write_and_fails_over_while_asleep(
         woke += labelled(&url, "ringstore_raft_hibernation_wakes_total", &labels).await;
     }
     assert!(woke > 0.0, "no survivor woke because its leader's node was gone");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = call("PUT", &url, "/v1/kv/k", &[("x-request-timeout", "1000")], b"v3".to_vec()).await;
-        if r.status == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no write acknowledged after the sleeping leader died: {}", r.text());
-    }
+    put_within(&url, b"v3", Duration::from_secs(10), "no write acknowledged after the sleeping leader died").await;
     assert_eq!(get(&url, "k").await.text(), "v3");
     tc.shutdown().await;
 }

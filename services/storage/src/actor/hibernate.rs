@@ -31,12 +31,18 @@ impl StorageActor {
         let r = &self.raw.raft;
         let me = self.node;
         let conf = self.raw.store().conf_state();
-        let peers: Vec<u64> = r.prs().iter().map(|(id, _)| *id).filter(|id| *id != me).collect();
+        let last_index = r.raft_log.last_index();
+        // A group of one has no peers to hold an index: its own last counts.
+        let (mut peers, mut min_matched) = (Vec::new(), last_index);
+        for (id, p) in r.prs().iter().filter(|(id, _)| **id != me) {
+            peers.push(*id);
+            min_matched = min_matched.min(p.matched);
+        }
         let quiet = LeaderQuiet {
-            last_index: r.raft_log.last_index(),
+            last_index,
             committed: r.raft_log.committed,
             applied: self.raw.store().apply_state().applied_index,
-            min_matched: r.prs().iter().filter(|(id, _)| **id != me).map(|(_, p)| p.matched).min().unwrap_or(u64::MAX),
+            min_matched,
             changing: r.lead_transferee.is_some()
                 || r.pending_conf_index > r.raft_log.applied
                 || !conf.voters_outgoing.is_empty()
@@ -44,8 +50,6 @@ impl StorageActor {
             busy: self.busy(),
             peers_reachable: peers.iter().all(|p| self.transport.reachable(me, *p)),
         };
-        // A group of one has no peers to hold an index.
-        let quiet = LeaderQuiet { min_matched: quiet.min_matched.min(quiet.last_index), ..quiet };
         if !leader_may_sleep(&quiet) || self.raw.has_ready() {
             return;
         }
