@@ -331,6 +331,17 @@ pub fn decide(proposal: Proposal, index: u64, term: u64, state: &mut impl State)
         return decide_command(proposal, index, term, state);
     };
     if let Some(first) = retry.then(|| state.request(&key)).flatten() {
+        // A waiter's first try only queued it: what it is owed is what
+        // the queue says now (granted, still waiting, or wait over).
+        if let (
+            Outcome::Lock { outcome: lock::LockOutcome::Queued { session, .. }, .. },
+            Command::LockAcquire { name, .. },
+        ) = (&first.outcome, &proposal.cmd)
+        {
+            let now_ms = proposal.stamp_ms;
+            let outcome = lock::reattach(state.lock(name).as_ref(), *session);
+            return (Vec::new(), Outcome::Lock { outcome, now_ms });
+        }
         return (Vec::new(), first.outcome);
     }
     let expires_at_ms = proposal.stamp_ms.saturating_add(REQUEST_RETENTION_MS);
@@ -409,13 +420,13 @@ fn decide_command(proposal: Proposal, index: u64, term: u64, state: &mut impl St
             let count = effects.len();
             (effects, Outcome::Expired { count })
         }
-        Command::LockAcquire { name, owner, session, reentry, ttl_ms } => {
-            let by = lock::AcquireBy { owner: &owner, session, reentry, ttl_ms };
+        Command::LockAcquire { name, owner, session, reentry, ttl_ms, wait_ms } => {
+            let by = lock::AcquireBy { owner: &owner, session, reentry, ttl_ms, wait_ms };
             let (rec, outcome) = lock::acquire(state.lock(&name), by, now, index, term);
             (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
         Command::LockRelease { name, session, token } => {
-            let (rec, outcome) = lock::release(state.lock(&name), session, token);
+            let (rec, outcome) = lock::release(state.lock(&name), session, token, now, index, term);
             (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
         Command::LockRefresh { name, session, token, ttl_ms } => {
@@ -423,7 +434,11 @@ fn decide_command(proposal: Proposal, index: u64, term: u64, state: &mut impl St
             (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
         Command::LockExpire { name, token } => {
-            let (rec, outcome) = lock::expire(state.lock(&name), token, now);
+            let (rec, outcome) = lock::expire(state.lock(&name), token, now, index, term);
+            (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
+        }
+        Command::LockDequeue { name, session } => {
+            let (rec, outcome) = lock::dequeue(state.lock(&name), session);
             (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
         Command::SetMap { expected_epoch, map } => {
@@ -568,6 +583,7 @@ mod tests {
                 session: owner.as_bytes()[0] as u128,
                 reentry: false,
                 ttl_ms: 50,
+                wait_ms: 0,
             },
         };
         let Outcome::Lock { outcome: LockOutcome::Granted { token, .. }, now_ms: 100 } = sm.run(acq("a"), 7) else {
@@ -644,13 +660,56 @@ mod tests {
         let acq = |session: u128| Proposal {
             stamp_ms: 10,
             request: Some(Request { id: 42, retry: session != 1 }),
-            cmd: Command::LockAcquire { name: "n".into(), owner: "o".into(), session, reentry: false, ttl_ms: 100 },
+            cmd: Command::LockAcquire {
+                name: "n".into(),
+                owner: "o".into(),
+                session,
+                reentry: false,
+                ttl_ms: 100,
+                wait_ms: 0,
+            },
         };
         let first = st.run(acq(1), 3);
         // The retry reached another leader, which drew another session.
         assert_eq!(st.run(acq(2), 4), first);
         let Outcome::Lock { outcome: LockOutcome::Granted { session, hold_count, .. }, .. } = first else { panic!() };
         assert_eq!((session, hold_count), (1, 1));
+    }
+
+    #[test]
+    fn a_retried_waiter_reattaches_to_its_place_or_finds_its_grant() {
+        let mut st = Sm::default();
+        let acq = |id: u128, session: u128, retry: bool, stamp_ms: u64| Proposal {
+            stamp_ms,
+            request: Some(Request { id, retry }),
+            cmd: Command::LockAcquire {
+                name: "n".into(),
+                owner: "o".into(),
+                session,
+                reentry: false,
+                ttl_ms: 100,
+                wait_ms: 5_000,
+            },
+        };
+        let Outcome::Lock { outcome: LockOutcome::Granted { token, .. }, .. } = st.run(acq(1, 1, false, 10), 3) else {
+            panic!("a free lock is granted")
+        };
+        let queued = st.run(acq(2, 2, false, 10), 4);
+        assert!(matches!(queued, Outcome::Lock { outcome: LockOutcome::Queued { session: 2, position: 1, .. }, .. }));
+        // The leader changed; the retry (another session drawn) finds the
+        // first try's place, not a second one.
+        let again = st.run(acq(2, 99, true, 20), 5);
+        assert!(matches!(again, Outcome::Lock { outcome: LockOutcome::Queued { session: 2, position: 1, .. }, .. }));
+        assert_eq!(st.1["n"].queue.len(), 1);
+        let rel =
+            Proposal { stamp_ms: 30, request: None, cmd: Command::LockRelease { name: "n".into(), session: 1, token } };
+        st.run(rel, 6);
+        let Outcome::Lock { outcome: LockOutcome::Granted { session, token: t2, .. }, now_ms: 40 } =
+            st.run(acq(2, 98, true, 40), 7)
+        else {
+            panic!("the release granted the waiter; its retry learns so")
+        };
+        assert_eq!((session, t2), (2, 6));
     }
 
     #[test]

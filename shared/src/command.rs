@@ -96,13 +96,16 @@ pub enum Command {
     },
     /// `session`: the one the caller presented (`reentry`), or a fresh
     /// random one the leader drew for this acquire, in the entry so every
-    /// replica records the same.
+    /// replica records the same. `wait_ms` > 0: if another session holds
+    /// the lock, join its replicated FIFO queue for that long (from the
+    /// entry's stamp) instead of failing.
     LockAcquire {
         name: String,
         owner: String,
         session: SessionId,
         reentry: bool,
         ttl_ms: u64,
+        wait_ms: u64,
     },
     LockRelease {
         name: String,
@@ -120,6 +123,12 @@ pub enum Command {
     LockExpire {
         name: String,
         token: u64,
+    },
+    /// From the leader: take `session` out of `name`'s waiter queue (its
+    /// wait ended, or its client went away). A no-op if it is not queued.
+    LockDequeue {
+        name: String,
+        session: SessionId,
     },
     /// From the leader's TTL sweeper: delete each key if it still holds
     /// that version and is expired at the proposal's stamp.
@@ -176,6 +185,10 @@ const TAG_LOCK_RELEASE_SESSION: u8 = 12;
 const TAG_LOCK_REFRESH_SESSION: u8 = 13;
 const TAG_FORGET_REQUESTS: u8 = 14;
 const TAG_SPLIT: u8 = 15;
+/// An acquire that waits in the lock's queue (a non-waiting acquire keeps
+/// tag 11, so its entries stay readable by older nodes).
+const TAG_LOCK_ACQUIRE_WAIT: u8 = 16;
+const TAG_LOCK_DEQUEUE: u8 = 17;
 
 const COND_ALWAYS: u8 = 0;
 const COND_IF_VERSION: u8 = 1;
@@ -231,7 +244,8 @@ impl Command {
             Command::LockAcquire { name, .. }
             | Command::LockRelease { name, .. }
             | Command::LockRefresh { name, .. }
-            | Command::LockExpire { name, .. } => Some(name.as_bytes()),
+            | Command::LockExpire { name, .. }
+            | Command::LockDequeue { name, .. } => Some(name.as_bytes()),
             Command::Expire { .. }
             | Command::SetMap { .. }
             | Command::ForgetRequests { .. }
@@ -253,6 +267,7 @@ impl Proposal {
             Command::LockAcquire { name, owner, .. } => name.len() + owner.len() + 64,
             Command::LockRelease { name, .. } | Command::LockRefresh { name, .. } => name.len() + 64,
             Command::LockExpire { name, .. } => name.len() + 32,
+            Command::LockDequeue { name, .. } => name.len() + 32,
             Command::Expire { keys } => keys.iter().map(|(k, _)| k.len() + 12).sum::<usize>() + 24,
             Command::SetMap { map, .. } => map.len() + 32,
             Command::ForgetRequests { keys } => keys.iter().map(|k| k.len() + 4).sum::<usize>() + 24,
@@ -277,13 +292,16 @@ impl Proposal {
                 put_cond(&mut w, *cond);
                 put_fence(&mut w, fence);
             }
-            Command::LockAcquire { name, owner, session, reentry, ttl_ms } => {
-                w.u8(TAG_LOCK_ACQUIRE_SESSION);
+            Command::LockAcquire { name, owner, session, reentry, ttl_ms, wait_ms } => {
+                w.u8(if *wait_ms > 0 { TAG_LOCK_ACQUIRE_WAIT } else { TAG_LOCK_ACQUIRE_SESSION });
                 w.bytes(name.as_bytes());
                 w.bytes(owner.as_bytes());
                 w.u128(*session);
                 w.u8(*reentry as u8);
                 w.u64(*ttl_ms);
+                if *wait_ms > 0 {
+                    w.u64(*wait_ms);
+                }
             }
             Command::LockRelease { name, session, token } => {
                 w.u8(TAG_LOCK_RELEASE_SESSION);
@@ -302,6 +320,11 @@ impl Proposal {
                 w.u8(TAG_LOCK_EXPIRE);
                 w.bytes(name.as_bytes());
                 w.u64(*token);
+            }
+            Command::LockDequeue { name, session } => {
+                w.u8(TAG_LOCK_DEQUEUE);
+                w.bytes(name.as_bytes());
+                w.u128(*session);
             }
             Command::Expire { keys } => {
                 w.u8(TAG_EXPIRE);
@@ -369,6 +392,7 @@ impl Proposal {
                 session: 0,
                 reentry: false,
                 ttl_ms: r.u64("lock ttl")?,
+                wait_ms: 0,
             },
             TAG_LOCK_RELEASE => {
                 let name = string(&mut r, "lock name")?;
@@ -380,7 +404,7 @@ impl Proposal {
                 string(&mut r, "lock owner")?;
                 Command::LockRefresh { name, session: 0, token: r.u64("lock token")?, ttl_ms: r.u64("lock ttl")? }
             }
-            TAG_LOCK_ACQUIRE_SESSION => Command::LockAcquire {
+            tag @ (TAG_LOCK_ACQUIRE_SESSION | TAG_LOCK_ACQUIRE_WAIT) => Command::LockAcquire {
                 name: string(&mut r, "lock name")?,
                 owner: string(&mut r, "lock owner")?,
                 session: r.u128("lock session")?,
@@ -390,6 +414,7 @@ impl Proposal {
                     tag => return Err(CodecError::UnknownTag { what: "lock reentry", tag }),
                 },
                 ttl_ms: r.u64("lock ttl")?,
+                wait_ms: if tag == TAG_LOCK_ACQUIRE_WAIT { r.u64("lock wait")? } else { 0 },
             },
             TAG_LOCK_RELEASE_SESSION => Command::LockRelease {
                 name: string(&mut r, "lock name")?,
@@ -403,6 +428,9 @@ impl Proposal {
                 ttl_ms: r.u64("lock ttl")?,
             },
             TAG_LOCK_EXPIRE => Command::LockExpire { name: string(&mut r, "lock name")?, token: r.u64("lock token")? },
+            TAG_LOCK_DEQUEUE => {
+                Command::LockDequeue { name: string(&mut r, "lock name")?, session: r.u128("lock session")? }
+            }
             TAG_EXPIRE => {
                 let n = r.u64("expire count")?;
                 // Each entry is at least 12 bytes; refuse counts the input
@@ -492,8 +520,28 @@ mod tests {
             Proposal {
                 stamp_ms: 1,
                 request: None,
-                cmd: Command::LockAcquire { name: "n".into(), owner: "o".into(), session: 3, reentry: true, ttl_ms: 5 },
+                cmd: Command::LockAcquire {
+                    name: "n".into(),
+                    owner: "o".into(),
+                    session: 3,
+                    reentry: true,
+                    ttl_ms: 5,
+                    wait_ms: 0,
+                },
             },
+            Proposal {
+                stamp_ms: 1,
+                request: None,
+                cmd: Command::LockAcquire {
+                    name: "n".into(),
+                    owner: "o".into(),
+                    session: 4,
+                    reentry: false,
+                    ttl_ms: 5,
+                    wait_ms: 2_000,
+                },
+            },
+            Proposal { stamp_ms: 1, request: None, cmd: Command::LockDequeue { name: "n".into(), session: 1 << 90 } },
             Proposal {
                 stamp_ms: 1,
                 request: None,

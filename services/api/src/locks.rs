@@ -105,6 +105,13 @@ pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
                 holder,
                 now_ms,
             )),
+            LockOutcome::QueueFull { limit } => Ok(conflict(
+                StatusCode::TOO_MANY_REQUESTS,
+                "lock_queue_full",
+                format!("lock {name:?} is held and {limit} waiters already queue for it"),
+                None,
+                now_ms,
+            )),
             o => Err(unexpected(ShardReply::Outcome(Outcome::Lock { outcome: o, now_ms }))),
         },
         other => Err(unexpected(other)),

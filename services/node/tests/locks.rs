@@ -60,6 +60,17 @@ fn held(r: &Resp) -> (String, u64) {
     (r.json()["session"].as_str().expect("session").to_string(), t)
 }
 
+/// `ringstore_lock_events_total{event}` summed over shards (in-process
+/// nodes share one registry).
+async fn lock_events(url: &str, event: &str) -> f64 {
+    let m = call("GET", url, "/metrics", &[], vec![]).await.text();
+    let label = format!("event=\"{event}\"");
+    m.lines()
+        .filter(|l| l.starts_with("ringstore_lock_events_total") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A session no acquire issued.
 const STRANGER: &str = "0123456789abcdef0123456789abcdef";
 
@@ -196,15 +207,10 @@ async fn reentrancy_wrong_session_fifo_waiters_and_wait_timeout() {
         w.await.unwrap();
     }
     assert_eq!(*order.borrow(), vec!["w1", "w2", "w3"], "FIFO");
-    // Each of the three releases that freed the lock carried the next
-    // waiter's acquire in the same Raft round (the first only dropped a hold).
-    let m = call("GET", &url, "/metrics", &[], vec![]).await.text();
-    let pipelined: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("ringstore_lock_events_total") && l.contains("event=\"handoff_pipelined\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(pipelined >= 3.0, "handoffs proposed behind their releases: {pipelined}");
+    // Each of the three releases that freed the lock granted it to the
+    // next waiter in the same entry (the first only dropped a hold).
+    let handoffs = lock_events(&url, "handoff").await;
+    assert!(handoffs >= 3.0, "handoffs in the releasing entry: {handoffs}");
 
     // A wait that ends without the lock: 409 with the holder and its lease.
     let (sx, t) = held(&acquire(&url, "r", "x", 10_000, 0).await);
@@ -216,6 +222,72 @@ async fn reentrancy_wrong_session_fifo_waiters_and_wait_timeout() {
     assert_eq!(r.json()["holder"], "x");
     assert!(r.json()["lease_remaining_ms"].as_u64().unwrap() > 5_000);
     assert_eq!(release(&url, "r", &sx, t).await.status, StatusCode::OK);
+    tc.shutdown().await;
+}
+
+/// The queue is replicated state: waiters keep their places when the
+/// leader holding their requests crashes. Their routers retry at the new
+/// leader under the same request ids and find their places (or grants)
+/// again, and the lock still goes to them in the order they came.
+#[actix_rt::test]
+async fn waiters_keep_their_places_in_line_when_the_leader_crashes() {
+    let mut tc = start(|_| {}).await;
+    let leader = tc.cluster.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let survivor = tc.cluster.node_ids().into_iter().find(|i| *i != leader).unwrap();
+    let url = tc.cluster.url(survivor).unwrap();
+    let (sa, ta) = held(&acquire(&url, "line", "a", 30_000, 0).await);
+    let order: Rc<RefCell<Vec<(String, u64)>>> = Rc::default();
+    let mut waiters = Vec::new();
+    for w in ["w1", "w2", "w3"] {
+        let (url, order) = (url.clone(), order.clone());
+        waiters.push(actix_rt::spawn(async move {
+            let r = acquire(&url, "line", w, 10_000, 15_000).await;
+            let (s, t) = held(&r);
+            order.borrow_mut().push((w.to_string(), t));
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(release(&url, "line", &s, t).await.status, StatusCode::OK);
+        }));
+        actix_rt::time::sleep(Duration::from_millis(150)).await;
+    }
+    let s = call("GET", &url, "/v1/locks/line", &[], vec![]).await;
+    assert_eq!(s.json()["waiters"], json!(["w1", "w2", "w3"]));
+
+    tc.cluster.stop_node(leader).await.unwrap();
+    tc.cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let s = call("GET", &url, "/v1/locks/line", &[("x-request-timeout", "10000")], vec![]).await;
+    assert_eq!(s.json()["waiters"], json!(["w1", "w2", "w3"]), "the new leader has the same line: {}", s.text());
+    assert_eq!(s.json()["holder"], "a");
+    let r = post(&url, "/v1/locks/line/release", json!({"session": sa, "token": ta}), 10_000).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for w in waiters {
+        w.await.unwrap();
+    }
+    let order = order.borrow().clone();
+    let names: Vec<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, vec!["w1", "w2", "w3"], "FIFO across the crash");
+    assert!(order.windows(2).all(|p| p[0].1 < p[1].1) && order[0].1 > ta, "tokens increase: {order:?}");
+    assert!(lock_events(&url, "waiter_reattached").await >= 3.0, "each waiter re-attached at the new leader");
+    tc.cluster.start_node(leader).await.unwrap();
+    tc.shutdown().await;
+}
+
+/// A waiter whose wait ended is out of the line: its 409 comes from the
+/// log (its dequeue), so the lock is never handed to a client that was
+/// told it did not get it.
+#[actix_rt::test]
+async fn a_waiter_whose_wait_ended_is_not_handed_the_lock_later() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    let (sa, ta) = held(&acquire(&url, "late", "a", 30_000, 0).await);
+    let r = acquire(&url, "late", "impatient", 10_000, 300).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert_eq!(r.json()["holder"], "a");
+    let s = call("GET", &url, "/v1/locks/late", &[], vec![]).await;
+    assert_eq!(s.json()["waiters"], json!([]), "{}", s.text());
+    assert_eq!(release(&url, "late", &sa, ta).await.status, StatusCode::OK);
+    let s = call("GET", &url, "/v1/locks/late", &[], vec![]).await;
+    assert_eq!(s.json()["held"], false, "nobody was handed the lock: {}", s.text());
+    assert!(lock_events(&url, "wait_timeout").await >= 1.0);
     tc.shutdown().await;
 }
 

@@ -868,7 +868,7 @@ mod tests {
 
     use raft::eraftpb::{Entry, MessageType, Snapshot};
     use ringstore_shared::command::{Command, Precondition, Request};
-    use ringstore_shared::lock::{Holder, LockOutcome};
+    use ringstore_shared::lock::{Holder, LockOutcome, Queued};
 
     use super::*;
 
@@ -1121,7 +1121,11 @@ mod tests {
             }),
             Ok(ShardReply::Outcome(Outcome::Split { epoch: 12 })),
             Ok(ShardReply::Lock {
-                record: Some(LockRecord { holder: None, last_token: 7 }),
+                record: Some(LockRecord {
+                    holder: None,
+                    last_token: 7,
+                    queue: vec![Queued { owner: "w1".into(), session: 5, ttl_ms: 9, wait_until_ms: 10 }],
+                }),
                 waiters: vec!["w1".into()],
                 now_ms: 3,
             }),

@@ -34,7 +34,7 @@ use ringstore_shared::command::{Command, Proposal, Request};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::keys::{self, data_key};
 use ringstore_shared::lease::{failover_wait, lease_span, presume_leader_down, Lease};
-use ringstore_shared::lock::{FenceRecord, LockOutcome, LockRecord, SessionId};
+use ringstore_shared::lock::{FenceRecord, Holder, LockOutcome, LockRecord, SessionId};
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use rocksdb::WriteBatch;
@@ -46,7 +46,7 @@ use crate::engine::{Cf, Engine, EngineError};
 use crate::hibernate::{self as hib, Hibernation, Wake};
 use crate::leaders::LeaderHints;
 use crate::load::LoadSampler;
-use crate::locks::{LockIndex, Waiter, Waiters};
+use crate::locks::{LockIndex, Settled, Waiter, Waiters};
 use crate::log_store::{ApplyState, KeyStats, LogStore};
 use crate::messages::{
     DestroyReplica, PeerUnreachable, Persisted, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest,
@@ -133,14 +133,10 @@ struct PendingWrite {
     wait: Option<WaitSpec>,
 }
 
+/// Names the lock whose queue a waiting acquire may join; the leader keeps
+/// its reply until the queue grants the lock or the wait ends.
 struct WaitSpec {
     name: String,
-    owner: String,
-    session: SessionId,
-    ttl_ms: u64,
-    deadline: Instant,
-    /// Handed the lock from the queue: on losing a race it keeps its place.
-    handoff: bool,
 }
 
 struct PendingRead {
@@ -232,12 +228,9 @@ pub struct StorageActor {
     stepped_down_at: Option<Instant>,
     locks: LockIndex,
     waiters: Waiters<Reply>,
-    /// Locks freed by this round's applies, to hand to their first waiter.
-    freed: Vec<String>,
-    /// Locks whose first waiter's acquire was proposed right behind a
-    /// release ([`StorageActor::pipeline_handoff`]), by that acquire's
-    /// index: the release's apply must not hand the lock over again.
-    handoffs: HashMap<String, u64>,
+    /// Answers to waiters that this round's applies settled (granted, or
+    /// wait over), sent with the round's other replies.
+    settled: Vec<(Reply, ShardResult)>,
     /// Ready rounds written but not yet fsynced, in order, with the
     /// messages that may leave only once they are durable.
     unpersisted: VecDeque<(u64, Vec<RaftMessage>)>,
@@ -366,8 +359,7 @@ impl StorageActor {
             cfg: cfg.raft,
             locks: LockIndex::default(),
             waiters: Waiters::default(),
-            freed: Vec::new(),
-            handoffs: HashMap::new(),
+            settled: Vec::new(),
             unpersisted: VecDeque::new(),
             parked: Vec::new(),
             parked_reads: Vec::new(),
@@ -677,10 +669,9 @@ impl StorageActor {
         let applied = self.raw.store().apply_state().applied_index;
         self.raw.advance_apply_to(applied);
 
-        // 9. Reads whose read index is now applied; freed locks go to
-        //    their first waiter.
+        // 9. Reads whose read index is now applied (waiters the round's
+        //    lock changes settled were answered with its replies).
         self.serve_confirmed_reads();
-        self.serve_waiters();
         self.serve_map_watchers();
         if std::mem::take(&mut self.compact_for_learner) {
             self.compact_for_new_replica();
@@ -738,28 +729,28 @@ impl StorageActor {
                     // applied, so the router may retry it.
                     Err(StoreError::Dropped { reason: "entry replaced by a new leader" })
                 };
-                let held = matches!(
-                    &answer,
-                    Ok(ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { .. }, .. }))
-                );
-                match p.wait {
-                    Some(w) if held && w.deadline > Instant::now() => {
-                        let waiter = Waiter {
-                            owner: w.owner,
-                            session: w.session,
-                            ttl_ms: w.ttl_ms,
-                            deadline: w.deadline,
-                            reply: p.tx,
-                        };
-                        if w.handoff {
-                            self.waiters.push_front(&w.name, waiter);
-                        } else {
-                            self.waiters.push_back(&w.name, waiter);
+                let queued = match &answer {
+                    Ok(ShardReply::Outcome(Outcome::Lock {
+                        outcome: LockOutcome::Queued { session, wait_until_ms, .. },
+                        now_ms,
+                    })) => Some((*session, wait_until_ms.saturating_sub(*now_ms))),
+                    _ => None,
+                };
+                match (p.wait, queued) {
+                    // Queued: the leader answers once the queue grants the
+                    // lock or the wait ends.
+                    (Some(w), Some((session, left_ms))) => {
+                        let deadline = Instant::now() + Duration::from_millis(left_ms);
+                        let waiter = Waiter { session, deadline, leaving: false, reply: p.tx };
+                        if let Some(old) = self.waiters.insert(&w.name, waiter) {
+                            let _ =
+                                old.reply.send(Err(StoreError::Dropped { reason: "a retry of this acquire waits" }));
                         }
                     }
                     _ => replies.push((p.tx, answer)),
                 }
             }
+            replies.append(&mut self.settled);
         }
         self.raw.store().stage_apply_state(batch, apply);
         self.metrics.applied_entries.inc_by(n as u64);
@@ -781,6 +772,7 @@ impl StorageActor {
             }
         };
         apply.applied_stamp_ms = apply.applied_stamp_ms.max(proposal.stamp_ms);
+        let stamp_ms = proposal.stamp_ms;
         // Ownership is checked again at apply: a command accepted before a
         // split but ordered after it in the log must not touch points the
         // new shard owns now. Every replica decides the same here.
@@ -797,6 +789,11 @@ impl StorageActor {
             Command::ForgetRequests { keys } => keys.retain(|k| self.owns_data_key(k)),
             _ => {}
         }
+        let dequeue = match &proposal.cmd {
+            Command::LockDequeue { name, session } => Some((name.clone(), *session)),
+            _ => None,
+        };
+        let waiting_acquire = matches!(proposal.cmd, Command::LockAcquire { wait_ms: 1.., .. });
         let mut view =
             ApplyView { engine: &self.engine, overlay, map_epoch: self.map_epoch, err: None, retries_found: 0 };
         let (effects, outcome) = apply::decide(proposal, entry.index, entry.term, &mut view);
@@ -804,6 +801,7 @@ impl StorageActor {
             self.fatal("reading state during apply", e);
         }
         self.metrics.retries_deduplicated.inc_by(view.retries_found);
+        let reattached = waiting_acquire && view.retries_found > 0;
         if let Outcome::Expired { count } = outcome {
             self.metrics.ttl_expired_keys.inc_by(count as u64);
         }
@@ -812,7 +810,14 @@ impl StorageActor {
                 LockOutcome::Granted { .. } => self.metrics.lock_granted.inc(),
                 LockOutcome::Conflict { .. } => self.metrics.lock_conflicts.inc(),
                 LockOutcome::Released { hold_count: 0 } => self.metrics.lock_released.inc(),
+                LockOutcome::Queued { .. } => self.metrics.lock_queued.inc(),
+                LockOutcome::QueueFull { .. } => self.metrics.lock_queue_full.inc(),
                 _ => {}
+            }
+            if reattached && matches!(o, LockOutcome::Queued { .. } | LockOutcome::Granted { .. }) {
+                // A waiter found its place (or its grant) again after its
+                // answer was lost, most often with a leader change.
+                self.metrics.lock_waiters_reattached.inc();
             }
         }
         for effect in effects {
@@ -835,9 +840,7 @@ impl StorageActor {
                 }
                 Effect::PutLock { name, record } => {
                     self.locks.on_record(&name, &record);
-                    if record.holder.is_none() {
-                        self.freed.push(name.clone());
-                    }
+                    self.settle_waiters(&name, &record, stamp_ms);
                     (keys::lock_key(name.as_bytes()), Some(record.encode()))
                 }
                 Effect::PutFences { key, record } => (keys::fence_key(&key), Some(record.encode())),
@@ -849,6 +852,16 @@ impl StorageActor {
                 None => self.engine.delete(batch, Cf::Data, &k),
             }
             overlay.insert(k, v);
+        }
+        if let Some((name, session)) = dequeue {
+            // Settled above if the dequeue removed it; a reply still here
+            // (its session was no longer queued) is answered now.
+            if let Some(w) = self.waiters.take(&name, session) {
+                self.metrics.lock_wait_timeouts.inc();
+                let holder = view_holder(&self.engine, overlay, &name);
+                let answer = Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms: stamp_ms };
+                self.settled.push((w.reply, Ok(ShardReply::Outcome(answer))));
+            }
         }
         match outcome {
             Outcome::PreconditionFailed { current } => Err(StoreError::PreconditionFailed { current }),
@@ -921,9 +934,6 @@ impl StorageActor {
         self.leaders.observe(self.shard, (leader != 0).then_some(leader), self.raw.raft.term);
         // A lease belongs to one leadership; a new one earns its own.
         self.lease.revoke();
-        // A handoff proposed under another leadership is applied or dropped
-        // by the log; either way its marker no longer says anything.
-        self.handoffs.clear();
         if role == StateRole::Leader {
             self.locks.forget_proposals();
             self.stepped_down_at = None;
@@ -939,9 +949,10 @@ impl StorageActor {
             if !self.writes.is_empty() && self.stepped_down_at.is_none() {
                 self.stepped_down_at = Some(Instant::now());
             }
-            // Nothing was applied for a waiter: it may retry at the new leader.
+            // A waiter's place is in the replicated queue: the router's
+            // retry (same request id) finds it again at the new leader.
             for w in self.waiters.drain_all() {
-                let _ = w.reply.send(Err(StoreError::Dropped { reason: "lock waiter moved to a new leader" }));
+                let _ = w.reply.send(Err(waiter_moved()));
             }
             let err = self.not_leader();
             let unsent = self.reads.unsent.drain(..);
@@ -1334,7 +1345,13 @@ impl StorageActor {
 
     fn read_lock(&self, name: &[u8], now_ms: u64) -> ShardResult {
         let record = self.lock_record(name).map_err(|e| StoreError::Engine(e.to_string()))?;
-        let waiters = std::str::from_utf8(name).map(|n| self.waiters.owners(n)).unwrap_or_default();
+        // Those still waiting at `now_ms`, in line order.
+        let waiters = record
+            .iter()
+            .flat_map(|r| &r.queue)
+            .filter(|q| q.wait_until_ms > now_ms)
+            .map(|q| q.owner.clone())
+            .collect();
         Ok(ShardReply::Lock { record, waiters, now_ms })
     }
 
@@ -1345,14 +1362,6 @@ impl StorageActor {
                 .map(Some)
                 .map_err(|e| EngineError::Corrupt { cf: "data", detail: format!("lock record: {e}") }),
         }
-    }
-
-    /// A 409-shaped answer naming the current holder.
-    fn lock_conflict(&self, name: &str) -> ShardResult {
-        let holder =
-            self.lock_record(name.as_bytes()).map_err(|e| StoreError::Engine(e.to_string()))?.and_then(|r| r.holder);
-        let now_ms = self.read_now_ms(false);
-        Ok(ShardReply::Outcome(Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms }))
     }
 
     fn current_map(&self) -> ShardResult {
@@ -1412,91 +1421,44 @@ impl StorageActor {
         self.metrics.locks_held.set(self.locks.held() as i64);
     }
 
-    /// Hands each freed lock to its first live waiter (leader only), unless
-    /// a handoff proposed behind the release already did or is on its way.
-    fn serve_waiters(&mut self) {
-        if self.freed.is_empty() {
-            return;
-        }
-        let freed = std::mem::take(&mut self.freed);
-        if !self.is_leader() {
-            return;
-        }
-        let applied = self.raw.store().apply_state().applied_index;
-        let now = Instant::now();
-        for name in freed {
-            if let Some(&at) = self.handoffs.get(&name) {
-                if at > applied {
-                    continue; // the handoff is in the log behind the release
+    /// Answers the local waiters of `name` that its new record settles:
+    /// granted the lock (a handoff, decided in the entry that freed it), or
+    /// no longer queued (their wait ended). Sent with the round's replies.
+    fn settle_waiters(&mut self, name: &str, record: &LockRecord, now_ms: u64) {
+        for (w, settled) in self.waiters.settle(name, record) {
+            let outcome = match settled {
+                Settled::Granted(h) => {
+                    self.metrics.lock_handoffs.inc();
+                    LockOutcome::Granted {
+                        token: h.token,
+                        hold_count: h.hold_count,
+                        expires_at_ms: h.expires_at_ms,
+                        session: h.session,
+                    }
                 }
-                self.handoffs.remove(&name);
-                // Applied this round: it holds the lock, unless its acquire
-                // met a holder after all (then its waiter is first again).
-                if !matches!(self.lock_record(name.as_bytes()), Ok(Some(LockRecord { holder: None, .. }))) {
-                    continue;
+                Settled::Gone(holder) => {
+                    self.metrics.lock_wait_timeouts.inc();
+                    LockOutcome::Conflict { holder }
                 }
-            }
-            let Some(w) = self.waiters.pop_front(&name, now, |tx| !tx.is_closed()) else { continue };
-            if let Err(e) = self.propose_handoff(name, w) {
-                warn!(node = self.node, shard = self.shard, "lock handoff not proposed: {e}");
-            }
+            };
+            self.settled.push((w.reply, Ok(ShardReply::Outcome(Outcome::Lock { outcome, now_ms }))));
         }
     }
 
-    /// A release that frees a lock others wait for hands it over in the
-    /// same Raft round: the first waiter's acquire is proposed right behind
-    /// it, so both commit and apply together instead of the acquire waiting
-    /// for the release's apply. Log order makes it safe (nothing comes
-    /// between the two entries); if the release does not free the lock
-    /// after all, the acquire conflicts and its waiter is first again.
-    fn pipeline_handoff(&mut self, name: &str, session: SessionId, token: u64) {
-        if !self.is_leader()
-            || self.raw.raft.lead_transferee.is_some()
-            || self.handoffs.contains_key(name)
-            || !self.waiters.has_waiters(name)
-        {
+    /// Proposes the dequeue of waiters whose wait ended by this leader's
+    /// clock or whose client went away; the dequeue's apply answers them
+    /// (unless the lock reached them first: then they are granted).
+    fn end_waits(&mut self) {
+        if self.waiters.is_empty() || !self.is_leader() {
             return;
         }
-        let Ok(rec) = self.lock_record(name.as_bytes()) else { return };
-        if !ringstore_shared::lock::release_frees(rec.as_ref(), session, token) {
-            return;
-        }
-        let Some(w) = self.waiters.pop_front(name, Instant::now(), |tx| !tx.is_closed()) else { return };
-        match self.propose_handoff(name.to_string(), w) {
-            Ok(()) => {
-                self.handoffs.insert(name.to_string(), self.raw.raft.raft_log.last_index());
-                self.metrics.lock_handoffs_pipelined.inc();
+        for (name, session, timed_out) in self.waiters.due(Instant::now(), |tx| !tx.is_closed()) {
+            debug!(node = self.node, shard = self.shard, name, timed_out, "wait over: proposing dequeue");
+            let cmd = Command::LockDequeue { name: name.clone(), session };
+            if let Err(e) = self.propose(&cmd, None) {
+                debug!(node = self.node, shard = self.shard, name, "dequeue not proposed, tried next tick: {e}");
+                self.waiters.stay(&name, session);
             }
-            Err(e) => warn!(node = self.node, shard = self.shard, "lock handoff not proposed: {e}"),
-        }
-    }
-
-    /// Proposes waiter `w`'s acquire of `name` (the leader's own proposal:
-    /// if it meets a holder, the waiter goes back to the front).
-    fn propose_handoff(&mut self, name: String, w: Waiter<Reply>) -> Result<(), StoreError> {
-        let cmd = Command::LockAcquire {
-            name: name.clone(),
-            owner: w.owner.clone(),
-            session: w.session,
-            reentry: false,
-            ttl_ms: w.ttl_ms,
-        };
-        let spec = WaitSpec {
-            name,
-            owner: w.owner,
-            session: w.session,
-            ttl_ms: w.ttl_ms,
-            deadline: w.deadline,
-            handoff: true,
-        };
-        self.propose_waiting(&cmd, Some(w.reply), Some(spec), None)
-    }
-
-    /// Answers waiters whose wait ended with the holder they waited on.
-    fn expire_waiters(&mut self) {
-        for (name, w) in self.waiters.take_expired(Instant::now()) {
-            let _ = w.reply.send(self.lock_conflict(&name));
-            self.metrics.lock_wait_timeouts.inc();
         }
     }
 
@@ -1567,6 +1529,12 @@ impl StorageActor {
             load: if self.is_leader() { self.load.report(Instant::now()) } else { Default::default() },
         }
     }
+}
+
+/// The holder of `name` as the apply in progress sees it (its overlay first).
+fn view_holder(engine: &Engine, overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>, name: &str) -> Option<Holder> {
+    let mut view = ApplyView { engine, overlay, map_epoch: 0, err: None, retries_found: 0 };
+    apply::State::lock(&mut view, name).and_then(|r| r.holder)
 }
 
 fn read_value(engine: &Engine, key: &[u8]) -> Result<Option<StoredValue>, EngineError> {
@@ -1681,14 +1649,11 @@ impl Actor for StorageActor {
             act.fail_orphaned_writes();
             act.release_parked();
             act.retry_stuck_reads();
-            act.expire_waiters();
+            act.end_waits();
             act.serve_map_watchers();
             act.sweep_leases();
             // Drop waiters whose client gave up, so the map stays bounded.
             act.writes.retain(|_, p| !p.tx.is_closed());
-            // A release that did not free its lock leaves its marker behind.
-            let applied = act.raw.store().apply_state().applied_index;
-            act.handoffs.retain(|_, at| *at > applied);
             act.maybe_sleep();
             act.schedule_flush(ctx);
         });
@@ -1938,42 +1903,22 @@ impl Handler<ShardRequest> for StorageActor {
                     self.metrics.proposals_not_leader.inc();
                     return immediate(Err(self.not_leader()));
                 }
-                let deadline = Instant::now() + Duration::from_millis(wait_ms);
                 // A caller without a session gets a fresh one: it is a
                 // contender, whatever owner label it gives.
                 let (session, reentry) = match session {
                     Some(s) => (s, true),
                     None => (new_session(), false),
                 };
+                // A re-entry never waits: its session holds the lock or not.
+                let wait_ms = if reentry { 0 } else { wait_ms };
+                let cmd = Command::LockAcquire { name: name.clone(), owner, session, reentry, ttl_ms, wait_ms };
+                let wait = (wait_ms > 0).then_some(WaitSpec { name });
                 let (tx, rx) = oneshot::channel();
-                let rx = Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) });
-                if self.waiters.has_waiters(&name) {
-                    // FIFO: a newcomer does not overtake the queue, unless it
-                    // already holds the lock (reentrant acquire).
-                    let holds = matches!(self.lock_record(name.as_bytes()), Ok(Some(LockRecord { holder: Some(h), .. })) if h.session == session);
-                    if !holds {
-                        if wait_ms == 0 || reentry {
-                            return immediate(self.lock_conflict(&name));
-                        }
-                        self.waiters.push_back(&name, Waiter { owner, session, ttl_ms, deadline, reply: tx });
-                        return rx;
-                    }
-                }
-                let cmd = Command::LockAcquire { name: name.clone(), owner: owner.clone(), session, reentry, ttl_ms };
-                // A re-entry never waits: its session holds the lock or it does not.
-                let wait = (wait_ms > 0 && !reentry).then_some(WaitSpec {
-                    name,
-                    owner,
-                    session,
-                    ttl_ms,
-                    deadline,
-                    handoff: false,
-                });
                 if let Err(e) = self.propose_waiting(&cmd, Some(tx), wait, Some(request)) {
                     return immediate(Err(e));
                 }
                 self.schedule_flush(ctx);
-                rx
+                Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
             ShardOp::Write { cmd, request } => {
                 if !self.is_leader() {
@@ -1983,9 +1928,6 @@ impl Handler<ShardRequest> for StorageActor {
                 let (tx, rx) = oneshot::channel();
                 if let Err(e) = self.propose_waiting(&cmd, Some(tx), None, Some(request)) {
                     return immediate(Err(e));
-                }
-                if let Command::LockRelease { name, session, token } = &*cmd {
-                    self.pipeline_handoff(name, *session, *token);
                 }
                 self.schedule_flush(ctx);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
@@ -1997,6 +1939,14 @@ impl Handler<ShardRequest> for StorageActor {
 /// A fresh lock session: 128 random bits (never 0, which names nobody).
 fn new_session() -> SessionId {
     rand::random::<SessionId>().max(1)
+}
+
+/// To a waiter whose leader stepped down or whose lock moved: its place
+/// is in the replicated queue, and a retry of the same request finds it.
+fn waiter_moved() -> StoreError {
+    StoreError::OutcomeUnknown {
+        reason: "the lock's leader changed while this acquire waited; a retry keeps its place".into(),
+    }
 }
 
 fn replica_gone() -> StoreError {

@@ -3,16 +3,19 @@
 //! - [`LockIndex`]: every held lock and its lease, kept in step with the
 //!   applied records (and rebuilt from RocksDB at start and after a
 //!   snapshot), so the leader's lease sweep never scans the data.
-//! - [`Waiters`]: acquirers waiting for a lock, FIFO per name. Leader-local:
-//!   a waiter whose leader steps down is told to retry at the new leader
-//!   (nothing was applied on its behalf).
+//! - [`Waiters`]: the leader's replies to acquirers that wait in a lock's
+//!   queue. Their places in line are in the replicated record; only the
+//!   reply channels are local. When a record changes, [`Waiters::settle`]
+//!   says who was granted the lock and whose wait is over. A waiter whose
+//!   leader steps down is told its outcome is unknown: the router's retry
+//!   (same request id) finds its place again at the new leader.
 //!
 //! Both are plain data structures, tested without a runtime.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use ringstore_shared::lock::{expiry_due, Holder, LockRecord};
+use ringstore_shared::lock::{expiry_due, Holder, LockRecord, SessionId};
 
 #[derive(Default)]
 pub struct LockIndex {
@@ -85,96 +88,126 @@ impl LockIndex {
     }
 }
 
+/// A waiting acquirer's reply on the leader.
 pub struct Waiter<T> {
-    pub owner: String,
-    /// Drawn for this acquire; the holder's session if it is granted.
-    pub session: ringstore_shared::lock::SessionId,
-    pub ttl_ms: u64,
+    pub session: SessionId,
+    /// When its wait ends by this leader's clock: then the leader proposes
+    /// its dequeue, and the dequeue's apply answers it.
     pub deadline: Instant,
+    /// A dequeue was proposed for it and has not applied yet.
+    pub leaving: bool,
     pub reply: T,
 }
 
+/// How a record change ends a wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// The lock is this waiter's now.
+    Granted(Holder),
+    /// It is neither the holder nor queued any more: its wait ended (or it
+    /// was dequeued). `Holder` is whoever holds the lock now.
+    Gone(Option<Holder>),
+}
+
 pub struct Waiters<T> {
-    queues: HashMap<String, VecDeque<Waiter<T>>>,
+    by_name: HashMap<String, Vec<Waiter<T>>>,
 }
 
 impl<T> Default for Waiters<T> {
     fn default() -> Self {
-        Waiters { queues: HashMap::new() }
+        Waiters { by_name: HashMap::new() }
     }
 }
 
 impl<T> Waiters<T> {
-    pub fn push_back(&mut self, name: &str, w: Waiter<T>) {
-        self.queues.entry(name.to_string()).or_default().push_back(w);
-    }
-
-    /// For a waiter that lost a race for a lock it was handed: it keeps its place.
-    pub fn push_front(&mut self, name: &str, w: Waiter<T>) {
-        self.queues.entry(name.to_string()).or_default().push_front(w);
-    }
-
-    pub fn has_waiters(&self, name: &str) -> bool {
-        self.queues.get(name).is_some_and(|q| !q.is_empty())
-    }
-
-    pub fn owners(&self, name: &str) -> Vec<String> {
-        self.queues.get(name).map(|q| q.iter().map(|w| w.owner.clone()).collect()).unwrap_or_default()
+    /// Registers a reply; one of the same session (an earlier try of the
+    /// same acquire on this leader) is returned to be dropped.
+    pub fn insert(&mut self, name: &str, w: Waiter<T>) -> Option<Waiter<T>> {
+        let list = self.by_name.entry(name.to_string()).or_default();
+        match list.iter().position(|x| x.session == w.session) {
+            Some(i) => Some(std::mem::replace(&mut list[i], w)),
+            None => {
+                list.push(w);
+                None
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.queues.values().map(VecDeque::len).sum()
+        self.by_name.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.by_name.is_empty()
     }
 
-    /// The first waiter for `name` still worth handing the lock to.
-    pub fn pop_front(&mut self, name: &str, now: Instant, alive: impl Fn(&T) -> bool) -> Option<Waiter<T>> {
-        let q = self.queues.get_mut(name)?;
-        let mut found = None;
-        let mut ended = Vec::new();
-        while let Some(w) = q.pop_front() {
-            if !alive(&w.reply) {
-                continue; // the client gave up: nobody to answer
-            }
-            if w.deadline <= now {
-                ended.push(w); // answered (409) by `take_expired`
-                continue;
-            }
-            found = Some(w);
-            break;
-        }
-        for w in ended.into_iter().rev() {
-            q.push_front(w);
-        }
-        if q.is_empty() {
-            self.queues.remove(name);
-        }
-        found
-    }
-
-    /// Removes and returns every waiter whose wait ended, with its lock name.
-    pub fn take_expired(&mut self, now: Instant) -> Vec<(String, Waiter<T>)> {
+    /// After `name`'s record became `rec`: removes and returns the waiters
+    /// it granted the lock to or no longer queues.
+    pub fn settle(&mut self, name: &str, rec: &LockRecord) -> Vec<(Waiter<T>, Settled)> {
+        let Some(list) = self.by_name.get_mut(name) else { return Vec::new() };
         let mut out = Vec::new();
-        for (name, q) in self.queues.iter_mut() {
-            let (keep, gone): (VecDeque<_>, VecDeque<_>) = q.drain(..).partition(|w| w.deadline > now);
-            *q = keep;
-            out.extend(gone.into_iter().map(|w| (name.clone(), w)));
+        let mut i = 0;
+        while i < list.len() {
+            let session = list[i].session;
+            let settled = match &rec.holder {
+                Some(h) if h.session == session => Some(Settled::Granted(h.clone())),
+                holder if !rec.queue.iter().any(|q| q.session == session) => Some(Settled::Gone(holder.clone())),
+                _ => None,
+            };
+            match settled {
+                Some(s) => out.push((list.swap_remove(i), s)),
+                None => i += 1,
+            }
         }
-        self.queues.retain(|_, q| !q.is_empty());
+        if list.is_empty() {
+            self.by_name.remove(name);
+        }
         out
+    }
+
+    /// Removes the waiter of `session` on `name`, if it is here.
+    pub fn take(&mut self, name: &str, session: SessionId) -> Option<Waiter<T>> {
+        let list = self.by_name.get_mut(name)?;
+        let i = list.iter().position(|w| w.session == session)?;
+        let w = list.swap_remove(i);
+        if list.is_empty() {
+            self.by_name.remove(name);
+        }
+        Some(w)
+    }
+
+    /// Waiters to dequeue now: their wait ended at `now` or `alive` says
+    /// their client is gone; each is marked leaving so it is proposed once.
+    /// The flag says whether the wait ran out (rather than the client left).
+    pub fn due(&mut self, now: Instant, alive: impl Fn(&T) -> bool) -> Vec<(String, SessionId, bool)> {
+        let mut out = Vec::new();
+        for (name, list) in &mut self.by_name {
+            for w in list.iter_mut().filter(|w| !w.leaving) {
+                let timed_out = w.deadline <= now;
+                if timed_out || !alive(&w.reply) {
+                    w.leaving = true;
+                    out.push((name.clone(), w.session, timed_out));
+                }
+            }
+        }
+        out
+    }
+
+    /// A dequeue that could not be proposed is tried again next tick.
+    pub fn stay(&mut self, name: &str, session: SessionId) {
+        if let Some(w) = self.by_name.get_mut(name).and_then(|l| l.iter_mut().find(|w| w.session == session)) {
+            w.leaving = false;
+        }
     }
 
     /// Removes and returns the waiters of every lock `leave` picks.
     pub fn drain_where(&mut self, leave: impl Fn(&str) -> bool) -> Vec<Waiter<T>> {
-        let names: Vec<String> = self.queues.keys().filter(|n| leave(n)).cloned().collect();
-        names.into_iter().filter_map(|n| self.queues.remove(&n)).flatten().collect()
+        let names: Vec<String> = self.by_name.keys().filter(|n| leave(n)).cloned().collect();
+        names.into_iter().filter_map(|n| self.by_name.remove(&n)).flatten().collect()
     }
 
     pub fn drain_all(&mut self) -> Vec<Waiter<T>> {
-        self.queues.drain().flat_map(|(_, q)| q).collect()
+        self.by_name.drain().flat_map(|(_, l)| l).collect()
     }
 }
 
@@ -195,7 +228,12 @@ mod tests {
                 granted_term: term,
             }),
             last_token: token,
+            queue: Vec::new(),
         }
+    }
+
+    fn waiter(session: SessionId, deadline: Instant, reply: u32) -> Waiter<u32> {
+        Waiter { session, deadline, leaving: false, reply }
     }
 
     #[test]
@@ -210,7 +248,7 @@ mod tests {
         ix.forget_proposals();
         assert_eq!(ix.due(120, 3, 50, 10), vec![]);
         assert_eq!(ix.due(150, 3, 50, 10), vec![("a".to_string(), 1)]);
-        ix.on_record("a", &LockRecord { holder: None, last_token: 1 });
+        ix.on_record("a", &LockRecord { holder: None, last_token: 1, queue: Vec::new() });
         assert_eq!(ix.held(), 1);
     }
 
@@ -225,12 +263,13 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(10);
         let mut w: Waiters<u32> = Waiters::default();
         for (name, reply) in [("stay", 1), ("go", 2), ("go", 3)] {
-            w.push_back(name, Waiter { owner: "o".into(), session: 0, ttl_ms: 1, deadline: later, reply });
+            w.insert(name, waiter(reply as u128, later, reply));
         }
         let gone: Vec<u32> = w.drain_where(|n| n == "go").into_iter().map(|w| w.reply).collect();
-        assert_eq!(gone, vec![2, 3], "in queue order");
+        assert_eq!(gone, vec![2, 3]);
         assert_eq!(w.len(), 1);
-        assert!(w.has_waiters("stay"));
+        assert!(w.take("stay", 1).is_some());
+        assert!(w.is_empty());
     }
 
     #[test]
@@ -246,31 +285,41 @@ mod tests {
     }
 
     #[test]
-    fn waiters_are_fifo_and_expire() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(10);
+    fn a_record_change_settles_the_granted_and_the_dequeued_waiters_only() {
+        use ringstore_shared::lock::Queued;
+        let later = Instant::now() + Duration::from_secs(10);
         let mut w: Waiters<u32> = Waiters::default();
-        for (i, owner) in ["x", "y", "z"].iter().enumerate() {
-            w.push_back(
-                "l",
-                Waiter {
-                    owner: owner.to_string(),
-                    session: i as u128 + 1,
-                    ttl_ms: 1,
-                    deadline: later,
-                    reply: i as u32,
-                },
-            );
+        for s in [2, 3, 4] {
+            assert!(w.insert("l", waiter(s, later, s as u32)).is_none());
         }
-        w.push_back("m", Waiter { owner: "old".into(), session: 9, ttl_ms: 1, deadline: now, reply: 9 });
-        assert_eq!(w.owners("l"), vec!["x", "y", "z"]);
-        // `y` gave up (its reply channel is gone): skipped.
-        assert_eq!(w.pop_front("l", now, |_| true).unwrap().owner, "x");
-        assert_eq!(w.pop_front("l", now, |r| *r != 1).unwrap().owner, "z");
-        assert!(!w.has_waiters("l"));
-        let gone = w.take_expired(now);
-        assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].0, "m");
-        assert!(w.is_empty());
+        assert_eq!(w.insert("l", waiter(3, later, 33)).map(|old| old.reply), Some(3), "a re-attach replaces");
+        let q = |session| Queued { owner: "o".into(), session, ttl_ms: 1, wait_until_ms: 1 };
+        // 2 got the lock; 3 still waits; 4's wait ended (skipped).
+        let mut rec = holder(7, 100, 1);
+        rec.holder.as_mut().unwrap().session = 2;
+        rec.queue = vec![q(3)];
+        let mut settled: Vec<(u32, Settled)> = w.settle("l", &rec).into_iter().map(|(w, s)| (w.reply, s)).collect();
+        settled.sort_by_key(|(r, _)| *r);
+        assert!(matches!(&settled[0], (2, Settled::Granted(h)) if h.token == 7));
+        assert!(matches!(&settled[1], (4, Settled::Gone(Some(h))) if h.session == 2));
+        assert_eq!(settled.len(), 2);
+        assert_eq!(w.len(), 1);
+        assert!(w.settle("other", &rec).is_empty());
+    }
+
+    #[test]
+    fn a_wait_that_ran_out_or_lost_its_client_is_dequeued_once() {
+        let now = Instant::now();
+        let mut w: Waiters<u32> = Waiters::default();
+        w.insert("l", waiter(1, now, 1));
+        w.insert("l", waiter(2, now + Duration::from_secs(10), 2));
+        w.insert("m", waiter(3, now + Duration::from_secs(10), 3));
+        let mut due = w.due(now, |r| *r != 3);
+        due.sort();
+        assert_eq!(due, vec![("l".to_string(), 1, true), ("m".to_string(), 3, false)]);
+        assert_eq!(w.due(now, |r| *r != 3), vec![], "proposed once");
+        w.stay("m", 3);
+        assert_eq!(w.due(now, |r| *r != 3), vec![("m".to_string(), 3, false)], "unless the proposal failed");
+        assert_eq!(w.len(), 3, "a dequeue's apply removes them, not due()");
     }
 }

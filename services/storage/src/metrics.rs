@@ -258,13 +258,13 @@ pub static LOCKS: LazyLock<LockMetrics> = LazyLock::new(|| {
         .expect("registers once"),
     waiters: register_int_gauge_vec!(
         "ringstore_lock_waiters",
-        "Acquirers waiting in lock queues on this replica (leader only)",
+        "Acquirers whose replies this leader holds while they wait in a lock's replicated queue",
         &["node", "shard"]
     )
     .expect("registers once"),
     events: register_int_counter_vec!(
         "ringstore_lock_events_total",
-        "Lock events on the leader: granted, conflict, released, expired (lease ran out), wait_timeout, handoff_pipelined (a waiter's acquire proposed behind the release that frees the lock: one Raft round)",
+        "Lock events on the leader: granted, conflict, released, expired (lease ran out), queued (an acquire joined the replicated waiter queue), queue_full, handoff (a waiter granted the lock in the entry that freed it: one Raft round), wait_timeout (a waiter's wait ended without the lock), waiter_reattached (a retried waiter found its place or grant again, as after a leader change)",
         &["node", "shard", "event"]
     )
     .expect("registers once"),
@@ -317,7 +317,10 @@ pub struct ReplicaMetrics {
     pub lock_released: IntCounter,
     pub lock_expiries: IntCounter,
     pub lock_wait_timeouts: IntCounter,
-    pub lock_handoffs_pipelined: IntCounter,
+    pub lock_handoffs: IntCounter,
+    pub lock_queued: IntCounter,
+    pub lock_queue_full: IntCounter,
+    pub lock_waiters_reattached: IntCounter,
 }
 
 impl ReplicaMetrics {
@@ -370,7 +373,10 @@ impl ReplicaMetrics {
             lock_released: LOCKS.events.with_label_values(&[&n, &s, "released"]),
             lock_expiries: LOCKS.events.with_label_values(&[&n, &s, "expired"]),
             lock_wait_timeouts: LOCKS.events.with_label_values(&[&n, &s, "wait_timeout"]),
-            lock_handoffs_pipelined: LOCKS.events.with_label_values(&[&n, &s, "handoff_pipelined"]),
+            lock_handoffs: LOCKS.events.with_label_values(&[&n, &s, "handoff"]),
+            lock_queued: LOCKS.events.with_label_values(&[&n, &s, "queued"]),
+            lock_queue_full: LOCKS.events.with_label_values(&[&n, &s, "queue_full"]),
+            lock_waiters_reattached: LOCKS.events.with_label_values(&[&n, &s, "waiter_reattached"]),
         }
     }
 }

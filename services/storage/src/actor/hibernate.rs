@@ -119,7 +119,6 @@ impl StorageActor {
             || !self.unpersisted.is_empty()
             || !self.parked.is_empty()
             || !self.parked_reads.is_empty()
-            || !self.handoffs.is_empty()
             || !self.map_watchers.is_empty()
             || self.campaign_until.is_some()
             || self.stepped_down_at.is_some()

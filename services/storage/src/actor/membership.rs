@@ -9,7 +9,7 @@ use ringstore_shared::{NodeId, StoreError};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{replica_gone, PendingWrite, StorageActor};
+use super::{replica_gone, waiter_moved, PendingWrite, StorageActor};
 use crate::messages::{PeerChange, ShardReply, ShardResult};
 
 fn single(change_type: ConfChangeType, node: NodeId) -> ConfChangeSingle {
@@ -136,7 +136,7 @@ impl StorageActor {
             let _ = p.tx.send(Err(replica_gone()));
         }
         for w in self.waiters.drain_all() {
-            let _ = w.reply.send(Err(StoreError::Dropped { reason: "lock waiter moved to a new leader" }));
+            let _ = w.reply.send(Err(waiter_moved()));
         }
         self.on_role_change(0, raft::StateRole::Follower);
         let mut batch = self.engine.batch();

@@ -28,7 +28,7 @@ use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{SplitOff, StorageActor};
+use super::{waiter_moved, SplitOff, StorageActor};
 use crate::engine::EngineError;
 use crate::locks::LockIndex;
 use crate::log_store::{self, ApplyState, KeyStats, StatsCount};
@@ -119,7 +119,8 @@ impl StorageActor {
 
     /// Takes the store's ranges as the ones this replica serves (after a
     /// split or a snapshot): locks and waiters outside them are no longer
-    /// this shard's; the waiters retry where the map sends them.
+    /// this shard's; the waiters' retries find their places (the record and
+    /// their request records moved with the range) where the map sends them.
     pub(super) fn adopt_ranges(&mut self) {
         let store = self.raw.store();
         self.ranges = store.ranges().clone();
@@ -132,9 +133,8 @@ impl StorageActor {
         self.sweep_cursor.clear();
         let ranges = self.ranges.clone();
         self.locks.retain(|n| owns_in(&ranges, n.as_bytes()));
-        let wrong = StoreError::WrongShard { shard: self.shard, epoch: self.epoch };
         for w in self.waiters.drain_where(|n| !owns_in(&ranges, n.as_bytes())) {
-            let _ = w.reply.send(Err(wrong.clone()));
+            let _ = w.reply.send(Err(waiter_moved()));
         }
     }
 
