@@ -123,6 +123,11 @@ struct ParkedWrite {
     since: Instant,
 }
 
+/// Election timeouts a queued waiter with no reply on the leader (its
+/// client did not retry after a leader change) keeps its place before it
+/// is dequeued: a retry re-attaches well within it.
+const ORPHAN_GRACE_ELECTION_TIMEOUTS: u64 = 3;
+
 /// Writes parked during one leader transfer, at most.
 const PARKED_MAX: usize = 4096;
 
@@ -1449,15 +1454,30 @@ impl StorageActor {
     /// clock or whose client went away; the dequeue's apply answers them
     /// (unless the lock reached them first: then they are granted).
     fn end_waits(&mut self) {
-        if self.waiters.is_empty() || !self.is_leader() {
+        if !self.is_leader() || (self.waiters.is_empty() && !self.locks.has_queues()) {
             return;
         }
-        for (name, session, timed_out) in self.waiters.due(Instant::now(), |tx| !tx.is_closed()) {
+        let now = Instant::now();
+        for (name, session, timed_out) in self.waiters.due(now, |tx| !tx.is_closed()) {
             debug!(node = self.node, shard = self.shard, name, timed_out, "wait over: proposing dequeue");
             let cmd = Command::LockDequeue { name: name.clone(), session };
             if let Err(e) = self.propose(&cmd, None) {
                 debug!(node = self.node, shard = self.shard, name, "dequeue not proposed, tried next tick: {e}");
                 self.waiters.stay(&name, session);
+            }
+        }
+        // Queued sessions nobody came back for: out of line, so the lock
+        // is not handed to a client that is gone.
+        let grace = Duration::from_millis(ORPHAN_GRACE_ELECTION_TIMEOUTS * self.cfg.election_timeout_ms());
+        for (name, session) in self.waiters.orphans(self.locks.queues(), now, grace) {
+            info!(
+                node = self.node,
+                shard = self.shard,
+                name,
+                "a queued waiter has nobody to answer: proposing dequeue"
+            );
+            if self.propose(&Command::LockDequeue { name, session }, None).is_ok() {
+                self.metrics.lock_orphans_dequeued.inc();
             }
         }
     }

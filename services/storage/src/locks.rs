@@ -1,7 +1,7 @@
 //! A replica's in-memory lock bookkeeping, beside the replicated records:
 //!
-//! - [`LockIndex`]: every held lock and its lease, kept in step with the
-//!   applied records (and rebuilt from RocksDB at start and after a
+//! - [`LockIndex`]: every held lock, its lease and its queued sessions,
+//!   kept in step with the applied records (and rebuilt from RocksDB at start and after a
 //!   snapshot), so the leader's lease sweep never scans the data.
 //! - [`Waiters`]: the leader's replies to acquirers that wait in a lock's
 //!   queue. Their places in line are in the replicated record; only the
@@ -13,7 +13,7 @@
 //! Both are plain data structures, tested without a runtime.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ringstore_shared::lock::{expiry_due, Holder, LockRecord, SessionId};
 
@@ -23,6 +23,8 @@ pub struct LockIndex {
     /// Expiries proposed and not yet applied, so a slow commit is not
     /// proposed again every tick.
     proposed: HashSet<(String, u64)>,
+    /// Sessions queued per lock (only held locks have a queue).
+    queued: HashMap<String, Vec<SessionId>>,
 }
 
 impl LockIndex {
@@ -35,12 +37,28 @@ impl LockIndex {
                 self.held.remove(name);
             }
         }
+        if rec.queue.is_empty() {
+            self.queued.remove(name);
+        } else {
+            self.queued.insert(name.to_string(), rec.queue.iter().map(|q| q.session).collect());
+        }
         self.proposed.retain(|(n, _)| n != name);
     }
 
     pub fn clear(&mut self) {
         self.held.clear();
         self.proposed.clear();
+        self.queued.clear();
+    }
+
+    /// Whether any lock has waiters queued.
+    pub fn has_queues(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// Every lock with waiters, and their sessions in line order.
+    pub fn queues(&self) -> impl Iterator<Item = (&str, &[SessionId])> {
+        self.queued.iter().map(|(n, q)| (n.as_str(), q.as_slice()))
     }
 
     pub fn held(&self) -> usize {
@@ -69,6 +87,7 @@ impl LockIndex {
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.held.retain(|n, _| keep(n));
         self.proposed.retain(|(n, _)| keep(n));
+        self.queued.retain(|n, _| keep(n));
     }
 
     /// Takes out the locks `give` names (those a split hands to a new
@@ -79,7 +98,10 @@ impl LockIndex {
             std::mem::take(&mut self.held).into_iter().partition(|(n, _)| give(n));
         self.held = kept;
         self.proposed.retain(|(n, _)| !give(n));
-        LockIndex { held: gone, proposed: HashSet::new() }
+        let (queued, kept): (HashMap<_, _>, HashMap<_, _>) =
+            std::mem::take(&mut self.queued).into_iter().partition(|(n, _)| give(n));
+        self.queued = kept;
+        LockIndex { held: gone, proposed: HashSet::new(), queued }
     }
 
     /// A new leader re-decides every lease.
@@ -111,11 +133,14 @@ pub enum Settled {
 
 pub struct Waiters<T> {
     by_name: HashMap<String, Vec<Waiter<T>>>,
+    /// Queued sessions no reply here answers for, since when (see
+    /// [`Waiters::orphans`]).
+    orphans: HashMap<(String, SessionId), Instant>,
 }
 
 impl<T> Default for Waiters<T> {
     fn default() -> Self {
-        Waiters { by_name: HashMap::new() }
+        Waiters { by_name: HashMap::new(), orphans: HashMap::new() }
     }
 }
 
@@ -207,7 +232,43 @@ impl<T> Waiters<T> {
     }
 
     pub fn drain_all(&mut self) -> Vec<Waiter<T>> {
+        self.orphans.clear();
         self.by_name.drain().flat_map(|(_, l)| l).collect()
+    }
+
+    fn has(&self, name: &str, session: SessionId) -> bool {
+        self.by_name.get(name).is_some_and(|l| l.iter().any(|w| w.session == session))
+    }
+
+    /// Queued sessions (from `queues`) that no reply on this leader has
+    /// answered for during `grace`: waiters whose client never came back
+    /// after a leader change, or left before its acquire applied. Each is
+    /// returned once per `grace`, to be dequeued, so the lock is not handed
+    /// to nobody. `grace` leaves a retry time to re-attach.
+    pub fn orphans<'a>(
+        &mut self,
+        queues: impl Iterator<Item = (&'a str, &'a [SessionId])>,
+        now: Instant,
+        grace: Duration,
+    ) -> Vec<(String, SessionId)> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (name, sessions) in queues {
+            for &session in sessions {
+                if self.has(name, session) {
+                    continue;
+                }
+                let key = (name.to_string(), session);
+                let since = self.orphans.entry(key.clone()).or_insert(now);
+                if now.saturating_duration_since(*since) >= grace {
+                    *since = now;
+                    out.push(key.clone());
+                }
+                seen.insert(key);
+            }
+        }
+        self.orphans.retain(|k, _| seen.contains(k));
+        out
     }
 }
 
@@ -305,6 +366,34 @@ mod tests {
         assert_eq!(settled.len(), 2);
         assert_eq!(w.len(), 1);
         assert!(w.settle("other", &rec).is_empty());
+    }
+
+    #[test]
+    fn a_queued_session_nobody_answers_for_is_an_orphan_after_the_grace() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(3);
+        let mut w: Waiters<u32> = Waiters::default();
+        w.insert("l", waiter(1, t0 + Duration::from_secs(60), 1));
+        let queue = [1u128, 2, 3];
+        let queues = || [("l", &queue[..])].into_iter();
+        assert_eq!(w.orphans(queues(), t0, grace), vec![], "2 and 3 get time to re-attach");
+        // 3 re-attaches in time.
+        w.insert("l", waiter(3, t0 + Duration::from_secs(60), 3));
+        assert_eq!(w.orphans(queues(), t0 + grace, grace), vec![("l".to_string(), 2)]);
+        assert_eq!(w.orphans(queues(), t0 + grace, grace), vec![], "once per grace");
+        assert_eq!(w.orphans(queues(), t0 + grace * 2, grace), vec![("l".to_string(), 2)], "unless still queued");
+        // Gone from the queue: forgotten.
+        let rest = [1u128, 3];
+        assert_eq!(w.orphans([("l", &rest[..])].into_iter(), t0 + grace * 5, grace), vec![]);
+        assert!(w.orphans.is_empty());
+        let mut ix = LockIndex::default();
+        let mut rec = holder(1, 100, 1);
+        rec.queue = vec![ringstore_shared::lock::Queued { owner: "q".into(), session: 2, ttl_ms: 1, wait_until_ms: 9 }];
+        ix.on_record("l", &rec);
+        assert!(ix.has_queues());
+        assert_eq!(ix.queues().collect::<Vec<_>>(), vec![("l", &[2u128][..])]);
+        let given = ix.split_off(|n| n == "l");
+        assert!(!ix.has_queues() && given.has_queues(), "a split hands the queue over");
     }
 
     #[test]

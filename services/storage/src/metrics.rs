@@ -264,7 +264,7 @@ pub static LOCKS: LazyLock<LockMetrics> = LazyLock::new(|| {
     .expect("registers once"),
     events: register_int_counter_vec!(
         "ringstore_lock_events_total",
-        "Lock events on the leader: granted, conflict, released, expired (lease ran out), queued (an acquire joined the replicated waiter queue), queue_full, handoff (a waiter granted the lock in the entry that freed it: one Raft round), wait_timeout (a waiter's wait ended without the lock), waiter_reattached (a retried waiter found its place or grant again, as after a leader change)",
+        "Lock events on the leader: granted, conflict, released, expired (lease ran out), queued (an acquire joined the replicated waiter queue), queue_full, handoff (a waiter granted the lock in the entry that freed it: one Raft round), wait_timeout (a waiter's wait ended without the lock), waiter_reattached (a retried waiter found its place or grant again, as after a leader change), orphan_dequeued (a queued waiter nobody came back for, taken out of line)",
         &["node", "shard", "event"]
     )
     .expect("registers once"),
@@ -321,6 +321,7 @@ pub struct ReplicaMetrics {
     pub lock_queued: IntCounter,
     pub lock_queue_full: IntCounter,
     pub lock_waiters_reattached: IntCounter,
+    pub lock_orphans_dequeued: IntCounter,
 }
 
 impl ReplicaMetrics {
@@ -377,6 +378,7 @@ impl ReplicaMetrics {
             lock_queued: LOCKS.events.with_label_values(&[&n, &s, "queued"]),
             lock_queue_full: LOCKS.events.with_label_values(&[&n, &s, "queue_full"]),
             lock_waiters_reattached: LOCKS.events.with_label_values(&[&n, &s, "waiter_reattached"]),
+            lock_orphans_dequeued: LOCKS.events.with_label_values(&[&n, &s, "orphan_dequeued"]),
         }
     }
 }
