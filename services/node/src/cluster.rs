@@ -23,8 +23,8 @@ use ringstore_shared::{NodeId, ShardId, FIRST_DATA_SHARD};
 use ringstore_storage::{Engine, LeaderHints, LocalTransport, ReplicaStatus, ShardOp, ShardReply, Transport};
 use tracing::info;
 
-pub use crate::replicas::STORAGE_THREADS_PER_NODE;
 use crate::replicas::{self, LocalReplicas};
+pub use crate::replicas::{default_storage_threads, STORAGE_THREADS_MAX};
 use ringstore_rebalancer::{Rebalancer, REPLICATION};
 
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct ClusterConfig {
     /// gives every node an ephemeral port (tests).
     pub http: SocketAddr,
     pub http_workers: usize,
+    /// Storage threads per node (see [`default_storage_threads`]).
+    pub storage_threads: usize,
     /// Data shards (1..=shards), three replicas each, placed by `placement`.
     pub shards: u64,
     pub raft: RaftConfig,
@@ -48,6 +50,7 @@ impl ClusterConfig {
             nodes: vec![1, 2, 3],
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_workers: 1,
+            storage_threads: default_storage_threads(),
             shards: 1,
             raft: RaftConfig::default(),
             limits: Limits::default(),
@@ -163,6 +166,7 @@ impl LocalCluster {
                 Some(addr) => local.register(id, shard, addr),
                 None => local.unregister(id, shard),
             }),
+            self.cfg.storage_threads,
         )?;
         let shards_here = replicas.clone();
         let handover = replicas.handover(Duration::from_millis(self.cfg.raft.election_timeout_ms() * 3));

@@ -12,6 +12,8 @@ use ringstore_shared::config::{Limits, RaftConfig, SHARDS_MAX};
 use ringstore_shared::NodeId;
 use serde::Deserialize;
 
+use crate::replicas::{default_storage_threads, STORAGE_THREADS_MAX};
+
 #[derive(Args, Debug, Default, Clone)]
 pub struct NodeArgs {
     /// TOML file with any of the settings below (flags and environment win).
@@ -63,6 +65,10 @@ pub struct NodeArgs {
     /// HTTP worker threads [default: 2]
     #[arg(long, env = "RINGSTORE_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    /// Threads that run this node's shard replicas, 1..=64 [default: half
+    /// the usable cores, 1..=8]
+    #[arg(long, env = "RINGSTORE_STORAGE_THREADS")]
+    pub storage_threads: Option<usize>,
     /// Request deadline when a client sends no X-Request-Timeout [default: 5000]
     #[arg(long, env = "RINGSTORE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -119,6 +125,7 @@ struct FileConfig {
     cluster_token: Option<String>,
     shards: Option<u64>,
     http_workers: Option<usize>,
+    storage_threads: Option<usize>,
     request_timeout_ms: Option<u64>,
     raft_tick_ms: Option<u64>,
     raft_election_ticks: Option<usize>,
@@ -148,6 +155,7 @@ pub struct NodeOptions {
     /// (the default for a new data dir, nothing to compare on a restart).
     pub shards: Option<u64>,
     pub http_workers: usize,
+    pub storage_threads: usize,
     pub shutdown_timeout_s: u64,
     pub raft: RaftConfig,
     pub limits: Limits,
@@ -202,6 +210,11 @@ impl NodeArgs {
         if let Some(n) = shards {
             anyhow::ensure!((1..=SHARDS_MAX).contains(&n), "shards must be in 1..={SHARDS_MAX}");
         }
+        let storage_threads = self.storage_threads.or(file.storage_threads).unwrap_or_else(default_storage_threads);
+        anyhow::ensure!(
+            (1..=STORAGE_THREADS_MAX).contains(&storage_threads),
+            "storage_threads must be in 1..={STORAGE_THREADS_MAX}, not {storage_threads}"
+        );
         let http = self.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
         let peer_addr = self.peer_addr.or(file.peer_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7080)));
         let join = self.join.or(file.join);
@@ -225,6 +238,7 @@ impl NodeArgs {
             cluster_token: self.cluster_token.or(file.cluster_token).unwrap_or_else(|| "ringstore".into()),
             shards,
             http_workers: self.http_workers.or(file.http_workers).unwrap_or(2).max(1),
+            storage_threads,
             shutdown_timeout_s: self.shutdown_timeout_s.or(file.shutdown_timeout_s).unwrap_or(10),
             raft,
             limits,
@@ -297,6 +311,13 @@ mod tests {
         std::fs::write(&path, "shards = 0\n").unwrap();
         assert!(NodeArgs { config: Some(path.clone()), ..Default::default() }.resolve().is_err());
         std::fs::write(&path, "raft_tick_ms = 0\n").unwrap();
-        assert!(NodeArgs { config: Some(path), ..Default::default() }.resolve().is_err());
+        assert!(NodeArgs { config: Some(path.clone()), ..Default::default() }.resolve().is_err());
+        assert_eq!(o.storage_threads, default_storage_threads());
+        std::fs::write(&path, "storage_threads = 3\n").unwrap();
+        assert_eq!(NodeArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap().storage_threads, 3);
+        for bad in ["storage_threads = 0\n", "storage_threads = 65\n"] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(NodeArgs { config: Some(path.clone()), ..Default::default() }.resolve().is_err(), "{bad}");
+        }
     }
 }

@@ -84,6 +84,7 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
             Some(a) => registry.register(s, a),
             None => registry.unregister(s),
         }),
+        o.storage_threads,
     )?;
 
     let routing = MapCell::new(node, RoutingTable::from_map(&map), leaders);
