@@ -28,8 +28,11 @@ use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult};
 pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
 /// 2: ping and pong frames (link liveness). 4: status carries the shard's
 /// ranges epoch and count, scan pages their epoch (splits). 5: a status's
-/// key count and bytes are optional (being counted after a split).
-pub const PROTOCOL_VERSION: u8 = 5;
+/// key count and bytes are optional (being counted after a split). 6: lock
+/// waiters queue in the record (lock record format 2, the waiting-acquire
+/// and dequeue commands, queue outcomes): a node of 5 would skip those
+/// entries where this one applies them, so the two must not replicate.
+pub const PROTOCOL_VERSION: u8 = 6;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Largest frame a peer may send: a value at the value limit plus room.
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
