@@ -420,8 +420,9 @@ fn decide_command(proposal: Proposal, index: u64, term: u64, state: &mut impl St
             let count = effects.len();
             (effects, Outcome::Expired { count })
         }
-        Command::LockAcquire { name, owner, session, reentry, ttl_ms, wait_ms } => {
-            let by = lock::AcquireBy { owner: &owner, session, reentry, ttl_ms, wait_ms };
+        Command::LockAcquire { name, owner, session, reentry, ttl_ms, wait_ms, queue_max } => {
+            let by =
+                lock::AcquireBy { owner: &owner, session, reentry, ttl_ms, wait_ms, queue_max: queue_max as usize };
             let (rec, outcome) = lock::acquire(state.lock(&name), by, now, index, term);
             (lock_effect(name, rec).into_iter().collect(), Outcome::Lock { outcome, now_ms: now })
         }
@@ -584,6 +585,7 @@ mod tests {
                 reentry: false,
                 ttl_ms: 50,
                 wait_ms: 0,
+                queue_max: 0,
             },
         };
         let Outcome::Lock { outcome: LockOutcome::Granted { token, .. }, now_ms: 100 } = sm.run(acq("a"), 7) else {
@@ -667,6 +669,7 @@ mod tests {
                 reentry: false,
                 ttl_ms: 100,
                 wait_ms: 0,
+                queue_max: 0,
             },
         };
         let first = st.run(acq(1), 3);
@@ -689,6 +692,7 @@ mod tests {
                 reentry: false,
                 ttl_ms: 100,
                 wait_ms: 5_000,
+                queue_max: 256,
             },
         };
         let Outcome::Lock { outcome: LockOutcome::Granted { token, .. }, .. } = st.run(acq(1, 1, false, 10), 3) else {

@@ -98,7 +98,8 @@ pub enum Command {
     /// random one the leader drew for this acquire, in the entry so every
     /// replica records the same. `wait_ms` > 0: if another session holds
     /// the lock, join its replicated FIFO queue for that long (from the
-    /// entry's stamp) instead of failing.
+    /// entry's stamp) instead of failing, if fewer than `queue_max` wait
+    /// (the leader's configured limit, in the entry so replicas agree).
     LockAcquire {
         name: String,
         owner: String,
@@ -106,6 +107,7 @@ pub enum Command {
         reentry: bool,
         ttl_ms: u64,
         wait_ms: u64,
+        queue_max: u32,
     },
     LockRelease {
         name: String,
@@ -292,7 +294,7 @@ impl Proposal {
                 put_cond(&mut w, *cond);
                 put_fence(&mut w, fence);
             }
-            Command::LockAcquire { name, owner, session, reentry, ttl_ms, wait_ms } => {
+            Command::LockAcquire { name, owner, session, reentry, ttl_ms, wait_ms, queue_max } => {
                 w.u8(if *wait_ms > 0 { TAG_LOCK_ACQUIRE_WAIT } else { TAG_LOCK_ACQUIRE_SESSION });
                 w.bytes(name.as_bytes());
                 w.bytes(owner.as_bytes());
@@ -301,6 +303,7 @@ impl Proposal {
                 w.u64(*ttl_ms);
                 if *wait_ms > 0 {
                     w.u64(*wait_ms);
+                    w.u32(*queue_max);
                 }
             }
             Command::LockRelease { name, session, token } => {
@@ -393,6 +396,7 @@ impl Proposal {
                 reentry: false,
                 ttl_ms: r.u64("lock ttl")?,
                 wait_ms: 0,
+                queue_max: 0,
             },
             TAG_LOCK_RELEASE => {
                 let name = string(&mut r, "lock name")?;
@@ -404,18 +408,22 @@ impl Proposal {
                 string(&mut r, "lock owner")?;
                 Command::LockRefresh { name, session: 0, token: r.u64("lock token")?, ttl_ms: r.u64("lock ttl")? }
             }
-            tag @ (TAG_LOCK_ACQUIRE_SESSION | TAG_LOCK_ACQUIRE_WAIT) => Command::LockAcquire {
-                name: string(&mut r, "lock name")?,
-                owner: string(&mut r, "lock owner")?,
-                session: r.u128("lock session")?,
-                reentry: match r.u8("lock reentry")? {
+            tag @ (TAG_LOCK_ACQUIRE_SESSION | TAG_LOCK_ACQUIRE_WAIT) => {
+                let name = string(&mut r, "lock name")?;
+                let owner = string(&mut r, "lock owner")?;
+                let session = r.u128("lock session")?;
+                let reentry = match r.u8("lock reentry")? {
                     0 => false,
                     1 => true,
                     tag => return Err(CodecError::UnknownTag { what: "lock reentry", tag }),
-                },
-                ttl_ms: r.u64("lock ttl")?,
-                wait_ms: if tag == TAG_LOCK_ACQUIRE_WAIT { r.u64("lock wait")? } else { 0 },
-            },
+                };
+                let ttl_ms = r.u64("lock ttl")?;
+                let (wait_ms, queue_max) = match tag {
+                    TAG_LOCK_ACQUIRE_WAIT => (r.u64("lock wait")?, r.u32("lock queue max")?),
+                    _ => (0, 0),
+                };
+                Command::LockAcquire { name, owner, session, reentry, ttl_ms, wait_ms, queue_max }
+            }
             TAG_LOCK_RELEASE_SESSION => Command::LockRelease {
                 name: string(&mut r, "lock name")?,
                 session: r.u128("lock session")?,
@@ -527,6 +535,7 @@ mod tests {
                     reentry: true,
                     ttl_ms: 5,
                     wait_ms: 0,
+                    queue_max: 0,
                 },
             },
             Proposal {
@@ -539,6 +548,7 @@ mod tests {
                     reentry: false,
                     ttl_ms: 5,
                     wait_ms: 2_000,
+                    queue_max: 7,
                 },
             },
             Proposal { stamp_ms: 1, request: None, cmd: Command::LockDequeue { name: "n".into(), session: 1 << 90 } },

@@ -26,6 +26,8 @@ pub struct Limits {
     pub lock_ttl_ms_max: u64,
     /// Longest lock owner id.
     pub lock_owner_bytes_max: usize,
+    /// Waiters one lock's queue may hold (at most `lock::QUEUE_MAX`).
+    pub lock_waiters_max: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +41,7 @@ impl Default for Limits {
             pending_requests_max: 16 * 1024,
             lock_ttl_ms_max: 3_600_000,
             lock_owner_bytes_max: 256,
+            lock_waiters_max: crate::lock::QUEUE_MAX,
         }
     }
 }

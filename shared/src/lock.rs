@@ -34,7 +34,9 @@ const FORMAT_V1: u8 = 1;
 /// as V1, readable by nodes that predate queues.
 const FORMAT_V2: u8 = 2;
 
-/// Waiters one lock may queue; an acquire beyond them fails at once
+/// Most waiters one lock may queue, and the default of the configured
+/// limit (`Limits::lock_waiters_max`, carried in each waiting acquire so
+/// every replica decides alike); an acquire beyond it fails at once
 /// (`QueueFull`), so a record stays small (it is rewritten on each change).
 pub const QUEUE_MAX: usize = 256;
 
@@ -133,6 +135,8 @@ pub struct AcquireBy<'a> {
     pub ttl_ms: u64,
     /// > 0: queue for this long if another session holds the lock.
     pub wait_ms: u64,
+    /// Waiters the queue may hold (at most [`QUEUE_MAX`]).
+    pub queue_max: usize,
 }
 
 /// Hands a free lock to the first waiter whose wait has not ended at
@@ -171,9 +175,9 @@ pub fn acquire(
     let mut rec = rec.unwrap_or_default();
     // A free lock with waiters (only a record from before this rule can be
     // one): they go first.
-    let mut promoted = rec.holder.is_none() && grant_next(&mut rec, now_ms, index, term);
+    let mut dirty = rec.holder.is_none() && grant_next(&mut rec, now_ms, index, term);
     let expires_at_ms = now_ms.saturating_add(by.ttl_ms);
-    let changed = |rec: LockRecord, promoted: bool| promoted.then_some(rec);
+    let changed = |rec: LockRecord, dirty: bool| dirty.then_some(rec);
     match &mut rec.holder {
         Some(h) if h.session == by.session && by.session != 0 => {
             // Reentrant: same token, one more hold, and the lease renewed.
@@ -190,17 +194,18 @@ pub fn acquire(
         }
         Some(h) if by.wait_ms == 0 || by.reentry || by.session == 0 => {
             let out = LockOutcome::Conflict { holder: Some(h.clone()) };
-            (changed(rec, promoted), out)
+            (changed(rec, dirty), out)
         }
         Some(_) => {
             if let Some(i) = rec.queue.iter().position(|q| q.session == by.session) {
                 let q = &rec.queue[i];
                 let out =
                     LockOutcome::Queued { session: q.session, position: i as u32 + 1, wait_until_ms: q.wait_until_ms };
-                return (changed(rec, promoted), out);
+                return (changed(rec, dirty), out);
             }
-            if rec.queue.len() >= QUEUE_MAX {
-                return (changed(rec, promoted), LockOutcome::QueueFull { limit: QUEUE_MAX as u32 });
+            let limit = by.queue_max.clamp(1, QUEUE_MAX);
+            if rec.queue.len() >= limit {
+                return (changed(rec, dirty), LockOutcome::QueueFull { limit: limit as u32 });
             }
             let wait_until_ms = now_ms.saturating_add(by.wait_ms);
             rec.queue.push(Queued {
@@ -209,14 +214,14 @@ pub fn acquire(
                 ttl_ms: by.ttl_ms,
                 wait_until_ms,
             });
-            promoted = true;
+            dirty = true;
             let out = LockOutcome::Queued { session: by.session, position: rec.queue.len() as u32, wait_until_ms };
-            (changed(rec, promoted), out)
+            (changed(rec, dirty), out)
         }
         // A re-entry into a lock that is free: the caller's hold ended
         // (lease expired). Granting it would let it believe it still held
         // what it held before; it must acquire anew.
-        None if by.reentry || by.session == 0 => (changed(rec, promoted), LockOutcome::Conflict { holder: None }),
+        None if by.reentry || by.session == 0 => (changed(rec, dirty), LockOutcome::Conflict { holder: None }),
         None => {
             let token = index.max(rec.last_token + 1);
             rec.last_token = token;
@@ -602,11 +607,11 @@ mod tests {
     }
 
     fn by(owner: &str, session: SessionId, ttl_ms: u64) -> AcquireBy<'_> {
-        AcquireBy { owner, session, reentry: false, ttl_ms, wait_ms: 0 }
+        AcquireBy { owner, session, reentry: false, ttl_ms, wait_ms: 0, queue_max: QUEUE_MAX }
     }
 
     fn again(owner: &str, session: SessionId, ttl_ms: u64) -> AcquireBy<'_> {
-        AcquireBy { owner, session, reentry: true, ttl_ms, wait_ms: 0 }
+        AcquireBy { owner, session, reentry: true, ttl_ms, wait_ms: 0, queue_max: QUEUE_MAX }
     }
 
     /// A release or expiry where no waiter is involved.
@@ -619,7 +624,7 @@ mod tests {
     }
 
     fn waiting(owner: &str, session: SessionId, wait_ms: u64) -> AcquireBy<'_> {
-        AcquireBy { owner, session, reentry: false, ttl_ms: 1000, wait_ms }
+        AcquireBy { owner, session, reentry: false, ttl_ms: 1000, wait_ms, queue_max: QUEUE_MAX }
     }
 
     fn queued(o: &LockOutcome) -> u32 {
@@ -689,6 +694,8 @@ mod tests {
         }
         let (unchanged, o) = acquire(r.clone(), waiting("late", 9_999, 5000), 0, 3, 1);
         assert_eq!((unchanged, o), (None, LockOutcome::QueueFull { limit: QUEUE_MAX as u32 }));
+        let small = AcquireBy { queue_max: 3, ..waiting("x", 9_998, 5000) };
+        assert_eq!(acquire(r.clone(), small, 0, 3, 1).1, LockOutcome::QueueFull { limit: 3 }, "a smaller limit");
         let (unchanged, o) = acquire(r.clone(), waiting("w", 5, 5000), 0, 4, 1);
         assert_eq!(unchanged, None);
         assert_eq!(queued(&o), 4, "asking again does not move it to the back");

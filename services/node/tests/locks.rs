@@ -291,6 +291,39 @@ async fn a_waiter_whose_wait_ended_is_not_handed_the_lock_later() {
     tc.shutdown().await;
 }
 
+/// The line's length is a limit (`Limits::lock_waiters_max`): past it an
+/// acquire that would wait gets 429 at once, and changes nothing.
+#[actix_rt::test]
+async fn a_full_line_refuses_a_newcomer_with_429() {
+    let tc = start(|c| c.limits.lock_waiters_max = 2).await;
+    let url = tc.cluster.url(1).unwrap();
+    let (sa, ta) = held(&acquire(&url, "full", "a", 30_000, 0).await);
+    let mut waiting = Vec::new();
+    for w in ["w1", "w2"] {
+        let url = url.clone();
+        waiting.push(actix_rt::spawn(async move { held(&acquire(&url, "full", w, 10_000, 15_000).await) }));
+    }
+    eventually(Duration::from_secs(5), "two waiters queue", || {
+        let url = url.clone();
+        async move { call("GET", &url, "/v1/locks/full", &[], vec![]).await.json()["waiters"] == json!(["w1", "w2"]) }
+    })
+    .await;
+    let started = Instant::now();
+    let r = acquire(&url, "full", "w3", 10_000, 15_000).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "lock_queue_full");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not after its wait");
+    assert!(lock_events(&url, "queue_full").await >= 1.0);
+    let s = call("GET", &url, "/v1/locks/full", &[], vec![]).await;
+    assert_eq!(s.json()["waiters"], json!(["w1", "w2"]), "nothing changed");
+    assert_eq!(release(&url, "full", &sa, ta).await.status, StatusCode::OK);
+    for w in waiting {
+        let (s, t) = w.await.unwrap();
+        assert_eq!(release(&url, "full", &s, t).await.status, StatusCode::OK);
+    }
+    tc.shutdown().await;
+}
+
 /// A command sent again with the same `Idempotency-Key` (its answer was
 /// lost) applies once: a re-entry does not add a second hold, a release
 /// does not drop two, and a write keeps its first version.

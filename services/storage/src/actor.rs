@@ -1931,7 +1931,9 @@ impl Handler<ShardRequest> for StorageActor {
                 };
                 // A re-entry never waits: its session holds the lock or not.
                 let wait_ms = if reentry { 0 } else { wait_ms };
-                let cmd = Command::LockAcquire { name: name.clone(), owner, session, reentry, ttl_ms, wait_ms };
+                let queue_max = self.limits.lock_waiters_max.min(ringstore_shared::lock::QUEUE_MAX) as u32;
+                let cmd =
+                    Command::LockAcquire { name: name.clone(), owner, session, reentry, ttl_ms, wait_ms, queue_max };
                 let wait = (wait_ms > 0).then_some(WaitSpec { name });
                 let (tx, rx) = oneshot::channel();
                 if let Err(e) = self.propose_waiting(&cmd, Some(tx), wait, Some(request)) {
