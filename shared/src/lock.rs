@@ -19,7 +19,8 @@
 //!   and restarts (and, by carrying the record, range moves).
 //! - A fence record per data key remembers the highest token per lock that
 //!   wrote it; a fenced write with a smaller token is refused.
-//! - Waiters queue in the record itself (FIFO, at most [`QUEUE_MAX`]): an
+//! - Waiters queue in the record itself (FIFO, at most the acquire's
+//!   `queue_max`, itself at most [`QUEUE_MAX`]): an
 //!   acquire that may wait joins the back; the apply that frees the lock
 //!   (last release, or expiry) grants it to the first waiter whose wait has
 //!   not ended at that entry's stamp, in the same entry: a handoff is one
@@ -113,7 +114,8 @@ pub enum LockOutcome {
         position: u32,
         wait_until_ms: u64,
     },
-    /// Held, and [`QUEUE_MAX`] waiters already queue: nothing changed.
+    /// Held, and `limit` waiters (the acquire's `queue_max`) already
+    /// queue: nothing changed.
     QueueFull {
         limit: u32,
     },
