@@ -176,8 +176,12 @@ pub fn acquire(
 ) -> (Option<LockRecord>, LockOutcome) {
     let mut rec = rec.unwrap_or_default();
     // A free lock with waiters (only a record from before this rule can be
-    // one): they go first.
-    let mut dirty = rec.holder.is_none() && grant_next(&mut rec, now_ms, index, term);
+    // one): they go first, and the record changes even if none of them is
+    // still waiting (they leave the queue).
+    let mut dirty = rec.holder.is_none() && !rec.queue.is_empty();
+    if dirty {
+        grant_next(&mut rec, now_ms, index, term);
+    }
     let expires_at_ms = now_ms.saturating_add(by.ttl_ms);
     let changed = |rec: LockRecord, dirty: bool| dirty.then_some(rec);
     match &mut rec.holder {

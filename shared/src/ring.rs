@@ -37,7 +37,7 @@
 //! "Range moves").
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::ops::RangeInclusive;
 
 use consistent_hash_ring::{Ring as CrateRing, RingBuilder};
@@ -89,7 +89,7 @@ impl Hash for VNode {
 /// same position, and each chain's next position after its last removes
 /// whatever sits there.
 fn place_vnodes(origins: &[ShardId]) -> BTreeMap<u64, ShardId> {
-    let h = RingHasherBuilder;
+    let h = RingHasherBuilder::default();
     let mut out = BTreeMap::new();
     for &o in origins {
         let mut point = h.hash_one(ShardNode(o));
@@ -128,15 +128,7 @@ impl Hasher for VNodeHasher {
     }
 }
 
-#[derive(Default, Clone, Copy)]
-pub struct VNodeHasherBuilder;
-
-impl BuildHasher for VNodeHasherBuilder {
-    type Hasher = VNodeHasher;
-    fn build_hasher(&self) -> VNodeHasher {
-        VNodeHasher::default()
-    }
-}
+pub type VNodeHasherBuilder = BuildHasherDefault<VNodeHasher>;
 
 /// See the module docs: identity for points, `hash64` for shard ids,
 /// splitmix64 for the vnode chain.
@@ -158,15 +150,7 @@ impl Hasher for RingHasher {
     }
 }
 
-#[derive(Default, Clone, Copy)]
-pub struct RingHasherBuilder;
-
-impl BuildHasher for RingHasherBuilder {
-    type Hasher = RingHasher;
-    fn build_hasher(&self) -> RingHasher {
-        RingHasher::default()
-    }
-}
+pub type RingHasherBuilder = BuildHasherDefault<RingHasher>;
 
 /// What a shard owns: the intervals of `origin`'s virtual nodes whose
 /// points lie in `lo..=hi`.
@@ -216,7 +200,7 @@ impl Ring {
         let mut origins: Vec<ShardId> = layout.values().map(|r| r.origin).collect();
         origins.sort_unstable();
         origins.dedup();
-        let mut inner = RingBuilder::new(VNodeHasherBuilder).vnodes(1).build();
+        let mut inner = RingBuilder::new(VNodeHasherBuilder::default()).vnodes(1).build();
         for (point, origin) in place_vnodes(&origins) {
             inner.insert(VNode { origin, point });
         }
@@ -400,7 +384,10 @@ mod tests {
     /// The crate's own (quadratic) build of the same origins, as rings were
     /// built before [`place_vnodes`].
     fn crate_built(origins: impl Iterator<Item = ShardId>) -> CrateRing<ShardNode, RingHasherBuilder> {
-        RingBuilder::new(RingHasherBuilder).vnodes(VNODES_PER_SHARD).nodes_iter(origins.map(ShardNode)).build()
+        RingBuilder::new(RingHasherBuilder::default())
+            .vnodes(VNODES_PER_SHARD)
+            .nodes_iter(origins.map(ShardNode))
+            .build()
     }
 
     #[test]

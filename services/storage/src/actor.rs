@@ -34,7 +34,7 @@ use ringstore_shared::command::{Command, Proposal, Request};
 use ringstore_shared::config::{Limits, RaftConfig};
 use ringstore_shared::keys::{self, data_key};
 use ringstore_shared::lease::{failover_wait, lease_span, presume_leader_down, Lease};
-use ringstore_shared::lock::{FenceRecord, Holder, LockOutcome, LockRecord, SessionId};
+use ringstore_shared::lock::{FenceRecord, LockOutcome, LockRecord, SessionId};
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use rocksdb::WriteBatch;
@@ -46,7 +46,7 @@ use crate::engine::{Cf, Engine, EngineError};
 use crate::hibernate::{self as hib, Hibernation, Wake};
 use crate::leaders::LeaderHints;
 use crate::load::LoadSampler;
-use crate::locks::{LockIndex, Settled, Waiter, Waiters};
+use crate::locks::{LockIndex, Waiter, Waiters};
 use crate::log_store::{ApplyState, KeyStats, LogStore};
 use crate::messages::{
     DestroyReplica, PeerUnreachable, Persisted, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest,
@@ -795,7 +795,7 @@ impl StorageActor {
             _ => {}
         }
         let dequeue = match &proposal.cmd {
-            Command::LockDequeue { name, session } => Some((name.clone(), *session)),
+            Command::LockDequeue { name, .. } => Some(name.clone()),
             _ => None,
         };
         let waiting_acquire = matches!(proposal.cmd, Command::LockAcquire { wait_ms: 1.., .. });
@@ -858,15 +858,14 @@ impl StorageActor {
             }
             overlay.insert(k, v);
         }
-        if let Some((name, session)) = dequeue {
-            // Settled above if the dequeue removed it; a reply still here
-            // (its session was no longer queued) is answered now.
-            if let Some(w) = self.waiters.take(&name, session) {
-                self.metrics.lock_wait_timeouts.inc();
-                let holder = view_holder(&self.engine, overlay, &name);
-                let answer = Outcome::Lock { outcome: LockOutcome::Conflict { holder }, now_ms: stamp_ms };
-                self.settled.push((w.reply, Ok(ShardReply::Outcome(answer))));
-            }
+        if let (Some(name), Outcome::Lock { outcome: LockOutcome::Dequeued { removed: false }, .. }) =
+            (dequeue, &outcome)
+        {
+            // A dequeue that removed nothing wrote no record, so nothing
+            // was settled: a reply still here for a session no longer
+            // queued is settled against the record as it stands.
+            let record = view_lock(&self.engine, overlay, &name).unwrap_or_default();
+            self.settle_waiters(&name, &record, stamp_ms);
         }
         match outcome {
             Outcome::PreconditionFailed { current } => Err(StoreError::PreconditionFailed { current }),
@@ -1430,22 +1429,11 @@ impl StorageActor {
     /// granted the lock (a handoff, decided in the entry that freed it), or
     /// no longer queued (their wait ended). Sent with the round's replies.
     fn settle_waiters(&mut self, name: &str, record: &LockRecord, now_ms: u64) {
-        for (w, settled) in self.waiters.settle(name, record) {
-            let outcome = match settled {
-                Settled::Granted(h) => {
-                    self.metrics.lock_handoffs.inc();
-                    LockOutcome::Granted {
-                        token: h.token,
-                        hold_count: h.hold_count,
-                        expires_at_ms: h.expires_at_ms,
-                        session: h.session,
-                    }
-                }
-                Settled::Gone(holder) => {
-                    self.metrics.lock_wait_timeouts.inc();
-                    LockOutcome::Conflict { holder }
-                }
-            };
+        for (w, outcome) in self.waiters.settle(name, record) {
+            match outcome {
+                LockOutcome::Granted { .. } => self.metrics.lock_handoffs.inc(),
+                _ => self.metrics.lock_wait_timeouts.inc(),
+            }
             self.settled.push((w.reply, Ok(ShardReply::Outcome(Outcome::Lock { outcome, now_ms }))));
         }
     }
@@ -1551,10 +1539,11 @@ impl StorageActor {
     }
 }
 
-/// The holder of `name` as the apply in progress sees it (its overlay first).
-fn view_holder(engine: &Engine, overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>, name: &str) -> Option<Holder> {
+/// The record of lock `name` as the apply in progress sees it (its
+/// overlay first).
+fn view_lock(engine: &Engine, overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>, name: &str) -> Option<LockRecord> {
     let mut view = ApplyView { engine, overlay, map_epoch: 0, err: None, retries_found: 0 };
-    apply::State::lock(&mut view, name).and_then(|r| r.holder)
+    apply::State::lock(&mut view, name)
 }
 
 fn read_value(engine: &Engine, key: &[u8]) -> Result<Option<StoredValue>, EngineError> {

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use ringstore_shared::lock::{expiry_due, Holder, LockRecord, SessionId};
+use ringstore_shared::lock::{expiry_due, reattach, Holder, LockOutcome, LockRecord, SessionId};
 
 #[derive(Default)]
 pub struct LockIndex {
@@ -121,16 +121,6 @@ pub struct Waiter<T> {
     pub reply: T,
 }
 
-/// How a record change ends a wait.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settled {
-    /// The lock is this waiter's now.
-    Granted(Holder),
-    /// It is neither the holder nor queued any more: its wait ended (or it
-    /// was dequeued). `Holder` is whoever holds the lock now.
-    Gone(Option<Holder>),
-}
-
 pub struct Waiters<T> {
     by_name: HashMap<String, Vec<Waiter<T>>>,
     /// Queued sessions no reply here answers for, since when (see
@@ -167,38 +157,24 @@ impl<T> Waiters<T> {
     }
 
     /// After `name`'s record became `rec`: removes and returns the waiters
-    /// it granted the lock to or no longer queues.
-    pub fn settle(&mut self, name: &str, rec: &LockRecord) -> Vec<(Waiter<T>, Settled)> {
+    /// it settles, each with its answer as [`reattach`] decides it from the
+    /// record (the retry of a waiter after a leader change is decided the
+    /// same way): granted the lock, or no longer queued (409 naming the
+    /// holder). Those still queued stay.
+    pub fn settle(&mut self, name: &str, rec: &LockRecord) -> Vec<(Waiter<T>, LockOutcome)> {
         let Some(list) = self.by_name.get_mut(name) else { return Vec::new() };
         let mut out = Vec::new();
         let mut i = 0;
         while i < list.len() {
-            let session = list[i].session;
-            let settled = match &rec.holder {
-                Some(h) if h.session == session => Some(Settled::Granted(h.clone())),
-                holder if !rec.queue.iter().any(|q| q.session == session) => Some(Settled::Gone(holder.clone())),
-                _ => None,
-            };
-            match settled {
-                Some(s) => out.push((list.swap_remove(i), s)),
-                None => i += 1,
+            match reattach(Some(rec), list[i].session) {
+                LockOutcome::Queued { .. } => i += 1,
+                answer => out.push((list.swap_remove(i), answer)),
             }
         }
         if list.is_empty() {
             self.by_name.remove(name);
         }
         out
-    }
-
-    /// Removes the waiter of `session` on `name`, if it is here.
-    pub fn take(&mut self, name: &str, session: SessionId) -> Option<Waiter<T>> {
-        let list = self.by_name.get_mut(name)?;
-        let i = list.iter().position(|w| w.session == session)?;
-        let w = list.swap_remove(i);
-        if list.is_empty() {
-            self.by_name.remove(name);
-        }
-        Some(w)
     }
 
     /// Waiters to dequeue now: their wait ended at `now` or `alive` says
@@ -329,7 +305,7 @@ mod tests {
         let gone: Vec<u32> = w.drain_where(|n| n == "go").into_iter().map(|w| w.reply).collect();
         assert_eq!(gone, vec![2, 3]);
         assert_eq!(w.len(), 1);
-        assert!(w.take("stay", 1).is_some());
+        assert_eq!(w.drain_where(|n| n == "stay").len(), 1);
         assert!(w.is_empty());
     }
 
@@ -359,10 +335,10 @@ mod tests {
         let mut rec = holder(7, 100, 1);
         rec.holder.as_mut().unwrap().session = 2;
         rec.queue = vec![q(3)];
-        let mut settled: Vec<(u32, Settled)> = w.settle("l", &rec).into_iter().map(|(w, s)| (w.reply, s)).collect();
+        let mut settled: Vec<(u32, LockOutcome)> = w.settle("l", &rec).into_iter().map(|(w, s)| (w.reply, s)).collect();
         settled.sort_by_key(|(r, _)| *r);
-        assert!(matches!(&settled[0], (2, Settled::Granted(h)) if h.token == 7));
-        assert!(matches!(&settled[1], (4, Settled::Gone(Some(h))) if h.session == 2));
+        assert!(matches!(&settled[0], (2, LockOutcome::Granted { token: 7, session: 2, .. })));
+        assert!(matches!(&settled[1], (4, LockOutcome::Conflict { holder: Some(h) }) if h.session == 2));
         assert_eq!(settled.len(), 2);
         assert_eq!(w.len(), 1);
         assert!(w.settle("other", &rec).is_empty());
