@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: run test deps build lint fmt bench bench-cluster bench-partition bench-rebalance bench-grow bench-containers bench-idle
+.PHONY: run test deps build lint fmt bench bench-cluster bench-partition bench-rebalance bench-grow bench-containers bench-idle chaos
 
 # Builds the whole workspace so features unify as in `make test` (building a
 # subset can re-run RocksDB's build script).
@@ -52,3 +52,10 @@ bench-grow: deps
 # 16, 256 and 1,000 idle shards on three nodes: RSS and CPU per replica.
 bench-idle: deps
 	$(ENV) loadtest/bench-idle.sh
+
+# The fault suite on a long schedule (root: iptables). A release ringstore
+# with failpoints (for the latency and clock-skew nemeses), then
+# `ringstore-chaos`; DURATION=2h, SEED=N and NODES=5 pass through.
+chaos: deps
+	$(ENV) cargo build --release -p ringstore --features failpoints && cargo build --release -p ringstore-chaos && \
+		"$$CARGO_TARGET_DIR/release/ringstore-chaos" --duration $${DURATION:-20m} --nodes $${NODES:-5} $${SEED:+--seed $$SEED}

@@ -11,8 +11,11 @@
 //! - [`request`]: pure parsing of keys, query and precondition headers.
 //! - [`error`]: [`ApiError`], the JSON error body and status mapping.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, fallbacks, request metrics.
+//! - `debug` (test builds only, feature `failpoints`): failpoints armed at run time.
 
 pub mod cluster;
+#[cfg(feature = "failpoints")]
+pub mod debug;
 pub mod error;
 pub mod kv;
 pub mod locks;
@@ -98,8 +101,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
     .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
-    .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
-    .default_service(web::to(ops::not_found));
+    .service(web::resource("/metrics").route(web::get().to(ops::metrics)));
+    #[cfg(feature = "failpoints")]
+    cfg.configure(debug::routes);
+    cfg.default_service(web::to(ops::not_found));
 }
 
 /// An admin endpoint: one method, a small JSON body (413 beyond its limit).

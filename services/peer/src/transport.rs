@@ -884,7 +884,7 @@ async fn serve_inbound(shared: Arc<Shared>, stream: TcpStream, remote: SocketAdd
         };
         received.inc_by((body.len() + wire::FRAME_HEADER_BYTES) as u64);
         match wire::decode(&body) {
-            Ok(Frame::Raft { shard, msgs }) => deliver(&shared, peer, shard, msgs),
+            Ok(Frame::Raft { shard, msgs }) => deliver_raft(&shared, peer, shard, msgs),
             Ok(Frame::Ping { seq }) => {
                 let mut out = Vec::new();
                 wire::encode_pong(&mut out, seq);
@@ -937,6 +937,26 @@ async fn serve_inbound(shared: Arc<Shared>, stream: TcpStream, remote: SocketAdd
         warn!(node, peer, %remote, reason, "closing peer connection: {detail}");
         writer.abort();
     }
+}
+
+/// Hands a Raft frame to its replica; under the fault suite's injected
+/// latency (`peer_raft_delay_ms`, test builds only) after that delay, each
+/// frame on its own timer, so the link keeps its throughput.
+fn deliver_raft(shared: &Arc<Shared>, peer: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) {
+    if let Some(delay) = injected_delay() {
+        let shared = shared.clone();
+        actix_rt::spawn(async move {
+            tokio::time::sleep(delay).await;
+            deliver(&shared, peer, shard, msgs);
+        });
+        return;
+    }
+    deliver(shared, peer, shard, msgs)
+}
+
+fn injected_delay() -> Option<Duration> {
+    fail::fail_point!("peer_raft_delay_ms", |ms| ms.and_then(|m| m.trim().parse().ok()).map(Duration::from_millis));
+    None
 }
 
 fn deliver(shared: &Shared, peer: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) {

@@ -1143,7 +1143,7 @@ impl StorageActor {
         // ReadIndex (with no reads of its own) renews the lease before it
         // runs out, so steady traffic keeps it.
         let now = Instant::now();
-        if self.raw.raft.lead_transferee.is_none() && self.lease.valid(now) {
+        if self.raw.raft.lead_transferee.is_none() && self.lease_valid(now) {
             let reads = std::mem::take(&mut self.reads.unsent);
             self.metrics.lease_reads.inc_by(reads.len() as u64);
             self.reads.confirmed.push_back((self.raw.raft.raft_log.committed, reads));
@@ -1155,6 +1155,13 @@ impl StorageActor {
         }
         let reads = std::mem::take(&mut self.reads.unsent);
         self.issue_read_index(reads);
+    }
+
+    fn lease_valid(&self, now: Instant) -> bool {
+        // A planted bug for the fault suite to find (test builds only): a
+        // lease that never ends serves stale reads from a deposed leader.
+        fail::fail_point!("bug_read_lease_never_expires", |_| self.lease_span.is_some());
+        self.lease.valid(now)
     }
 
     fn issue_read_index(&mut self, reads: Vec<PendingRead>) {

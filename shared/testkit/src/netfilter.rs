@@ -59,6 +59,32 @@ impl Partition {
         Ok(())
     }
 
+    /// Drops about `percent` % of the packets between `a` and `b`, both
+    /// ways, each packet at random (`-m statistic`): a lossy link, not a cut.
+    pub fn lose(&self, a: Ipv4Addr, b: Ipv4Addr, percent: u8) -> anyhow::Result<()> {
+        let p = format!("{:.2}", f64::from(percent.min(100)) / 100.0);
+        for (s, d) in [(a, b), (b, a)] {
+            let (s, d) = (s.to_string(), d.to_string());
+            iptables(&[
+                "-A",
+                &self.chain,
+                "-s",
+                &s,
+                "-d",
+                &d,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Cuts `node` off from every address in `others`.
     pub fn isolate(&self, node: Ipv4Addr, others: &[Ipv4Addr]) -> anyhow::Result<()> {
         others.iter().filter(|o| **o != node).try_for_each(|o| self.cut(node, *o))
