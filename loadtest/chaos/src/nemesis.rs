@@ -74,11 +74,26 @@ enum Undo {
     Resume(NodeId),
     Heal,
     Disarm(Vec<NodeId>, &'static str),
+    /// Drain the node until it is removed, then stop and forget it.
+    Drain(NodeId),
     Nothing,
 }
 
+/// How long a joined node may take to drain before the run fails.
+const DRAIN_WITHIN: Duration = Duration::from_secs(180);
+
 /// Splits stop here, so long runs do not grow the ring without end.
 const SPLIT_SHARDS_MAX: usize = 32;
+
+/// Whether the map says node `id` is removed (drained of every replica).
+async fn removed(client: &awc::Client, urls: &[String], id: NodeId) -> bool {
+    for url in urls {
+        let Ok(mut res) = client.get(format!("{url}/v1/cluster")).send().await else { continue };
+        let Ok(body) = res.json::<serde_json::Value>().limit(4 << 20).await else { continue };
+        return body["nodes"].as_array().into_iter().flatten().any(|n| n["id"] == id && n["state"] == "removed");
+    }
+    false
+}
 
 /// Data shards in the cluster map (0 if no node answers).
 async fn shard_count(client: &awc::Client, urls: &[String]) -> usize {
@@ -244,7 +259,8 @@ impl Nemesis {
                 if shards >= SPLIT_SHARDS_MAX {
                     return Ok((format!("split skipped ({shards} shards)"), Undo::Nothing));
                 }
-                let url = &self.urls()[(step.pick % self.urls().len() as u64) as usize];
+                let urls = self.urls();
+                let url = urls.get((step.pick % urls.len().max(1) as u64) as usize).context("no node is running")?;
                 let res = client
                     .post(format!("{url}/v1/cluster/shards"))
                     .timeout(Duration::from_secs(10))
@@ -256,6 +272,12 @@ impl Nemesis {
                     res.map(|r| r.status())
                 );
                 Ok((format!("split: {shards} -> {} shards", shards + 2), Undo::Nothing))
+            }
+            FaultKind::JoinDrain => {
+                let id = self.cluster.ids().into_iter().max().unwrap_or(0) + 1;
+                let via = ids[(step.pick % n as u64) as usize];
+                self.cluster.join(id, via)?;
+                Ok((format!("join n{id} via n{via}, then drain it"), Undo::Drain(id)))
             }
             FaultKind::ClockSkew => {
                 failpoint(
@@ -276,6 +298,29 @@ impl Nemesis {
             Undo::Resume(id) => self.cluster.resume(id),
             Undo::Heal => self.partition.heal(),
             Undo::Nothing => Ok(()),
+            Undo::Drain(id) => {
+                let deadline = Instant::now() + DRAIN_WITHIN;
+                // The join may still be on its way into the map: retry.
+                loop {
+                    let urls = self.urls();
+                    let url = urls.first().context("no node is running")?;
+                    let res = client.post(format!("{url}/v1/cluster/nodes/{id}/drain")).send().await;
+                    if res.is_ok_and(|r| r.status().is_success()) {
+                        break;
+                    }
+                    anyhow::ensure!(Instant::now() < deadline, "n{id} could not be drained");
+                    actix_rt::time::sleep(Duration::from_millis(500)).await;
+                }
+                while !removed(client, &self.urls(), id).await {
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "n{id} not removed within {DRAIN_WITHIN:?} of its drain"
+                    );
+                    actix_rt::time::sleep(Duration::from_millis(500)).await;
+                }
+                self.cluster.forget(id);
+                Ok(())
+            }
             Undo::Disarm(ids, name) => {
                 for id in ids {
                     // A node that restarted meanwhile has it disarmed already.

@@ -37,10 +37,13 @@ pub enum FaultKind {
     /// Two more shards: the largest split in place and their ranges move
     /// to new Raft groups (skipped past 32 shards).
     Split,
+    /// A new node joins (the Rebalancer moves replicas and leaders to it),
+    /// then is drained until removed, and stopped.
+    JoinDrain,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::PartitionLeaderMinority,
@@ -52,6 +55,7 @@ impl FaultKind {
         FaultKind::ClockSkew,
         FaultKind::LeaderTransfer,
         FaultKind::Split,
+        FaultKind::JoinDrain,
     ];
 
     pub fn label(self) -> &'static str {
@@ -67,6 +71,7 @@ impl FaultKind {
             FaultKind::ClockSkew => "clock-skew",
             FaultKind::LeaderTransfer => "leader-transfer",
             FaultKind::Split => "split",
+            FaultKind::JoinDrain => "join-drain",
         }
     }
 
@@ -142,7 +147,7 @@ mod tests {
     #[test]
     fn a_seed_gives_one_schedule_and_every_kind_fires_in_the_first_round() {
         let (hold, quiet) = (Duration::from_secs(4), Duration::from_secs(2));
-        let d = Duration::from_secs(11 * 7);
+        let d = Duration::from_secs(12 * 7);
         let a = plan(7, &FaultKind::ALL, d, hold, quiet);
         assert_eq!(a, plan(7, &FaultKind::ALL, d, hold, quiet));
         assert_ne!(a, plan(8, &FaultKind::ALL, d, hold, quiet));

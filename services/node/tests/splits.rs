@@ -181,11 +181,31 @@ async fn four_shards_grow_to_eight_under_write_load_losing_nothing() {
         assert_eq!(r.json()["error"]["code"], "bad_request", "{}", r.text());
     }
 
+    // Each key's version before the splits (half of them move).
+    let mut versions = Vec::new();
+    for i in 0..32 {
+        let key = format!("wversion-{i}"); // under the scanned prefix, so the key counts add up
+        let r = call("PUT", &u1, &format!("/v1/kv/{key}"), &[], b"before".to_vec()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        versions.push((key, r.json()["version"].as_u64().unwrap()));
+    }
+
     let r = post_json(&u1, "/v1/cluster/shards", json!({"add": 4})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
     assert_eq!(r.json()["target_shards"], 8);
 
     grown(&mut c, 8, 0, Duration::from_secs(120)).await;
+    // Versions keep growing on the keys that moved to the new shards: an
+    // If-Match taken before a split must never match a later value.
+    for (key, before) in &versions {
+        let r = call("PUT", &u1, &format!("/v1/kv/{key}"), &[], b"after".to_vec()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let after = r.json()["version"].as_u64().unwrap();
+        assert!(after > *before, "{key}: version {before} before the splits, {after} after");
+        let stale =
+            call("PUT", &u1, &format!("/v1/kv/{key}"), &[("If-Match", &format!("\"{before}\""))], b"x".to_vec()).await;
+        assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED, "{key}: {}", stale.text());
+    }
     actix_rt::time::sleep(Duration::from_secs(2)).await;
     let (acks, fails) = writers.stop_counting().await;
     assert!(acks.len() > 500, "writers made progress: {}", acks.len());

@@ -32,7 +32,10 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
 /// waiters queue in the record (lock record format 2, the waiting-acquire
 /// and dequeue commands, queue outcomes): a node of 5 would skip those
 /// entries where this one applies them, so the two must not replicate.
-pub const PROTOCOL_VERSION: u8 = 6;
+/// 7: a shard split off starts its log after the split's index, not at
+/// `INIT_LOG_INDEX` (versions keep growing per key): replicas of one new
+/// shard on nodes of 6 and 7 would start different logs.
+pub const PROTOCOL_VERSION: u8 = 7;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Largest frame a peer may send: a value at the value limit plus room.
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;

@@ -127,15 +127,16 @@ impl ApplyState {
         KeyStats { keys: self.keys, bytes: self.bytes }
     }
 
-    /// A bootstrapped replica's: its log starts after [`INIT_LOG_INDEX`]
-    /// (as TiKV's does). Its configuration is in no entry, so a replica
-    /// added later must get a snapshot, never the log from index 1, and
-    /// with this no leader has index 1 to send.
-    fn bootstrapped(applied_stamp_ms: u64, stats: Option<KeyStats>) -> Self {
+    /// A bootstrapped replica's: its log starts after `base`, which is
+    /// [`INIT_LOG_INDEX`] (as TiKV's) for a new cluster and the split's
+    /// index for a shard split off. Its configuration is in no entry, so a
+    /// replica added later must get a snapshot, never the log from index
+    /// 1, and with this no leader has index 1 to send.
+    fn bootstrapped(base: u64, applied_stamp_ms: u64, stats: Option<KeyStats>) -> Self {
         let known = stats.unwrap_or_default();
         ApplyState {
-            applied_index: INIT_LOG_INDEX,
-            truncated_index: INIT_LOG_INDEX,
+            applied_index: base,
+            truncated_index: base,
             truncated_term: INIT_LOG_TERM,
             applied_stamp_ms,
             keys: known.keys,
@@ -279,8 +280,8 @@ impl LogStore {
             store.conf_state.set_voters(voters.to_vec());
             if !voters.is_empty() {
                 store.ranges = store.fallback.clone();
-                store.apply = ApplyState::bootstrapped(0, Some(KeyStats::default()));
-                store.hard_state = bootstrap_hard_state();
+                store.apply = ApplyState::bootstrapped(INIT_LOG_INDEX, 0, Some(KeyStats::default()));
+                store.hard_state = bootstrap_hard_state(INIT_LOG_INDEX);
                 store.last_index = INIT_LOG_INDEX;
                 store.last_term = INIT_LOG_TERM;
             }
@@ -737,30 +738,38 @@ fn stage_delete_raft_state(engine: &Engine, b: &mut WriteBatch, shard: ShardId) 
 
 /// A bootstrapped replica's hard state: at the term and commit of the
 /// index its log starts after.
-fn bootstrap_hard_state() -> HardState {
-    HardState { term: INIT_LOG_TERM, commit: INIT_LOG_INDEX, ..Default::default() }
+fn bootstrap_hard_state(base: u64) -> HardState {
+    HardState { term: INIT_LOG_TERM, commit: base, ..Default::default() }
 }
 
 /// Stages, in a split's batch, the state of the new shard `shard` on this
-/// node: its voters, a log that starts after [`INIT_LOG_INDEX`] as a
-/// bootstrapped one does, and its ranges (its key statistics are counted
-/// once it runs); any earlier state of it here is removed first (none is
-/// expected: a replica of the new shard is started only after the split,
-/// see `LocalReplicas`).
+/// node: its voters, a log that starts after `split_index` (the split's
+/// own entry in the source), and its ranges (its key statistics are
+/// counted once it runs); any earlier state of it here is removed first
+/// (none is expected: a replica of the new shard is started only after
+/// the split, see `LocalReplicas`).
+///
+/// Starting after the split's index, not at [`INIT_LOG_INDEX`], keeps each
+/// key's version (the index of its last write) growing across the move:
+/// every version the key had is below the split's index, so an `If-Match`
+/// taken before the split can never name a later value (the fault suite's
+/// register checker found versions going back to single digits).
 pub fn stage_split_bootstrap(
     engine: &Engine,
     b: &mut WriteBatch,
     shard: ShardId,
     voters: &[u64],
     owned: &OwnedRanges,
+    split_index: u64,
     applied_stamp_ms: u64,
 ) {
     stage_delete_raft_state(engine, b, shard);
     let mut cs = ConfState::default();
     cs.set_voters(voters.to_vec());
-    let hs = bootstrap_hard_state();
+    let base = split_index.max(INIT_LOG_INDEX);
+    let hs = bootstrap_hard_state(base);
     // Counted off the storage thread once the replica starts.
-    let apply = ApplyState::bootstrapped(applied_stamp_ms, None);
+    let apply = ApplyState::bootstrapped(base, applied_stamp_ms, None);
     let put = |b: &mut WriteBatch, kind, v: &[u8]| engine.put(b, Cf::Raft, &shard_key(shard, kind), v);
     put(b, KIND_CONF_STATE, &cs.write_to_bytes().expect("protobuf encode of a ConfState"));
     put(b, KIND_HARD_STATE, &hs.write_to_bytes().expect("protobuf encode of a HardState"));

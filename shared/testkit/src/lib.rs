@@ -167,6 +167,14 @@ impl ProcCluster {
         self.spawn(id)
     }
 
+    /// Stops node `id` (if running) and forgets it: a node drained and
+    /// removed from the cluster is no longer one of its members here.
+    pub fn forget(&mut self, id: NodeId) {
+        if let Some(mut n) = self.nodes.remove(&id) {
+            n.child.take(); // KillOnDrop
+        }
+    }
+
     pub fn ids(&self) -> Vec<NodeId> {
         self.nodes.keys().copied().collect()
     }

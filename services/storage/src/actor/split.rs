@@ -1,8 +1,8 @@
 //! Splits: a shard gives some of its ring points to a new shard on the same
 //! nodes, in place. The Rebalancer proposes `Command::Split`; every replica
 //! applies it at the same log index: it keeps the rest of its ranges,
-//! writes the new shard's initial state (voters, a log after
-//! `INIT_LOG_INDEX`, ranges, key counts) in the same batch, and once that
+//! writes the new shard's initial state (voters, a log after the split's
+//! index so versions keep growing, ranges, key counts) in the same batch, and once that
 //! is written asks the node to start the new replica, which on the source
 //! leader's node campaigns at once. No data is copied: the `data` family is
 //! shared by the node's replicas and keyed by ring point. Moving the new
@@ -83,7 +83,7 @@ impl StorageActor {
             Ok(false) => {
                 let voters = self.raw.store().conf_state().voters.clone();
                 let stamp = apply.applied_stamp_ms;
-                log_store::stage_split_bootstrap(&self.engine, batch, target, &voters, &given, stamp);
+                log_store::stage_split_bootstrap(&self.engine, batch, target, &voters, &given, index, stamp);
             }
             // Never expected: a replica of the new shard gets state here
             // only from this split. Keep what is there rather than wipe it.
