@@ -55,7 +55,9 @@ bench-idle: deps
 
 # The fault suite on a long schedule (root: iptables). A release ringstore
 # with failpoints (for the latency and clock-skew nemeses), then
-# `ringstore-chaos`; DURATION=2h, SEED=N and NODES=5 pass through.
+# `ringstore-chaos`; DURATION=2h, SEED=N and NODES=5 pass through. The
+# release `ringstore` keeps its failpoint route until the next `make run`
+# or release build rebuilds it without.
 chaos: deps
 	$(ENV) cargo build --release -p ringstore --features failpoints && cargo build --release -p ringstore-chaos && \
 		"$$CARGO_TARGET_DIR/release/ringstore-chaos" --duration $${DURATION:-20m} --nodes $${NODES:-5} $${SEED:+--seed $$SEED}

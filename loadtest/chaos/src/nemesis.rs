@@ -15,7 +15,7 @@ use ringstore_testkit::{NodeId, ProcCluster};
 use serde::Serialize;
 
 use crate::history::Micros;
-use crate::schedule::{FaultKind, Step};
+use crate::schedule::{self, Aim, FaultKind, Step};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FaultRecord {
@@ -157,109 +157,57 @@ impl Nemesis {
 
     async fn inflict(&mut self, client: &awc::Client, step: &Step) -> anyhow::Result<(String, Undo)> {
         let ids = self.cluster.ids();
-        let n = ids.len();
         let counts = leaders(client, &self.urls()).await;
-        let busiest =
-            ids.iter().copied().max_by_key(|i| (counts.get(i).copied().unwrap_or(0), u64::MAX - i)).unwrap_or(1);
-        let mut by_fewest = ids.clone();
-        by_fewest.sort_by_key(|i| (counts.get(i).copied().unwrap_or(0), *i));
-        // Even picks hit the busiest leader, odd ones any node.
-        let target = if step.pick.is_multiple_of(2) { busiest } else { ids[(step.pick / 2) as usize % n] };
-        let mut order = ids.clone();
-        let r = (step.pick % n as u64) as usize;
-        order.rotate_left(r);
-        let ip = |id: NodeId| self.cluster.ip(id);
-        match step.kind {
-            FaultKind::Kill => {
-                self.cluster.kill9(target)?;
-                Ok((format!("kill -9 n{target}"), Undo::Restart(target)))
+        match schedule::aim(step, &ids, &counts) {
+            Aim::Kill(id) => {
+                self.cluster.kill9(id)?;
+                Ok((format!("kill -9 n{id}"), Undo::Restart(id)))
             }
-            FaultKind::Pause => {
-                self.cluster.pause(target)?;
-                Ok((format!("SIGSTOP n{target}"), Undo::Resume(target)))
+            Aim::Pause(id) => {
+                self.cluster.pause(id)?;
+                Ok((format!("SIGSTOP n{id}"), Undo::Resume(id)))
             }
-            FaultKind::PartitionLeaderMinority | FaultKind::PartitionLeaderMajority => {
-                let minority_len = (n - 1) / 2;
-                let minority: Vec<NodeId> = if step.kind == FaultKind::PartitionLeaderMinority {
-                    let mut m = vec![busiest];
-                    m.extend(by_fewest.iter().copied().filter(|i| *i != busiest).take(minority_len - 1));
-                    m
-                } else {
-                    by_fewest.iter().copied().take(minority_len).collect()
-                };
-                let majority: Vec<NodeId> = ids.iter().copied().filter(|i| !minority.contains(i)).collect();
-                for a in &minority {
-                    for b in &majority {
-                        self.partition.cut(ip(*a), ip(*b))?;
-                    }
+            Aim::Cut { pairs, shape } => {
+                for (a, b) in pairs {
+                    self.partition.cut(self.cluster.ip(a), self.cluster.ip(b))?;
                 }
-                Ok((format!("cut {minority:?} | {majority:?}"), Undo::Heal))
+                Ok((shape, Undo::Heal))
             }
-            FaultKind::Bridge => {
-                // order[0] bridges; the rest split in two halves.
-                let bridge = order[0];
-                let rest = &order[1..];
-                let (a, b) = rest.split_at(rest.len() / 2);
-                for x in a {
-                    for y in b {
-                        self.partition.cut(ip(*x), ip(*y))?;
-                    }
+            Aim::Lose { pairs, percent } => {
+                for (a, b) in pairs {
+                    self.partition.lose(self.cluster.ip(a), self.cluster.ip(b), percent)?;
                 }
-                Ok((format!("bridge n{bridge} between {a:?} and {b:?}"), Undo::Heal))
+                Ok((format!("lose {percent}% between all nodes"), Undo::Heal))
             }
-            FaultKind::Ring => {
-                for i in 0..n {
-                    for j in (i + 1)..n {
-                        let adjacent = j == i + 1 || (i == 0 && j == n - 1);
-                        if !adjacent {
-                            self.partition.cut(ip(order[i]), ip(order[j]))?;
-                        }
-                    }
-                }
-                Ok((format!("ring {order:?}"), Undo::Heal))
-            }
-            FaultKind::Loss => {
-                let pct = step.param.clamp(0, 100) as u8;
-                for i in 0..n {
-                    for j in (i + 1)..n {
-                        self.partition.lose(ip(ids[i]), ip(ids[j]), pct)?;
-                    }
-                }
-                Ok((format!("lose {pct}% between all nodes"), Undo::Heal))
-            }
-            FaultKind::Delay => {
+            Aim::Delay { ms } => {
                 let running: Vec<NodeId> = ids.iter().copied().filter(|i| self.cluster.is_running(*i)).collect();
                 for id in &running {
-                    failpoint(
-                        client,
-                        &self.cluster.url(*id),
-                        "peer_raft_delay_ms",
-                        Some(&format!("return({})", step.param)),
-                    )
-                    .await?;
+                    let url = self.cluster.url(*id);
+                    failpoint(client, &url, "peer_raft_delay_ms", Some(&format!("return({ms})"))).await?;
                 }
-                Ok((
-                    format!("delay Raft {} ms into every node", step.param),
-                    Undo::Disarm(running, "peer_raft_delay_ms"),
-                ))
+                Ok((format!("delay Raft {ms} ms into every node"), Undo::Disarm(running, "peer_raft_delay_ms")))
             }
-            FaultKind::LeaderTransfer => {
-                let url = self.cluster.url(busiest);
+            Aim::Skew { node, ms } => {
+                failpoint(client, &self.cluster.url(node), "clock_offset_ms", Some(&format!("return({ms})"))).await?;
+                Ok((format!("clock of n{node} {ms:+} ms"), Undo::Disarm(vec![node], "clock_offset_ms")))
+            }
+            Aim::Transfer(id) => {
+                let url = self.cluster.url(id);
                 let res = client.post(format!("{url}/v1/node/handover")).timeout(Duration::from_secs(30)).send().await;
                 anyhow::ensure!(
                     res.as_ref().is_ok_and(|r| r.status().is_success()),
-                    "handover on n{busiest}: {:?}",
+                    "handover on n{id}: {:?}",
                     res.map(|r| r.status())
                 );
-                let status = self.cluster.terminate(busiest, Duration::from_secs(30))?;
-                Ok((format!("hand over and stop n{busiest} ({status})"), Undo::Restart(busiest)))
+                let status = self.cluster.terminate(id, Duration::from_secs(30))?;
+                Ok((format!("hand over and stop n{id} ({status})"), Undo::Restart(id)))
             }
-            FaultKind::Split => {
-                let shards = shard_count(client, &self.urls()).await;
+            Aim::Split => {
+                let urls = self.urls();
+                let shards = shard_count(client, &urls).await;
                 if shards >= SPLIT_SHARDS_MAX {
                     return Ok((format!("split skipped ({shards} shards)"), Undo::Nothing));
                 }
-                let urls = self.urls();
                 let url = urls.get((step.pick % urls.len().max(1) as u64) as usize).context("no node is running")?;
                 let res = client
                     .post(format!("{url}/v1/cluster/shards"))
@@ -273,21 +221,10 @@ impl Nemesis {
                 );
                 Ok((format!("split: {shards} -> {} shards", shards + 2), Undo::Nothing))
             }
-            FaultKind::JoinDrain => {
-                let id = self.cluster.ids().into_iter().max().unwrap_or(0) + 1;
-                let via = ids[(step.pick % n as u64) as usize];
+            Aim::Join { via } => {
+                let id = ids.iter().max().copied().unwrap_or(0) + 1;
                 self.cluster.join(id, via)?;
                 Ok((format!("join n{id} via n{via}, then drain it"), Undo::Drain(id)))
-            }
-            FaultKind::ClockSkew => {
-                failpoint(
-                    client,
-                    &self.cluster.url(target),
-                    "clock_offset_ms",
-                    Some(&format!("return({})", step.param)),
-                )
-                .await?;
-                Ok((format!("clock of n{target} {:+} ms", step.param), Undo::Disarm(vec![target], "clock_offset_ms")))
             }
         }
     }
