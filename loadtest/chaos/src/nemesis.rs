@@ -241,11 +241,19 @@ impl Nemesis {
                 loop {
                     let urls = self.urls();
                     let url = urls.first().context("no node is running")?;
-                    let res = client.post(format!("{url}/v1/cluster/nodes/{id}/drain")).send().await;
-                    if res.is_ok_and(|r| r.status().is_success()) {
-                        break;
-                    }
-                    anyhow::ensure!(Instant::now() < deadline, "n{id} could not be drained");
+                    let answer = match client.post(format!("{url}/v1/cluster/nodes/{id}/drain")).send().await {
+                        Ok(r) if r.status().is_success() => break,
+                        Ok(mut r) => {
+                            let body = r.body().await.unwrap_or_default();
+                            // An earlier try whose answer was lost drained it already.
+                            if String::from_utf8_lossy(&body).contains("\"node_removed\"") {
+                                break;
+                            }
+                            format!("{}: {}", r.status(), String::from_utf8_lossy(&body))
+                        }
+                        Err(e) => e.to_string(),
+                    };
+                    anyhow::ensure!(Instant::now() < deadline, "n{id} could not be drained: {answer}");
                     actix_rt::time::sleep(Duration::from_millis(500)).await;
                 }
                 while !removed(client, &self.urls(), id).await {

@@ -112,6 +112,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     let finals = actix_rt::System::new().block_on(drive(cfg, ctx.clone(), &nemesis_thread, &pb, total));
     let (nemesis, result) = nemesis_thread.join().map_err(|_| anyhow::anyhow!("the nemesis thread panicked"))?;
     pb.finish_and_clear();
+    // The nodes' logs go with the history (their data dirs do not outlive the run).
+    for id in nemesis.cluster.ids() {
+        std::fs::write(cfg.out.join(format!("node-{id}.log")), nemesis.cluster.log(id))?;
+    }
     result.context("the nemesis")?;
 
     let faults = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
