@@ -26,8 +26,9 @@ pub type RequestId = u128;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     pub id: RequestId,
-    /// Sent again after an answer was lost. Only a retry can find an
-    /// earlier outcome, so only a retry costs a lookup at apply.
+    /// Sent again after an answer was lost. Apply no longer reads it:
+    /// every write with an id is looked up, since a first try can commit
+    /// after its retry (`apply::decide`). Kept in the entry format.
     pub retry: bool,
 }
 

@@ -26,22 +26,36 @@ pub struct FaultRecord {
     pub end_us: Micros,
 }
 
-/// Who leads how many shards, from any node that answers.
-async fn leaders(client: &awc::Client, urls: &[String]) -> BTreeMap<NodeId, usize> {
+/// The cluster map (`GET /v1/cluster`) from the first node whose answer
+/// is `usable`.
+async fn cluster_map(
+    client: &awc::Client,
+    urls: &[String],
+    usable: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
     for url in urls {
         let Ok(mut res) = client.get(format!("{url}/v1/cluster")).send().await else { continue };
-        let Ok(body) = res.json::<serde_json::Value>().limit(4 << 20).await else { continue };
-        let mut counts = BTreeMap::new();
-        for s in body["shards"].as_array().into_iter().flatten() {
-            if let Some(l) = s["leader"].as_u64() {
-                *counts.entry(l).or_insert(0) += 1;
+        if let Ok(body) = res.json::<serde_json::Value>().limit(4 << 20).await {
+            if usable(&body) {
+                return Some(body);
             }
         }
-        if !counts.is_empty() {
-            return counts;
+    }
+    None
+}
+
+/// Who leads how many shards.
+async fn leaders(client: &awc::Client, urls: &[String]) -> BTreeMap<NodeId, usize> {
+    let mut counts = BTreeMap::new();
+    // A node that knows no leader yet is asked past.
+    let led = |m: &serde_json::Value| m["shards"].as_array().into_iter().flatten().any(|s| s["leader"].is_u64());
+    let map = cluster_map(client, urls, led).await.unwrap_or_default();
+    for s in map["shards"].as_array().into_iter().flatten() {
+        if let Some(l) = s["leader"].as_u64() {
+            *counts.entry(l).or_insert(0) += 1;
         }
     }
-    BTreeMap::new()
+    counts
 }
 
 /// Arms (`Some(actions)`) or disarms a failpoint on one node.
@@ -87,25 +101,15 @@ const SPLIT_SHARDS_MAX: usize = 32;
 
 /// Whether the map says node `id` is removed (drained of every replica).
 async fn removed(client: &awc::Client, urls: &[String], id: NodeId) -> bool {
-    for url in urls {
-        let Ok(mut res) = client.get(format!("{url}/v1/cluster")).send().await else { continue };
-        let Ok(body) = res.json::<serde_json::Value>().limit(4 << 20).await else { continue };
-        return body["nodes"].as_array().into_iter().flatten().any(|n| n["id"] == id && n["state"] == "removed");
-    }
-    false
+    let map = cluster_map(client, urls, |_| true).await.unwrap_or_default();
+    map["nodes"].as_array().into_iter().flatten().any(|n| n["id"] == id && n["state"] == "removed")
 }
 
 /// Data shards in the cluster map (0 if no node answers).
 async fn shard_count(client: &awc::Client, urls: &[String]) -> usize {
-    for url in urls {
-        let Ok(mut res) = client.get(format!("{url}/v1/cluster")).send().await else { continue };
-        let Ok(body) = res.json::<serde_json::Value>().limit(4 << 20).await else { continue };
-        if let Some(shards) = body["shards"].as_array() {
-            // The meta shard (0) holds the map, not keys.
-            return shards.iter().filter(|s| s["id"].as_u64() != Some(0)).count();
-        }
-    }
-    0
+    let map = cluster_map(client, urls, |m| m["shards"].is_array()).await.unwrap_or_default();
+    // The meta shard (0) holds the map, not keys.
+    map["shards"].as_array().into_iter().flatten().filter(|s| s["id"].as_u64() != Some(0)).count()
 }
 
 impl Nemesis {

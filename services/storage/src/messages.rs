@@ -119,8 +119,8 @@ impl ShardOp {
         }
     }
 
-    /// This write is sent again after its answer was lost: the state
-    /// machine looks for the first try's outcome.
+    /// This write is sent again after its answer was lost (marked in its
+    /// entry; the state machine looks every request id up either way).
     pub fn mark_retry(&mut self) {
         if let ShardOp::Write { request, .. } | ShardOp::Acquire { request, .. } = self {
             request.retry = true;
