@@ -66,10 +66,13 @@ PANELS = [
     ("Forwarded requests and snapshot chunks", "ops", [
         ('sum by (node) (rate(ringstore_peer_forwarded_requests_total[1m]))', "forwarded/s node {{node}}"),
         ('sum by (direction) (rate(ringstore_peer_snapshot_chunks_total[1m]))', "snapshot chunks/s {{direction}}")]),
-    ("Router retries, snapshots, compactions", "short", [
+    ("Router retries, deduplicated copies, snapshots, compactions", "short", [
         ('sum by (reason) (rate(ringstore_router_retries_total[1m]))', "retry {{reason}}"),
         ('sum by (kind) (increase(ringstore_raft_snapshots_total[5m]))', "snapshots {{kind}} /5m"),
-        ('sum (increase(ringstore_raft_log_compactions_total[5m]))', "log compactions /5m")]),
+        ('sum (increase(ringstore_raft_log_compactions_total[5m]))', "log compactions /5m"),
+        # Every replica applies (and counts) each copy: the leader's count is the shard's.
+        ('sum by (attempt) (increase(ringstore_requests_deduplicated_total[5m]) * on (node, shard) group_left ringstore_raft_is_leader)',
+         "deduplicated {{attempt}} /5m")]),
     ("Hibernation: sleeping replicas and wakes", "short", [
         ('max by (node) (ringstore_raft_hibernating_replicas)', "sleeping node {{node}}"),
         ('sum by (reason) (increase(ringstore_raft_hibernation_wakes_total[5m]))', "wakes {{reason}} /5m")]),

@@ -26,9 +26,10 @@ pub type RequestId = u128;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     pub id: RequestId,
-    /// Sent again after an answer was lost. Apply no longer reads it:
-    /// every write with an id is looked up, since a first try can commit
-    /// after its retry (`apply::decide`). Kept in the entry format.
+    /// Sent again after an answer was lost. Apply does not read it: every
+    /// write with an id is looked up, since a first try can commit after
+    /// its retry (`apply::decide`). It tells the metrics which copy came
+    /// late.
     pub retry: bool,
 }
 

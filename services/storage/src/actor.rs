@@ -799,13 +799,22 @@ impl StorageActor {
             _ => None,
         };
         let waiting_acquire = matches!(proposal.cmd, Command::LockAcquire { wait_ms: 1.., .. });
+        let sent_again = proposal.request.is_some_and(|r| r.retry);
         let mut view =
             ApplyView { engine: &self.engine, overlay, map_epoch: self.map_epoch, err: None, retries_found: 0 };
         let (effects, outcome) = apply::decide(proposal, entry.index, entry.term, &mut view);
         if let Some(e) = view.err {
             self.fatal("reading state during apply", e);
         }
-        self.metrics.retries_deduplicated.inc_by(view.retries_found);
+        if view.retries_found > 0 {
+            // A first try found already applied committed after its retry:
+            // rare (a forwarded request delayed in the network), counted
+            // apart since without the lookup it would undo later writes.
+            match sent_again {
+                true => self.metrics.retries_deduplicated.inc(),
+                false => self.metrics.late_first_tries_deduplicated.inc(),
+            }
+        }
         let reattached = waiting_acquire && view.retries_found > 0;
         if let Outcome::Expired { count } = outcome {
             self.metrics.ttl_expired_keys.inc_by(count as u64);

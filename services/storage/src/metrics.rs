@@ -227,8 +227,9 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
         .expect("registers once"),
         retries_deduplicated: register_int_counter_vec!(
             "ringstore_requests_deduplicated_total",
-            "Writes applied once although sent again: a retry found its request id's first answer",
-            ns
+            "Writes applied once although sent again: a copy found its request id's answer \
+             (attempt=retry: the usual case; attempt=first: a first try that committed after its retry)",
+            &["node", "shard", "attempt"]
         )
         .expect("registers once"),
         messages_sent: register_int_counter_vec!(
@@ -307,6 +308,7 @@ pub struct ReplicaMetrics {
     pub replicas_destroyed: IntCounter,
     pub ttl_expired_keys: IntCounter,
     pub retries_deduplicated: IntCounter,
+    pub late_first_tries_deduplicated: IntCounter,
     pub messages_sent: IntCounter,
     pub sst_bytes: IntGauge,
     pub pending_compaction_bytes: IntGauge,
@@ -363,7 +365,8 @@ impl ReplicaMetrics {
             conf_changes: r.conf_changes.with_label_values(&ns),
             replicas_destroyed: r.replicas_destroyed.with_label_values(&[&n]),
             ttl_expired_keys: r.ttl_expired_keys.with_label_values(&ns),
-            retries_deduplicated: r.retries_deduplicated.with_label_values(&ns),
+            retries_deduplicated: r.retries_deduplicated.with_label_values(&[&n, &s, "retry"]),
+            late_first_tries_deduplicated: r.retries_deduplicated.with_label_values(&[&n, &s, "first"]),
             messages_sent: r.messages_sent.with_label_values(&ns),
             sst_bytes: ENGINE.sst_bytes.with_label_values(&[&n]),
             pending_compaction_bytes: ENGINE.pending_compaction_bytes.with_label_values(&[&n]),
