@@ -119,7 +119,9 @@ pub struct Args {
     /// `rocksdb` only: data directory (default: a temp dir on the same disk as /tmp).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// `rocksdb` only: keys per synced write batch.
+    /// Keys per write: `rocksdb`, one synced write batch; `ringstore`
+    /// workload w, one `POST /v1/kv:batch` of that many puts. Each key
+    /// counts as one write, with the batch's latency.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// `locks` workload: one lock per client or one for all.
@@ -164,6 +166,11 @@ fn main() -> anyhow::Result<()> {
     if matches!(args.system, System::Rocksdb) {
         anyhow::ensure!(matches!(args.workload, Workload::W), "--system rocksdb runs workload w only");
     }
+    if args.batch > 1 && matches!(args.system, System::Ringstore) {
+        anyhow::ensure!(matches!(args.workload, Workload::W), "--batch with ringstore runs workload w only");
+        anyhow::ensure!(args.batch <= 1_000, "a ringstore batch holds at most 1000 puts");
+    }
+    anyhow::ensure!(args.batch == 1 || !matches!(args.system, System::Etcd), "--batch is not for etcd");
     let locks = matches!(args.workload, Workload::Locks);
     anyhow::ensure!(!matches!(args.system, System::Redis) || locks, "--system redis runs workload locks only");
     let result = match args.system {

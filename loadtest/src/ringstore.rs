@@ -58,6 +58,35 @@ impl Backend {
             }
         }
     }
+
+    /// `keys.len()` puts in one `POST /v1/kv:batch`; an error if any failed.
+    async fn put_batch(&mut self, keys: &[u64], value_b64: &str) -> Result<(), String> {
+        let Backend::Http { client, base } = self else { return Err("batches are ringstore's".into()) };
+        let ops: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| serde_json::json!({ "op": "put", "key": format!("lt/{k}"), "value_b64": value_b64 }))
+            .collect();
+        match client.post(format!("{base}/v1/kv:batch")).send_json(&serde_json::json!({ "ops": ops })).await {
+            Ok(mut r) if r.status().is_success() => {
+                let v: serde_json::Value = r.json().limit(16 << 20).await.map_err(|e| e.to_string())?;
+                match v["failed"].as_u64() {
+                    Some(0) => Ok(()),
+                    _ => Err(format!(
+                        "batch items failed: {}",
+                        v["results"]
+                            .as_array()
+                            .and_then(|r| r.iter().find(|i| i["ok"] == false))
+                            .cloned()
+                            .unwrap_or_default()
+                    )),
+                }
+            }
+            Ok(mut r) => {
+                Err(format!("{} {}", r.status(), String::from_utf8_lossy(&r.body().await.unwrap_or_default())))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 async fn backends(args: &Args) -> anyhow::Result<Vec<Backend>> {
@@ -107,6 +136,11 @@ pub async fn run(args: &Args) -> anyhow::Result<RunResult> {
         Dist::Zipfian => KeyDist::Zipfian(Zipfian::new(args.keys.max(2), ZIPF_THETA)),
     });
     let read_fraction = args.workload.read_fraction();
+    let per_write = args.batch;
+    let value_b64: Arc<String> = Arc::new({
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(value.as_slice())
+    });
     let done = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
     let seconds: SecondHists = Arc::new(Mutex::new(Vec::new()));
@@ -116,8 +150,8 @@ pub async fn run(args: &Args) -> anyhow::Result<RunResult> {
     let mut tasks = Vec::with_capacity(args.clients);
     for c in 0..args.clients {
         let mut backend = backends[c % backends.len()].clone();
-        let (done, completed, value, dist, seconds) =
-            (done.clone(), completed.clone(), value.clone(), dist.clone(), seconds.clone());
+        let (done, completed, value, dist, seconds, value_b64) =
+            (done.clone(), completed.clone(), value.clone(), dist.clone(), seconds.clone(), value_b64.clone());
         let seed = args.seed.wrapping_add(c as u64);
         tasks.push(actix_rt::spawn(async move {
             let (mut put, mut get) = (OpRecorder::default(), OpRecorder::default());
@@ -134,13 +168,23 @@ pub async fn run(args: &Args) -> anyhow::Result<RunResult> {
                 };
                 let key = dist.next(&mut rng);
                 let is_read = rng.gen::<f64>() < read_fraction;
-                let res = if is_read { backend.get(key).await } else { backend.put(key, &value).await };
+                let res = match (is_read, per_write) {
+                    (true, _) => backend.get(key).await,
+                    (false, 1) => backend.put(key, &value).await,
+                    (false, n) => {
+                        let keys: Vec<u64> = std::iter::once(key).chain((1..n).map(|_| dist.next(&mut rng))).collect();
+                        backend.put_batch(&keys, &value_b64).await
+                    }
+                };
                 let rec = if is_read { &mut get } else { &mut put };
+                let n = if is_read { 1 } else { per_write };
                 match res {
                     Ok(()) => {
                         let took = scheduled.elapsed();
-                        rec.ok(took);
-                        completed.fetch_add(1, Ordering::Relaxed);
+                        for _ in 0..n {
+                            rec.ok(took);
+                        }
+                        completed.fetch_add(n as u64, Ordering::Relaxed);
                         let sec = start.elapsed().as_secs() as usize;
                         if let Ok(mut s) = seconds.lock() {
                             while s.len() <= sec {

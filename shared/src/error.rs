@@ -44,7 +44,10 @@ pub enum StoreError {
     /// from the same lock: the writer lost the lock.
     #[error("fenced: key already written under lock {lock:?} with token {highest}")]
     Fenced { lock: String, highest: u64 },
-    #[error("precondition failed: current version is {current:?}")]
+    #[error("precondition failed: {}", match current {
+        Some(v) => format!("the key's current version is {v}"),
+        None => "the key does not exist".to_string(),
+    })]
     PreconditionFailed { current: Option<u64> },
     #[error("{what} is {len} bytes; the limit is {max} bytes")]
     TooLarge { what: &'static str, len: usize, max: usize },

@@ -10,22 +10,13 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ringstore_router::Route;
 use ringstore_storage::{ShardOp, ShardReply};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
 use crate::ApiState;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClusterQuery {
-    #[serde(default)]
-    ranges: bool,
-}
-
 pub async fn cluster(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let q: ClusterQuery = serde_urlencoded::from_str(req.query_string())
-        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
+    let ranges = crate::params::Params::parse(req.query_string(), &["ranges"])?.flag("ranges")?;
     let table = state.map.load();
     let map = &table.map;
     // One pass over the ring's intervals, grouped by shard.
@@ -58,7 +49,7 @@ pub async fn cluster(req: HttpRequest, state: web::Data<ApiState>) -> Result<Htt
             "range_count": owned.len(),
             "ring_share": share,
         });
-        if q.ranges {
+        if ranges {
             s["ranges"] = json!(owned.iter().map(|r| [r.start(), r.end()]).collect::<Vec<_>>());
         }
         shards.push(s);

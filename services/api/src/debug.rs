@@ -18,7 +18,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .app_data(web::PayloadConfig::new(ACTIONS_BYTES_MAX))
             .route(web::put().to(arm))
             .route(web::delete().to(disarm))
-            .default_service(web::to(crate::ops::method_not_allowed)),
+            .default_service(crate::ops::other_methods("PUT, DELETE, OPTIONS")),
     );
 }
 

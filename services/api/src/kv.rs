@@ -18,7 +18,8 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::request::{
-    parse_fence, parse_idempotency_key, parse_key, parse_precondition, parse_query, parse_timeout, Consistency,
+    parse_fence, parse_idempotency_key, parse_if_none_match, parse_key, parse_precondition, parse_query, parse_timeout,
+    Consistency,
 };
 use crate::ApiState;
 
@@ -145,9 +146,20 @@ pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRes
         return Err(ApiError::bad_request("ttl_ms applies to PUT only"));
     }
     let stale = q.consistency.unwrap_or_default() == Consistency::Stale;
+    if req.headers().contains_key(header::IF_MATCH) {
+        return Err(ApiError::bad_request("If-Match applies to PUT and DELETE; a GET takes If-None-Match"));
+    }
+    let none_match = parse_if_none_match(header(req.headers(), "if-none-match"))?;
     let timeout = deadline(&req, &state)?;
     match route(&state, key.clone(), ShardOp::Read { key, stale }, timeout).await? {
         ShardReply::Value { value: Some(v), applied_index } => {
+            if none_match.as_ref().is_some_and(|m| m.has(v.version)) {
+                // The client's copy is current: headers only.
+                return Ok(HttpResponse::NotModified()
+                    .insert_header(etag(v.version))
+                    .insert_header(("x-ringstore-applied-index", applied_index.to_string()))
+                    .finish());
+            }
             let mut r = HttpResponse::Ok();
             r.insert_header(etag(v.version))
                 .insert_header((header::CONTENT_TYPE, "application/octet-stream"))

@@ -13,6 +13,7 @@
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, fallbacks, request metrics.
 //! - `debug` (test builds only, feature `failpoints`): failpoints armed at run time.
 
+pub mod batch;
 pub mod cluster;
 #[cfg(feature = "failpoints")]
 pub mod debug;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod kv;
 pub mod locks;
 pub mod ops;
+pub mod params;
 pub mod rebalance;
 pub mod request;
 pub mod scan;
@@ -70,49 +72,68 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/kv/{key:.*}")
             .route(web::put().to(kv::put))
             .route(web::get().to(kv::get))
+            // Headers of a GET, no body (actix-web leaves the body out).
+            .route(web::head().to(kv::get))
             .route(web::delete().to(kv::delete))
-            .default_service(web::to(ops::method_not_allowed)),
+            .default_service(ops::other_methods("GET, HEAD, PUT, DELETE, OPTIONS")),
     )
-    .service(web::resource("/v1/kv").route(web::get().to(scan::scan)).default_service(web::to(ops::method_not_allowed)))
+    .service(get_only("/v1/kv", web::get().to(scan::scan)))
     .service(
-        web::resource("/v1/cluster")
-            .route(web::get().to(cluster::cluster))
-            .default_service(web::to(ops::method_not_allowed)),
+        web::resource("/v1/kv:batch")
+            .app_data(web::PayloadConfig::new(batch::BATCH_BODY_BYTES_MAX))
+            .route(web::post().to(batch::batch))
+            .default_service(ops::other_methods("POST, OPTIONS")),
     )
-    .service(admin("/v1/cluster/nodes", web::post().to(rebalance::join)))
-    .service(admin("/v1/cluster/nodes/{id}/drain", web::post().to(rebalance::drain)))
-    .service(admin("/v1/cluster/shards", web::post().to(rebalance::add_shards)))
-    .service(
-        web::resource("/v1/rebalance")
-            .route(web::get().to(rebalance::status))
-            .default_service(web::to(ops::method_not_allowed)),
-    )
-    .service(admin("/v1/node/handover", web::post().to(ops::handover)))
-    .service(admin("/v1/rebalance/pause", web::post().to(rebalance::pause)))
-    .service(admin("/v1/rebalance/resume", web::post().to(rebalance::resume)))
-    .service(admin("/v1/rebalance/config", web::put().to(rebalance::config)))
+    .service(get_only("/v1/cluster", web::get().to(cluster::cluster)))
+    .service(admin("/v1/cluster/nodes", web::post().to(rebalance::join), "POST, OPTIONS"))
+    .service(admin("/v1/cluster/nodes/{id}/drain", web::post().to(rebalance::drain), "POST, OPTIONS"))
+    .service(admin("/v1/cluster/shards", web::post().to(rebalance::add_shards), "POST, OPTIONS"))
+    .service(get_only("/v1/rebalance", web::get().to(rebalance::status)))
+    .service(admin("/v1/node/handover", web::post().to(ops::handover), "POST, OPTIONS"))
+    .service(admin("/v1/rebalance/pause", web::post().to(rebalance::pause), "POST, OPTIONS"))
+    .service(admin("/v1/rebalance/resume", web::post().to(rebalance::resume), "POST, OPTIONS"))
+    .service(admin("/v1/rebalance/config", web::put().to(rebalance::config), "PUT, OPTIONS"))
     .service(lock_action("acquire", locks::acquire))
     .service(lock_action("release", locks::release))
     .service(lock_action("refresh", locks::refresh))
     .service(
         web::resource("/v1/locks/{name:.*}")
             .route(web::get().to(locks::status))
-            .default_service(web::to(ops::method_not_allowed)),
+            .default_service(web::to(ops::lock_fallback)),
     )
-    .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
-    .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
-    .service(web::resource("/metrics").route(web::get().to(ops::metrics)));
+    .service(get_only("/healthz", web::get().to(ops::healthz)))
+    .service(get_only("/readyz", web::get().to(ops::readyz)))
+    .service(get_only("/metrics", web::get().to(ops::metrics)));
     #[cfg(feature = "failpoints")]
     cfg.configure(debug::routes);
     cfg.default_service(web::to(ops::not_found));
 }
 
+/// The body limit of the route `pattern` matched, for 413 answers that
+/// actix-web gives before the handler runs.
+pub fn body_limit(pattern: Option<&str>) -> Option<usize> {
+    let p = pattern?;
+    if p == "/v1/kv:batch" {
+        Some(batch::BATCH_BODY_BYTES_MAX)
+    } else if p.starts_with("/v1/locks/") {
+        Some(locks::LOCK_BODY_BYTES_MAX)
+    } else if p.starts_with("/v1/cluster/") || p.starts_with("/v1/rebalance/") || p == "/v1/node/handover" {
+        Some(rebalance::ADMIN_BODY_BYTES_MAX)
+    } else {
+        None
+    }
+}
+
+fn get_only(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path).route(route).default_service(ops::other_methods("GET, OPTIONS"))
+}
+
 /// An admin endpoint: one method, a small JSON body (413 beyond its limit).
-fn admin(path: &str, route: actix_web::Route) -> actix_web::Resource {
+fn admin(path: &str, route: actix_web::Route, allow: &'static str) -> actix_web::Resource {
     web::resource(path)
         .app_data(web::PayloadConfig::new(rebalance::ADMIN_BODY_BYTES_MAX))
         .route(route)
-        .default_service(web::to(ops::method_not_allowed))
+        .default_service(ops::other_methods(allow))
 }
 
 fn lock_action<F, Args>(action: &str, handler: F) -> actix_web::Resource
@@ -125,5 +146,5 @@ where
         // The body limit is explicit: larger bodies get 413 before parsing.
         .app_data(web::PayloadConfig::new(locks::LOCK_BODY_BYTES_MAX))
         .route(web::post().to(handler))
-        .default_service(web::to(ops::method_not_allowed))
+        .default_service(ops::other_methods("POST, OPTIONS"))
 }

@@ -13,21 +13,31 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::kv::{deadline, request_id, route, unexpected};
+use crate::kv::{deadline, header, request_id, route, unexpected};
+use crate::params::Params;
 use crate::request::{
-    check_lock_ttl, check_owner, check_wait, format_session, parse_lock_name, parse_session, AcquireBody, HolderBody,
+    check_lock_ttl, check_owner, format_session, parse_lock_name, parse_session, wait_deadline, AcquireBody, HolderBody,
 };
 use crate::ApiState;
 
 /// Largest lock request body: an owner and a few numbers.
 pub const LOCK_BODY_BYTES_MAX: usize = 16 * 1024;
 
-fn body<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+/// The JSON body of a lock action. `shape` says what the action takes,
+/// for errors where serde's own words would name Rust types.
+fn body<T: DeserializeOwned>(req: &HttpRequest, b: &[u8], shape: &str) -> Result<T, ApiError> {
+    // Lock routes take no query parameters; the same rule as the KV routes.
+    Params::parse(req.query_string(), &[])?;
     if b.len() > LOCK_BODY_BYTES_MAX {
         return Err(ApiError::too_large("request body", b.len(), LOCK_BODY_BYTES_MAX));
     }
-    serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+    crate::params::json_object(b, shape)
 }
+
+const ACQUIRE_SHAPE: &str =
+    r#"must be a JSON object like {"owner": "worker-1", "ttl_ms": 10000, "wait_ms": 0, "session": null}"#;
+const RELEASE_SHAPE: &str = r#"must be a JSON object like {"session": "<32 hex digits>", "token": 7}"#;
+const REFRESH_SHAPE: &str = r#"must be a JSON object like {"session": "<32 hex digits>", "token": 7, "ttl_ms": 10000}"#;
 
 fn remaining(expires_at_ms: u64, now_ms: u64) -> u64 {
     expires_at_ms.saturating_sub(now_ms)
@@ -82,11 +92,10 @@ fn granted(token: u64, hold_count: u32, expires_at_ms: u64, now_ms: u64, session
 
 pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let name = parse_lock_name(req.uri().path(), Some("acquire"), &state.limits)?;
-    let b: AcquireBody = body(&raw)?;
+    let b: AcquireBody = body(&req, &raw, ACQUIRE_SHAPE)?;
     check_owner(&b.owner, &state.limits)?;
     check_lock_ttl(b.ttl_ms, &state.limits)?;
-    let timeout = deadline(&req, &state)?;
-    check_wait(b.wait_ms, timeout)?;
+    let timeout = wait_deadline(header(req.headers(), "x-request-timeout"), b.wait_ms, &state.limits)?;
     let session = b.session.as_deref().map(parse_session).transpose()?;
     let request = request_id(&req)?;
     let op =
@@ -120,7 +129,7 @@ pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
 
 pub async fn release(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let name = parse_lock_name(req.uri().path(), Some("release"), &state.limits)?;
-    let b: HolderBody = body(&raw)?;
+    let b: HolderBody = body(&req, &raw, RELEASE_SHAPE)?;
     let session = parse_session(&b.session)?;
     if b.ttl_ms.is_some() {
         return Err(ApiError::bad_request("release takes no ttl_ms"));
@@ -141,7 +150,7 @@ pub async fn release(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
 
 pub async fn refresh(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let name = parse_lock_name(req.uri().path(), Some("refresh"), &state.limits)?;
-    let b: HolderBody = body(&raw)?;
+    let b: HolderBody = body(&req, &raw, REFRESH_SHAPE)?;
     let session = parse_session(&b.session)?;
     let ttl_ms = b.ttl_ms.ok_or_else(|| ApiError::bad_request("refresh needs ttl_ms"))?;
     check_lock_ttl(ttl_ms, &state.limits)?;
@@ -162,6 +171,7 @@ pub async fn refresh(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
 
 pub async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let name = parse_lock_name(req.uri().path(), None, &state.limits)?;
+    Params::parse(req.query_string(), &[])?;
     let timeout = deadline(&req, &state)?;
     match route(&state, name.clone().into_bytes(), ShardOp::LockStatus { name: name.clone() }, timeout).await? {
         ShardReply::Lock { record, waiters, now_ms } => {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use prometheus::{register_histogram_vec, register_int_counter_vec, Encoder, HistogramVec, IntCounterVec, TextEncoder};
@@ -129,12 +129,78 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ))
 }
 
-pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    HttpResponse::from(ApiError::new(
+/// The fallback of a resource that serves `allow` (e.g. `"GET, OPTIONS"`):
+/// `OPTIONS` is a 204 and any other method a 405, both with `Allow`.
+pub fn other_methods(allow: &'static str) -> actix_web::Route {
+    web::to(move |req: HttpRequest| async move { method_not_allowed(&req, allow) })
+}
+
+fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> HttpResponse {
+    if req.method() == actix_web::http::Method::OPTIONS {
+        return HttpResponse::NoContent().insert_header((header::ALLOW, allow)).finish();
+    }
+    let mut r = HttpResponse::from(ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not allowed here; use GET, PUT or DELETE", req.method()),
+        format!("{} is not allowed on {}; it takes {allow}", req.method(), req.path()),
+    ));
+    r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
+}
+
+/// `/v1/locks/{name}` serves GET; a POST there names an action that does
+/// not exist (`/v1/locks/x/aquire`): 404 naming the actions.
+pub async fn lock_fallback(req: HttpRequest) -> HttpResponse {
+    if req.method() != actix_web::http::Method::POST {
+        return method_not_allowed(&req, "GET, OPTIONS");
+    }
+    let action = req.path().rsplit('/').next().unwrap_or_default();
+    let action: String = action.chars().take(64).collect();
+    HttpResponse::from(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!(
+            "no lock action {action:?}; the actions are acquire, release and refresh (POST /v1/locks/{{name}}/acquire)"
+        ),
     ))
+}
+
+/// The JSON error shape for the errors actix-web answers itself before a
+/// handler runs (a body over a route's limit, a resource with no route
+/// for the method): one format for every error a client sees.
+pub async fn json_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let status = res.status();
+    let json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return Ok(res.map_into_boxed_body());
+    }
+    let (req, old) = res.into_parts();
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            match crate::body_limit(req.match_pattern().as_deref()) {
+                Some(max) => format!("the request body is over this route's limit of {max} bytes"),
+                None => "the request body is over this route's limit".to_string(),
+            },
+        ),
+        StatusCode::NOT_FOUND => ("no_route", format!("no route for {} {}", req.method(), req.path())),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", format!("{} is not allowed on {}", req.method(), req.path()))
+        }
+        s if s.is_server_error() => ("internal", s.canonical_reason().unwrap_or("server error").to_lowercase()),
+        s => ("bad_request", s.canonical_reason().unwrap_or("bad request").to_lowercase()),
+    };
+    let mut new = HttpResponse::from(ApiError::new(status, code, message));
+    for (name, value) in old.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            new.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    Ok(ServiceResponse::new(req, new))
 }
 
 impl From<ApiError> for HttpResponse {

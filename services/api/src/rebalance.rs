@@ -55,17 +55,8 @@ const SPLIT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 const SPLIT_QPS_MAX: u64 = 10_000_000;
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct DryRun {
-    #[serde(default)]
-    dry_run: bool,
-}
-
 fn dry_run(req: &HttpRequest) -> Result<bool, ApiError> {
-    let q: DryRun = serde_urlencoded::from_str(req.query_string())
-        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
-    Ok(q.dry_run)
+    crate::params::Params::parse(req.query_string(), &["dry_run"])?.flag("dry_run")
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use percent_encoding::percent_decode_str;
 use ringstore_shared::command::{Fence, Precondition, Request};
 use ringstore_shared::config::Limits;
 use ringstore_shared::lock::SessionId;
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::params::{decode, duration_in, Params};
 
 pub const KV_PREFIX: &str = "/v1/kv/";
 
@@ -23,10 +23,7 @@ pub fn parse_key(raw_path: &str, limits: &Limits) -> Result<Vec<u8>, ApiError> {
     if enc.is_empty() {
         return Err(ApiError::bad_request("key must not be empty"));
     }
-    let key = percent_decode_str(enc)
-        .decode_utf8()
-        .map_err(|_| ApiError::bad_request("key must be valid UTF-8 after percent-decoding"))?;
-    let bytes = key.into_owned().into_bytes();
+    let bytes = decode(enc, false, "key")?.into_bytes();
     if bytes.len() > limits.key_bytes_max {
         return Err(ApiError::too_large("key", bytes.len(), limits.key_bytes_max));
     }
@@ -50,16 +47,9 @@ pub fn parse_lock_name(raw_path: &str, action: Option<&str>, limits: &Limits) ->
     if enc.is_empty() {
         return Err(ApiError::bad_request("lock name must not be empty"));
     }
-    let name = percent_decode_str(enc)
-        .decode_utf8()
-        .map_err(|_| ApiError::bad_request("lock name must be valid UTF-8 after percent-decoding"))?
-        .into_owned();
+    let name = decode(enc, false, "lock name")?;
     if name.len() > limits.key_bytes_max {
-        return Err(ApiError::bad_request(format!(
-            "lock name is {} bytes; the limit is {} bytes",
-            name.len(),
-            limits.key_bytes_max
-        )));
+        return Err(ApiError::too_large("lock name", name.len(), limits.key_bytes_max));
     }
     Ok(name)
 }
@@ -71,7 +61,7 @@ pub fn parse_fence(h: Option<Result<&str, ()>>, limits: &Limits) -> Result<Optio
     let v = v.map_err(|_| bad())?;
     let (name, token) = v.rsplit_once(':').ok_or_else(bad)?;
     let token: u64 = token.trim().parse().map_err(|_| bad())?;
-    let lock = percent_decode_str(name.trim()).decode_utf8().map_err(|_| bad())?.into_owned();
+    let lock = decode(name.trim(), false, "Fencing-Token's lock name").map_err(|_| bad())?;
     if lock.is_empty() || token == 0 {
         return Err(bad());
     }
@@ -136,41 +126,62 @@ pub fn check_lock_ttl(ttl_ms: u64, limits: &Limits) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A wait must end inside the request deadline, or the client would see
-/// a timeout instead of the lock's holder.
-pub fn check_wait(wait_ms: u64, deadline: Duration) -> Result<(), ApiError> {
-    if u128::from(wait_ms) >= deadline.as_millis() {
+/// Time an acquire's request keeps past its wait: to commit the grant
+/// that ends the wait and answer it.
+pub const WAIT_ANSWER_MARGIN_MS: u64 = 1_000;
+
+/// The deadline of an acquire that may wait `wait_ms`. Without
+/// `X-Request-Timeout` it follows the wait (a request that says "wait
+/// 20 s" waits 20 s), up to the largest deadline less the answer margin.
+/// With the header, the wait must end inside it, or the client would see a
+/// timeout instead of the lock's holder.
+pub fn wait_deadline(h: Option<Result<&str, ()>>, wait_ms: u64, limits: &Limits) -> Result<Duration, ApiError> {
+    if h.is_some() {
+        let deadline = parse_timeout(h, limits)?;
+        if u128::from(wait_ms) >= deadline.as_millis() {
+            return Err(ApiError::bad_request(format!(
+                "wait_ms ({wait_ms}) must be below X-Request-Timeout ({} ms); leave the header out and the \
+                 deadline follows wait_ms",
+                deadline.as_millis()
+            )));
+        }
+        return Ok(deadline);
+    }
+    let wait_max = limits.request_timeout_ms_max.saturating_sub(WAIT_ANSWER_MARGIN_MS);
+    if wait_ms > wait_max {
         return Err(ApiError::bad_request(format!(
-            "wait_ms ({wait_ms}) must be below the request deadline ({} ms; raise it with X-Request-Timeout)",
-            deadline.as_millis()
+            "wait_ms must be at most {wait_max} (the longest request, {} ms, less {WAIT_ANSWER_MARGIN_MS} ms to \
+             answer); got {wait_ms}",
+            limits.request_timeout_ms_max
         )));
     }
-    Ok(())
+    let follows = wait_ms.saturating_add(WAIT_ANSWER_MARGIN_MS);
+    Ok(Duration::from_millis(follows.max(limits.request_timeout_ms_default)))
 }
 
-#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// The query of `/v1/kv/{key}`.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct KvQuery {
     pub ttl_ms: Option<u64>,
     pub consistency: Option<Consistency>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
     #[default]
     Linearizable,
     Stale,
 }
 
+pub const KV_PARAMS: &[&str] = &["ttl_ms", "consistency"];
+
 pub fn parse_query(qs: &str, limits: &Limits) -> Result<KvQuery, ApiError> {
-    let q: KvQuery = serde_urlencoded::from_str(qs).map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
-    if let Some(t) = q.ttl_ms {
-        if t == 0 || t > limits.ttl_ms_max {
-            return Err(ApiError::bad_request(format!("ttl_ms must be between 1 and {}", limits.ttl_ms_max)));
-        }
-    }
-    Ok(q)
+    let p = Params::parse(qs, KV_PARAMS)?;
+    let consistency = p.one_of("consistency", &["linearizable", "stale"])?.map(|c| match c {
+        "stale" => Consistency::Stale,
+        _ => Consistency::Linearizable,
+    });
+    Ok(KvQuery { ttl_ms: p.u64_in("ttl_ms", 1, limits.ttl_ms_max)?, consistency })
 }
 
 /// `"42"` → 42. Weak tags, lists and `*` are refused: a version is exact.
@@ -205,6 +216,46 @@ pub fn parse_precondition(
     }
 }
 
+/// `If-None-Match` of a GET: `*` or a list of versions, each quoted and
+/// maybe weak (`W/"42"`; a GET compares weakly, RFC 9110 13.1.2).
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoneMatch {
+    Any,
+    Versions(Vec<u64>),
+}
+
+impl NoneMatch {
+    /// Whether a value of `version` is one the client has: 304.
+    pub fn has(&self, version: u64) -> bool {
+        match self {
+            NoneMatch::Any => true,
+            NoneMatch::Versions(v) => v.contains(&version),
+        }
+    }
+}
+
+/// Versions a client may list in one `If-None-Match`.
+const NONE_MATCH_TAGS_MAX: usize = 64;
+
+pub fn parse_if_none_match(h: Option<Result<&str, ()>>) -> Result<Option<NoneMatch>, ApiError> {
+    let Some(v) = h else { return Ok(None) };
+    let bad = || ApiError::bad_request("If-None-Match must be * or quoted versions like \"42\", \"43\"");
+    let v = v.map_err(|_| bad())?.trim();
+    if v == "*" {
+        return Ok(Some(NoneMatch::Any));
+    }
+    let tags = v.split(',').map(|t| {
+        let t = t.trim();
+        let t = t.strip_prefix("W/").unwrap_or(t);
+        t.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|t| t.parse::<u64>().ok()).ok_or_else(bad)
+    });
+    let versions = tags.take(NONE_MATCH_TAGS_MAX + 1).collect::<Result<Vec<_>, _>>()?;
+    if versions.len() > NONE_MATCH_TAGS_MAX {
+        return Err(ApiError::bad_request(format!("If-None-Match lists more than {NONE_MATCH_TAGS_MAX} versions")));
+    }
+    Ok(Some(NoneMatch::Versions(versions)))
+}
+
 /// The request id of a write or lock command from `Idempotency-Key`: 32
 /// hex digits (a UUID's dashes allowed), not all zero. A client that sends
 /// the same key again (its answer was lost, a node died) gets the first
@@ -227,22 +278,15 @@ pub fn parse_idempotency_key(h: Option<Result<&str, ()>>) -> Result<Option<Reque
     }
 }
 
-/// Deadline from `X-Request-Timeout` (milliseconds), bounded by the limits.
+/// Deadline from `X-Request-Timeout` (`2s`, `500ms` or milliseconds),
+/// bounded by the limits.
 pub fn parse_timeout(h: Option<Result<&str, ()>>, limits: &Limits) -> Result<Duration, ApiError> {
     let Some(v) = h else {
         return Ok(Duration::from_millis(limits.request_timeout_ms_default));
     };
-    let ms = v
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .filter(|ms| *ms > 0 && *ms <= limits.request_timeout_ms_max)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "X-Request-Timeout must be milliseconds between 1 and {}",
-                limits.request_timeout_ms_max
-            ))
-        })?;
-    Ok(Duration::from_millis(ms))
+    let v = v.map_err(|_| ApiError::bad_request("X-Request-Timeout is not valid text"))?;
+    let max = Duration::from_millis(limits.request_timeout_ms_max);
+    duration_in("X-Request-Timeout", v, Duration::from_millis(1), max)
 }
 
 #[cfg(test)]
@@ -261,6 +305,9 @@ mod tests {
         assert_eq!(parse_key("/v1/kv/%D0%BA%D0%BB%D1%8E%D1%87", &l()).unwrap(), "ключ".as_bytes());
         assert_eq!(parse_key("/v1/kv/", &l()).unwrap_err().status, StatusCode::BAD_REQUEST);
         assert_eq!(parse_key("/v1/kv/%FF", &l()).unwrap_err().status, StatusCode::BAD_REQUEST);
+        // Broken escapes are refused, not stored literally.
+        assert_eq!(parse_key("/v1/kv/a%ZZ", &l()).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(parse_key("/v1/kv/a+b", &l()).unwrap(), b"a+b");
     }
 
     #[test]
@@ -276,8 +323,11 @@ mod tests {
         assert_eq!(parse_query("", &l()).unwrap(), KvQuery::default());
         assert_eq!(parse_query("ttl_ms=5", &l()).unwrap().ttl_ms, Some(5));
         assert_eq!(parse_query("consistency=stale", &l()).unwrap().consistency, Some(Consistency::Stale));
-        for bad in ["ttl_ms=0", "ttl_ms=-1", "ttl_ms=x", "consistency=weird", "tll_ms=5"] {
-            assert_eq!(parse_query(bad, &l()).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
+        for bad in ["ttl_ms=0", "ttl_ms=-1", "ttl_ms=x", "consistency=weird", "tll_ms=5", "ttl_ms=1&ttl_ms=2"] {
+            let e = parse_query(bad, &l()).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            let named = if bad.starts_with("tll") { "tll_ms" } else { bad.split('=').next().unwrap() };
+            assert!(e.message.contains(named), "{bad}: {}", e.message);
         }
     }
 
@@ -293,6 +343,19 @@ mod tests {
         assert!(parse_precondition(None, Some(Ok("\"1\"")), true).is_err());
         assert!(parse_precondition(None, Some(Ok("*")), false).is_err());
         assert!(parse_precondition(Some(Err(())), None, true).is_err());
+    }
+
+    #[test]
+    fn if_none_match_of_a_get() {
+        assert_eq!(parse_if_none_match(None).unwrap(), None);
+        assert_eq!(parse_if_none_match(Some(Ok("*"))).unwrap(), Some(NoneMatch::Any));
+        let list = parse_if_none_match(Some(Ok(r#""4", W/"7" ,"9""#))).unwrap().unwrap();
+        assert!(list.has(4) && list.has(7) && list.has(9) && !list.has(5));
+        for bad in ["4", "\"x\"", "\"4\",", "", "W/4"] {
+            assert!(parse_if_none_match(Some(Ok(bad))).is_err(), "{bad}");
+        }
+        let many = vec!["\"1\""; 65].join(",");
+        assert!(parse_if_none_match(Some(Ok(&many))).is_err());
     }
 
     #[test]
@@ -313,8 +376,27 @@ mod tests {
     fn timeouts() {
         assert_eq!(parse_timeout(None, &l()).unwrap(), Duration::from_millis(5000));
         assert_eq!(parse_timeout(Some(Ok("250")), &l()).unwrap(), Duration::from_millis(250));
-        for bad in ["0", "-5", "abc", "60001"] {
+        assert_eq!(parse_timeout(Some(Ok("2s")), &l()).unwrap(), Duration::from_millis(2000));
+        assert_eq!(parse_timeout(Some(Ok("500ms")), &l()).unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_timeout(Some(Ok("1m")), &l()).unwrap(), Duration::from_millis(60_000));
+        for bad in ["0", "-5", "abc", "60001", "61s", "2 s"] {
             assert!(parse_timeout(Some(Ok(bad)), &l()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_acquires_deadline_follows_its_wait() {
+        let ms = Duration::from_millis;
+        // Short waits keep the default deadline; long ones get wait + margin.
+        assert_eq!(wait_deadline(None, 0, &l()).unwrap(), ms(5_000));
+        assert_eq!(wait_deadline(None, 3_000, &l()).unwrap(), ms(5_000));
+        assert_eq!(wait_deadline(None, 20_000, &l()).unwrap(), ms(21_000));
+        assert_eq!(wait_deadline(None, 59_000, &l()).unwrap(), ms(60_000));
+        let e = wait_deadline(None, 59_001, &l()).unwrap_err().message;
+        assert!(e.starts_with("wait_ms must be at most 59000"), "{e}");
+        // An explicit deadline is kept, and the wait must end inside it.
+        assert_eq!(wait_deadline(Some(Ok("30s")), 20_000, &l()).unwrap(), ms(30_000));
+        assert!(wait_deadline(Some(Ok("2s")), 2_000, &l()).is_err());
+        assert!(wait_deadline(Some(Ok("nope")), 0, &l()).is_err());
     }
 }

@@ -7,25 +7,32 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use ringstore_router::Route;
 use ringstore_shared::StoreError;
 use ringstore_storage::{ShardOp, ShardReply};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
 use crate::kv::{deadline, unexpected};
+use crate::params::Params;
 use crate::ApiState;
 
 pub const SCAN_LIMIT_DEFAULT: usize = 100;
 pub const SCAN_LIMIT_MAX: usize = 1000;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ScanQuery {
-    #[serde(default)]
     prefix: String,
-    limit: Option<usize>,
+    limit: usize,
     cursor: Option<String>,
-    #[serde(default)]
     keys_only: bool,
+}
+
+/// The query of a scan, by the rule every route follows (`params`).
+fn parse_scan_query(qs: &str, key_bytes_max: usize) -> Result<ScanQuery, ApiError> {
+    let p = Params::parse(qs, &["prefix", "limit", "cursor", "keys_only"])?;
+    let prefix = p.get("prefix").unwrap_or_default().to_string();
+    if prefix.len() > key_bytes_max {
+        return Err(ApiError::too_large("prefix", prefix.len(), key_bytes_max));
+    }
+    let limit = p.u64_in("limit", 1, SCAN_LIMIT_MAX as u64)?.map_or(SCAN_LIMIT_DEFAULT, |l| l as usize);
+    Ok(ScanQuery { prefix, limit, cursor: p.get("cursor").map(str::to_string), keys_only: p.flag("keys_only")? })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -39,33 +46,14 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
-fn base64(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for c in b.chunks(3) {
-        let n =
-            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+fn b64(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 pub async fn scan(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let q: ScanQuery = serde_urlencoded::from_str(req.query_string())
-        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
-    let limit = q.limit.unwrap_or(SCAN_LIMIT_DEFAULT);
-    if limit == 0 || limit > SCAN_LIMIT_MAX {
-        return Err(ApiError::bad_request(format!("limit must be between 1 and {SCAN_LIMIT_MAX}")));
-    }
-    if q.prefix.len() > state.limits.key_bytes_max {
-        return Err(ApiError::too_large("key", q.prefix.len(), state.limits.key_bytes_max));
-    }
+    let q = parse_scan_query(req.query_string(), state.limits.key_bytes_max)?;
+    let limit = q.limit;
     let after = match &q.cursor {
         Some(c) => Some(unhex(c).ok_or_else(|| ApiError::bad_request("cursor is not one this API returned"))?),
         None => None,
@@ -128,7 +116,7 @@ pub async fn scan(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
             if q.keys_only {
                 json!({ "key": key, "version": v.version })
             } else {
-                json!({ "key": key, "value_b64": base64(&v.data), "version": v.version })
+                json!({ "key": key, "value_b64": b64(&v.data), "version": v.version })
             }
         })
         .collect();
@@ -141,11 +129,11 @@ mod tests {
 
     #[test]
     fn codecs() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(b64(b""), "");
+        assert_eq!(b64(b"f"), "Zg==");
+        assert_eq!(b64(b"fo"), "Zm8=");
+        assert_eq!(b64(b"foo"), "Zm9v");
+        assert_eq!(b64(b"foobar"), "Zm9vYmFy");
         assert_eq!(unhex(&hex("ключ/1".as_bytes())).unwrap(), "ключ/1".as_bytes());
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);

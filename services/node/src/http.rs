@@ -62,6 +62,7 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
         };
         App::new()
             .app_data(web::Data::new(state))
+            .wrap(from_fn(ringstore_api::ops::json_errors))
             .wrap(from_fn(ringstore_api::ops::track))
             .configure(ringstore_api::routes)
     })

@@ -93,9 +93,14 @@ fn main() -> anyhow::Result<()> {
             actix_rt::System::new().block_on(dev(data_dir, http, http_workers, shards, unsafe_no_fsync))
         }
         Cmd::Status { endpoint } => actix_rt::System::new().block_on(async move {
-            let v = ringstore_client::get_json(&endpoint, "/v1/cluster").await.context("GET /v1/cluster")?;
+            // Name the address: the default is easy to forget on a new machine.
+            let asked = |path: &str| {
+                format!("GET {}{path} (another node: --endpoint or RINGSTORE_ENDPOINT)", endpoint.trim_end_matches('/'))
+            };
+            let v = ringstore_client::get_json(&endpoint, "/v1/cluster").await.with_context(|| asked("/v1/cluster"))?;
             print!("{}", ringstore_node::status::render(&v));
-            let r = ringstore_client::get_json(&endpoint, "/v1/rebalance").await.context("GET /v1/rebalance")?;
+            let r =
+                ringstore_client::get_json(&endpoint, "/v1/rebalance").await.with_context(|| asked("/v1/rebalance"))?;
             print!("{}", ringstore_node::status::render_rebalance(&r));
             Ok(())
         }),

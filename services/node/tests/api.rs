@@ -166,6 +166,172 @@ async fn bad_input_gets_a_json_error_and_the_node_keeps_serving() {
 }
 
 #[actix_rt::test]
+async fn http_as_users_of_etcd_and_consul_expect_it() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    let version = put(&url, "doc", b"v1").await.json()["version"].as_u64().unwrap();
+    let etag = format!("\"{version}\"");
+
+    // HEAD: a GET's headers, no body.
+    let r = call("HEAD", &url, "/v1/kv/doc", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("etag").unwrap(), etag);
+    assert!(r.body.is_empty());
+    assert_eq!(call("HEAD", &url, "/v1/kv/none", &[], vec![]).await.status, StatusCode::NOT_FOUND);
+
+    // If-None-Match on a GET: 304 when the client's copy is current.
+    let r = call("GET", &url, "/v1/kv/doc", &[("if-none-match", &etag)], vec![]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.header("etag").unwrap(), etag);
+    assert!(r.body.is_empty());
+    let r = call("GET", &url, "/v1/kv/doc", &[("if-none-match", "\"1\", W/\"2\"")], vec![]).await;
+    assert_eq!((r.status, r.body.as_slice()), (StatusCode::OK, &b"v1"[..]));
+
+    // 405 names the route's methods in Allow; OPTIONS answers with them.
+    let r = call("POST", &url, "/v1/kv/doc", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow").unwrap(), "GET, HEAD, PUT, DELETE, OPTIONS");
+    assert_eq!(r.error_code(), "method_not_allowed");
+    let r = call("OPTIONS", &url, "/v1/kv/doc", &[], vec![]).await;
+    assert_eq!(
+        (r.status, r.header("allow").unwrap().as_str()),
+        (StatusCode::NO_CONTENT, "GET, HEAD, PUT, DELETE, OPTIONS")
+    );
+    let r = call("DELETE", &url, "/v1/locks/l/acquire", &[], vec![]).await;
+    assert_eq!((r.status, r.header("allow").unwrap().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "POST, OPTIONS"));
+    let r = call("PUT", &url, "/healthz", &[], vec![]).await;
+    assert_eq!((r.status, r.header("allow").unwrap().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "GET, OPTIONS"));
+    // A typo in a lock action is a 404 naming the actions.
+    let r = call("POST", &url, "/v1/locks/l/aquire", &[], b"{}".to_vec()).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::NOT_FOUND, "no_route"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("\"aquire\""), "{}", r.text());
+
+    // Durations as people write them.
+    let r = call("GET", &url, "/v1/kv/doc", &[("x-request-timeout", "2s")], vec![]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // Every error names what was wrong, in the JSON shape, without internals.
+    let acquire = |name: &str, body: &str| {
+        let (url, path, body) = (url.clone(), format!("/v1/locks/{name}/acquire"), body.as_bytes().to_vec());
+        async move { call("POST", &url, &path, &[("content-type", "application/json")], body).await }
+    };
+    let long_name = "n".repeat(5000);
+    type Check = (Resp, StatusCode, &'static str, &'static str);
+    let checks: Vec<Check> = vec![
+        (
+            call("PUT", &url, "/v1/kv/doc?ttl_ms=-1", &[], b"x".to_vec()).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "ttl_ms",
+        ),
+        (call("PUT", &url, "/v1/kv/a%ZZ", &[], b"x".to_vec()).await, StatusCode::BAD_REQUEST, "bad_request", "%25"),
+        (call("GET", &url, "/v1/kv?prefix=%FF", &[], vec![]).await, StatusCode::BAD_REQUEST, "bad_request", "prefix"),
+        (call("GET", &url, "/v1/locks/l?x=1", &[], vec![]).await, StatusCode::BAD_REQUEST, "bad_request", "\"x\""),
+        (acquire(&long_name, "{}").await, StatusCode::PAYLOAD_TOO_LARGE, "too_large", "lock name"),
+        (acquire("l", &" ".repeat(20_000)).await, StatusCode::PAYLOAD_TOO_LARGE, "too_large", "16384"),
+        (acquire("l", "[1, 2, 3]").await, StatusCode::BAD_REQUEST, "bad_request", "\"owner\""),
+        (
+            call("PUT", &url, "/v1/kv/doc", &[("if-match", "\"1\"")], b"x".to_vec()).await,
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "current version is",
+        ),
+    ];
+    for (r, status, code, names) in checks {
+        assert_eq!((r.status, r.error_code().as_str()), (status, code), "{}", r.text());
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(names), "{message:?} should name {names}");
+        for internal in ["Some(", "struct", "invalid digit"] {
+            assert!(!message.contains(internal), "{message:?} leaks {internal}");
+        }
+    }
+    // keys_only takes the usual spellings of a flag.
+    let r = call("GET", &url, "/v1/kv?prefix=do&keys_only=1", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(get(&url, "doc").await.body, b"v1", "no error changed the value");
+    tc.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn an_acquires_deadline_follows_its_wait() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    let h = [("content-type", "application/json")];
+    let body = |owner: &str, ttl_ms: u64, wait_ms: u64| {
+        serde_json::json!({ "owner": owner, "ttl_ms": ttl_ms, "wait_ms": wait_ms }).to_string().into_bytes()
+    };
+    let r = call("POST", &url, "/v1/locks/slow/acquire", &h, body("first", 6_500, 0)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // No X-Request-Timeout: a wait past the default 5 s deadline is kept,
+    // and the waiter is granted when the first lease ends.
+    let start = std::time::Instant::now();
+    let r = call("POST", &url, "/v1/locks/slow/acquire", &h, body("second", 1_000, 9_000)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(start.elapsed() > Duration::from_secs(5), "granted after {:?}", start.elapsed());
+    // Past what the longest request allows: refused before it waits.
+    let r = call("POST", &url, "/v1/locks/other/acquire", &h, body("third", 1_000, 59_500)).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    assert!(r.text().contains("wait_ms must be at most 59000"), "{}", r.text());
+    tc.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_batch_answers_each_item_and_a_resent_one_applies_once() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    let v1 = put(&url, "b/existing", b"old").await.json()["version"].as_u64().unwrap();
+    let batch = |body: serde_json::Value, headers: Vec<(&'static str, String)>| {
+        let url = url.clone();
+        async move {
+            let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+            h.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+            call("POST", &url, "/v1/kv:batch", &h, body.to_string().into_bytes()).await
+        }
+    };
+    let ops = serde_json::json!({ "ops": [
+        { "op": "put", "key": "b/1", "value": "one" },
+        { "op": "put", "key": "b/2", "value_b64": "AP8=", "ttl_ms": 60000 },
+        { "op": "put", "key": "b/existing", "value": "lost", "if_version": v1 + 1000 },
+        { "op": "get", "key": "b/existing" },
+        { "op": "get", "key": "b/none" },
+        { "op": "delete", "key": "b/existing", "if_version": v1 },
+    ]});
+    let r = batch(ops, vec![]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let res = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(res.len(), 6);
+    assert_eq!(res[0]["ok"], true);
+    assert!(res[1]["version"].as_u64().is_some());
+    assert_eq!((res[2]["status"].as_u64(), res[2]["error"]["code"].as_str()), (Some(412), Some("precondition_failed")));
+    assert_eq!((res[3]["value"].as_str(), res[3]["version"].as_u64()), (Some("old"), Some(v1)));
+    assert_eq!((res[4]["status"].as_u64(), res[4]["error"]["code"].as_str()), (Some(404), Some("not_found")));
+    assert_eq!(res[5]["deleted"], true);
+    assert_eq!(r.json()["failed"], 2);
+    // The items landed on their shards as single writes would.
+    assert_eq!(get(&url, "b/1").await.body, b"one");
+    assert_eq!(get(&url, "b/2").await.body, [0u8, 255]);
+    assert_eq!(get(&url, "b/existing").await.status, StatusCode::NOT_FOUND);
+
+    // Sent again with one Idempotency-Key (its answer was lost): each
+    // write applies once, so the later single write stands.
+    let key = ("idempotency-key", "5c2f8a4e-0d1b-4c7e-9a3f-6b8d2e1f0a9c".to_string());
+    let ops = serde_json::json!({ "ops": [{ "op": "put", "key": "b/idem", "value": "first" }] });
+    let first = batch(ops.clone(), vec![key.clone()]).await.json()["results"][0]["version"].as_u64().unwrap();
+    assert_eq!(put(&url, "b/idem", b"later").await.status, StatusCode::OK);
+    let again = batch(ops, vec![key]).await.json()["results"][0]["version"].as_u64().unwrap();
+    assert_eq!(again, first, "the resent batch answers what the first did");
+    assert_eq!(get(&url, "b/idem").await.body, b"later");
+
+    // Limits: items per batch and the body, refused whole and in JSON.
+    let many: Vec<_> = (0..1001).map(|i| serde_json::json!({ "op": "get", "key": format!("k{i}") })).collect();
+    let r = batch(serde_json::json!({ "ops": many }), vec![]).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    let r = call("POST", &url, "/v1/kv:batch", &[], vec![b' '; 8 * 1024 * 1024 + 1]).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"), "{}", r.text());
+    tc.shutdown().await;
+}
+
+#[actix_rt::test]
 async fn metrics_endpoint_counts_requests() {
     let tc = start(|_| {}).await;
     let url = tc.cluster.url(1).unwrap();

@@ -37,6 +37,7 @@ fn openapi_paths_match_the_routes() {
             "/v1/cluster/shards",
             "/v1/kv",
             "/v1/kv/{key}",
+            "/v1/kv:batch",
             "/v1/locks/{name}",
             "/v1/locks/{name}/acquire",
             "/v1/locks/{name}/refresh",
@@ -57,6 +58,7 @@ fn openapi_paths_match_the_routes() {
     for route in [
         "\"/v1/kv/{key:.*}\"",
         "\"/v1/kv\"",
+        "\"/v1/kv:batch\"",
         "\"/v1/cluster\"",
         "\"/v1/locks/{name:.*}\"",
         "\"/v1/locks/{{name:.*}}/{action}\"",
