@@ -93,6 +93,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(admin("/v1/rebalance/pause", web::post().to(rebalance::pause), "POST, OPTIONS"))
     .service(admin("/v1/rebalance/resume", web::post().to(rebalance::resume), "POST, OPTIONS"))
     .service(admin("/v1/rebalance/config", web::put().to(rebalance::config), "PUT, OPTIONS"))
+    .service(get_only("/v1/locks", web::get().to(locks::list)))
     .service(lock_action("acquire", locks::acquire))
     .service(lock_action("release", locks::release))
     .service(lock_action("refresh", locks::refresh))

@@ -169,6 +169,54 @@ pub async fn refresh(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
     }
 }
 
+/// `GET /v1/locks?prefix=P&limit=L&cursor=C`: the locks whose names
+/// start with `P` (held, or free with tokens issued), in name order,
+/// linearizable on every shard's leader. The cursor is the last name of
+/// the page; the next page starts after it.
+pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let p = Params::parse(req.query_string(), &["prefix", "limit", "cursor"])?;
+    let prefix = p.get("prefix").unwrap_or_default().to_string();
+    if prefix.len() > state.limits.key_bytes_max {
+        return Err(ApiError::too_large("prefix", prefix.len(), state.limits.key_bytes_max));
+    }
+    let limit = p.u64_in("limit", 1, LIST_LIMIT_MAX as u64)?.map_or(LIST_LIMIT_DEFAULT, |l| l as usize);
+    let after = p.get("cursor").map(str::to_string);
+    let timeout = deadline(&req, &state)?;
+    let op = || ShardOp::ScanLocks { prefix: prefix.clone(), after: after.clone(), limit };
+    let (mut locks, mut more) = crate::scan::every_shard(&state, timeout, op, |reply| match reply {
+        ShardReply::Locks { locks, more, epoch, now_ms } => {
+            Ok((locks.into_iter().map(|(n, r)| (n, r, now_ms)).collect(), more, epoch))
+        }
+        other => Err(unexpected(other)),
+    })
+    .await?;
+    locks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    more |= locks.len() > limit;
+    locks.truncate(limit);
+    let next = if more { locks.last().map(|(n, _, _)| n.clone()) } else { None };
+    let items: Vec<serde_json::Value> = locks
+        .into_iter()
+        .map(|(name, record, now_ms)| {
+            // A lease that ended frees the lock, whatever the record says.
+            let holder = record.holder.as_ref().filter(|h| h.expires_at_ms > now_ms);
+            json!({
+                "name": name,
+                "held": holder.is_some(),
+                "holder": holder.map(|h| h.owner.clone()),
+                "token": holder.map(|h| h.token),
+                "lease_remaining_ms": holder.map(|h| remaining(h.expires_at_ms, now_ms)),
+                "last_token": record.last_token,
+                "waiters": record.queue.iter().filter(|q| q.wait_until_ms > now_ms).count(),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "locks": items, "next_cursor": next })))
+}
+
+/// Locks per listing page, by default and at most.
+pub const LIST_LIMIT_DEFAULT: usize = 100;
+pub const LIST_LIMIT_MAX: usize = 1000;
+
 pub async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let name = parse_lock_name(req.uri().path(), None, &state.limits)?;
     Params::parse(req.query_string(), &[])?;

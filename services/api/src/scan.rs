@@ -51,50 +51,38 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-pub async fn scan(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let q = parse_scan_query(req.query_string(), state.limits.key_bytes_max)?;
-    let limit = q.limit;
-    let after = match &q.cursor {
-        Some(c) => Some(unhex(c).ok_or_else(|| ApiError::bad_request("cursor is not one this API returned"))?),
-        None => None,
-    };
-    let timeout = deadline(&req, &state)?;
+/// Sends `op()` to every data shard at once and gathers the pages `page`
+/// takes from the replies. A page from a shard that split after this
+/// node's map was read may lack the keys it gave away, which the map does
+/// not yet send anyone to: learn the newer map and ask again, until the
+/// pages and the map agree (bounded by `timeout`). `more`: some shard has
+/// further matches.
+pub(crate) async fn every_shard<T>(
+    state: &ApiState,
+    timeout: std::time::Duration,
+    op: impl Fn() -> ShardOp,
+    page: impl Fn(ShardReply) -> Result<(Vec<T>, bool, u64), ApiError>,
+) -> Result<(Vec<T>, bool), ApiError> {
     let until = tokio::time::Instant::now() + timeout;
-    let mut items = Vec::new();
-    let mut more = false;
-    // A page from a shard that split after this node's map was read may
-    // lack the keys it gave away, which the map does not yet send anyone
-    // to: learn the newer map and ask again, until the pages and the map
-    // agree (bounded by the request's deadline).
     for attempt in 0u32.. {
         let table = state.map.load();
         let shards = table.data_shards();
         let pages = shards.iter().map(|&shard| {
-            let op = ShardOp::Scan {
-                prefix: q.prefix.clone().into_bytes(),
-                after: after.clone(),
-                limit,
-                keys_only: q.keys_only,
-            };
             let left = until.saturating_duration_since(tokio::time::Instant::now());
-            state.router.send(Route { key: vec![], op, timeout: left, shard: Some(shard) })
+            state.router.send(Route { key: vec![], op: op(), timeout: left, shard: Some(shard) })
         });
-        items.clear();
-        more = false;
-        let mut ahead = None;
-        for (page, shard) in futures::future::join_all(pages).await.into_iter().zip(shards) {
-            match page.map_err(|_| ApiError::from(StoreError::Unavailable { reason: "router stopped".into() }))?? {
-                ShardReply::Items { items: i, more: m, epoch } => {
-                    items.extend(i);
-                    more |= m;
-                    if !table.reflects(shard, epoch) {
-                        ahead = Some(epoch);
-                    }
-                }
-                other => return Err(unexpected(other)),
+        let (mut items, mut more, mut ahead) = (Vec::new(), false, None);
+        for (reply, shard) in futures::future::join_all(pages).await.into_iter().zip(shards) {
+            let reply =
+                reply.map_err(|_| ApiError::from(StoreError::Unavailable { reason: "router stopped".into() }))??;
+            let (i, m, epoch) = page(reply)?;
+            items.extend(i);
+            more |= m;
+            if !table.reflects(shard, epoch) {
+                ahead = Some(epoch);
             }
         }
-        let Some(newest) = ahead else { break };
+        let Some(newest) = ahead else { return Ok((items, more)) };
         let behind = |t: &ringstore_router::RoutingTable| t.epoch <= table.epoch;
         if !ringstore_router::map::catch_up(&state.map, &state.transport, attempt, until, behind).await {
             return Err(ApiError::from(StoreError::Unavailable {
@@ -105,6 +93,24 @@ pub async fn scan(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
             }));
         }
     }
+    unreachable!("the loop returns")
+}
+
+pub async fn scan(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let q = parse_scan_query(req.query_string(), state.limits.key_bytes_max)?;
+    let limit = q.limit;
+    let after = match &q.cursor {
+        Some(c) => Some(unhex(c).ok_or_else(|| ApiError::bad_request("cursor is not one this API returned"))?),
+        None => None,
+    };
+    let timeout = deadline(&req, &state)?;
+    let op =
+        || ShardOp::Scan { prefix: q.prefix.clone().into_bytes(), after: after.clone(), limit, keys_only: q.keys_only };
+    let (mut items, mut more) = every_shard(&state, timeout, op, |reply| match reply {
+        ShardReply::Items { items, more, epoch } => Ok((items, more, epoch)),
+        other => Err(unexpected(other)),
+    })
+    .await?;
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     more |= items.len() > limit;
     items.truncate(limit);

@@ -477,6 +477,52 @@ async fn a_paused_holder_cannot_overwrite_its_successors_fenced_write() {
 }
 
 #[actix_rt::test]
+async fn locks_are_listed_by_prefix_across_shards_in_pages() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    let mut tokens = Vec::new();
+    for name in ["jobs/a", "jobs/b", "jobs/c", "other"] {
+        let r = acquire(&url, name, "w", 30_000, 0).await;
+        assert_eq!(r.status, StatusCode::OK, "{name}");
+        tokens.push(r.json()["token"].as_u64());
+    }
+    let b = acquire(&url, "jobs/b", "w", 30_000, 0).await;
+    assert_eq!(b.status, StatusCode::CONFLICT, "held");
+    let list = |q: &str| {
+        let (url, path) = (url.clone(), format!("/v1/locks?{q}"));
+        async move { call("GET", &url, &path, &[], vec![]).await }
+    };
+    let r = list("prefix=jobs/").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let names: Vec<String> =
+        r.json()["locks"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["jobs/a", "jobs/b", "jobs/c"]);
+    let first = &r.json()["locks"][0];
+    assert_eq!(
+        (first["held"].as_bool(), first["holder"].as_str(), first["token"].as_u64()),
+        (Some(true), Some("w"), tokens[0])
+    );
+    assert!(first["lease_remaining_ms"].as_u64().unwrap() > 20_000);
+    assert_eq!(r.json()["next_cursor"], serde_json::Value::Null);
+    // Pages of one, resumed after the cursor.
+    let mut seen = Vec::new();
+    let mut q = "prefix=jobs/&limit=1".to_string();
+    for _ in 0..5 {
+        let page = list(&q).await.json();
+        seen.extend(page["locks"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap().to_string()));
+        let Some(next) = page["next_cursor"].as_str() else { break };
+        q = format!("prefix=jobs/&limit=1&cursor={next}");
+    }
+    assert_eq!(seen, ["jobs/a", "jobs/b", "jobs/c"]);
+    assert_eq!(list("").await.json()["locks"].as_array().unwrap().len(), 4);
+    for bad in ["limit=0", "limit=1001", "prefix=a&prefix=b", "owner=w"] {
+        let r = list(bad).await;
+        assert_eq!((r.status, r.error_code().as_str()), (StatusCode::BAD_REQUEST, "bad_request"), "{bad}");
+    }
+    tc.shutdown().await;
+}
+
+#[actix_rt::test]
 async fn bad_lock_requests_get_400_with_a_json_error() {
     let tc = start(|_| {}).await;
     let url = tc.cluster.url(1).unwrap();

@@ -34,8 +34,9 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
 /// entries where this one applies them, so the two must not replicate.
 /// 7: a shard split off starts its log after the split's index, not at
 /// `INIT_LOG_INDEX` (versions keep growing per key): replicas of one new
-/// shard on nodes of 6 and 7 would start different logs.
-pub const PROTOCOL_VERSION: u8 = 7;
+/// shard on nodes of 6 and 7 would start different logs. 8: lock listing
+/// (`ScanLocks`, a `Locks` reply), which a node of 7 cannot decode.
+pub const PROTOCOL_VERSION: u8 = 8;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Largest frame a peer may send: a value at the value limit plus room.
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -504,6 +505,18 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
             w.u8(9);
             w.u64(*to);
         }
+        ShardOp::ScanLocks { prefix, after, limit } => {
+            w.u8(11);
+            w.bytes(prefix.as_bytes());
+            match after {
+                None => w.u8(0),
+                Some(a) => {
+                    w.u8(1);
+                    w.bytes(a.as_bytes());
+                }
+            }
+            w.u64(*limit as u64);
+        }
     }
 }
 
@@ -567,6 +580,15 @@ fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
         }),
         9 => ShardOp::TransferLeader { to: r.u64("node")? },
         10 => ShardOp::WatchMap { after: r.u64("map epoch")?, wait_ms: r.u64("wait")? },
+        11 => ShardOp::ScanLocks {
+            prefix: string(r, "lock prefix")?,
+            after: match r.u8("after present")? {
+                0 => None,
+                1 => Some(string(r, "after")?),
+                tag => return Err(CodecError::UnknownTag { what: "after present", tag }),
+            },
+            limit: r.u64("limit")?.min(1 << 20) as usize,
+        },
         tag => return Err(CodecError::UnknownTag { what: "op", tag }),
     })
 }
@@ -658,6 +680,17 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
                     w.bytes(m);
                 }
             }
+        }
+        ShardReply::Locks { locks, more, epoch, now_ms } => {
+            w.u8(7);
+            w.u32(locks.len() as u32);
+            for (name, record) in locks {
+                w.bytes(name.as_bytes());
+                w.bytes(&record.encode());
+            }
+            w.u8(*more as u8);
+            w.u64(*epoch);
+            w.u64(*now_ms);
         }
     }
 }
@@ -759,6 +792,16 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
             1 => Some(r.bytes("map")?.to_vec()),
             tag => return Err(CodecError::UnknownTag { what: "map present", tag }),
         }),
+        7 => {
+            let n = r.u32("lock count")?;
+            let mut locks = Vec::with_capacity((n as usize).min(4096));
+            for _ in 0..n {
+                let name = string(r, "lock name")?;
+                locks.push((name, LockRecord::decode(r.bytes("lock record")?)?));
+            }
+            let more = r.u8("more")? != 0;
+            ShardReply::Locks { locks, more, epoch: r.u64("scan epoch")?, now_ms: r.u64("now")? }
+        }
         tag => return Err(CodecError::UnknownTag { what: "reply", tag }),
     })
 }
@@ -1035,6 +1078,8 @@ mod tests {
             },
             ShardOp::LockStatus { name: "n".into() },
             ShardOp::Scan { prefix: b"p/".to_vec(), after: Some(b"p/a".to_vec()), limit: 10, keys_only: true },
+            ShardOp::ScanLocks { prefix: "jobs/".into(), after: Some("jobs/a".into()), limit: 10 },
+            ShardOp::ScanLocks { prefix: String::new(), after: None, limit: 1 },
             ShardOp::ReadMap,
             ShardOp::WatchMap { after: 3, wait_ms: 5000 },
             ShardOp::ChangePeers(PeerChange::AddLearner(4)),
@@ -1134,6 +1179,12 @@ mod tests {
                 }),
                 waiters: vec!["w1".into()],
                 now_ms: 3,
+            }),
+            Ok(ShardReply::Locks {
+                locks: vec![("jobs/a".into(), LockRecord { holder: None, last_token: 3, queue: vec![] })],
+                more: false,
+                epoch: 4,
+                now_ms: 8,
             }),
         ];
         for res in results {

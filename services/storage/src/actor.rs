@@ -162,6 +162,11 @@ enum ReadKind {
         limit: usize,
         keys_only: bool,
     },
+    /// `key` is a lock name prefix: answer with the matching lock records.
+    Locks {
+        after: Option<String>,
+        limit: usize,
+    },
 }
 
 #[derive(Default)]
@@ -1200,6 +1205,7 @@ impl StorageActor {
                     ReadKind::Scan { after, limit, keys_only } => {
                         self.scan_local(&r.key, after.as_deref(), *limit, *keys_only, now)
                     }
+                    ReadKind::Locks { after, limit } => self.scan_locks_local(&r.key, after.as_deref(), *limit, now),
                 };
                 let _ = r.tx.send(answer);
             }
@@ -1361,6 +1367,40 @@ impl StorageActor {
         let more = items.len() > limit;
         items.truncate(limit);
         Ok(ShardReply::Items { items, more, epoch: self.raw.store().ranges_epoch() })
+    }
+
+    /// Lock records of the shard's ranges whose names start with
+    /// `prefix`: one pass over the ranges, as [`Self::scan_local`].
+    fn scan_locks_local(&self, prefix: &[u8], after: Option<&str>, limit: usize, now_ms: u64) -> ShardResult {
+        let mut locks: Vec<(String, LockRecord)> = Vec::new();
+        let mut err = None;
+        for r in self.ranges.iter() {
+            let (from, to) = data_bounds(r);
+            let res = self.engine.scan(Cf::Data, &from, &to, |k, v| {
+                let Some(name) = keys::lock_name_of(k) else { return true };
+                if !name.starts_with(prefix) || after.is_some_and(|a| name <= a.as_bytes()) {
+                    return true;
+                }
+                match (std::str::from_utf8(name), LockRecord::decode(v)) {
+                    (Ok(name), Ok(record)) => locks.push((name.to_string(), record)),
+                    (_, Err(e)) => {
+                        err = Some(StoreError::Engine(format!("lock record {name:?}: {e}")));
+                        return false;
+                    }
+                    // Lock names are UTF-8 when written; skip, never fail a listing.
+                    (Err(_), Ok(_)) => {}
+                }
+                true
+            });
+            res.map_err(|e| StoreError::Engine(e.to_string()))?;
+            if let Some(e) = err.take() {
+                return Err(e);
+            }
+        }
+        locks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let more = locks.len() > limit;
+        locks.truncate(limit);
+        Ok(ShardReply::Locks { locks, more, epoch: self.raw.store().ranges_epoch(), now_ms })
     }
 
     fn read_lock(&self, name: &[u8], now_ms: u64) -> ShardResult {
@@ -1838,6 +1878,7 @@ impl Handler<ShardRequest> for StorageActor {
             ShardOp::Acquire { name, .. } | ShardOp::LockStatus { name } => Some(name.as_bytes()),
             ShardOp::Status
             | ShardOp::Scan { .. }
+            | ShardOp::ScanLocks { .. }
             | ShardOp::ReadMap
             | ShardOp::WatchMap { .. }
             | ShardOp::ChangePeers(_)
@@ -1890,6 +1931,16 @@ impl Handler<ShardRequest> for StorageActor {
                     kind: ReadKind::Scan { after, limit, keys_only },
                     tx,
                 });
+                self.schedule_flush(ctx);
+                Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
+            }
+            ShardOp::ScanLocks { prefix, after, limit } => {
+                if !self.is_leader() {
+                    return immediate(Err(self.not_leader()));
+                }
+                let (tx, rx) = oneshot::channel();
+                let kind = ReadKind::Locks { after, limit };
+                self.reads.unsent.push(PendingRead { key: prefix.into_bytes(), kind, tx });
                 self.schedule_flush(ctx);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }

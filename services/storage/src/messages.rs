@@ -53,6 +53,14 @@ pub enum ShardOp {
         limit: usize,
         keys_only: bool,
     },
+    /// Lock records of this shard whose names start with `prefix`,
+    /// after `after`, in name order, at most `limit` (linearizable:
+    /// leader, ReadIndex).
+    ScanLocks {
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    },
     /// Meta shard: the cluster map (encoded), linearizable (leader, ReadIndex).
     ReadMap,
     /// Meta shard, leader: the cluster map once its epoch is above
@@ -96,6 +104,7 @@ impl ShardOp {
     pub fn changes_nothing(&self) -> bool {
         match self {
             ShardOp::Read { .. } | ShardOp::Status | ShardOp::LockStatus { .. } | ShardOp::Scan { .. } => true,
+            ShardOp::ScanLocks { .. } => true,
             ShardOp::ReadMap | ShardOp::WatchMap { .. } | ShardOp::TransferLeader { .. } => true,
             ShardOp::Write { .. } | ShardOp::Acquire { .. } | ShardOp::ChangePeers(_) => false,
         }
@@ -159,6 +168,14 @@ pub enum ShardReply {
     },
     /// The meta shard's cluster map, encoded; `None` before bootstrap.
     Map(Option<Vec<u8>>),
+    /// A page of lock records (`ScanLocks`); `more` and `epoch` as for
+    /// `Items`, `now_ms` the leader's clock when it answered.
+    Locks {
+        locks: Vec<(String, LockRecord)>,
+        more: bool,
+        epoch: u64,
+        now_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
