@@ -184,10 +184,7 @@ fn answer(op: &'static str, reply: Result<ShardReply, ApiError>) -> Value {
         }
         Ok(ShardReply::Value { value: Some(v), .. }) => {
             let mut o = json!({ "ok": true, "version": v.version, "expires_at_ms": v.expires_at_ms });
-            match String::from_utf8(v.data) {
-                Ok(text) => o["value"] = json!(text),
-                Err(e) => o["value_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
-            }
+            crate::kv::put_value(&mut o, v.data);
             o
         }
         Ok(ShardReply::Value { value: None, .. }) => error_item(StoreError::NotFound.into()),

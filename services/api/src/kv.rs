@@ -122,8 +122,8 @@ pub async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_key(req.uri().path(), &state.limits)?;
     let q = parse_query(req.query_string(), &state.limits)?;
-    if q.consistency.is_some() {
-        return Err(ApiError::bad_request("consistency applies to GET only"));
+    if q.consistency.is_some() || q.meta {
+        return Err(ApiError::bad_request("consistency and meta apply to GET only"));
     }
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), true)?;
     let fence = parse_fence(header(req.headers(), "fencing-token"), &state.limits)?;
@@ -160,6 +160,9 @@ pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRes
                     .insert_header(("x-ringstore-applied-index", applied_index.to_string()))
                     .finish());
             }
+            if q.meta {
+                return Ok(HttpResponse::Ok().insert_header(etag(v.version)).json(meta_view(&req, v, applied_index)));
+            }
             let mut r = HttpResponse::Ok();
             r.insert_header(etag(v.version))
                 .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
@@ -177,7 +180,7 @@ pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRes
 pub async fn delete(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let key = parse_key(req.uri().path(), &state.limits)?;
     let q = parse_query(req.query_string(), &state.limits)?;
-    if q.ttl_ms.is_some() || q.consistency.is_some() {
+    if q.ttl_ms.is_some() || q.consistency.is_some() || q.meta {
         return Err(ApiError::bad_request("DELETE takes no query parameters"));
     }
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), false)?;
@@ -190,6 +193,33 @@ pub async fn delete(req: HttpRequest, state: web::Data<ApiState>) -> Result<Http
             Ok(HttpResponse::Ok().json(json!({ "deleted": true, "version": version })))
         }
         other => Err(unexpected(other)),
+    }
+}
+
+/// `?meta`: the value (as text when it is UTF-8, else `value_b64`) with
+/// its version, expiry and the answering replica's applied index.
+fn meta_view(req: &HttpRequest, v: ringstore_shared::value::StoredValue, applied_index: u64) -> serde_json::Value {
+    let key = req.uri().path().strip_prefix(crate::request::KV_PREFIX).unwrap_or_default();
+    let key = crate::params::decode(key, false, "key").unwrap_or_default();
+    let mut o = json!({
+        "key": key,
+        "version": v.version,
+        "expires_at_ms": v.expires_at_ms,
+        "applied_index": applied_index,
+    });
+    put_value(&mut o, v.data);
+    o
+}
+
+/// Puts `data` into the JSON object `o` as `value` when it is UTF-8 text,
+/// else as `value_b64`.
+pub(crate) fn put_value(o: &mut serde_json::Value, data: Vec<u8>) {
+    match String::from_utf8(data) {
+        Ok(text) => o["value"] = json!(text),
+        Err(e) => {
+            use base64::Engine as _;
+            o["value_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()));
+        }
     }
 }
 

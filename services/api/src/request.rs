@@ -164,6 +164,8 @@ pub fn wait_deadline(h: Option<Result<&str, ()>>, wait_ms: u64, limits: &Limits)
 pub struct KvQuery {
     pub ttl_ms: Option<u64>,
     pub consistency: Option<Consistency>,
+    /// GET only: the value and its metadata as one JSON object.
+    pub meta: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -173,7 +175,7 @@ pub enum Consistency {
     Stale,
 }
 
-pub const KV_PARAMS: &[&str] = &["ttl_ms", "consistency"];
+pub const KV_PARAMS: &[&str] = &["ttl_ms", "consistency", "meta"];
 
 pub fn parse_query(qs: &str, limits: &Limits) -> Result<KvQuery, ApiError> {
     let p = Params::parse(qs, KV_PARAMS)?;
@@ -181,7 +183,7 @@ pub fn parse_query(qs: &str, limits: &Limits) -> Result<KvQuery, ApiError> {
         "stale" => Consistency::Stale,
         _ => Consistency::Linearizable,
     });
-    Ok(KvQuery { ttl_ms: p.u64_in("ttl_ms", 1, limits.ttl_ms_max)?, consistency })
+    Ok(KvQuery { ttl_ms: p.u64_in("ttl_ms", 1, limits.ttl_ms_max)?, consistency, meta: p.flag("meta")? })
 }
 
 /// `"42"` → 42. Weak tags, lists and `*` are refused: a version is exact.
@@ -323,6 +325,7 @@ mod tests {
         assert_eq!(parse_query("", &l()).unwrap(), KvQuery::default());
         assert_eq!(parse_query("ttl_ms=5", &l()).unwrap().ttl_ms, Some(5));
         assert_eq!(parse_query("consistency=stale", &l()).unwrap().consistency, Some(Consistency::Stale));
+        assert!(parse_query("meta", &l()).unwrap().meta);
         for bad in ["ttl_ms=0", "ttl_ms=-1", "ttl_ms=x", "consistency=weird", "tll_ms=5", "ttl_ms=1&ttl_ms=2"] {
             let e = parse_query(bad, &l()).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");

@@ -206,6 +206,18 @@ async fn http_as_users_of_etcd_and_consul_expect_it() {
     assert_eq!((r.status, r.error_code().as_str()), (StatusCode::NOT_FOUND, "no_route"));
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("\"aquire\""), "{}", r.text());
 
+    // One key as JSON with its metadata.
+    let r = call("GET", &url, "/v1/kv/doc?meta=true", &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let m = r.json();
+    assert_eq!(
+        (m["key"].as_str(), m["value"].as_str(), m["version"].as_u64()),
+        (Some("doc"), Some("v1"), Some(version))
+    );
+    assert!(m["applied_index"].as_u64().unwrap() >= version);
+    let r = call("PUT", &url, "/v1/kv/doc?meta", &[], b"x".to_vec()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
     // Durations as people write them.
     let r = call("GET", &url, "/v1/kv/doc", &[("x-request-timeout", "2s")], vec![]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
