@@ -1,5 +1,5 @@
-//! A client for ringstore's lock API, used by `ringstore lock`, the tests
-//! and the load generator.
+//! A client for ringstore's REST API, used by `ringstore lock`, the tests
+//! and the load generator: locks here, keys and batches in [`kv`].
 //!
 //! [`LockClient`] talks HTTP to any node (the cluster forwards to the
 //! leader) and rotates over its endpoints when one does not answer. Every
@@ -17,10 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+
+pub mod kv;
+pub use kv::{BatchOp, BatchResult, KvClient, KvError};
 use serde::Deserialize;
 use serde_json::json;
 
-/// Characters escaped in a lock name inside a URL path (`/` is kept: names may nest).
+/// Characters escaped in a lock name or key inside a URL path (`/` is
+/// kept: names may nest).
 const PATH: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'?').add(b'<').add(b'>').add(b'`');
 
 #[derive(Debug, thiserror::Error)]

@@ -344,6 +344,35 @@ async fn a_batch_answers_each_item_and_a_resent_one_applies_once() {
 }
 
 #[actix_rt::test]
+async fn the_rust_client_reads_writes_and_batches() {
+    use ringstore_client::{BatchOp, BatchResult, KvClient, KvError};
+    let tc = start(|_| {}).await;
+    let endpoints: Vec<String> = tc.cluster.node_ids().iter().map(|i| tc.cluster.url(*i).unwrap()).collect();
+    let kv = KvClient::new(endpoints, Duration::from_secs(10));
+    let v1 = kv.put("c/a b+ключ", b"\x00\xffbin", None).await.unwrap();
+    assert_eq!(kv.get("c/a b+ключ").await.unwrap(), Some((b"\x00\xffbin".to_vec(), v1)));
+    let v2 = kv.put("c/a b+ключ", b"text", Some(v1)).await.unwrap();
+    assert!(matches!(kv.put("c/a b+ключ", b"late", Some(v1)).await, Err(KvError::PreconditionFailed { .. })));
+    let results = kv
+        .batch(&[
+            BatchOp::Put { key: "c/x".into(), value: b"1".to_vec(), if_version: None },
+            BatchOp::Get { key: "c/a b+ключ".into() },
+            BatchOp::Get { key: "c/none".into() },
+            BatchOp::Delete { key: "c/a b+ключ".into(), if_version: Some(v2) },
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], BatchResult::Written { .. }));
+    assert_eq!(results[1], BatchResult::Value { value: b"text".to_vec(), version: v2 });
+    assert!(matches!(&results[2], BatchResult::Failed { status: 404, code, .. } if code == "not_found"));
+    assert!(matches!(results[3], BatchResult::Deleted { .. }));
+    assert_eq!(kv.get("c/a b+ключ").await.unwrap(), None);
+    assert!(!kv.delete("c/a b+ключ").await.unwrap());
+    assert!(kv.delete("c/x").await.unwrap());
+    tc.shutdown().await;
+}
+
+#[actix_rt::test]
 async fn metrics_endpoint_counts_requests() {
     let tc = start(|_| {}).await;
     let url = tc.cluster.url(1).unwrap();

@@ -1,0 +1,238 @@
+//! [`KvClient`]: keys and batches over the REST API. Writes carry an
+//! `Idempotency-Key` drawn once per call and kept across tries, so a try
+//! whose outcome is unknown (lost answer, dead node, 503) is sent again to
+//! the next endpoint and still applies once; a batch's items are named by
+//! that key plus their index on the server.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use percent_encoding::utf8_percent_encode;
+use serde_json::{json, Value};
+
+use crate::PATH;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// `If-Match` / `if_version` not met; the key's version now, if any.
+    #[error("precondition failed: {message}")]
+    PreconditionFailed { message: String },
+    #[error("ringstore answered {status}: {body}")]
+    Server { status: u16, body: String },
+    #[error("no node answered: {0}")]
+    Transport(String),
+}
+
+/// One item of [`KvClient::batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    Put { key: String, value: Vec<u8>, if_version: Option<u64> },
+    Get { key: String },
+    Delete { key: String, if_version: Option<u64> },
+}
+
+/// One item's answer, in the order sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchResult {
+    Written {
+        version: u64,
+    },
+    Deleted {
+        version: u64,
+    },
+    Value {
+        value: Vec<u8>,
+        version: u64,
+    },
+    /// What the single-key route would have answered (404 for a get of a
+    /// missing key, 412 for an unmet `if_version`, ...).
+    Failed {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct KvClient {
+    http: awc::Client,
+    endpoints: Arc<Vec<String>>,
+    next: Arc<AtomicUsize>,
+    timeout: Duration,
+}
+
+/// Tries of one call (each to the next endpoint), within its deadline.
+const TRIES_MAX: usize = 6;
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+impl KvClient {
+    /// `endpoints`: node base URLs; `timeout`: each call's deadline (the
+    /// server's `X-Request-Timeout` too, at most 60 s).
+    pub fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
+        assert!(!endpoints.is_empty(), "at least one endpoint");
+        let http = awc::Client::builder().timeout(timeout + Duration::from_secs(1)).finish();
+        KvClient { http, endpoints: Arc::new(endpoints), next: Arc::default(), timeout }
+    }
+
+    /// Sends until an answer other than 503 arrives, rotating endpoints.
+    async fn send(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<(u16, Vec<u8>), KvError> {
+        let until = Instant::now() + self.timeout;
+        let key = format!("{:032x}", rand::random::<u128>().max(1));
+        let mut last = String::from("no try was made");
+        for tried in 0..TRIES_MAX {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if tried > 0 {
+                self.next.fetch_add(1, Ordering::Relaxed);
+            }
+            let i = self.next.load(Ordering::Relaxed) % self.endpoints.len();
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.endpoints[i]))
+                .timeout(left)
+                .insert_header(("x-request-timeout", left.as_millis().clamp(1, 60_000).to_string()))
+                .insert_header(("idempotency-key", key.as_str()));
+            for (k, v) in headers {
+                req = req.insert_header((*k, v.as_str()));
+            }
+            let res = match &body {
+                Some(b) => req.send_body(b.clone()).await,
+                None => req.send().await,
+            };
+            match res {
+                Ok(mut r) => {
+                    let status = r.status().as_u16();
+                    match r.body().limit(64 << 20).await {
+                        Ok(b) if status == 503 => last = format!("503: {}", String::from_utf8_lossy(&b)),
+                        Ok(b) => return Ok((status, b.to_vec())),
+                        Err(e) => last = format!("answer lost: {e}"),
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(RETRY_PAUSE.min(until.saturating_duration_since(Instant::now()))).await;
+        }
+        Err(KvError::Transport(format!("outcome unknown after retries with one idempotency key: {last}")))
+    }
+
+    fn key_path(key: &str) -> String {
+        format!("/v1/kv/{}", utf8_percent_encode(key, PATH))
+    }
+
+    /// The value and version of `key` (a linearizable read through
+    /// `?meta`, which carries the version), or `None` if it does not exist.
+    pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, KvError> {
+        let path = format!("{}?meta=true", Self::key_path(key));
+        let (status, body) = self.send(awc::http::Method::GET, &path, None, &[]).await?;
+        match status {
+            200 => {
+                let v = json_of(&body)?;
+                Ok(Some((value_of(&v)?, v["version"].as_u64().unwrap_or(0))))
+            }
+            404 => Ok(None),
+            s => Err(error(s, &body)),
+        }
+    }
+
+    /// Writes `value` (only over version `if_version`, when given) and
+    /// returns the new version.
+    pub async fn put(&self, key: &str, value: &[u8], if_version: Option<u64>) -> Result<u64, KvError> {
+        let headers: Vec<(&str, String)> = if_version.map(|v| ("if-match", format!("\"{v}\""))).into_iter().collect();
+        let (status, body) =
+            self.send(awc::http::Method::PUT, &Self::key_path(key), Some(value.to_vec()), &headers).await?;
+        match status {
+            200 => Ok(json_of(&body)?["version"].as_u64().unwrap_or(0)),
+            s => Err(error(s, &body)),
+        }
+    }
+
+    /// Deletes `key`; `Ok(false)` if it did not exist.
+    pub async fn delete(&self, key: &str) -> Result<bool, KvError> {
+        let (status, body) = self.send(awc::http::Method::DELETE, &Self::key_path(key), None, &[]).await?;
+        match status {
+            200 => Ok(true),
+            404 => Ok(false),
+            s => Err(error(s, &body)),
+        }
+    }
+
+    /// Sends `ops` as one `POST /v1/kv:batch` (at most 1,000): each item
+    /// succeeds or fails alone, one key's items in order.
+    pub async fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchResult>, KvError> {
+        let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+        let items: Vec<Value> = ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put { key, value, if_version } => {
+                    json!({ "op": "put", "key": key, "value_b64": b64(value), "if_version": if_version })
+                }
+                BatchOp::Get { key } => json!({ "op": "get", "key": key }),
+                BatchOp::Delete { key, if_version } => json!({ "op": "delete", "key": key, "if_version": if_version }),
+            })
+            .collect();
+        let body = json!({ "ops": items }).to_string().into_bytes();
+        let headers = [("content-type", "application/json".to_string())];
+        let (status, answer) = self.send(awc::http::Method::POST, "/v1/kv:batch", Some(body), &headers).await?;
+        if status != 200 {
+            return Err(error(status, &answer));
+        }
+        let v = json_of(&answer)?;
+        let results = v["results"].as_array().ok_or_else(|| unparsable("no results"))?;
+        results
+            .iter()
+            .zip(ops)
+            .map(|(r, op)| {
+                if r["ok"] != true {
+                    return Ok(BatchResult::Failed {
+                        status: r["status"].as_u64().unwrap_or(0) as u16,
+                        code: r["error"]["code"].as_str().unwrap_or_default().to_string(),
+                        message: r["error"]["message"].as_str().unwrap_or_default().to_string(),
+                    });
+                }
+                let version = r["version"].as_u64().unwrap_or(0);
+                Ok(match op {
+                    BatchOp::Put { .. } => BatchResult::Written { version },
+                    BatchOp::Delete { .. } => BatchResult::Deleted { version },
+                    BatchOp::Get { .. } => BatchResult::Value { value: value_of(r)?, version },
+                })
+            })
+            .collect()
+    }
+}
+
+fn json_of(b: &[u8]) -> Result<Value, KvError> {
+    serde_json::from_slice(b).map_err(|e| unparsable(&e.to_string()))
+}
+
+fn unparsable(what: &str) -> KvError {
+    KvError::Server { status: 200, body: format!("unparsable answer: {what}") }
+}
+
+/// `value` (text) or `value_b64` of an answer object.
+fn value_of(v: &Value) -> Result<Vec<u8>, KvError> {
+    match (v["value"].as_str(), v["value_b64"].as_str()) {
+        (Some(t), _) => Ok(t.as_bytes().to_vec()),
+        (None, Some(b)) => {
+            base64::engine::general_purpose::STANDARD.decode(b).map_err(|e| unparsable(&format!("value_b64: {e}")))
+        }
+        (None, None) => Err(unparsable("no value")),
+    }
+}
+
+fn error(status: u16, body: &[u8]) -> KvError {
+    let text = String::from_utf8_lossy(body).into_owned();
+    match status {
+        412 => KvError::PreconditionFailed { message: text },
+        s => KvError::Server { status: s, body: text },
+    }
+}
