@@ -76,6 +76,9 @@ PANELS = [
     ("Hibernation: sleeping replicas and wakes", "short", [
         ('max by (node) (ringstore_raft_hibernating_replicas)', "sleeping node {{node}}"),
         ('sum by (reason) (increase(ringstore_raft_hibernation_wakes_total[5m]))', "wakes {{reason}} /5m")]),
+    ("Key long polls: held and answered", "short", [
+        ('sum by (node) (ringstore_key_watchers)', "held node {{node}}"),
+        ('sum by (reason) (rate(ringstore_key_watch_wakes_total[1m]))', "answered/s {{reason}}")]),
     ("Pending requests per replica", "short", [
         ('max by (node, shard) (ringstore_raft_pending_requests)', "node {{node}} shard {{shard}}")]),
     ("Locks held and waiters", "short", [

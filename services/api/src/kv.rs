@@ -19,8 +19,12 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::request::{
     parse_fence, parse_idempotency_key, parse_if_none_match, parse_key, parse_precondition, parse_query, parse_timeout,
-    Consistency,
+    wait_deadline, Consistency, LONG_POLL_WAIT_DEFAULT,
 };
+
+/// Time a long poll's wake-up gets beyond its wait to come back from the
+/// leader, before the read that answers it.
+const LONG_POLL_HOP_SLACK: Duration = Duration::from_millis(250);
 use crate::ApiState;
 
 pub(crate) fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
@@ -122,8 +126,8 @@ pub async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_key(req.uri().path(), &state.limits)?;
     let q = parse_query(req.query_string(), &state.limits)?;
-    if q.consistency.is_some() || q.meta {
-        return Err(ApiError::bad_request("consistency and meta apply to GET only"));
+    if q.consistency.is_some() || q.meta || q.index.is_some() {
+        return Err(ApiError::bad_request("consistency, meta and index apply to GET only"));
     }
     let cond = parse_precondition(header(req.headers(), "if-match"), header(req.headers(), "if-none-match"), true)?;
     let fence = parse_fence(header(req.headers(), "fencing-token"), &state.limits)?;
@@ -150,7 +154,26 @@ pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRes
         return Err(ApiError::bad_request("If-Match applies to PUT and DELETE; a GET takes If-None-Match"));
     }
     let none_match = parse_if_none_match(header(req.headers(), "if-none-match"))?;
-    let timeout = deadline(&req, &state)?;
+    let mut timeout = deadline(&req, &state)?;
+    if let Some(after) = q.index {
+        if stale {
+            return Err(ApiError::bad_request("a long poll (index) reads linearizably; leave out consistency"));
+        }
+        let wait = q.wait.unwrap_or(LONG_POLL_WAIT_DEFAULT);
+        let wait_ms = wait.as_millis() as u64;
+        // The deadline follows the wait, as an acquire's does.
+        timeout = wait_deadline(header(req.headers(), "x-request-timeout"), wait_ms, &state.limits)?;
+        let started = std::time::Instant::now();
+        let watch = ShardOp::WatchKey { key: key.clone(), after, wait_ms };
+        match route(&state, key.clone(), watch, wait + LONG_POLL_HOP_SLACK).await {
+            // Changed, or the wait ended; or a wait cut short by a leader
+            // change: the read below says what the key is now.
+            Ok(_) => {}
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {}
+            Err(e) => return Err(e),
+        }
+        timeout = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+    }
     match route(&state, key.clone(), ShardOp::Read { key, stale }, timeout).await? {
         ShardReply::Value { value: Some(v), applied_index } => {
             if none_match.as_ref().is_some_and(|m| m.has(v.version)) {

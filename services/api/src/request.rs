@@ -166,7 +166,14 @@ pub struct KvQuery {
     pub consistency: Option<Consistency>,
     /// GET only: the value and its metadata as one JSON object.
     pub meta: bool,
+    /// GET only, a long poll: answer once the key's version is not this
+    /// (0: absent), or after `wait`.
+    pub index: Option<u64>,
+    pub wait: Option<Duration>,
 }
+
+/// How long a long poll (`?index=`) waits without `?wait=`.
+pub const LONG_POLL_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
@@ -175,7 +182,7 @@ pub enum Consistency {
     Stale,
 }
 
-pub const KV_PARAMS: &[&str] = &["ttl_ms", "consistency", "meta"];
+pub const KV_PARAMS: &[&str] = &["ttl_ms", "consistency", "meta", "index", "wait"];
 
 pub fn parse_query(qs: &str, limits: &Limits) -> Result<KvQuery, ApiError> {
     let p = Params::parse(qs, KV_PARAMS)?;
@@ -183,7 +190,15 @@ pub fn parse_query(qs: &str, limits: &Limits) -> Result<KvQuery, ApiError> {
         "stale" => Consistency::Stale,
         _ => Consistency::Linearizable,
     });
-    Ok(KvQuery { ttl_ms: p.u64_in("ttl_ms", 1, limits.ttl_ms_max)?, consistency, meta: p.flag("meta")? })
+    let wait_max = Duration::from_millis(limits.request_timeout_ms_max.saturating_sub(WAIT_ANSWER_MARGIN_MS));
+    let wait = p.get("wait").map(|w| duration_in("wait", w, Duration::from_millis(1), wait_max)).transpose()?;
+    let index = p.u64_in("index", 0, u64::MAX)?;
+    if wait.is_some() && index.is_none() {
+        return Err(ApiError::bad_request(
+            "wait needs index: the version you have (the ETag's number), or 0 if the key was absent",
+        ));
+    }
+    Ok(KvQuery { ttl_ms: p.u64_in("ttl_ms", 1, limits.ttl_ms_max)?, consistency, meta: p.flag("meta")?, index, wait })
 }
 
 /// `"42"` → 42. Weak tags, lists and `*` are refused: a version is exact.
@@ -326,6 +341,10 @@ mod tests {
         assert_eq!(parse_query("ttl_ms=5", &l()).unwrap().ttl_ms, Some(5));
         assert_eq!(parse_query("consistency=stale", &l()).unwrap().consistency, Some(Consistency::Stale));
         assert!(parse_query("meta", &l()).unwrap().meta);
+        let q = parse_query("index=7&wait=20s", &l()).unwrap();
+        assert_eq!((q.index, q.wait), (Some(7), Some(Duration::from_secs(20))));
+        assert!(parse_query("wait=1s", &l()).unwrap_err().message.starts_with("wait needs index"));
+        assert!(parse_query("index=1&wait=60s", &l()).unwrap_err().message.contains("from 1ms to 59s"));
         for bad in ["ttl_ms=0", "ttl_ms=-1", "ttl_ms=x", "consistency=weird", "tll_ms=5", "ttl_ms=1&ttl_ms=2"] {
             let e = parse_query(bad, &l()).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");

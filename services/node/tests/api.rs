@@ -373,6 +373,54 @@ async fn the_rust_client_reads_writes_and_batches() {
 }
 
 #[actix_rt::test]
+async fn a_long_poll_answers_when_the_key_changes_or_the_wait_ends() {
+    let tc = start(|_| {}).await;
+    let url = tc.cluster.url(1).unwrap();
+    let other = tc.cluster.url(2).unwrap();
+    let v1 = put(&url, "lp", b"one").await.json()["version"].as_u64().unwrap();
+    let poll = |q: String| {
+        let url = url.clone();
+        async move {
+            let start = std::time::Instant::now();
+            let r = call("GET", &url, &format!("/v1/kv/lp?{q}"), &[], vec![]).await;
+            (r, start.elapsed())
+        }
+    };
+    // A write through another node wakes a poll holding the old version.
+    let writer = async {
+        actix_rt::time::sleep(Duration::from_millis(400)).await;
+        put(&other, "lp", b"two").await.json()["version"].as_u64().unwrap()
+    };
+    let ((r, took), v2) = futures::join!(poll(format!("index={v1}&wait=20s")), writer);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!((r.body.as_slice(), r.header("etag")), (&b"two"[..], Some(format!("\"{v2}\""))));
+    assert!(took >= Duration::from_millis(350) && took < Duration::from_secs(10), "answered after {took:?}");
+    // A stale index answers at once; an unchanged key after the wait.
+    let (r, took) = poll(format!("index={v1}&wait=20s")).await;
+    assert_eq!((r.status, r.body.as_slice()), (StatusCode::OK, &b"two"[..]));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let (r, took) = poll(format!("index={v2}&wait=600ms")).await;
+    assert_eq!((r.status, r.body.as_slice()), (StatusCode::OK, &b"two"[..]));
+    assert!(took >= Duration::from_millis(550), "{took:?}");
+    // A delete wakes it too (404); index=0 waits for the key to exist.
+    let deleter = async {
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        call("DELETE", &other, "/v1/kv/lp", &[], vec![]).await.status
+    };
+    let ((r, _), deleted) = futures::join!(poll(format!("index={v2}&wait=20s")), deleter);
+    assert_eq!((r.status, deleted), (StatusCode::NOT_FOUND, StatusCode::OK));
+    let creator = async {
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        put(&other, "lp", b"three").await.status
+    };
+    let ((r, _), _) = futures::join!(poll("index=0&wait=20s&meta=true".into()), creator);
+    assert_eq!(r.json()["value"], "three");
+    let r = call("GET", &url, "/v1/kv/lp?wait=1s", &[], vec![]).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    tc.shutdown().await;
+}
+
+#[actix_rt::test]
 async fn metrics_endpoint_counts_requests() {
     let tc = start(|_| {}).await;
     let url = tc.cluster.url(1).unwrap();

@@ -35,7 +35,8 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
 /// 7: a shard split off starts its log after the split's index, not at
 /// `INIT_LOG_INDEX` (versions keep growing per key): replicas of one new
 /// shard on nodes of 6 and 7 would start different logs. 8: lock listing
-/// (`ScanLocks`, a `Locks` reply), which a node of 7 cannot decode.
+/// (`ScanLocks`, a `Locks` reply) and key long polls (`WatchKey`), which a
+/// node of 7 cannot decode.
 pub const PROTOCOL_VERSION: u8 = 8;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Largest frame a peer may send: a value at the value limit plus room.
@@ -517,6 +518,12 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
             }
             w.u64(*limit as u64);
         }
+        ShardOp::WatchKey { key, after, wait_ms } => {
+            w.u8(12);
+            w.bytes(key);
+            w.u64(*after);
+            w.u64(*wait_ms);
+        }
     }
 }
 
@@ -589,6 +596,7 @@ fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
             },
             limit: r.u64("limit")?.min(1 << 20) as usize,
         },
+        12 => ShardOp::WatchKey { key: r.bytes("key")?.to_vec(), after: r.u64("after")?, wait_ms: r.u64("wait")? },
         tag => return Err(CodecError::UnknownTag { what: "op", tag }),
     })
 }
@@ -1080,6 +1088,7 @@ mod tests {
             ShardOp::Scan { prefix: b"p/".to_vec(), after: Some(b"p/a".to_vec()), limit: 10, keys_only: true },
             ShardOp::ScanLocks { prefix: "jobs/".into(), after: Some("jobs/a".into()), limit: 10 },
             ShardOp::ScanLocks { prefix: String::new(), after: None, limit: 1 },
+            ShardOp::WatchKey { key: b"k".to_vec(), after: 7, wait_ms: 30_000 },
             ShardOp::ReadMap,
             ShardOp::WatchMap { after: 3, wait_ms: 5000 },
             ShardOp::ChangePeers(PeerChange::AddLearner(4)),

@@ -50,7 +50,7 @@ use crate::locks::{LockIndex, Waiter, Waiters};
 use crate::log_store::{ApplyState, KeyStats, LogStore};
 use crate::messages::{
     DestroyReplica, PeerUnreachable, Persisted, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest,
-    ShardResult, TransferLeadership, MAP_WATCHERS_MAX, MAP_WATCH_WAIT_MAX_MS,
+    ShardResult, TransferLeadership, KEY_WATCHERS_MAX, KEY_WATCH_WAIT_MAX_MS, MAP_WATCHERS_MAX, MAP_WATCH_WAIT_MAX_MS,
 };
 use crate::metrics::ReplicaMetrics;
 use crate::registry::RangeRegistry;
@@ -228,6 +228,11 @@ pub struct StorageActor {
     load: LoadSampler,
     /// Meta shard leader: map keepers waiting for an epoch above theirs.
     map_watchers: Vec<(u64, Instant, Reply)>,
+    /// Leader: long polls on keys (`WatchKey`), by key: the version each
+    /// waits to see change, until when, and its reply.
+    key_watchers: HashMap<Vec<u8>, Vec<(u64, Instant, Reply)>>,
+    /// Keys with watchers that this round's applied entries changed.
+    watched_changed: Vec<Vec<u8>>,
     /// Epoch of the cluster map this shard's state machine holds (meta
     /// shard; 0 elsewhere), which `SetMap` must name to replace it.
     map_epoch: u64,
@@ -360,6 +365,8 @@ impl StorageActor {
             campaign_until: None,
             load: LoadSampler::default(),
             map_watchers: Vec::new(),
+            key_watchers: HashMap::new(),
+            watched_changed: Vec::new(),
             map_epoch: 0,
             metrics: ReplicaMetrics::new(cfg.node, cfg.shard),
             leaders: cfg.leaders,
@@ -683,6 +690,7 @@ impl StorageActor {
         //    lock changes settled were answered with its replies).
         self.serve_confirmed_reads();
         self.serve_map_watchers();
+        self.serve_key_watchers();
         if std::mem::take(&mut self.compact_for_learner) {
             self.compact_for_new_replica();
         }
@@ -850,10 +858,16 @@ impl StorageActor {
                     continue;
                 }
                 Effect::Put { key, value, replaced } => {
+                    if self.key_watchers.contains_key(&key) {
+                        self.watched_changed.push(key.clone());
+                    }
                     apply.on_put(replaced, apply::footprint(&key, &value));
                     (data_key(&key), Some(value.encode()))
                 }
                 Effect::Delete { key, removed } => {
+                    if self.key_watchers.contains_key(&key) {
+                        self.watched_changed.push(key.clone());
+                    }
                     apply.on_delete(removed);
                     (data_key(&key), None)
                 }
@@ -1446,6 +1460,41 @@ impl StorageActor {
         }
     }
 
+    /// Answers the key watches whose key this round changed, whose wait
+    /// ended, or whose client left, and all of them when this replica no
+    /// longer leads (the router asks the new leader).
+    fn serve_key_watchers(&mut self) {
+        if self.key_watchers.is_empty() {
+            return;
+        }
+        let (now, leader) = (Instant::now(), self.is_leader());
+        let changed = std::mem::take(&mut self.watched_changed);
+        let read_now = self.read_now_ms(false);
+        let mut woken = Vec::new();
+        self.key_watchers.retain(|key, watchers| {
+            let hit = changed.contains(key);
+            for (after, until, tx) in std::mem::take(watchers) {
+                let reason = match () {
+                    _ if !leader => "leader",
+                    _ if hit => "changed",
+                    _ if until <= now || tx.is_closed() => "timeout",
+                    _ => {
+                        watchers.push((after, until, tx));
+                        continue;
+                    }
+                };
+                woken.push((key.clone(), tx, reason));
+            }
+            !watchers.is_empty()
+        });
+        for (key, tx, reason) in woken {
+            self.metrics.key_watch_wakes(reason);
+            let answer = if leader { self.read_local(&key, read_now) } else { Err(self.not_leader()) };
+            let _ = tx.send(answer);
+        }
+        self.metrics.key_watchers.set(self.key_watchers.values().map(Vec::len).sum::<usize>() as i64);
+    }
+
     fn reload_map_epoch(&mut self) {
         self.map_epoch = match self.raw.store().read_map() {
             Ok(None) => 0,
@@ -1716,6 +1765,7 @@ impl Actor for StorageActor {
             act.retry_stuck_reads();
             act.end_waits();
             act.serve_map_watchers();
+            act.serve_key_watchers();
             act.sweep_leases();
             // Drop waiters whose client gave up, so the map stays bounded.
             act.writes.retain(|_, p| !p.tx.is_closed());
@@ -1873,7 +1923,7 @@ impl Handler<ShardRequest> for StorageActor {
             }));
         }
         let key: Option<&[u8]> = match &op {
-            ShardOp::Read { key, .. } => Some(key),
+            ShardOp::Read { key, .. } | ShardOp::WatchKey { key, .. } => Some(key),
             ShardOp::Write { cmd, .. } => cmd.routing_key(),
             ShardOp::Acquire { name, .. } | ShardOp::LockStatus { name } => Some(name.as_bytes()),
             ShardOp::Status
@@ -1942,6 +1992,27 @@ impl Handler<ShardRequest> for StorageActor {
                 let kind = ReadKind::Locks { after, limit };
                 self.reads.unsent.push(PendingRead { key: prefix.into_bytes(), kind, tx });
                 self.schedule_flush(ctx);
+                Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
+            }
+            ShardOp::WatchKey { key, after, wait_ms } => {
+                if !self.is_leader() {
+                    return immediate(Err(self.not_leader()));
+                }
+                let now = self.read_now_ms(false);
+                let current = self.read_local(&key, now);
+                let version = match &current {
+                    Ok(ShardReply::Value { value, .. }) => value.as_ref().map_or(0, |v| v.version),
+                    _ => return immediate(current),
+                };
+                // The gauge is the count: kept exact by every push and serve.
+                let held = self.metrics.key_watchers.get().max(0) as usize;
+                if version != after || wait_ms == 0 || held >= KEY_WATCHERS_MAX {
+                    return immediate(current);
+                }
+                let (tx, rx) = oneshot::channel();
+                let until = Instant::now() + Duration::from_millis(wait_ms.min(KEY_WATCH_WAIT_MAX_MS));
+                self.key_watchers.entry(key).or_default().push((after, until, tx));
+                self.metrics.key_watchers.set(held as i64 + 1);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
             ShardOp::WatchMap { after, wait_ms } => {

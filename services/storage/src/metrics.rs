@@ -34,6 +34,8 @@ pub struct RaftMetrics {
     pub fast_failovers: IntCounterVec,
     pub hibernating: IntGaugeVec,
     pub hibernation_wakes: IntCounterVec,
+    pub key_watchers: IntGaugeVec,
+    pub key_watch_wakes: IntCounterVec,
     pub pending_requests: IntGaugeVec,
     pub snapshots: IntCounterVec,
     pub log_compactions: IntCounterVec,
@@ -147,6 +149,18 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
             "ringstore_raft_hibernating_replicas",
             "Shard replicas of this node whose quiet group sleeps: no ticks, no heartbeats",
             &["node"]
+        )
+        .expect("registers once"),
+        key_watchers: register_int_gauge_vec!(
+            "ringstore_key_watchers",
+            "Long polls on keys (GET ?index=&wait=) a leader replica holds",
+            ns
+        )
+        .expect("registers once"),
+        key_watch_wakes: register_int_counter_vec!(
+            "ringstore_key_watch_wakes_total",
+            "Key long polls answered, by reason: changed (an applied write or delete), timeout (the wait ended or the client left), leader (this replica stopped leading)",
+            &["node", "reason"]
         )
         .expect("registers once"),
         hibernation_wakes: register_int_counter_vec!(
@@ -293,6 +307,10 @@ pub struct ReplicaMetrics {
     pub votes_refused_after_restart: IntCounter,
     pub fast_failovers: IntCounter,
     pub hibernating: IntGauge,
+    pub key_watchers: IntGauge,
+    key_watch_changed: IntCounter,
+    key_watch_timeout: IntCounter,
+    key_watch_leader: IntCounter,
     pub wakes_request: IntCounter,
     pub wakes_message: IntCounter,
     pub wakes_leader_unreachable: IntCounter,
@@ -327,6 +345,15 @@ pub struct ReplicaMetrics {
 }
 
 impl ReplicaMetrics {
+    /// A key long poll answered, for `reason` (`changed`, `timeout`, `leader`).
+    pub fn key_watch_wakes(&self, reason: &str) {
+        match reason {
+            "changed" => self.key_watch_changed.inc(),
+            "leader" => self.key_watch_leader.inc(),
+            _ => self.key_watch_timeout.inc(),
+        }
+    }
+
     pub fn new(node: u64, shard: u64) -> Self {
         let (n, s) = (node.to_string(), shard.to_string());
         let ns = [n.as_str(), s.as_str()];
@@ -351,6 +378,10 @@ impl ReplicaMetrics {
             votes_refused_after_restart: r.votes_refused.with_label_values(&ns),
             fast_failovers: r.fast_failovers.with_label_values(&ns),
             hibernating: r.hibernating.with_label_values(&[&n]),
+            key_watchers: r.key_watchers.with_label_values(&ns),
+            key_watch_changed: r.key_watch_wakes.with_label_values(&[&n, "changed"]),
+            key_watch_timeout: r.key_watch_wakes.with_label_values(&[&n, "timeout"]),
+            key_watch_leader: r.key_watch_wakes.with_label_values(&[&n, "leader"]),
             wakes_request: r.hibernation_wakes.with_label_values(&[&n, "request"]),
             wakes_message: r.hibernation_wakes.with_label_values(&[&n, "message"]),
             wakes_leader_unreachable: r.hibernation_wakes.with_label_values(&[&n, "leader_unreachable"]),
