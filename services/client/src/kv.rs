@@ -72,7 +72,9 @@ impl KvClient {
     /// server's `X-Request-Timeout` too, at most 60 s).
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
         assert!(!endpoints.is_empty(), "at least one endpoint");
-        let http = awc::Client::builder().timeout(timeout + Duration::from_secs(1)).finish();
+        // Per request timeouts are set on each try; this one only bounds
+        // a long poll's (59 s at most, plus slack).
+        let http = awc::Client::builder().timeout(Duration::from_secs(62)).finish();
         KvClient { http, endpoints: Arc::new(endpoints), next: Arc::default(), timeout }
     }
 
@@ -84,7 +86,21 @@ impl KvClient {
         body: Option<Vec<u8>>,
         headers: &[(&str, String)],
     ) -> Result<(u16, Vec<u8>), KvError> {
-        let until = Instant::now() + self.timeout;
+        self.send_within(method, path, body, headers, None).await
+    }
+
+    /// [`Self::send`] within the client's timeout, which the server is
+    /// told as `X-Request-Timeout`; or, for a long poll, within `poll` and
+    /// with the server's deadline following the poll's wait.
+    async fn send_within(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+        poll: Option<Duration>,
+    ) -> Result<(u16, Vec<u8>), KvError> {
+        let until = Instant::now() + poll.unwrap_or(self.timeout);
         let key = format!("{:032x}", rand::random::<u128>().max(1));
         let mut last = String::from("no try was made");
         for tried in 0..TRIES_MAX {
@@ -100,8 +116,10 @@ impl KvClient {
                 .http
                 .request(method.clone(), format!("{}{path}", self.endpoints[i]))
                 .timeout(left)
-                .insert_header(("x-request-timeout", left.as_millis().clamp(1, 60_000).to_string()))
                 .insert_header(("idempotency-key", key.as_str()));
+            if poll.is_none() {
+                req = req.insert_header(("x-request-timeout", left.as_millis().clamp(1, 60_000).to_string()));
+            }
             for (k, v) in headers {
                 req = req.insert_header((*k, v.as_str()));
             }
@@ -134,6 +152,29 @@ impl KvClient {
     pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, KvError> {
         let path = format!("{}?meta=true", Self::key_path(key));
         let (status, body) = self.send(awc::http::Method::GET, &path, None, &[]).await?;
+        match status {
+            200 => {
+                let v = json_of(&body)?;
+                Ok(Some((value_of(&v)?, v["version"].as_u64().unwrap_or(0))))
+            }
+            404 => Ok(None),
+            s => Err(error(s, &body)),
+        }
+    }
+
+    /// Waits until `key`'s version is not `index` (0: absent) or `wait`
+    /// ends (at most 59 s; the client's timeout should exceed it), then
+    /// returns the key as it is (a linearizable read). Loop on it with
+    /// the version returned (0 for `None`) to follow a key.
+    pub async fn wait_for_change(
+        &self,
+        key: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Option<(Vec<u8>, u64)>, KvError> {
+        let path = format!("{}?meta=true&index={index}&wait={}ms", Self::key_path(key), wait.as_millis());
+        let budget = wait + Duration::from_secs(2);
+        let (status, body) = self.send_within(awc::http::Method::GET, &path, None, &[], Some(budget)).await?;
         match status {
             200 => {
                 let v = json_of(&body)?;

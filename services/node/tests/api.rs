@@ -368,6 +368,16 @@ async fn the_rust_client_reads_writes_and_batches() {
     assert!(matches!(results[3], BatchResult::Deleted { .. }));
     assert_eq!(kv.get("c/a b+ключ").await.unwrap(), None);
     assert!(!kv.delete("c/a b+ключ").await.unwrap());
+    // Following a key: a change through the client wakes the poll.
+    let waiter = kv.wait_for_change("c/x", 0, Duration::from_secs(1));
+    assert_eq!(waiter.await.unwrap().map(|(v, _)| v), Some(b"1".to_vec()), "a stale index answers at once");
+    let (_, x) = kv.get("c/x").await.unwrap().unwrap();
+    let later = async {
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        kv.put("c/x", b"2", Some(x)).await.unwrap()
+    };
+    let (seen, written) = futures::join!(kv.wait_for_change("c/x", x, Duration::from_secs(20)), later);
+    assert_eq!(seen.unwrap(), Some((b"2".to_vec(), written)));
     assert!(kv.delete("c/x").await.unwrap());
     tc.shutdown().await;
 }
