@@ -117,7 +117,7 @@ fn main() -> anyhow::Result<()> {
     let report = run::run(&cfg).context("the run")?;
     println!("{report}");
     println!("history, report and timelines: {}", cfg.out.display());
-    if !report.valid() {
+    if !report.valid() || report.nemesis_error.is_some() {
         std::process::exit(1);
     }
     Ok(())

@@ -58,6 +58,36 @@ async fn leaders(client: &awc::Client, urls: &[String]) -> BTreeMap<NodeId, usiz
     counts
 }
 
+/// How long a step waits for the cluster to be ready before it strikes.
+const STEP_READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long arming a failpoint waits for a node that is starting (the
+/// restart that healed the last fault may still be binding its port).
+const ARM_WITHIN: Duration = Duration::from_secs(10);
+
+/// Arms a failpoint on a node, retrying while it starts; `false` if it
+/// never answered (the fault then spares it, and says so).
+async fn arm(client: &awc::Client, url: &str, name: &str, actions: &str) -> bool {
+    let until = Instant::now() + ARM_WITHIN;
+    loop {
+        match failpoint(client, url, name, Some(actions)).await {
+            Ok(()) => return true,
+            Err(e) if Instant::now() >= until => {
+                eprintln!("nemesis: {name} not armed on {url}: {e:#}");
+                return false;
+            }
+            Err(_) => actix_rt::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+fn nodes_named(ids: &[NodeId]) -> String {
+    match ids {
+        [] => "no node (none answered)".to_string(),
+        ids => ids.iter().map(|i| format!("n{i}")).collect::<Vec<_>>().join(", "),
+    }
+}
+
 /// Arms (`Some(actions)`) or disarms a failpoint on one node.
 pub async fn failpoint(client: &awc::Client, url: &str, name: &str, actions: Option<&str>) -> anyhow::Result<()> {
     let path = format!("{url}/v1/debug/failpoints/{name}");
@@ -142,6 +172,11 @@ impl Nemesis {
                 pb.set_message("calm".to_string());
                 actix_rt::time::sleep(d).await;
             }
+            // A node the last fault restarted may still be starting: the
+            // next fault aims at a cluster that is up (bounded; a node that
+            // does not come back is the next fault's problem, and the
+            // history's).
+            let _ = self.wait_ready(STEP_READY_WITHIN).await;
             let start_us = self.now_us();
             let (what, undo) = self.inflict(&client, step).await?;
             pb.set_message(what.clone());
@@ -185,14 +220,19 @@ impl Nemesis {
             }
             Aim::Delay { ms } => {
                 let running: Vec<NodeId> = ids.iter().copied().filter(|i| self.cluster.is_running(*i)).collect();
-                for id in &running {
-                    let url = self.cluster.url(*id);
-                    failpoint(client, &url, "peer_raft_delay_ms", Some(&format!("return({ms})"))).await?;
+                let mut armed = Vec::new();
+                for id in running {
+                    if arm(client, &self.cluster.url(id), "peer_raft_delay_ms", &format!("return({ms})")).await {
+                        armed.push(id);
+                    }
                 }
-                Ok((format!("delay Raft {ms} ms into every node"), Undo::Disarm(running, "peer_raft_delay_ms")))
+                let what = format!("delay Raft {ms} ms into {}", nodes_named(&armed));
+                Ok((what, Undo::Disarm(armed, "peer_raft_delay_ms")))
             }
             Aim::Skew { node, ms } => {
-                failpoint(client, &self.cluster.url(node), "clock_offset_ms", Some(&format!("return({ms})"))).await?;
+                if !arm(client, &self.cluster.url(node), "clock_offset_ms", &format!("return({ms})")).await {
+                    return Ok((format!("clock skew skipped (n{node} not answering)"), Undo::Nothing));
+                }
                 Ok((format!("clock of n{node} {ms:+} ms"), Undo::Disarm(vec![node], "clock_offset_ms")))
             }
             Aim::Transfer(id) => {

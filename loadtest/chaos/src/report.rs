@@ -78,6 +78,9 @@ pub struct Report {
     pub stale_read_anomalies: Vec<String>,
     pub lock_anomalies: Vec<String>,
     pub set_anomalies: Vec<String>,
+    /// Why the schedule stopped before its end, if it did. The history up
+    /// to then is checked all the same.
+    pub nemesis_error: Option<String>,
 }
 
 impl Report {
@@ -184,6 +187,9 @@ impl fmt::Display for Report {
         }
         for a in self.stale_read_anomalies.iter().chain(&self.lock_anomalies).chain(&self.set_anomalies) {
             writeln!(f, "ANOMALY: {a}")?;
+        }
+        if let Some(e) = &self.nemesis_error {
+            writeln!(f, "THE NEMESIS STOPPED EARLY: {e} (the history up to then is checked below)")?;
         }
         let verdict = if self.valid() {
             "VALID"

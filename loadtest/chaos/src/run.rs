@@ -116,11 +116,14 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     for id in nemesis.cluster.ids() {
         std::fs::write(cfg.out.join(format!("node-{id}.log")), nemesis.cluster.log(id))?;
     }
-    result.context("the nemesis")?;
+    // A nemesis that failed ends the schedule early; what the clients
+    // recorded until then is still a history worth checking.
+    let nemesis_error = result.err().map(|e| format!("{e:#}"));
 
     let faults = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let rec = std::mem::take(&mut *ctx.rec.borrow_mut());
-    let report = check(cfg, &rec, &finals, &faults, start.elapsed())?;
+    let mut report = check(cfg, &rec, &finals, &faults, start.elapsed())?;
+    report.nemesis_error = nemesis_error;
     write_outputs(cfg, &rec, &finals, &faults, &report)?;
     drop(nemesis); // stops the nodes, removes the firewall chain
     Ok(report)
@@ -259,6 +262,7 @@ fn check(
         stale_read_anomalies: phantoms,
         lock_anomalies,
         set_anomalies,
+        nemesis_error: None,
     })
 }
 
