@@ -152,14 +152,7 @@ impl KvClient {
     pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, KvError> {
         let path = format!("{}?meta=true", Self::key_path(key));
         let (status, body) = self.send(awc::http::Method::GET, &path, None, &[]).await?;
-        match status {
-            200 => {
-                let v = json_of(&body)?;
-                Ok(Some((value_of(&v)?, v["version"].as_u64().unwrap_or(0))))
-            }
-            404 => Ok(None),
-            s => Err(error(s, &body)),
-        }
+        versioned(status, &body)
     }
 
     /// Waits until `key`'s version is not `index` (0: absent) or `wait`
@@ -175,14 +168,7 @@ impl KvClient {
         let path = format!("{}?meta=true&index={index}&wait={}ms", Self::key_path(key), wait.as_millis());
         let budget = wait + Duration::from_secs(2);
         let (status, body) = self.send_within(awc::http::Method::GET, &path, None, &[], Some(budget)).await?;
-        match status {
-            200 => {
-                let v = json_of(&body)?;
-                Ok(Some((value_of(&v)?, v["version"].as_u64().unwrap_or(0))))
-            }
-            404 => Ok(None),
-            s => Err(error(s, &body)),
-        }
+        versioned(status, &body)
     }
 
     /// Writes `value` (only over version `if_version`, when given) and
@@ -248,6 +234,18 @@ impl KvClient {
                 })
             })
             .collect()
+    }
+}
+
+/// A `?meta` answer: the value and its version, `None` for a 404.
+fn versioned(status: u16, body: &[u8]) -> Result<Option<(Vec<u8>, u64)>, KvError> {
+    match status {
+        200 => {
+            let v = json_of(body)?;
+            Ok(Some((value_of(&v)?, v["version"].as_u64().unwrap_or(0))))
+        }
+        404 => Ok(None),
+        s => Err(error(s, body)),
     }
 }
 
