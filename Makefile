@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: run test deps build lint fmt bench bench-batch bench-cluster bench-partition bench-rebalance bench-grow bench-containers bench-idle chaos
+.PHONY: run test deps build lint fmt bench bench-batch bench-watch bench-cluster bench-partition bench-rebalance bench-grow bench-containers bench-idle chaos
 
 # Builds the whole workspace so features unify as in `make test` (building a
 # subset can re-run RocksDB's build script).
@@ -32,6 +32,9 @@ bench: deps
 # POST /v1/kv:batch of 100 puts against single PUTs, by 1 and 16 clients.
 bench-batch: deps
 	$(ENV) loadtest/bench-batch.sh
+
+bench-watch: deps
+	$(ENV) loadtest/bench-watch.sh
 
 # Three `ringstore node` processes beside `ringstore dev`, and failover after kill -9.
 bench-cluster: deps

@@ -28,6 +28,8 @@ pub struct Limits {
     pub lock_owner_bytes_max: usize,
     /// Waiters one lock's queue may hold (at most `lock::QUEUE_MAX`).
     pub lock_waiters_max: usize,
+    /// Watch streams one node serves at once (503 beyond).
+    pub watchers_max: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +44,7 @@ impl Default for Limits {
             lock_ttl_ms_max: 3_600_000,
             lock_owner_bytes_max: 256,
             lock_waiters_max: crate::lock::QUEUE_MAX,
+            watchers_max: 4096,
         }
     }
 }

@@ -49,6 +49,9 @@ pub enum StoreError {
         None => "the key does not exist".to_string(),
     })]
     PreconditionFailed { current: Option<u64> },
+    /// A watch position older than the shard's event log keeps.
+    #[error("position {asked} is compacted; the oldest available is {oldest}")]
+    Compacted { asked: u64, oldest: u64 },
     #[error("{what} is {len} bytes; the limit is {max} bytes")]
     TooLarge { what: &'static str, len: usize, max: usize },
     #[error("{0}")]

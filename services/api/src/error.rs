@@ -48,6 +48,7 @@ impl From<StoreError> for ApiError {
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             Fenced { .. } => (StatusCode::CONFLICT, "fenced"),
+            Compacted { .. } => (StatusCode::GONE, "compacted"),
             TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),

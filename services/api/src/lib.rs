@@ -25,6 +25,7 @@ pub mod params;
 pub mod rebalance;
 pub mod request;
 pub mod scan;
+pub mod watch;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct ApiState {
     /// Hands every leadership this node holds to another replica (the
     /// `preStop` of a pod, before SIGTERM).
     pub handover: Handover,
+    /// Watch streams the node serves now (all workers').
+    pub watchers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Moves the node's leaderships away; resolves once they moved (bounded).
@@ -78,6 +81,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(ops::other_methods("GET, HEAD, PUT, DELETE, OPTIONS")),
     )
     .service(get_only("/v1/kv", web::get().to(scan::scan)))
+    .service(get_only("/v1/watch", web::get().to(watch::watch_prefix)))
+    .service(get_only("/v1/watch/{key:.*}", web::get().to(watch::watch_key)))
     .service(
         web::resource("/v1/kv:batch")
             .app_data(web::PayloadConfig::new(batch::BATCH_BODY_BYTES_MAX))

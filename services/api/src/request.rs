@@ -18,8 +18,15 @@ pub const KV_PREFIX: &str = "/v1/kv/";
 /// The user key of `/v1/kv/{key}`, from the raw (still percent-encoded)
 /// path so that `%2F` and `/` both mean `/` and nothing is decoded twice.
 pub fn parse_key(raw_path: &str, limits: &Limits) -> Result<Vec<u8>, ApiError> {
-    let enc =
-        raw_path.strip_prefix(KV_PREFIX).ok_or_else(|| ApiError::bad_request("key path must start with /v1/kv/"))?;
+    parse_key_under(raw_path, KV_PREFIX, limits)
+}
+
+/// The key of a path `prefix` + key (`/v1/kv/`, `/v1/watch/`), by the
+/// same rules.
+pub fn parse_key_under(raw_path: &str, prefix: &str, limits: &Limits) -> Result<Vec<u8>, ApiError> {
+    let enc = raw_path
+        .strip_prefix(prefix)
+        .ok_or_else(|| ApiError::bad_request(format!("key path must start with {prefix}")))?;
     if enc.is_empty() {
         return Err(ApiError::bad_request("key must not be empty"));
     }

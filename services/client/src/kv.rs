@@ -4,15 +4,14 @@
 //! the next endpoint and still applies once; a batch's items are named by
 //! that key plus their index on the server.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use percent_encoding::utf8_percent_encode;
 use serde_json::{json, Value};
 
-use crate::PATH;
+use crate::endpoints::{Call, Endpoints};
+use crate::{PATH, QUERY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
@@ -23,6 +22,9 @@ pub enum KvError {
     Server { status: u16, body: String },
     #[error("no node answered: {0}")]
     Transport(String),
+    /// A watch's position is older than a shard keeps (410).
+    #[error("the watch position is compacted: {message}")]
+    Compacted { message: String },
 }
 
 /// One item of [`KvClient::batch`].
@@ -57,90 +59,52 @@ pub enum BatchResult {
 
 #[derive(Clone)]
 pub struct KvClient {
-    http: awc::Client,
-    endpoints: Arc<Vec<String>>,
-    next: Arc<AtomicUsize>,
+    endpoints: Endpoints,
     timeout: Duration,
 }
 
-/// Tries of one call (each to the next endpoint), within its deadline.
-const TRIES_MAX: usize = 6;
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const OCTETS: &str = "application/octet-stream";
+/// Answers a call takes at most (a batch's, a scan's).
+const ANSWER_BYTES_MAX: usize = 64 << 20;
 
 impl KvClient {
     /// `endpoints`: node base URLs; `timeout`: each call's deadline (the
     /// server's `X-Request-Timeout` too, at most 60 s).
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
-        assert!(!endpoints.is_empty(), "at least one endpoint");
         // Per request timeouts are set on each try; this one only bounds
         // a long poll's (59 s at most, plus slack).
-        let http = awc::Client::builder().timeout(Duration::from_secs(62)).finish();
-        KvClient { http, endpoints: Arc::new(endpoints), next: Arc::default(), timeout }
+        KvClient { endpoints: Endpoints::new(endpoints, Duration::from_secs(62)), timeout }
     }
 
-    /// Sends until an answer other than 503 arrives, rotating endpoints.
+    /// Sends until an answer other than 503 arrives, rotating endpoints,
+    /// within the client's timeout (which the server is told as
+    /// `X-Request-Timeout`); or, for a long poll, within `poll` and with
+    /// the server's deadline following the poll's wait.
     async fn send(
         &self,
         method: awc::http::Method,
         path: &str,
-        body: Option<Vec<u8>>,
-        headers: &[(&str, String)],
-    ) -> Result<(u16, Vec<u8>), KvError> {
-        self.send_within(method, path, body, headers, None).await
-    }
-
-    /// [`Self::send`] within the client's timeout, which the server is
-    /// told as `X-Request-Timeout`; or, for a long poll, within `poll` and
-    /// with the server's deadline following the poll's wait.
-    async fn send_within(
-        &self,
-        method: awc::http::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<(&'static str, Vec<u8>)>,
         headers: &[(&str, String)],
         poll: Option<Duration>,
     ) -> Result<(u16, Vec<u8>), KvError> {
         let until = Instant::now() + poll.unwrap_or(self.timeout);
-        let key = format!("{:032x}", rand::random::<u128>().max(1));
-        let mut last = String::from("no try was made");
-        for tried in 0..TRIES_MAX {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            if tried > 0 {
-                self.next.fetch_add(1, Ordering::Relaxed);
-            }
-            let i = self.next.load(Ordering::Relaxed) % self.endpoints.len();
-            let mut req = self
-                .http
-                .request(method.clone(), format!("{}{path}", self.endpoints[i]))
-                .timeout(left)
-                .insert_header(("idempotency-key", key.as_str()));
-            if poll.is_none() {
-                req = req.insert_header(("x-request-timeout", left.as_millis().clamp(1, 60_000).to_string()));
-            }
-            for (k, v) in headers {
-                req = req.insert_header((*k, v.as_str()));
-            }
-            let res = match &body {
-                Some(b) => req.send_body(b.clone()).await,
-                None => req.send().await,
-            };
-            match res {
-                Ok(mut r) => {
-                    let status = r.status().as_u16();
-                    match r.body().limit(64 << 20).await {
-                        Ok(b) if status == 503 => last = format!("503: {}", String::from_utf8_lossy(&b)),
-                        Ok(b) => return Ok((status, b.to_vec())),
-                        Err(e) => last = format!("answer lost: {e}"),
-                    }
-                }
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(RETRY_PAUSE.min(until.saturating_duration_since(Instant::now()))).await;
-        }
-        Err(KvError::Transport(format!("outcome unknown after retries with one idempotency key: {last}")))
+        let call = Call { method, path, body, headers, deadline_header: poll.is_none(), answer_max: ANSWER_BYTES_MAX };
+        self.endpoints.send(call, until).await.map_err(KvError::Transport)
+    }
+
+    /// Follows `key`'s changes from `from` (a position an earlier
+    /// [`Change`](crate::Change) carried) or from now.
+    pub fn watch(&self, key: &str, from: Option<String>) -> crate::Watcher {
+        let path = format!("/v1/watch/{}", utf8_percent_encode(key, PATH));
+        crate::Watcher::new(self.endpoints.clone(), path, from)
+    }
+
+    /// Follows the changes of every key starting with `prefix`, on every
+    /// shard (in order per key).
+    pub fn watch_prefix(&self, prefix: &str, from: Option<String>) -> crate::Watcher {
+        let path = format!("/v1/watch?prefix={}", utf8_percent_encode(prefix, QUERY));
+        crate::Watcher::new(self.endpoints.clone(), path, from)
     }
 
     fn key_path(key: &str) -> String {
@@ -151,7 +115,7 @@ impl KvClient {
     /// `?meta`, which carries the version), or `None` if it does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, KvError> {
         let path = format!("{}?meta=true", Self::key_path(key));
-        let (status, body) = self.send(awc::http::Method::GET, &path, None, &[]).await?;
+        let (status, body) = self.send(awc::http::Method::GET, &path, None, &[], None).await?;
         versioned(status, &body)
     }
 
@@ -167,7 +131,7 @@ impl KvClient {
     ) -> Result<Option<(Vec<u8>, u64)>, KvError> {
         let path = format!("{}?meta=true&index={index}&wait={}ms", Self::key_path(key), wait.as_millis());
         let budget = wait + Duration::from_secs(2);
-        let (status, body) = self.send_within(awc::http::Method::GET, &path, None, &[], Some(budget)).await?;
+        let (status, body) = self.send(awc::http::Method::GET, &path, None, &[], Some(budget)).await?;
         versioned(status, &body)
     }
 
@@ -175,8 +139,9 @@ impl KvClient {
     /// returns the new version.
     pub async fn put(&self, key: &str, value: &[u8], if_version: Option<u64>) -> Result<u64, KvError> {
         let headers: Vec<(&str, String)> = if_version.map(|v| ("if-match", format!("\"{v}\""))).into_iter().collect();
-        let (status, body) =
-            self.send(awc::http::Method::PUT, &Self::key_path(key), Some(value.to_vec()), &headers).await?;
+        let (status, body) = self
+            .send(awc::http::Method::PUT, &Self::key_path(key), Some((OCTETS, value.to_vec())), &headers, None)
+            .await?;
         match status {
             200 => Ok(json_of(&body)?["version"].as_u64().unwrap_or(0)),
             s => Err(error(s, &body)),
@@ -185,7 +150,7 @@ impl KvClient {
 
     /// Deletes `key`; `Ok(false)` if it did not exist.
     pub async fn delete(&self, key: &str) -> Result<bool, KvError> {
-        let (status, body) = self.send(awc::http::Method::DELETE, &Self::key_path(key), None, &[]).await?;
+        let (status, body) = self.send(awc::http::Method::DELETE, &Self::key_path(key), None, &[], None).await?;
         match status {
             200 => Ok(true),
             404 => Ok(false),
@@ -208,8 +173,8 @@ impl KvClient {
             })
             .collect();
         let body = json!({ "ops": items }).to_string().into_bytes();
-        let headers = [("content-type", "application/json".to_string())];
-        let (status, answer) = self.send(awc::http::Method::POST, "/v1/kv:batch", Some(body), &headers).await?;
+        let (status, answer) =
+            self.send(awc::http::Method::POST, "/v1/kv:batch", Some(("application/json", body)), &[], None).await?;
         if status != 200 {
             return Err(error(status, &answer));
         }

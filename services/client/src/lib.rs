@@ -12,20 +12,24 @@
 //! so the holder never believes in a lease longer than the leader does.
 //! Runs on an actix (tokio current-thread) runtime, like `awc`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
+mod endpoints;
 pub mod kv;
+pub mod watch;
+use endpoints::{Call, Endpoints};
 pub use kv::{BatchOp, BatchResult, KvClient, KvError};
 use serde::Deserialize;
 use serde_json::json;
+pub use watch::{Change, ChangeKind, Watcher};
 
 /// Characters escaped in a lock name or key inside a URL path (`/` is
 /// kept: names may nest).
 const PATH: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'?').add(b'<').add(b'>').add(b'`');
+/// And in a query value: the separators too.
+const QUERY: &AsciiSet = &PATH.add(b'&').add(b'=').add(b'+');
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -82,33 +86,25 @@ struct Conflict {
 
 #[derive(Clone)]
 pub struct LockClient {
-    http: awc::Client,
-    endpoints: Arc<Vec<String>>,
-    next: Arc<AtomicUsize>,
+    endpoints: Endpoints,
 }
 
 /// Extra time the HTTP request gets beyond the server-side wait.
 const REQUEST_SLACK: Duration = Duration::from_secs(5);
-/// Tries of one lock command (each to the next endpoint), within its deadline.
-const TRIES_MAX: usize = 6;
-/// Pause between tries, so a cluster electing a leader is not hammered.
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Answers of lock commands are small.
+const ANSWER_BYTES_MAX: usize = 1 << 20;
 
 impl LockClient {
     /// `endpoints`: node base URLs, e.g. `http://127.0.0.1:8080`.
     pub fn new(endpoints: Vec<String>) -> Self {
-        assert!(!endpoints.is_empty(), "at least one endpoint");
-        let http = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
-        LockClient { http, endpoints: Arc::new(endpoints), next: Arc::default() }
+        LockClient { endpoints: Endpoints::new(endpoints, Duration::from_secs(120)) }
     }
 
-    /// Sends one lock command and returns the answer. The command carries
-    /// an `Idempotency-Key` drawn here, kept across tries: a try whose
-    /// outcome is unknown (the answer was lost, the node died, a 503) is
-    /// sent again, to the next endpoint, and the shard applies the command
-    /// once and answers every try with the first outcome. So a retried
-    /// acquire never adds a second hold, and a retried release never drops
-    /// two. Tries stop at the deadline or after [`TRIES_MAX`].
+    /// Sends one lock command and returns the answer, by the shared retry
+    /// loop ([`Endpoints::send`]): the `Idempotency-Key` kept across tries
+    /// makes the shard apply the command once and answer every try with
+    /// the first outcome, so a retried acquire never adds a second hold
+    /// and a retried release never drops two.
     async fn post(
         &self,
         name: &str,
@@ -117,44 +113,15 @@ impl LockClient {
         wait: Duration,
     ) -> Result<(u16, Vec<u8>), LockError> {
         let path = format!("/v1/locks/{}/{action}", utf8_percent_encode(name, PATH));
-        let until = Instant::now() + wait + REQUEST_SLACK;
-        let key = format!("{:032x}", rand::random::<u128>().max(1));
-        let mut last = String::from("no try was made");
-        for tried in 0..TRIES_MAX {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            if tried > 0 {
-                self.next.fetch_add(1, Ordering::Relaxed);
-            }
-            let i = self.next.load(Ordering::Relaxed) % self.endpoints.len();
-            let url = format!("{}{path}", self.endpoints[i]);
-            let res = self
-                .http
-                .post(url)
-                .timeout(left)
-                .insert_header(("x-request-timeout", left.as_millis().clamp(1, 60_000).to_string()))
-                .insert_header(("idempotency-key", key.as_str()))
-                .send_json(&body)
-                .await;
-            match res {
-                Ok(mut r) => {
-                    let status = r.status().as_u16();
-                    let bytes = r.body().limit(1 << 20).await;
-                    match bytes {
-                        // Unavailable (no leader, outcome unknown): the
-                        // same key elsewhere is safe.
-                        Ok(b) if status == 503 => last = format!("503: {}", String::from_utf8_lossy(&b)),
-                        Ok(b) => return Ok((status, b.to_vec())),
-                        Err(e) => last = format!("answer lost: {e}"),
-                    }
-                }
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(RETRY_PAUSE.min(until.saturating_duration_since(Instant::now()))).await;
-        }
-        Err(LockError::Transport(format!("outcome unknown after retries with one idempotency key: {last}")))
+        let call = Call {
+            method: awc::http::Method::POST,
+            path: &path,
+            body: Some(("application/json", body.to_string().into_bytes())),
+            headers: &[],
+            deadline_header: true,
+            answer_max: ANSWER_BYTES_MAX,
+        };
+        self.endpoints.send(call, Instant::now() + wait + REQUEST_SLACK).await.map_err(LockError::Transport)
     }
 
     /// Acquires `name` in a new session labelled `owner`, waiting up to
@@ -198,8 +165,8 @@ impl LockClient {
     }
 
     pub async fn status(&self, name: &str) -> Result<LockStatus, LockError> {
-        let url = format!("{}/v1/locks/{}", self.endpoints[0], utf8_percent_encode(name, PATH));
-        let mut r = self.http.get(url).send().await.map_err(|e| LockError::Transport(e.to_string()))?;
+        let url = format!("{}/v1/locks/{}", self.endpoints.urls[0], utf8_percent_encode(name, PATH));
+        let mut r = self.endpoints.http.get(url).send().await.map_err(|e| LockError::Transport(e.to_string()))?;
         let bytes = r.body().await.map_err(|e| LockError::Transport(e.to_string()))?;
         match r.status().as_u16() {
             200 => parse(&bytes),

@@ -72,6 +72,9 @@ pub struct NodeArgs {
     /// Request deadline when a client sends no X-Request-Timeout [default: 5000]
     #[arg(long, env = "RINGSTORE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// Watch streams this node serves at once; more get 503 [default: 4096]
+    #[arg(long, env = "RINGSTORE_WATCHERS_MAX")]
+    pub watchers_max: Option<usize>,
     /// Raft tick [default: 100]
     #[arg(long, env = "RINGSTORE_RAFT_TICK_MS")]
     pub raft_tick_ms: Option<u64>,
@@ -127,6 +130,7 @@ struct FileConfig {
     http_workers: Option<usize>,
     storage_threads: Option<usize>,
     request_timeout_ms: Option<u64>,
+    watchers_max: Option<usize>,
     raft_tick_ms: Option<u64>,
     raft_election_ticks: Option<usize>,
     raft_max_clock_drift_ms: Option<u64>,
@@ -205,6 +209,9 @@ impl NodeArgs {
                 limits.request_timeout_ms_max
             );
             limits.request_timeout_ms_default = v;
+        }
+        if let Some(v) = self.watchers_max.or(file.watchers_max) {
+            limits.watchers_max = v;
         }
         let shards = self.shards.or(file.shards);
         if let Some(n) = shards {

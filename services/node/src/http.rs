@@ -46,6 +46,7 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
         draining,
         shutdown_timeout_s,
     } = o;
+    let watchers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let server = HttpServer::new(move || {
         // Runs once on each worker thread: that worker's own Router.
         let router = actix::Actor::start(Router::new(node, map.clone(), transport.clone()));
@@ -59,6 +60,7 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
             transport: transport.clone(),
             cluster_id,
             handover: handover.clone(),
+            watchers: watchers.clone(),
         };
         App::new()
             .app_data(web::Data::new(state))

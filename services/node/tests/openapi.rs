@@ -47,7 +47,9 @@ fn openapi_paths_match_the_routes() {
             "/v1/rebalance",
             "/v1/rebalance/config",
             "/v1/rebalance/pause",
-            "/v1/rebalance/resume"
+            "/v1/rebalance/resume",
+            "/v1/watch",
+            "/v1/watch/{key}"
         ]
     );
     let kv = &spec["paths"]["/v1/kv/{key}"];
@@ -78,6 +80,8 @@ fn openapi_paths_match_the_routes() {
         "\"/healthz\"",
         "\"/readyz\"",
         "\"/metrics\"",
+        "\"/v1/watch\"",
+        "\"/v1/watch/{key:.*}\"",
     ] {
         assert!(src.contains(route), "route {route} not registered");
     }

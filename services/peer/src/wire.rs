@@ -22,6 +22,7 @@ use ringstore_shared::command::{get_request, put_request, Proposal};
 use ringstore_shared::lock::LockRecord;
 use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
+use ringstore_storage::events::{Event, EventKind, KeyFilter};
 use ringstore_storage::messages::PeerChange;
 use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult};
 
@@ -36,8 +37,9 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
 /// `INIT_LOG_INDEX` (versions keep growing per key): replicas of one new
 /// shard on nodes of 6 and 7 would start different logs. 8: lock listing
 /// (`ScanLocks`, a `Locks` reply) and key long polls (`WatchKey`), which a
-/// node of 7 cannot decode.
-pub const PROTOCOL_VERSION: u8 = 8;
+/// node of 7 cannot decode. 9: watch polls (`Events`, an `Events` reply,
+/// the `Compacted` error).
+pub const PROTOCOL_VERSION: u8 = 9;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Largest frame a peer may send: a value at the value limit plus room.
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -524,6 +526,22 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
             w.u64(*after);
             w.u64(*wait_ms);
         }
+        ShardOp::Events { filter, after, max, wait_ms } => {
+            w.u8(13);
+            match filter {
+                KeyFilter::Exact(k) => {
+                    w.u8(0);
+                    w.bytes(k);
+                }
+                KeyFilter::Prefix(p) => {
+                    w.u8(1);
+                    w.bytes(p);
+                }
+            }
+            put_opt(w, *after);
+            w.u64(*max as u64);
+            w.u64(*wait_ms);
+        }
     }
 }
 
@@ -597,6 +615,16 @@ fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
             limit: r.u64("limit")?.min(1 << 20) as usize,
         },
         12 => ShardOp::WatchKey { key: r.bytes("key")?.to_vec(), after: r.u64("after")?, wait_ms: r.u64("wait")? },
+        13 => ShardOp::Events {
+            filter: match r.u8("filter")? {
+                0 => KeyFilter::Exact(r.bytes("watched key")?.to_vec()),
+                1 => KeyFilter::Prefix(r.bytes("watched prefix")?.to_vec()),
+                tag => return Err(CodecError::UnknownTag { what: "filter", tag }),
+            },
+            after: get_opt(r, "position")?,
+            max: r.u64("max events")?.min(1 << 20) as usize,
+            wait_ms: r.u64("wait")?,
+        },
         tag => return Err(CodecError::UnknownTag { what: "op", tag }),
     })
 }
@@ -699,6 +727,23 @@ fn put_reply(w: &mut Writer, reply: &ShardReply) {
             w.u8(*more as u8);
             w.u64(*epoch);
             w.u64(*now_ms);
+        }
+        ShardReply::Events { events, position } => {
+            w.u8(8);
+            w.u32(events.len() as u32);
+            for e in events {
+                w.u64(e.index);
+                w.u8(match e.kind {
+                    EventKind::Put => 0,
+                    EventKind::Delete => 1,
+                    EventKind::Expire => 2,
+                });
+                w.bytes(&e.key);
+                if let Some(v) = &e.value {
+                    w.bytes(&v.encode());
+                }
+            }
+            w.u64(*position);
         }
     }
 }
@@ -810,6 +855,26 @@ fn get_reply(r: &mut Reader<'_>) -> Result<ShardReply, CodecError> {
             let more = r.u8("more")? != 0;
             ShardReply::Locks { locks, more, epoch: r.u64("scan epoch")?, now_ms: r.u64("now")? }
         }
+        8 => {
+            let n = r.u32("event count")?;
+            let mut events = Vec::with_capacity((n as usize).min(4096));
+            for _ in 0..n {
+                let index = r.u64("event index")?;
+                let kind = match r.u8("event kind")? {
+                    0 => EventKind::Put,
+                    1 => EventKind::Delete,
+                    2 => EventKind::Expire,
+                    tag => return Err(CodecError::UnknownTag { what: "event kind", tag }),
+                };
+                let key = r.bytes("event key")?.to_vec();
+                let value = match kind {
+                    EventKind::Put => Some(StoredValue::decode(r.bytes("event value")?)?),
+                    _ => None,
+                };
+                events.push(Event { index, kind, key, value });
+            }
+            ShardReply::Events { events, position: r.u64("position")? }
+        }
         tag => return Err(CodecError::UnknownTag { what: "reply", tag }),
     })
 }
@@ -832,6 +897,11 @@ fn put_error(w: &mut Writer, e: &StoreError) {
         StoreError::OutcomeUnknown { reason } => {
             w.u8(15);
             w.bytes(reason.as_bytes());
+        }
+        StoreError::Compacted { asked, oldest } => {
+            w.u8(16);
+            w.u64(*asked);
+            w.u64(*oldest);
         }
         StoreError::Unreachable { node } => {
             w.u8(4);
@@ -915,6 +985,7 @@ fn get_error(r: &mut Reader<'_>) -> Result<StoreError, CodecError> {
         13 => StoreError::Fenced { lock: string(r, "lock")?, highest: r.u64("highest")? },
         14 => StoreError::WrongShard { shard: r.u64("shard")?, epoch: r.u64("epoch")? },
         15 => StoreError::OutcomeUnknown { reason: string(r, "reason")? },
+        16 => StoreError::Compacted { asked: r.u64("asked")?, oldest: r.u64("oldest")? },
         tag => return Err(CodecError::UnknownTag { what: "error", tag }),
     })
 }
@@ -1089,6 +1160,8 @@ mod tests {
             ShardOp::ScanLocks { prefix: "jobs/".into(), after: Some("jobs/a".into()), limit: 10 },
             ShardOp::ScanLocks { prefix: String::new(), after: None, limit: 1 },
             ShardOp::WatchKey { key: b"k".to_vec(), after: 7, wait_ms: 30_000 },
+            ShardOp::Events { filter: KeyFilter::Exact(b"k".to_vec()), after: Some(9), max: 100, wait_ms: 25_000 },
+            ShardOp::Events { filter: KeyFilter::Prefix(Vec::new()), after: None, max: 1, wait_ms: 0 },
             ShardOp::ReadMap,
             ShardOp::WatchMap { after: 3, wait_ms: 5000 },
             ShardOp::ChangePeers(PeerChange::AddLearner(4)),
@@ -1195,6 +1268,20 @@ mod tests {
                 epoch: 4,
                 now_ms: 8,
             }),
+            Ok(ShardReply::Events {
+                events: vec![
+                    Event {
+                        index: 5,
+                        kind: EventKind::Put,
+                        key: b"a".to_vec(),
+                        value: Some(StoredValue { version: 5, expires_at_ms: Some(9), data: b"x".to_vec() }),
+                    },
+                    Event { index: 6, kind: EventKind::Delete, key: b"a".to_vec(), value: None },
+                    Event { index: 7, kind: EventKind::Expire, key: b"b".to_vec(), value: None },
+                ],
+                position: 9,
+            }),
+            Err(StoreError::Compacted { asked: 3, oldest: 40 }),
         ];
         for res in results {
             let mut buf = Vec::new();

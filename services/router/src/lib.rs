@@ -184,6 +184,12 @@ impl Handler<Route> for Router {
                             });
                         }
                     }
+                    // A watch poll on a shard that gave its key away: the
+                    // watcher moves to the key's new shard itself, since
+                    // its position belongs to this one.
+                    Err(e @ StoreError::WrongShard { .. }) if matches!(msg.op, ShardOp::Events { .. }) => {
+                        return Err(e)
+                    }
                     Err(StoreError::WrongShard { shard, epoch }) => {
                         return Err(StoreError::Unavailable {
                             reason: format!(
@@ -264,7 +270,8 @@ pub async fn send_to_shard(
         let seen = hints.get(shard);
         let sent = transport.request(node, target, shard, op.clone());
         // A long poll waits by design; only other reads are cut short.
-        let long_poll = matches!(op, ShardOp::WatchMap { .. } | ShardOp::WatchKey { .. });
+        let long_poll =
+            matches!(op, ShardOp::WatchMap { .. } | ShardOp::WatchKey { .. } | ShardOp::Events { wait_ms: 1.., .. });
         let hop_deadline = match changes_nothing && !long_poll && !local_only && target != node {
             true => deadline.min(Instant::now() + SAFE_HOP_TIMEOUT),
             false => deadline,

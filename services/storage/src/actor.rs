@@ -43,6 +43,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
 use crate::engine::{Cf, Engine, EngineError};
+use crate::events::{Compacted, Event, EventKind, EventLog, EventPage, KeyFilter};
 use crate::hibernate::{self as hib, Hibernation, Wake};
 use crate::leaders::LeaderHints;
 use crate::load::LoadSampler;
@@ -50,7 +51,8 @@ use crate::locks::{LockIndex, Waiter, Waiters};
 use crate::log_store::{ApplyState, KeyStats, LogStore};
 use crate::messages::{
     DestroyReplica, PeerUnreachable, Persisted, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest,
-    ShardResult, TransferLeadership, KEY_WATCHERS_MAX, KEY_WATCH_WAIT_MAX_MS, MAP_WATCHERS_MAX, MAP_WATCH_WAIT_MAX_MS,
+    ShardResult, TransferLeadership, EVENT_POLLERS_MAX, EVENT_WAIT_MAX_MS, KEY_WATCHERS_MAX, KEY_WATCH_WAIT_MAX_MS,
+    MAP_WATCHERS_MAX, MAP_WATCH_WAIT_MAX_MS,
 };
 use crate::metrics::ReplicaMetrics;
 use crate::registry::RangeRegistry;
@@ -109,6 +111,15 @@ pub struct ReplicaConfig {
 }
 
 type Reply = oneshot::Sender<ShardResult>;
+
+/// A watch poll waiting on the leader for a matching event.
+struct EventPoller {
+    filter: KeyFilter,
+    after: u64,
+    max: usize,
+    until: Instant,
+    tx: Reply,
+}
 
 /// Client writes that arrive while this leader hands its leadership over
 /// wait here rather than being dropped (raft-rs refuses proposals then):
@@ -233,6 +244,10 @@ pub struct StorageActor {
     key_watchers: HashMap<Vec<u8>, Vec<(u64, Instant, Reply)>>,
     /// Keys with watchers that this round's applied entries changed.
     watched_changed: Vec<Vec<u8>>,
+    /// Recent changes to user keys, for watch polls.
+    events: EventLog,
+    /// Leader: watch polls waiting for events.
+    event_pollers: Vec<EventPoller>,
     /// Epoch of the cluster map this shard's state machine holds (meta
     /// shard; 0 elsewhere), which `SetMap` must name to replace it.
     map_epoch: u64,
@@ -367,6 +382,10 @@ impl StorageActor {
             map_watchers: Vec::new(),
             key_watchers: HashMap::new(),
             watched_changed: Vec::new(),
+            // Created with the shard (bootstrap, or handed over by a split
+            // on this node): the replica's history is the shard's.
+            events: EventLog::new(applied, fresh || cfg.split_off.is_some()),
+            event_pollers: Vec::new(),
             map_epoch: 0,
             metrics: ReplicaMetrics::new(cfg.node, cfg.shard),
             leaders: cfg.leaders,
@@ -685,12 +704,14 @@ impl StorageActor {
         }
         let applied = self.raw.store().apply_state().applied_index;
         self.raw.advance_apply_to(applied);
+        self.events.advance(applied);
 
         // 9. Reads whose read index is now applied (waiters the round's
         //    lock changes settled were answered with its replies).
         self.serve_confirmed_reads();
         self.serve_map_watchers();
         self.serve_key_watchers();
+        self.serve_event_pollers();
         if std::mem::take(&mut self.compact_for_learner) {
             self.compact_for_new_replica();
         }
@@ -829,6 +850,12 @@ impl StorageActor {
             }
         }
         let reattached = waiting_acquire && view.retries_found > 0;
+        // A delete that found the key already expired removes what the
+        // sweep would have: watchers see an expiry, as the client saw no key.
+        let removal = match outcome {
+            Outcome::Expired { .. } | Outcome::NotFound => EventKind::Expire,
+            _ => EventKind::Delete,
+        };
         if let Outcome::Expired { count } = outcome {
             self.metrics.ttl_expired_keys.inc_by(count as u64);
         }
@@ -862,14 +889,20 @@ impl StorageActor {
                         self.watched_changed.push(key.clone());
                     }
                     apply.on_put(replaced, apply::footprint(&key, &value));
-                    (data_key(&key), Some(value.encode()))
+                    let encoded = value.encode();
+                    let event = Event { index: entry.index, kind: EventKind::Put, value: Some(value), key };
+                    let k = data_key(&event.key);
+                    self.events.push(event);
+                    (k, Some(encoded))
                 }
                 Effect::Delete { key, removed } => {
                     if self.key_watchers.contains_key(&key) {
                         self.watched_changed.push(key.clone());
                     }
                     apply.on_delete(removed);
-                    (data_key(&key), None)
+                    let k = data_key(&key);
+                    self.events.push(Event { index: entry.index, kind: removal, value: None, key });
+                    (k, None)
                 }
                 Effect::PutLock { name, record } => {
                     self.locks.on_record(&name, &record);
@@ -1078,6 +1111,7 @@ impl StorageActor {
     }
 
     fn on_snapshot_applied(&mut self, index: u64) {
+        self.events.restored(index);
         // Writes at or below the snapshot were applied (or replaced) on the
         // leader; this replica cannot tell which.
         let covered: Vec<u64> = self.writes.range(..=index).map(|(i, _)| *i).collect();
@@ -1495,6 +1529,55 @@ impl StorageActor {
         self.metrics.key_watchers.set(self.key_watchers.values().map(Vec::len).sum::<usize>() as i64);
     }
 
+    /// Answers the watch polls that this round's events match, whose
+    /// wait ended or whose client left, and all of them when this replica
+    /// no longer leads (the router asks the new leader, position intact).
+    fn serve_event_pollers(&mut self) {
+        let m = &self.metrics;
+        m.event_log_events.set(self.events.len() as i64);
+        m.event_log_bytes.set(self.events.bytes() as i64);
+        if self.event_pollers.is_empty() {
+            return;
+        }
+        let (now, leader) = (Instant::now(), self.is_leader());
+        let applied = self.events.applied();
+        let mut waiting = Vec::with_capacity(self.event_pollers.len());
+        for p in std::mem::take(&mut self.event_pollers) {
+            let answer = if !leader {
+                Some(("leader", Err(self.not_leader())))
+            } else if p.after < applied && self.events.has_after(p.after, &p.filter) {
+                Some(Self::event_answer(self.events.read(Some(p.after), &p.filter, p.max)))
+            } else if matches!(&p.filter, KeyFilter::Exact(k) if !self.owns(k)) {
+                // The key moved in a split, and every event it had here
+                // was delivered: the watcher goes on at its new shard.
+                Some(("leader", Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch })))
+            } else if p.after < self.events.floor() || p.until <= now || p.tx.is_closed() {
+                Some(Self::event_answer(self.events.read(Some(p.after), &p.filter, p.max)))
+            } else {
+                None
+            };
+            match answer {
+                Some((result, answer)) => {
+                    self.metrics.event_poll(result);
+                    let _ = p.tx.send(answer);
+                }
+                None => waiting.push(p),
+            }
+        }
+        self.event_pollers = waiting;
+        self.metrics.event_pollers.set(self.event_pollers.len() as i64);
+    }
+
+    fn event_answer(page: Result<EventPage, Compacted>) -> (&'static str, ShardResult) {
+        match page {
+            Ok(EventPage { events, position }) => {
+                let result = if events.is_empty() { "empty" } else { "events" };
+                (result, Ok(ShardReply::Events { events, position }))
+            }
+            Err(Compacted { asked, oldest }) => ("compacted", Err(StoreError::Compacted { asked, oldest })),
+        }
+    }
+
     fn reload_map_epoch(&mut self) {
         self.map_epoch = match self.raw.store().read_map() {
             Ok(None) => 0,
@@ -1766,6 +1849,7 @@ impl Actor for StorageActor {
             act.end_waits();
             act.serve_map_watchers();
             act.serve_key_watchers();
+            act.serve_event_pollers();
             act.sweep_leases();
             // Drop waiters whose client gave up, so the map stays bounded.
             act.writes.retain(|_, p| !p.tx.is_closed());
@@ -1929,6 +2013,7 @@ impl Handler<ShardRequest> for StorageActor {
             ShardOp::Status
             | ShardOp::Scan { .. }
             | ShardOp::ScanLocks { .. }
+            | ShardOp::Events { .. }
             | ShardOp::ReadMap
             | ShardOp::WatchMap { .. }
             | ShardOp::ChangePeers(_)
@@ -2013,6 +2098,32 @@ impl Handler<ShardRequest> for StorageActor {
                 let until = Instant::now() + Duration::from_millis(wait_ms.min(KEY_WATCH_WAIT_MAX_MS));
                 self.key_watchers.entry(key).or_default().push((after, until, tx));
                 self.metrics.key_watchers.set(held as i64 + 1);
+                Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
+            }
+            ShardOp::Events { filter, after, max, wait_ms } => {
+                if !self.is_leader() {
+                    return immediate(Err(self.not_leader()));
+                }
+                let page = self.events.read(after, &filter, max);
+                let moved = matches!(&filter, KeyFilter::Exact(k) if !self.owns(k));
+                if moved && matches!(&page, Ok(p) if p.events.is_empty()) {
+                    // A key given away in a split, with nothing left to
+                    // deliver here (see `serve_event_pollers`).
+                    return immediate(Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch }));
+                }
+                let waits = matches!(&page, Ok(p) if p.events.is_empty())
+                    && wait_ms > 0
+                    && self.event_pollers.len() < EVENT_POLLERS_MAX;
+                if !waits {
+                    let (result, answer) = Self::event_answer(page);
+                    self.metrics.event_poll(result);
+                    return immediate(answer);
+                }
+                let after = page.map_or(0, |p| p.position);
+                let (tx, rx) = oneshot::channel();
+                let until = Instant::now() + Duration::from_millis(wait_ms.min(EVENT_WAIT_MAX_MS));
+                self.event_pollers.push(EventPoller { filter, after, max, until, tx });
+                self.metrics.event_pollers.set(self.event_pollers.len() as i64);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
             ShardOp::WatchMap { after, wait_ms } => {

@@ -11,6 +11,7 @@
 //!   every replica with a Ready in the same turn of the thread's loop.
 //! - [`hibernate`]: when a quiet shard's group stops ticking and heartbeating,
 //!   and what wakes it.
+//! - [`events`]: the replica's recent key changes, which watchers read.
 //! - [`locks`]: the replica's lease index and the leader's lock wait queues.
 //! - [`leaders`]: what the node's replicas know of their shards' leaders, for routers.
 //! - [`messages`]: what the actor receives and answers.
@@ -21,6 +22,7 @@ pub mod actor;
 pub mod background;
 pub mod clock;
 pub mod engine;
+pub mod events;
 pub mod hibernate;
 pub mod leaders;
 pub mod load;

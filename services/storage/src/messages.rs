@@ -11,6 +11,8 @@ use ringstore_shared::value::StoredValue;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use serde::Serialize;
 
+use crate::events::{Event, KeyFilter};
+
 /// One client operation on one shard.
 #[derive(Debug, Clone)]
 pub enum ShardOp {
@@ -82,6 +84,19 @@ pub enum ShardOp {
         after: u64,
         wait_ms: u64,
     },
+    /// Leader: the changes to keys matching `filter` after position
+    /// `after` (`None`: from now), at most `max` (see [`EventLog::read`]);
+    /// with none yet, waits up to `wait_ms` (at most
+    /// [`EVENT_WAIT_MAX_MS`]) for some. Served from the replica's event
+    /// log; a position older than it keeps is `StoreError::Compacted`.
+    ///
+    /// [`EventLog::read`]: crate::events::EventLog::read
+    Events {
+        filter: KeyFilter,
+        after: Option<u64>,
+        max: usize,
+        wait_ms: u64,
+    },
     /// Leader only: change the shard's Raft membership; answered with the
     /// leader's status once the change is applied.
     ChangePeers(PeerChange),
@@ -113,7 +128,7 @@ impl ShardOp {
     pub fn changes_nothing(&self) -> bool {
         match self {
             ShardOp::Read { .. } | ShardOp::Status | ShardOp::LockStatus { .. } | ShardOp::Scan { .. } => true,
-            ShardOp::ScanLocks { .. } | ShardOp::WatchKey { .. } => true,
+            ShardOp::ScanLocks { .. } | ShardOp::WatchKey { .. } | ShardOp::Events { .. } => true,
             ShardOp::ReadMap | ShardOp::WatchMap { .. } | ShardOp::TransferLeader { .. } => true,
             ShardOp::Write { .. } | ShardOp::Acquire { .. } | ShardOp::ChangePeers(_) => false,
         }
@@ -175,6 +190,12 @@ pub enum ShardReply {
         /// The leader's clock when it answered.
         now_ms: u64,
     },
+    /// A watch poll's page: events in log order and the position they
+    /// reach (see [`EventPage`](crate::events::EventPage)).
+    Events {
+        events: Vec<Event>,
+        position: u64,
+    },
     /// The meta shard's cluster map, encoded; `None` before bootstrap.
     Map(Option<Vec<u8>>),
     /// A page of lock records (`ScanLocks`); `more` and `epoch` as for
@@ -223,6 +244,10 @@ pub struct ReplicaStatus {
 
 pub type ShardResult = Result<ShardReply, StoreError>;
 
+/// The longest an `Events` poll waits.
+pub const EVENT_WAIT_MAX_MS: u64 = 59_000;
+/// Watch polls one replica holds at once; more are answered at once, empty.
+pub const EVENT_POLLERS_MAX: usize = 10_000;
 /// The longest a `WatchMap` waits.
 pub const MAP_WATCH_WAIT_MAX_MS: u64 = 30_000;
 /// Watches one meta replica holds at once; more are answered at once.

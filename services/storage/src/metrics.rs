@@ -36,6 +36,10 @@ pub struct RaftMetrics {
     pub hibernation_wakes: IntCounterVec,
     pub key_watchers: IntGaugeVec,
     pub key_watch_wakes: IntCounterVec,
+    pub event_log_events: IntGaugeVec,
+    pub event_log_bytes: IntGaugeVec,
+    pub event_pollers: IntGaugeVec,
+    pub event_polls: IntCounterVec,
     pub pending_requests: IntGaugeVec,
     pub snapshots: IntCounterVec,
     pub log_compactions: IntCounterVec,
@@ -161,6 +165,30 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
             "ringstore_key_watch_wakes_total",
             "Key long polls answered, by reason: changed (an applied write or delete), timeout (the wait ended or the client left), leader (this replica stopped leading)",
             &["node", "reason"]
+        )
+        .expect("registers once"),
+        event_log_events: register_int_gauge_vec!(
+            "ringstore_watch_event_log_events",
+            "Recent key changes a replica keeps for watchers (bounded by count and bytes)",
+            ns
+        )
+        .expect("registers once"),
+        event_log_bytes: register_int_gauge_vec!(
+            "ringstore_watch_event_log_bytes",
+            "Key and value bytes of the changes a replica keeps for watchers",
+            ns
+        )
+        .expect("registers once"),
+        event_pollers: register_int_gauge_vec!(
+            "ringstore_watch_event_pollers",
+            "Watch long polls (one per watched shard per node) a leader replica holds",
+            ns
+        )
+        .expect("registers once"),
+        event_polls: register_int_counter_vec!(
+            "ringstore_watch_event_polls_total",
+            "Watch polls a leader answered, by result: events, empty (the wait ended), compacted (the position was older than the log), leader (this replica stopped leading)",
+            &["node", "result"]
         )
         .expect("registers once"),
         hibernation_wakes: register_int_counter_vec!(
@@ -311,6 +339,13 @@ pub struct ReplicaMetrics {
     key_watch_changed: IntCounter,
     key_watch_timeout: IntCounter,
     key_watch_leader: IntCounter,
+    pub event_log_events: IntGauge,
+    pub event_log_bytes: IntGauge,
+    pub event_pollers: IntGauge,
+    event_polls_events: IntCounter,
+    event_polls_empty: IntCounter,
+    event_polls_compacted: IntCounter,
+    event_polls_leader: IntCounter,
     pub wakes_request: IntCounter,
     pub wakes_message: IntCounter,
     pub wakes_leader_unreachable: IntCounter,
@@ -354,6 +389,17 @@ impl ReplicaMetrics {
         }
     }
 
+    /// A watch poll answered, with `result` (`events`, `empty`,
+    /// `compacted`, `leader`).
+    pub fn event_poll(&self, result: &str) {
+        match result {
+            "events" => self.event_polls_events.inc(),
+            "compacted" => self.event_polls_compacted.inc(),
+            "leader" => self.event_polls_leader.inc(),
+            _ => self.event_polls_empty.inc(),
+        }
+    }
+
     pub fn new(node: u64, shard: u64) -> Self {
         let (n, s) = (node.to_string(), shard.to_string());
         let ns = [n.as_str(), s.as_str()];
@@ -382,6 +428,13 @@ impl ReplicaMetrics {
             key_watch_changed: r.key_watch_wakes.with_label_values(&[&n, "changed"]),
             key_watch_timeout: r.key_watch_wakes.with_label_values(&[&n, "timeout"]),
             key_watch_leader: r.key_watch_wakes.with_label_values(&[&n, "leader"]),
+            event_log_events: r.event_log_events.with_label_values(&ns),
+            event_log_bytes: r.event_log_bytes.with_label_values(&ns),
+            event_pollers: r.event_pollers.with_label_values(&ns),
+            event_polls_events: r.event_polls.with_label_values(&[&n, "events"]),
+            event_polls_empty: r.event_polls.with_label_values(&[&n, "empty"]),
+            event_polls_compacted: r.event_polls.with_label_values(&[&n, "compacted"]),
+            event_polls_leader: r.event_polls.with_label_values(&[&n, "leader"]),
             wakes_request: r.hibernation_wakes.with_label_values(&[&n, "request"]),
             wakes_message: r.hibernation_wakes.with_label_values(&[&n, "message"]),
             wakes_leader_unreachable: r.hibernation_wakes.with_label_values(&[&n, "leader_unreachable"]),

@@ -121,6 +121,7 @@ impl StorageActor {
             || !self.parked_reads.is_empty()
             || !self.map_watchers.is_empty()
             || !self.key_watchers.is_empty()
+            || !self.event_pollers.is_empty()
             || self.locks.has_queues()
             || self.campaign_until.is_some()
             || self.stepped_down_at.is_some()
