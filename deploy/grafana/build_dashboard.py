@@ -79,6 +79,14 @@ PANELS = [
     ("Key long polls: held and answered", "short", [
         ('sum by (node) (ringstore_key_watchers)', "held node {{node}}"),
         ('sum by (reason) (rate(ringstore_key_watch_wakes_total[1m]))', "answered/s {{reason}}")]),
+    ("Watch streams: open, events sent, ended", "short", [
+        ('sum by (node) (ringstore_watchers)', "streams node {{node}}"),
+        ('sum by (kind) (rate(ringstore_watch_events_sent_total[1m]))', "sent/s {{kind}}"),
+        ('sum by (reason) (increase(ringstore_watch_ends_total[5m]))', "ended {{reason}} /5m")]),
+    ("Watch polls at the leaders and their event logs", "short", [
+        ('sum by (node) (ringstore_watch_event_pollers)', "polls held node {{node}}"),
+        ('sum by (result) (rate(ringstore_watch_event_polls_total[1m]))', "answered/s {{result}}"),
+        ('max by (node) (ringstore_watch_event_log_bytes)', "largest log bytes node {{node}}")]),
     ("Pending requests per replica", "short", [
         ('max by (node, shard) (ringstore_raft_pending_requests)', "node {{node}} shard {{shard}}")]),
     ("Locks held and waiters", "short", [
