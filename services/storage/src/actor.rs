@@ -1543,15 +1543,12 @@ impl StorageActor {
         let applied = self.events.applied();
         let mut waiting = Vec::with_capacity(self.event_pollers.len());
         for p in std::mem::take(&mut self.event_pollers) {
+            let found = p.after < applied && self.events.has_after(p.after, &p.filter);
             let answer = if !leader {
                 Some(("leader", Err(self.not_leader())))
-            } else if p.after < applied && self.events.has_after(p.after, &p.filter) {
-                Some(Self::event_answer(self.events.read(Some(p.after), &p.filter, p.max)))
-            } else if matches!(&p.filter, KeyFilter::Exact(k) if !self.owns(k)) {
-                // The key moved in a split, and every event it had here
-                // was delivered: the watcher goes on at its new shard.
+            } else if !found && self.moved_away(&p.filter) {
                 Some(("leader", Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch })))
-            } else if p.after < self.events.floor() || p.until <= now || p.tx.is_closed() {
+            } else if found || p.after < self.events.floor() || p.until <= now || p.tx.is_closed() {
                 Some(Self::event_answer(self.events.read(Some(p.after), &p.filter, p.max)))
             } else {
                 None
@@ -1566,6 +1563,12 @@ impl StorageActor {
         }
         self.event_pollers = waiting;
         self.metrics.event_pollers.set(self.event_pollers.len() as i64);
+    }
+
+    /// A watched key given away in a split: once its events here are all
+    /// delivered, the watcher goes on at its new shard (`WrongShard`).
+    fn moved_away(&self, filter: &KeyFilter) -> bool {
+        matches!(filter, KeyFilter::Exact(k) if !self.owns(k))
     }
 
     fn event_answer(page: Result<EventPage, Compacted>) -> (&'static str, ShardResult) {
@@ -2105,10 +2108,7 @@ impl Handler<ShardRequest> for StorageActor {
                     return immediate(Err(self.not_leader()));
                 }
                 let page = self.events.read(after, &filter, max);
-                let moved = matches!(&filter, KeyFilter::Exact(k) if !self.owns(k));
-                if moved && matches!(&page, Ok(p) if p.events.is_empty()) {
-                    // A key given away in a split, with nothing left to
-                    // deliver here (see `serve_event_pollers`).
+                if matches!(&page, Ok(p) if p.events.is_empty()) && self.moved_away(&filter) {
                     return immediate(Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch }));
                 }
                 let waits = matches!(&page, Ok(p) if p.events.is_empty())
