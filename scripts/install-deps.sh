@@ -26,6 +26,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v objcopy >/dev/null 2>&1 || need+=(binutils)
 command -v docker >/dev/null 2>&1 || need+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# The Python client's suite (services/node/tests/python_client.rs), the
+# dashboard generator and the pip installs below run on python3.
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 
 if ((${#need[@]})); then
   echo "install-deps: installing ${need[*]}"
