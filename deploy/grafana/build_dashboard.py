@@ -76,9 +76,13 @@ PANELS = [
     ("Hibernation: sleeping replicas and wakes", "short", [
         ('max by (node) (ringstore_raft_hibernating_replicas)', "sleeping node {{node}}"),
         ('sum by (reason) (increase(ringstore_raft_hibernation_wakes_total[5m]))', "wakes {{reason}} /5m")]),
-    ("Key long polls: held and answered", "short", [
-        ('sum by (node) (ringstore_key_watchers)', "held node {{node}}"),
-        ('sum by (reason) (rate(ringstore_key_watch_wakes_total[1m]))', "answered/s {{reason}}")]),
+    ("Watch feeds: shards followed, polls, stream reads by source", "short", [
+        ('sum by (node) (ringstore_watch_feeds)', "feeds node {{node}}"),
+        ('sum by (result) (rate(ringstore_watch_feed_polls_total[1m]))', "feed polls/s {{result}}"),
+        ('sum by (source) (rate(ringstore_watch_stream_reads_total[1m]))', "stream reads/s {{source}}")]),
+    ("Transactions and prefix deletes", "short", [
+        ('sum by (result) (rate(ringstore_txns_total[1m]))', "txn/s {{result}}"),
+        ('sum(rate(ringstore_kv_prefix_deleted_keys_total[1m]))', "prefix-deleted keys/s")]),
     ("Watch streams: open, events sent, ended", "short", [
         ('sum by (node) (ringstore_watchers)', "streams node {{node}}"),
         ('sum by (kind) (rate(ringstore_watch_events_sent_total[1m]))', "sent/s {{kind}}"),

@@ -10,6 +10,7 @@ use crate::codec::{CodecError, Reader, Writer};
 use crate::command::{Command, Fence, Precondition, Proposal};
 use crate::keys;
 use crate::lock::{self, FenceRecord, LockOutcome, LockRecord};
+use crate::txn::TxnResult;
 use crate::value::StoredValue;
 use std::ops::RangeInclusive;
 
@@ -125,6 +126,16 @@ pub enum Outcome {
     Split {
         epoch: u64,
     },
+    /// A transaction ran its `then` branch (`succeeded`) or its `else`;
+    /// one result per operation of that branch.
+    Txn {
+        succeeded: bool,
+        results: Vec<TxnResult>,
+    },
+    /// `DeleteKeys`: how many keys still held the version asked for.
+    DeletedKeys {
+        count: u64,
+    },
 }
 
 /// What a replica does with a `Split` (see [`decide_split`]).
@@ -178,10 +189,12 @@ pub enum Effect {
         value: StoredValue,
         replaced: Option<u64>,
     },
-    /// `removed`: the footprint of the deleted record.
+    /// `removed`: the footprint of the deleted record; `expired`: it had
+    /// expired (the client saw no key; watchers see an expiry).
     Delete {
         key: Vec<u8>,
         removed: u64,
+        expired: bool,
     },
     PutLock {
         name: String,
@@ -255,6 +268,14 @@ impl Outcome {
                 w.u8(10);
                 w.u64(*epoch);
             }
+            Outcome::Txn { succeeded, results } => {
+                w.u8(11);
+                crate::txn::put_results(w, *succeeded, results);
+            }
+            Outcome::DeletedKeys { count } => {
+                w.u8(12);
+                w.u64(*count);
+            }
         }
     }
 
@@ -280,6 +301,11 @@ impl Outcome {
             8 => Outcome::MapSet { epoch: r.u64("epoch")? },
             9 => Outcome::MapConflict { current: r.u64("epoch")? },
             10 => Outcome::Split { epoch: r.u64("epoch")? },
+            11 => {
+                let (succeeded, results) = crate::txn::get_results(r)?;
+                Outcome::Txn { succeeded, results }
+            }
+            12 => Outcome::DeletedKeys { count: r.u64("deleted count")? },
             tag => return Err(CodecError::UnknownTag { what: "outcome", tag }),
         })
     }
@@ -388,13 +414,13 @@ fn decide_command(proposal: Proposal, index: u64, term: u64, state: &mut impl St
             let mut effects: Vec<Effect> = fenced.into_iter().collect();
             match (current, removed) {
                 (Some(c), Some(removed)) => {
-                    effects.push(Effect::Delete { key, removed });
+                    effects.push(Effect::Delete { key, removed, expired: false });
                     (effects, Outcome::Deleted { version: c.version })
                 }
                 // An expired record is removed even though the client is
                 // told the key was not there.
                 (None, Some(removed)) => {
-                    effects.push(Effect::Delete { key, removed });
+                    effects.push(Effect::Delete { key, removed, expired: true });
                     (effects, Outcome::NotFound)
                 }
                 _ => (effects, Outcome::NotFound),
@@ -406,7 +432,7 @@ fn decide_command(proposal: Proposal, index: u64, term: u64, state: &mut impl St
                 if let Some(v) = state.value(&key) {
                     if v.version == version && v.is_expired_at(now) {
                         let removed = footprint(&key, &v);
-                        effects.push(Effect::Delete { key, removed });
+                        effects.push(Effect::Delete { key, removed, expired: true });
                     }
                 }
             }
@@ -456,6 +482,18 @@ fn decide_command(proposal: Proposal, index: u64, term: u64, state: &mut impl St
                 }
                 _ => (vec![], Outcome::MapConflict { current }),
             }
+        }
+        Command::Txn(txn) => crate::txn::decide(txn, index, now, state),
+        Command::DeleteKeys { keys } => {
+            let mut effects = Vec::new();
+            for (key, version) in keys {
+                let Some(v) = state.value(&key) else { continue };
+                if v.version == version && !v.is_expired_at(now) {
+                    effects.push(Effect::Delete { removed: footprint(&key, &v), key, expired: false });
+                }
+            }
+            let count = effects.len() as u64;
+            (effects, Outcome::DeletedKeys { count })
         }
         // Changes the shard's ranges, not its data: the storage actor
         // applies it with `decide_split` before it gets here.
@@ -516,7 +554,7 @@ mod tests {
                         let old = self.0.insert(key.clone(), value);
                         assert_eq!(replaced, old.map(|o| footprint(&key, &o)), "put says what it replaced");
                     }
-                    Effect::Delete { key, removed } => {
+                    Effect::Delete { key, removed, .. } => {
                         let old = self.0.remove(&key);
                         assert_eq!(Some(removed), old.map(|o| footprint(&key, &o)), "delete says what it removed");
                     }
@@ -674,6 +712,47 @@ mod tests {
         assert_eq!(st.run(forget(100 + REQUEST_RETENTION_MS), 12), Outcome::Expired { count: 1 });
         assert!(!st.4.contains_key(&key));
         assert!(st.0.contains_key(b"k".as_slice()), "user data untouched");
+    }
+
+    #[test]
+    fn a_resent_transaction_runs_once_and_its_record_keeps_its_reads() {
+        use crate::txn::{CmpOp, Compare, Target, Txn, TxnOp};
+        let mut st = Sm::default();
+        let txn = |stamp: u64| Proposal {
+            stamp_ms: stamp,
+            request: Some(Request::first(42)),
+            cmd: Command::Txn(Txn {
+                compares: vec![Compare { key: b"{t}a".to_vec(), op: CmpOp::Equal, target: Target::Exists(false) }],
+                then: vec![
+                    TxnOp::Put { key: b"{t}a".to_vec(), value: b"1".to_vec(), ttl_ms: None },
+                    TxnOp::Get { key: b"{t}a".to_vec() },
+                ],
+                otherwise: vec![],
+            }),
+        };
+        let first = st.run(txn(1), 5);
+        let Outcome::Txn { succeeded: true, ref results } = first else { panic!("{first:?}") };
+        assert_eq!(results.len(), 2);
+        // Sent again: its compare would fail now, but it is the same request.
+        assert_eq!(st.run(txn(2), 6), first);
+        let record = &st.4[&keys::request_key(b"{t}a", 42)];
+        assert_eq!(RequestRecord::decode(&record.encode()).unwrap().outcome, first);
+        assert_eq!(st.0[b"{t}a".as_slice()].version, 5);
+    }
+
+    #[test]
+    fn a_delete_page_spares_keys_written_since_its_scan() {
+        let mut st = Sm::default();
+        st.run(put("a", Precondition::Always, None, 0), 3);
+        st.run(put("b", Precondition::Always, None, 0), 4);
+        st.run(put("b", Precondition::Always, None, 0), 5);
+        st.run(put("c", Precondition::Always, Some(10), 0), 6);
+        let keys = vec![(b"a".to_vec(), 3), (b"b".to_vec(), 4), (b"c".to_vec(), 6), (b"gone".to_vec(), 1)];
+        let page = Proposal { stamp_ms: 20, request: None, cmd: Command::DeleteKeys { keys } };
+        assert_eq!(st.run(page, 7), Outcome::DeletedKeys { count: 1 });
+        assert!(!st.0.contains_key(b"a".as_slice()));
+        assert!(st.0.contains_key(b"b".as_slice()), "rewritten after the scan");
+        assert!(st.0.contains_key(b"c".as_slice()), "expired: the sweep's, and no live key was deleted");
     }
 
     #[test]

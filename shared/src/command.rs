@@ -13,6 +13,7 @@
 
 use crate::codec::{CodecError, Reader, Writer};
 use crate::lock::SessionId;
+use crate::txn::Txn;
 
 const FORMAT_V1: u8 = 1;
 /// Adds the request id.
@@ -162,6 +163,13 @@ pub enum Command {
         ranges: Vec<std::ops::RangeInclusive<u64>>,
         epoch: u64,
     },
+    /// Compare and then/else on keys of this shard (see [`crate::txn`]).
+    Txn(Txn),
+    /// Delete each key whose live version is still the one given (a page
+    /// of a delete by prefix: a key written since its scan stays).
+    DeleteKeys {
+        keys: Vec<(Vec<u8>, u64)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +201,8 @@ const TAG_SPLIT: u8 = 15;
 /// tag 11, so its entries stay readable by older nodes).
 const TAG_LOCK_ACQUIRE_WAIT: u8 = 16;
 const TAG_LOCK_DEQUEUE: u8 = 17;
+const TAG_TXN: u8 = 18;
+const TAG_DELETE_KEYS: u8 = 19;
 
 const COND_ALWAYS: u8 = 0;
 const COND_IF_VERSION: u8 = 1;
@@ -250,6 +260,10 @@ impl Command {
             | Command::LockRefresh { name, .. }
             | Command::LockExpire { name, .. }
             | Command::LockDequeue { name, .. } => Some(name.as_bytes()),
+            // Every key is checked too: the first places the transaction
+            // and its request record.
+            Command::Txn(txn) => txn.keys().next(),
+            Command::DeleteKeys { keys } => keys.first().map(|(k, _)| k.as_slice()),
             Command::Expire { .. }
             | Command::SetMap { .. }
             | Command::ForgetRequests { .. }
@@ -276,6 +290,8 @@ impl Proposal {
             Command::SetMap { map, .. } => map.len() + 32,
             Command::ForgetRequests { keys } => keys.iter().map(|k| k.len() + 4).sum::<usize>() + 24,
             Command::Split { ranges, .. } => ranges.len() * 16 + 24,
+            Command::Txn(txn) => txn.size_hint() + 16,
+            Command::DeleteKeys { keys } => keys.iter().map(|(k, _)| k.len() + 12).sum::<usize>() + 8,
         } + 17;
         let mut w = Writer::with_capacity(hint);
         w.u8(FORMAT_V2);
@@ -359,6 +375,18 @@ impl Proposal {
                 for r in ranges {
                     w.u64(*r.start());
                     w.u64(*r.end());
+                }
+            }
+            Command::Txn(txn) => {
+                w.u8(TAG_TXN);
+                txn.put(&mut w);
+            }
+            Command::DeleteKeys { keys } => {
+                w.u8(TAG_DELETE_KEYS);
+                w.u32(keys.len() as u32);
+                for (k, version) in keys {
+                    w.bytes(k);
+                    w.u64(*version);
                 }
             }
         }
@@ -478,6 +506,16 @@ impl Proposal {
                 }
                 Command::Split { target, ranges, epoch }
             }
+            TAG_TXN => Command::Txn(Txn::get(&mut r, bytes.len())?),
+            TAG_DELETE_KEYS => {
+                let n = r.u32("delete count")?;
+                let mut keys = Vec::with_capacity((n as usize).min(bytes.len() / 12));
+                for _ in 0..n {
+                    let k = r.bytes("delete key")?.to_vec();
+                    keys.push((k, r.u64("delete version")?));
+                }
+                Command::DeleteKeys { keys }
+            }
             tag => return Err(CodecError::UnknownTag { what: "command", tag }),
         };
         r.finish()?;
@@ -585,6 +623,24 @@ mod tests {
                 stamp_ms: 14,
                 request: None,
                 cmd: Command::Split { target: 17, ranges: vec![0..=5, 9..=u64::MAX], epoch: 12 },
+            },
+            Proposal {
+                stamp_ms: 15,
+                request: Some(Request::first(9)),
+                cmd: Command::Txn(Txn {
+                    compares: vec![crate::txn::Compare {
+                        key: b"{t}a".to_vec(),
+                        op: crate::txn::CmpOp::Equal,
+                        target: crate::txn::Target::Version(0),
+                    }],
+                    then: vec![crate::txn::TxnOp::Put { key: b"{t}a".to_vec(), value: b"v".to_vec(), ttl_ms: None }],
+                    otherwise: vec![crate::txn::TxnOp::Get { key: b"{t}b".to_vec() }],
+                }),
+            },
+            Proposal {
+                stamp_ms: 16,
+                request: Some(Request::first(10)),
+                cmd: Command::DeleteKeys { keys: vec![(b"a".to_vec(), 3), (vec![], 9)] },
             },
         ]
     }

@@ -1,4 +1,5 @@
-//! Keys of the `data` column family: `ring_point(key) BE ++ user_key`.
+//! Keys of the `data` column family: `key_point(key) BE ++ user_key`
+//! (the ring point of the key's hash tag, or of the whole key).
 //!
 //! Lock records and fence records live in the same family, at the ring
 //! point of the lock name or data key, behind the byte [`SYSTEM_PREFIX`]
@@ -9,7 +10,7 @@
 //! contiguous RocksDB key range: moving a range is a range scan and
 //! dropping one is `delete_range`.
 
-use crate::hash::hash64;
+use crate::hash::key_point;
 
 /// Length of the ring point prefix of every data key.
 pub const RING_POINT_LEN: usize = 8;
@@ -17,7 +18,7 @@ pub const RING_POINT_LEN: usize = 8;
 /// The `data` column family key of a user key.
 pub fn data_key(user_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(RING_POINT_LEN + user_key.len());
-    k.extend_from_slice(&hash64(user_key).to_be_bytes());
+    k.extend_from_slice(&key_point(user_key).to_be_bytes());
     k.extend_from_slice(user_key);
     k
 }
@@ -42,7 +43,7 @@ const KIND_REQUEST: u8 = b'Q';
 
 fn system_key(point_of: &[u8], kind: u8, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(RING_POINT_LEN + 2 + rest.len());
-    k.extend_from_slice(&hash64(point_of).to_be_bytes());
+    k.extend_from_slice(&key_point(point_of).to_be_bytes());
     k.push(SYSTEM_PREFIX);
     k.push(kind);
     k.extend_from_slice(rest);
@@ -84,9 +85,24 @@ pub fn lock_name_of(data_key: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// Whether a `data` family record sits at a point other than its key's
+/// (a user key, lock name or fenced key with a hash tag, written before
+/// hash tags placed it: see `hash::hash_tag`). Request records name no
+/// key and are never misplaced.
+pub fn misplaced(data_key: &[u8]) -> bool {
+    let Some((point, rest)) = split_data_key(data_key) else { return false };
+    let key = match rest {
+        [SYSTEM_PREFIX, KIND_LOCK | KIND_FENCE, key @ ..] => key,
+        [SYSTEM_PREFIX, ..] => return false,
+        user => user,
+    };
+    key.contains(&b'{') && key_point(key) != point
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::hash64;
 
     #[test]
     fn system_records_never_collide_with_user_keys() {
@@ -104,6 +120,19 @@ mod tests {
     }
 
     #[test]
+    fn records_placed_before_hash_tags_are_found() {
+        let old_point = |key: &[u8], rest: &[u8]| [&hash64(key).to_be_bytes()[..], rest].concat();
+        assert!(misplaced(&old_point(b"{u1}/cart", b"{u1}/cart")));
+        assert!(misplaced(&old_point(b"{u1}", &[&[SYSTEM_PREFIX, KIND_LOCK][..], b"{u1}"].concat())));
+        assert!(misplaced(&old_point(b"a{u1}", &[&[SYSTEM_PREFIX, KIND_FENCE][..], b"a{u1}"].concat())));
+        for ok in [data_key(b"{u1}/cart"), data_key(b"plain"), data_key(b"{}"), lock_key(b"{u1}"), fence_key(b"a{b}")] {
+            assert!(!misplaced(&ok));
+        }
+        assert!(!misplaced(&request_key(b"{u1}/cart", 7)));
+        assert!(!misplaced(b"short"));
+    }
+
+    #[test]
     fn round_trip_and_point_leads() {
         let k = data_key("a/b/ключ".as_bytes());
         let (p, user) = split_data_key(&k).unwrap();
@@ -111,6 +140,9 @@ mod tests {
         assert_eq!(p, hash64(user));
         assert_eq!(&k[..8], &p.to_be_bytes());
         assert!(split_data_key(b"short").is_none());
+        let tagged = data_key(b"{u1}/cart");
+        assert_eq!(split_data_key(&tagged).unwrap().0, hash64(b"u1"), "a hash tag places the key");
+        assert_eq!(&lock_key(b"{u1}/lock")[..8], &tagged[..8], "and a lock name the same way");
         assert_eq!(split_data_key(&data_key(b"")).unwrap().1, b"");
     }
 }

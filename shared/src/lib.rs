@@ -7,11 +7,12 @@
 //! unit-tested without a runtime.
 //!
 //! # Layout
-//! - [`hash`]: `hash64`, the one function that places a key on the ring.
+//! - [`hash`]: `key_point`, the one function that places a key on the ring (hash tags).
 //! - [`keys`]: `data` column family keys (`ring_point BE ++ user_key`).
 //! - [`value`]: the stored value record (version, expiry, bytes).
 //! - [`command`]: commands replicated through Raft and their binary codec.
 //! - [`apply`]: the deterministic rules that turn a command into writes.
+//! - [`txn`]: one-shard transactions (compare, then/else) and their rule.
 //! - [`lock`]: lock and fence records and the lock rules (pure).
 //! - [`ring`]: which shard owns a ring point (`consistent_hash_ring`, vnodes per shard).
 //! - [`placement`]: which nodes hold each shard's replicas (pure, balanced).
@@ -37,6 +38,7 @@ pub mod planner;
 pub mod rebalance;
 pub mod ring;
 pub mod split;
+pub mod txn;
 pub mod value;
 
 pub use error::StoreError;

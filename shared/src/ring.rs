@@ -229,7 +229,7 @@ impl Ring {
     }
 
     pub fn owner_of_key(&self, key: &[u8]) -> Option<ShardId> {
-        self.owner(hash64(key))
+        self.owner(crate::hash::key_point(key))
     }
 
     /// Each origin's intervals in ring order: the crate's resident ranges

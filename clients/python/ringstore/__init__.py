@@ -1,7 +1,7 @@
 """A Python client for ringstore's REST API, standard library only.
 
-- ``Client``: get / put / delete / scan / batch, watches that resume where
-  they left off, and locks.
+- ``Client``: get / put / delete / scan / batch / txn / delete_prefix,
+  watches that resume where they left off, and locks.
 - ``Lock``: a context manager that acquires a lock, renews its lease in the
   background and exposes its fencing token; writes made with
   ``lock.put(...)`` carry the token, so a holder that lost the lock (paused,
@@ -313,6 +313,25 @@ class Client:
         per-item results, in order."""
         _, doc = self._json("POST", "/v1/kv:batch", {"ops": ops})
         return doc["results"]
+
+    def delete_prefix(self, prefix):
+        """Deletes every key under ``prefix`` (not empty) and returns how
+        many. Not atomic: a key written under it meanwhile may stay."""
+        if not prefix:
+            raise ValueError("delete_prefix needs a non-empty prefix")
+        _, doc = self._json("DELETE", "/v1/kv?" + urllib.parse.urlencode({"prefix": prefix}))
+        return doc["deleted"]
+
+    def txn(self, compare=(), then=(), otherwise=()):
+        """If every compare holds, runs ``then``, otherwise ``otherwise``,
+        atomically on the keys' one shard (keys sharing a hash tag such as
+        ``{user42}/a`` and ``{user42}/b`` are on one). Compares are dicts such
+        as ``{"key": "a", "version": 3}``, ``{"key": "a", "value": "x",
+        "cmp": "!="}`` or ``{"key": "a", "exists": False}``; ops as in
+        ``batch``. Returns ``(succeeded, results)``."""
+        doc = {"compare": list(compare), "then": list(then), "else": list(otherwise)}
+        _, answer = self._json("POST", "/v1/txn", doc)
+        return answer["succeeded"], answer["results"]
 
     # -- watches -----------------------------------------------------------
 

@@ -38,6 +38,29 @@ class KeysTest(unittest.TestCase):
         self.assertEqual([k for k, _, _ in items], sorted(f"{p}/{i}" for i in range(10)))
         self.assertEqual(items[3][1], b"3")
 
+    def test_txn_compares_then_runs_one_branch_and_prefix_delete_counts(self):
+        tag = "{" + unique("py") + "}"
+        a, b = f"{tag}/a", f"{tag}/b"
+        ok, results = self.c.txn(
+            compare=[{"key": a, "exists": False}],
+            then=[{"op": "put", "key": a, "value": "1"}, {"op": "put", "key": b, "value": "2"}],
+        )
+        self.assertTrue(ok)
+        self.assertEqual(results[0]["version"], results[1]["version"], "one entry, one version")
+        ok, results = self.c.txn(
+            compare=[{"key": a, "exists": False}],
+            then=[{"op": "delete", "key": a}],
+            otherwise=[{"op": "get", "key": b}],
+        )
+        self.assertFalse(ok)
+        self.assertEqual(results[0]["value"], "2")
+        with self.assertRaises(ringstore.RingstoreError) as e:
+            # Eight random keys on one of 16 shards: a chance of 16^-7.
+            self.c.txn(then=[{"op": "get", "key": unique("x")} for _ in range(8)])
+        self.assertEqual(e.exception.code, "cross_shard")
+        self.assertEqual(self.c.delete_prefix(tag + "/"), 2)
+        self.assertIsNone(self.c.get(a))
+
     def test_watch_sees_changes_in_order_and_resumes(self):
         k = unique("pyw")
         w = self.c.watch(key=k)

@@ -155,26 +155,23 @@ pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRes
     }
     let none_match = parse_if_none_match(header(req.headers(), "if-none-match"))?;
     let mut timeout = deadline(&req, &state)?;
+    let mut read = None;
     if let Some(after) = q.index {
         if stale {
             return Err(ApiError::bad_request("a long poll (index) reads linearizably; leave out consistency"));
         }
         let wait = q.wait.unwrap_or(LONG_POLL_WAIT_DEFAULT);
-        let wait_ms = wait.as_millis() as u64;
         // The deadline follows the wait, as an acquire's does.
-        timeout = wait_deadline(header(req.headers(), "x-request-timeout"), wait_ms, &state.limits)?;
+        timeout = wait_deadline(header(req.headers(), "x-request-timeout"), wait.as_millis() as u64, &state.limits)?;
         let started = std::time::Instant::now();
-        let watch = ShardOp::WatchKey { key: key.clone(), after, wait_ms };
-        match route(&state, key.clone(), watch, wait + LONG_POLL_HOP_SLACK).await {
-            // Changed, or the wait ended; or a wait cut short by a leader
-            // change: the read below says what the key is now.
-            Ok(_) => {}
-            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {}
-            Err(e) => return Err(e),
-        }
+        read = long_poll(&state, &key, after, wait, timeout).await?;
         timeout = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
     }
-    match route(&state, key.clone(), ShardOp::Read { key, stale }, timeout).await? {
+    let reply = match read {
+        Some(r) => r,
+        None => route(&state, key.clone(), ShardOp::Read { key, stale }, timeout).await?,
+    };
+    match reply {
         ShardReply::Value { value: Some(v), applied_index } => {
             if none_match.as_ref().is_some_and(|m| m.has(v.version)) {
                 // The client's copy is current: headers only.
@@ -236,6 +233,38 @@ fn meta_view(req: &HttpRequest, v: ringstore_shared::value::StoredValue, applied
 
 /// Puts `data` into the JSON object `o` as `value` when it is UTF-8 text,
 /// else as `value_b64`.
+/// A long poll: reads `key`; if its version is still `after` (0: absent),
+/// waits up to `wait` for a change to it in the shard's events (the
+/// node's watch feed, or the shard itself for a feed that does not reach
+/// back to the read) and answers `None`, for the caller to read it again.
+/// A wake-up, not a result: the answer is always a linearizable read.
+async fn long_poll(
+    state: &web::Data<ApiState>,
+    key: &[u8],
+    after: u64,
+    wait: Duration,
+    timeout: Duration,
+) -> Result<Option<ShardReply>, ApiError> {
+    let first = route(state, key.to_vec(), ShardOp::Read { key: key.to_vec(), stale: false }, timeout).await?;
+    let (version, applied) = match &first {
+        ShardReply::Value { value, applied_index } => (value.as_ref().map_or(0, |v| v.version), *applied_index),
+        _ => return Ok(Some(first)),
+    };
+    let shard = state.map.load().shard_for(key);
+    let (Some(shard), true) = (shard, version == after) else { return Ok(Some(first)) };
+    let filter = ringstore_storage::events::KeyFilter::Exact(key.to_vec());
+    if crate::feed::read(state, shard, &filter, applied, 1, wait).await.is_none() {
+        // Changed, the wait ended, or a wait cut short (a leader change, a
+        // split, a position the shard no longer keeps): the read after
+        // says what the key is now.
+        let op = ShardOp::Events { filter, after: Some(applied), max: 1, wait_ms: wait.as_millis() as u64 };
+        let route =
+            ringstore_router::Route { key: Vec::new(), op, timeout: wait + LONG_POLL_HOP_SLACK, shard: Some(shard) };
+        let _ = state.router.send(route).await;
+    }
+    Ok(None)
+}
+
 pub(crate) fn put_value(o: &mut serde_json::Value, data: Vec<u8>) {
     match String::from_utf8(data) {
         Ok(text) => o["value"] = json!(text),

@@ -6,7 +6,12 @@
 //! - [`kv`]: `PUT/GET/DELETE /v1/kv/{key}` (with `Fencing-Token`).
 //! - [`locks`]: `/v1/locks/{name}` acquire, release, refresh, status.
 //! - [`cluster`]: `GET /v1/cluster`, the map with per-shard leader and progress.
-//! - [`scan`]: `GET /v1/kv?prefix=`: scatter-gather over every shard, merged and paged.
+//! - [`scan`]: `GET /v1/kv?prefix=`: scatter-gather over every shard, merged and paged;
+//!   `DELETE /v1/kv?prefix=`: delete by prefix, page by page.
+//! - [`txn`]: `POST /v1/txn`: compare and then/else on the keys of one shard.
+//! - [`batch`]: `POST /v1/kv:batch`: independent puts, gets and deletes in one request.
+//! - [`watch`]: `GET /v1/watch/{key}`, `GET /v1/watch?prefix=`: streams of changes.
+//! - [`feed`]: the node's shared feed of each watched shard, which streams read.
 //! - [`rebalance`]: join, drain, and the Rebalancer's jobs API (`/v1/rebalance`).
 //! - [`request`]: pure parsing of keys, query and precondition headers.
 //! - [`error`]: [`ApiError`], the JSON error body and status mapping.
@@ -18,6 +23,7 @@ pub mod cluster;
 #[cfg(feature = "failpoints")]
 pub mod debug;
 pub mod error;
+pub mod feed;
 pub mod kv;
 pub mod locks;
 pub mod ops;
@@ -25,6 +31,7 @@ pub mod params;
 pub mod rebalance;
 pub mod request;
 pub mod scan;
+pub mod txn;
 pub mod watch;
 
 use std::sync::atomic::AtomicBool;
@@ -61,6 +68,8 @@ pub struct ApiState {
     pub handover: Handover,
     /// Watch streams the node serves now (all workers').
     pub watchers: Arc<std::sync::atomic::AtomicUsize>,
+    /// The node's shared watch feeds, one per watched shard (all workers').
+    pub feeds: Arc<feed::Feeds>,
 }
 
 /// Moves the node's leaderships away; resolves once they moved (bounded).
@@ -80,7 +89,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(kv::delete))
             .default_service(ops::other_methods("GET, HEAD, PUT, DELETE, OPTIONS")),
     )
-    .service(get_only("/v1/kv", web::get().to(scan::scan)))
+    .service(
+        web::resource("/v1/kv")
+            .route(web::get().to(scan::scan))
+            .route(web::delete().to(scan::delete_prefix))
+            .default_service(ops::other_methods("GET, DELETE, OPTIONS")),
+    )
+    .service(
+        web::resource("/v1/txn")
+            .app_data(web::PayloadConfig::new(txn::TXN_BODY_BYTES_MAX))
+            .route(web::post().to(txn::txn))
+            .default_service(ops::other_methods("POST, OPTIONS")),
+    )
     .service(get_only("/v1/watch", web::get().to(watch::watch_prefix)))
     .service(get_only("/v1/watch/{key:.*}", web::get().to(watch::watch_key)))
     .service(
@@ -121,6 +141,8 @@ pub fn body_limit(pattern: Option<&str>) -> Option<usize> {
     let p = pattern?;
     if p == "/v1/kv:batch" {
         Some(batch::BATCH_BODY_BYTES_MAX)
+    } else if p == "/v1/txn" {
+        Some(txn::TXN_BODY_BYTES_MAX)
     } else if p.starts_with("/v1/locks/") {
         Some(locks::LOCK_BODY_BYTES_MAX)
     } else if p.starts_with("/v1/cluster/") || p.starts_with("/v1/rebalance/") || p == "/v1/node/handover" {

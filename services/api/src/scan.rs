@@ -2,6 +2,14 @@
 //! over every shard at once (each linearizable on its leader), merged in
 //! key order and cut into pages. The cursor is the hex of the last key
 //! returned; the next page starts after it.
+//!
+//! `DELETE /v1/kv?prefix=P`: deletes the keys under `P`, page by page on
+//! every shard, and answers how many it deleted. Each page is one
+//! replicated command that deletes the keys its scan saw if they still
+//! hold the version seen: a key written while the delete runs is ordered
+//! after it and stays. Not atomic across pages or shards (etcd's range
+//! delete is); a deadline that passes part way answers 503 with the count
+//! so far, and the same request goes on from where it stopped.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use ringstore_router::Route;
@@ -16,6 +24,13 @@ use crate::ApiState;
 
 pub const SCAN_LIMIT_DEFAULT: usize = 100;
 pub const SCAN_LIMIT_MAX: usize = 1000;
+/// Keys one delete page takes per shard (one Raft entry each).
+pub const DELETE_PAGE_KEYS: usize = 1000;
+
+static PREFIX_DELETED: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+    prometheus::register_int_counter!("ringstore_kv_prefix_deleted_keys_total", "Keys deleted by DELETE /v1/kv?prefix=")
+        .expect("registers once")
+});
 
 struct ScanQuery {
     prefix: String,
@@ -129,6 +144,92 @@ pub async fn scan(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next })))
 }
 
+/// Deletes one page of keys seen on one shard (keys scanned from one
+/// shard are on one shard; the router finds it by the first).
+async fn delete_page(
+    state: &ApiState,
+    keys: Vec<(Vec<u8>, u64)>,
+    timeout: std::time::Duration,
+) -> Result<u64, ApiError> {
+    let first = keys.first().map(|(k, _)| k.clone()).unwrap_or_default();
+    let op = ShardOp::write(ringstore_shared::command::Command::DeleteKeys { keys });
+    match crate::kv::route(state, first, op, timeout).await? {
+        ShardReply::Outcome(ringstore_shared::apply::Outcome::DeletedKeys { count }) => Ok(count),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn delete_prefix(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let p = Params::parse(req.query_string(), &["prefix"])?;
+    let prefix = match p.get("prefix") {
+        Some(prefix) if !prefix.is_empty() => prefix.as_bytes().to_vec(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "DELETE /v1/kv needs a non-empty prefix (?prefix=users/); a key is deleted at /v1/kv/{key}",
+            ))
+        }
+    };
+    if prefix.len() > state.limits.key_bytes_max {
+        return Err(ApiError::too_large("prefix", prefix.len(), state.limits.key_bytes_max));
+    }
+    let timeout = deadline(&req, &state)?;
+    let until = tokio::time::Instant::now() + timeout;
+    let mut deleted = 0u64;
+    // Each round scans every shard from the start of the prefix (what the
+    // last round deleted is gone) and deletes what it saw. A round that
+    // deletes nothing of what it saw met only keys rewritten meanwhile:
+    // they stay, and so does the loop's bound.
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let op = || ShardOp::Scan { prefix: prefix.clone(), after: None, limit: DELETE_PAGE_KEYS, keys_only: true };
+        let seen = every_shard(&state, left, op, |reply| match reply {
+            ShardReply::Items { items, more, epoch } => Ok((items, more, epoch)),
+            other => Err(unexpected(other)),
+        })
+        .await;
+        let (items, _) = match seen {
+            Ok(found) => found,
+            Err(e) => return Err(partial(e, deleted)),
+        };
+        if items.is_empty() {
+            break;
+        }
+        let table = state.map.load();
+        let mut pages: std::collections::BTreeMap<u64, Vec<(Vec<u8>, u64)>> = Default::default();
+        for (k, v) in items {
+            pages.entry(table.shard_for(&k).unwrap_or_default()).or_default().push((k, v.version));
+        }
+        let left =
+            until.saturating_duration_since(tokio::time::Instant::now()).max(std::time::Duration::from_millis(1));
+        let rounds = futures::future::join_all(pages.into_values().map(|keys| delete_page(&state, keys, left))).await;
+        let mut round = 0;
+        for r in rounds {
+            match r {
+                Ok(n) => round += n,
+                Err(e) => {
+                    PREFIX_DELETED.inc_by(deleted + round);
+                    return Err(partial(e, deleted + round));
+                }
+            }
+        }
+        deleted += round;
+        if round == 0 {
+            break;
+        }
+    }
+    PREFIX_DELETED.inc_by(deleted);
+    tracing::info!(prefix = %String::from_utf8_lossy(&prefix), deleted, "deleted by prefix");
+    Ok(HttpResponse::Ok().json(json!({ "deleted": deleted })))
+}
+
+/// An error part way through a delete says how far it got.
+fn partial(e: ApiError, deleted: u64) -> ApiError {
+    if deleted == 0 {
+        return e;
+    }
+    ApiError { message: format!("{} (after deleting {deleted} keys; send the request again to go on)", e.message), ..e }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +244,14 @@ mod tests {
         assert_eq!(unhex(&hex("ключ/1".as_bytes())).unwrap(), "ключ/1".as_bytes());
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
+    }
+
+    #[test]
+    fn a_partial_delete_says_how_far_it_got() {
+        let e = partial(ApiError::from(StoreError::Timeout { timeout_ms: 5 }), 0);
+        assert!(!e.message.contains("after deleting"));
+        let e = partial(ApiError::from(StoreError::Timeout { timeout_ms: 5 }), 12);
+        assert_eq!(e.code, "timeout");
+        assert!(e.message.ends_with("(after deleting 12 keys; send the request again to go on)"), "{}", e.message);
     }
 }

@@ -17,6 +17,10 @@
 //! event), naming the oldest position available; the client then reads
 //! the keys again and watches from a fresh position, as with etcd.
 //!
+//! A node follows each watched shard once, whatever the number of streams:
+//! streams read their pages from the node's shared feed of the shard
+//! (`feed`), and poll the shard itself only to catch up to it.
+//!
 //! Bounded: a stream polls one page per shard at a time and waits for the
 //! client to take it before the next, so a slow reader costs at most a
 //! page per shard; one that falls behind what the shard keeps is cut off
@@ -119,8 +123,18 @@ impl Position {
     }
 
     pub fn token(&self) -> String {
-        let parts: Vec<String> = self.0.iter().map(|(s, i)| format!("{s}.{i}")).collect();
-        parts.join(",")
+        let mut out = String::with_capacity(self.0.len() * 12);
+        self.write_token(&mut out);
+        out
+    }
+
+    /// The token into `out`: once per event per stream, so no allocation.
+    fn write_token(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        for (n, (s, i)) in self.0.iter().enumerate() {
+            let sep = if n == 0 { "" } else { "," };
+            let _ = write!(out, "{sep}{s}.{i}");
+        }
     }
 }
 
@@ -143,22 +157,69 @@ fn frame(format: Format, kind: &str, position: &str, mut body: serde_json::Value
     }
 }
 
-/// The JSON of one event (without its type and position).
-fn event_body(shard: ShardId, e: Event) -> serde_json::Value {
-    let mut o = json!({ "shard": shard, "index": e.index });
-    match String::from_utf8(e.key) {
-        Ok(k) => o["key"] = json!(k),
-        Err(k) => {
-            use base64::Engine as _;
-            o["key_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(k.as_bytes()));
+/// One event's line, serialized straight from the event: a stream
+/// writes one per event it delivers, so no `serde_json::Value` is built.
+#[derive(serde::Serialize)]
+struct EventLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    shard: ShardId,
+    index: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    /// `Some(None)`: a put without TTL (`null`); `None`: not a put.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_b64: Option<String>,
+    position: &'a str,
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Writes `e`'s line, at `position`, into `out`.
+fn write_event(format: Format, shard: ShardId, e: &Event, position: &str, out: &mut String) {
+    let key = std::str::from_utf8(&e.key).ok();
+    let value = e.value.as_ref();
+    let text = value.and_then(|v| std::str::from_utf8(&v.data).ok());
+    let line = EventLine {
+        kind: e.kind.as_str(),
+        shard,
+        index: e.index,
+        key,
+        key_b64: key.is_none().then(|| b64(&e.key)),
+        version: value.map(|v| v.version),
+        expires_at_ms: value.map(|v| v.expires_at_ms),
+        value: text,
+        value_b64: value.filter(|_| text.is_none()).map(|v| b64(&v.data)),
+        position,
+    };
+    // Serializing plain fields into a String cannot fail.
+    let json = serde_json::to_string(&line).unwrap_or_default();
+    match format {
+        Format::Lines => {
+            out.push_str(&json);
+            out.push('\n');
+        }
+        Format::Sse => {
+            out.push_str("event: ");
+            out.push_str(line.kind);
+            out.push_str("\nid: ");
+            out.push_str(position);
+            out.push_str("\ndata: ");
+            out.push_str(&json);
+            out.push_str("\n\n");
         }
     }
-    if let Some(v) = e.value {
-        o["version"] = json!(v.version);
-        o["expires_at_ms"] = json!(v.expires_at_ms);
-        crate::kv::put_value(&mut o, v.data);
-    }
-    o
 }
 
 /// Writes a page of `shard`'s events into `out`, moving `position` along:
@@ -173,12 +234,14 @@ fn render(
     out: &mut String,
 ) -> usize {
     let n = events.len();
-    let indexes: Vec<u64> = events.iter().map(|e| e.index).collect();
-    for (i, e) in events.into_iter().enumerate() {
-        let last_of_entry = indexes.get(i + 1).is_none_or(|next| *next != e.index);
+    let mut token = String::new();
+    let mut events = events.iter().peekable();
+    while let Some(e) = events.next() {
+        let last_of_entry = events.peek().is_none_or(|next| next.index != e.index);
         position.set(shard, if last_of_entry { e.index } else { e.index - 1 });
-        let kind = e.kind.as_str();
-        out.push_str(&frame(format, kind, &position.token(), event_body(shard, e)));
+        token.clear();
+        position.write_token(&mut token);
+        write_event(format, shard, e, &token, out);
     }
     position.set(shard, end);
     n
@@ -249,6 +312,16 @@ fn poll(
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        // The node's shared feed of the shard, when the stream's position
+        // is inside what it keeps; "from now" asks the shard, whose
+        // applied index is now.
+        if let Some(after) = after {
+            if let Some(page) = crate::feed::read(&state, shard, &filter, after, WATCH_PAGE_EVENTS, wait).await {
+                crate::feed::count_read(state.node, true);
+                return (shard, Ok(page));
+            }
+        }
+        crate::feed::count_read(state.node, false);
         let op = ShardOp::Events { filter, after, max: WATCH_PAGE_EVENTS, wait_ms: wait.as_millis() as u64 };
         // Pinned to the shard whose index the position counts.
         let route = Route { key: Vec::new(), op, timeout: wait + POLL_SLACK, shard: Some(shard) };
@@ -541,6 +614,7 @@ mod tests {
         assert_eq!(lines[0]["key"], "a");
         assert_eq!(lines[0]["value"], "v");
         assert_eq!(lines[0]["version"], 11);
+        assert!(lines[0]["expires_at_ms"].is_null() && lines[0].get("expires_at_ms").is_some());
         // After the page, the position is where the shard's poll ended.
         assert_eq!(position.token(), "1.4,2.15");
     }
@@ -551,8 +625,18 @@ mod tests {
         assert!(f.starts_with("event: delete\nid: 3.7\ndata: {"), "{f}");
         assert!(f.ends_with("}\n\n"));
         let binary = Event { index: 2, kind: EventKind::Delete, key: vec![0xff], value: None };
-        let o = event_body(1, binary);
+        let mut out = String::new();
+        write_event(Format::Sse, 1, &binary, "1.2", &mut out);
+        assert!(out.starts_with("event: delete\nid: 1.2\ndata: {"), "{out}");
+        let o: serde_json::Value =
+            serde_json::from_str(out.lines().nth(2).unwrap().trim_start_matches("data: ")).unwrap();
         assert_eq!(o["key_b64"], "/w==");
-        assert!(o.get("value").is_none());
+        assert_eq!((o["shard"].as_u64(), o["index"].as_u64(), o["position"].as_str()), (Some(1), Some(2), Some("1.2")));
+        assert!(o.get("value").is_none() && o.get("expires_at_ms").is_none() && o.get("key").is_none());
+        let mut out = String::new();
+        let bytes = StoredValue { version: 2, expires_at_ms: Some(9), data: vec![0, 0xff] };
+        write_event(Format::Lines, 1, &Event { value: Some(bytes), kind: EventKind::Put, ..binary }, "1.2", &mut out);
+        let o: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!((o["value_b64"].as_str(), o["expires_at_ms"].as_u64()), (Some("AP8="), Some(9)));
     }
 }

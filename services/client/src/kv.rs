@@ -80,7 +80,7 @@ impl KvClient {
     /// within the client's timeout (which the server is told as
     /// `X-Request-Timeout`); or, for a long poll, within `poll` and with
     /// the server's deadline following the poll's wait.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: awc::http::Method,
         path: &str,
@@ -158,6 +158,19 @@ impl KvClient {
         }
     }
 
+    /// Deletes every key starting with `prefix` (not empty), page by page
+    /// on every shard, and returns how many it deleted. Not atomic: a key
+    /// written under the prefix meanwhile may stay. Sent again after a
+    /// timeout, it goes on where it stopped.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, KvError> {
+        let path = format!("/v1/kv?prefix={}", utf8_percent_encode(prefix, QUERY));
+        let (status, body) = self.send(awc::http::Method::DELETE, &path, None, &[], None).await?;
+        match status {
+            200 => Ok(json_of(&body)?["deleted"].as_u64().unwrap_or(0)),
+            s => Err(error(s, &body)),
+        }
+    }
+
     /// Sends `ops` as one `POST /v1/kv:batch` (at most 1,000): each item
     /// succeeds or fails alone, one key's items in order.
     pub async fn batch(&self, ops: &[BatchOp]) -> Result<Vec<BatchResult>, KvError> {
@@ -214,16 +227,16 @@ fn versioned(status: u16, body: &[u8]) -> Result<Option<(Vec<u8>, u64)>, KvError
     }
 }
 
-fn json_of(b: &[u8]) -> Result<Value, KvError> {
+pub(crate) fn json_of(b: &[u8]) -> Result<Value, KvError> {
     serde_json::from_slice(b).map_err(|e| unparsable(&e.to_string()))
 }
 
-fn unparsable(what: &str) -> KvError {
+pub(crate) fn unparsable(what: &str) -> KvError {
     KvError::Server { status: 200, body: format!("unparsable answer: {what}") }
 }
 
 /// `value` (text) or `value_b64` of an answer object.
-fn value_of(v: &Value) -> Result<Vec<u8>, KvError> {
+pub(crate) fn value_of(v: &Value) -> Result<Vec<u8>, KvError> {
     match (v["value"].as_str(), v["value_b64"].as_str()) {
         (Some(t), _) => Ok(t.as_bytes().to_vec()),
         (None, Some(b)) => {
@@ -233,7 +246,7 @@ fn value_of(v: &Value) -> Result<Vec<u8>, KvError> {
     }
 }
 
-fn error(status: u16, body: &[u8]) -> KvError {
+pub(crate) fn error(status: u16, body: &[u8]) -> KvError {
     let text = String::from_utf8_lossy(body).into_owned();
     match status {
         412 => KvError::PreconditionFailed { message: text },

@@ -1,5 +1,6 @@
 //! A client for ringstore's REST API, used by `ringstore lock`, the tests
-//! and the load generator: locks here, keys and batches in [`kv`].
+//! and the load generator: locks here, keys and batches in [`kv`],
+//! transactions in [`txn`], watches in [`watch`].
 //!
 //! [`LockClient`] talks HTTP to any node (the cluster forwards to the
 //! leader) and rotates over its endpoints when one does not answer. Every
@@ -18,16 +19,20 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 mod endpoints;
 pub mod kv;
+pub mod txn;
 pub mod watch;
 use endpoints::{Call, Endpoints};
 pub use kv::{BatchOp, BatchResult, KvClient, KvError};
 use serde::Deserialize;
 use serde_json::json;
+pub use txn::{Cmp, Compare, TxnAnswer, TxnOp, TxnResult};
 pub use watch::{Change, ChangeKind, Watcher};
 
 /// Characters escaped in a lock name or key inside a URL path (`/` is
-/// kept: names may nest).
-const PATH: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'?').add(b'<').add(b'>').add(b'`');
+/// kept: names may nest; braces of hash tags are escaped, as RFC 3986
+/// wants).
+const PATH: &AsciiSet =
+    &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'?').add(b'<').add(b'>').add(b'`').add(b'{').add(b'}');
 /// And in a query value: the separators too.
 const QUERY: &AsciiSet = &PATH.add(b'&').add(b'=').add(b'+');
 

@@ -47,6 +47,7 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
         shutdown_timeout_s,
     } = o;
     let watchers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let feeds = Arc::new(ringstore_api::feed::Feeds::default());
     let server = HttpServer::new(move || {
         // Runs once on each worker thread: that worker's own Router.
         let router = actix::Actor::start(Router::new(node, map.clone(), transport.clone()));
@@ -61,6 +62,7 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
             cluster_id,
             handover: handover.clone(),
             watchers: watchers.clone(),
+            feeds: feeds.clone(),
         };
         App::new()
             .app_data(web::Data::new(state))

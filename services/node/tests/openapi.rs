@@ -48,6 +48,7 @@ fn openapi_paths_match_the_routes() {
             "/v1/rebalance/config",
             "/v1/rebalance/pause",
             "/v1/rebalance/resume",
+            "/v1/txn",
             "/v1/watch",
             "/v1/watch/{key}"
         ]
@@ -56,12 +57,16 @@ fn openapi_paths_match_the_routes() {
     for m in ["get", "put", "delete"] {
         assert!(kv[m].is_object(), "{m} /v1/kv/{{key}} undocumented");
     }
+    for m in ["get", "delete"] {
+        assert!(spec["paths"]["/v1/kv"][m].is_object(), "{m} /v1/kv undocumented");
+    }
     // The router registers the same set.
     let src = api_source();
     for route in [
         "\"/v1/kv/{key:.*}\"",
         "\"/v1/kv\"",
         "\"/v1/kv:batch\"",
+        "\"/v1/txn\"",
         "\"/v1/cluster\"",
         "\"/v1/locks\"",
         "\"/v1/locks/{name:.*}\"",

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use awc::http::StatusCode;
 use common::*;
-use ringstore_shared::hash::hash64;
+use ringstore_shared::hash::key_point;
 use ringstore_testkit::ProcCluster;
 use serde_json::{json, Value};
 
@@ -386,7 +386,7 @@ async fn a_shard_over_the_size_limit_splits_until_none_is() {
 
 /// The shard owning `key` in the map `cluster` (its `?ranges=true` view).
 fn owner(cluster: &Value, key: &str) -> u64 {
-    let p = hash64(key.as_bytes());
+    let p = key_point(key.as_bytes());
     for s in cluster["shards"].as_array().unwrap() {
         for r in s["ranges"].as_array().into_iter().flatten() {
             let (lo, hi) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());

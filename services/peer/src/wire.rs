@@ -38,8 +38,11 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
 /// shard on nodes of 6 and 7 would start different logs. 8: lock listing
 /// (`ScanLocks`, a `Locks` reply) and key long polls (`WatchKey`), which a
 /// node of 7 cannot decode. 9: watch polls (`Events`, an `Events` reply,
-/// the `Compacted` error).
-pub const PROTOCOL_VERSION: u8 = 9;
+/// the `Compacted` error). 10: transactions and delete pages (commands
+/// `Txn` and `DeleteKeys`, their outcomes) and hash-tag placement, which
+/// moves keys with braces: nodes of 9 and 10 must not share a cluster.
+/// Key long polls read the node's watch feeds: `WatchKey` (12) is gone.
+pub const PROTOCOL_VERSION: u8 = 10;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Largest frame a peer may send: a value at the value limit plus room.
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -520,12 +523,6 @@ fn put_op(w: &mut Writer, op: &ShardOp) {
             }
             w.u64(*limit as u64);
         }
-        ShardOp::WatchKey { key, after, wait_ms } => {
-            w.u8(12);
-            w.bytes(key);
-            w.u64(*after);
-            w.u64(*wait_ms);
-        }
         ShardOp::Events { filter, after, max, wait_ms } => {
             w.u8(13);
             match filter {
@@ -614,7 +611,6 @@ fn get_op(r: &mut Reader<'_>) -> Result<ShardOp, CodecError> {
             },
             limit: r.u64("limit")?.min(1 << 20) as usize,
         },
-        12 => ShardOp::WatchKey { key: r.bytes("key")?.to_vec(), after: r.u64("after")?, wait_ms: r.u64("wait")? },
         13 => ShardOp::Events {
             filter: match r.u8("filter")? {
                 0 => KeyFilter::Exact(r.bytes("watched key")?.to_vec()),
@@ -1159,7 +1155,6 @@ mod tests {
             ShardOp::Scan { prefix: b"p/".to_vec(), after: Some(b"p/a".to_vec()), limit: 10, keys_only: true },
             ShardOp::ScanLocks { prefix: "jobs/".into(), after: Some("jobs/a".into()), limit: 10 },
             ShardOp::ScanLocks { prefix: String::new(), after: None, limit: 1 },
-            ShardOp::WatchKey { key: b"k".to_vec(), after: 7, wait_ms: 30_000 },
             ShardOp::Events { filter: KeyFilter::Exact(b"k".to_vec()), after: Some(9), max: 100, wait_ms: 25_000 },
             ShardOp::Events { filter: KeyFilter::Prefix(Vec::new()), after: None, max: 1, wait_ms: 0 },
             ShardOp::ReadMap,
@@ -1253,6 +1248,16 @@ mod tests {
                 epoch: 11,
             }),
             Ok(ShardReply::Outcome(Outcome::Split { epoch: 12 })),
+            Ok(ShardReply::Outcome(Outcome::DeletedKeys { count: 3 })),
+            Ok(ShardReply::Outcome(Outcome::Txn {
+                succeeded: false,
+                results: vec![
+                    ringstore_shared::txn::TxnResult::Put { version: 4 },
+                    ringstore_shared::txn::TxnResult::Get {
+                        value: Some(StoredValue { version: 2, expires_at_ms: None, data: b"v".to_vec() }),
+                    },
+                ],
+            })),
             Ok(ShardReply::Lock {
                 record: Some(LockRecord {
                     holder: None,

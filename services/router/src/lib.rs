@@ -270,8 +270,7 @@ pub async fn send_to_shard(
         let seen = hints.get(shard);
         let sent = transport.request(node, target, shard, op.clone());
         // A long poll waits by design; only other reads are cut short.
-        let long_poll =
-            matches!(op, ShardOp::WatchMap { .. } | ShardOp::WatchKey { .. } | ShardOp::Events { wait_ms: 1.., .. });
+        let long_poll = matches!(op, ShardOp::WatchMap { .. } | ShardOp::Events { wait_ms: 1.., .. });
         let hop_deadline = match changes_nothing && !long_poll && !local_only && target != node {
             true => deadline.min(Instant::now() + SAFE_HOP_TIMEOUT),
             false => deadline,

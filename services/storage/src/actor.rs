@@ -51,8 +51,7 @@ use crate::locks::{LockIndex, Waiter, Waiters};
 use crate::log_store::{ApplyState, KeyStats, LogStore};
 use crate::messages::{
     DestroyReplica, PeerUnreachable, Persisted, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest,
-    ShardResult, TransferLeadership, EVENT_POLLERS_MAX, EVENT_WAIT_MAX_MS, KEY_WATCHERS_MAX, KEY_WATCH_WAIT_MAX_MS,
-    MAP_WATCHERS_MAX, MAP_WATCH_WAIT_MAX_MS,
+    ShardResult, TransferLeadership, EVENT_POLLERS_MAX, EVENT_WAIT_MAX_MS, MAP_WATCHERS_MAX, MAP_WATCH_WAIT_MAX_MS,
 };
 use crate::metrics::ReplicaMetrics;
 use crate::registry::RangeRegistry;
@@ -239,11 +238,6 @@ pub struct StorageActor {
     load: LoadSampler,
     /// Meta shard leader: map keepers waiting for an epoch above theirs.
     map_watchers: Vec<(u64, Instant, Reply)>,
-    /// Leader: long polls on keys (`WatchKey`), by key: the version each
-    /// waits to see change, until when, and its reply.
-    key_watchers: HashMap<Vec<u8>, Vec<(u64, Instant, Reply)>>,
-    /// Keys with watchers that this round's applied entries changed.
-    watched_changed: Vec<Vec<u8>>,
     /// Recent changes to user keys, for watch polls.
     events: EventLog,
     /// Leader: watch polls waiting for events.
@@ -380,8 +374,6 @@ impl StorageActor {
             campaign_until: None,
             load: LoadSampler::default(),
             map_watchers: Vec::new(),
-            key_watchers: HashMap::new(),
-            watched_changed: Vec::new(),
             // Created with the shard (bootstrap, or handed over by a split
             // on this node): the replica's history is the shard's.
             events: EventLog::new(applied, fresh || cfg.split_off.is_some()),
@@ -438,7 +430,26 @@ impl StorageActor {
     /// Whether `key` (a user key or lock name) is in this shard's ranges
     /// (sorted: a binary search over ~1,024 intervals).
     fn owns(&self, key: &[u8]) -> bool {
-        self.owns_point(ringstore_shared::hash::hash64(key))
+        self.owns_point(ringstore_shared::hash::key_point(key))
+    }
+
+    /// A multi-key write (transaction, delete page) whose first key is
+    /// here but some other key is not: those keys are on another shard now
+    /// (a split parted keys with no common hash tag), so no retry helps.
+    fn foreign_keys(&self, cmd: &Command) -> Option<StoreError> {
+        let mut keys: Box<dyn Iterator<Item = &[u8]>> = match cmd {
+            Command::Txn(txn) => Box::new(txn.keys()),
+            Command::DeleteKeys { keys } => Box::new(keys.iter().map(|(k, _)| k.as_slice())),
+            _ => return None,
+        };
+        let foreign = keys.find(|k| !self.owns(k))?;
+        Some(StoreError::BadRequest(format!(
+            "the keys are not all on one shard: {:?} is not on shard {} (map epoch {}); keys that must share a \
+             shard share a hash tag, such as {{user42}}/a and {{user42}}/b",
+            String::from_utf8_lossy(foreign),
+            self.shard,
+            self.epoch
+        )))
     }
 
     fn owns_point(&self, p: u64) -> bool {
@@ -710,7 +721,6 @@ impl StorageActor {
         //    lock changes settled were answered with its replies).
         self.serve_confirmed_reads();
         self.serve_map_watchers();
-        self.serve_key_watchers();
         self.serve_event_pollers();
         if std::mem::take(&mut self.compact_for_learner) {
             self.compact_for_new_replica();
@@ -815,7 +825,7 @@ impl StorageActor {
         // Ownership is checked again at apply: a command accepted before a
         // split but ordered after it in the log must not touch points the
         // new shard owns now. Every replica decides the same here.
-        if proposal.cmd.routing_key().is_some_and(|k| !self.owns(k)) {
+        if proposal.cmd.routing_key().is_some_and(|k| !self.owns(k)) || self.foreign_keys(&proposal.cmd).is_some() {
             return Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch });
         }
         let mut proposal = proposal;
@@ -850,12 +860,6 @@ impl StorageActor {
             }
         }
         let reattached = waiting_acquire && view.retries_found > 0;
-        // A delete that found the key already expired removes what the
-        // sweep would have: watchers see an expiry, as the client saw no key.
-        let removal = match outcome {
-            Outcome::Expired { .. } | Outcome::NotFound => EventKind::Expire,
-            _ => EventKind::Delete,
-        };
         if let Outcome::Expired { count } = outcome {
             self.metrics.ttl_expired_keys.inc_by(count as u64);
         }
@@ -885,9 +889,6 @@ impl StorageActor {
                     continue;
                 }
                 Effect::Put { key, value, replaced } => {
-                    if self.key_watchers.contains_key(&key) {
-                        self.watched_changed.push(key.clone());
-                    }
                     apply.on_put(replaced, apply::footprint(&key, &value));
                     let encoded = value.encode();
                     let event = Event { index: entry.index, kind: EventKind::Put, value: Some(value), key };
@@ -895,13 +896,14 @@ impl StorageActor {
                     self.events.push(event);
                     (k, Some(encoded))
                 }
-                Effect::Delete { key, removed } => {
-                    if self.key_watchers.contains_key(&key) {
-                        self.watched_changed.push(key.clone());
-                    }
+                Effect::Delete { key, removed, expired } => {
                     apply.on_delete(removed);
                     let k = data_key(&key);
-                    self.events.push(Event { index: entry.index, kind: removal, value: None, key });
+                    // A delete that found the key already expired removes
+                    // what the sweep would have: watchers see an expiry, as
+                    // the client saw no key.
+                    let kind = if expired { EventKind::Expire } else { EventKind::Delete };
+                    self.events.push(Event { index: entry.index, kind, value: None, key });
                     (k, None)
                 }
                 Effect::PutLock { name, record } => {
@@ -1494,41 +1496,6 @@ impl StorageActor {
         }
     }
 
-    /// Answers the key watches whose key this round changed, whose wait
-    /// ended, or whose client left, and all of them when this replica no
-    /// longer leads (the router asks the new leader).
-    fn serve_key_watchers(&mut self) {
-        if self.key_watchers.is_empty() {
-            return;
-        }
-        let (now, leader) = (Instant::now(), self.is_leader());
-        let changed = std::mem::take(&mut self.watched_changed);
-        let read_now = self.read_now_ms(false);
-        let mut woken = Vec::new();
-        self.key_watchers.retain(|key, watchers| {
-            let hit = changed.contains(key);
-            for (after, until, tx) in std::mem::take(watchers) {
-                let reason = match () {
-                    _ if !leader => "leader",
-                    _ if hit => "changed",
-                    _ if until <= now || tx.is_closed() => "timeout",
-                    _ => {
-                        watchers.push((after, until, tx));
-                        continue;
-                    }
-                };
-                woken.push((key.clone(), tx, reason));
-            }
-            !watchers.is_empty()
-        });
-        for (key, tx, reason) in woken {
-            self.metrics.key_watch_wakes(reason);
-            let answer = if leader { self.read_local(&key, read_now) } else { Err(self.not_leader()) };
-            let _ = tx.send(answer);
-        }
-        self.metrics.key_watchers.set(self.key_watchers.values().map(Vec::len).sum::<usize>() as i64);
-    }
-
     /// Answers the watch polls that this round's events match, whose
     /// wait ended or whose client left, and all of them when this replica
     /// no longer leads (the router asks the new leader, position intact).
@@ -1851,7 +1818,6 @@ impl Actor for StorageActor {
             act.retry_stuck_reads();
             act.end_waits();
             act.serve_map_watchers();
-            act.serve_key_watchers();
             act.serve_event_pollers();
             act.sweep_leases();
             // Drop waiters whose client gave up, so the map stays bounded.
@@ -2010,7 +1976,7 @@ impl Handler<ShardRequest> for StorageActor {
             }));
         }
         let key: Option<&[u8]> = match &op {
-            ShardOp::Read { key, .. } | ShardOp::WatchKey { key, .. } => Some(key),
+            ShardOp::Read { key, .. } => Some(key),
             ShardOp::Write { cmd, .. } => cmd.routing_key(),
             ShardOp::Acquire { name, .. } | ShardOp::LockStatus { name } => Some(name.as_bytes()),
             ShardOp::Status
@@ -2023,12 +1989,17 @@ impl Handler<ShardRequest> for StorageActor {
             | ShardOp::TransferLeader { .. } => None,
         };
         if let Some(k) = key {
-            let point = ringstore_shared::hash::hash64(k);
+            let point = ringstore_shared::hash::key_point(k);
             if !self.owns_point(point) {
                 return immediate(Err(StoreError::WrongShard { shard: self.shard, epoch: self.epoch }));
             }
             if self.is_leader() {
                 self.load.record(point, k, Instant::now());
+            }
+        }
+        if let ShardOp::Write { cmd, .. } = &op {
+            if let Some(err) = self.foreign_keys(cmd) {
+                return immediate(Err(err));
             }
         }
         let map_op = matches!(&op, ShardOp::ReadMap | ShardOp::WatchMap { .. })
@@ -2080,27 +2051,6 @@ impl Handler<ShardRequest> for StorageActor {
                 let kind = ReadKind::Locks { after, limit };
                 self.reads.unsent.push(PendingRead { key: prefix.into_bytes(), kind, tx });
                 self.schedule_flush(ctx);
-                Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
-            }
-            ShardOp::WatchKey { key, after, wait_ms } => {
-                if !self.is_leader() {
-                    return immediate(Err(self.not_leader()));
-                }
-                let now = self.read_now_ms(false);
-                let current = self.read_local(&key, now);
-                let version = match &current {
-                    Ok(ShardReply::Value { value, .. }) => value.as_ref().map_or(0, |v| v.version),
-                    _ => return immediate(current),
-                };
-                // The gauge is the count: kept exact by every push and serve.
-                let held = self.metrics.key_watchers.get().max(0) as usize;
-                if version != after || wait_ms == 0 || held >= KEY_WATCHERS_MAX {
-                    return immediate(current);
-                }
-                let (tx, rx) = oneshot::channel();
-                let until = Instant::now() + Duration::from_millis(wait_ms.min(KEY_WATCH_WAIT_MAX_MS));
-                self.key_watchers.entry(key).or_default().push((after, until, tx));
-                self.metrics.key_watchers.set(held as i64 + 1);
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
             ShardOp::Events { filter, after, max, wait_ms } => {

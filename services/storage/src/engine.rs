@@ -76,6 +76,12 @@ pub enum EngineError {
     Identity { expected: u64, found: String },
     #[error("corrupt record in column family {cf}: {detail}")]
     Corrupt { cf: &'static str, detail: String },
+    #[error(
+        "data dir holds {count} records at the ring points of an older placement ({found}); \
+         hash tags ({{tag}} in a key) moved them: export them with the version that wrote them \
+         (GET /v1/kv?prefix=), and import them after the upgrade"
+    )]
+    Placement { found: String, count: u64 },
     #[error("background scan abandoned: its replica stopped")]
     Abandoned,
 }
@@ -282,18 +288,54 @@ impl Engine {
     }
 
     /// Records `node` as this data dir's owner on first use; refuses a dir
-    /// that belongs to another node.
+    /// that belongs to another node. Checks the dir's placement too (see
+    /// [`check_or_set_placement`](Self::check_or_set_placement)).
     pub fn check_or_set_identity(&self, node: u64) -> Result<(), EngineError> {
         const KEY: &[u8] = b"node_id";
         match self.get(Cf::Meta, KEY)? {
-            Some(v) if v.as_slice() == node.to_be_bytes() => Ok(()),
-            Some(v) => Err(EngineError::Identity { expected: node, found: format!("{v:?}") }),
+            Some(v) if v.as_slice() == node.to_be_bytes() => {}
+            Some(v) => return Err(EngineError::Identity { expected: node, found: format!("{v:?}") }),
             None => {
                 let mut b = WriteBatch::default();
                 b.put_cf(self.cf(Cf::Meta), KEY, node.to_be_bytes());
-                self.write(b, true)
+                self.write(b, true)?;
             }
         }
+        self.check_or_set_placement()
+    }
+
+    /// Hash tags (`{tag}` in a key, see `hash::key_point`) changed where
+    /// keys with braces live. A data dir written before them may hold such
+    /// keys at their old points, where no read would find them: refuse to
+    /// serve it rather than lose them silently. A dir is checked once
+    /// (a full pass over the `data` family) and then marked.
+    pub fn check_or_set_placement(&self) -> Result<(), EngineError> {
+        const KEY: &[u8] = b"placement";
+        const HASH_TAGS: &[u8] = b"hash-tags-1";
+        match self.get(Cf::Meta, KEY)? {
+            Some(v) if v == HASH_TAGS => return Ok(()),
+            Some(v) => {
+                return Err(EngineError::Placement { found: String::from_utf8_lossy(&v).into_owned(), count: 0 })
+            }
+            None => {}
+        }
+        let (mut count, mut example) = (0u64, None);
+        self.scan(Cf::Data, &[], &[0xff; 9], |k, _| {
+            if ringstore_shared::keys::misplaced(k) {
+                count += 1;
+                example.get_or_insert_with(|| {
+                    String::from_utf8_lossy(&k[ringstore_shared::keys::RING_POINT_LEN..]).into_owned()
+                });
+            }
+            true
+        })?;
+        if let Some(example) = example {
+            return Err(EngineError::Placement {
+                found: format!("keys with braces placed before hash tags, e.g. {example:?}"),
+                count,
+            });
+        }
+        self.meta_put(KEY, HASH_TAGS)
     }
 
     /// A node-level record in the `meta` column family (identity and the like).

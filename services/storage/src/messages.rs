@@ -75,15 +75,6 @@ pub enum ShardOp {
         after: u64,
         wait_ms: u64,
     },
-    /// Leader: answers once `key`'s live version is no longer `after` (0:
-    /// absent) or `wait_ms` (at most [`KEY_WATCH_WAIT_MAX_MS`]) passed,
-    /// with the value as this replica applied it. A wake-up, not a
-    /// linearizable read: the API reads again through ReadIndex.
-    WatchKey {
-        key: Vec<u8>,
-        after: u64,
-        wait_ms: u64,
-    },
     /// Leader: the changes to keys matching `filter` after position
     /// `after` (`None`: from now), at most `max` (see [`EventLog::read`]);
     /// with none yet, waits up to `wait_ms` (at most
@@ -128,7 +119,7 @@ impl ShardOp {
     pub fn changes_nothing(&self) -> bool {
         match self {
             ShardOp::Read { .. } | ShardOp::Status | ShardOp::LockStatus { .. } | ShardOp::Scan { .. } => true,
-            ShardOp::ScanLocks { .. } | ShardOp::WatchKey { .. } | ShardOp::Events { .. } => true,
+            ShardOp::ScanLocks { .. } | ShardOp::Events { .. } => true,
             ShardOp::ReadMap | ShardOp::WatchMap { .. } | ShardOp::TransferLeader { .. } => true,
             ShardOp::Write { .. } | ShardOp::Acquire { .. } | ShardOp::ChangePeers(_) => false,
         }
@@ -252,11 +243,6 @@ pub const EVENT_POLLERS_MAX: usize = 10_000;
 pub const MAP_WATCH_WAIT_MAX_MS: u64 = 30_000;
 /// Watches one meta replica holds at once; more are answered at once.
 pub const MAP_WATCHERS_MAX: usize = 1024;
-/// The longest a `WatchKey` waits.
-pub const KEY_WATCH_WAIT_MAX_MS: u64 = 59_000;
-/// Key watches one replica holds at once; more are answered at once (the
-/// client's loop then polls, bounded by its own pace).
-pub const KEY_WATCHERS_MAX: usize = 10_000;
 
 #[derive(Message)]
 #[rtype(result = "ShardResult")]

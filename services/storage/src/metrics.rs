@@ -34,8 +34,6 @@ pub struct RaftMetrics {
     pub fast_failovers: IntCounterVec,
     pub hibernating: IntGaugeVec,
     pub hibernation_wakes: IntCounterVec,
-    pub key_watchers: IntGaugeVec,
-    pub key_watch_wakes: IntCounterVec,
     pub event_log_events: IntGaugeVec,
     pub event_log_bytes: IntGaugeVec,
     pub event_pollers: IntGaugeVec,
@@ -153,18 +151,6 @@ pub static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| {
             "ringstore_raft_hibernating_replicas",
             "Shard replicas of this node whose quiet group sleeps: no ticks, no heartbeats",
             &["node"]
-        )
-        .expect("registers once"),
-        key_watchers: register_int_gauge_vec!(
-            "ringstore_key_watchers",
-            "Long polls on keys (GET ?index=&wait=) a leader replica holds",
-            ns
-        )
-        .expect("registers once"),
-        key_watch_wakes: register_int_counter_vec!(
-            "ringstore_key_watch_wakes_total",
-            "Key long polls answered, by reason: changed (an applied write or delete), timeout (the wait ended or the client left), leader (this replica stopped leading)",
-            &["node", "reason"]
         )
         .expect("registers once"),
         event_log_events: register_int_gauge_vec!(
@@ -335,10 +321,6 @@ pub struct ReplicaMetrics {
     pub votes_refused_after_restart: IntCounter,
     pub fast_failovers: IntCounter,
     pub hibernating: IntGauge,
-    pub key_watchers: IntGauge,
-    key_watch_changed: IntCounter,
-    key_watch_timeout: IntCounter,
-    key_watch_leader: IntCounter,
     pub event_log_events: IntGauge,
     pub event_log_bytes: IntGauge,
     pub event_pollers: IntGauge,
@@ -380,15 +362,6 @@ pub struct ReplicaMetrics {
 }
 
 impl ReplicaMetrics {
-    /// A key long poll answered, for `reason` (`changed`, `timeout`, `leader`).
-    pub fn key_watch_wakes(&self, reason: &str) {
-        match reason {
-            "changed" => self.key_watch_changed.inc(),
-            "leader" => self.key_watch_leader.inc(),
-            _ => self.key_watch_timeout.inc(),
-        }
-    }
-
     /// A watch poll answered, with `result` (`events`, `empty`,
     /// `compacted`, `leader`).
     pub fn event_poll(&self, result: &str) {
@@ -424,10 +397,6 @@ impl ReplicaMetrics {
             votes_refused_after_restart: r.votes_refused.with_label_values(&ns),
             fast_failovers: r.fast_failovers.with_label_values(&ns),
             hibernating: r.hibernating.with_label_values(&[&n]),
-            key_watchers: r.key_watchers.with_label_values(&ns),
-            key_watch_changed: r.key_watch_wakes.with_label_values(&[&n, "changed"]),
-            key_watch_timeout: r.key_watch_wakes.with_label_values(&[&n, "timeout"]),
-            key_watch_leader: r.key_watch_wakes.with_label_values(&[&n, "leader"]),
             event_log_events: r.event_log_events.with_label_values(&ns),
             event_log_bytes: r.event_log_bytes.with_label_values(&ns),
             event_pollers: r.event_pollers.with_label_values(&ns),

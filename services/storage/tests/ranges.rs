@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use raft::Storage as _;
 use ringstore_shared::command::{Command, Precondition};
-use ringstore_shared::hash::hash64;
+use ringstore_shared::hash::key_point;
 use ringstore_shared::keys::{is_request_key, is_user_key, split_data_key};
 use ringstore_shared::{ShardId, StoreError};
 use ringstore_storage::clock::SystemClock;
@@ -73,7 +73,7 @@ async fn each_shard_serves_and_snapshots_only_its_ranges() {
     let mut mine = [0usize; 3];
     for i in 0..200 {
         let key = format!("key-{i}").into_bytes();
-        let owner = if hash64(&key) < HALF { 1 } else { 2 };
+        let owner = if key_point(&key) < HALF { 1 } else { 2 };
         let put = |k: Vec<u8>| {
             ShardOp::write(Command::Put {
                 key: k,

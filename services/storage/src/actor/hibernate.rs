@@ -120,7 +120,6 @@ impl StorageActor {
             || !self.parked.is_empty()
             || !self.parked_reads.is_empty()
             || !self.map_watchers.is_empty()
-            || !self.key_watchers.is_empty()
             || !self.event_pollers.is_empty()
             || self.locks.has_queues()
             || self.campaign_until.is_some()

@@ -42,7 +42,7 @@ use crate::snapshot::{contains_point, OwnedRanges, PointRange, SnapshotData};
 pub struct Campaign;
 
 fn owns_in(ranges: &[PointRange], key: &[u8]) -> bool {
-    contains_point(ranges, ringstore_shared::hash::hash64(key))
+    contains_point(ranges, ringstore_shared::hash::key_point(key))
 }
 
 impl StorageActor {
