@@ -55,7 +55,8 @@ class KeysTest(unittest.TestCase):
         self.assertFalse(ok)
         self.assertEqual(results[0]["value"], "2")
         with self.assertRaises(ringstore.RingstoreError) as e:
-            # Eight random keys on one of 16 shards: a chance of 16^-7.
+            # Eight random keys all on one of the cluster's 4 shards: a
+            # chance of 4^-7.
             self.c.txn(then=[{"op": "get", "key": unique("x")} for _ in range(8)])
         self.assertEqual(e.exception.code, "cross_shard")
         self.assertEqual(self.c.delete_prefix(tag + "/"), 2)

@@ -115,11 +115,12 @@ impl Feeds {
         f
     }
 
-    /// Stops `feed` if no stream asked for it lately; under the registry
-    /// lock, so a stream never gets a feed that has stopped.
-    fn stop_if_idle(&self, shard: ShardId, feed: &Arc<Feed>) -> bool {
+    /// Stops `feed` if no stream asked for it lately, or anyway when
+    /// `gone` (its shard left the map); under the registry lock, so a
+    /// stream never gets a feed that has stopped.
+    fn stop_if_idle(&self, shard: ShardId, feed: &Arc<Feed>, gone: bool) -> bool {
         let mut shards = lock(&self.shards);
-        if lock(&feed.last_read).elapsed() < FEED_IDLE {
+        if !gone && lock(&feed.last_read).elapsed() < FEED_IDLE {
             return false;
         }
         if shards.get(&shard).is_some_and(|f| Arc::ptr_eq(f, feed)) {
@@ -136,7 +137,8 @@ async fn run(shard: ShardId, feed: Arc<Feed>, state: web::Data<ApiState>) {
     let polls = |result: &str| FEED_POLLS.with_label_values(&[&node, result]).inc();
     let mut after: Option<u64> = None;
     loop {
-        if state.feeds.stop_if_idle(shard, &feed) || !state.map.load().data_shards().contains(&shard) {
+        let gone = state.map.load().replicas(shard).is_none();
+        if state.feeds.stop_if_idle(shard, &feed, gone) {
             break;
         }
         let op = ShardOp::Events {

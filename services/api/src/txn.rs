@@ -300,7 +300,7 @@ mod tests {
         assert_eq!(txn.then[0], TxnOp::Put { key: b"{u}a".to_vec(), value: b"1".to_vec(), ttl_ms: Some(5) });
         assert_eq!(txn.otherwise, vec![TxnOp::Delete { key: b"{u}c".to_vec() }]);
 
-        let gets = format!(r#"{{"then": [{}]}}"#, vec![r#"{"op": "get", "key": "k"}"#; TXN_GETS_MAX + 1].join(","));
+        let gets = format!(r#"{{"then": [{}]}}"#, [r#"{"op": "get", "key": "k"}"#; TXN_GETS_MAX + 1].join(","));
         let many = format!(r#"{{"then": [{}]}}"#, vec![r#"{"op": "delete", "key": "k"}"#; TXN_ITEMS_MAX + 1].join(","));
         for (body, says) in [
             ("{}", "1 to 128"),

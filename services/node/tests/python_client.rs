@@ -10,7 +10,8 @@ use common::*;
 
 #[actix_rt::test]
 async fn the_python_client_passes_its_suite() {
-    let tc = start(|_| {}).await;
+    // Four shards, so prefix watches and cross-shard transactions span some.
+    let tc = start(|c| c.shards = 4).await;
     let urls: Vec<String> = tc.cluster.node_ids().into_iter().filter_map(|n| tc.cluster.url(n)).collect();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/python");
     let run = actix_rt::task::spawn_blocking(move || {
@@ -28,6 +29,6 @@ async fn the_python_client_passes_its_suite() {
         .expect("python3 runs");
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python suite failed:\n{text}");
-    assert!(text.contains("Ran 6 tests"), "{text}");
+    assert!(text.contains("Ran 7 tests"), "{text}");
     tc.shutdown().await;
 }
