@@ -34,6 +34,8 @@ __all__ = [
     "NotHolder",
     "Compacted",
     "Unavailable",
+    "Unauthorized",
+    "Forbidden",
 ]
 
 TRIES_MAX = 6
@@ -69,11 +71,21 @@ class Unavailable(RingstoreError):
     """No node answered within the deadline."""
 
 
+class Unauthorized(RingstoreError):
+    """No token, or one the cluster does not know (401)."""
+
+
+class Forbidden(RingstoreError):
+    """The token lacks the scope, or the key is outside its prefix (403)."""
+
+
 _ERRORS = {
     "precondition_failed": PreconditionFailed,
     "lock_held": LockHeld,
     "not_holder": NotHolder,
     "compacted": Compacted,
+    "unauthorized": Unauthorized,
+    "forbidden": Forbidden,
 }
 
 
@@ -147,7 +159,10 @@ class Watch:
             url = self.client._endpoint(rotate=failures > 0) + path
             try:
                 # A quiet stream still sends a progress line every 10 s.
-                with urllib.request.urlopen(url, timeout=30) as r:
+                req = urllib.request.Request(url)
+                if self.client.token:
+                    req.add_header("Authorization", f"Bearer {self.client.token}")
+                with urllib.request.urlopen(req, timeout=30) as r:
                     self._response, failures = r, 0
                     for raw in r:
                         line = json.loads(raw)
@@ -185,10 +200,11 @@ class Client:
     ``endpoints``: base URLs such as ``http://127.0.0.1:8080`` (default: the
     ``RINGSTORE_ENDPOINTS`` environment variable, comma-separated, or
     ``ringstore dev``'s first node). ``timeout``: each call's deadline in
-    seconds, which the server is told too.
+    seconds, which the server is told too. ``token``: a bearer token, for
+    nodes run with ``--auth-tokens`` (default: ``RINGSTORE_TOKEN``).
     """
 
-    def __init__(self, endpoints=None, timeout=5.0):
+    def __init__(self, endpoints=None, timeout=5.0, token=None):
         if endpoints is None:
             endpoints = os.environ.get("RINGSTORE_ENDPOINTS", "http://127.0.0.1:8080").split(",")
         if isinstance(endpoints, str):
@@ -197,6 +213,7 @@ class Client:
             raise ValueError("at least one endpoint")
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
+        self.token = token if token is not None else os.environ.get("RINGSTORE_TOKEN")
         self._next = 0
         self._lock = threading.Lock()
 
@@ -222,6 +239,8 @@ class Client:
             url = self._endpoint(rotate=tried > 0) + path
             req = urllib.request.Request(url, data=body, method=method)
             req.add_header("Idempotency-Key", key)
+            if self.token:
+                req.add_header("Authorization", f"Bearer {self.token}")
             if deadline_header:
                 req.add_header("X-Request-Timeout", f"{max(1, min(60000, int(left * 1000)))}ms")
             if content_type:

@@ -208,6 +208,14 @@ pub async fn batch(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>
     let idem = parse_idempotency_key(header(req.headers(), "idempotency-key"))?;
     let timeout: Duration = deadline(&req, &state)?;
     let items = plan(&raw, &state.limits)?;
+    for (i, (_, planned)) in items.iter().enumerate() {
+        let (scope, key) = match planned {
+            Planned::Write { key, .. } => (crate::auth::Scope::Write, key),
+            Planned::Read { key, .. } => (crate::auth::Scope::Read, key),
+        };
+        crate::auth::allow(&req, scope, key)
+            .map_err(|e| ApiError { message: format!("ops[{i}]: {}", e.message), ..e })?;
+    }
     BATCH_ITEMS.observe(items.len() as f64);
     let start = std::time::Instant::now();
     let n = items.len();

@@ -125,6 +125,7 @@ pub async fn put(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = parse_key(req.uri().path(), &state.limits)?;
+    crate::auth::allow(&req, crate::auth::Scope::Write, &key)?;
     let q = parse_query(req.query_string(), &state.limits)?;
     if q.consistency.is_some() || q.meta || q.index.is_some() {
         return Err(ApiError::bad_request("consistency, meta and index apply to GET only"));
@@ -145,6 +146,7 @@ pub async fn put(
 
 pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let key = parse_key(req.uri().path(), &state.limits)?;
+    crate::auth::allow(&req, crate::auth::Scope::Read, &key)?;
     let q = parse_query(req.query_string(), &state.limits)?;
     if q.ttl_ms.is_some() {
         return Err(ApiError::bad_request("ttl_ms applies to PUT only"));
@@ -199,6 +201,7 @@ pub async fn get(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRes
 
 pub async fn delete(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let key = parse_key(req.uri().path(), &state.limits)?;
+    crate::auth::allow(&req, crate::auth::Scope::Write, &key)?;
     let q = parse_query(req.query_string(), &state.limits)?;
     if q.ttl_ms.is_some() || q.consistency.is_some() || q.meta {
         return Err(ApiError::bad_request("DELETE takes no query parameters"));

@@ -15,9 +15,11 @@
 //! - [`rebalance`]: join, drain, and the Rebalancer's jobs API (`/v1/rebalance`).
 //! - [`request`]: pure parsing of keys, query and precondition headers.
 //! - [`error`]: [`ApiError`], the JSON error body and status mapping.
+//! - [`auth`]: bearer tokens with scopes and key prefixes (middleware and checks).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, fallbacks, request metrics.
 //! - `debug` (test builds only, feature `failpoints`): failpoints armed at run time.
 
+pub mod auth;
 pub mod batch;
 pub mod cluster;
 #[cfg(feature = "failpoints")]
@@ -70,6 +72,8 @@ pub struct ApiState {
     pub watchers: Arc<std::sync::atomic::AtomicUsize>,
     /// The node's shared watch feeds, one per watched shard (all workers').
     pub feeds: Arc<feed::Feeds>,
+    /// Bearer tokens, or none (authentication off).
+    pub auth: Arc<auth::Auth>,
 }
 
 /// Moves the node's leaderships away; resolves once they moved (bounded).

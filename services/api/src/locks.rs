@@ -92,6 +92,7 @@ fn granted(token: u64, hold_count: u32, expires_at_ms: u64, now_ms: u64, session
 
 pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let name = parse_lock_name(req.uri().path(), Some("acquire"), &state.limits)?;
+    crate::auth::allow(&req, crate::auth::Scope::Write, name.as_bytes())?;
     let b: AcquireBody = body(&req, &raw, ACQUIRE_SHAPE)?;
     check_owner(&b.owner, &state.limits)?;
     check_lock_ttl(b.ttl_ms, &state.limits)?;
@@ -129,6 +130,7 @@ pub async fn acquire(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
 
 pub async fn release(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let name = parse_lock_name(req.uri().path(), Some("release"), &state.limits)?;
+    crate::auth::allow(&req, crate::auth::Scope::Write, name.as_bytes())?;
     let b: HolderBody = body(&req, &raw, RELEASE_SHAPE)?;
     let session = parse_session(&b.session)?;
     if b.ttl_ms.is_some() {
@@ -150,6 +152,7 @@ pub async fn release(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiStat
 
 pub async fn refresh(req: HttpRequest, raw: web::Bytes, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let name = parse_lock_name(req.uri().path(), Some("refresh"), &state.limits)?;
+    crate::auth::allow(&req, crate::auth::Scope::Write, name.as_bytes())?;
     let b: HolderBody = body(&req, &raw, REFRESH_SHAPE)?;
     let session = parse_session(&b.session)?;
     let ttl_ms = b.ttl_ms.ok_or_else(|| ApiError::bad_request("refresh needs ttl_ms"))?;
@@ -179,6 +182,7 @@ pub async fn list(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
     if prefix.len() > state.limits.key_bytes_max {
         return Err(ApiError::too_large("prefix", prefix.len(), state.limits.key_bytes_max));
     }
+    crate::auth::allow(&req, crate::auth::Scope::Read, prefix.as_bytes())?;
     let limit = p.u64_in("limit", 1, LIST_LIMIT_MAX as u64)?.map_or(LIST_LIMIT_DEFAULT, |l| l as usize);
     let after = p.get("cursor").map(str::to_string);
     let timeout = deadline(&req, &state)?;
@@ -219,6 +223,7 @@ pub const LIST_LIMIT_MAX: usize = 1000;
 
 pub async fn status(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let name = parse_lock_name(req.uri().path(), None, &state.limits)?;
+    crate::auth::allow(&req, crate::auth::Scope::Read, name.as_bytes())?;
     Params::parse(req.query_string(), &[])?;
     let timeout = deadline(&req, &state)?;
     match route(&state, name.clone().into_bytes(), ShardOp::LockStatus { name: name.clone() }, timeout).await? {

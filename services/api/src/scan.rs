@@ -113,6 +113,7 @@ pub(crate) async fn every_shard<T>(
 
 pub async fn scan(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let q = parse_scan_query(req.query_string(), state.limits.key_bytes_max)?;
+    crate::auth::allow(&req, crate::auth::Scope::Read, q.prefix.as_bytes())?;
     let limit = q.limit;
     let after = match &q.cursor {
         Some(c) => Some(unhex(c).ok_or_else(|| ApiError::bad_request("cursor is not one this API returned"))?),
@@ -172,6 +173,7 @@ pub async fn delete_prefix(req: HttpRequest, state: web::Data<ApiState>) -> Resu
     if prefix.len() > state.limits.key_bytes_max {
         return Err(ApiError::too_large("prefix", prefix.len(), state.limits.key_bytes_max));
     }
+    crate::auth::allow(&req, crate::auth::Scope::Write, &prefix)?;
     let timeout = deadline(&req, &state)?;
     let until = tokio::time::Instant::now() + timeout;
     let mut deleted = 0u64;

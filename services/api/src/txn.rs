@@ -257,6 +257,17 @@ async fn run(req: &HttpRequest, raw: &[u8], state: &ApiState) -> Result<(bool, V
     let request = request_id(req)?;
     let timeout = deadline(req, state)?;
     let txn = plan(raw, &state.limits)?;
+    // Compares and gets read; puts and deletes write.
+    for op in txn.then.iter().chain(&txn.otherwise) {
+        let scope = match op {
+            TxnOp::Get { .. } => crate::auth::Scope::Read,
+            TxnOp::Put { .. } | TxnOp::Delete { .. } => crate::auth::Scope::Write,
+        };
+        crate::auth::allow(req, scope, op.key())?;
+    }
+    for c in &txn.compares {
+        crate::auth::allow(req, crate::auth::Scope::Read, &c.key)?;
+    }
     TXN_ITEMS.observe(txn.items() as f64);
     let table = state.map.load();
     let shard = one_shard(&txn, |k| table.shard_for(k))?;

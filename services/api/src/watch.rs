@@ -441,6 +441,7 @@ impl Watch {
 /// `GET /v1/watch/{key}`.
 pub async fn watch_key(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let key = parse_key_under(req.uri().path(), WATCH_PREFIX, &state.limits)?;
+    crate::auth::allow(&req, crate::auth::Scope::Read, &key)?;
     let p = Params::parse(req.query_string(), &["from", "format"])?;
     let (format, from) = options(&req, &p)?;
     // Resuming: the shard the position counts on, which follows the key
@@ -464,6 +465,7 @@ pub async fn watch_prefix(req: HttpRequest, state: web::Data<ApiState>) -> Resul
     if prefix.len() > state.limits.key_bytes_max {
         return Err(ApiError::too_large("prefix", prefix.len(), state.limits.key_bytes_max));
     }
+    crate::auth::allow(&req, crate::auth::Scope::Read, &prefix)?;
     let (format, from) = options(&req, &p)?;
     let shards = state.map.load().data_shards();
     start(state, format, from, KeyFilter::Prefix(prefix), None, shards).await

@@ -17,6 +17,8 @@ pub(crate) struct Endpoints {
     pub http: awc::Client,
     pub urls: Arc<Vec<String>>,
     next: Arc<AtomicUsize>,
+    /// `Authorization: Bearer` on every request, if set.
+    token: Option<Arc<str>>,
 }
 
 /// One call: what to send and how much of the answer to take.
@@ -37,7 +39,23 @@ impl Endpoints {
     pub fn new(urls: Vec<String>, http_timeout: Duration) -> Self {
         assert!(!urls.is_empty(), "at least one endpoint");
         let http = awc::Client::builder().timeout(http_timeout).finish();
-        Endpoints { http, urls: Arc::new(urls), next: Arc::default() }
+        Endpoints { http, urls: Arc::new(urls), next: Arc::default(), token: None }
+    }
+
+    pub fn set_token(&mut self, token: &str) {
+        self.token = Some(Arc::from(token));
+    }
+
+    /// A GET of `url` with the token, for calls outside the retry loop.
+    pub fn get(&self, url: String) -> awc::ClientRequest {
+        self.authorize(self.http.get(url))
+    }
+
+    fn authorize(&self, req: awc::ClientRequest) -> awc::ClientRequest {
+        match &self.token {
+            Some(t) => req.insert_header(("authorization", format!("Bearer {t}"))),
+            None => req,
+        }
     }
 
     /// The endpoint calls go to now.
@@ -65,8 +83,7 @@ impl Endpoints {
                 self.rotate();
             }
             let mut req = self
-                .http
-                .request(call.method.clone(), format!("{}{}", self.current(), call.path))
+                .authorize(self.http.request(call.method.clone(), format!("{}{}", self.current(), call.path)))
                 .timeout(left)
                 .insert_header(("idempotency-key", key.as_str()));
             if call.deadline_header {

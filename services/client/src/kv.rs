@@ -76,6 +76,12 @@ impl KvClient {
         KvClient { endpoints: Endpoints::new(endpoints, Duration::from_secs(62)), timeout }
     }
 
+    /// Sends `token` as `Authorization: Bearer` (nodes run with `--auth-tokens`).
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.endpoints.set_token(token);
+        self
+    }
+
     /// Sends until an answer other than 503 arrives, rotating endpoints,
     /// within the client's timeout (which the server is told as
     /// `X-Request-Timeout`); or, for a long poll, within `poll` and with

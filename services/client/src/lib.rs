@@ -105,6 +105,12 @@ impl LockClient {
         LockClient { endpoints: Endpoints::new(endpoints, Duration::from_secs(120)) }
     }
 
+    /// Sends `token` as `Authorization: Bearer` (nodes run with `--auth-tokens`).
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.endpoints.set_token(token);
+        self
+    }
+
     /// Sends one lock command and returns the answer, by the shared retry
     /// loop ([`Endpoints::send`]): the `Idempotency-Key` kept across tries
     /// makes the shard apply the command once and answer every try with
@@ -171,7 +177,7 @@ impl LockClient {
 
     pub async fn status(&self, name: &str) -> Result<LockStatus, LockError> {
         let url = format!("{}/v1/locks/{}", self.endpoints.urls[0], utf8_percent_encode(name, PATH));
-        let mut r = self.endpoints.http.get(url).send().await.map_err(|e| LockError::Transport(e.to_string()))?;
+        let mut r = self.endpoints.get(url).send().await.map_err(|e| LockError::Transport(e.to_string()))?;
         let bytes = r.body().await.map_err(|e| LockError::Transport(e.to_string()))?;
         match r.status().as_u16() {
             200 => parse(&bytes),
@@ -229,9 +235,13 @@ fn server(status: u16, b: &[u8]) -> LockError {
 }
 
 /// `GET {endpoint}{path}` as JSON (admin views such as `/v1/cluster`).
-pub async fn get_json(endpoint: &str, path: &str) -> Result<serde_json::Value, LockError> {
+pub async fn get_json(endpoint: &str, path: &str, token: Option<&str>) -> Result<serde_json::Value, LockError> {
     let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
-    let mut r = http.get(format!("{endpoint}{path}")).send().await.map_err(|e| LockError::Transport(e.to_string()))?;
+    let mut req = http.get(format!("{endpoint}{path}"));
+    if let Some(t) = token {
+        req = req.insert_header(("authorization", format!("Bearer {t}")));
+    }
+    let mut r = req.send().await.map_err(|e| LockError::Transport(e.to_string()))?;
     let bytes = r.body().limit(64 << 20).await.map_err(|e| LockError::Transport(e.to_string()))?;
     match r.status().as_u16() {
         200 => parse(&bytes),

@@ -70,7 +70,7 @@ impl Watcher {
             None => self.path.clone(),
         };
         let url = format!("{}{path}", self.endpoints.current());
-        let mut res = self.endpoints.http.get(url).send().await.map_err(|e| KvError::Transport(e.to_string()))?;
+        let mut res = self.endpoints.get(url).send().await.map_err(|e| KvError::Transport(e.to_string()))?;
         let status = res.status().as_u16();
         if status != 200 {
             let body = res.body().limit(1 << 20).await.unwrap_or_default();

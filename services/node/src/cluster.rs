@@ -41,6 +41,8 @@ pub struct ClusterConfig {
     pub shards: u64,
     pub raft: RaftConfig,
     pub limits: Limits,
+    /// Bearer tokens every node checks (off by default, as in `ringstore dev`).
+    pub auth: Arc<ringstore_api::auth::Auth>,
 }
 
 impl ClusterConfig {
@@ -54,6 +56,7 @@ impl ClusterConfig {
             shards: 1,
             raft: RaftConfig::default(),
             limits: Limits::default(),
+            auth: Arc::new(ringstore_api::auth::Auth::off()),
         }
     }
 }
@@ -201,6 +204,7 @@ impl LocalCluster {
             limits: self.cfg.limits.clone(),
             draining: Arc::default(),
             shutdown_timeout_s: 5,
+            auth: self.cfg.auth.clone(),
         })?;
         info!(node = id, %http, data_dir = %dir.display(), "node started");
         self.nodes

@@ -110,6 +110,14 @@ pub struct NodeArgs {
     /// acknowledged writes.
     #[arg(long, env = "RINGSTORE_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
+    /// Require bearer tokens: this TOML file lists their SHA-256 hashes,
+    /// scopes and prefixes (`ringstore token new` makes entries); read
+    /// again on SIGHUP. Without it anyone who reaches the port may do anything
+    #[arg(long, env = "RINGSTORE_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+    /// With --auth-tokens: /metrics needs a token with the read scope too
+    #[arg(long, env = "RINGSTORE_AUTH_METRICS")]
+    pub auth_metrics: bool,
 }
 
 /// The file form: the same names, all optional.
@@ -141,6 +149,8 @@ struct FileConfig {
     raft_log_gc_keep: Option<u64>,
     shutdown_timeout_s: Option<u64>,
     unsafe_no_fsync: Option<bool>,
+    auth_tokens: Option<PathBuf>,
+    auth_metrics: Option<bool>,
 }
 
 /// Everything `ringstore node` runs with, after merging.
@@ -163,6 +173,9 @@ pub struct NodeOptions {
     pub shutdown_timeout_s: u64,
     pub raft: RaftConfig,
     pub limits: Limits,
+    /// The tokens file, if authentication is on.
+    pub auth_tokens: Option<PathBuf>,
+    pub auth_metrics: bool,
 }
 
 impl NodeArgs {
@@ -249,6 +262,8 @@ impl NodeArgs {
             shutdown_timeout_s: self.shutdown_timeout_s.or(file.shutdown_timeout_s).unwrap_or(10),
             raft,
             limits,
+            auth_tokens: self.auth_tokens.or(file.auth_tokens),
+            auth_metrics: self.auth_metrics || file.auth_metrics.unwrap_or(false),
         })
     }
 }

@@ -29,6 +29,8 @@ pub struct HttpOptions {
     pub draining: Arc<AtomicBool>,
     /// Seconds in-flight requests get to finish on a graceful stop.
     pub shutdown_timeout_s: u64,
+    /// Bearer tokens (`Auth::off()`: none needed).
+    pub auth: Arc<ringstore_api::auth::Auth>,
 }
 
 /// Binds and starts the server on the current actix system.
@@ -45,6 +47,7 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
         limits,
         draining,
         shutdown_timeout_s,
+        auth,
     } = o;
     let watchers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let feeds = Arc::new(ringstore_api::feed::Feeds::default());
@@ -63,9 +66,11 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
             handover: handover.clone(),
             watchers: watchers.clone(),
             feeds: feeds.clone(),
+            auth: auth.clone(),
         };
         App::new()
             .app_data(web::Data::new(state))
+            .wrap(from_fn(ringstore_api::auth::authenticate))
             .wrap(from_fn(ringstore_api::ops::json_errors))
             .wrap(from_fn(ringstore_api::ops::track))
             .configure(ringstore_api::routes)

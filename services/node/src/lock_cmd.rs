@@ -70,6 +70,9 @@ pub struct LockArgs {
         default_value = "http://127.0.0.1:8080,http://127.0.0.1:8081,http://127.0.0.1:8082"
     )]
     pub endpoints: Vec<String>,
+    /// A token with the write scope, if the nodes require tokens.
+    #[arg(long, env = "RINGSTORE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// The command to run while holding the lock.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -183,7 +186,10 @@ pub async fn run(a: LockArgs) -> anyhow::Result<i32> {
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
-    let client = LockClient::new(a.endpoints.clone());
+    let mut client = LockClient::new(a.endpoints.clone());
+    if let Some(t) = &a.token {
+        client = client.with_token(t);
+    }
     let owner = a.owner.clone().unwrap_or_else(|| format!("ringstore-lock-{}", std::process::id()));
     let mut lease = match client.acquire(&a.name, &owner, a.ttl, a.wait).await {
         Ok(l) => l,

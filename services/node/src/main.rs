@@ -71,12 +71,39 @@ enum Cmd {
         endpoint: String,
         #[arg(long, default_value_t = 30_000)]
         timeout_ms: u64,
+        /// A token with the admin scope, if the node requires tokens.
+        #[arg(long, env = "RINGSTORE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Print the cluster map as a table: shards, replicas, leaders, progress.
     Status {
         /// Any node's HTTP URL.
         #[arg(long, env = "RINGSTORE_ENDPOINT", default_value = "http://127.0.0.1:8080")]
         endpoint: String,
+        /// A token with the admin scope, if the nodes require tokens.
+        #[arg(long, env = "RINGSTORE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Bearer tokens for `ringstore node --auth-tokens FILE`.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Draw a new random token: the entry for the tokens file (its hash,
+    /// never the token) on stdout, the token once on stderr. Append the
+    /// entry (`>> tokens.toml`), then SIGHUP the nodes.
+    New {
+        /// Who holds it (shown in logs and 403 messages).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read, write, admin.
+        #[arg(long, default_value = "read,write")]
+        scopes: String,
+        /// Keys and lock names it may reach start with this.
+        #[arg(long)]
+        prefix: Option<String>,
     },
 }
 
@@ -92,15 +119,37 @@ fn main() -> anyhow::Result<()> {
         Cmd::Dev { data_dir, http, http_workers, shards, unsafe_no_fsync } => {
             actix_rt::System::new().block_on(dev(data_dir, http, http_workers, shards, unsafe_no_fsync))
         }
-        Cmd::Status { endpoint } => actix_rt::System::new().block_on(async move {
+        Cmd::Token(TokenCmd::New { name, scopes, prefix }) => {
+            let scopes: Vec<&str> = scopes.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            let token = ringstore_api::auth::new_token();
+            let mut entry = format!(
+                "[[token]]\nname = {name:?}\nsha256 = \"{}\"\nscopes = {scopes:?}\n",
+                ringstore_api::auth::hash_token(&token)
+            );
+            if let Some(p) = prefix {
+                entry.push_str(&format!("prefix = {p:?}\n"));
+            }
+            // The entry must load as written: check it the way a node will.
+            ringstore_api::auth::Tokens::parse(&entry).map_err(|e| anyhow::anyhow!(e))?;
+            // The entry on stdout (`>> tokens.toml`), the token on stderr:
+            // it is shown once and never written to the file.
+            eprintln!("token for {name:?} (shown once; send it as Authorization: Bearer <token>):\n{token}");
+            println!("{entry}");
+            Ok(())
+        }
+        Cmd::Status { endpoint, token } => actix_rt::System::new().block_on(async move {
             // Name the address: the default is easy to forget on a new machine.
             let asked = |path: &str| {
                 format!("GET {}{path} (another node: --endpoint or RINGSTORE_ENDPOINT)", endpoint.trim_end_matches('/'))
             };
-            let v = ringstore_client::get_json(&endpoint, "/v1/cluster").await.with_context(|| asked("/v1/cluster"))?;
+            let token = token.as_deref();
+            let v = ringstore_client::get_json(&endpoint, "/v1/cluster", token)
+                .await
+                .with_context(|| asked("/v1/cluster"))?;
             print!("{}", ringstore_node::status::render(&v));
-            let r =
-                ringstore_client::get_json(&endpoint, "/v1/rebalance").await.with_context(|| asked("/v1/rebalance"))?;
+            let r = ringstore_client::get_json(&endpoint, "/v1/rebalance", token)
+                .await
+                .with_context(|| asked("/v1/rebalance"))?;
             print!("{}", ringstore_node::status::render_rebalance(&r));
             Ok(())
         }),
@@ -111,11 +160,15 @@ fn main() -> anyhow::Result<()> {
             });
             std::process::exit(if ok { 0 } else { 1 })
         }
-        Cmd::Handover { endpoint, timeout_ms } => {
+        Cmd::Handover { endpoint, timeout_ms, token } => {
             let ok = actix_rt::System::new().block_on(async move {
                 let client = awc::Client::builder().timeout(std::time::Duration::from_millis(timeout_ms)).finish();
                 let url = format!("{}/v1/node/handover", endpoint.trim_end_matches('/'));
-                client.post(&url).send().await.is_ok_and(|r| r.status().is_success())
+                let mut req = client.post(&url);
+                if let Some(t) = token {
+                    req = req.insert_header(("authorization", format!("Bearer {t}")));
+                }
+                req.send().await.is_ok_and(|r| r.status().is_success())
             });
             std::process::exit(if ok { 0 } else { 1 })
         }

@@ -103,6 +103,20 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
     let draining = Arc::new(AtomicBool::new(false));
     let shards_here = replicas.clone();
     let handover = replicas.handover(Duration::from_millis(o.raft.election_timeout_ms() * 3));
+    let auth = match &o.auth_tokens {
+        Some(file) => {
+            let auth = ringstore_api::auth::Auth::from_file(file, o.auth_metrics)
+                .map_err(|e| anyhow::anyhow!(e))
+                .with_context(|| format!("--auth-tokens {}", file.display()))?;
+            let auth = Arc::new(auth);
+            actix_rt::spawn(reload_tokens_on_sighup(auth.clone()));
+            auth
+        }
+        None => {
+            warn!("no --auth-tokens: anyone who reaches the HTTP port may read, write and administer");
+            Arc::new(ringstore_api::auth::Auth::off())
+        }
+    };
     let (server, http_bound) = crate::http::start(crate::http::HttpOptions {
         node,
         addr: o.http,
@@ -115,6 +129,7 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
         limits: o.limits.clone(),
         draining: draining.clone(),
         shutdown_timeout_s: o.shutdown_timeout_s,
+        auth,
     })?;
     if !o.raft.sync_wal {
         warn!("--unsafe-no-fsync: the Raft log is not fsynced; a crash can lose acknowledged writes");
@@ -228,4 +243,23 @@ async fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Ide
         return Ok((engine, ident));
     }
     Ok((engine, ident))
+}
+
+/// Reads the tokens file again on every SIGHUP (a rotated Secret); a file
+/// that does not parse is logged and the tokens in force stay.
+async fn reload_tokens_on_sighup(auth: Arc<ringstore_api::auth::Auth>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot listen for SIGHUP, tokens will not reload: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match auth.reload() {
+            Ok(n) => tracing::info!(tokens = n, "SIGHUP: tokens file read again"),
+            Err(e) => tracing::error!("SIGHUP: tokens file refused, the previous tokens stay: {e}"),
+        }
+    }
 }
