@@ -2,7 +2,7 @@
 //! the TCP peer transport: forwarding from any node, `kill -9` of the
 //! leader under load, a follower paused past log compaction, restart with
 //! the stored identity, refusal of a foreign data dir, graceful SIGTERM,
-//! and garbage on the peer port.
+//! garbage on the peer port, and a tokens file reread on SIGHUP.
 
 mod common;
 
@@ -392,4 +392,57 @@ async fn a_lock_held_across_a_kill_9_of_the_leader_stays_held_with_its_token() {
     assert_eq!(lock.release(&lease).await.unwrap(), 0);
     let next = lock.acquire("proc-lock", "b", Duration::from_secs(5), Duration::ZERO).await.unwrap();
     assert!(next.token > lease.token);
+}
+
+#[actix_rt::test]
+async fn nodes_with_a_tokens_file_refuse_strangers_and_reread_it_on_sighup() {
+    use ringstore_api::auth::hash_token;
+    let (app, ops) = ("rs_app-process-test", "rs_ops-process-test");
+    let entry = |name: &str, token: &str, scopes: &str| {
+        format!("[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = {scopes}\n\n", hash_token(token))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    std::fs::write(&file, entry("app", app, "[\"read\", \"write\"]") + &entry("ops", ops, "[\"admin\"]")).unwrap();
+    let c = start(&["--auth-tokens", file.to_str().unwrap()]);
+    leader(&c).await;
+    let url = c.url(1);
+    let with = |t: &str| format!("Bearer {t}");
+    assert_eq!(call("PUT", &url, "/v1/kv/p", &[], b"x".to_vec()).await.status, StatusCode::UNAUTHORIZED);
+    let r = call("PUT", &url, "/v1/kv/p", &[("authorization", &with(app))], b"x".to_vec()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // `ringstore status` takes an admin token; without one it says why.
+    let status = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["status", "--endpoint", &url]).env_remove("RINGSTORE_TOKEN");
+        if let Some(t) = token {
+            cmd.env("RINGSTORE_TOKEN", t);
+        }
+        cmd.output().expect("ringstore status runs")
+    };
+    let out = status(Some(ops));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = status(None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The app token is withdrawn: after SIGHUP every node refuses it.
+    std::fs::write(&file, entry("ops", ops, "[\"admin\"]")).unwrap();
+    for id in c.ids() {
+        let pid = c.pid(id).expect("running").to_string();
+        assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    }
+    for id in c.ids() {
+        let url = c.url(id);
+        eventually(Duration::from_secs(10), "the token is refused after SIGHUP", || {
+            let url = url.clone();
+            async move {
+                call("GET", &url, "/v1/kv/p", &[("authorization", &format!("Bearer {app}"))], vec![]).await.status
+                    == StatusCode::UNAUTHORIZED
+            }
+        })
+        .await;
+        assert!(c.log(id).contains("tokens file read again"), "node {id} logs the reload");
+    }
 }
