@@ -36,6 +36,7 @@ __all__ = [
     "Unavailable",
     "Unauthorized",
     "Forbidden",
+    "RateLimited",
 ]
 
 TRIES_MAX = 6
@@ -79,6 +80,10 @@ class Forbidden(RingstoreError):
     """The token lacks the scope, or the key is outside its prefix (403)."""
 
 
+class RateLimited(RingstoreError):
+    """Over this client's rate limit (429); the answer's Retry-After says when."""
+
+
 _ERRORS = {
     "precondition_failed": PreconditionFailed,
     "lock_held": LockHeld,
@@ -86,6 +91,7 @@ _ERRORS = {
     "compacted": Compacted,
     "unauthorized": Unauthorized,
     "forbidden": Forbidden,
+    "rate_limited": RateLimited,
 }
 
 

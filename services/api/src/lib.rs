@@ -16,6 +16,7 @@
 //! - [`request`]: pure parsing of keys, query and precondition headers.
 //! - [`error`]: [`ApiError`], the JSON error body and status mapping.
 //! - [`auth`]: bearer tokens with scopes and key prefixes (middleware and checks).
+//! - [`limit`]: per-client rate limits (429 with `Retry-After`).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, fallbacks, request metrics.
 //! - `debug` (test builds only, feature `failpoints`): failpoints armed at run time.
 
@@ -27,6 +28,7 @@ pub mod debug;
 pub mod error;
 pub mod feed;
 pub mod kv;
+pub mod limit;
 pub mod locks;
 pub mod ops;
 pub mod params;
@@ -74,6 +76,8 @@ pub struct ApiState {
     pub feeds: Arc<feed::Feeds>,
     /// Bearer tokens, or none (authentication off).
     pub auth: Arc<auth::Auth>,
+    /// Per-client rate limits (all workers').
+    pub limiter: Arc<limit::Limiter>,
 }
 
 /// Moves the node's leaderships away; resolves once they moved (bounded).

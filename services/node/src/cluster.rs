@@ -43,6 +43,8 @@ pub struct ClusterConfig {
     pub limits: Limits,
     /// Bearer tokens every node checks (off by default, as in `ringstore dev`).
     pub auth: Arc<ringstore_api::auth::Auth>,
+    /// Each node's per-client rate limit (none by default).
+    pub rate_limit: Option<ringstore_api::limit::RateLimit>,
 }
 
 impl ClusterConfig {
@@ -57,6 +59,7 @@ impl ClusterConfig {
             raft: RaftConfig::default(),
             limits: Limits::default(),
             auth: Arc::new(ringstore_api::auth::Auth::off()),
+            rate_limit: None,
         }
     }
 }
@@ -205,6 +208,7 @@ impl LocalCluster {
             draining: Arc::default(),
             shutdown_timeout_s: 5,
             auth: self.cfg.auth.clone(),
+            rate_limit: self.cfg.rate_limit,
         })?;
         info!(node = id, %http, data_dir = %dir.display(), "node started");
         self.nodes

@@ -118,6 +118,14 @@ pub struct NodeArgs {
     /// With --auth-tokens: /metrics needs a token with the read scope too
     #[arg(long, env = "RINGSTORE_AUTH_METRICS")]
     pub auth_metrics: bool,
+    /// Requests per second each client may send (per token, or per
+    /// address without tokens); beyond, 429 with Retry-After [default: no limit]
+    #[arg(long, env = "RINGSTORE_RATE_LIMIT_RPS")]
+    pub rate_limit_rps: Option<f64>,
+    /// Requests a client may send at once before the rate applies
+    /// [default: one second's worth]
+    #[arg(long, env = "RINGSTORE_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<f64>,
 }
 
 /// The file form: the same names, all optional.
@@ -151,6 +159,8 @@ struct FileConfig {
     unsafe_no_fsync: Option<bool>,
     auth_tokens: Option<PathBuf>,
     auth_metrics: Option<bool>,
+    rate_limit_rps: Option<f64>,
+    rate_limit_burst: Option<f64>,
 }
 
 /// Everything `ringstore node` runs with, after merging.
@@ -176,6 +186,7 @@ pub struct NodeOptions {
     /// The tokens file, if authentication is on.
     pub auth_tokens: Option<PathBuf>,
     pub auth_metrics: bool,
+    pub rate_limit: Option<ringstore_api::limit::RateLimit>,
 }
 
 impl NodeArgs {
@@ -226,6 +237,15 @@ impl NodeArgs {
         if let Some(v) = self.watchers_max.or(file.watchers_max) {
             limits.watchers_max = v;
         }
+        let rate_limit = match self.rate_limit_rps.or(file.rate_limit_rps) {
+            Some(rps) => {
+                anyhow::ensure!(rps.is_finite() && rps > 0.0, "rate_limit_rps must be a positive number");
+                let burst = self.rate_limit_burst.or(file.rate_limit_burst).unwrap_or(rps);
+                anyhow::ensure!(burst.is_finite() && burst >= 1.0, "rate_limit_burst must be at least 1");
+                Some(ringstore_api::limit::RateLimit { per_second: rps, burst })
+            }
+            None => None,
+        };
         let shards = self.shards.or(file.shards);
         if let Some(n) = shards {
             anyhow::ensure!((1..=SHARDS_MAX).contains(&n), "shards must be in 1..={SHARDS_MAX}");
@@ -264,6 +284,7 @@ impl NodeArgs {
             limits,
             auth_tokens: self.auth_tokens.or(file.auth_tokens),
             auth_metrics: self.auth_metrics || file.auth_metrics.unwrap_or(false),
+            rate_limit,
         })
     }
 }

@@ -31,6 +31,8 @@ pub struct HttpOptions {
     pub shutdown_timeout_s: u64,
     /// Bearer tokens (`Auth::off()`: none needed).
     pub auth: Arc<ringstore_api::auth::Auth>,
+    /// Requests per second and burst per client (`None`: no limit).
+    pub rate_limit: Option<ringstore_api::limit::RateLimit>,
 }
 
 /// Binds and starts the server on the current actix system.
@@ -48,7 +50,12 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
         draining,
         shutdown_timeout_s,
         auth,
+        rate_limit,
     } = o;
+    let limiter = Arc::new(match rate_limit {
+        Some(l) => ringstore_api::limit::Limiter::new(l.per_second, l.burst),
+        None => ringstore_api::limit::Limiter::off(),
+    });
     let watchers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let feeds = Arc::new(ringstore_api::feed::Feeds::default());
     let server = HttpServer::new(move || {
@@ -67,9 +74,12 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
             watchers: watchers.clone(),
             feeds: feeds.clone(),
             auth: auth.clone(),
+            limiter: limiter.clone(),
         };
         App::new()
             .app_data(web::Data::new(state))
+            // Inside authentication: the limit is per token when there are tokens.
+            .wrap(from_fn(ringstore_api::limit::shed))
             .wrap(from_fn(ringstore_api::auth::authenticate))
             .wrap(from_fn(ringstore_api::ops::json_errors))
             .wrap(from_fn(ringstore_api::ops::track))

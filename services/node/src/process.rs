@@ -130,6 +130,7 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
         draining: draining.clone(),
         shutdown_timeout_s: o.shutdown_timeout_s,
         auth,
+        rate_limit: o.rate_limit,
     })?;
     if !o.raft.sync_wal {
         warn!("--unsafe-no-fsync: the Raft log is not fsynced; a crash can lose acknowledged writes");

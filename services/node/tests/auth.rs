@@ -2,7 +2,8 @@
 //! with an unknown one or with one whose scope or prefix does not cover
 //! them get 401 or 403 and change nothing; admin routes need admin;
 //! health stays open; a reloaded file takes effect and a broken one does
-//! not replace the tokens in force.
+//! not replace the tokens in force; a flooding token is rate limited while
+//! another is served.
 
 mod common;
 
@@ -128,5 +129,41 @@ async fn tokens_decide_who_may_do_what() {
     std::fs::write(&file, "[[token]]\nname = 3").unwrap();
     assert!(auth.reload().is_err());
     assert_eq!(send("GET", "/v1/kv/app/a".into(), as_(&reader), vec![]).await.status, StatusCode::OK);
+    tc.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_flooding_token_gets_429s_and_another_token_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    std::fs::write(&file, tokens_file(true)).unwrap();
+    let tc = start(|c| {
+        c.auth = Arc::new(Auth::from_file(&file, false).unwrap());
+        c.rate_limit = Some(ringstore_api::limit::RateLimit { per_second: 1.0, burst: 10.0 });
+    })
+    .await;
+    let url = tc.cluster.url(1).unwrap();
+    let get = |token: &'static str| {
+        let url = url.clone();
+        async move { call("GET", &url, "/v1/kv/app/k", &[("authorization", &bearer(token))], vec![]).await }
+    };
+    // 40 at once from one token: its burst of 10 passes (404: no key),
+    // the rest are 429 with Retry-After, in the JSON error shape.
+    let flood = futures::future::join_all((0..40).map(|_| get(APP))).await;
+    let served = flood.iter().filter(|r| r.status == StatusCode::NOT_FOUND).count();
+    let shed: Vec<_> = flood.iter().filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS).collect();
+    // The bucket refills at 1/s while the 40 are served: a few more may pass.
+    assert!((10..=14).contains(&served), "served {served} of 40 with a burst of 10");
+    assert_eq!(served + shed.len(), 40);
+    assert_eq!(shed[0].error_code(), "rate_limited");
+    assert_eq!(shed[0].header("retry-after").as_deref(), Some("1"));
+    // Another token has its own bucket; health is never limited.
+    for _ in 0..5 {
+        assert_eq!(get(READER).await.status, StatusCode::NOT_FOUND);
+    }
+    assert_eq!(call("GET", &url, "/readyz", &[], vec![]).await.status, StatusCode::OK);
+    // The flooding token is served again once its bucket refills.
+    actix_rt::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(APP).await.status, StatusCode::NOT_FOUND);
     tc.shutdown().await;
 }
