@@ -2,7 +2,8 @@
 //! the TCP peer transport: forwarding from any node, `kill -9` of the
 //! leader under load, a follower paused past log compaction, restart with
 //! the stored identity, refusal of a foreign data dir, graceful SIGTERM,
-//! garbage on the peer port, and a tokens file reread on SIGHUP.
+//! garbage on the peer port (a protobuf group bomb included), and a
+//! tokens file reread on SIGHUP.
 
 mod common;
 
@@ -359,6 +360,24 @@ async fn garbage_and_oversized_frames_on_the_peer_port_are_disconnected() {
     buf.extend_from_slice(&[4, 0xff, 0xff, 0xff, 0xff]);
     s.write_all(&buf).unwrap();
     assert!(closed_within(&mut s, wait), "a bad frame body closes the connection");
+
+    // A Raft frame whose message is 200,000 nested protobuf groups (the
+    // shape of RUSTSEC-2024-0437): refused before protobuf sees it, and
+    // the link is closed.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut buf = Vec::new();
+    wire::encode_hello(&mut buf, &wire::Hello { cluster_id: id, from: 3, to: 1 });
+    let bomb: Vec<u8> = std::iter::repeat_n([0x93u8, 0x03], 200_000).flatten().collect();
+    let mut body = vec![4u8]; // a Raft frame
+    body.extend_from_slice(&1u64.to_be_bytes());
+    body.extend_from_slice(&1u32.to_be_bytes());
+    body.extend_from_slice(&(bomb.len() as u32).to_be_bytes());
+    body.extend_from_slice(&bomb);
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    s.write_all(&buf).unwrap();
+    assert!(closed_within(&mut s, wait), "a group bomb closes the connection");
+    assert!(c.is_running(1), "and the node lives");
 
     // The node keeps serving, and the refusals were counted.
     let r = put(&c.url(1), "still-serving", b"yes").await;

@@ -6,9 +6,13 @@
 //! - [`transport`]: [`PeerTransport`], the `Transport` between processes:
 //!   one link task per peer with a bounded queue, reconnect with backoff,
 //!   and the inbound side that hands frames to local replicas.
+//! - [`protoscan`]: a bounded walk of every Raft message's protobuf bytes
+//!   before protobuf 2 decodes them (no groups, bounded nesting; see
+//!   RUSTSEC-2024-0437).
 //! - [`metrics`]: queue depth, connects, bytes, drops, refusals.
 
 pub mod metrics;
+pub mod protoscan;
 pub mod transport;
 pub mod wire;
 

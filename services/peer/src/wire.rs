@@ -337,6 +337,8 @@ pub fn decode(body: &[u8]) -> Result<Frame, CodecError> {
             let mut msgs = Vec::with_capacity((n as usize).min(body.len() / 4));
             for _ in 0..n {
                 let b = r.bytes("raft message")?;
+                crate::protoscan::check_raft_message(b)
+                    .map_err(|detail| CodecError::Invalid { what: "raft message", detail })?;
                 let m = RaftMessage::parse_from_bytes(b)
                     .map_err(|e| CodecError::Invalid { what: "raft message", detail: e.to_string() })?;
                 msgs.push(m);
@@ -409,6 +411,8 @@ impl Reassembly {
         }
         self.transfer = None;
         let bytes = std::mem::take(&mut self.buf);
+        crate::protoscan::check_raft_message(&bytes)
+            .map_err(|detail| CodecError::Invalid { what: "snapshot message", detail })?;
         let m = RaftMessage::parse_from_bytes(&bytes)
             .map_err(|e| CodecError::Invalid { what: "snapshot message", detail: e.to_string() })?;
         Ok(Some((c.shard, m)))
