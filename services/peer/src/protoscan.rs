@@ -112,20 +112,16 @@ mod tests {
         m.term = 9;
         m.commit = 7;
         m.context = b"ctx".to_vec().into();
-        let mut e = Entry::default();
-        e.index = 7;
-        e.term = 9;
-        e.data = vec![0xff; 300].into();
-        m.mut_entries().push(e);
-        let mut s = Snapshot::default();
-        s.data = vec![1, 2, 3].into();
+        m.mut_entries().push(Entry { index: 7, term: 9, data: vec![0xff; 300].into(), ..Default::default() });
+        let mut s = Snapshot { data: vec![1, 2, 3].into(), ..Default::default() };
         let meta = s.mut_metadata();
         meta.index = 6;
-        let mut cs = ConfState::default();
-        cs.voters = vec![1, 2, 3];
-        cs.learners = vec![4];
-        cs.auto_leave = true;
-        meta.set_conf_state(cs);
+        meta.set_conf_state(ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            auto_leave: true,
+            ..Default::default()
+        });
         m.set_snapshot(s);
         m.write_to_bytes().unwrap()
     }
