@@ -25,6 +25,7 @@ use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::events::{Event, EventKind, KeyFilter};
 use ringstore_storage::messages::PeerChange;
 use ringstore_storage::{ReplicaStatus, ShardOp, ShardReply, ShardResult};
+use sha2::{Digest, Sha256};
 
 pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
 /// 2: ping and pong frames (link liveness). 4: status carries the shard's
@@ -42,6 +43,7 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"RINGSTOR");
 /// `Txn` and `DeleteKeys`, their outcomes) and hash-tag placement, which
 /// moves keys with braces: nodes of 9 and 10 must not share a cluster.
 /// Key long polls read the node's watch feeds: `WatchKey` (12) is gone.
+/// Snapshot chunks carry the SHA-256 of the whole snapshot.
 pub const PROTOCOL_VERSION: u8 = 10;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Largest frame a peer may send: a value at the value limit plus room.
@@ -169,6 +171,9 @@ pub struct SnapshotChunk {
     /// Distinguishes transfers on one connection; a new id abandons the old.
     pub transfer: u64,
     pub total: u64,
+    /// SHA-256 of the whole snapshot message, in every chunk: the
+    /// receiver checks the reassembled bytes against it before decoding.
+    pub digest: [u8; 32],
     pub offset: u64,
     pub data: Vec<u8>,
 }
@@ -252,11 +257,13 @@ pub fn encode_snapshot(out: &mut Vec<u8>, shard: ShardId, transfer: u64, msg: &R
             detail: format!("{total} bytes exceeds the {SNAPSHOT_BYTES_MAX} byte limit"),
         });
     }
+    let digest: [u8; 32] = Sha256::digest(&b).into();
     for (i, chunk) in b.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
         frame(out, KIND_SNAPSHOT_CHUNK, |w| {
             w.u64(shard);
             w.u64(transfer);
             w.u64(total);
+            w.buf.extend_from_slice(&digest);
             w.u64((i * SNAPSHOT_CHUNK_BYTES) as u64);
             w.bytes(chunk);
         });
@@ -349,6 +356,11 @@ pub fn decode(body: &[u8]) -> Result<Frame, CodecError> {
             shard: r.u64("shard")?,
             transfer: r.u64("transfer")?,
             total: r.u64("snapshot size")?,
+            digest: {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(r.take(32, "snapshot digest")?);
+                d
+            },
             offset: r.u64("chunk offset")?,
             data: r.bytes("chunk")?.to_vec(),
         }),
@@ -379,8 +391,10 @@ pub fn decode(body: &[u8]) -> Result<Frame, CodecError> {
 /// connection; chunks must arrive in order (TCP keeps them so).
 #[derive(Default)]
 pub struct Reassembly {
-    transfer: Option<(u64, u64)>,
+    /// Transfer id, size and digest of the snapshot being reassembled.
+    transfer: Option<(u64, u64, [u8; 32])>,
     buf: Vec<u8>,
+    hasher: Sha256,
 }
 
 impl Reassembly {
@@ -394,10 +408,11 @@ impl Reassembly {
             });
         }
         if c.offset == 0 {
-            self.transfer = Some((c.transfer, c.total));
+            self.transfer = Some((c.transfer, c.total, c.digest));
             self.buf = Vec::with_capacity(c.total.min(SNAPSHOT_CHUNK_BYTES as u64 * 64) as usize);
+            self.hasher = Sha256::new();
         }
-        if self.transfer != Some((c.transfer, c.total)) || c.offset != self.buf.len() as u64 {
+        if self.transfer != Some((c.transfer, c.total, c.digest)) || c.offset != self.buf.len() as u64 {
             self.transfer = None;
             self.buf = Vec::new();
             return Err(CodecError::Invalid { what: "snapshot chunk", detail: "out of order".into() });
@@ -405,12 +420,20 @@ impl Reassembly {
         if self.buf.len() as u64 + c.data.len() as u64 > c.total {
             return Err(CodecError::Invalid { what: "snapshot chunk", detail: "longer than announced".into() });
         }
+        self.hasher.update(&c.data);
         self.buf.extend_from_slice(&c.data);
         if (self.buf.len() as u64) < c.total {
             return Ok(None);
         }
         self.transfer = None;
         let bytes = std::mem::take(&mut self.buf);
+        let digest: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        if digest != c.digest {
+            return Err(CodecError::Invalid {
+                what: "snapshot",
+                detail: "its SHA-256 is not the one announced".into(),
+            });
+        }
         crate::protoscan::check_raft_message(&bytes)
             .map_err(|detail| CodecError::Invalid { what: "snapshot message", detail })?;
         let m = RaftMessage::parse_from_bytes(&bytes)
@@ -1111,12 +1134,40 @@ mod tests {
         let (shard, back) = done.unwrap();
         assert_eq!(shard, 1);
         assert_eq!(back, m);
+
+        // One flipped byte in the middle chunk: the digest refuses the
+        // snapshot before protobuf decodes it or RocksDB sees it.
+        let mut r = Reassembly::default();
+        let mut last = None;
+        for (i, b) in frames.iter().enumerate() {
+            let Frame::SnapshotChunk(mut c) = decode(b).unwrap() else { panic!("not a chunk") };
+            if i == 1 {
+                c.data[100] ^= 1;
+            }
+            last = Some(r.accept(c));
+        }
+        let err = last.unwrap().unwrap_err();
+        assert!(err.to_string().contains("SHA-256"), "{err}");
+        // A chunk announcing another digest mid-transfer is out of order.
+        let mut r = Reassembly::default();
+        let Frame::SnapshotChunk(first) = decode(&frames[0]).unwrap() else { panic!() };
+        let Frame::SnapshotChunk(mut second) = decode(&frames[1]).unwrap() else { panic!() };
+        r.accept(first).unwrap();
+        second.digest[0] ^= 1;
+        assert!(r.accept(second).is_err());
     }
 
     #[test]
     fn snapshot_chunks_out_of_order_or_oversized_are_refused() {
         let mut r = Reassembly::default();
-        let c = |offset, total, len| SnapshotChunk { shard: 1, transfer: 1, total, offset, data: vec![0; len] };
+        let c = |offset, total, len| SnapshotChunk {
+            shard: 1,
+            transfer: 1,
+            total,
+            digest: [0; 32],
+            offset,
+            data: vec![0; len],
+        };
         assert!(r.accept(c(5, 10, 5)).is_err(), "must start at offset 0");
         assert_eq!(r.accept(c(0, 10, 4)).unwrap(), None);
         assert!(r.accept(c(5, 10, 5)).is_err(), "gap");
