@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Load shedding: one token floods node 1 with GETs (wrk, 64 connections)
-# while another token reads at its own pace (4 connections). Prints the
-# steady token's p50/p99 alone, beside the flood with --rate-limit-rps,
-# and beside the flood without a limit; the flood's requests/s and 429s.
+# Load shedding: one token floods node 1 with GETs (wrk, 64 connections,
+# as fast as they go) while another token reads at a steady pace within
+# its limit (4 connections, one request per 20 ms each: about 200/s).
+# Prints the steady token's p50/p99 alone, beside the flood with
+# --rate-limit-rps, and beside the flood without a limit; the flood's
+# requests/s and 429s.
 #
 # Usage: loadtest/bench-shed.sh [SECONDS, default 10] [RPS per token, default 300]
 set -euo pipefail
@@ -18,9 +20,12 @@ FLOOD=$("$BIN/ringstore" token new --name flood --scopes read 2>&1 >>"$TOKENS" |
 STEADY=$("$BIN/ringstore" token new --name steady --scopes read,write 2>&1 >>"$TOKENS" | tail -1)
 URL=http://127.0.0.1:18181/v1/kv/shed/k
 
-# wrk_p NAME TOKEN CONNS SECONDS: runs wrk, keeps its report in $OUT/NAME.txt.
+# A pace for the steady reader: each connection waits 20 ms between requests.
+PACE="$DATA/pace.lua"
+echo 'function delay() return 20 end' >"$PACE"
+# wrk_p NAME TOKEN CONNS SECONDS [SCRIPT]: runs wrk, keeps its report in $OUT/NAME.txt.
 wrk_p() {
-  wrk -t1 -c"$3" -d"$4s" --latency -H "Authorization: Bearer $2" "$URL" >"$OUT/$1.txt"
+  wrk -t1 -c"$3" -d"$4s" --latency ${5:+-s "$5"} -H "Authorization: Bearer $2" "$URL" >"$OUT/$1.txt"
 }
 # pct FILE P: the latency percentile line of a wrk report, in ms.
 pct() {
@@ -34,12 +39,12 @@ run() { # run TAG FLAGS...: a fresh cluster, the steady reader alone, then besid
   shift
   RS_TAG=$tag start_ringstore3 --auth-tokens "$TOKENS" "$@"
   curl -sf -X PUT -H "Authorization: Bearer $STEADY" "$URL" -d value >/dev/null
-  wrk_p "$tag-alone" "$STEADY" 4 "$SECONDS_RUN"
+  wrk_p "$tag-alone" "$STEADY" 4 "$SECONDS_RUN" "$PACE"
   # The flood starts a second before the measured reader and ends after it.
   wrk_p "$tag-flood" "$FLOOD" 64 $((SECONDS_RUN + 2)) &
   local flood=$!
   sleep 1
-  wrk_p "$tag-beside" "$STEADY" 4 "$SECONDS_RUN"
+  wrk_p "$tag-beside" "$STEADY" 4 "$SECONDS_RUN" "$PACE"
   wait "$flood"
   stop_ringstore3
 }

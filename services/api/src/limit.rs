@@ -4,7 +4,10 @@
 //!
 //! The bucket is pure ([`Bucket`]); the middleware ([`shed`]) keeps one
 //! per client in a map bounded by [`CLIENTS_MAX`] (the least recently
-//! seen leave first). Health, readiness and metrics are never limited.
+//! seen leave first). A 429 is held until the client's next token is due
+//! (at most [`TARPIT_MAX`]): a client that retries at once without
+//! reading `Retry-After` then costs a timer, not a busy worker. Health,
+//! readiness and metrics are never limited.
 //! Off unless `--rate-limit-rps` is set.
 
 use std::collections::HashMap;
@@ -23,6 +26,8 @@ use crate::error::ApiError;
 
 /// Clients whose buckets a node keeps at once.
 pub const CLIENTS_MAX: usize = 10_000;
+/// The longest a 429 is held before it is sent.
+pub const TARPIT_MAX: Duration = Duration::from_millis(250);
 
 static SHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -115,6 +120,10 @@ pub async fn shed(
     };
     if let Err(wait) = limiter.admit(&client, Instant::now()) {
         SHED.with_label_values(&[by]).inc();
+        // Held until a token would be there (at most TARPIT_MAX): a client
+        // that ignores Retry-After and asks again at once would otherwise
+        // keep the workers busy answering 429s, and others would wait.
+        actix_web::rt::time::sleep(wait.min(TARPIT_MAX)).await;
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut r = HttpResponse::from(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
