@@ -60,13 +60,15 @@ fn keep(out: tempfile::TempDir) -> String {
 /// test builds only) a paused or cut-off leader serves reads after a new
 /// leader has taken writes, and the run must say so. Whether a client's
 /// read lands on the deposed leader in its short window is chance, so up
-/// to three runs (seeds 7, 8, 9) are made; one catch is the proof.
+/// to five runs (seeds 7 to 11) are made; one catch is the proof. (Three
+/// were not always enough on CI's loaded two cores: seeds 7, 8 and 9 all
+/// missed once on 2026-12-04, and seed 7 caught it on the next run.)
 #[test]
 fn a_planted_stale_read_bug_is_caught_by_the_checker() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     ringstore_testkit::netfilter::available().expect("the fault suite needs iptables as root");
     let mut reports = Vec::new();
-    for seed in 7..10 {
+    for seed in 7..12 {
         let out = tempfile::tempdir().unwrap();
         let (hold, quiet) = (Duration::from_secs(4), Duration::from_secs(2));
         let kinds = vec![FaultKind::Pause, FaultKind::PartitionLeaderMinority];
@@ -96,5 +98,5 @@ fn a_planted_stale_read_bug_is_caught_by_the_checker() {
         }
         reports.push(report.to_string());
     }
-    panic!("the planted stale reads went unnoticed in three runs:\n{}", reports.join("\n"));
+    panic!("the planted stale reads went unnoticed in five runs:\n{}", reports.join("\n"));
 }
