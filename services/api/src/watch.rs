@@ -455,6 +455,11 @@ pub async fn watch_key(req: HttpRequest, state: web::Data<ApiState>) -> Result<H
     };
     let shard =
         shard.ok_or_else(|| ApiError::from(StoreError::Unavailable { reason: "no shard owns this key".into() }))?;
+    if state.map.load().replicas(shard).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "the position names shard {shard}, which this cluster does not have; watch from a position this API returned"
+        )));
+    }
     start(state, format, from, KeyFilter::Exact(key.clone()), Some(key), vec![shard]).await
 }
 

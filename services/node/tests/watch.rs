@@ -228,7 +228,9 @@ async fn a_position_a_shard_no_longer_keeps_is_410_with_the_oldest_available() {
     let v = version(&put(&url, "c/k", b"2").await);
     assert_eq!(w.event(Duration::from_secs(10)).await.unwrap()["version"].as_u64(), Some(v));
     drop(w);
-    for bad in ["from=x", "from=1.2,1.3", "form=1.2", "format=xml"] {
+    // (A shard the cluster does not have is the client's mistake, not a
+    // 503: schemathesis found that one.)
+    for bad in ["from=x", "from=1.2,1.3", "form=1.2", "format=xml", "from=10037404018.5"] {
         let (status, body) = Watch::open(&url, &format!("/v1/watch/c/k?{bad}"), &[]).await.err().expect("refused");
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
