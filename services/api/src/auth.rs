@@ -179,20 +179,12 @@ impl Tokens {
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    crate::scan::unhex(s.trim())?.try_into().ok()
 }
 
 /// The hex SHA-256 of a token, as the tokens file holds it.
 pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    crate::scan::hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// A new random token (256 bits, URL-safe base64 behind `rs_`).

@@ -28,6 +28,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
+use crate::scan::hex;
 use crate::ApiState;
 
 /// Bodies of these endpoints are small JSON objects.
@@ -385,12 +386,4 @@ pub async fn config(body: web::Bytes, state: web::Data<ApiState>) -> Result<Http
         "split_max_bytes": c.split_max_bytes,
         "split_load_qps": c.split_load_qps,
     })))
-}
-
-fn hex(b: &[u8]) -> String {
-    use std::fmt::Write;
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
 }

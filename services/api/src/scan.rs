@@ -50,18 +50,24 @@ fn parse_scan_query(qs: &str, key_bytes_max: usize) -> Result<ScanQuery, ApiErro
     Ok(ScanQuery { prefix, limit, cursor: p.get("cursor").map(str::to_string), keys_only: p.flag("keys_only")? })
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// Lowercase hex (cursors, token hashes, rebalance views).
+pub(crate) fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
-fn b64(b: &[u8]) -> String {
+/// Standard base64 (values and keys that are not UTF-8).
+pub(crate) fn b64(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }

@@ -48,6 +48,7 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::params::Params;
 use crate::request::parse_key_under;
+use crate::scan::b64;
 use crate::ApiState;
 
 pub const WATCH_PREFIX: &str = "/v1/watch/";
@@ -179,11 +180,6 @@ struct EventLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     value_b64: Option<String>,
     position: &'a str,
-}
-
-fn b64(b: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 /// Writes `e`'s line, at `position`, into `out`.
