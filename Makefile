@@ -14,6 +14,7 @@ test: deps
 	$(ENV) cargo clippy --workspace --all-targets -- -D warnings
 	promtool check config deploy/prometheus/prometheus.yml
 	scripts/check-manifests.sh
+	python3 scripts/audit.py
 	$(ENV) cargo test --workspace
 
 deps:

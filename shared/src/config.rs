@@ -16,6 +16,9 @@ pub struct Limits {
     pub value_bytes_max: usize,
     /// Deadline of a request that does not set `X-Request-Timeout`.
     pub request_timeout_ms_default: u64,
+    /// Smallest deadline a client may ask for: less cannot cover a
+    /// replication round and an fsync, so it could only end in a timeout.
+    pub request_timeout_ms_min: u64,
     /// Largest deadline a client may ask for.
     pub request_timeout_ms_max: u64,
     /// Longest TTL a value may carry (100 years).
@@ -38,6 +41,7 @@ impl Default for Limits {
             key_bytes_max: 4 * 1024,
             value_bytes_max: 1024 * 1024,
             request_timeout_ms_default: 5_000,
+            request_timeout_ms_min: 100,
             request_timeout_ms_max: 60_000,
             ttl_ms_max: 100 * 365 * 24 * 3600 * 1000,
             pending_requests_max: 16 * 1024,

@@ -16,6 +16,7 @@ the next endpoint and still applies once.
 import base64
 import json
 import os
+import ssl
 import threading
 import time
 import urllib.error
@@ -168,7 +169,7 @@ class Watch:
                 req = urllib.request.Request(url)
                 if self.client.token:
                     req.add_header("Authorization", f"Bearer {self.client.token}")
-                with urllib.request.urlopen(req, timeout=30) as r:
+                with urllib.request.urlopen(req, timeout=30, context=self.client._tls) as r:
                     self._response, failures = r, 0
                     for raw in r:
                         line = json.loads(raw)
@@ -208,9 +209,11 @@ class Client:
     ``ringstore dev``'s first node). ``timeout``: each call's deadline in
     seconds, which the server is told too. ``token``: a bearer token, for
     nodes run with ``--auth-tokens`` (default: ``RINGSTORE_TOKEN``).
+    ``ca``: the cluster CA's PEM file, for ``https://`` endpoints (default:
+    ``RINGSTORE_CA``); only that CA is trusted, not the system's.
     """
 
-    def __init__(self, endpoints=None, timeout=5.0, token=None):
+    def __init__(self, endpoints=None, timeout=5.0, token=None, ca=None):
         if endpoints is None:
             endpoints = os.environ.get("RINGSTORE_ENDPOINTS", "http://127.0.0.1:8080").split(",")
         if isinstance(endpoints, str):
@@ -220,6 +223,8 @@ class Client:
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
         self.token = token if token is not None else os.environ.get("RINGSTORE_TOKEN")
+        ca = ca if ca is not None else os.environ.get("RINGSTORE_CA")
+        self._tls = ssl.create_default_context(cafile=ca) if ca else None
         self._next = 0
         self._lock = threading.Lock()
 
@@ -248,13 +253,13 @@ class Client:
             if self.token:
                 req.add_header("Authorization", f"Bearer {self.token}")
             if deadline_header:
-                req.add_header("X-Request-Timeout", f"{max(1, min(60000, int(left * 1000)))}ms")
+                req.add_header("X-Request-Timeout", f"{max(100, min(60000, int(left * 1000)))}ms")
             if content_type:
                 req.add_header("Content-Type", content_type)
             for k, v in (headers or {}).items():
                 req.add_header(k, v)
             try:
-                with urllib.request.urlopen(req, timeout=left) as r:
+                with urllib.request.urlopen(req, timeout=left, context=self._tls) as r:
                     return r.status, r.headers, r.read()
             except urllib.error.HTTPError as e:
                 data = e.read()

@@ -4,8 +4,9 @@
 //!
 //! Tokens live in a TOML file (a Kubernetes Secret mounted as one), only
 //! as SHA-256 hashes: `ringstore token new` draws a token and prints its
-//! entry. The file is read at start and again on SIGHUP; a file that does
-//! not parse leaves the tokens in force as they were. A presented token
+//! entry. The file is read at start and again on SIGHUP or when it
+//! changes (the node polls it); a file that does not parse leaves the
+//! tokens in force as they were. A presented token
 //! is hashed and compared with every entry in constant time.
 //!
 //! Scopes: `read` (GET of keys, scans, watches, lock status and lists),

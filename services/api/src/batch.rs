@@ -89,6 +89,13 @@ enum Planned {
 
 const SHAPE: &str = r#"must be {"ops": [{"op": "put", "key": "a", "value": "text"}, {"op": "get", "key": "b"}, {"op": "delete", "key": "c"}]} (put also takes value_b64, ttl_ms, if_version, if_absent; get takes stale)"#;
 
+/// Validates a batch body as the handler does, without sending anything:
+/// the number of items, or the error the request would get (the fuzzer's
+/// entry point).
+pub fn check(body: &[u8], limits: &Limits) -> Result<usize, ApiError> {
+    plan(body, limits).map(|items| items.len())
+}
+
 /// Parses and bounds a batch body: the whole batch is refused (400 or
 /// 413 naming the item) before any item is sent.
 fn plan(body: &[u8], limits: &Limits) -> Result<Vec<(&'static str, Planned)>, ApiError> {

@@ -87,8 +87,9 @@ pub fn duration_in(what: &str, v: &str, min: Duration, max: Duration) -> Result<
     })
 }
 
-/// What a message quotes of a client's value: enough to recognise it.
-fn clip(v: &str) -> &str {
+/// What a message or log line quotes of a client's value: enough to
+/// recognise it (64 characters).
+pub fn clip(v: &str) -> &str {
     match v.char_indices().nth(64) {
         Some((i, _)) => &v[..i],
         None => v,

@@ -310,7 +310,7 @@ pub fn parse_timeout(h: Option<Result<&str, ()>>, limits: &Limits) -> Result<Dur
     };
     let v = v.map_err(|_| ApiError::bad_request("X-Request-Timeout is not valid text"))?;
     let max = Duration::from_millis(limits.request_timeout_ms_max);
-    duration_in("X-Request-Timeout", v, Duration::from_millis(1), max)
+    duration_in("X-Request-Timeout", v, Duration::from_millis(limits.request_timeout_ms_min), max)
 }
 
 #[cfg(test)]
@@ -408,8 +408,11 @@ mod tests {
         assert_eq!(parse_timeout(Some(Ok("2s")), &l()).unwrap(), Duration::from_millis(2000));
         assert_eq!(parse_timeout(Some(Ok("500ms")), &l()).unwrap(), Duration::from_millis(500));
         assert_eq!(parse_timeout(Some(Ok("1m")), &l()).unwrap(), Duration::from_millis(60_000));
-        for bad in ["0", "-5", "abc", "60001", "61s", "2 s"] {
-            assert!(parse_timeout(Some(Ok(bad)), &l()).is_err(), "{bad}");
+        assert_eq!(parse_timeout(Some(Ok("100ms")), &l()).unwrap(), Duration::from_millis(100));
+        // Below 100 ms no write could make it: refused up front, not a 503 later.
+        for bad in ["0", "5ms", "99", "-5", "abc", "60001", "61s", "2 s"] {
+            let e = parse_timeout(Some(Ok(bad)), &l()).unwrap_err();
+            assert_eq!(e.status, actix_web::http::StatusCode::BAD_REQUEST, "{bad}");
         }
     }
 

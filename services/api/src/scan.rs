@@ -39,6 +39,12 @@ struct ScanQuery {
     keys_only: bool,
 }
 
+/// Validates a scan's query string as the handler does (the fuzzer's
+/// entry point).
+pub fn check_scan_query(qs: &str, key_bytes_max: usize) -> Result<(), ApiError> {
+    parse_scan_query(qs, key_bytes_max).map(|_| ())
+}
+
 /// The query of a scan, by the rule every route follows (`params`).
 fn parse_scan_query(qs: &str, key_bytes_max: usize) -> Result<ScanQuery, ApiError> {
     let p = Params::parse(qs, &["prefix", "limit", "cursor", "keys_only"])?;
@@ -226,7 +232,8 @@ pub async fn delete_prefix(req: HttpRequest, state: web::Data<ApiState>) -> Resu
         }
     }
     PREFIX_DELETED.inc_by(deleted);
-    tracing::info!(prefix = %String::from_utf8_lossy(&prefix), deleted, "deleted by prefix");
+    let shown = String::from_utf8_lossy(&prefix);
+    tracing::info!(prefix = crate::params::clip(&shown), prefix_bytes = prefix.len(), deleted, "deleted by prefix");
     Ok(HttpResponse::Ok().json(json!({ "deleted": deleted })))
 }
 

@@ -91,6 +91,13 @@ fn b64(what: &str, s: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("{what} is not base64")))
 }
 
+/// Validates a transaction body as the handler does, without sending
+/// anything: its number of items, or the error the request would get (the
+/// fuzzer's entry point).
+pub fn check(body: &[u8], limits: &Limits) -> Result<usize, ApiError> {
+    plan(body, limits).map(|t| t.compares.len() + t.then.len() + t.otherwise.len())
+}
+
 /// Parses and bounds a transaction: refused whole (400 or 413 naming the
 /// item) before anything is sent.
 fn plan(body: &[u8], limits: &Limits) -> Result<Txn, ApiError> {

@@ -16,6 +16,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub(crate) struct Endpoints {
     pub http: awc::Client,
     pub urls: Arc<Vec<String>>,
+    http_timeout: Duration,
     next: Arc<AtomicUsize>,
     /// `Authorization: Bearer` on every request, if set.
     token: Option<Arc<str>>,
@@ -38,8 +39,13 @@ impl Endpoints {
     /// `urls`: node base URLs; `http_timeout` bounds any one try.
     pub fn new(urls: Vec<String>, http_timeout: Duration) -> Self {
         assert!(!urls.is_empty(), "at least one endpoint");
-        let http = awc::Client::builder().timeout(http_timeout).finish();
-        Endpoints { http, urls: Arc::new(urls), next: Arc::default(), token: None }
+        let http = crate::tls::http_client(http_timeout, None);
+        Endpoints { http, urls: Arc::new(urls), http_timeout, next: Arc::default(), token: None }
+    }
+
+    /// Speaks HTTPS trusting `tls`'s roots (the cluster CA).
+    pub fn set_tls(&mut self, tls: &Arc<rustls::ClientConfig>) {
+        self.http = crate::tls::http_client(self.http_timeout, Some(tls));
     }
 
     pub fn set_token(&mut self, token: &str) {
@@ -87,7 +93,7 @@ impl Endpoints {
                 .timeout(left)
                 .insert_header(("idempotency-key", key.as_str()));
             if call.deadline_header {
-                req = req.insert_header(("x-request-timeout", left.as_millis().clamp(1, 60_000).to_string()));
+                req = req.insert_header(("x-request-timeout", left.as_millis().clamp(100, 60_000).to_string()));
             }
             for (k, v) in call.headers {
                 req = req.insert_header((*k, v.as_str()));

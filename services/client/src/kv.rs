@@ -82,6 +82,13 @@ impl KvClient {
         self
     }
 
+    /// Speaks HTTPS to `https://` endpoints, trusting `tls`'s roots
+    /// ([`crate::tls::client_config`] of the cluster CA).
+    pub fn with_tls(mut self, tls: &std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.endpoints.set_tls(tls);
+        self
+    }
+
     /// Sends until an answer other than 503 arrives, rotating endpoints,
     /// within the client's timeout (which the server is told as
     /// `X-Request-Timeout`); or, for a long poll, within `poll` and with

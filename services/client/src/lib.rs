@@ -19,6 +19,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 mod endpoints;
 pub mod kv;
+pub mod tls;
 pub mod txn;
 pub mod watch;
 use endpoints::{Call, Endpoints};
@@ -108,6 +109,13 @@ impl LockClient {
     /// Sends `token` as `Authorization: Bearer` (nodes run with `--auth-tokens`).
     pub fn with_token(mut self, token: &str) -> Self {
         self.endpoints.set_token(token);
+        self
+    }
+
+    /// Speaks HTTPS to `https://` endpoints, trusting `tls`'s roots
+    /// ([`tls::client_config`] of the cluster CA).
+    pub fn with_tls(mut self, tls: &std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.endpoints.set_tls(tls);
         self
     }
 
@@ -235,8 +243,13 @@ fn server(status: u16, b: &[u8]) -> LockError {
 }
 
 /// `GET {endpoint}{path}` as JSON (admin views such as `/v1/cluster`).
-pub async fn get_json(endpoint: &str, path: &str, token: Option<&str>) -> Result<serde_json::Value, LockError> {
-    let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+pub async fn get_json(
+    endpoint: &str,
+    path: &str,
+    token: Option<&str>,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<serde_json::Value, LockError> {
+    let http = tls::http_client(Duration::from_secs(10), tls);
     let mut req = http.get(format!("{endpoint}{path}"));
     if let Some(t) = token {
         req = req.insert_header(("authorization", format!("Bearer {t}")));

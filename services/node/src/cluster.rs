@@ -209,6 +209,7 @@ impl LocalCluster {
             shutdown_timeout_s: 5,
             auth: self.cfg.auth.clone(),
             rate_limit: self.cfg.rate_limit,
+            tls: None,
         })?;
         info!(node = id, %http, data_dir = %dir.display(), "node started");
         self.nodes

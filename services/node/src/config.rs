@@ -47,6 +47,10 @@ pub struct NodeArgs {
     /// check that the cluster still knows this node, on a restart.
     #[arg(long, env = "RINGSTORE_JOIN")]
     pub join: Option<String>,
+    /// A token with the admin scope for --join, when the cluster requires
+    /// tokens (environment or file: keep it off command lines)
+    #[arg(long, env = "RINGSTORE_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
     /// The peer address other nodes dial [default: the peer listen address]
     #[arg(long, env = "RINGSTORE_ADVERTISE_PEER")]
     pub advertise_peer: Option<String>,
@@ -112,7 +116,7 @@ pub struct NodeArgs {
     pub unsafe_no_fsync: bool,
     /// Require bearer tokens: this TOML file lists their SHA-256 hashes,
     /// scopes and prefixes (`ringstore token new` makes entries); read
-    /// again on SIGHUP. Without it anyone who reaches the port may do anything
+    /// again on SIGHUP or when it changes. Without it anyone who reaches the port may do anything
     #[arg(long, env = "RINGSTORE_AUTH_TOKENS")]
     pub auth_tokens: Option<PathBuf>,
     /// With --auth-tokens: /metrics needs a token with the read scope too
@@ -126,6 +130,18 @@ pub struct NodeArgs {
     /// [default: one second's worth]
     #[arg(long, env = "RINGSTORE_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<f64>,
+    /// This node's certificate (PEM, `ringstore certs node`): HTTPS on the
+    /// client port and mutual TLS between peers. Needs --tls-key and
+    /// --tls-ca; all three are read again on SIGHUP or when they change
+    #[arg(long, env = "RINGSTORE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, env = "RINGSTORE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present a certificate it signed
+    /// that names this cluster token
+    #[arg(long, env = "RINGSTORE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// The file form: the same names, all optional.
@@ -139,6 +155,7 @@ struct FileConfig {
     peer_addr: Option<SocketAddr>,
     initial_cluster: Option<String>,
     join: Option<String>,
+    join_token: Option<String>,
     advertise_peer: Option<String>,
     advertise_http: Option<String>,
     cluster_token: Option<String>,
@@ -161,6 +178,9 @@ struct FileConfig {
     auth_metrics: Option<bool>,
     rate_limit_rps: Option<f64>,
     rate_limit_burst: Option<f64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
 }
 
 /// Everything `ringstore node` runs with, after merging.
@@ -172,6 +192,7 @@ pub struct NodeOptions {
     pub peer_addr: SocketAddr,
     pub initial_cluster: Option<String>,
     pub join: Option<String>,
+    pub join_token: Option<String>,
     pub advertise_peer: String,
     pub advertise_http: String,
     pub cluster_token: String,
@@ -187,6 +208,8 @@ pub struct NodeOptions {
     pub auth_tokens: Option<PathBuf>,
     pub auth_metrics: bool,
     pub rate_limit: Option<ringstore_api::limit::RateLimit>,
+    /// HTTPS and peer mTLS, if on.
+    pub tls: Option<ringstore_peer::TlsFiles>,
 }
 
 impl NodeArgs {
@@ -257,9 +280,15 @@ impl NodeArgs {
         );
         let http = self.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
         let peer_addr = self.peer_addr.or(file.peer_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7080)));
+        let tls = match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key), self.tls_ca.or(file.tls_ca)) {
+            (Some(cert), Some(key), Some(ca)) => Some(ringstore_peer::TlsFiles { cert, key, ca }),
+            (None, None, None) => None,
+            _ => anyhow::bail!("tls_cert, tls_key and tls_ca go together: give all three or none"),
+        };
         let join = self.join.or(file.join);
         if let Some(j) = &join {
-            anyhow::ensure!(j.starts_with("http://"), "join must be an http:// URL of a member, not {j:?}");
+            let scheme = if tls.is_some() { "https://" } else { "http://" };
+            anyhow::ensure!(j.starts_with(scheme), "join must be an {scheme} URL of a member, not {j:?}");
         }
         let id = match (self.id.or(file.id), self.id_from_hostname || file.id_from_hostname.unwrap_or(false)) {
             (Some(id), _) => Some(id),
@@ -273,6 +302,7 @@ impl NodeArgs {
             peer_addr,
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
             join,
+            join_token: self.join_token.or(file.join_token),
             advertise_peer: self.advertise_peer.or(file.advertise_peer).unwrap_or_else(|| peer_addr.to_string()),
             advertise_http: self.advertise_http.or(file.advertise_http).unwrap_or_else(|| http.to_string()),
             cluster_token: self.cluster_token.or(file.cluster_token).unwrap_or_else(|| "ringstore".into()),
@@ -285,6 +315,7 @@ impl NodeArgs {
             auth_tokens: self.auth_tokens.or(file.auth_tokens),
             auth_metrics: self.auth_metrics || file.auth_metrics.unwrap_or(false),
             rate_limit,
+            tls,
         })
     }
 }
@@ -362,5 +393,20 @@ mod tests {
             std::fs::write(&path, bad).unwrap();
             assert!(NodeArgs { config: Some(path.clone()), ..Default::default() }.resolve().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tls_files_go_together_and_make_join_https() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        let all = NodeArgs { tls_cert: p("n.crt"), tls_key: p("n.key"), tls_ca: p("ca.crt"), ..Default::default() };
+        let o = all.clone().resolve().unwrap();
+        assert_eq!(o.tls.unwrap().ca, PathBuf::from("ca.crt"));
+        let partial = NodeArgs { tls_cert: p("n.crt"), tls_key: p("n.key"), ..Default::default() };
+        let err = partial.resolve().unwrap_err().to_string();
+        assert!(err.contains("give all three"), "{err}");
+        let plain_join = NodeArgs { join: Some("http://a:8080".into()), ..all.clone() };
+        assert!(plain_join.resolve().unwrap_err().to_string().contains("https://"));
+        assert!(NodeArgs { join: Some("https://a:8080".into()), ..all }.resolve().is_ok());
+        assert!(NodeArgs { join: Some("https://a:8080".into()), ..Default::default() }.resolve().is_err());
     }
 }

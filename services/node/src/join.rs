@@ -43,18 +43,28 @@ pub struct Admission {
     pub map: ClusterMap,
 }
 
-/// Joins through the member at `url`. `id`/`cluster_id`: what this node
+/// The member a node joins through, and how it speaks to it.
+#[derive(Clone, Copy)]
+pub struct Via<'a> {
+    /// `http://host:port`, or `https://` with `tls`.
+    pub url: &'a str,
+    pub tls: Option<&'a std::sync::Arc<rustls::ClientConfig>>,
+    /// A token with the admin scope, when the cluster requires tokens.
+    pub token: Option<&'a str>,
+}
+
+/// Joins through the member `via`. `id`/`cluster_id`: what this node
 /// already is, if anything. `within`: how long to keep trying to reach it.
 pub async fn join(
-    url: &str,
+    via: Via<'_>,
     peer: &str,
     http: &str,
     id: Option<NodeId>,
     cluster_id: Option<u64>,
     within: Duration,
 ) -> Result<Admission, JoinError> {
-    let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
-    let endpoint = format!("{}/v1/cluster/nodes", url.trim_end_matches('/'));
+    let client = ringstore_client::tls::http_client(Duration::from_secs(10), via.tls);
+    let endpoint = format!("{}/v1/cluster/nodes", via.url.trim_end_matches('/'));
     let body = json!({
         "peer": peer,
         "http": http,
@@ -64,7 +74,11 @@ pub async fn join(
     let malformed = |detail: String| JoinError::Malformed { endpoint: endpoint.clone(), detail };
     let start = std::time::Instant::now();
     loop {
-        let last = match client.post(&endpoint).send_json(&body).await {
+        let mut req = client.post(&endpoint);
+        if let Some(t) = via.token {
+            req = req.insert_header(("authorization", format!("Bearer {t}")));
+        }
+        let last = match req.send_json(&body).await {
             Ok(mut resp) => {
                 let status = resp.status();
                 match resp.body().limit(16 * 1024 * 1024).await {

@@ -73,6 +73,9 @@ pub struct LockArgs {
     /// A token with the write scope, if the nodes require tokens.
     #[arg(long, env = "RINGSTORE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The cluster CA (PEM), for https:// endpoints.
+    #[arg(long, env = "RINGSTORE_CA")]
+    pub ca: Option<std::path::PathBuf>,
     /// The command to run while holding the lock.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -189,6 +192,9 @@ pub async fn run(a: LockArgs) -> anyhow::Result<i32> {
     let mut client = LockClient::new(a.endpoints.clone());
     if let Some(t) = &a.token {
         client = client.with_token(t);
+    }
+    if let Some(ca) = &a.ca {
+        client = client.with_tls(&ringstore_client::tls::client_config(ca).map_err(anyhow::Error::msg)?);
     }
     let owner = a.owner.clone().unwrap_or_else(|| format!("ringstore-lock-{}", std::process::id()));
     let mut lease = match client.acquire(&a.name, &owner, a.ttl, a.wait).await {

@@ -8,7 +8,9 @@
 //! [`ringstore_node::process`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -63,6 +65,9 @@ enum Cmd {
         url: String,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// The cluster CA (PEM), for an https:// URL.
+        #[arg(long, env = "RINGSTORE_CA")]
+        ca: Option<PathBuf>,
     },
     /// Ask a node to stop taking requests and hand its leaderships over
     /// (`POST /v1/node/handover`): a pod's preStop hook.
@@ -74,6 +79,9 @@ enum Cmd {
         /// A token with the admin scope, if the node requires tokens.
         #[arg(long, env = "RINGSTORE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// The cluster CA (PEM), for an https:// endpoint.
+        #[arg(long, env = "RINGSTORE_CA")]
+        ca: Option<PathBuf>,
     },
     /// Print the cluster map as a table: shards, replicas, leaders, progress.
     Status {
@@ -83,10 +91,47 @@ enum Cmd {
         /// A token with the admin scope, if the nodes require tokens.
         #[arg(long, env = "RINGSTORE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// The cluster CA (PEM), for an https:// endpoint.
+        #[arg(long, env = "RINGSTORE_CA")]
+        ca: Option<PathBuf>,
     },
     /// Bearer tokens for `ringstore node --auth-tokens FILE`.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// TLS certificates: a cluster CA, and node certificates it signs.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Make a new cluster CA: DIR/ca.crt (give it to nodes and clients)
+    /// and DIR/ca.key (keep it apart; it signs node certificates).
+    Ca {
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// Replace an existing CA (every node certificate must be remade).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make DIR/NAME.crt and DIR/NAME.key, signed by DIR/ca.key, for
+    /// `ringstore node --tls-cert --tls-key --tls-ca`.
+    Node {
+        /// File name stem, e.g. node1.
+        name: String,
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// The cluster's --cluster-token: peers accept only certificates
+        /// naming it.
+        #[arg(long, env = "RINGSTORE_CLUSTER_TOKEN", default_value = "ringstore")]
+        cluster_token: String,
+        /// Host names, `*.` wildcards and IP addresses clients use to reach
+        /// the node (repeat the flag).
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = ringstore_peer::certs::NODE_DAYS_DEFAULT)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,32 +182,36 @@ fn main() -> anyhow::Result<()> {
             println!("{entry}");
             Ok(())
         }
-        Cmd::Status { endpoint, token } => actix_rt::System::new().block_on(async move {
+        Cmd::Certs(c) => certs(c),
+        Cmd::Status { endpoint, token, ca } => actix_rt::System::new().block_on(async move {
+            let tls = client_tls(ca.as_deref())?;
             // Name the address: the default is easy to forget on a new machine.
             let asked = |path: &str| {
                 format!("GET {}{path} (another node: --endpoint or RINGSTORE_ENDPOINT)", endpoint.trim_end_matches('/'))
             };
             let token = token.as_deref();
-            let v = ringstore_client::get_json(&endpoint, "/v1/cluster", token)
+            let v = ringstore_client::get_json(&endpoint, "/v1/cluster", token, tls.as_ref())
                 .await
                 .with_context(|| asked("/v1/cluster"))?;
             print!("{}", ringstore_node::status::render(&v));
-            let r = ringstore_client::get_json(&endpoint, "/v1/rebalance", token)
+            let r = ringstore_client::get_json(&endpoint, "/v1/rebalance", token, tls.as_ref())
                 .await
                 .with_context(|| asked("/v1/rebalance"))?;
             print!("{}", ringstore_node::status::render_rebalance(&r));
             Ok(())
         }),
-        Cmd::Probe { url, timeout_ms } => {
+        Cmd::Probe { url, timeout_ms, ca } => {
+            let tls = client_tls(ca.as_deref())?;
             let ok = actix_rt::System::new().block_on(async move {
-                let client = awc::Client::builder().timeout(std::time::Duration::from_millis(timeout_ms)).finish();
+                let client = ringstore_client::tls::http_client(Duration::from_millis(timeout_ms), tls.as_ref());
                 client.get(&url).send().await.is_ok_and(|r| r.status().is_success())
             });
             std::process::exit(if ok { 0 } else { 1 })
         }
-        Cmd::Handover { endpoint, timeout_ms, token } => {
+        Cmd::Handover { endpoint, timeout_ms, token, ca } => {
+            let tls = client_tls(ca.as_deref())?;
             let ok = actix_rt::System::new().block_on(async move {
-                let client = awc::Client::builder().timeout(std::time::Duration::from_millis(timeout_ms)).finish();
+                let client = ringstore_client::tls::http_client(Duration::from_millis(timeout_ms), tls.as_ref());
                 let url = format!("{}/v1/node/handover", endpoint.trim_end_matches('/'));
                 let mut req = client.post(&url);
                 if let Some(t) = token {
@@ -181,6 +230,61 @@ fn main() -> anyhow::Result<()> {
             actix_rt::System::new().block_on(ringstore_node::process::run(opts))
         }
     }
+}
+
+fn client_tls(ca: Option<&Path>) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    ca.map(|p| ringstore_client::tls::client_config(p).map_err(anyhow::Error::msg)).transpose().context("--ca")
+}
+
+/// Writes `text` to `path` whole (a temporary file renamed over it, so a
+/// node reloading meanwhile reads the old file or the new one), readable
+/// by the owner only when it is a key.
+fn write_pem(path: &Path, text: &str, secret: bool, replace: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    anyhow::ensure!(replace || !path.exists(), "{} exists (--force replaces it)", path.display());
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+fn certs(c: CertsCmd) -> anyhow::Result<()> {
+    use ringstore_peer::certs;
+    match c {
+        CertsCmd::Ca { dir, force } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let ca = certs::new_ca()?;
+            write_pem(&dir.join("ca.key"), &ca.key, true, force)?;
+            write_pem(&dir.join("ca.crt"), &ca.cert, false, force)?;
+            println!("wrote {0}/ca.crt and {0}/ca.key (keep ca.key off the nodes)", dir.display());
+        }
+        CertsCmd::Node { name, dir, cluster_token, hosts, days } => {
+            anyhow::ensure!(
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "the name is a file stem: letters, digits, '-' and '_'"
+            );
+            let ca_key = dir.join("ca.key");
+            let key = std::fs::read_to_string(&ca_key)
+                .with_context(|| format!("reading {} (make one with `ringstore certs ca`)", ca_key.display()))?;
+            let node = certs::new_node_cert(&key, &cluster_token, &hosts, days)?;
+            // A renewal replaces the node's files; SIGHUP makes the node read them.
+            write_pem(&dir.join(format!("{name}.key")), &node.key, true, true)?;
+            write_pem(&dir.join(format!("{name}.crt")), &node.cert, false, true)?;
+            println!(
+                "wrote {0}/{name}.crt and {0}/{name}.key for cluster token {cluster_token:?}, hosts {hosts:?}, {days} days",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn dev(

