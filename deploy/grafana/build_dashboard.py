@@ -122,6 +122,12 @@ PANELS = [
         ('histogram_quantile(0.99, sum by (le) (rate(ringstore_shard_stats_count_seconds_bucket[10m])))', "key count p99 (off the storage thread)")]),
     ("Requests per second at each shard's leader", "ops", [
         ('max by (shard) (ringstore_shard_requests_per_second)', "shard {{shard}}")]),
+    ("Security: refused requests and peers, TLS", "short", [
+        ('sum by (result) (rate(ringstore_auth_requests_total{result=~"missing|invalid|forbidden"}[1m]))', "auth {{result}}/s"),
+        ('sum by (by) (rate(ringstore_requests_rate_limited_total[1m]))', "rate limited by {{by}}/s"),
+        ('sum by (node) (increase(ringstore_peer_refused_total{reason="tls"}[5m]))', "peers refused by TLS, node {{node}} /5m"),
+        ('sum by (result) (increase(ringstore_tls_reloads_total[1h]))', "TLS reloads {{result}} /1h"),
+        ('min(ringstore_tls_enabled)', "TLS on every node (1)")]),
 ]
 
 

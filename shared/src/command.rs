@@ -601,11 +601,7 @@ pub fn samples() -> Vec<Proposal> {
             cmd: Command::LockRefresh { name: "n".into(), session: 1 << 70, token: 5, ttl_ms: 9 },
         },
         Proposal { stamp_ms: 1, request: None, cmd: Command::LockExpire { name: "n".into(), token: 5 } },
-        Proposal {
-            stamp_ms: 10,
-            request: None,
-            cmd: Command::Expire { keys: vec![(b"x".to_vec(), 3), (vec![], 4)] },
-        },
+        Proposal { stamp_ms: 10, request: None, cmd: Command::Expire { keys: vec![(b"x".to_vec(), 3), (vec![], 4)] } },
         Proposal { stamp_ms: 11, request: None, cmd: Command::SetMap { expected_epoch: 7, map: vec![1, 2, 3] } },
         Proposal {
             stamp_ms: 12,

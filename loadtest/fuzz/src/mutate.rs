@@ -8,8 +8,7 @@ use rand::Rng;
 use crate::INPUT_BYTES_MAX;
 
 /// Integers at the edges where length checks go wrong.
-const INTERESTING: [u64; 12] =
-    [0, 1, 2, 0x7f, 0x80, 0xff, 0x100, 0x7fff, 0xffff, 0x7fff_ffff, 0xffff_ffff, u64::MAX];
+const INTERESTING: [u64; 12] = [0, 1, 2, 0x7f, 0x80, 0xff, 0x100, 0x7fff, 0xffff, 0x7fff_ffff, 0xffff_ffff, u64::MAX];
 /// Bytes that mean something to the text parsers.
 const TEXT_BYTES: &[u8] = b"%/{}[]\",:.=&?+-0123456789 \\\n\r\t\0\xff";
 

@@ -81,7 +81,7 @@ fn peer_frames() -> Vec<Vec<u8>> {
         push(&|b| wire::encode_raft(b, 3, std::slice::from_ref(&m)).expect("encodes"));
     }
     push(&|b| wire::encode_raft(b, 1, &raft_messages()).expect("encodes"));
-    let ops = vec![
+    let ops = [
         ShardOp::Write { cmd: Arc::new(command::samples()[1].cmd.clone()), request: Request { id: 17, retry: true } },
         ShardOp::Read { key: b"k".to_vec(), stale: false },
         ShardOp::Status,
@@ -99,7 +99,7 @@ fn peer_frames() -> Vec<Vec<u8>> {
     for (i, op) in ops.iter().enumerate() {
         push(&|b| wire::encode_request(b, i as u64, 2, op, i % 2 == 0));
     }
-    let results = vec![
+    let results: [ringstore_storage::ShardResult; 5] = [
         Ok(ShardReply::Value {
             value: Some(StoredValue { version: 5, expires_at_ms: Some(99), data: b"v".to_vec() }),
             applied_index: 9,
@@ -121,17 +121,18 @@ fn peer_frames() -> Vec<Vec<u8>> {
 }
 
 fn snapshot_streams() -> Vec<Vec<u8>> {
-    // One chunk, and several (chunks are 1 MiB: a snapshot of 2.5 MiB would
-    // pass the input bound, so the big one stays a single small chunk set).
-    [64usize, 4096, 40_000]
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let mut b = Vec::new();
-            wire::encode_snapshot(&mut b, 2, i as u64 + 1, &snapshot_message(n)).expect("encodes");
-            b
-        })
-        .collect()
+    // One chunk as nodes send it (1 MiB chunks), and streams of several
+    // small chunks, so mutations reach the order and digest checks.
+    let mut out = Vec::new();
+    let mut one = Vec::new();
+    wire::encode_snapshot(&mut one, 2, 1, &snapshot_message(64)).expect("encodes");
+    out.push(one);
+    for (i, (bytes, chunk)) in [(600usize, 128usize), (2000, 700), (3000, 1000)].into_iter().enumerate() {
+        let mut b = Vec::new();
+        wire::encode_snapshot_in(&mut b, 3, i as u64 + 2, &snapshot_message(bytes), chunk).expect("encodes");
+        out.push(b);
+    }
+    out
 }
 
 fn entry_codecs() -> Vec<Vec<u8>> {

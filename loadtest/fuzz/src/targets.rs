@@ -225,8 +225,12 @@ fn http_request(input: &[u8]) -> Result<Verdict, String> {
             let h = |v: &[u8]| std::str::from_utf8(v).map_err(|_| ()).map(|s| s.to_string());
             let (a, b) = (h(a), b.map(h));
             let is_put = payload.len() % 2 == 0;
-            request::parse_precondition(Some(a.as_deref().map_err(|_| ())), b.as_ref().map(|r| r.as_deref().map_err(|_| ())), is_put)
-                .map(drop)
+            request::parse_precondition(
+                Some(a.as_deref().map_err(|_| ())),
+                b.as_ref().map(|r| r.as_deref().map_err(|_| ())),
+                is_put,
+            )
+            .map(drop)
         }
         Parser::IfNoneMatch => request::parse_if_none_match(header).map(drop),
         Parser::IdempotencyKey => request::parse_idempotency_key(header).map(drop),

@@ -20,7 +20,13 @@ fn round(target: Target, min_error_kinds: usize) {
     let iterations = std::env::var("RINGSTORE_FUZZ_ITERATIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let r = ringstore_fuzz::run(target, &corpus, iterations, seed, None, |_| {});
     let shown: Vec<String> = r.failures.iter().take(5).map(|f| format!("{} on {:02x?}", f.message, f.input)).collect();
-    assert!(r.failures.is_empty(), "{}: {} failure(s), seed {seed}:\n{}", target.name(), r.failures.len(), shown.join("\n"));
+    assert!(
+        r.failures.is_empty(),
+        "{}: {} failure(s), seed {seed}:\n{}",
+        target.name(),
+        r.failures.len(),
+        shown.join("\n")
+    );
     assert_eq!(r.runs, iterations);
     assert!(r.accepted >= corpus.len() as u64, "{}: every seed is accepted, and more: {r:?}", target.name());
     assert!(r.rejected > iterations / 10, "{}: mutations must reach the refusals: {r:?}", target.name());
@@ -57,7 +63,12 @@ fn the_committed_seeds_are_current() {
             let path = corpus_dir(&root, t).join(format!("seed-{i:03}.bin"));
             let committed = std::fs::read(&path).unwrap_or_default();
             // Nothing in the seeds depends on time or randomness.
-            assert_eq!(&committed, s, "{} differs from the encoder; run `cargo run -p ringstore-fuzz -- --write-corpus`", path.display());
+            assert_eq!(
+                &committed,
+                s,
+                "{} differs from the encoder; run `cargo run -p ringstore-fuzz -- --write-corpus`",
+                path.display()
+            );
         }
     }
 }

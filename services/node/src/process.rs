@@ -207,7 +207,8 @@ async fn open_with_identity(
     if let Some(url) = o.join.as_deref().filter(|_| !initial_member) {
         match &stored {
             None => {
-                let a = join::join(via(url), &o.advertise_peer, &o.advertise_http, o.id, None, join::JOIN_TRYING).await?;
+                let a =
+                    join::join(via(url), &o.advertise_peer, &o.advertise_http, o.id, None, join::JOIN_TRYING).await?;
                 let ident = Identity {
                     node: a.id,
                     cluster_id: a.cluster_id,

@@ -24,7 +24,7 @@ const APP: &str = "rs_schemathesis-app-token";
 const OPS: &str = "rs_schemathesis-ops-token";
 /// Generated cases per operation and phase; with 25 operations this makes
 /// well over 10,000 requests.
-const MAX_EXAMPLES: &str = "150";
+const MAX_EXAMPLES: &str = "320";
 
 /// Requests node `url` has answered so far (its own request counter).
 async fn requests_served(url: &str) -> f64 {
@@ -96,12 +96,9 @@ async fn schemathesis_finds_no_server_error_or_undocumented_answer() {
     let (ok, text) = schemathesis(&url, APP, &[]).await;
     let tail = last_lines(&text, 80);
     assert!(ok, "schemathesis found failures (read/write token):\n{tail}");
-    let (ok, admin) = schemathesis(
-        &url,
-        OPS,
-        &["--include-path-regex", "^/v1/(cluster|rebalance)$", "--include-method", "GET"],
-    )
-    .await;
+    let (ok, admin) =
+        schemathesis(&url, OPS, &["--include-path-regex", "^/v1/(cluster|rebalance)$", "--include-method", "GET"])
+            .await;
     assert!(ok, "schemathesis found failures (admin token, reading routes):\n{}", last_lines(&admin, 60));
 
     let served = requests_served(&url).await - before;

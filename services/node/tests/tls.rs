@@ -210,9 +210,10 @@ async fn tls_clients_and_mutual_tls_peers_with_a_cluster_ca() {
         let r = dial_peer(peer, cfg.clone()).await;
         assert!(r.is_err(), "{what}: the node answered {r:?}");
     }
+    let want = before + strangers.len() as f64;
     eventually(Duration::from_secs(10), "every refusal is counted", || {
         let c = &c;
-        async move { refused_tls(c, 1).await >= before + strangers.len() as f64 }
+        async move { refused_tls(c, 1).await >= want }
     })
     .await;
     assert!(c.log(1).contains("refused peer"), "refusals are logged");

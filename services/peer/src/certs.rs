@@ -96,7 +96,14 @@ pub fn new_node_cert(ca_key_pem: &str, cluster_token: &str, hosts: &[String], da
     for h in hosts {
         let san = match h.parse::<std::net::IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(h.clone().try_into().map_err(|_| CertError::BadHost(h.clone()))?),
+            Err(_) => {
+                // A DNS name, or `*.` and one: what webpki will match.
+                let name = h.strip_prefix("*.").unwrap_or(h);
+                if rustls_pki_types::DnsName::try_from(name).is_err() {
+                    return Err(CertError::BadHost(h.clone()));
+                }
+                SanType::DnsName(h.clone().try_into().map_err(|_| CertError::BadHost(h.clone()))?)
+            }
         };
         sans.push(san);
     }
@@ -120,8 +127,6 @@ pub fn new_node_cert(ca_key_pem: &str, cluster_token: &str, hosts: &[String], da
 mod tests {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, ServerName};
-
-    use rustls::server::danger::ClientCertVerifier;
 
     use super::*;
     use crate::tls::{check_cert_names, PeerCertError};

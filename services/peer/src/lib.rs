@@ -18,8 +18,8 @@
 pub mod certs;
 pub mod metrics;
 pub mod protoscan;
-pub mod transport;
 pub mod tls;
+pub mod transport;
 pub mod wire;
 
 pub use tls::{NodeTls, TlsFiles};

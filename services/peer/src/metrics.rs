@@ -26,7 +26,8 @@ pub struct PeerMetrics {
     pub tls_enabled: IntGaugeVec,
 }
 
-pub static PEER: LazyLock<PeerMetrics> = LazyLock::new(|| PeerMetrics {
+pub static PEER: LazyLock<PeerMetrics> = LazyLock::new(|| {
+    PeerMetrics {
     queue_depth: register_int_gauge_vec!(
         "ringstore_peer_queue_depth",
         "Batches waiting in the send queue to a peer",
@@ -112,6 +113,7 @@ pub static PEER: LazyLock<PeerMetrics> = LazyLock::new(|| PeerMetrics {
         vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
     )
     .expect("metric registers once"),
+}
 });
 
 /// One link's series, resolved once so the send path formats no labels.

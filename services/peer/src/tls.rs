@@ -44,7 +44,9 @@ pub struct TlsFiles {
 pub enum TlsError {
     #[error("{}: {detail}", path.display())]
     File { path: PathBuf, detail: String },
-    #[error("cluster token {0:?} cannot name TLS peers: use 1-63 of a-z, 0-9 and '-', not starting or ending with '-'")]
+    #[error(
+        "cluster token {0:?} cannot name TLS peers: use 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"
+    )]
     ClusterName(String),
     #[error("{}: the certificate does not name {name} (made for another cluster token?)", path.display())]
     NotForCluster { path: PathBuf, name: String },
@@ -132,13 +134,15 @@ impl NodeTls {
         Ok(Arc::new(NodeTls { files, cluster, provider, current: RwLock::new(Arc::new(material)) }))
     }
 
-    fn read(files: &TlsFiles, cluster: &ServerName<'static>, provider: &Arc<CryptoProvider>) -> Result<Material, TlsError> {
+    fn read(
+        files: &TlsFiles,
+        cluster: &ServerName<'static>,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Material, TlsError> {
         let chain = read_certs(&files.cert)?;
         let key = read_key(&files.key)?;
-        check_cert_names(&chain[0], cluster).map_err(|_| TlsError::NotForCluster {
-            path: files.cert.clone(),
-            name: cluster.to_str().into_owned(),
-        })?;
+        check_cert_names(&chain[0], cluster)
+            .map_err(|_| TlsError::NotForCluster { path: files.cert.clone(), name: cluster.to_str().into_owned() })?;
         let roots = Arc::new(read_roots(&files.ca)?);
         let certified = Arc::new(
             CertifiedKey::from_der(chain.clone(), key.clone_key(), provider)
@@ -155,7 +159,12 @@ impl NodeTls {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots.clone())
             .with_client_auth_cert(chain, key)?;
-        Ok(Material { key: certified, peer_server: Arc::new(peer_server), peer_client: Arc::new(peer_client), ca_roots: roots })
+        Ok(Material {
+            key: certified,
+            peer_server: Arc::new(peer_server),
+            peer_client: Arc::new(peer_client),
+            ca_roots: roots,
+        })
     }
 
     /// Reads the files again; on an error the material in force stays.

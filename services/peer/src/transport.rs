@@ -863,7 +863,12 @@ fn refused(node: NodeId, reason: &str) {
 
 /// The TLS handshake of an inbound connection, and the cluster check on
 /// the dialer's certificate; `None` (logged, counted) refuses it.
-async fn accept_tls(shared: &Shared, tls: &NodeTls, stream: TcpStream, remote: SocketAddr) -> Option<(ReadHalf, WriteHalf)> {
+async fn accept_tls(
+    shared: &Shared,
+    tls: &NodeTls,
+    stream: TcpStream,
+    remote: SocketAddr,
+) -> Option<(ReadHalf, WriteHalf)> {
     let node = shared.node;
     let why = match timeout(HELLO_TIMEOUT, tls.acceptor().accept(stream)).await {
         Ok(Ok(s)) => match tls.check_peer(s.get_ref().1.peer_certificates()) {

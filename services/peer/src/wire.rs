@@ -247,6 +247,18 @@ pub fn encode_raft(out: &mut Vec<u8>, shard: ShardId, msgs: &[RaftMessage]) -> R
 
 /// Encodes a snapshot message as chunk frames.
 pub fn encode_snapshot(out: &mut Vec<u8>, shard: ShardId, transfer: u64, msg: &RaftMessage) -> Result<(), CodecError> {
+    encode_snapshot_in(out, shard, transfer, msg, SNAPSHOT_CHUNK_BYTES)
+}
+
+/// [`encode_snapshot`] with chunks of `chunk_bytes` (small ones let the
+/// fuzzer's seeds hold several chunks).
+pub fn encode_snapshot_in(
+    out: &mut Vec<u8>,
+    shard: ShardId,
+    transfer: u64,
+    msg: &RaftMessage,
+    chunk_bytes: usize,
+) -> Result<(), CodecError> {
     use protobuf::Message as _;
     let b =
         msg.write_to_bytes().map_err(|e| CodecError::Invalid { what: "snapshot message", detail: e.to_string() })?;
@@ -258,13 +270,13 @@ pub fn encode_snapshot(out: &mut Vec<u8>, shard: ShardId, transfer: u64, msg: &R
         });
     }
     let digest: [u8; 32] = Sha256::digest(&b).into();
-    for (i, chunk) in b.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
+    for (i, chunk) in b.chunks(chunk_bytes.max(1)).enumerate() {
         frame(out, KIND_SNAPSHOT_CHUNK, |w| {
             w.u64(shard);
             w.u64(transfer);
             w.u64(total);
             w.buf.extend_from_slice(&digest);
-            w.u64((i * SNAPSHOT_CHUNK_BYTES) as u64);
+            w.u64((i * chunk_bytes.max(1)) as u64);
             w.bytes(chunk);
         });
     }
