@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: run test deps build lint fmt bench bench-batch bench-watch bench-shed bench-cluster bench-partition bench-rebalance bench-grow bench-containers bench-idle chaos
+.PHONY: run test deps build lint fmt bench bench-batch bench-watch bench-shed bench-tls bench-cluster bench-partition bench-rebalance bench-grow bench-containers bench-idle chaos
 
 # Builds the whole workspace so features unify as in `make test` (building a
 # subset can re-run RocksDB's build script).
@@ -40,6 +40,10 @@ bench-watch: deps
 # One token floods, another reads: its p99 with and without --rate-limit-rps.
 bench-shed: deps
 	$(ENV) loadtest/bench-shed.sh
+
+# Three nodes with plain HTTP and TCP peers, then with HTTPS and peer mTLS.
+bench-tls: deps
+	$(ENV) loadtest/bench-tls.sh
 
 # Three `ringstore node` processes beside `ringstore dev`, and failover after kill -9.
 bench-cluster: deps

@@ -20,10 +20,11 @@ bench_cleanup() {
   rm -rf "$DATA"
 }
 
-# wait_ready URL [SECONDS]: until URL/readyz answers 200 (20 s by default).
+# wait_ready URL [SECONDS]: until URL/readyz answers 200 (20 s by default);
+# an https URL is checked against the CA in RS_CA.
 wait_ready() {
   for _ in $(seq 1 $(( ${2:-20} * 10 ))); do
-    curl -sf "$1/readyz" >/dev/null && return 0
+    curl -sf ${RS_CA:+--cacert "$RS_CA"} "$1/readyz" >/dev/null && return 0
     sleep 0.1
   done
   echo "$1 did not become ready"
@@ -33,7 +34,8 @@ wait_ready() {
 # start_ringstore3 [FLAG...]: three `ringstore node` processes (HTTP 1818x,
 # peers 1819x) with FLAGs, data under $DATA/ringstore[-$RS_TAG]-N (set
 # RS_TAG for a fresh cluster in the same run); sets RS (their URLs,
-# comma-separated) and RS_PIDS.
+# comma-separated) and RS_PIDS. With RS_CA set (and --tls-* among the
+# FLAGs) the URLs are https.
 start_ringstore3() {
   local ic="1=127.0.0.1:18191,2=127.0.0.1:18192,3=127.0.0.1:18193"
   local name="ringstore${RS_TAG:+-$RS_TAG}"
@@ -44,9 +46,9 @@ start_ringstore3() {
       --peer-addr "127.0.0.1:1819$i" --initial-cluster "$ic" --log warn "$@" >"$OUT/$name-$i.log" 2>&1 &
     PIDS+=($!)
     RS_PIDS+=($!)
-    RS="${RS:+$RS,}http://127.0.0.1:1818$i"
+    RS="${RS:+$RS,}http${RS_CA:+s}://127.0.0.1:1818$i"
   done
-  for i in 1 2 3; do wait_ready "http://127.0.0.1:1818$i" "${READY_WAIT_S:-20}"; done
+  for i in 1 2 3; do wait_ready "http${RS_CA:+s}://127.0.0.1:1818$i" "${READY_WAIT_S:-20}"; done
 }
 
 # stop_ringstore3: SIGTERM to the three nodes, and wait for them.

@@ -86,6 +86,9 @@ pub struct Args {
     /// HTTP base URLs; clients are spread over them.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
     pub endpoints: Vec<String>,
+    /// The cluster CA (PEM), for https:// endpoints (ringstore only).
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
     /// Concurrent clients (closed loop: each waits for its answer).
     #[arg(long, default_value_t = 64)]
     pub clients: usize,

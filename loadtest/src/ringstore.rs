@@ -92,10 +92,12 @@ impl Backend {
 async fn backends(args: &Args) -> anyhow::Result<Vec<Backend>> {
     match args.system {
         System::Ringstore => {
-            let client = awc::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .connector(awc::Connector::new().limit(args.clients.max(PRELOAD_CONCURRENCY) * 2))
-                .finish();
+            let mut connector = awc::Connector::new().limit(args.clients.max(PRELOAD_CONCURRENCY) * 2);
+            if let Some(ca) = &args.ca {
+                connector =
+                    connector.rustls_0_23(ringstore_client::tls::client_config(ca).map_err(anyhow::Error::msg)?);
+            }
+            let client = awc::Client::builder().timeout(Duration::from_secs(10)).connector(connector).finish();
             for e in &args.endpoints {
                 let r = client.get(format!("{e}/healthz")).send().await;
                 anyhow::ensure!(r.is_ok(), "{e} is not answering /healthz: {:?}", r.err());

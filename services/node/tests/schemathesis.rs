@@ -48,7 +48,10 @@ async fn schemathesis(url: &str, token: &str, extra: &[&str]) -> (bool, String) 
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
         ])
-        .args(["--workers", "2", "--max-examples", MAX_EXAMPLES, "--seed", "20261204", "--request-timeout", "30"])
+        .args(["--workers", "2", "--max-examples", MAX_EXAMPLES, "--seed", "20261204"])
+        // Longer than the longest request (60 s): an acquire may rightly
+        // wait up to 59 s in the queue of a lock an earlier case took.
+        .args(["--request-timeout", "70"])
         .args(["--exclude-path-regex", "^/v1/watch", "--output-truncate", "true"])
         .args(extra);
     // No state from an earlier run (hypothesis' example database).
