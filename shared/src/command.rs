@@ -452,6 +452,15 @@ impl Proposal {
                     TAG_LOCK_ACQUIRE_WAIT => (r.u64("lock wait")?, r.u32("lock queue max")?),
                     _ => (0, 0),
                 };
+                // Only the encoding the encoder writes: a waiting acquire
+                // waits (a wait of 0 would decode to a value that encodes
+                // differently; found by the fuzzer's round-trip rule).
+                if tag == TAG_LOCK_ACQUIRE_WAIT && wait_ms == 0 {
+                    return Err(CodecError::Invalid {
+                        what: "lock acquire",
+                        detail: "a waiting acquire with no wait".into(),
+                    });
+                }
                 Command::LockAcquire { name, owner, session, reentry, ttl_ms, wait_ms, queue_max }
             }
             TAG_LOCK_RELEASE_SESSION => Command::LockRelease {
@@ -642,6 +651,24 @@ pub fn samples() -> Vec<Proposal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiting_acquire_without_a_wait_is_refused() {
+        let cmd = Command::LockAcquire {
+            name: "n".into(),
+            owner: "o".into(),
+            session: 4,
+            reentry: false,
+            ttl_ms: 1,
+            wait_ms: 1,
+            queue_max: 9,
+        };
+        let mut bytes = Proposal { stamp_ms: 1, request: None, cmd }.encode();
+        // The wait (u64) and queue bound (u32) end the entry: zero the wait.
+        let at = bytes.len() - 12;
+        bytes[at..at + 8].copy_from_slice(&0u64.to_be_bytes());
+        assert!(matches!(Proposal::decode(&bytes), Err(CodecError::Invalid { what: "lock acquire", .. })));
+    }
 
     #[test]
     fn format_1_entries_still_decode_without_a_request_id() {
