@@ -169,26 +169,25 @@ pub enum Parser {
     Duration,
 }
 
-const PARSERS: u8 = 13;
-
 impl Parser {
+    const ALL: [Parser; 13] = [
+        Parser::BatchBody,
+        Parser::TxnBody,
+        Parser::KvQuery,
+        Parser::ScanQuery,
+        Parser::KeyPath,
+        Parser::LockPath,
+        Parser::FencingToken,
+        Parser::IfMatch,
+        Parser::IfNoneMatch,
+        Parser::IdempotencyKey,
+        Parser::RequestTimeout,
+        Parser::WatchPosition,
+        Parser::Duration,
+    ];
+
     fn of(b: u8) -> Parser {
-        use Parser::*;
-        [
-            BatchBody,
-            TxnBody,
-            KvQuery,
-            ScanQuery,
-            KeyPath,
-            LockPath,
-            FencingToken,
-            IfMatch,
-            IfNoneMatch,
-            IdempotencyKey,
-            RequestTimeout,
-            WatchPosition,
-            Duration,
-        ][usize::from(b % PARSERS)]
+        Parser::ALL[usize::from(b) % Parser::ALL.len()]
     }
 }
 
