@@ -72,12 +72,14 @@ def matches(version, requirement):
     return all(matches_clause(version, c) for c in requirement.split(","))
 
 
-def front_matter(path):
+def read_advisory(path):
+    """(TOML front matter, title) of an advisory file."""
     text = path.read_text(encoding="utf-8")
     m = re.search(r"```toml\n(.*?)\n```", text, re.S)
     if not m:
         raise ValueError(f"{path}: no TOML front matter")
-    return tomllib.loads(m.group(1))
+    title = re.search(r"^# (.+)$", text, re.M)
+    return tomllib.loads(m.group(1)), title.group(1) if title else path.stem
 
 
 def self_test():
@@ -121,7 +123,7 @@ def main():
             failures.append(f"{name} has advisories that are not vendored: run scripts/vendor-advisories.sh")
             continue
         for adv_path in sorted((DB / "crates" / name).glob("*.md")) if name in vendored else []:
-            adv = front_matter(adv_path)
+            adv, title = read_advisory(adv_path)
             a, versions = adv["advisory"], adv.get("versions", {})
             checked += 1
             if a.get("withdrawn"):
@@ -129,10 +131,7 @@ def main():
             safe = any(matches(version, r) for r in versions.get("patched", []) + versions.get("unaffected", []))
             if safe:
                 continue
-            line = f"{a['id']} {name} {p['version']}: {a.get('title') or adv_path.stem}"
-            title = re.search(r"^# (.+)$", adv_path.read_text(encoding="utf-8"), re.M)
-            if title:
-                line = f"{a['id']} {name} {p['version']}: {title.group(1)}"
+            line = f"{a['id']} {name} {p['version']}: {title}"
             if a["id"] in accepted_ids:
                 reason = " ".join(accepted_ids[a["id"]]["reason"].split())
                 accepted_hits.append(f"{line}\n    why: {reason}")

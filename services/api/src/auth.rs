@@ -249,7 +249,7 @@ enum Needs {
 
 /// By path alone (handlers check the scopes and prefixes of keys).
 fn route_needs(method: &actix_web::http::Method, path: &str, metrics_need_token: bool) -> Needs {
-    if method == actix_web::http::Method::OPTIONS || path == "/healthz" || path == "/readyz" {
+    if method == actix_web::http::Method::OPTIONS || crate::ops::is_probe(path) {
         return Needs::Nothing;
     }
     if path == "/metrics" {

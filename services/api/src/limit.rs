@@ -109,7 +109,7 @@ pub async fn shed(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let limiter = req.app_data::<actix_web::web::Data<crate::ApiState>>().map(|s| s.limiter.clone());
-    let exempt = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
+    let exempt = crate::ops::is_probe(req.path()) || req.path() == "/metrics";
     let Some(limiter) = limiter.filter(|l| l.limit.is_some() && !exempt) else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };

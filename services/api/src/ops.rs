@@ -65,6 +65,11 @@ pub async fn track(
     Ok(res)
 }
 
+/// The probes: open without a token and never rate limited.
+pub fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }

@@ -65,7 +65,7 @@ pub(crate) fn hex(b: &[u8]) -> String {
     })
 }
 
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

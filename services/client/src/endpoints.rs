@@ -58,10 +58,7 @@ impl Endpoints {
     }
 
     fn authorize(&self, req: awc::ClientRequest) -> awc::ClientRequest {
-        match &self.token {
-            Some(t) => req.insert_header(("authorization", format!("Bearer {t}"))),
-            None => req,
-        }
+        crate::with_bearer(req, self.token.as_deref())
     }
 
     /// The endpoint calls go to now.

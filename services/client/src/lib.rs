@@ -242,6 +242,14 @@ fn server(status: u16, b: &[u8]) -> LockError {
     LockError::Server { status, body: String::from_utf8_lossy(b).into_owned() }
 }
 
+/// `req` with `Authorization: Bearer {token}`, if there is a token.
+pub fn with_bearer(req: awc::ClientRequest, token: Option<&str>) -> awc::ClientRequest {
+    match token {
+        Some(t) => req.insert_header(("authorization", format!("Bearer {t}"))),
+        None => req,
+    }
+}
+
 /// `GET {endpoint}{path}` as JSON (admin views such as `/v1/cluster`).
 pub async fn get_json(
     endpoint: &str,
@@ -250,11 +258,10 @@ pub async fn get_json(
     tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<serde_json::Value, LockError> {
     let http = tls::http_client(Duration::from_secs(10), tls);
-    let mut req = http.get(format!("{endpoint}{path}"));
-    if let Some(t) = token {
-        req = req.insert_header(("authorization", format!("Bearer {t}")));
-    }
-    let mut r = req.send().await.map_err(|e| LockError::Transport(e.to_string()))?;
+    let mut r = with_bearer(http.get(format!("{endpoint}{path}")), token)
+        .send()
+        .await
+        .map_err(|e| LockError::Transport(e.to_string()))?;
     let bytes = r.body().limit(64 << 20).await.map_err(|e| LockError::Transport(e.to_string()))?;
     match r.status().as_u16() {
         200 => parse(&bytes),

@@ -43,10 +43,13 @@ pub fn read_roots(path: &Path) -> Result<RootCertStore, String> {
 
 /// A client configuration trusting only the CA certificates in `ca` (PEM).
 pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, String> {
-    let roots = read_roots(ca)?;
+    roots_config(read_roots(ca)?).map_err(|e| e.to_string())
+}
+
+/// A client configuration trusting only `roots`, speaking HTTP/1.1.
+pub fn roots_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, rustls::Error> {
     let mut cfg = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];

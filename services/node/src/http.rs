@@ -92,11 +92,12 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
             .wrap(from_fn(ringstore_api::ops::track))
             .configure(ringstore_api::routes)
     };
+    let workers = workers.max(1);
     let bind_err = || format!("binding HTTP for node {node} on {addr}");
     let (server, bound) = match tls {
         None => {
             let server = HttpServer::new(app)
-                .workers(workers.max(1))
+                .workers(workers)
                 .disable_signals()
                 .shutdown_timeout(shutdown_timeout_s)
                 .bind(addr)
@@ -111,7 +112,7 @@ pub fn start(o: HttpOptions) -> anyhow::Result<(ServerHandle, SocketAddr)> {
             let listener = std::net::TcpListener::bind(addr).with_context(bind_err)?;
             let bound = listener.local_addr().context("HTTPS listener has no address")?;
             let server = actix_server::Server::build()
-                .workers(workers.max(1))
+                .workers(workers)
                 .disable_signals()
                 .shutdown_timeout(shutdown_timeout_s)
                 .listen("ringstore-https", listener, move || {

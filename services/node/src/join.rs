@@ -74,10 +74,7 @@ pub async fn join(
     let malformed = |detail: String| JoinError::Malformed { endpoint: endpoint.clone(), detail };
     let start = std::time::Instant::now();
     loop {
-        let mut req = client.post(&endpoint);
-        if let Some(t) = via.token {
-            req = req.insert_header(("authorization", format!("Bearer {t}")));
-        }
+        let req = ringstore_client::with_bearer(client.post(&endpoint), via.token);
         let last = match req.send_json(&body).await {
             Ok(mut resp) => {
                 let status = resp.status();
@@ -86,7 +83,8 @@ pub async fn join(
                         let j: Joined = serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
                         let cluster_id =
                             u64::from_str_radix(&j.cluster_id, 16).map_err(|e| malformed(e.to_string()))?;
-                        let map = unhex(&j.map)
+                        let map = ringstore_api::scan::unhex(&j.map)
+                            .ok_or_else(|| "the map is not hex".to_string())
                             .and_then(|b| ClusterMap::decode(&b).map_err(|e| e.to_string()))
                             .map_err(malformed)?;
                         info!(id = j.id, cluster = %j.cluster_id, epoch = map.epoch, "joined the cluster");
@@ -108,14 +106,4 @@ pub async fn join(
         warn!(%endpoint, "join not answered yet ({last}); retrying");
         tokio::time::sleep(JOIN_PAUSE).await;
     }
-}
-
-fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
-        return Err("the map is not hex".into());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| format!("hex at {i}: {e}")))
-        .collect()
 }

@@ -213,10 +213,7 @@ fn main() -> anyhow::Result<()> {
             let ok = actix_rt::System::new().block_on(async move {
                 let client = ringstore_client::tls::http_client(Duration::from_millis(timeout_ms), tls.as_ref());
                 let url = format!("{}/v1/node/handover", endpoint.trim_end_matches('/'));
-                let mut req = client.post(&url);
-                if let Some(t) = token {
-                    req = req.insert_header(("authorization", format!("Bearer {t}")));
-                }
+                let req = ringstore_client::with_bearer(client.post(&url), token.as_deref());
                 req.send().await.is_ok_and(|r| r.status().is_success())
             });
             std::process::exit(if ok { 0 } else { 1 })

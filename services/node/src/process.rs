@@ -306,16 +306,18 @@ async fn reload_on_change(
                 if got.is_none() {
                     return;
                 }
+                seen = fingerprint(&paths);
                 "SIGHUP"
             }
             _ = poll.tick() => {
-                if fingerprint(&paths) == seen {
+                let now = fingerprint(&paths);
+                if now == seen {
                     continue;
                 }
+                seen = now;
                 "files changed"
             }
         };
-        seen = fingerprint(&paths);
         if let Some((auth, _)) = &auth {
             match auth.reload() {
                 Ok(n) => info!(tokens = n, "{why}: tokens file read again"),

@@ -117,11 +117,11 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    ringstore_client::tls::read_certs(path).map_err(|detail| TlsError::File { path: path.to_path_buf(), detail })
+    ringstore_client::tls::read_certs(path).map_err(|detail| file_err(path, detail))
 }
 
 fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
-    ringstore_client::tls::read_roots(path).map_err(|detail| TlsError::File { path: path.to_path_buf(), detail })
+    ringstore_client::tls::read_roots(path).map_err(|detail| file_err(path, detail))
 }
 
 impl NodeTls {
@@ -202,13 +202,7 @@ impl NodeTls {
     /// A client configuration trusting the cluster CA, for this node's own
     /// HTTPS calls (joining through another member).
     pub fn http_client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
-        let roots = (*self.material().ca_roots).clone();
-        let mut cfg = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(cfg))
+        Ok(ringstore_client::tls::roots_config((*self.material().ca_roots).clone())?)
     }
 
     pub(crate) fn acceptor(&self) -> TlsAcceptor {

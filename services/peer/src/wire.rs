@@ -270,13 +270,14 @@ pub fn encode_snapshot_in(
         });
     }
     let digest: [u8; 32] = Sha256::digest(&b).into();
-    for (i, chunk) in b.chunks(chunk_bytes.max(1)).enumerate() {
+    let step = chunk_bytes.max(1);
+    for (i, chunk) in b.chunks(step).enumerate() {
         frame(out, KIND_SNAPSHOT_CHUNK, |w| {
             w.u64(shard);
             w.u64(transfer);
             w.u64(total);
             w.buf.extend_from_slice(&digest);
-            w.u64((i * chunk_bytes.max(1)) as u64);
+            w.u64((i * step) as u64);
             w.bytes(chunk);
         });
     }
