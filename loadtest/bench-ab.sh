@@ -4,8 +4,11 @@
 # tree's, as three `ringstore node` processes each, run in alternation
 # (before, after, after, before, ...) so drift in the machine's speed
 # falls on both. Each trial starts a fresh cluster. Prints per-trial rows
-# and the median ops/s and p99 of each build and workload; JSON reports go
-# to loadtest/out/ab/.
+# and the median ops/s, p99 and node CPU per operation (user + system time
+# of the three nodes during the timed run, from /proc, over its operations:
+# steadier than ops/s when the machine's speed drifts) of each build and
+# workload; JSON reports go to loadtest/out/ab/. Each trial warms up for
+# 2 s (with the preload) before its timed run.
 #
 # Usage: BEFORE=/tmp/before loadtest/bench-ab.sh [DURATION, default 10s] [TRIALS, default 3] [WORKLOADS, default "w a"]
 # RINGSTORE_FLAGS adds flags to every node of both builds.
@@ -20,15 +23,27 @@ OUT=loadtest/out/ab
 source loadtest/lib.sh
 bench_setup ab
 AFTER="$BIN"
-rm -f "$OUT"/*.json
+rm -f "$OUT"/*.json "$OUT"/*.cpu
+
+# cpu_ticks PID...: user + system clock ticks the processes used so far.
+cpu_ticks() {
+  local s=0
+  for p in "$@"; do s=$((s + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$s"
+}
 
 trial() { # build-name bin-dir trial workload
-  local pre=0
+  local pre=0 c0 c1
   [ "$4" = w ] && pre=10000
   BIN="$2" RS_TAG="$1-$3-$4" start_ringstore3 ${RINGSTORE_FLAGS:-}
   "$AFTER/ringstore-loadtest" --system ringstore --endpoints "$RS" --workload "$4" --clients 64 \
-    --duration "$DURATION" --keys 10000 --preload "$pre" --value-size 256 \
+    --duration 2s --keys 10000 --preload "$pre" --value-size 256 --label warm-up --out "$OUT/warm-up.tmp" >/dev/null
+  c0=$(cpu_ticks "${RS_PIDS[@]}")
+  "$AFTER/ringstore-loadtest" --system ringstore --endpoints "$RS" --workload "$4" --clients 64 \
+    --duration "$DURATION" --keys 10000 --preload 0 --value-size 256 \
     --label "$1 trial $3 workload $4" --out "$OUT/$1-$3-$4.json" >/dev/null
+  c1=$(cpu_ticks "${RS_PIDS[@]}")
+  echo "$((c1 - c0)) $(getconf CLK_TCK)" >"$OUT/$1-$3-$4.cpu"
   stop_ringstore3
 }
 
@@ -46,11 +61,18 @@ done
 python3 - "$OUT" <<'PY'
 import glob, json, os, statistics, sys
 out = sys.argv[1]
-rows = {}
+rows, cpu = {}, {}
 for f in sorted(glob.glob(os.path.join(out, "*.json"))):
     build, trial, w = os.path.basename(f)[:-5].split("-")
-    for op, o in json.load(open(f))["operations"].items():
+    ops = json.load(open(f))["operations"]
+    for op, o in ops.items():
         rows.setdefault((w, op, build), []).append((o["ops_per_sec"], o["p99_ms"], o["errors"]))
+    ticks, hz = map(int, open(f[:-5] + ".cpu").read().split())
+    done = sum(o["count"] for o in ops.values())
+    if done:
+        cpu.setdefault((w, build), []).append(ticks / hz * 1e6 / done)
+for (w, build), v in sorted(cpu.items()):
+    print(f"{w.upper()} {build}: node CPU per operation {statistics.median(v):.0f} us (trials {' '.join(f'{x:.0f}' for x in v)})")
 print(f"\n{'workload':<9}{'op':<5}{'before ops/s':>13}{'after':>9}{'ratio':>7}{'p99 before':>12}{'after':>8}   trials (ops/s)")
 for (w, op) in sorted({(w, op) for (w, op, _) in rows}):
     b, a = rows.get((w, op, "before"), []), rows.get((w, op, "after"), [])

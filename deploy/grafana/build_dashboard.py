@@ -38,6 +38,10 @@ PANELS = [
         ('max by (node) (ringstore_router_map_epoch)', "epoch node {{node}}"),
         ('sum by (result) (increase(ringstore_router_map_refreshes_total[5m]))', "refreshes {{result}} /5m"),
         ('sum by (node) (increase(ringstore_router_retries_total{reason="wrong_shard"}[5m]))', "WrongShard node {{node}} /5m")]),
+    ("Storage-thread rounds: replicas per round, log reads from memory", "short", [
+        ('histogram_quantile(0.5, sum by (le, node) (rate(ringstore_storage_round_replicas_bucket[1m])))', "replicas per round (median) node {{node}}"),
+        ('sum by (node) (rate(ringstore_storage_round_replicas_count[1m]))', "rounds/s node {{node}}"),
+        ('sum by (node) (rate(ringstore_raft_entry_cache_reads_total{result="hit"}[1m])) / clamp_min(sum by (node) (rate(ringstore_raft_entry_cache_reads_total[1m])), 1e-9)', "log reads from memory, share node {{node}}")]),
     ("RocksDB write latency p99", "s", [
         ('histogram_quantile(0.99, sum by (le, sync) (rate(ringstore_rocksdb_write_seconds_bucket[1m])))', "sync={{sync}}")]),
     ("RocksDB bytes written / SST size", "bytes", [

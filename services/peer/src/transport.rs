@@ -44,7 +44,7 @@ use raft::eraftpb::{Message as RaftMessage, MessageType};
 use ringstore_shared::codec::CodecError;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::messages::PeerUnreachable;
-use ringstore_storage::transport::Undelivered;
+use ringstore_storage::transport::{by_destination, PeerBatch, Undelivered};
 use ringstore_storage::{ShardOp, ShardRequest, ShardResult, StorageActor, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -113,9 +113,22 @@ async fn send_all(w: &mut WriteHalf, buf: &[u8]) -> std::io::Result<()> {
 }
 
 enum Outgoing {
-    Raft { shard: ShardId, msgs: Vec<RaftMessage> },
-    Snapshot { shard: ShardId, msg: RaftMessage },
-    Request { id: u64, shard: ShardId, op: ShardOp, relayed: bool },
+    Raft {
+        shard: ShardId,
+        msgs: Vec<RaftMessage>,
+    },
+    /// Many shards' messages from one storage-thread round.
+    RaftMany(PeerBatch),
+    Snapshot {
+        shard: ShardId,
+        msg: RaftMessage,
+    },
+    Request {
+        id: u64,
+        shard: ShardId,
+        op: ShardOp,
+        relayed: bool,
+    },
 }
 
 struct PendingRequest {
@@ -357,6 +370,24 @@ impl Transport for PeerTransport {
             }
         }
         undelivered
+    }
+
+    fn send_raft_many(&self, _from: NodeId, batch: Vec<(ShardId, Vec<RaftMessage>)>) -> Vec<(ShardId, Undelivered)> {
+        let (per_dest, snapshots) = by_destination(batch);
+        let mut lost = Vec::new();
+        for (shard, m) in snapshots {
+            let to = m.to;
+            if !self.enqueue(to, Outgoing::Snapshot { shard, msg: m }) {
+                lost.push((shard, Undelivered { to, snapshot: true }));
+            }
+        }
+        for (to, share) in per_dest {
+            let shards: Vec<ShardId> = share.iter().map(|(s, _)| *s).collect();
+            if !self.enqueue(to, Outgoing::RaftMany(share)) {
+                lost.extend(shards.into_iter().map(|s| (s, Undelivered { to, snapshot: false })));
+            }
+        }
+        lost
     }
 
     /// Not known to be down: a link still connecting at start, or down only
@@ -763,6 +794,17 @@ fn encode(
 ) {
     let res = match &o {
         Outgoing::Raft { shard, msgs } => wire::encode_raft(buf, *shard, msgs),
+        // Each shard's frames are whole or absent: one that cannot be
+        // encoded is left out, the others still go.
+        Outgoing::RaftMany(batch) => {
+            let mut res = Ok(());
+            for (shard, msgs) in batch {
+                if let Err(e) = wire::encode_raft(buf, *shard, msgs) {
+                    res = Err(e);
+                }
+            }
+            res
+        }
         Outgoing::Snapshot { shard, msg } => {
             *transfer += 1;
             let mut all = Vec::new();
@@ -815,7 +857,7 @@ fn report_lost_snapshots(shared: &Shared, peer: NodeId, shards: &[ShardId]) {
 fn drop_outgoing(shared: &Shared, peer: NodeId, o: Outgoing, pending: &PendingMap, m: &LinkMetrics) {
     m.dropped_disconnected.inc();
     match o {
-        Outgoing::Raft { .. } => {}
+        Outgoing::Raft { .. } | Outgoing::RaftMany(_) => {}
         Outgoing::Snapshot { shard, .. } => report_lost_snapshots(shared, peer, &[shard]),
         Outgoing::Request { id, .. } => {
             if let Some(p) = lock(pending).remove(&id) {

@@ -1,9 +1,11 @@
-//! `StorageActor`: one replica of one shard. It owns the shard's
-//! `raft::RawNode` and drives it: ticks on an interval, steps incoming
-//! messages, batches the proposals and reads that arrive between two Ready
-//! rounds, and stages each Ready into its storage thread's round, which
-//! writes the Readys of every replica of the thread in one RocksDB write
-//! ([`crate::round`]).
+//! One replica of one shard: [`Replica`] owns the shard's
+//! `raft::RawNode`, ticks it, steps incoming messages and batches the
+//! proposals and reads that arrive between two Ready rounds.
+//! [`StorageActor`] is its mailbox: a thin actor that lends the state to
+//! each message's handler. The Ready rounds themselves are driven by the
+//! storage thread's poll loop ([`crate::batch`]), which takes the Readys
+//! of every replica of the thread with work in one pass: one RocksDB write,
+//! one WAL sync request and one send per peer node for all of them.
 //!
 //! A client write is answered only after its entry is committed by a
 //! majority, durable (WAL fsync) and applied. A linearizable read is
@@ -17,7 +19,9 @@
 //! other shards while the disk syncs (raft-rs's async Ready:
 //! `advance_append_async`, then `on_persist_ready`).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,14 +54,13 @@ use crate::load::LoadSampler;
 use crate::locks::{LockIndex, Waiter, Waiters};
 use crate::log_store::{ApplyState, KeyStats, LogStore};
 use crate::messages::{
-    DestroyReplica, PeerUnreachable, Persisted, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest,
-    ShardResult, TransferLeadership, EVENT_POLLERS_MAX, EVENT_WAIT_MAX_MS, MAP_WATCHERS_MAX, MAP_WATCH_WAIT_MAX_MS,
+    DestroyReplica, PeerUnreachable, RaftBatch, ReplicaStatus, ShardOp, ShardReply, ShardRequest, ShardResult,
+    TransferLeadership, EVENT_POLLERS_MAX, EVENT_WAIT_MAX_MS, MAP_WATCHERS_MAX, MAP_WATCH_WAIT_MAX_MS,
 };
 use crate::metrics::ReplicaMetrics;
 use crate::registry::RangeRegistry;
-use crate::round;
 use crate::snapshot::{contains_point, data_bounds, OwnedRanges, PointRange};
-use crate::transport::{Transport, RAFT_MAILBOX_CAPACITY};
+use crate::transport::{Transport, Undelivered, RAFT_MAILBOX_CAPACITY};
 
 mod hibernate;
 mod membership;
@@ -198,7 +201,42 @@ impl ReadQueue {
     }
 }
 
+/// The mailbox of one replica. Its handlers borrow the replica's state for
+/// the length of one message; the storage thread's round borrows it
+/// between messages (see [`crate::batch`]).
 pub struct StorageActor {
+    r: Rc<RefCell<Replica>>,
+}
+
+/// A message the replica's state handles, lent to it by its actor.
+pub(crate) trait On<M> {
+    type Result;
+    fn on(&mut self, msg: M, ctx: &mut Context<StorageActor>) -> Self::Result;
+}
+
+/// Handlers that lend the replica's state to [`On`].
+macro_rules! lend {
+    ($($m:ty => $r:ty),* $(,)?) => {$(
+        impl Handler<$m> for StorageActor {
+            type Result = $r;
+            fn handle(&mut self, m: $m, ctx: &mut Context<Self>) -> $r {
+                self.r.borrow_mut().on(m, ctx)
+            }
+        }
+    )*};
+}
+
+lend!(
+    RaftBatch => (),
+    DestroyReplica => Result<(), String>,
+    PeerUnreachable => (),
+    TransferLeadership => Option<NodeId>,
+    ShardRequest => ResponseFuture<ShardResult>,
+    split::StatsCounted => (),
+    Campaign => (),
+);
+
+pub(crate) struct Replica {
     node: NodeId,
     shard: ShardId,
     raw: RawNode<LogStore>,
@@ -269,9 +307,15 @@ pub struct StorageActor {
     destroyed: bool,
     /// A learner was added: compact a log that still starts at index 1.
     compact_for_learner: bool,
-    /// This replica's Ready, staged into the thread's round until that is
-    /// written.
-    staged: Option<StagedReady>,
+    /// Its key in the storage thread's registry ([`crate::batch`]).
+    slot: u64,
+    /// Its own mailbox, once started: where background work reports.
+    addr: Option<Addr<StorageActor>>,
+    /// Raft messages to send: the thread's round sends every replica's at
+    /// its end, one batch per peer node.
+    outbox: Vec<RaftMessage>,
+    /// Set while the thread's round drives this replica.
+    in_round: bool,
     /// Leader only: the read lease its confirmed ReadIndexes bought.
     lease: Lease,
     /// What one confirmed ReadIndex buys; `None`: leases are off.
@@ -288,9 +332,17 @@ pub struct StorageActor {
     hibernation: Hibernation,
 }
 
+/// One replica's Raft messages of a round, and how they leave.
+pub(crate) struct Outbox {
+    pub transport: Arc<dyn Transport>,
+    pub node: NodeId,
+    pub shard: ShardId,
+    pub msgs: Vec<RaftMessage>,
+}
+
 /// A Ready whose changes are staged into the thread's round and wait for
-/// its write (phase 1 done, phase 2 to come: see [`crate::round`]).
-struct StagedReady {
+/// its write (phase 1 done, phase 2 to come: see [`crate::batch`]).
+pub(crate) struct StagedReady {
     ready: raft::Ready,
     snapshot: Option<(ApplyState, ConfState, OwnedRanges)>,
     apply: ApplyState,
@@ -302,11 +354,6 @@ struct StagedReady {
     /// Raft may count it only once the WAL syncer has synced it.
     durable_later: bool,
 }
-
-/// Runs one Ready round (and the flush of batched reads) on the actor.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Flush;
 
 impl StorageActor {
     /// Opens the replica's Raft state on `engine` and starts it on `arbiter`.
@@ -350,7 +397,7 @@ impl StorageActor {
         rc.validate()?;
         let raw = RawNode::new(&rc, store, &crate::raft_log::logger(cfg.node, cfg.shard))?;
         info!(node = cfg.node, shard = cfg.shard, fresh, applied, "starting shard replica");
-        let actor = StorageActor {
+        let actor = Replica {
             node: cfg.node,
             shard: cfg.shard,
             raw,
@@ -394,7 +441,10 @@ impl StorageActor {
             transfer_started: None,
             destroyed: false,
             compact_for_learner: false,
-            staged: None,
+            slot: crate::batch::new_slot(),
+            addr: None,
+            outbox: Vec::new(),
+            in_round: false,
             lease: Lease::default(),
             votes_from: None,
             last_heard: Instant::now(),
@@ -415,9 +465,11 @@ impl StorageActor {
             None => actor.rebuild_lock_index(),
         }
         actor.reload_map_epoch();
-        Ok(StorageActor::start_in_arbiter(arbiter, move |_| actor))
+        Ok(StorageActor::start_in_arbiter(arbiter, move |_| StorageActor { r: Rc::new(RefCell::new(actor)) }))
     }
+}
 
+impl Replica {
     fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
     }
@@ -465,35 +517,74 @@ impl StorageActor {
         self.writes.len() + self.reads.len() + self.waiters.len()
     }
 
-    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+    /// Enters this replica into its thread's next round, which runs once
+    /// the messages already queued on the thread are handled: every
+    /// proposal and read they bring joins it.
+    pub(crate) fn schedule_flush(&mut self) {
         if !self.flush_scheduled {
             self.flush_scheduled = true;
-            // notify() runs after the mailbox is drained, so every proposal
-            // and read already queued joins this round: one fsync for all.
-            ctx.notify(Flush);
+            crate::batch::mark(self.slot);
         }
     }
 
     /// Storage failures leave Raft's durability promise unknowable: stop
     /// the process rather than answer from a state we cannot trust.
-    fn fatal(&self, what: &str, e: impl std::fmt::Display) -> ! {
+    pub(crate) fn fatal(&self, what: &str, e: impl std::fmt::Display) -> ! {
         error!(node = self.node, shard = self.shard, "fatal storage error while {what}: {e}");
         std::process::abort();
     }
 
+    /// Queues Raft messages for the thread's round, which sends those of
+    /// every replica together (one batch per peer node).
     fn send(&mut self, msgs: Vec<RaftMessage>) {
         if msgs.is_empty() {
             return;
         }
         self.metrics.messages_sent.inc_by(msgs.len() as u64);
-        for lost in self.transport.send_raft(self.node, self.shard, msgs) {
-            // Move the peer's progress back to probing; a snapshot it never
-            // got must be reported or the leader waits for it forever.
-            self.raw.report_unreachable(lost.to);
-            if lost.snapshot {
-                self.raw.report_snapshot(lost.to, raft::SnapshotStatus::Failure);
-            }
+        self.outbox.extend(msgs);
+        if !self.in_round {
+            self.schedule_flush();
         }
+    }
+
+    /// The messages queued for the round's send.
+    pub(crate) fn take_outbox(&mut self) -> Option<Outbox> {
+        if self.outbox.is_empty() {
+            return None;
+        }
+        let msgs = std::mem::take(&mut self.outbox);
+        // A destroyed replica is no longer a member of its group.
+        if self.destroyed {
+            return None;
+        }
+        Some(Outbox { transport: self.transport.clone(), node: self.node, shard: self.shard, msgs })
+    }
+
+    /// A message the transport knows it did not deliver.
+    pub(crate) fn undelivered(&mut self, lost: Undelivered) {
+        // Move the peer's progress back to probing; a snapshot it never
+        // got must be reported or the leader waits for it forever.
+        self.raw.report_unreachable(lost.to);
+        if lost.snapshot {
+            self.raw.report_snapshot(lost.to, raft::SnapshotStatus::Failure);
+        }
+        self.schedule_flush();
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub(crate) fn slot(&self) -> u64 {
+        self.slot
+    }
+
+    pub(crate) fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    pub(crate) fn set_in_round(&mut self, on: bool) {
+        self.in_round = on;
     }
 
     /// Proposes one of the leader's own commands (sweeps, expiry, handoffs).
@@ -543,13 +634,21 @@ impl StorageActor {
 
     // ---------------------------------------------------------------
     // The Ready round, in two phases around the thread's one write (see
-    // [`crate::round`]). Order matters; each step says why it is where it is.
+    // [`crate::batch`]). Order matters; each step says why it is where it is.
     // ---------------------------------------------------------------
-    fn on_ready(&mut self, ctx: &mut Context<Self>) {
-        // raft-rs hands out one Ready at a time: the next waits until this
-        // one's write is done and it is advanced.
-        if self.staged.is_some() || !self.raw.has_ready() {
-            return;
+
+    /// Phase 1: batched reads go out, and the Ready, if any, is staged
+    /// into `batch`, the thread's one write of this round.
+    pub(crate) fn begin_round(&mut self, batch: &mut WriteBatch) -> Option<StagedReady> {
+        self.flush_scheduled = false;
+        if self.destroyed {
+            return None;
+        }
+        self.issue_reads();
+        if !self.raw.has_ready() {
+            // Lease reads of an applied index need no Ready.
+            self.serve_confirmed_reads();
+            return None;
         }
         let mut ready = self.raw.ready();
         self.metrics.ready_rounds.inc();
@@ -573,39 +672,41 @@ impl StorageActor {
         //    allows only once it is persisted. That fsync covers every
         //    earlier round of this replica as well, all written by now.
         if !ready.snapshot().is_empty() {
-            let mut batch = self.engine.batch();
-            let staged = self.stage_ready(&mut batch, ready);
-            if let Err(e) = self.engine.write(batch, self.cfg.sync_wal) {
+            let mut own = self.engine.batch();
+            let staged = self.stage_ready(&mut own, ready);
+            if let Err(e) = self.engine.write(own, self.cfg.sync_wal) {
                 self.fatal("persisting a snapshot", e);
             }
-            return self.finish_ready(staged, ctx);
+            self.finish_ready(staged);
+            self.more_work();
+            return None;
         }
 
-        // 4. Otherwise the round joins the thread's shared batch: one write
+        // 4. Otherwise the Ready joins the thread's shared batch: one write
         //    for every replica of this thread with a Ready now. What Raft
         //    needs durable (entries, vote, term) is made so by the node's WAL
         //    syncer, asked once for the whole batch; a round behind an
         //    unsynced one waits too, since rounds persist in order.
-        let engine = self.engine.clone();
-        let staged = round::stage(&engine, |batch| self.stage_ready(batch, ready));
-        let persist = staged.durable_later.then(|| (ctx.address(), staged.ready.number()));
-        let (done, written) = oneshot::channel();
-        round::join(&engine, done, persist);
-        self.staged = Some(staged);
-        // The mailbox and timers pause until the round is written.
-        ctx.wait(async move { written.await.is_ok() }.into_actor(self).map(|written, act, ctx| {
-            let Some(staged) = act.staged.take() else { return };
-            if !written || act.destroyed {
-                return; // the thread is stopping
-            }
-            act.finish_ready(staged, ctx);
-            if act.raw.has_ready() || !act.reads.unsent.is_empty() {
-                act.schedule_flush(ctx);
-            }
-        }));
+        Some(self.stage_ready(batch, ready))
     }
 
-    /// Phase 1: everything the round changes, staged into `batch`.
+    /// Phase 2, once the round's batch is written. Returns the Ready's
+    /// number if it waits for the WAL sync.
+    pub(crate) fn finish_round(&mut self, staged: StagedReady) -> Option<u64> {
+        let persist = staged.durable_later.then(|| staged.ready.number());
+        self.finish_ready(staged);
+        self.more_work();
+        persist
+    }
+
+    /// Another round if raft-rs has more, or reads wait to go out.
+    fn more_work(&mut self) {
+        if self.raw.has_ready() || !self.reads.unsent.is_empty() {
+            self.schedule_flush();
+        }
+    }
+
+    /// Everything the Ready changes, staged into `batch`.
     fn stage_ready(&mut self, batch: &mut WriteBatch, mut ready: raft::Ready) -> StagedReady {
         let mut snapshot = None;
         if !ready.snapshot().is_empty() {
@@ -632,9 +733,8 @@ impl StorageActor {
         StagedReady { ready, snapshot, apply, replies, appended, hs, synced, durable_later }
     }
 
-    /// Phase 2, once the round's batch is written: in-memory views,
-    /// replies, advance.
-    fn finish_ready(&mut self, staged: StagedReady, ctx: &mut Context<Self>) {
+    /// Once the Ready's batch is written: in-memory views, replies, advance.
+    fn finish_ready(&mut self, staged: StagedReady) {
         let StagedReady { mut ready, snapshot, apply, replies, appended, hs, synced, durable_later } = staged;
         if synced {
             for (_, msgs) in std::mem::take(&mut self.unpersisted) {
@@ -658,14 +758,14 @@ impl StorageActor {
         }
         let store = self.raw.mut_store();
         if let Some(last) = appended {
-            store.commit_append(last);
+            store.commit_append(last, ready.entries());
         }
         if let Some(hs) = hs {
             store.commit_hard_state(hs);
         }
         store.commit_apply_state(apply);
         self.answer(replies);
-        self.start_split_shards(ctx);
+        self.start_split_shards();
 
         // 6. Leadership confirmations for batched reads.
         self.on_read_states(ready.take_read_states());
@@ -710,7 +810,7 @@ impl StorageActor {
                 }
                 store.commit_apply_state(apply);
                 self.answer(replies);
-                self.start_split_shards(ctx);
+                self.start_split_shards();
             }
         }
         let applied = self.raw.store().apply_state().applied_index;
@@ -732,7 +832,7 @@ impl StorageActor {
     /// The WAL is durable up to Ready `number`: tell raft-rs (which may now
     /// count this replica's entries toward commit), then send what had to
     /// wait for the disk.
-    fn on_persisted(&mut self, number: u64) {
+    pub(crate) fn on_persisted(&mut self, number: u64) {
         self.raw.on_persist_ready(number);
         while self.unpersisted.front().is_some_and(|(n, _)| *n <= number) {
             if let Some((_, msgs)) = self.unpersisted.pop_front() {
@@ -1142,7 +1242,7 @@ impl StorageActor {
     /// (see [`ringstore_shared::lease`]), rather than waiting out a whole
     /// election timeout, and campaigns after a random pause of up to two
     /// ticks so that two such followers rarely split the vote.
-    fn fast_failover(&mut self, ctx: &mut Context<Self>) {
+    fn fast_failover(&mut self, ctx: &mut Context<StorageActor>) {
         let leader = self.raw.raft.leader_id;
         // Only a voter may stand. raft-rs checks that on its own timer but
         // not in `campaign()`: a replica still waiting for its first
@@ -1160,16 +1260,17 @@ impl StorageActor {
         let term = self.raw.raft.term;
         self.raw.raft.become_follower(term, raft::INVALID_ID);
         let pause = Duration::from_millis(rand::random::<u64>() % (2 * self.cfg.tick_interval_ms).max(1));
-        ctx.run_later(pause, |act, ctx| {
+        ctx.run_later(pause, |act, _| {
+            let mut act = act.r.borrow_mut();
             let r = &act.raw.raft;
             if !act.destroyed && r.promotable() && r.leader_id == 0 && r.state == StateRole::Follower {
                 if let Err(e) = act.raw.campaign() {
                     debug!(node = act.node, shard = act.shard, "early campaign refused: {e}");
                 }
-                act.schedule_flush(ctx);
+                act.schedule_flush();
             }
         });
-        self.schedule_flush(ctx);
+        self.schedule_flush();
     }
 
     /// Hands leadership to `target`. The transferee campaigns past the
@@ -1789,16 +1890,32 @@ impl Actor for StorageActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let mut r = self.r.borrow_mut();
+        r.addr = Some(ctx.address());
+        crate::batch::register(r.slot, Rc::downgrade(&self.r));
+        r.started(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        let mut r = self.r.borrow_mut();
+        crate::batch::unregister(r.slot);
+        r.stopped();
+    }
+}
+
+impl Replica {
+    fn started(&mut self, ctx: &mut Context<StorageActor>) {
         ctx.set_mailbox_capacity(RAFT_MAILBOX_CAPACITY);
         // Nothing is applied yet, so the engine holds exactly the applied
         // state the count starts from.
         if self.raw.store().apply_state().stats_pending {
             match self.stats_from.take() {
                 Some(counted) => self.await_split_count(counted, ctx),
-                None => self.recount_stats(ctx),
+                None => self.recount_stats(),
             }
         }
         ctx.run_interval(Duration::from_millis(self.cfg.tick_interval_ms), |act, ctx| {
+            let mut act = act.r.borrow_mut();
             if act.destroyed {
                 return;
             }
@@ -1806,7 +1923,7 @@ impl Actor for StorageActor {
                 // Leases still run out on the leader's clock.
                 act.sweep_leases();
                 if !act.hibernation.asleep() {
-                    act.schedule_flush(ctx);
+                    act.schedule_flush();
                 }
                 return;
             }
@@ -1823,55 +1940,29 @@ impl Actor for StorageActor {
             // Drop waiters whose client gave up, so the map stays bounded.
             act.writes.retain(|_, p| !p.tx.is_closed());
             act.maybe_sleep();
-            act.schedule_flush(ctx);
+            act.schedule_flush();
         });
-        ctx.run_interval(Duration::from_millis(self.cfg.ttl_sweep_interval_ms), |act, ctx| {
+        ctx.run_interval(Duration::from_millis(self.cfg.ttl_sweep_interval_ms), |act, _| {
+            let mut act = act.r.borrow_mut();
             if act.destroyed {
                 return;
             }
             act.sweep_expired();
             act.engine_gauges();
-            act.schedule_flush(ctx);
+            act.schedule_flush();
         });
     }
 
-    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+    fn stopped(&mut self) {
         self.leave_hibernation();
         self.leaders.forget(self.shard);
         info!(node = self.node, shard = self.shard, "shard replica stopped");
     }
 }
 
-impl Handler<Flush> for StorageActor {
+impl On<RaftBatch> for Replica {
     type Result = ();
-    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
-        self.flush_scheduled = false;
-        if self.destroyed {
-            return;
-        }
-        self.issue_reads();
-        self.on_ready(ctx);
-        if self.staged.is_none() {
-            // Lease reads of an applied index need no Ready.
-            self.serve_confirmed_reads();
-        }
-    }
-}
-
-impl Handler<Persisted> for StorageActor {
-    type Result = ();
-    fn handle(&mut self, Persisted { number, result }: Persisted, ctx: &mut Context<Self>) {
-        if let Err(e) = result {
-            self.fatal("syncing the WAL", e);
-        }
-        self.on_persisted(number);
-        self.schedule_flush(ctx);
-    }
-}
-
-impl Handler<RaftBatch> for StorageActor {
-    type Result = ();
-    fn handle(&mut self, RaftBatch(msgs): RaftBatch, ctx: &mut Context<Self>) {
+    fn on(&mut self, RaftBatch(msgs): RaftBatch, _: &mut Context<StorageActor>) {
         if self.destroyed {
             return;
         }
@@ -1912,31 +2003,31 @@ impl Handler<RaftBatch> for StorageActor {
         if heard_leader {
             self.last_heard = now;
         }
-        self.schedule_flush(ctx);
+        self.schedule_flush();
     }
 }
 
-impl Handler<DestroyReplica> for StorageActor {
+impl On<DestroyReplica> for Replica {
     type Result = Result<(), String>;
-    fn handle(&mut self, _: DestroyReplica, ctx: &mut Context<Self>) -> Self::Result {
+    fn on(&mut self, _: DestroyReplica, ctx: &mut Context<StorageActor>) -> Self::Result {
         self.destroy(ctx)
     }
 }
 
-impl Handler<PeerUnreachable> for StorageActor {
+impl On<PeerUnreachable> for Replica {
     type Result = ();
-    fn handle(&mut self, m: PeerUnreachable, ctx: &mut Context<Self>) {
+    fn on(&mut self, m: PeerUnreachable, _: &mut Context<StorageActor>) {
         self.raw.report_unreachable(m.to);
         if m.snapshot {
             self.raw.report_snapshot(m.to, raft::SnapshotStatus::Failure);
         }
-        self.schedule_flush(ctx);
+        self.schedule_flush();
     }
 }
 
-impl Handler<TransferLeadership> for StorageActor {
+impl On<TransferLeadership> for Replica {
     type Result = Option<NodeId>;
-    fn handle(&mut self, _: TransferLeadership, ctx: &mut Context<Self>) -> Option<NodeId> {
+    fn on(&mut self, _: TransferLeadership, _: &mut Context<StorageActor>) -> Option<NodeId> {
         if !self.is_leader() {
             return None;
         }
@@ -1950,15 +2041,15 @@ impl Handler<TransferLeadership> for StorageActor {
             .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
             .map(|(id, _)| *id)?;
         self.begin_transfer(target);
-        self.schedule_flush(ctx);
+        self.schedule_flush();
         Some(target)
     }
 }
 
-impl Handler<ShardRequest> for StorageActor {
+impl On<ShardRequest> for Replica {
     type Result = ResponseFuture<ShardResult>;
 
-    fn handle(&mut self, ShardRequest(op): ShardRequest, ctx: &mut Context<Self>) -> Self::Result {
+    fn on(&mut self, ShardRequest(op): ShardRequest, ctx: &mut Context<StorageActor>) -> Self::Result {
         let immediate = |r: ShardResult| -> ResponseFuture<ShardResult> { Box::pin(async move { r }) };
         if self.destroyed {
             return immediate(Err(StoreError::Unreachable { node: self.node }));
@@ -2016,7 +2107,7 @@ impl Handler<ShardRequest> for StorageActor {
         match op {
             ShardOp::Status => immediate(Ok(ShardReply::Status(self.status()))),
             ShardOp::ChangePeers(change) => self.change_peers(change, ctx),
-            ShardOp::TransferLeader { to } => immediate(self.transfer_to(to, ctx)),
+            ShardOp::TransferLeader { to } => immediate(self.transfer_to(to)),
             ShardOp::Read { key, stale: true } => {
                 let now = self.read_now_ms(true);
                 immediate(self.read_local(&key, now))
@@ -2027,7 +2118,7 @@ impl Handler<ShardRequest> for StorageActor {
                 }
                 let (tx, rx) = oneshot::channel();
                 self.reads.unsent.push(PendingRead { key, kind: ReadKind::Value, tx });
-                self.schedule_flush(ctx);
+                self.schedule_flush();
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
             ShardOp::Scan { prefix, after, limit, keys_only } => {
@@ -2040,7 +2131,7 @@ impl Handler<ShardRequest> for StorageActor {
                     kind: ReadKind::Scan { after, limit, keys_only },
                     tx,
                 });
-                self.schedule_flush(ctx);
+                self.schedule_flush();
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
             ShardOp::ScanLocks { prefix, after, limit } => {
@@ -2050,7 +2141,7 @@ impl Handler<ShardRequest> for StorageActor {
                 let (tx, rx) = oneshot::channel();
                 let kind = ReadKind::Locks { after, limit };
                 self.reads.unsent.push(PendingRead { key: prefix.into_bytes(), kind, tx });
-                self.schedule_flush(ctx);
+                self.schedule_flush();
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
             ShardOp::Events { filter, after, max, wait_ms } => {
@@ -2094,7 +2185,7 @@ impl Handler<ShardRequest> for StorageActor {
                 }
                 let (tx, rx) = oneshot::channel();
                 self.reads.unsent.push(PendingRead { key: Vec::new(), kind: ReadKind::Map, tx });
-                self.schedule_flush(ctx);
+                self.schedule_flush();
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
             ShardOp::LockStatus { name } => {
@@ -2103,7 +2194,7 @@ impl Handler<ShardRequest> for StorageActor {
                 }
                 let (tx, rx) = oneshot::channel();
                 self.reads.unsent.push(PendingRead { key: name.into_bytes(), kind: ReadKind::Lock, tx });
-                self.schedule_flush(ctx);
+                self.schedule_flush();
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
             ShardOp::Acquire { name, owner, ttl_ms, wait_ms, session, request } => {
@@ -2127,7 +2218,7 @@ impl Handler<ShardRequest> for StorageActor {
                 if let Err(e) = self.propose_waiting(&cmd, Some(tx), wait, Some(request)) {
                     return immediate(Err(e));
                 }
-                self.schedule_flush(ctx);
+                self.schedule_flush();
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
             ShardOp::Write { cmd, request } => {
@@ -2139,7 +2230,7 @@ impl Handler<ShardRequest> for StorageActor {
                 if let Err(e) = self.propose_waiting(&cmd, Some(tx), None, Some(request)) {
                     return immediate(Err(e));
                 }
-                self.schedule_flush(ctx);
+                self.schedule_flush();
                 Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
             }
         }

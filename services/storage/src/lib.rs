@@ -6,9 +6,10 @@
 //! - [`engine`]: the node's RocksDB and its `raft`/`data`/`meta` column families.
 //! - [`log_store`]: raft-rs's `Storage` trait on the `raft` column family.
 //! - [`snapshot`]: the snapshot payload codec.
-//! - [`actor`]: `StorageActor`, one shard replica: tick, step, Ready, apply, reads.
-//! - [`round`]: a storage thread's shared write round: one RocksDB write for
-//!   every replica with a Ready in the same turn of the thread's loop.
+//! - [`actor`]: `Replica`, one shard replica (tick, step, Ready, apply,
+//!   reads), and `StorageActor`, its mailbox.
+//! - [`batch`]: a storage thread's poll loop: one pass over every replica
+//!   with work, one RocksDB write, one sync request and one send per peer.
 //! - [`hibernate`]: when a quiet shard's group stops ticking and heartbeating,
 //!   and what wakes it.
 //! - [`events`]: the replica's recent key changes, which watchers read.
@@ -20,8 +21,10 @@
 
 pub mod actor;
 pub mod background;
+mod batch;
 pub mod clock;
 pub mod engine;
+pub mod entry_cache;
 pub mod events;
 pub mod hibernate;
 pub mod leaders;
@@ -32,7 +35,6 @@ pub mod messages;
 pub mod metrics;
 pub mod raft_log;
 pub mod registry;
-mod round;
 pub mod snapshot;
 pub mod transport;
 

@@ -29,6 +29,7 @@ use ringstore_shared::keys::{is_user_key, split_data_key};
 use ringstore_shared::value::StoredValue;
 
 use crate::engine::{Cf, Engine, EngineError, EngineSnapshot};
+use crate::entry_cache::{EntryCache, ENTRY_CACHE_KEEP_APPLIED};
 use crate::snapshot::{OwnedRanges, PointRange, SnapshotData};
 
 const KIND_ENTRY: u8 = 0x01;
@@ -232,6 +233,8 @@ pub struct LogStore {
     apply: ApplyState,
     last_index: u64,
     last_term: u64,
+    /// The log's tail in memory, which raft-rs reads back (apply, appends).
+    cache: EntryCache,
     /// Which statistics count is current: one started earlier and landing
     /// after a newer one began is ignored.
     recount_generation: u64,
@@ -273,6 +276,7 @@ impl LogStore {
             apply: ApplyState::default(),
             last_index: 0,
             last_term: 0,
+            cache: EntryCache::default(),
             recount_generation: 0,
         };
         let fresh = cs.is_none();
@@ -397,9 +401,11 @@ impl LogStore {
         Some((last.index, last.term))
     }
 
-    pub fn commit_append(&mut self, last: (u64, u64)) {
+    /// After the write of [`LogStore::stage_append`] of `entries`.
+    pub fn commit_append(&mut self, last: (u64, u64), entries: &[Entry]) {
         self.last_index = last.0;
         self.last_term = last.1;
+        self.cache.append(entries);
     }
 
     pub fn stage_hard_state(&self, b: &mut WriteBatch, hs: &HardState) {
@@ -445,6 +451,7 @@ impl LogStore {
     pub fn commit_apply_state(&mut self, a: ApplyState) {
         assert!(a.applied_index >= self.apply.applied_index, "applied index went backwards");
         self.apply = a;
+        self.cache.trim_to(a.truncated_index.max(a.applied_index.saturating_sub(ENTRY_CACHE_KEEP_APPLIED)));
     }
 
     /// Starts counting the replica's key statistics again, as of a RocksDB
@@ -555,6 +562,7 @@ impl LogStore {
     }
 
     pub fn commit_snapshot(&mut self, apply: ApplyState, cs: ConfState, owned: OwnedRanges) {
+        self.cache.clear();
         self.commit_ranges(owned);
         self.apply = apply;
         self.last_index = apply.truncated_index;
@@ -796,6 +804,12 @@ impl Storage for LogStore {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let max_size = max_size.into();
+        let m = self.engine.write_metrics();
+        if let Some(cached) = self.cache.range(low, high, max_size) {
+            m.entry_cache_hits.inc();
+            return Ok(cached);
+        }
+        m.entry_cache_misses.inc();
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
         let mut err = None;
@@ -841,6 +855,9 @@ impl Storage for LogStore {
         }
         if idx == self.last_index {
             return Ok(self.last_term);
+        }
+        if let Some(term) = self.cache.term(idx) {
+            return Ok(term);
         }
         Ok(self.read_entry(idx).map_err(to_raft)?.term)
     }

@@ -275,12 +275,3 @@ pub struct TransferLeadership;
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct DestroyReplica;
-
-/// The node's WAL syncer made this replica's Ready rounds up to `number`
-/// durable (or failed to: then nothing may be acknowledged any more).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Persisted {
-    pub number: u64,
-    pub result: Result<(), String>,
-}

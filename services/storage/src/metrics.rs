@@ -17,6 +17,7 @@ pub struct EngineMetrics {
     pub wal_sync_seconds: HistogramVec,
     pub wal_sync_readies: HistogramVec,
     pub round_replicas: HistogramVec,
+    pub entry_cache_reads: IntCounterVec,
 }
 
 pub struct RaftMetrics {
@@ -95,9 +96,15 @@ pub static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
     .expect("metric registers once"),
     round_replicas: register_histogram_vec!(
         "ringstore_storage_round_replicas",
-        "Replicas whose Ready rounds one storage-thread write carried (one RocksDB write, one sync request)",
+        "Replicas whose Ready rounds one storage-thread round carried (one RocksDB write, one sync request)",
         &["node"],
         vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
+    )
+    .expect("metric registers once"),
+    entry_cache_reads: register_int_counter_vec!(
+        "ringstore_raft_entry_cache_reads_total",
+        "Raft log reads (entries for apply or for followers) served from the in-memory tail (hit) or RocksDB (miss)",
+        &["node", "result"]
     )
     .expect("metric registers once"),
 });
@@ -447,6 +454,8 @@ pub struct EngineWriteMetrics {
     pub wal_sync_seconds: Histogram,
     pub wal_sync_readies: Histogram,
     pub round_replicas: Histogram,
+    pub entry_cache_hits: IntCounter,
+    pub entry_cache_misses: IntCounter,
 }
 
 impl EngineWriteMetrics {
@@ -459,6 +468,8 @@ impl EngineWriteMetrics {
             wal_sync_seconds: e.wal_sync_seconds.with_label_values(&[node_label]),
             wal_sync_readies: e.wal_sync_readies.with_label_values(&[node_label]),
             round_replicas: e.round_replicas.with_label_values(&[node_label]),
+            entry_cache_hits: e.entry_cache_reads.with_label_values(&[node_label, "hit"]),
+            entry_cache_misses: e.entry_cache_reads.with_label_values(&[node_label, "miss"]),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! partitions traffic so tests can inject faults; the network transport
 //! implements the same trait.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -27,6 +27,17 @@ pub trait Transport: Send + Sync + 'static {
     /// reported, or the leader waits for it forever).
     fn send_raft(&self, from: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) -> Vec<Undelivered>;
 
+    /// [`Transport::send_raft`] for the messages of many shards of node
+    /// `from` at once (a storage thread's round): a transport that can
+    /// should send each peer node's share as one batch.
+    fn send_raft_many(&self, from: NodeId, batch: Vec<(ShardId, Vec<RaftMessage>)>) -> Vec<(ShardId, Undelivered)> {
+        let mut lost = Vec::new();
+        for (shard, msgs) in batch {
+            lost.extend(self.send_raft(from, shard, msgs).into_iter().map(|u| (shard, u)));
+        }
+        lost
+    }
+
     /// Sends a client operation to the replica of `shard` on node `to`.
     /// `Unreachable` means it was never delivered (safe to retry).
     fn request(&self, from: NodeId, to: NodeId, shard: ShardId, op: ShardOp) -> BoxFuture<'static, ShardResult>;
@@ -37,6 +48,33 @@ pub trait Transport: Send + Sync + 'static {
         let _ = (from, to);
         true
     }
+}
+
+/// One peer node's share of a batch of many shards' messages.
+pub type PeerBatch = Vec<(ShardId, Vec<RaftMessage>)>;
+
+/// Splits the messages of many shards by destination node, keeping each
+/// shard's messages in order; snapshots come apart (they travel as chunk
+/// streams of their own).
+pub fn by_destination(
+    batch: Vec<(ShardId, Vec<RaftMessage>)>,
+) -> (BTreeMap<NodeId, PeerBatch>, Vec<(ShardId, RaftMessage)>) {
+    let mut per_dest: BTreeMap<NodeId, PeerBatch> = BTreeMap::new();
+    let mut snapshots = Vec::new();
+    for (shard, msgs) in batch {
+        for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                snapshots.push((shard, m));
+                continue;
+            }
+            let share = per_dest.entry(m.to).or_default();
+            match share.last_mut() {
+                Some((s, msgs)) if *s == shard => msgs.push(m),
+                _ => share.push((shard, vec![m])),
+            }
+        }
+    }
+    (per_dest, snapshots)
 }
 
 /// A message the transport knows it did not deliver.
@@ -222,5 +260,45 @@ impl Transport for LocalTransport {
     fn reachable(&self, from: NodeId, to: NodeId) -> bool {
         let g = self.read();
         g.filter.allows(from, to) && g.filter.allows(to, from) && (from == to || g.live.contains_key(&to))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(to: NodeId, kind: MessageType, index: u64) -> RaftMessage {
+        let mut m = RaftMessage::default();
+        m.set_msg_type(kind);
+        m.to = to;
+        m.index = index;
+        m
+    }
+
+    #[test]
+    fn a_batch_splits_by_destination_keeping_each_shards_order_and_sets_snapshots_apart() {
+        let batch = vec![
+            (
+                1,
+                vec![
+                    msg(2, MessageType::MsgAppend, 10),
+                    msg(3, MessageType::MsgAppend, 11),
+                    msg(2, MessageType::MsgHeartbeat, 12),
+                ],
+            ),
+            (5, vec![msg(3, MessageType::MsgSnapshot, 20), msg(2, MessageType::MsgAppendResponse, 21)]),
+            (1, vec![msg(2, MessageType::MsgAppend, 13)]),
+        ];
+        let (per_dest, snapshots) = by_destination(batch);
+        let share = |to: NodeId| -> Vec<(ShardId, Vec<u64>)> {
+            per_dest[&to].iter().map(|(s, ms)| (*s, ms.iter().map(|m| m.index).collect())).collect()
+        };
+        assert_eq!(per_dest.len(), 2);
+        assert_eq!(share(2), vec![(1, vec![10, 12]), (5, vec![21]), (1, vec![13])]);
+        assert_eq!(share(3), vec![(1, vec![11])]);
+        assert_eq!(snapshots.len(), 1);
+        assert_eq!((snapshots[0].0, snapshots[0].1.index), (5, 20));
+        let (none, no_snapshots) = by_destination(Vec::new());
+        assert!(none.is_empty() && no_snapshots.is_empty());
     }
 }

@@ -4,10 +4,10 @@
 use raft::eraftpb::Message as RaftMessage;
 use tracing::debug;
 
-use super::StorageActor;
+use super::Replica;
 use crate::hibernate::{follower_may_sleep, leader_may_sleep, quiesce_message, FollowerQuiet, LeaderQuiet, Wake};
 
-impl StorageActor {
+impl Replica {
     /// At a tick: whether this replica sleeps through it. A sleeping
     /// follower whose leader's node is known unreachable wakes instead.
     pub(super) fn sleeps_through_tick(&mut self) -> bool {
@@ -115,7 +115,6 @@ impl StorageActor {
         self.pending() > 0
             || !self.reads.in_flight.is_empty()
             || !self.reads.confirmed.is_empty()
-            || self.staged.is_some()
             || !self.unpersisted.is_empty()
             || !self.parked.is_empty()
             || !self.parked_reads.is_empty()

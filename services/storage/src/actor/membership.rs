@@ -9,7 +9,7 @@ use ringstore_shared::{NodeId, StoreError};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{replica_gone, waiter_moved, PendingWrite, StorageActor};
+use super::{replica_gone, waiter_moved, PendingWrite, Replica, StorageActor};
 use crate::messages::{PeerChange, ShardReply, ShardResult};
 
 fn single(change_type: ConfChangeType, node: NodeId) -> ConfChangeSingle {
@@ -38,8 +38,12 @@ fn conf_change(change: PeerChange) -> ConfChangeV2 {
     cc
 }
 
-impl StorageActor {
-    pub(super) fn change_peers(&mut self, change: PeerChange, ctx: &mut Context<Self>) -> ResponseFuture<ShardResult> {
+impl Replica {
+    pub(super) fn change_peers(
+        &mut self,
+        change: PeerChange,
+        _: &mut Context<StorageActor>,
+    ) -> ResponseFuture<ShardResult> {
         let immediate = |r: ShardResult| -> ResponseFuture<ShardResult> { Box::pin(async move { r }) };
         if !self.is_leader() {
             return immediate(Err(self.not_leader()));
@@ -78,7 +82,7 @@ impl StorageActor {
         info!(node = self.node, shard = self.shard, ?change, index, "proposed membership change");
         let (tx, rx) = oneshot::channel();
         self.writes.insert(index, PendingWrite { term: self.raw.raft.term, tx, wait: None });
-        self.schedule_flush(ctx);
+        self.schedule_flush();
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err(replica_gone())) })
     }
 
@@ -105,7 +109,7 @@ impl StorageActor {
         }
     }
 
-    pub(super) fn transfer_to(&mut self, to: NodeId, ctx: &mut Context<Self>) -> ShardResult {
+    pub(super) fn transfer_to(&mut self, to: NodeId) -> ShardResult {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
@@ -116,14 +120,14 @@ impl StorageActor {
             return Err(StoreError::BadRequest(format!("node {to} is not a voter of shard {}", self.shard)));
         }
         self.begin_transfer(to);
-        self.schedule_flush(ctx);
+        self.schedule_flush();
         Ok(ShardReply::Status(self.status()))
     }
 
     /// Deletes this replica's state and stops it. Everything waiting on
     /// it is told the outcome is unknown (a write may have committed
     /// elsewhere); the router retries at the shard's current replicas.
-    pub(super) fn destroy(&mut self, ctx: &mut Context<Self>) -> Result<(), String> {
+    pub(super) fn destroy(&mut self, ctx: &mut Context<StorageActor>) -> Result<(), String> {
         if self.destroyed {
             return Ok(());
         }

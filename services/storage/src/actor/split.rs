@@ -28,7 +28,7 @@ use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{waiter_moved, SplitOff, StorageActor};
+use super::{waiter_moved, On, Replica, SplitOff, StorageActor};
 use crate::engine::EngineError;
 use crate::locks::LockIndex;
 use crate::log_store::{self, ApplyState, KeyStats, StatsCount};
@@ -45,7 +45,7 @@ fn owns_in(ranges: &[PointRange], key: &[u8]) -> bool {
     contains_point(ranges, ringstore_shared::hash::key_point(key))
 }
 
-impl StorageActor {
+impl Replica {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn apply_split(
         &mut self,
@@ -140,7 +140,7 @@ impl StorageActor {
 
     /// After the round's write: the source counts its keys again, and the
     /// new shards split off in it start (and count theirs).
-    pub(super) fn start_split_shards(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn start_split_shards(&mut self) {
         if self.splits_done.is_empty() {
             return;
         }
@@ -155,23 +155,18 @@ impl StorageActor {
                 // plus this round's changes to the ranges kept.
                 let before = self.raw.store().apply_state().tally();
                 let (tx, rx) = oneshot::channel();
-                self.count_given(before, given, tx, ctx);
+                self.count_given(before, given, tx);
                 (self.on_split)(target, lead, SplitOff { locks, stats: Some(rx) });
             }
-            Ok(done) => self.split_and_count_each(done.into(), lead, ctx),
-            Err(done) => self.split_and_count_each(done, lead, ctx),
+            Ok(done) => self.split_and_count_each(done.into(), lead),
+            Err(done) => self.split_and_count_each(done, lead),
         }
     }
 
     /// Statistics unknown before the split (or several splits in one
     /// round): every side counts its own keys.
-    fn split_and_count_each(
-        &mut self,
-        done: Vec<(ShardId, LockIndex, Arc<Vec<PointRange>>)>,
-        lead: bool,
-        ctx: &mut Context<Self>,
-    ) {
-        self.recount_stats(ctx);
+    fn split_and_count_each(&mut self, done: Vec<(ShardId, LockIndex, Arc<Vec<PointRange>>)>, lead: bool) {
+        self.recount_stats();
         for (target, locks, _) in done {
             (self.on_split)(target, lead, SplitOff { locks, stats: None });
         }
@@ -182,14 +177,8 @@ impl StorageActor {
     /// anything): the new replica gets that count (`tx`), and this replica
     /// the rest of `before`. Each key is read once, not once per side. A
     /// count that stops drops `tx`: the new replica counts its own.
-    fn count_given(
-        &mut self,
-        before: KeyStats,
-        given: Arc<Vec<PointRange>>,
-        tx: oneshot::Sender<KeyStats>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.spawn_count(ctx, "the keys a split gave away", move |count, pace| {
+    fn count_given(&mut self, before: KeyStats, given: Arc<Vec<PointRange>>, tx: oneshot::Sender<KeyStats>) {
+        self.spawn_count("the keys a split gave away", move |count, pace| {
             Ok(count.run_on(&given, pace)?.map(|given| {
                 let _ = tx.send(given);
                 before.without(given)
@@ -199,36 +188,38 @@ impl StorageActor {
 
     /// A replica split off waits for its source's count of its keys (see
     /// [`StorageActor::count_given`]); if that count stops, it counts them.
-    pub(super) fn await_split_count(&mut self, counted: oneshot::Receiver<KeyStats>, ctx: &mut Context<Self>) {
+    pub(super) fn await_split_count(&mut self, counted: oneshot::Receiver<KeyStats>, ctx: &mut Context<StorageActor>) {
         let generation = self.raw.mut_store().expect_count();
         let started = Instant::now();
-        ctx.spawn(counted.into_actor(self).map(move |res, act, ctx| {
+        ctx.spawn(actix::fut::wrap_future::<_, StorageActor>(counted).map(move |res, act, _| {
+            let mut act = act.r.borrow_mut();
             if act.destroyed {
                 return;
             }
             match res {
                 Ok(stats) => act.on_counted(generation, Ok(stats), started.elapsed().as_secs_f64()),
-                Err(_) => act.recount_stats(ctx),
+                Err(_) => act.recount_stats(),
             }
         }));
     }
 
     /// Counts this replica's keys again off the storage thread, from a
     /// RocksDB snapshot taken now (see `LogStore::begin_recount`).
-    pub(super) fn recount_stats(&mut self, ctx: &mut Context<Self>) {
-        self.spawn_count(ctx, "the shard's keys", |count, pace| count.run(pace));
+    pub(super) fn recount_stats(&mut self) {
+        self.spawn_count("the shard's keys", |count, pace| count.run(pace));
     }
 
     /// Begins a count (`LogStore::begin_recount`) and runs `work` on it on a
     /// thread of its own (nice 19, paced at `COUNT_BYTES_PER_SEC`); its
     /// result comes back as [`StatsCounted`]. A count stops once its replica
     /// is gone and stays pending: the next start counts again.
-    fn spawn_count<W>(&mut self, ctx: &mut Context<Self>, what: &'static str, work: W)
+    fn spawn_count<W>(&mut self, what: &'static str, work: W)
     where
         W: FnOnce(&StatsCount, &mut dyn FnMut(u64) -> bool) -> Result<Option<KeyStats>, EngineError> + Send + 'static,
     {
+        // Set as the replica starts, before anything can count.
+        let Some(addr) = self.addr.clone() else { return };
         let count = self.raw.mut_store().begin_recount();
-        let addr = ctx.address();
         let (node, shard) = (self.node, self.shard);
         let spawned = crate::background::spawn(format!("count-{shard}"), crate::background::COUNT_NICE, move || {
             let started = Instant::now();
@@ -304,9 +295,9 @@ pub struct StatsCounted {
     seconds: f64,
 }
 
-impl Handler<StatsCounted> for StorageActor {
+impl On<StatsCounted> for Replica {
     type Result = ();
-    fn handle(&mut self, m: StatsCounted, _: &mut Context<Self>) {
+    fn on(&mut self, m: StatsCounted, _: &mut Context<StorageActor>) {
         if self.destroyed {
             return;
         }
@@ -314,7 +305,7 @@ impl Handler<StatsCounted> for StorageActor {
     }
 }
 
-impl StorageActor {
+impl Replica {
     fn on_counted(&mut self, generation: u64, result: Result<KeyStats, EngineError>, seconds: f64) {
         let counted = match result {
             Ok(c) => c,
@@ -344,31 +335,32 @@ impl StorageActor {
 /// one, and a tick (100 ms) is what the new shard's first requests wait.
 const CAMPAIGN_RETRY: Duration = Duration::from_millis(10);
 
-impl StorageActor {
+impl Replica {
     /// Takes [`StorageActor::campaign_tick`] every [`CAMPAIGN_RETRY`]
     /// until the campaign window closes, except while a vote is under way
     /// (a candidate that started over would raise its term each time).
-    fn campaign_soon(&mut self, ctx: &mut Context<Self>) {
+    fn campaign_soon(&mut self, ctx: &mut Context<StorageActor>) {
         ctx.run_later(CAMPAIGN_RETRY, |act, ctx| {
+            let mut act = act.r.borrow_mut();
             if act.destroyed || act.campaign_until.is_none() {
                 return;
             }
             if act.raw.raft.leader_id == 0 && act.raw.raft.state != StateRole::Candidate {
                 act.campaign_tick();
-                act.schedule_flush(ctx);
+                act.schedule_flush();
             }
             act.campaign_soon(ctx);
         });
     }
 }
 
-impl Handler<Campaign> for StorageActor {
+impl On<Campaign> for Replica {
     type Result = ();
-    fn handle(&mut self, _: Campaign, ctx: &mut Context<Self>) {
+    fn on(&mut self, _: Campaign, ctx: &mut Context<StorageActor>) {
         let window = Duration::from_millis(self.cfg.election_timeout_ms());
         self.wake(crate::hibernate::Wake::Request);
         self.campaign(Instant::now() + window);
-        self.schedule_flush(ctx);
+        self.schedule_flush();
         self.campaign_soon(ctx);
     }
 }
