@@ -116,12 +116,16 @@ pub(crate) fn group_by_engine<T>(items: impl IntoIterator<Item = (Arc<Engine>, T
 fn run_round() {
     // The registry is released before any replica runs: replicas mark
     // themselves for the next round while this one runs.
-    let members: Vec<Rc<RefCell<Replica>>> = THREAD.with(|t| {
+    let mut members: Vec<Rc<RefCell<Replica>>> = THREAD.with(|t| {
         let mut t = t.borrow_mut();
         t.scheduled = false;
         let dirty = std::mem::take(&mut t.dirty);
         dirty.into_iter().filter_map(|s| t.replicas.get(&s).and_then(Weak::upgrade)).collect()
     });
+    // In shard order, so the round's log writes land in the memtable in
+    // key order (each shard's keys follow the last one's): fewer skiplist
+    // searches per insert than in arrival order.
+    members.sort_by_key(|rc| rc.borrow().shard());
     let groups = group_by_engine(members.into_iter().map(|rc| {
         let engine = rc.borrow().engine().clone();
         (engine, rc)
