@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: run test deps build lint fmt bench bench-batch bench-watch bench-shed bench-tls bench-cluster bench-partition bench-rebalance bench-grow bench-containers bench-idle chaos
+.PHONY: run test deps build lint fmt bench bench-batch bench-watch bench-shed bench-tls bench-cluster bench-partition bench-rebalance bench-grow bench-containers bench-idle profile-shards chaos
 
 # Builds the whole workspace so features unify as in `make test` (building a
 # subset can re-run RocksDB's build script).
@@ -48,6 +48,10 @@ bench-tls: deps
 # Three `ringstore node` processes beside `ringstore dev`, and failover after kill -9.
 bench-cluster: deps
 	$(ENV) loadtest/bench-cluster.sh
+
+# perf of 16 shards against 1 under writes: node CPU per operation by symbol.
+profile-shards: deps
+	$(ENV) loadtest/profile-shards.sh
 
 # Availability while the busiest leader is cut off (iptables: root) or paused.
 bench-partition: deps
