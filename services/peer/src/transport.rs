@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use actix::{Addr, ArbiterHandle};
 use futures::future::BoxFuture;
-use raft::eraftpb::{Message as RaftMessage, MessageType};
+use raft::eraftpb::Message as RaftMessage;
 use ringstore_shared::codec::CodecError;
 use ringstore_shared::{NodeId, ShardId, StoreError};
 use ringstore_storage::messages::PeerUnreachable;
@@ -113,11 +113,7 @@ async fn send_all(w: &mut WriteHalf, buf: &[u8]) -> std::io::Result<()> {
 }
 
 enum Outgoing {
-    Raft {
-        shard: ShardId,
-        msgs: Vec<RaftMessage>,
-    },
-    /// Many shards' messages from one storage-thread round.
+    /// The Raft messages of one or many shards (a storage-thread round).
     RaftMany(PeerBatch),
     Snapshot {
         shard: ShardId,
@@ -351,25 +347,8 @@ impl PeerTransport {
 }
 
 impl Transport for PeerTransport {
-    fn send_raft(&self, _from: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) -> Vec<Undelivered> {
-        let mut undelivered = Vec::new();
-        let mut per_dest: BTreeMap<NodeId, Vec<RaftMessage>> = BTreeMap::new();
-        for m in msgs {
-            if m.get_msg_type() == MessageType::MsgSnapshot {
-                let to = m.to;
-                if !self.enqueue(to, Outgoing::Snapshot { shard, msg: m }) {
-                    undelivered.push(Undelivered { to, snapshot: true });
-                }
-            } else {
-                per_dest.entry(m.to).or_default().push(m);
-            }
-        }
-        for (to, batch) in per_dest {
-            if !self.enqueue(to, Outgoing::Raft { shard, msgs: batch }) {
-                undelivered.push(Undelivered { to, snapshot: false });
-            }
-        }
-        undelivered
+    fn send_raft(&self, from: NodeId, shard: ShardId, msgs: Vec<RaftMessage>) -> Vec<Undelivered> {
+        self.send_raft_many(from, vec![(shard, msgs)]).into_iter().map(|(_, lost)| lost).collect()
     }
 
     fn send_raft_many(&self, _from: NodeId, batch: Vec<(ShardId, Vec<RaftMessage>)>) -> Vec<(ShardId, Undelivered)> {
@@ -793,7 +772,6 @@ fn encode(
     transfer: &mut u64,
 ) {
     let res = match &o {
-        Outgoing::Raft { shard, msgs } => wire::encode_raft(buf, *shard, msgs),
         // Each shard's frames are whole or absent: one that cannot be
         // encoded is left out, the others still go.
         Outgoing::RaftMany(batch) => {
@@ -857,7 +835,7 @@ fn report_lost_snapshots(shared: &Shared, peer: NodeId, shards: &[ShardId]) {
 fn drop_outgoing(shared: &Shared, peer: NodeId, o: Outgoing, pending: &PendingMap, m: &LinkMetrics) {
     m.dropped_disconnected.inc();
     match o {
-        Outgoing::Raft { .. } | Outgoing::RaftMany(_) => {}
+        Outgoing::RaftMany(_) => {}
         Outgoing::Snapshot { shard, .. } => report_lost_snapshots(shared, peer, &[shard]),
         Outgoing::Request { id, .. } => {
             if let Some(p) = lock(pending).remove(&id) {
